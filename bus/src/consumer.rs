@@ -1,0 +1,333 @@
+//! Durable pull consumers, one per (listening service, stream), named after the listening service.
+//!
+//! The loop every consumer runs:
+//! ```text
+//! let batch = consumer.next_batch().await?;      // undecodable / exhausted ones already in DLQ
+//! let verdicts = batch.into_iter().map(|d| (handle(&d), d));   // commit each to the Store
+//! let flushed = store.flush().await?;            // ONE fsync for the batch (group commit)
+//! consumer.settle(verdicts, flushed).await;      // only now: ack / nak with backoff / DLQ
+//! ```
+//! `settle` cannot be called without the [`Flushed`] proof, so acking before durability does not
+//! compile. A crash anywhere before `settle` means redelivery, and the inbox makes it a no-op.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull::{self, Stream as MessageStream};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
+use async_nats::jetstream::{self, AckKind, Message};
+use futures::{FutureExt, StreamExt};
+use storage::Flushed;
+
+use crate::publisher::Publisher;
+use crate::{BusError, Envelope};
+
+pub const DLQ_REASON: &str = "Commerce-Dlq-Reason";
+pub const DLQ_STREAM: &str = "Commerce-Dlq-Stream";
+pub const DLQ_SUBJECT: &str = "Commerce-Dlq-Subject";
+pub const DLQ_SEQUENCE: &str = "Commerce-Dlq-Sequence";
+pub const DLQ_CONSUMER: &str = "Commerce-Dlq-Consumer";
+pub const DLQ_DELIVERED: &str = "Commerce-Dlq-Delivered";
+
+/// How a durable consumer is set up.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub stream: String,
+    /// The listening service; also the durable consumer's name.
+    pub durable: String,
+    /// Subjects of the stream to receive; empty means all.
+    pub filter_subjects: Vec<String>,
+    /// Unacknowledged messages are redelivered after this long.
+    pub ack_wait: Duration,
+    /// After this many failed deliveries a message goes to DLQ.
+    pub max_deliver: i64,
+    /// Delay before the n-th redelivery of a failed message (the last entry repeats).
+    pub backoff: Vec<Duration>,
+    /// Most messages handed out per batch (and so per flush).
+    pub batch: usize,
+}
+
+impl ConsumerSpec {
+    pub fn new(stream: impl Into<String>, durable: impl Into<String>) -> Self {
+        ConsumerSpec {
+            stream: stream.into(),
+            durable: durable.into(),
+            filter_subjects: Vec::new(),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            backoff: vec![
+                Duration::from_millis(500),
+                Duration::from_secs(2),
+                Duration::from_secs(10),
+                Duration::from_secs(30),
+            ],
+            batch: 256,
+        }
+    }
+
+    fn backoff_for(&self, delivered: i64) -> Duration {
+        let i = usize::try_from(delivered.saturating_sub(1)).unwrap_or(0);
+        self.backoff
+            .get(i)
+            .or(self.backoff.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
+    }
+}
+
+/// One decoded message, with what the broker says about its delivery.
+pub struct Delivery {
+    pub envelope: Envelope,
+    /// Position in the stream.
+    pub stream_sequence: u64,
+    /// 1 on first delivery.
+    pub delivered: i64,
+    message: Message,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("subject", &self.message.subject.as_str())
+            .field("stream_sequence", &self.stream_sequence)
+            .field("delivered", &self.delivered)
+            .finish()
+    }
+}
+
+/// What the handler decided about a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Applied (or already applied): acknowledge.
+    Done,
+    /// Failed for now (a dependency is down): redeliver after backoff; DLQ once exhausted.
+    Retry(String),
+    /// Can never be applied: DLQ with this reason, now.
+    Reject(String),
+}
+
+/// A bound durable consumer.
+pub struct DurableConsumer {
+    spec: ConsumerSpec,
+    messages: MessageStream,
+    dlq: Publisher,
+}
+
+impl DurableConsumer {
+    /// Create (or update to `spec`) the durable consumer and start pulling from it.
+    pub async fn bind(js: &jetstream::Context, spec: ConsumerSpec) -> Result<Self, BusError> {
+        let what = || format!("consumer {} on {}", spec.durable, spec.stream);
+        let stream = js
+            .get_stream(&spec.stream)
+            .await
+            .map_err(|e| BusError::jetstream(what())(e.to_string()))?;
+        let (filter_subject, filter_subjects) = match spec.filter_subjects.as_slice() {
+            [one] => (one.clone(), Vec::new()),
+            many => (String::new(), many.to_vec()),
+        };
+        let config = pull::Config {
+            durable_name: Some(spec.durable.clone()),
+            description: Some(format!("{} reading {}", spec.durable, spec.stream)),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: spec.ack_wait,
+            // One delivery more than ours: a message that crashed its handler every time gets a
+            // last delivery, which goes straight to DLQ instead of being retried again.
+            max_deliver: spec.max_deliver.saturating_add(1),
+            filter_subject,
+            filter_subjects,
+            ..Default::default()
+        };
+        let consumer = stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| BusError::jetstream(what())(e.to_string()))?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(spec.batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| BusError::jetstream(what())(e.to_string()))?;
+        Ok(DurableConsumer {
+            spec,
+            messages,
+            dlq: Publisher::new(js.clone()),
+        })
+    }
+
+    pub fn spec(&self) -> &ConsumerSpec {
+        &self.spec
+    }
+
+    /// Wait for at least one message (up to `wait`), then take whatever else is already here, up
+    /// to the batch size. Messages that are not events, or were delivered more than `max_deliver`
+    /// times, are moved to DLQ here and never handed out. An empty batch means `wait` passed.
+    pub async fn next_batch(&mut self, wait: Duration) -> Result<Vec<Delivery>, BusError> {
+        let mut raw = Vec::with_capacity(self.spec.batch);
+        match tokio::time::timeout(wait, self.messages.next()).await {
+            Err(_elapsed) => return Ok(Vec::new()),
+            Ok(None) => return Err(self.ended()),
+            Ok(Some(item)) => raw.extend(self.keep(item)),
+        }
+        while raw.len() < self.spec.batch {
+            match self.messages.next().now_or_never() {
+                Some(Some(item)) => raw.extend(self.keep(item)),
+                Some(None) => return Err(self.ended()),
+                None => break,
+            }
+        }
+        let mut batch = Vec::with_capacity(raw.len());
+        for message in raw {
+            if let Some(delivery) = self.admit(message).await? {
+                batch.push(delivery);
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Settle a batch whose effects are durable: ack the done, nak the failed with backoff, move
+    /// the rejected and the exhausted to DLQ. Errors are logged, not returned: an ack that does not
+    /// reach the broker only causes a redelivery, which the inbox absorbs.
+    pub async fn settle(&self, verdicts: Vec<(Verdict, Delivery)>, _durable: Flushed) {
+        for (verdict, delivery) in verdicts {
+            let result = match verdict {
+                Verdict::Done => delivery.message.ack().await.map_err(|e| e.to_string()),
+                Verdict::Retry(reason) if delivery.delivered >= self.spec.max_deliver => {
+                    let reason = format!(
+                        "exhausted after {} deliveries: {reason}",
+                        delivery.delivered
+                    );
+                    self.dead_letter(&delivery.message, delivery.delivered, &reason)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Verdict::Retry(reason) => {
+                    let delay = self.spec.backoff_for(delivery.delivered);
+                    tracing::debug!(seq = delivery.stream_sequence, %reason, ?delay, "redelivering later");
+                    delivery
+                        .message
+                        .ack_with(AckKind::Nak(Some(delay)))
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Verdict::Reject(reason) => self
+                    .dead_letter(&delivery.message, delivery.delivered, &reason)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(consumer = %self.spec.durable, seq = delivery.stream_sequence, error = %e,
+                    "could not settle message; it will be redelivered");
+            }
+        }
+    }
+
+    /// Decode a message; send it to DLQ instead if it is not an event or is exhausted.
+    async fn admit(&self, message: Message) -> Result<Option<Delivery>, BusError> {
+        let (stream_sequence, delivered) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.delivered),
+            Err(e) => {
+                // Not a JetStream delivery at all; nothing to ack. Skip it.
+                tracing::warn!(error = %e, "message without JetStream metadata skipped");
+                return Ok(None);
+            }
+        };
+        if delivered > self.spec.max_deliver {
+            let reason = format!(
+                "exhausted: delivered {delivered} times without being settled (handler crash?)"
+            );
+            self.dead_letter(&message, delivered, &reason).await?;
+            return Ok(None);
+        }
+        match Envelope::from_slice(&message.payload) {
+            Ok(envelope) => Ok(Some(Delivery {
+                envelope,
+                stream_sequence,
+                delivered,
+                message,
+            })),
+            Err(e) => {
+                self.dead_letter(&message, delivered, &e.to_string())
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Copy the message, untouched, to `dlq.<consumer>.<original subject>` with the reason in
+    /// headers; once the DLQ has it (PubAck), terminate it here. If the DLQ publish fails, the
+    /// message is left unacked and comes back: nothing is lost.
+    async fn dead_letter(
+        &self,
+        message: &Message,
+        delivered: i64,
+        reason: &str,
+    ) -> Result<(), BusError> {
+        let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let mut headers = message.headers.clone().unwrap_or_default();
+        // One DLQ entry per (stream, sequence, consumer), however often this is retried.
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("dlq-{}-{}-{}", self.spec.stream, seq, self.spec.durable).as_str(),
+        );
+        headers.insert(DLQ_REASON, one_line(reason).as_str());
+        headers.insert(DLQ_STREAM, self.spec.stream.as_str());
+        headers.insert(DLQ_SUBJECT, message.subject.as_str());
+        headers.insert(DLQ_SEQUENCE, seq.to_string().as_str());
+        headers.insert(DLQ_CONSUMER, self.spec.durable.as_str());
+        headers.insert(DLQ_DELIVERED, delivered.to_string().as_str());
+        let subject = format!("dlq.{}.{}", self.spec.durable, message.subject);
+        self.dlq
+            .publish_raw(subject, headers, message.payload.clone())
+            .await?;
+        tracing::warn!(consumer = %self.spec.durable, stream = %self.spec.stream, seq, reason,
+            "message moved to DLQ");
+        message
+            .ack_with(AckKind::Term)
+            .await
+            .map_err(|e| BusError::jetstream("terminate after DLQ")(e.to_string()))
+    }
+
+    fn keep(&self, item: Result<Message, impl std::fmt::Display>) -> Option<Message> {
+        match item {
+            Ok(message) => Some(message),
+            Err(e) => {
+                // Missed heartbeats and pull errors while the broker restarts: the stream
+                // re-issues its pulls by itself, so log and go on.
+                tracing::debug!(consumer = %self.spec.durable, error = %e, "pull interrupted");
+                None
+            }
+        }
+    }
+
+    fn ended(&self) -> BusError {
+        BusError::JetStream {
+            what: format!("consumer {} on {}", self.spec.durable, self.spec.stream),
+            reason: "message stream ended (consumer deleted?)".into(),
+        }
+    }
+}
+
+/// Header values are one line.
+fn one_line(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_then_repeats_its_last_step() {
+        let mut spec = ConsumerSpec::new("S", "d");
+        spec.backoff = vec![Duration::from_millis(1), Duration::from_millis(5)];
+        let delays: Vec<_> = (1..=4).map(|n| spec.backoff_for(n)).collect();
+        assert_eq!(delays, [1, 5, 5, 5].map(Duration::from_millis).to_vec());
+    }
+
+    #[test]
+    fn headers_stay_on_one_line() {
+        assert_eq!(one_line("a\nb\r\nc"), "a b  c");
+    }
+}

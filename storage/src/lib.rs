@@ -1,0 +1,31 @@
+//! A service's own sled database: the event-sourced state, the transactional outbox and the inbox,
+//! written together in ONE multi-tree transaction, flushed once per batch (group commit).
+//!
+//! # Layout
+//! - [`store`]: [`Store`], opening (clear errors for a locked or corrupt directory), [`Commit`]
+//!   (events + outbox rows + inbox mark, atomically) and [`Store::flush`] (the [`Flushed`] proof
+//!   that makes "ack only after flush" the natural way to write a consumer).
+//! - [`events`]: reading an aggregate's append-only log, and snapshots.
+//! - [`outbox`]: rows waiting for the relay; visible to it only once flushed; pending → sent.
+//! - [`inbox`]: ids of inbound events already applied, kept longer than the broker's duplicate window.
+//! - [`error`]: [`StorageError`].
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod events;
+pub mod inbox;
+pub mod outbox;
+pub mod store;
+
+pub use error::StorageError;
+pub use events::{RecordedEvent, Snapshot};
+pub use outbox::{OutboxMessage, PendingRow};
+pub use store::{Commit, CommitOutcome, Flushed, NewEvent, Store, StoreConfig};
+
+/// Milliseconds since the Unix epoch, the clock every stored timestamp uses.
+pub(crate) fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

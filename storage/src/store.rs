@@ -1,0 +1,590 @@
+//! The database handle and the one local commit every command and inbound event goes through.
+
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::abort;
+use sled::{Transactional, Tree};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::events::{event_key, RecordedEvent, MAX_AGGREGATE_ID_BYTES};
+use crate::outbox::OutboxMessage;
+use crate::{now_millis, StorageError};
+
+const LOCK_FILE: &str = "commerce.lock";
+const OUTBOX_SEQ: &[u8] = b"outbox_seq";
+
+/// Tunables of one service database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// sled page cache, in bytes. Six services share one machine, so keep it modest.
+    pub cache_bytes: u64,
+    /// Background flush interval of sled, in ms. Correctness never relies on it: commits are
+    /// flushed explicitly before anything is acknowledged.
+    pub flush_every_ms: Option<u64>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            cache_bytes: 64 * 1024 * 1024,
+            flush_every_ms: Some(500),
+        }
+    }
+}
+
+/// One service's database. Cheap to clone; every clone is the same database.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) path: PathBuf,
+    pub(crate) db: sled::Db,
+    pub(crate) events: Tree,
+    pub(crate) heads: Tree,
+    pub(crate) snapshots: Tree,
+    pub(crate) outbox_pending: Tree,
+    pub(crate) outbox_sent: Tree,
+    pub(crate) inbox: Tree,
+    meta: Tree,
+    /// Highest outbox sequence committed. Sequences are assigned inside the transaction from one
+    /// key, so their order is the commit order.
+    committed_seq: AtomicU64,
+    /// Highest outbox sequence known to be on disk; the relay publishes nothing above it, so no
+    /// event ever leaves a service whose state could still be lost by a crash.
+    pub(crate) durable_seq: watch::Sender<u64>,
+    /// Held for the life of the store: a second opener gets [`StorageError::Locked`].
+    _lock: File,
+}
+
+/// An event to append to an aggregate's log.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    /// The event as it is published (the CloudEvents JSON), so the log and the stream agree.
+    pub payload: String,
+}
+
+/// Everything one command or one inbound event changes, written in ONE sled transaction:
+/// new events (with an optimistic version check), their outbox rows, and the inbox mark of the
+/// inbound event that caused them. All of it lands, or none of it does.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    append: Option<Append>,
+    outbox: Vec<OutboxMessage>,
+    caused_by: Option<Uuid>,
+}
+
+#[derive(Debug, Clone)]
+struct Append {
+    aggregate_id: String,
+    expected_version: u64,
+    events: Vec<NewEvent>,
+}
+
+impl Commit {
+    /// A commit for a command from a client (nothing to deduplicate).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A commit for an inbound event: if `event_id` is already in the inbox, nothing is written
+    /// and [`CommitOutcome::Duplicate`] is returned; otherwise the inbox mark is written with the rest.
+    pub fn caused_by(event_id: Uuid) -> Self {
+        Commit {
+            caused_by: Some(event_id),
+            ..Self::default()
+        }
+    }
+
+    /// Append `events` to `aggregate_id`, which must be at `expected_version` (0: new aggregate).
+    pub fn append(
+        mut self,
+        aggregate_id: impl Into<String>,
+        expected_version: u64,
+        events: Vec<NewEvent>,
+    ) -> Self {
+        self.append = Some(Append {
+            aggregate_id: aggregate_id.into(),
+            expected_version,
+            events,
+        });
+        self
+    }
+
+    /// Queue a message for the relay to publish once this commit is flushed.
+    pub fn publish(mut self, message: OutboxMessage) -> Self {
+        self.outbox.push(message);
+        self
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Written; `version` is the aggregate's version after the append (0 when nothing was appended).
+    Committed { version: u64 },
+    /// The causing event was already applied; nothing was written.
+    Duplicate,
+}
+
+/// Proof that everything committed before [`Store::flush`] was called is on disk.
+/// Only `flush` makes one; acknowledging a message takes one (see the bus consumer).
+#[derive(Debug)]
+#[must_use = "a flush proves durability so that messages can be acknowledged"]
+pub struct Flushed {
+    _private: (),
+}
+
+impl Store {
+    /// Open (or create) the database at `path`. Refuses with a message naming the path when the
+    /// directory is locked by another process or its contents are corrupt.
+    pub fn open(path: impl AsRef<Path>, config: &StoreConfig) -> Result<Store, StorageError> {
+        let path = path.as_ref().to_path_buf();
+        let open_err = |source| StorageError::Open {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&path).map_err(open_err)?;
+        let lock = File::create(path.join(LOCK_FILE)).map_err(open_err)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(StorageError::Locked { path }),
+            Err(TryLockError::Error(e)) => return Err(open_err(e)),
+        }
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(config.cache_bytes)
+            .flush_every_ms(config.flush_every_ms)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(source) => StorageError::Open {
+                    path: path.clone(),
+                    source,
+                },
+                other => StorageError::Corrupt {
+                    path: path.clone(),
+                    reason: other.to_string(),
+                },
+            })?;
+        let tree = |name: &str| {
+            db.open_tree(name).map_err(|e| StorageError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            })
+        };
+        let meta = tree("meta")?;
+        let last_seq = match meta.get(OUTBOX_SEQ)? {
+            Some(v) => decode_u64(&v).ok_or_else(|| StorageError::Corrupt {
+                path: path.clone(),
+                reason: "outbox sequence is not 8 bytes".into(),
+            })?,
+            None => 0,
+        };
+        let inner = Inner {
+            events: tree("events")?,
+            heads: tree("heads")?,
+            snapshots: tree("snapshots")?,
+            outbox_pending: tree("outbox_pending")?,
+            outbox_sent: tree("outbox_sent")?,
+            inbox: tree("inbox")?,
+            meta,
+            committed_seq: AtomicU64::new(last_seq),
+            // Everything found on disk at open is durable.
+            durable_seq: watch::Sender::new(last_seq),
+            path,
+            db,
+            _lock: lock,
+        };
+        Ok(Store {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Where this database lives.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Write `commit` atomically. Not yet durable: call [`Store::flush`] once for the whole batch
+    /// before acknowledging anything that depends on it.
+    pub fn commit(&self, commit: &Commit) -> Result<CommitOutcome, StorageError> {
+        let s = &*self.inner;
+        let recorded_at = now_millis();
+        if let Some(a) = &commit.append {
+            if a.aggregate_id.is_empty() || a.aggregate_id.len() > MAX_AGGREGATE_ID_BYTES {
+                return Err(StorageError::InvalidAggregateId {
+                    aggregate_id: a.aggregate_id.chars().take(64).collect(),
+                });
+            }
+        }
+        // Encode outside the transaction closure: sled may run it more than once.
+        let events: Vec<(Vec<u8>, Vec<u8>)> = match &commit.append {
+            Some(a) => a
+                .events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let version = a.expected_version + 1 + i as u64;
+                    let record = RecordedEvent {
+                        aggregate_id: a.aggregate_id.clone(),
+                        version,
+                        event_id: e.event_id,
+                        event_type: e.event_type.clone(),
+                        payload: e.payload.clone(),
+                        recorded_at,
+                    };
+                    let bytes =
+                        serde_json::to_vec(&record).map_err(StorageError::codec("event"))?;
+                    Ok((event_key(&a.aggregate_id, version), bytes))
+                })
+                .collect::<Result<_, StorageError>>()?,
+            None => Vec::new(),
+        };
+        let outbox: Vec<Vec<u8>> = commit
+            .outbox
+            .iter()
+            .map(|m| serde_json::to_vec(m).map_err(StorageError::codec("outbox row")))
+            .collect::<Result<_, _>>()?;
+
+        let trees = (&s.events, &s.heads, &s.outbox_pending, &s.inbox, &s.meta);
+        let result = trees.transaction(|(events_t, heads_t, pending_t, inbox_t, meta_t)| {
+            if let Some(id) = commit.caused_by {
+                if inbox_t.get(id.as_bytes())?.is_some() {
+                    return Ok((CommitOutcome::Duplicate, None));
+                }
+                inbox_t.insert(id.as_bytes(), &recorded_at.to_be_bytes())?;
+            }
+            let mut version = 0;
+            if let Some(a) = &commit.append {
+                let actual = heads_t
+                    .get(a.aggregate_id.as_bytes())?
+                    .and_then(|v| decode_u64(&v))
+                    .unwrap_or(0);
+                if actual != a.expected_version {
+                    return abort(StorageError::Conflict {
+                        aggregate_id: a.aggregate_id.clone(),
+                        expected: a.expected_version,
+                        actual,
+                    });
+                }
+                version = a.expected_version;
+                for (key, bytes) in &events {
+                    events_t.insert(key.as_slice(), bytes.as_slice())?;
+                    version += 1;
+                }
+                heads_t.insert(a.aggregate_id.as_bytes(), &version.to_be_bytes())?;
+            }
+            let mut last_seq = None;
+            if !outbox.is_empty() {
+                let mut seq = meta_t
+                    .get(OUTBOX_SEQ)?
+                    .and_then(|v| decode_u64(&v))
+                    .unwrap_or(0);
+                for row in &outbox {
+                    seq += 1;
+                    pending_t.insert(&seq.to_be_bytes(), row.as_slice())?;
+                }
+                meta_t.insert(OUTBOX_SEQ, &seq.to_be_bytes())?;
+                last_seq = Some(seq);
+            }
+            Ok((CommitOutcome::Committed { version }, last_seq))
+        });
+        let (outcome, last_seq) = result?;
+        if let Some(seq) = last_seq {
+            s.committed_seq.fetch_max(seq, Ordering::AcqRel);
+        }
+        Ok(outcome)
+    }
+
+    /// Make every commit made so far durable (one fsync for the whole batch: group commit), then
+    /// release their outbox rows to the relay. Returns the proof needed to acknowledge.
+    pub async fn flush(&self) -> Result<Flushed, StorageError> {
+        let s = &*self.inner;
+        // Read before flushing: everything up to here is covered by the flush below.
+        let upto = s.committed_seq.load(Ordering::Acquire);
+        s.db.flush_async().await?;
+        Ok(self.released_up_to(upto))
+    }
+
+    /// [`Store::flush`] for synchronous callers (start-up, tests, the crash harness).
+    pub fn flush_blocking(&self) -> Result<Flushed, StorageError> {
+        let s = &*self.inner;
+        let upto = s.committed_seq.load(Ordering::Acquire);
+        s.db.flush()?;
+        Ok(self.released_up_to(upto))
+    }
+
+    /// Outbox rows up to `upto` are on disk: let the relay have them (and wake it).
+    fn released_up_to(&self, upto: u64) -> Flushed {
+        self.inner.durable_seq.send_if_modified(|durable| {
+            let advanced = upto > *durable;
+            if advanced {
+                *durable = upto;
+            }
+            advanced
+        });
+        Flushed { _private: () }
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+pub(crate) fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("svc"), &StoreConfig::default()).unwrap();
+        (dir, store)
+    }
+
+    fn event(n: u64) -> NewEvent {
+        NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: "Tested".into(),
+            payload: format!("{{\"n\":{n}}}"),
+        }
+    }
+
+    fn message(subject: &str) -> OutboxMessage {
+        OutboxMessage {
+            event_id: Uuid::now_v7(),
+            subject: subject.into(),
+            payload: "{}".into(),
+            headers: vec![],
+        }
+    }
+
+    #[test]
+    fn given_new_aggregate_when_appending_then_versions_count_from_one() {
+        let (_dir, store) = open();
+        let outcome = store
+            .commit(&Commit::new().append("order-1", 0, vec![event(1), event(2)]))
+            .unwrap();
+        assert_eq!(outcome, CommitOutcome::Committed { version: 2 });
+        let events = store.events_after("order-1", 0).unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.version).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(store.version("order-1").unwrap(), 2);
+        assert_eq!(store.events_after("order-1", 1).unwrap().len(), 1);
+        // another aggregate whose id shares a prefix is not mixed in
+        store
+            .commit(&Commit::new().append("order-10", 0, vec![event(1)]))
+            .unwrap();
+        assert_eq!(store.events_after("order-1", 0).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn given_stale_version_when_appending_then_conflict_and_nothing_written() {
+        let (_dir, store) = open();
+        store
+            .commit(&Commit::new().append("a", 0, vec![event(1)]))
+            .unwrap();
+        let stale = Commit::new()
+            .append("a", 0, vec![event(2)])
+            .publish(message("x.y.a"));
+        let err = store.commit(&stale).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::Conflict {
+                    expected: 0,
+                    actual: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(store.version("a").unwrap(), 1);
+        assert_eq!(
+            store.outbox_depth(),
+            0,
+            "a conflicting commit leaves no outbox row"
+        );
+    }
+
+    #[test]
+    fn concurrent_appends_at_the_same_version_commit_exactly_one() {
+        let (_dir, store) = open();
+        for round in 0..20u64 {
+            let results: Vec<_> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| {
+                        let store = store.clone();
+                        scope.spawn(move || {
+                            store.commit(
+                                &Commit::new()
+                                    .append("hot", round, vec![event(round)])
+                                    .publish(message("x.y.hot")),
+                            )
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let won = results.iter().filter(|r| r.is_ok()).count();
+            let conflicts = results
+                .iter()
+                .filter(|r| matches!(r, Err(StorageError::Conflict { .. })))
+                .count();
+            assert_eq!((won, conflicts), (1, 3), "round {round}: {results:?}");
+        }
+        assert_eq!(store.version("hot").unwrap(), 20);
+        assert_eq!(store.events_after("hot", 0).unwrap().len(), 20);
+        assert_eq!(
+            store.outbox_depth(),
+            20,
+            "one outbox row per winning commit"
+        );
+    }
+
+    #[test]
+    fn an_inbound_event_is_applied_once() {
+        let (_dir, store) = open();
+        let cause = Uuid::now_v7();
+        let first = Commit::caused_by(cause)
+            .append("a", 0, vec![event(1)])
+            .publish(message("x.y.a"));
+        assert_eq!(
+            store.commit(&first).unwrap(),
+            CommitOutcome::Committed { version: 1 }
+        );
+        // the redelivered copy, decided against the same state, is recognised before the version check
+        assert_eq!(store.commit(&first).unwrap(), CommitOutcome::Duplicate);
+        assert!(store.is_processed(cause).unwrap());
+        assert_eq!(store.version("a").unwrap(), 1);
+        assert_eq!(store.outbox_depth(), 1);
+    }
+
+    #[test]
+    fn outbox_rows_reach_the_relay_only_after_flush() {
+        let (_dir, store) = open();
+        let released = store.outbox_released();
+        store
+            .commit(
+                &Commit::new()
+                    .publish(message("a.b.1"))
+                    .publish(message("a.b.2")),
+            )
+            .unwrap();
+        assert!(store.pending(10).unwrap().is_empty(), "not durable yet");
+        assert!(!released.has_changed().unwrap());
+        let _ = store.flush_blocking().unwrap();
+        assert!(released.has_changed().unwrap(), "flush wakes the relay");
+        let rows = store.pending(10).unwrap();
+        assert_eq!(
+            rows.iter()
+                .map(|r| r.message.subject.as_str())
+                .collect::<Vec<_>>(),
+            ["a.b.1", "a.b.2"]
+        );
+        store.mark_sent(&rows[..1]).unwrap();
+        assert_eq!(store.pending(10).unwrap(), rows[1..].to_vec());
+        assert_eq!(store.outbox_sent_count(), 1);
+        assert_eq!(store.cleanup_sent(Duration::from_secs(3600)).unwrap(), 0);
+        assert_eq!(store.cleanup_sent(Duration::ZERO).unwrap(), 1);
+    }
+
+    #[test]
+    fn rows_on_disk_at_open_are_durable_and_sequences_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+            store
+                .commit(&Commit::new().publish(message("a.b.1")))
+                .unwrap();
+            let _ = store.flush_blocking().unwrap();
+        }
+        let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+        store
+            .commit(&Commit::new().publish(message("a.b.2")))
+            .unwrap();
+        let _ = store.flush_blocking().unwrap();
+        let seqs: Vec<_> = store.pending(10).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [1, 2]);
+    }
+
+    #[test]
+    fn a_second_opener_is_refused_with_the_path() {
+        let (_dir, store) = open();
+        let err = Store::open(store.path(), &StoreConfig::default()).unwrap_err();
+        assert!(matches!(err, StorageError::Locked { .. }), "{err}");
+        assert!(err
+            .to_string()
+            .contains(&store.path().display().to_string()));
+    }
+
+    #[test]
+    fn a_corrupt_directory_is_refused_with_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("conf"), b"\xff\xfe not a sled config").unwrap();
+        std::fs::write(dir.path().join("db"), vec![0xAB; 4096]).unwrap();
+        let err = Store::open(dir.path(), &StoreConfig::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::Corrupt { .. } | StorageError::Open { .. }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&dir.path().display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn snapshots_shorten_loading() {
+        let (_dir, store) = open();
+        let events: Vec<_> = (1..=5).map(event).collect();
+        store.commit(&Commit::new().append("a", 0, events)).unwrap();
+        store.save_snapshot("a", 4, "{\"sum\":10}".into()).unwrap();
+        let (snapshot, rest) = store.load("a").unwrap();
+        assert_eq!(snapshot.unwrap().version, 4);
+        assert_eq!(rest.iter().map(|e| e.version).collect::<Vec<_>>(), [5]);
+    }
+
+    #[test]
+    fn bad_aggregate_ids_are_rejected() {
+        let (_dir, store) = open();
+        for id in [String::new(), "x".repeat(256)] {
+            let err = store
+                .commit(&Commit::new().append(id, 0, vec![event(1)]))
+                .unwrap_err();
+            assert!(matches!(err, StorageError::InvalidAggregateId { .. }));
+        }
+    }
+
+    #[test]
+    fn inbox_cleanup_forgets_only_old_marks() {
+        let (_dir, store) = open();
+        store.commit(&Commit::caused_by(Uuid::now_v7())).unwrap();
+        assert_eq!(store.cleanup_inbox(Duration::from_secs(3600)).unwrap(), 0);
+        assert_eq!(store.inbox_len(), 1);
+        assert_eq!(store.cleanup_inbox(Duration::ZERO).unwrap(), 1);
+    }
+}

@@ -1,0 +1,76 @@
+//! Helpers for the integration tests: a real nats-server per test (free port, temp store), a
+//! fresh sled store, and polling instead of sleeping.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bus::server::{NatsServer, ServerConfig};
+use storage::{Store, StoreConfig};
+use tempfile::TempDir;
+
+/// A nats-server of this test's own, with its temp store; killed on drop.
+pub struct TestBroker {
+    pub server: NatsServer,
+    pub client: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    _dir: TempDir,
+}
+
+impl TestBroker {
+    /// Start a server and provision the streams (short duplicate window is not needed: default).
+    pub async fn start() -> TestBroker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = NatsServer::start(ServerConfig::new(dir.path().join("nats")))
+            .await
+            .expect("nats-server starts (run scripts/install-nats-server)");
+        let client = bus::connect(&server.url()).await.expect("connect");
+        let js = async_nats::jetstream::new(client.clone());
+        bus::provision(&js, &bus::StreamSettings::default())
+            .await
+            .expect("provision");
+        TestBroker {
+            server,
+            client,
+            js,
+            _dir: dir,
+        }
+    }
+
+    /// Messages in `stream` right now.
+    pub async fn stream_len(&self, stream: &str) -> u64 {
+        let mut s = self.js.get_stream(stream).await.expect("stream");
+        s.info().await.expect("stream info").state.messages
+    }
+}
+
+/// A fresh service database in its own temp dir.
+pub fn temp_store() -> (TempDir, Store) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path().join("db"), &StoreConfig::default()).expect("open store");
+    (dir, store)
+}
+
+/// Poll `condition` every 20 ms until it holds; panic with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Logs from the code under test, when `RUST_LOG` asks for them.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}

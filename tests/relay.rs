@@ -1,0 +1,178 @@
+//! The outbox relay against a real nats-server, including the broker being killed mid-relay.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bus::{Domain, Envelope, OutboxRelay, Publisher, RelayConfig};
+use commerce_tests::{init_logs, temp_store, wait_until, TestBroker};
+use serde_json::json;
+use storage::{Commit, NewEvent, Store};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Commit `n` events (one per order, each with its outbox row) and flush them.
+fn commit_orders(store: &Store, n: usize) -> HashSet<Uuid> {
+    let mut ids = HashSet::new();
+    for i in 0..n {
+        let order = Uuid::now_v7().to_string();
+        let event =
+            Envelope::new(Domain::Orders, "OrderCreated", &order, json!({ "n": i })).unwrap();
+        let commit = Commit::new()
+            .append(
+                order,
+                0,
+                vec![NewEvent {
+                    event_id: event.id,
+                    event_type: event.event_type.clone(),
+                    payload: event.to_json().unwrap(),
+                }],
+            )
+            .publish(event.to_outbox_message().unwrap());
+        store.commit(&commit).unwrap();
+        ids.insert(event.id);
+    }
+    let _ = store.flush_blocking().unwrap();
+    ids
+}
+
+/// Every `Nats-Msg-Id` in the stream, in stream order.
+async fn message_ids(broker: &TestBroker, stream: &str) -> Vec<Uuid> {
+    let stream = broker.js.get_stream(stream).await.unwrap();
+    let last = broker.stream_len("ORDERS").await;
+    let mut ids = Vec::new();
+    for seq in 1..=last {
+        let message = stream.get_raw_message(seq).await.unwrap();
+        let id = message
+            .headers
+            .get("Nats-Msg-Id")
+            .expect("every message carries Nats-Msg-Id")
+            .to_string();
+        ids.push(Uuid::parse_str(&id).unwrap());
+    }
+    ids
+}
+
+#[tokio::test]
+async fn relay_publishes_only_flushed_rows_and_marks_them_sent() {
+    init_logs();
+    let broker = TestBroker::start().await;
+    let (_dir, store) = temp_store();
+    let ids = commit_orders(&store, 300);
+    // A committed but unflushed row must not leave the service.
+    let unflushed = Envelope::new(Domain::Orders, "OrderCreated", "late", json!({})).unwrap();
+    store
+        .commit(&Commit::new().publish(unflushed.to_outbox_message().unwrap()))
+        .unwrap();
+
+    let relay = OutboxRelay::new(
+        store.clone(),
+        Publisher::new(broker.js.clone()),
+        RelayConfig::default(),
+    );
+    while relay.relay_once().await.unwrap() > 0 {}
+
+    assert_eq!(broker.stream_len("ORDERS").await, 300);
+    assert_eq!(
+        store.outbox_depth(),
+        1,
+        "only the unflushed row is still pending"
+    );
+    let published: HashSet<_> = message_ids(&broker, "ORDERS").await.into_iter().collect();
+    assert_eq!(published, ids);
+    assert!(!published.contains(&unflushed.id));
+
+    let _ = store.flush().await.unwrap();
+    while relay.relay_once().await.unwrap() > 0 {}
+    assert_eq!(broker.stream_len("ORDERS").await, 301);
+    assert_eq!(store.outbox_depth(), 0);
+}
+
+#[tokio::test]
+async fn broker_killed_mid_relay_every_row_lands_exactly_once() {
+    init_logs();
+    let mut broker = TestBroker::start().await;
+    let (_dir, store) = temp_store();
+    let ids = commit_orders(&store, 3000);
+
+    let config = RelayConfig {
+        batch: 50,
+        backoff_max: Duration::from_millis(200),
+        ..RelayConfig::default()
+    };
+    let relay = OutboxRelay::new(
+        store.clone(),
+        Publisher::new(broker.js.clone()),
+        config.clone(),
+    );
+    let stats = relay.stats();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(relay.run(stop.clone()));
+
+    wait_until("the relay has sent some rows", WAIT, || async {
+        stats.sent.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    broker.server.kill();
+    wait_until("the relay notices the broker is gone", WAIT, || async {
+        stats.failures.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap();
+
+    // Nothing may be marked sent that the broker did not store.
+    let marked_sent = store.sent_event_ids().unwrap();
+    assert!(store.outbox_depth() > 0, "the kill happened mid-relay");
+    broker.server.restart().await.unwrap();
+    let stored: HashSet<_> = message_ids(&broker, "ORDERS").await.into_iter().collect();
+    let lost: Vec<_> = marked_sent
+        .iter()
+        .filter(|id| !stored.contains(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} rows marked sent are not in the stream",
+        lost.len()
+    );
+
+    // A new relay finishes the job after the restart (the client reconnects by itself).
+    let relay = OutboxRelay::new(store.clone(), Publisher::new(broker.js.clone()), config);
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(relay.run(stop.clone()));
+    wait_until("every row is marked sent", WAIT, || async {
+        store.outbox_depth() == 0
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap();
+
+    let in_stream = message_ids(&broker, "ORDERS").await;
+    let unique: HashSet<_> = in_stream.iter().copied().collect();
+    assert_eq!(
+        in_stream.len(),
+        ids.len(),
+        "exactly once: no duplicates in the stream"
+    );
+    assert_eq!(unique, ids, "every row is in the stream");
+    assert_eq!(store.sent_event_ids().unwrap().len(), ids.len());
+
+    // Publishing every row again is absorbed by the broker's dedup window.
+    let rows: Vec<_> = in_stream
+        .iter()
+        .take(100)
+        .map(|id| storage::OutboxMessage {
+            event_id: *id,
+            subject: "orders.order_created.again".into(),
+            payload: "{}".into(),
+            headers: vec![],
+        })
+        .collect();
+    let outcomes = Publisher::new(broker.js.clone()).publish_all(&rows).await;
+    assert!(outcomes
+        .iter()
+        .all(|o| o.as_ref().is_ok_and(|s| s.duplicate)));
+    assert_eq!(broker.stream_len("ORDERS").await, ids.len() as u64);
+}
