@@ -1,1 +1,314 @@
+//! Durable consumers against a real nats-server: idempotent apply, DLQ, redelivery, restarts.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus::{ConsumerSpec, Delivery, Domain, DurableConsumer, Envelope, Publisher, Verdict};
+use commerce_tests::{init_logs, temp_store, wait_until, Deadline, TestBroker};
+use serde_json::json;
+use storage::{Commit, CommitOutcome, NewEvent, Store};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// What a service does with an event here: append one "Seen" event to the order, exactly once.
+fn apply(store: &Store, delivery: &Delivery) -> (Verdict, Option<CommitOutcome>) {
+    let order = &delivery.envelope.subject;
+    let version = match store.version(order) {
+        Ok(v) => v,
+        Err(e) => return (Verdict::Retry(e.to_string()), None),
+    };
+    let seen = NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: "Seen".into(),
+        payload: delivery.envelope.id.to_string(),
+    };
+    match store.commit(&Commit::caused_by(delivery.envelope.id).append(
+        order.as_str(),
+        version,
+        vec![seen],
+    )) {
+        Ok(outcome) => (Verdict::Done, Some(outcome)),
+        Err(e) => (Verdict::Retry(e.to_string()), None),
+    }
+}
+
+/// One batch through the whole cycle: apply each, flush once, then settle. Returns the outcomes.
+async fn consume_batch(
+    consumer: &mut DurableConsumer,
+    store: &Store,
+) -> Vec<Option<CommitOutcome>> {
+    let batch = consumer
+        .next_batch(Duration::from_millis(200))
+        .await
+        .unwrap();
+    let mut outcomes = Vec::new();
+    let mut verdicts = Vec::new();
+    for delivery in batch {
+        let (verdict, outcome) = apply(store, &delivery);
+        outcomes.push(outcome);
+        verdicts.push((verdict, delivery));
+    }
+    let flushed = store.flush().await.unwrap();
+    consumer.settle(verdicts, flushed).await;
+    outcomes
+}
+
+async fn publish_orders(broker: &TestBroker, n: usize) -> Vec<Envelope> {
+    let events: Vec<_> = (0..n)
+        .map(|i| {
+            Envelope::new(
+                Domain::Orders,
+                "OrderCreated",
+                Uuid::now_v7().to_string(),
+                json!({ "n": i }),
+            )
+            .unwrap()
+        })
+        .collect();
+    let rows: Vec<_> = events
+        .iter()
+        .map(|e| e.to_outbox_message().unwrap())
+        .collect();
+    for outcome in Publisher::new(broker.js.clone()).publish_all(&rows).await {
+        outcome.unwrap();
+    }
+    events
+}
+
+fn spec() -> ConsumerSpec {
+    let mut spec = ConsumerSpec::new("ORDERS", "payment");
+    spec.ack_wait = Duration::from_secs(1);
+    spec.max_deliver = 3;
+    spec.backoff = vec![Duration::from_millis(20)];
+    spec
+}
+
+fn applied_once(store: &Store, events: &[Envelope]) {
+    for e in events {
+        assert_eq!(
+            store.version(&e.subject).unwrap(),
+            1,
+            "order {} applied once",
+            e.subject
+        );
+        assert!(store.is_processed(e.id).unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_poison_message_goes_to_dlq_with_its_reason_and_the_rest_are_processed() {
+    init_logs();
+    let broker = TestBroker::start().await;
+    let (_dir, store) = temp_store();
+    let before = publish_orders(&broker, 3).await;
+    broker
+        .js
+        .publish("orders.order_created.poison", "{not an event".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let after = publish_orders(&broker, 3).await;
+
+    let mut consumer = DurableConsumer::bind(&broker.js, spec()).await.unwrap();
+    let deadline = Deadline::after(WAIT, "the six valid events are applied");
+    let mut applied = 0;
+    while applied < 6 {
+        applied += consume_batch(&mut consumer, &store).await.len();
+        deadline.check();
+    }
+    applied_once(&store, &before);
+    applied_once(&store, &after);
+
+    assert_eq!(broker.stream_len("DLQ").await, 1);
+    let dlq = broker.js.get_stream("DLQ").await.unwrap();
+    let dead = dlq.get_raw_message(1).await.unwrap();
+    assert_eq!(
+        dead.subject.as_str(),
+        "dlq.payment.orders.order_created.poison"
+    );
+    assert_eq!(
+        &dead.payload[..],
+        b"{not an event",
+        "the payload is kept untouched"
+    );
+    let reason = dead
+        .headers
+        .get(bus::consumer::DLQ_REASON)
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("undecodable"), "{reason}");
+    assert_eq!(
+        dead.headers
+            .get(bus::consumer::DLQ_SEQUENCE)
+            .unwrap()
+            .as_str(),
+        "4"
+    );
+}
+
+#[tokio::test]
+async fn rejected_and_exhausted_messages_go_to_dlq() {
+    init_logs();
+    let broker = TestBroker::start().await;
+    let events = publish_orders(&broker, 2).await;
+    let (rejected, failing) = (events[0].id, events[1].id);
+    let mut consumer = DurableConsumer::bind(&broker.js, spec()).await.unwrap();
+    let (_dir, store) = temp_store();
+    let mut deliveries_of_failing = 0;
+    let deadline = Deadline::after(WAIT, "both land in DLQ");
+    while broker.stream_len("DLQ").await < 2 {
+        let batch = consumer
+            .next_batch(Duration::from_millis(100))
+            .await
+            .unwrap();
+        let verdicts = batch
+            .into_iter()
+            .map(|d| {
+                if d.envelope.id == rejected {
+                    (Verdict::Reject("unknown sku".into()), d)
+                } else {
+                    assert_eq!(d.envelope.id, failing);
+                    deliveries_of_failing += 1;
+                    (Verdict::Retry("gateway down".into()), d)
+                }
+            })
+            .collect();
+        consumer
+            .settle(verdicts, store.flush().await.unwrap())
+            .await;
+        deadline.check();
+    }
+    assert_eq!(
+        deliveries_of_failing, 3,
+        "retried up to max_deliver, then dead-lettered"
+    );
+    let dlq = broker.js.get_stream("DLQ").await.unwrap();
+    let mut reasons = Vec::new();
+    for seq in 1..=2 {
+        let m = dlq.get_raw_message(seq).await.unwrap();
+        reasons.push(
+            m.headers
+                .get(bus::consumer::DLQ_REASON)
+                .unwrap()
+                .to_string(),
+        );
+    }
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        ["exhausted after 3 deliveries: gateway down", "unknown sku"]
+    );
+}
+
+#[tokio::test]
+async fn redelivery_after_a_crash_before_ack_is_applied_once() {
+    init_logs();
+    let broker = TestBroker::start().await;
+    let (_dir, store) = temp_store();
+    let events = publish_orders(&broker, 20).await;
+
+    // First life: apply and flush everything, then "crash" before settling: no ack is sent.
+    {
+        let mut consumer = DurableConsumer::bind(&broker.js, spec()).await.unwrap();
+        let mut seen = 0;
+        while seen < events.len() {
+            let batch = consumer.next_batch(Duration::from_secs(5)).await.unwrap();
+            for d in &batch {
+                assert_eq!(
+                    apply(&store, d).1,
+                    Some(CommitOutcome::Committed { version: 1 })
+                );
+            }
+            seen += batch.len();
+            let _ = store.flush().await.unwrap();
+            drop(batch); // the process died here: nothing is acknowledged
+        }
+    }
+
+    // Second life: the broker redelivers after AckWait; the inbox turns each into a no-op.
+    let mut consumer = DurableConsumer::bind(&broker.js, spec()).await.unwrap();
+    let mut duplicates = 0;
+    let deadline = Deadline::after(WAIT, "all 20 are redelivered");
+    while duplicates < 20 {
+        for outcome in consume_batch(&mut consumer, &store).await {
+            assert_eq!(outcome, Some(CommitOutcome::Duplicate));
+            duplicates += 1;
+        }
+        deadline.check();
+    }
+    applied_once(&store, &events);
+    wait_until("nothing is left unacknowledged", WAIT, || async {
+        let info = broker
+            .js
+            .get_stream("ORDERS")
+            .await
+            .unwrap()
+            .consumer_info("payment")
+            .await
+            .unwrap();
+        info.num_ack_pending == 0 && info.num_pending == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_broker_restart_mid_consume_loses_nothing_and_applies_nothing_twice() {
+    init_logs();
+    let mut broker = TestBroker::start().await;
+    let (_dir, store) = temp_store();
+    let events = publish_orders(&broker, 400).await;
+
+    let applied = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let mut consumer = DurableConsumer::bind(&broker.js, {
+        let mut s = spec();
+        s.batch = 20;
+        s
+    })
+    .await
+    .unwrap();
+    let worker = {
+        let (store, applied, stop) = (store.clone(), applied.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                // While the broker is down, a pull can fail; the loop just goes on.
+                let Ok(batch) = consumer.next_batch(Duration::from_millis(200)).await else {
+                    continue;
+                };
+                let mut verdicts = Vec::new();
+                for d in batch {
+                    if let (verdict, Some(CommitOutcome::Committed { .. })) = apply(&store, &d) {
+                        applied.fetch_add(1, Ordering::Relaxed);
+                        verdicts.push((verdict, d));
+                    } else {
+                        verdicts.push((Verdict::Done, d));
+                    }
+                }
+                let flushed = store.flush().await.unwrap();
+                consumer.settle(verdicts, flushed).await;
+            }
+        })
+    };
+    wait_until("some events are applied", WAIT, || async {
+        applied.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    broker.server.kill();
+    broker.server.restart().await.unwrap();
+    wait_until("every event is applied", WAIT, || async {
+        events.iter().all(|e| store.is_processed(e.id).unwrap())
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap();
+    applied_once(&store, &events);
+    assert_eq!(
+        applied.load(Ordering::Relaxed),
+        events.len(),
+        "no event applied twice"
+    );
+}

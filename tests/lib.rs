@@ -74,3 +74,27 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// For loops that drive something themselves: `while !done { …; deadline.check() }`.
+pub struct Deadline {
+    at: Instant,
+    what: &'static str,
+}
+
+impl Deadline {
+    pub fn after(timeout: Duration, what: &'static str) -> Deadline {
+        Deadline {
+            at: Instant::now() + timeout,
+            what,
+        }
+    }
+
+    /// Panics once the deadline has passed.
+    pub fn check(&self) {
+        assert!(
+            Instant::now() < self.at,
+            "timed out waiting for: {}",
+            self.what
+        );
+    }
+}

@@ -2,10 +2,11 @@
 //!
 //! The loop every consumer runs:
 //! ```text
-//! let batch = consumer.next_batch().await?;      // undecodable / exhausted ones already in DLQ
-//! let verdicts = batch.into_iter().map(|d| (handle(&d), d));   // commit each to the Store
-//! let flushed = store.flush().await?;            // ONE fsync for the batch (group commit)
-//! consumer.settle(verdicts, flushed).await;      // only now: ack / nak with backoff / DLQ
+//! let batch = consumer.next_batch(wait).await?;  // undecodable / exhausted ones already in DLQ
+//! let commits = batch.iter().map(decide);          // one storage::Commit per delivery
+//! let outcomes = store.commit_all(&commits)?;      // ONE sled transaction for the batch
+//! let flushed = store.flush().await?;              // ONE fsync for the batch (group commit)
+//! consumer.settle(verdicts, flushed).await;        // only now: ack / nak with backoff / DLQ
 //! ```
 //! `settle` cannot be called without the [`Flushed`] proof, so acking before durability does not
 //! compile. A crash anywhere before `settle` means redelivery, and the inbox makes it a no-op.

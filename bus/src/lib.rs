@@ -7,8 +7,9 @@
 //! - [`consumer`]: durable pull consumers: explicit ack only with a flush proof, nak with backoff,
 //!   poison and exhausted messages to `DLQ` with the reason.
 //! - [`relay`]: the outbox relay: publishes durable outbox rows and marks them sent after PubAck.
+//! - [`status`]: streams and consumer lag, for `commerce status`.
 //! - [`server`]: a real nats-server as a child process (embedded mode and tests).
-//! - [`error`]: [`BusError`].
+//! - [`error`]: the [`BusError`] type.
 #![forbid(unsafe_code)]
 
 pub mod consumer;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod publisher;
 pub mod relay;
 pub mod server;
+pub mod status;
 pub mod streams;
 
 pub use consumer::{ConsumerSpec, Delivery, DurableConsumer, Verdict};

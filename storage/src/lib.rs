@@ -8,7 +8,7 @@
 //! - [`events`]: reading an aggregate's append-only log, and snapshots.
 //! - [`outbox`]: rows waiting for the relay; visible to it only once flushed; pending → sent.
 //! - [`inbox`]: ids of inbound events already applied, kept longer than the broker's duplicate window.
-//! - [`error`]: [`StorageError`].
+//! - [`error`]: the [`StorageError`] type.
 #![forbid(unsafe_code)]
 
 pub mod error;

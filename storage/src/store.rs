@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::abort;
+use sled::transaction::ConflictableTransactionError;
 use sled::{Transactional, Tree};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -19,7 +19,7 @@ const LOCK_FILE: &str = "commerce.lock";
 const OUTBOX_SEQ: &[u8] = b"outbox_seq";
 
 /// Tunables of one service database.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// sled page cache, in bytes. Six services share one machine, so keep it modest.
@@ -127,6 +127,51 @@ impl Commit {
     }
 }
 
+/// A commit's rows, encoded once, outside the transaction.
+struct Encoded {
+    events: Vec<(Vec<u8>, Vec<u8>)>,
+    outbox: Vec<Vec<u8>>,
+}
+
+impl Encoded {
+    fn new(commit: &Commit, recorded_at: u64) -> Result<Encoded, StorageError> {
+        let events = match &commit.append {
+            Some(a) => {
+                if a.aggregate_id.is_empty() || a.aggregate_id.len() > MAX_AGGREGATE_ID_BYTES {
+                    return Err(StorageError::InvalidAggregateId {
+                        aggregate_id: a.aggregate_id.chars().take(64).collect(),
+                    });
+                }
+                a.events
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| {
+                        let version = a.expected_version + 1 + i as u64;
+                        let record = RecordedEvent {
+                            aggregate_id: a.aggregate_id.clone(),
+                            version,
+                            event_id: e.event_id,
+                            event_type: e.event_type.clone(),
+                            payload: e.payload.clone(),
+                            recorded_at,
+                        };
+                        let bytes =
+                            serde_json::to_vec(&record).map_err(StorageError::codec("event"))?;
+                        Ok((event_key(&a.aggregate_id, version), bytes))
+                    })
+                    .collect::<Result<_, StorageError>>()?
+            }
+            None => Vec::new(),
+        };
+        let outbox = commit
+            .outbox
+            .iter()
+            .map(|m| serde_json::to_vec(m).map_err(StorageError::codec("outbox row")))
+            .collect::<Result<_, _>>()?;
+        Ok(Encoded { events, outbox })
+    }
+}
+
 /// What a commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitOutcome {
@@ -218,92 +263,89 @@ impl Store {
     /// Write `commit` atomically. Not yet durable: call [`Store::flush`] once for the whole batch
     /// before acknowledging anything that depends on it.
     pub fn commit(&self, commit: &Commit) -> Result<CommitOutcome, StorageError> {
+        self.commit_all(std::slice::from_ref(commit))?
+            .pop()
+            .unwrap_or(Ok(CommitOutcome::Duplicate))
+    }
+
+    /// Write several commits in ONE sled transaction (sled's cost is per transaction, so a
+    /// consumer writes its whole fetched batch this way). Each commit is still all-or-nothing on
+    /// its own and sees the ones before it: a conflicting commit is skipped and reported in its
+    /// slot, the others land. The outer error is a storage failure: then nothing landed.
+    pub fn commit_all(
+        &self,
+        commits: &[Commit],
+    ) -> Result<Vec<Result<CommitOutcome, StorageError>>, StorageError> {
         let s = &*self.inner;
         let recorded_at = now_millis();
-        if let Some(a) = &commit.append {
-            if a.aggregate_id.is_empty() || a.aggregate_id.len() > MAX_AGGREGATE_ID_BYTES {
-                return Err(StorageError::InvalidAggregateId {
-                    aggregate_id: a.aggregate_id.chars().take(64).collect(),
-                });
+        // Validate and encode outside the transaction closure: sled may run it more than once.
+        let mut invalid = Vec::new();
+        let mut valid = Vec::with_capacity(commits.len());
+        for (i, commit) in commits.iter().enumerate() {
+            match Encoded::new(commit, recorded_at) {
+                Ok(enc) => valid.push((commit, enc)),
+                Err(e) => invalid.push((i, e)),
             }
         }
-        // Encode outside the transaction closure: sled may run it more than once.
-        let events: Vec<(Vec<u8>, Vec<u8>)> = match &commit.append {
-            Some(a) => a
-                .events
-                .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    let version = a.expected_version + 1 + i as u64;
-                    let record = RecordedEvent {
-                        aggregate_id: a.aggregate_id.clone(),
-                        version,
-                        event_id: e.event_id,
-                        event_type: e.event_type.clone(),
-                        payload: e.payload.clone(),
-                        recorded_at,
-                    };
-                    let bytes =
-                        serde_json::to_vec(&record).map_err(StorageError::codec("event"))?;
-                    Ok((event_key(&a.aggregate_id, version), bytes))
-                })
-                .collect::<Result<_, StorageError>>()?,
-            None => Vec::new(),
-        };
-        let outbox: Vec<Vec<u8>> = commit
-            .outbox
-            .iter()
-            .map(|m| serde_json::to_vec(m).map_err(StorageError::codec("outbox row")))
-            .collect::<Result<_, _>>()?;
-
         let trees = (&s.events, &s.heads, &s.outbox_pending, &s.inbox, &s.meta);
-        let result = trees.transaction(|(events_t, heads_t, pending_t, inbox_t, meta_t)| {
-            if let Some(id) = commit.caused_by {
-                if inbox_t.get(id.as_bytes())?.is_some() {
-                    return Ok((CommitOutcome::Duplicate, None));
-                }
-                inbox_t.insert(id.as_bytes(), &recorded_at.to_be_bytes())?;
-            }
-            let mut version = 0;
-            if let Some(a) = &commit.append {
-                let actual = heads_t
-                    .get(a.aggregate_id.as_bytes())?
-                    .and_then(|v| decode_u64(&v))
-                    .unwrap_or(0);
-                if actual != a.expected_version {
-                    return abort(StorageError::Conflict {
-                        aggregate_id: a.aggregate_id.clone(),
-                        expected: a.expected_version,
-                        actual,
-                    });
-                }
-                version = a.expected_version;
-                for (key, bytes) in &events {
-                    events_t.insert(key.as_slice(), bytes.as_slice())?;
-                    version += 1;
-                }
-                heads_t.insert(a.aggregate_id.as_bytes(), &version.to_be_bytes())?;
-            }
-            let mut last_seq = None;
-            if !outbox.is_empty() {
+        let (outcomes, last_seq) =
+            trees.transaction(|(events_t, heads_t, pending_t, inbox_t, meta_t)| {
                 let mut seq = meta_t
                     .get(OUTBOX_SEQ)?
                     .and_then(|v| decode_u64(&v))
                     .unwrap_or(0);
-                for row in &outbox {
-                    seq += 1;
-                    pending_t.insert(&seq.to_be_bytes(), row.as_slice())?;
+                let first_seq = seq;
+                let mut outcomes = Vec::with_capacity(valid.len());
+                for (commit, enc) in &valid {
+                    // Checks first, writes after: a commit that fails a check writes nothing.
+                    if let Some(id) = commit.caused_by {
+                        if inbox_t.get(id.as_bytes())?.is_some() {
+                            outcomes.push(Ok(CommitOutcome::Duplicate));
+                            continue;
+                        }
+                    }
+                    let mut version = 0;
+                    if let Some(a) = &commit.append {
+                        let actual = heads_t
+                            .get(a.aggregate_id.as_bytes())?
+                            .and_then(|v| decode_u64(&v))
+                            .unwrap_or(0);
+                        if actual != a.expected_version {
+                            outcomes.push(Err(StorageError::Conflict {
+                                aggregate_id: a.aggregate_id.clone(),
+                                expected: a.expected_version,
+                                actual,
+                            }));
+                            continue;
+                        }
+                        version = a.expected_version;
+                        for (key, bytes) in &enc.events {
+                            events_t.insert(key.as_slice(), bytes.as_slice())?;
+                            version += 1;
+                        }
+                        heads_t.insert(a.aggregate_id.as_bytes(), &version.to_be_bytes())?;
+                    }
+                    for row in &enc.outbox {
+                        seq += 1;
+                        pending_t.insert(&seq.to_be_bytes(), row.as_slice())?;
+                    }
+                    if let Some(id) = commit.caused_by {
+                        inbox_t.insert(id.as_bytes(), &recorded_at.to_be_bytes())?;
+                    }
+                    outcomes.push(Ok(CommitOutcome::Committed { version }));
                 }
-                meta_t.insert(OUTBOX_SEQ, &seq.to_be_bytes())?;
-                last_seq = Some(seq);
-            }
-            Ok((CommitOutcome::Committed { version }, last_seq))
-        });
-        let (outcome, last_seq) = result?;
-        if let Some(seq) = last_seq {
-            s.committed_seq.fetch_max(seq, Ordering::AcqRel);
+                if seq != first_seq {
+                    meta_t.insert(OUTBOX_SEQ, &seq.to_be_bytes())?;
+                }
+                Ok::<_, ConflictableTransactionError<StorageError>>((outcomes, seq))
+            })?;
+        s.committed_seq.fetch_max(last_seq, Ordering::AcqRel);
+        // Put the invalid commits' errors back in their slots.
+        let mut outcomes: Vec<_> = outcomes.into_iter().map(Some).collect();
+        for (i, e) in invalid {
+            outcomes.insert(i, Some(Err(e)));
         }
-        Ok(outcome)
+        Ok(outcomes.into_iter().flatten().collect())
     }
 
     /// Make every commit made so far durable (one fsync for the whole batch: group commit), then
@@ -460,6 +502,57 @@ mod tests {
             20,
             "one outbox row per winning commit"
         );
+    }
+
+    #[test]
+    fn a_batch_of_commits_lands_per_commit_and_later_ones_see_earlier_ones() {
+        let (_dir, store) = open();
+        let cause = Uuid::now_v7();
+        let batch = [
+            Commit::caused_by(cause)
+                .append("a", 0, vec![event(1)])
+                .publish(message("x.y.a")),
+            Commit::caused_by(Uuid::now_v7())
+                .append("b", 5, vec![event(1)])
+                .publish(message("x.y.b")),
+            Commit::caused_by(cause).append("a", 1, vec![event(2)]),
+            Commit::new().append("", 0, vec![event(1)]),
+            Commit::caused_by(Uuid::now_v7())
+                .append("a", 1, vec![event(2)])
+                .publish(message("x.y.a")),
+        ];
+        let outcomes = store.commit_all(&batch).unwrap();
+        assert!(matches!(
+            outcomes[0],
+            Ok(CommitOutcome::Committed { version: 1 })
+        ));
+        assert!(matches!(
+            outcomes[1],
+            Err(StorageError::Conflict {
+                expected: 5,
+                actual: 0,
+                ..
+            })
+        ));
+        assert!(matches!(outcomes[2], Ok(CommitOutcome::Duplicate)));
+        assert!(matches!(
+            outcomes[3],
+            Err(StorageError::InvalidAggregateId { .. })
+        ));
+        assert!(matches!(
+            outcomes[4],
+            Ok(CommitOutcome::Committed { version: 2 })
+        ));
+        assert_eq!(store.version("b").unwrap(), 0);
+        let b_cause = match &batch[1].caused_by {
+            Some(id) => *id,
+            None => unreachable!(),
+        };
+        assert!(
+            !store.is_processed(b_cause).unwrap(),
+            "a conflicting commit leaves no inbox mark"
+        );
+        assert_eq!(store.outbox_depth(), 2, "only the landed commits' rows");
     }
 
     #[test]

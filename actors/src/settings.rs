@@ -1,0 +1,109 @@
+//! Settings, layered (later wins): built-in defaults, an optional TOML file, `COMMERCE_*`
+//! environment variables (`COMMERCE_DATA_DIR`, `COMMERCE_NATS_URL`, nested with `__`, e.g.
+//! `COMMERCE_STREAMS__DUPLICATE_WINDOW=300`), `NATS_URL`, then command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use bus::StreamSettings;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use storage::StoreConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Root of every service's database and of the embedded broker's store.
+    pub data_dir: PathBuf,
+    /// Use this NATS server instead of starting one.
+    pub nats_url: Option<String>,
+    /// Port of the embedded nats-server; if taken, a free one is picked.
+    pub nats_port: u16,
+    /// Run the embedded nats-server with `sync_interval: always` (fsync every write).
+    pub nats_sync_always: bool,
+    pub streams: StreamSettings,
+    pub store: StoreConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            data_dir: PathBuf::from("data"),
+            nats_url: None,
+            nats_port: 4222,
+            nats_sync_always: false,
+            streams: StreamSettings::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+/// Flag values given on the command line (`None`: not given).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_port: Option<u16>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid settings: {0}")]
+pub struct SettingsError(#[from] Box<figment::Error>);
+
+impl Settings {
+    /// Load the layers. A missing `file` is an error (it was asked for); unknown keys are errors.
+    pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Settings, SettingsError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(SettingsError(Box::new(figment::Error::from(format!(
+                    "config file {} not found",
+                    file.display()
+                )))));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment
+            .merge(Env::prefixed("COMMERCE_").split("__"))
+            .merge(Env::raw().only(&["NATS_URL"]))
+            .merge(Serialized::defaults(flags));
+        figment.extract().map_err(|e| SettingsError(Box::new(e)))
+    }
+
+    /// The database directory of one service.
+    pub fn service_dir(&self, service: &str) -> PathBuf {
+        self.data_dir.join(service)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("commerce.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/from/file\"\nnats_port = 5000\n[streams]\nduplicate_window = 300\n",
+        )
+        .unwrap();
+        let flags = Overrides {
+            nats_port: Some(6000),
+            ..Overrides::default()
+        };
+        let s = Settings::load(Some(&file), &flags).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(s.nats_port, 6000, "flags beat the file");
+        assert_eq!(s.streams.duplicate_window.as_secs(), 300);
+
+        std::fs::write(&file, "data_dri = \"typo\"\n").unwrap();
+        let err = Settings::load(Some(&file), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("data_dri"), "{err}");
+        assert!(Settings::load(Some(&dir.path().join("missing.toml")), &flags).is_err());
+    }
+}

@@ -1,0 +1,279 @@
+//! `commerce bench bus`: outbox relay and consumer throughput as ratios to raw JetStream,
+//! all measured in one run against one fresh nats-server.
+
+use std::time::{Duration, Instant};
+
+use actors::Settings;
+use anyhow::Context;
+use bus::server::{NatsServer, ServerConfig};
+use bus::{
+    ConsumerSpec, Domain, DurableConsumer, Envelope, OutboxRelay, Publisher, RelayConfig, Verdict,
+};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use storage::{Commit, NewEvent, OutboxMessage, Store};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(clap::Subcommand)]
+enum BenchWhat {
+    /// Relay and consumer throughput vs raw JetStream publish/consume.
+    Bus {
+        /// Events per phase.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// Events for the flush-per-message comparison (slow by design).
+        #[arg(long, default_value_t = 1_000)]
+        single_flush_events: usize,
+    },
+}
+
+struct Row {
+    phase: &'static str,
+    events: usize,
+    elapsed: Duration,
+    baseline: Option<&'static str>,
+}
+
+impl Row {
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<()> {
+    let BenchWhat::Bus {
+        events,
+        single_flush_events,
+    } = args.what;
+    let dir = tempfile::tempdir()?;
+    let server = NatsServer::start(ServerConfig::new(dir.path().join("nats"))).await?;
+    let client = bus::connect(&server.url()).await?;
+    let js = async_nats::jetstream::new(client);
+    bus::provision(&js, &settings.streams).await?;
+    let publisher = Publisher::new(js.clone());
+    eprintln!(
+        "bench: nats-server at {}, {events} events per phase",
+        server.url()
+    );
+
+    let mut rows = Vec::new();
+
+    // 1. Raw publish: the same messages the relay sends, straight to JetStream, pipelined.
+    let raw: Vec<OutboxMessage> = (0..events)
+        .map(|i| event(Domain::Payments, "BenchRaw", i).to_outbox_message())
+        .collect::<Result<_, _>>()?;
+    let bar = progress("raw JetStream publish", events);
+    let started = Instant::now();
+    for chunk in raw.chunks(512) {
+        for outcome in publisher.publish_all(chunk).await {
+            outcome?;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    rows.push(Row {
+        phase: "raw JetStream publish",
+        events,
+        elapsed: started.elapsed(),
+        baseline: None,
+    });
+    bar.finish();
+
+    // 2. Outbox relay: rows committed and flushed like a service would, then relayed.
+    let store = Store::open(dir.path().join("relay-db"), &settings.store)?;
+    for i in 0..events {
+        let e = event(Domain::Orders, "OrderCreated", i);
+        store.commit(&commit_for(&e, None)?)?;
+    }
+    let _ = store.flush().await?;
+    let relay = OutboxRelay::new(store.clone(), publisher.clone(), RelayConfig::default());
+    let bar = progress("outbox relay", events);
+    let started = Instant::now();
+    loop {
+        let sent = relay.relay_once().await?;
+        if sent == 0 {
+            break;
+        }
+        bar.inc(sent as u64);
+    }
+    anyhow::ensure!(store.outbox_depth() == 0, "relay left rows pending");
+    rows.push(Row {
+        phase: "outbox relay",
+        events,
+        elapsed: started.elapsed(),
+        baseline: Some("raw JetStream publish"),
+    });
+    bar.finish();
+
+    // 3. Raw consume: a plain pull consumer acking each message, no storage.
+    let stream = js.get_stream(Domain::Orders.stream()).await?;
+    let raw_consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("bench_raw".into()),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = raw_consumer
+        .stream()
+        .max_messages_per_batch(256)
+        .messages()
+        .await?;
+    let bar = progress("raw JetStream consume+ack", events);
+    let started = Instant::now();
+    for _ in 0..events {
+        let message = messages
+            .next()
+            .await
+            .context("stream ended")?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        bar.inc(1);
+    }
+    rows.push(Row {
+        phase: "raw JetStream consume+ack",
+        events,
+        elapsed: started.elapsed(),
+        baseline: None,
+    });
+    bar.finish();
+
+    // 4 and 5. A service's consumer: commit events + outbox row + inbox mark per message, then
+    // one flush per batch (group commit), or one flush per message for comparison.
+    for (phase, durable, count, per_message) in [
+        (
+            "consumer apply+ack, group commit",
+            "bench_apply",
+            events,
+            false,
+        ),
+        (
+            "consumer apply+ack, flush per message",
+            "bench_single",
+            single_flush_events.min(events),
+            true,
+        ),
+    ] {
+        let store = Store::open(dir.path().join(durable), &settings.store)?;
+        let mut spec = ConsumerSpec::new(Domain::Orders.stream(), durable);
+        spec.batch = if per_message { 1 } else { 256 };
+        let mut consumer = DurableConsumer::bind(&js, spec).await?;
+        let bar = progress(phase, count);
+        let started = Instant::now();
+        let mut done = 0;
+        let mut batches = 0usize;
+        while done < count {
+            batches += 1;
+            let batch = consumer.next_batch(Duration::from_secs(5)).await?;
+            anyhow::ensure!(!batch.is_empty(), "{phase}: no messages within 5s");
+            let batch: Vec<_> = batch.into_iter().take(count - done).collect();
+            let mut commits = Vec::with_capacity(batch.len());
+            for delivery in &batch {
+                let reaction = Envelope::new(
+                    Domain::Payments,
+                    "PaymentApproved",
+                    &delivery.envelope.subject,
+                    json!({}),
+                )?
+                .caused_by(&delivery.envelope);
+                commits.push(commit_for(&reaction, Some(delivery.envelope.id))?);
+            }
+            let mut verdicts = Vec::with_capacity(batch.len());
+            for (outcome, delivery) in store.commit_all(&commits)?.into_iter().zip(batch) {
+                outcome?;
+                verdicts.push((Verdict::Done, delivery));
+            }
+            done += verdicts.len();
+            bar.inc(verdicts.len() as u64);
+            let flushed = store.flush().await?;
+            consumer.settle(verdicts, flushed).await;
+        }
+        eprintln!(
+            "{phase}: {batches} batches, {:.1} events per flush",
+            count as f64 / batches as f64
+        );
+        rows.push(Row {
+            phase,
+            events: count,
+            elapsed: started.elapsed(),
+            baseline: Some("raw JetStream consume+ack"),
+        });
+        bar.finish();
+    }
+
+    print_report(&rows);
+    Ok(())
+}
+
+fn event(domain: Domain, event_type: &str, i: usize) -> Envelope {
+    let order = uuid::Uuid::now_v7().to_string();
+    // Envelope::new only fails on bad tokens; these are fixed and valid.
+    Envelope::new(
+        domain,
+        event_type,
+        order,
+        json!({ "n": i, "amount": 12_900, "items": [{"sku": "SKU-1", "qty": 2}] }),
+    )
+    .unwrap_or_else(|e| unreachable!("bench event is valid: {e}"))
+}
+
+/// What a service commits for one event: the event in its aggregate's log, its outbox row, and
+/// the inbox mark of the event that caused it.
+fn commit_for(e: &Envelope, cause: Option<uuid::Uuid>) -> anyhow::Result<Commit> {
+    let commit = match cause {
+        Some(id) => Commit::caused_by(id),
+        None => Commit::new(),
+    };
+    Ok(commit
+        .append(
+            e.subject.as_str(),
+            0,
+            vec![NewEvent {
+                event_id: e.id,
+                event_type: e.event_type.clone(),
+                payload: e.to_json()?,
+            }],
+        )
+        .publish(e.to_outbox_message()?))
+}
+
+fn progress(phase: &str, len: usize) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:40} [{bar:30}] {pos}/{len} {per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(phase.to_string());
+    bar
+}
+
+fn print_report(rows: &[Row]) {
+    println!();
+    println!(
+        "{:<40} {:>8} {:>9} {:>11}  ratio",
+        "phase", "events", "seconds", "events/s"
+    );
+    for row in rows {
+        let ratio = match row.baseline {
+            Some(base) => rows
+                .iter()
+                .find(|r| r.phase == base)
+                .map(|b| format!("{:.2} of {base}", row.rate() / b.rate()))
+                .unwrap_or_default(),
+            None => "baseline".into(),
+        };
+        println!(
+            "{:<40} {:>8} {:>9.2} {:>11.0}  {ratio}",
+            row.phase,
+            row.events,
+            row.elapsed.as_secs_f64(),
+            row.rate()
+        );
+    }
+}

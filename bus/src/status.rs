@@ -1,0 +1,85 @@
+//! What a person sees in `commerce status`: every stream, and who lags behind it.
+
+use std::fmt;
+
+use async_nats::jetstream;
+use futures::TryStreamExt;
+
+use crate::streams::stream_specs;
+use crate::BusError;
+
+#[derive(Debug, Clone)]
+pub struct StreamStatus {
+    pub name: String,
+    pub messages: u64,
+    pub bytes: u64,
+    pub last_sequence: u64,
+    pub consumers: Vec<ConsumerStatus>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerStatus {
+    pub name: String,
+    /// Messages not yet delivered to it: its lag.
+    pub pending: u64,
+    /// Delivered but not yet acknowledged.
+    pub ack_pending: usize,
+    pub redelivered: usize,
+}
+
+/// Read every stream this system provisions, with its consumers. A missing stream is an error
+/// that says to start the system first.
+pub async fn streams(js: &jetstream::Context) -> Result<Vec<StreamStatus>, BusError> {
+    let mut report = Vec::new();
+    for (name, _, _) in stream_specs() {
+        let what = || format!("status of stream {name} (has `commerce up` run?)");
+        let mut stream = js
+            .get_stream(name)
+            .await
+            .map_err(|e| BusError::jetstream(what())(e.to_string()))?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| BusError::jetstream(what())(e.to_string()))?
+            .state
+            .clone();
+        let mut consumers: Vec<ConsumerStatus> = stream
+            .consumers()
+            .map_ok(|c| ConsumerStatus {
+                name: c.name,
+                pending: c.num_pending,
+                ack_pending: c.num_ack_pending,
+                redelivered: c.num_redelivered,
+            })
+            .try_collect()
+            .await
+            .map_err(|e| BusError::jetstream(what())(e.to_string()))?;
+        consumers.sort_by(|a, b| a.name.cmp(&b.name));
+        report.push(StreamStatus {
+            name: name.to_string(),
+            messages: state.messages,
+            bytes: state.bytes,
+            last_sequence: state.last_sequence,
+            consumers,
+        });
+    }
+    Ok(report)
+}
+
+impl fmt::Display for StreamStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<16} {:>10} msgs {:>12} bytes  last seq {}",
+            self.name, self.messages, self.bytes, self.last_sequence
+        )?;
+        for c in &self.consumers {
+            writeln!(
+                f,
+                "  consumer {:<16} lag {:>8}  unacked {:>6}  redelivered {:>6}",
+                c.name, c.pending, c.ack_pending, c.redelivered
+            )?;
+        }
+        Ok(())
+    }
+}
