@@ -104,9 +104,18 @@ async fn a_poison_message_goes_to_dlq_with_its_reason_and_the_rest_are_processed
     let broker = TestBroker::start().await;
     let (_dir, store) = temp_store();
     let before = publish_orders(&broker, 3).await;
+    // Its Nats-* headers are valid here but would break a DLQ publish that copied them.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Expected-Stream", "ORDERS");
+    headers.insert("Nats-Msg-Id", "poison-1");
+    headers.insert("X-Custom", "kept");
     broker
         .js
-        .publish("orders.order_created.poison", "{not an event".into())
+        .publish_with_headers(
+            "orders.order_created.poison",
+            headers,
+            "{not an event".into(),
+        )
         .await
         .unwrap()
         .await
@@ -148,6 +157,15 @@ async fn a_poison_message_goes_to_dlq_with_its_reason_and_the_rest_are_processed
             .as_str(),
         "4"
     );
+    assert_eq!(dead.headers.get("X-Custom").unwrap().as_str(), "kept");
+    assert_eq!(
+        dead.headers
+            .get(bus::consumer::DLQ_ORIGINAL_MSG_ID)
+            .unwrap()
+            .as_str(),
+        "poison-1"
+    );
+    assert!(dead.headers.get("Nats-Expected-Stream").is_none());
 }
 
 #[tokio::test]

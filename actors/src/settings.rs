@@ -67,7 +67,8 @@ impl Settings {
             figment = figment.merge(Toml::file(file));
         }
         figment = figment
-            .merge(Env::prefixed("COMMERCE_").split("__"))
+            // COMMERCE_CONFIG names the file (a flag's env fallback), not a setting.
+            .merge(Env::prefixed("COMMERCE_").ignore(&["config"]).split("__"))
             .merge(Env::raw().only(&["NATS_URL"]))
             .merge(Serialized::defaults(flags));
         figment.extract().map_err(|e| SettingsError(Box::new(e)))

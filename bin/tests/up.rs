@@ -148,3 +148,79 @@ fn a_bad_config_file_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nats_prot"), "{err}");
 }
+
+#[tokio::test]
+async fn with_a_nats_url_up_uses_that_server_and_spawns_none() {
+    let data = tempfile::tempdir().unwrap();
+    let server = bus::server::NatsServer::start(bus::server::ServerConfig::new(
+        data.path().join("external"),
+    ))
+    .await
+    .unwrap();
+    let data_dir = data.path().join("data");
+    let (mut child, lines) = up(&[
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--nats",
+        &server.url(),
+    ]);
+    assert_eq!(
+        line_starting(&lines, "nats: "),
+        format!("{} (external)", server.url())
+    );
+    line_starting(&lines, "Press Ctrl-C");
+    assert!(
+        !data_dir.join("nats").exists(),
+        "no embedded server was started"
+    );
+
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let streams = bus::status::streams(&js).await.unwrap();
+    assert_eq!(
+        streams.len(),
+        8,
+        "the streams were provisioned on the external server"
+    );
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    assert!(wait_exit(&mut child).success());
+    assert!(
+        async_nats::connect(server.url()).await.is_ok(),
+        "the external server keeps running"
+    );
+}
+
+#[test]
+fn after_a_sigkill_the_next_up_stops_the_orphaned_nats_server() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let (mut child, lines) = up(&["--data-dir", data_dir]);
+    line_starting(&lines, "Press Ctrl-C");
+    let pid_file = data.path().join("nats/nats-server.pid");
+    let orphan: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    child.kill().unwrap(); // SIGKILL: its nats-server child lives on
+    child.wait().unwrap();
+    assert!(
+        kill(Pid::from_raw(orphan), None).is_ok(),
+        "the orphan is running"
+    );
+
+    let (mut child, lines) = up(&["--data-dir", data_dir]);
+    line_starting(&lines, "Press Ctrl-C");
+    let deadline = Instant::now() + WAIT;
+    // The orphan is not our child (init reaps it): poll until it is gone.
+    while kill(Pid::from_raw(orphan), None).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the orphaned nats-server {orphan} is still running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(wait_exit(&mut child).success());
+}

@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::pull::{self, Stream as MessageStream};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, AckKind, Message};
+use async_nats::HeaderMap;
 use futures::{FutureExt, StreamExt};
 use storage::Flushed;
 
@@ -28,6 +29,7 @@ pub const DLQ_SUBJECT: &str = "Commerce-Dlq-Subject";
 pub const DLQ_SEQUENCE: &str = "Commerce-Dlq-Sequence";
 pub const DLQ_CONSUMER: &str = "Commerce-Dlq-Consumer";
 pub const DLQ_DELIVERED: &str = "Commerce-Dlq-Delivered";
+pub const DLQ_ORIGINAL_MSG_ID: &str = "Commerce-Dlq-Original-Msg-Id";
 
 /// How a durable consumer is set up.
 #[derive(Debug, Clone)]
@@ -131,9 +133,9 @@ impl DurableConsumer {
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
             ack_wait: spec.ack_wait,
-            // One delivery more than ours: a message that crashed its handler every time gets a
-            // last delivery, which goes straight to DLQ instead of being retried again.
-            max_deliver: spec.max_deliver.saturating_add(1),
+            // Unlimited on the server; `spec.max_deliver` is enforced here. A server-side limit
+            // would strand a message whose last delivery could not reach the DLQ.
+            max_deliver: -1,
             filter_subject,
             filter_subjects,
             ..Default::default()
@@ -180,7 +182,7 @@ impl DurableConsumer {
         }
         let mut batch = Vec::with_capacity(raw.len());
         for message in raw {
-            if let Some(delivery) = self.admit(message).await? {
+            if let Some(delivery) = self.admit(message).await {
                 batch.push(delivery);
             }
         }
@@ -199,66 +201,98 @@ impl DurableConsumer {
                         "exhausted after {} deliveries: {reason}",
                         delivery.delivered
                     );
-                    self.dead_letter(&delivery.message, delivery.delivered, &reason)
+                    self.dead_letter_or_retry(&delivery.message, delivery.delivered, &reason)
                         .await
-                        .map_err(|e| e.to_string())
                 }
                 Verdict::Retry(reason) => {
-                    let delay = self.spec.backoff_for(delivery.delivered);
-                    tracing::debug!(seq = delivery.stream_sequence, %reason, ?delay, "redelivering later");
-                    delivery
-                        .message
-                        .ack_with(AckKind::Nak(Some(delay)))
+                    tracing::debug!(seq = delivery.stream_sequence, %reason, "redelivering later");
+                    self.retry_later(&delivery.message, delivery.delivered)
                         .await
-                        .map_err(|e| e.to_string())
                 }
-                Verdict::Reject(reason) => self
-                    .dead_letter(&delivery.message, delivery.delivered, &reason)
-                    .await
-                    .map_err(|e| e.to_string()),
+                Verdict::Reject(reason) => {
+                    self.dead_letter_or_retry(&delivery.message, delivery.delivered, &reason)
+                        .await
+                }
             };
-            if let Err(e) = result {
-                tracing::warn!(consumer = %self.spec.durable, seq = delivery.stream_sequence, error = %e,
-                    "could not settle message; it will be redelivered");
-            }
+            self.log_unsettled(delivery.stream_sequence, result);
         }
     }
 
     /// Decode a message; send it to DLQ instead if it is not an event or is exhausted.
-    async fn admit(&self, message: Message) -> Result<Option<Delivery>, BusError> {
+    async fn admit(&self, message: Message) -> Option<Delivery> {
         let (stream_sequence, delivered) = match message.info() {
             Ok(info) => (info.stream_sequence, info.delivered),
             Err(e) => {
                 // Not a JetStream delivery at all; nothing to ack. Skip it.
                 tracing::warn!(error = %e, "message without JetStream metadata skipped");
-                return Ok(None);
+                return None;
             }
         };
         if delivered > self.spec.max_deliver {
             let reason = format!(
                 "exhausted: delivered {delivered} times without being settled (handler crash?)"
             );
-            self.dead_letter(&message, delivered, &reason).await?;
-            return Ok(None);
+            self.log_unsettled(
+                stream_sequence,
+                self.dead_letter_or_retry(&message, delivered, &reason)
+                    .await,
+            );
+            return None;
         }
         match Envelope::from_slice(&message.payload) {
-            Ok(envelope) => Ok(Some(Delivery {
+            Ok(envelope) => Some(Delivery {
                 envelope,
                 stream_sequence,
                 delivered,
                 message,
-            })),
+            }),
             Err(e) => {
-                self.dead_letter(&message, delivered, &e.to_string())
-                    .await?;
-                Ok(None)
+                let outcome = self
+                    .dead_letter_or_retry(&message, delivered, &e.to_string())
+                    .await;
+                self.log_unsettled(stream_sequence, outcome);
+                None
             }
         }
     }
 
-    /// Copy the message, untouched, to `dlq.<consumer>.<original subject>` with the reason in
-    /// headers; once the DLQ has it (PubAck), terminate it here. If the DLQ publish fails, the
-    /// message is left unacked and comes back: nothing is lost.
+    /// Dead-letter the message; if the DLQ cannot take it now, have it redelivered later so the
+    /// attempt is repeated. Either way nothing is lost and the rest of the batch goes on.
+    async fn dead_letter_or_retry(
+        &self,
+        message: &Message,
+        delivered: i64,
+        reason: &str,
+    ) -> Result<(), String> {
+        match self.dead_letter(message, delivered, reason).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(consumer = %self.spec.durable, error = %e, "DLQ publish failed; retrying later");
+                self.retry_later(message, delivered).await
+            }
+        }
+    }
+
+    /// Nak with the backoff delay for this delivery.
+    async fn retry_later(&self, message: &Message, delivered: i64) -> Result<(), String> {
+        let delay = self.spec.backoff_for(delivered);
+        message
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn log_unsettled(&self, seq: u64, outcome: Result<(), String>) {
+        if let Err(e) = outcome {
+            tracing::warn!(consumer = %self.spec.durable, seq, error = %e,
+                "could not settle message; it will be redelivered after AckWait");
+        }
+    }
+
+    /// Copy the payload, untouched, to `dlq.<consumer>.<original subject>` with the reason in
+    /// headers; once the DLQ has it (PubAck), terminate it here. The original's headers travel
+    /// along, except `Nats-*` ones (they would steer the DLQ publish itself: expected-stream,
+    /// rollup, TTL); its `Nats-Msg-Id` is kept as `Commerce-Dlq-Original-Msg-Id`.
     async fn dead_letter(
         &self,
         message: &Message,
@@ -266,7 +300,21 @@ impl DurableConsumer {
         reason: &str,
     ) -> Result<(), BusError> {
         let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-        let mut headers = message.headers.clone().unwrap_or_default();
+        let mut headers = HeaderMap::new();
+        if let Some(original) = &message.headers {
+            for (name, values) in original.iter() {
+                let name: &str = name.as_ref();
+                if name.to_ascii_lowercase().starts_with("nats-") {
+                    continue;
+                }
+                for value in values {
+                    headers.append(name, value.as_str());
+                }
+            }
+            if let Some(id) = original.get(async_nats::header::NATS_MESSAGE_ID) {
+                headers.insert(DLQ_ORIGINAL_MSG_ID, id.as_str());
+            }
+        }
         // One DLQ entry per (stream, sequence, consumer), however often this is retried.
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,

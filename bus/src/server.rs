@@ -56,14 +56,11 @@ impl NatsServer {
     /// Start a server and wait until JetStream answers.
     pub async fn start(config: ServerConfig) -> Result<NatsServer, BusError> {
         let binary = find_binary()?;
-        let port = match config.port {
-            Some(p) => p,
-            None => free_port()?,
-        };
+        let (free_client, monitor_port) = free_port_pair()?;
         let mut server = NatsServer {
             binary,
-            port,
-            monitor_port: free_port()?,
+            port: config.port.unwrap_or(free_client),
+            monitor_port,
             config,
             child: None,
         };
@@ -133,6 +130,8 @@ impl NatsServer {
             .map_err(|e| BusError::Server(format!("cannot create {}: {e}", dir.display())))?;
         let conf = dir.join("nats-server.conf");
         let log = dir.join("nats-server.log");
+        let pid_file = dir.join("nats-server.pid");
+        stop_stale_server(&pid_file);
         let sync = if self.config.sync_always {
             "\n  sync_interval: always"
         } else {
@@ -140,7 +139,8 @@ impl NatsServer {
         };
         let text = format!(
             "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{mon}\nserver_name: commerce_{port}\n\
-             jetstream {{\n  store_dir: {store:?}{sync}\n}}\n",
+             pid_file: {pid:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n",
+            pid = pid_file.display().to_string(),
             port = self.port,
             mon = self.monitor_port,
             store = dir.join("jetstream").display().to_string(),
@@ -252,11 +252,42 @@ pub fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-fn free_port() -> Result<u16, BusError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| BusError::Server(format!("no free port: {e}")))
+/// Two distinct free ports (both listeners are held while choosing, so they cannot collide).
+fn free_port_pair() -> Result<(u16, u16), BusError> {
+    let bind = || {
+        TcpListener::bind("127.0.0.1:0").map_err(|e| BusError::Server(format!("no free port: {e}")))
+    };
+    let (a, b) = (bind()?, bind()?);
+    let port = |l: &TcpListener| {
+        l.local_addr()
+            .map(|a| a.port())
+            .map_err(|e| BusError::Server(format!("no free port: {e}")))
+    };
+    Ok((port(&a)?, port(&b)?))
+}
+
+/// A nats-server left running on this store by an earlier run that was killed (SIGKILL of
+/// `commerce up` cannot stop its child) is stopped before a new one starts on the same store.
+fn stop_stale_server(pid_file: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    // Only if that pid is still a nats-server: pids are reused.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !String::from_utf8_lossy(&cmdline).contains("nats-server") {
+        return;
+    }
+    tracing::warn!(pid, pid_file = %pid_file.display(), "stopping a nats-server left over from an earlier run");
+    let pid = Pid::from_raw(pid);
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kill(pid, None).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kill(pid, Signal::SIGKILL);
 }
 
 fn tail(log: &Path) -> String {

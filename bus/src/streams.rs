@@ -99,6 +99,7 @@ pub async fn provision(
                     && have.max_age == wanted.max_age
                     && have.duplicate_window == wanted.duplicate_window
                     && have.description == wanted.description
+                    && have.num_replicas == wanted.num_replicas
                 {
                     Provisioned::Unchanged
                 } else {

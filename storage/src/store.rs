@@ -227,6 +227,9 @@ impl Store {
                 reason: e.to_string(),
             })
         };
+        // A crash may have left writes in the OS cache that were never fsynced; make them durable
+        // before treating what is on disk as publishable.
+        db.flush()?;
         let meta = tree("meta")?;
         let last_seq = match meta.get(OUTBOX_SEQ)? {
             Some(v) => decode_u64(&v).ok_or_else(|| StorageError::Corrupt {
