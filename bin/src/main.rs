@@ -79,7 +79,16 @@ async fn up(settings: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
     let data_dir = settings.data_dir.clone();
-    let runtime = Runtime::start(settings).await?;
+    // Listen before starting anything: a signal during start-up must not orphan nats-server.
+    let mut stop = StopSignals::new()?;
+    let runtime = tokio::select! {
+        runtime = Runtime::start(settings) => runtime?,
+        // Dropping the start-up future drops (and so kills) a nats-server it had started.
+        _ = stop.recv() => {
+            println!("stopped during start-up");
+            return Ok(());
+        }
+    };
     let url = runtime.broker.url();
     let url_file = url_file(&data_dir);
     std::fs::write(&url_file, &url)
@@ -95,7 +104,7 @@ async fn up(settings: Settings) -> anyhow::Result<()> {
         println!("  stream {stream}: {outcome:?}");
     }
     println!("Press Ctrl-C to stop.");
-    shutdown_signal().await?;
+    stop.recv().await;
     println!("stopping…");
     let _ = std::fs::remove_file(&url_file);
     runtime.shutdown().await;
@@ -122,12 +131,25 @@ async fn status(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
+/// Ctrl-C (SIGINT), SIGTERM or SIGHUP: each means "shut down cleanly".
+struct StopSignals([tokio::signal::unix::Signal; 3]);
+
+impl StopSignals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals([
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
+        ]))
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        let [int, term, hup] = &mut self.0;
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+        }
+    }
 }
