@@ -266,9 +266,9 @@ impl Store {
     /// Write `commit` atomically. Not yet durable: call [`Store::flush`] once for the whole batch
     /// before acknowledging anything that depends on it.
     pub fn commit(&self, commit: &Commit) -> Result<CommitOutcome, StorageError> {
-        self.commit_all(std::slice::from_ref(commit))?
-            .pop()
-            .unwrap_or(Ok(CommitOutcome::Duplicate))
+        // commit_all answers one outcome per commit, so there is exactly one here.
+        let mut outcomes = self.commit_all(std::slice::from_ref(commit))?;
+        outcomes.pop().unwrap_or(Ok(CommitOutcome::Duplicate))
     }
 
     /// Write several commits in ONE sled transaction (sled's cost is per transaction, so a
