@@ -18,7 +18,7 @@ pub struct TestBroker {
 }
 
 impl TestBroker {
-    /// Start a server and provision the streams (short duplicate window is not needed: default).
+    /// Start a server and provision every stream with the default settings.
     pub async fn start() -> TestBroker {
         let dir = tempfile::tempdir().expect("temp dir");
         let server = NatsServer::start(ServerConfig::new(dir.path().join("nats")))
