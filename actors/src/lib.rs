@@ -1,16 +1,35 @@
-//! The commerce services and the runtime that hosts them.
+//! The commerce services as actix actor groups, the saga between them, and what hosts them.
 //!
 //! # Layout
-//! - [`settings`]: typed settings, layered: defaults, TOML file, `COMMERCE_*` environment, flags.
-//! - [`runtime`]: brings the system up: the broker (an embedded nats-server child process, or a
-//!   given URL), stream provisioning, and a clean shutdown.
-//!
-//! The service actor groups (order, payment, inventory, store, shipment, recommendation,
-//! projection, gateway) build on [`runtime::Runtime`] and are tracked in the issue tracker.
+//! - [`engine`]: what every service shares: event-sourced aggregates, batch reaction with one
+//!   commit and one flush, the service actor, and the host (consumers, relay, micro endpoint).
+//! - [`events`]: the saga's contract: every service's events, and the choreography.
+//! - [`order`], [`payment`], [`inventory`], [`store`], [`shipment`], [`recommendation`]: the
+//!   services, each with its `events`, its `aggregate` (decide and apply), and its reactions.
+//! - [`catalog`]: the seeded catalog, order validation, and the deterministic test triggers.
+//! - [`external`]: HTTP calls to external systems, split into "retry later" and "refused".
+//! - [`simulators`]: the payment gateway and the carrier, over loopback HTTP, with fault knobs.
+//! - [`gateway`]: the HTTP API (actix-web), talking to the services over NATS.
+//! - [`system`]: starting everything in one process, or one component per process.
+//! - [`settings`], [`runtime`]: layered settings; the broker and its streams.
 #![forbid(unsafe_code)]
 
+pub mod catalog;
+pub mod engine;
+pub mod events;
+pub mod external;
+pub mod gateway;
+pub mod inventory;
+pub mod order;
+pub mod payment;
+pub mod recommendation;
 pub mod runtime;
 pub mod settings;
+pub mod shipment;
+pub mod simulators;
+pub mod store;
+pub mod system;
 
 pub use runtime::Runtime;
 pub use settings::Settings;
+pub use system::{System, SERVICES};

@@ -39,19 +39,31 @@ impl Runtime {
         let broker = match &settings.nats_url {
             Some(url) => Broker::External(url.clone()),
             None => {
-                let port = if port_is_free(settings.nats_port) {
-                    settings.nats_port
-                } else {
-                    tracing::info!(
-                        port = settings.nats_port,
-                        "port taken; the embedded nats-server picks a free one"
-                    );
-                    0
-                };
-                let mut config = ServerConfig::new(settings.data_dir.join("nats"));
-                config.port = (port != 0).then_some(port);
+                let dir = settings.data_dir.join("nats");
+                let mut config = ServerConfig::new(&dir);
                 config.sync_always = settings.nats_sync_always;
-                Broker::Embedded(NatsServer::start(config).await?)
+                let preferred = settings.nats_port;
+                if preferred != 0 && port_is_free(preferred) {
+                    config.port = Some(preferred);
+                    match NatsServer::start(config.clone()).await {
+                        Ok(server) => Broker::Embedded(server),
+                        // Taken between the check and the bind (another `up` starting).
+                        Err(e) => {
+                            tracing::info!(port = preferred, error = %e,
+                                "port lost; the embedded nats-server picks a free one");
+                            config.port = None;
+                            Broker::Embedded(NatsServer::start(config).await?)
+                        }
+                    }
+                } else {
+                    if preferred != 0 {
+                        tracing::info!(
+                            port = preferred,
+                            "port taken; the embedded nats-server picks a free one"
+                        );
+                    }
+                    Broker::Embedded(NatsServer::start(config).await?)
+                }
             }
         };
         let client = bus::connect(&broker.url()).await?;

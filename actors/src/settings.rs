@@ -10,6 +10,8 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use storage::StoreConfig;
 
+use crate::simulators::SimulatorSettings;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -21,6 +23,17 @@ pub struct Settings {
     pub nats_port: u16,
     /// Run the embedded nats-server with `sync_interval: always` (fsync every write).
     pub nats_sync_always: bool,
+    /// Where the HTTP gateway listens (port 0: any free port).
+    pub http_addr: String,
+    /// The payment gateway's base URL (default: the simulator's address).
+    pub payment_gateway_url: Option<String>,
+    /// The carrier's base URL (default: the simulator's address).
+    pub carrier_url: Option<String>,
+    /// A fetched event not acknowledged within this long (its consumer died) is redelivered, in ms.
+    pub ack_wait_ms: u64,
+    /// How often the shipment service polls the carrier's tracking feed, in ms.
+    pub tracking_poll_ms: u64,
+    pub simulators: SimulatorSettings,
     pub streams: StreamSettings,
     pub store: StoreConfig,
 }
@@ -32,6 +45,12 @@ impl Default for Settings {
             nats_url: None,
             nats_port: 4222,
             nats_sync_always: false,
+            http_addr: "127.0.0.1:8080".into(),
+            payment_gateway_url: None,
+            carrier_url: None,
+            ack_wait_ms: 30_000,
+            tracking_poll_ms: 200,
+            simulators: SimulatorSettings::default(),
             streams: StreamSettings::default(),
             store: StoreConfig::default(),
         }
@@ -47,6 +66,8 @@ pub struct Overrides {
     pub nats_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +93,18 @@ impl Settings {
             .merge(Env::raw().only(&["NATS_URL"]))
             .merge(Serialized::defaults(flags));
         figment.extract().map_err(|e| SettingsError(Box::new(e)))
+    }
+
+    pub fn payment_gateway_url(&self) -> String {
+        self.payment_gateway_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.simulators.payment_gateway_addr))
+    }
+
+    pub fn carrier_url(&self) -> String {
+        self.carrier_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.simulators.carrier_addr))
     }
 
     /// The database directory of one service.

@@ -47,10 +47,15 @@ impl Row {
 }
 
 pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<()> {
-    let BenchWhat::Bus {
-        events,
-        single_flush_events,
-    } = args.what;
+    match args.what {
+        BenchWhat::Bus {
+            events,
+            single_flush_events,
+        } => bus(events, single_flush_events, settings).await,
+    }
+}
+
+async fn bus(events: usize, single_flush_events: usize, settings: Settings) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = NatsServer::start(ServerConfig::new(dir.path().join("nats"))).await?;
     let client = bus::connect(&server.url()).await?;

@@ -1,11 +1,12 @@
 //! `commerce`: the launcher. Parses arguments, loads settings, starts things.
 
 mod bench;
+mod order;
 
 use std::path::{Path, PathBuf};
 
 use actors::settings::Overrides;
-use actors::{Runtime, Settings};
+use actors::{Settings, System};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
@@ -31,15 +32,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the system: the embedded nats-server (unless --nats), the streams. Ctrl-C stops it.
+    /// Start everything in one process: the embedded nats-server (unless --nats), the
+    /// simulators, all six services and the HTTP gateway. Ctrl-C stops it cleanly.
     Up {
         /// Port for the embedded nats-server (a free one is picked if it is taken).
         #[arg(long)]
         nats_port: Option<u16>,
+        /// Where the HTTP gateway listens (port 0: any free port).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
     },
-    /// Show every stream, its size, and each consumer's lag.
+    /// Run one component in this process, on a running broker (--nats, NATS_URL, or the one a
+    /// `commerce up` in the same --data-dir uses): order, payment, inventory, store, shipment,
+    /// recommendation, gateway or simulators.
+    Run {
+        component: String,
+        /// Where the HTTP gateway listens (component `gateway`).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
+    },
+    /// Show streams, consumer lag, and each service's outbox depth.
     Status,
-    /// Measure the bus and storage against raw JetStream, in one run.
+    /// Place, show or cancel an order.
+    #[command(subcommand)]
+    Order(order::OrderCommand),
+    /// Measure the bus and the saga against their limits, in one run.
     Bench(bench::BenchArgs),
 }
 
@@ -48,31 +65,37 @@ fn url_file(data_dir: &Path) -> PathBuf {
     data_dir.join("nats.url")
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,async_nats=warn".into()),
+                .unwrap_or_else(|_| "info,async_nats=warn,actix_server=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let nats_port = match &cli.command {
-        Command::Up { nats_port } => *nats_port,
-        _ => None,
+    let (nats_port, http_addr) = match &cli.command {
+        Command::Up { nats_port, http } => (*nats_port, http.clone()),
+        Command::Run { http, .. } => (None, http.clone()),
+        _ => (None, None),
     };
     let flags = Overrides {
         data_dir: cli.data_dir.clone(),
         nats_url: cli.nats_url.clone(),
         nats_port,
+        http_addr,
     };
     let settings = Settings::load(cli.config.as_deref(), &flags)?;
-    match cli.command {
-        Command::Up { .. } => up(settings).await,
-        Command::Status => status(settings).await,
-        Command::Bench(args) => bench::run(args, settings).await,
-    }
+    // actix's System: every service runs on its own Arbiter under it.
+    actix_rt::System::new().block_on(async move {
+        match cli.command {
+            Command::Up { .. } => up(settings).await,
+            Command::Run { component, .. } => run(&component, settings).await,
+            Command::Status => status(settings).await,
+            Command::Order(command) => order::run(command, settings).await,
+            Command::Bench(args) => bench::run(args, settings).await,
+        }
+    })
 }
 
 async fn up(settings: Settings) -> anyhow::Result<()> {
@@ -81,52 +104,123 @@ async fn up(settings: Settings) -> anyhow::Result<()> {
     let data_dir = settings.data_dir.clone();
     // Listen before starting anything: a signal during start-up must not orphan nats-server.
     let mut stop = StopSignals::new()?;
-    let runtime = tokio::select! {
-        runtime = Runtime::start(settings) => runtime?,
+    let system = tokio::select! {
+        system = System::up(settings) => system?,
         // Dropping the start-up future drops (and so kills) a nats-server it had started.
         _ = stop.recv() => {
             println!("stopped during start-up");
             return Ok(());
         }
     };
-    let url = runtime.broker.url();
+    let endpoints = system.endpoints();
     let url_file = url_file(&data_dir);
-    std::fs::write(&url_file, &url)
+    let endpoints_file = data_dir.join("endpoints.json");
+    std::fs::write(&url_file, &endpoints.nats)
         .with_context(|| format!("cannot write {}", url_file.display()))?;
-    let kind = match runtime.broker {
+    std::fs::write(&endpoints_file, serde_json::to_string_pretty(&endpoints)?)
+        .with_context(|| format!("cannot write {}", endpoints_file.display()))?;
+    let kind = match system.runtime.broker {
         actors::runtime::Broker::Embedded(_) => "embedded nats-server",
         actors::runtime::Broker::External(_) => "external",
     };
     println!("commerce is up");
-    println!("  nats: {url} ({kind})");
+    println!("  nats: {} ({kind})", endpoints.nats);
+    print_endpoints(&endpoints);
     println!("  data: {}", data_dir.display());
-    for (stream, outcome) in &runtime.streams {
+    println!("  services: {}", actors::SERVICES.join(", "));
+    for (stream, outcome) in &system.runtime.streams {
         println!("  stream {stream}: {outcome:?}");
     }
     println!("Press Ctrl-C to stop.");
     stop.recv().await;
     println!("stopping…");
     let _ = std::fs::remove_file(&url_file);
-    runtime.shutdown().await;
+    let _ = std::fs::remove_file(&endpoints_file);
+    system.shutdown().await;
     println!("commerce stopped cleanly");
     Ok(())
 }
 
-async fn status(settings: Settings) -> anyhow::Result<()> {
-    let url = match &settings.nats_url {
+async fn run(component: &str, mut settings: Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+    if settings.nats_url.is_none() {
+        let file = url_file(&settings.data_dir);
+        let url = std::fs::read_to_string(&file).with_context(|| {
+            format!(
+                "`commerce run` needs a running broker: give --nats URL (or NATS_URL), \
+                 or start `commerce up` with the same --data-dir ({} not found)",
+                file.display()
+            )
+        })?;
+        settings.nats_url = Some(url.trim().to_string());
+    }
+    let mut stop = StopSignals::new()?;
+    let system = tokio::select! {
+        system = System::run(component, settings) => system?,
+        _ = stop.recv() => return Ok(()),
+    };
+    let endpoints = system.endpoints();
+    println!("commerce {component} is up");
+    println!("  nats: {}", endpoints.nats);
+    print_endpoints(&endpoints);
+    stop.recv().await;
+    system.shutdown().await;
+    println!("commerce {component} stopped cleanly");
+    Ok(())
+}
+
+fn print_endpoints(endpoints: &actors::system::Endpoints) {
+    if let Some(http) = &endpoints.http {
+        println!("  http: {http}");
+    }
+    if let Some(url) = &endpoints.payment_gateway {
+        println!("  payment gateway: {url}");
+    }
+    if let Some(url) = &endpoints.carrier {
+        println!("  carrier: {url}");
+    }
+}
+
+/// The broker a client command talks to: --nats / NATS_URL, else the one `up` wrote down.
+fn client_url(settings: &Settings) -> String {
+    match &settings.nats_url {
         Some(url) => url.clone(),
         None => std::fs::read_to_string(url_file(&settings.data_dir))
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
-    };
-    let client = tokio::time::timeout(std::time::Duration::from_secs(5), async_nats::connect(&url))
+    }
+}
+
+pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<async_nats::Client> {
+    let url = client_url(settings);
+    tokio::time::timeout(std::time::Duration::from_secs(5), async_nats::connect(&url))
         .await
         .map_err(|_| anyhow::anyhow!("no NATS server answers at {url}; is `commerce up` running?"))?
-        .with_context(|| format!("cannot connect to {url}; is `commerce up` running?"))?;
-    let js = async_nats::jetstream::new(client);
-    println!("nats: {url}");
+        .with_context(|| format!("cannot connect to {url}; is `commerce up` running?"))
+}
+
+async fn status(settings: Settings) -> anyhow::Result<()> {
+    let client = connect(&settings).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    println!("nats: {}", client_url(&settings));
     for stream in bus::status::streams(&js).await? {
         print!("{stream}");
+    }
+    println!("services:");
+    for service in actors::SERVICES {
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            actors::engine::host::request(&client, service, "status", Vec::new()),
+        )
+        .await;
+        match answer {
+            Ok(Ok(s)) => println!(
+                "  {service:<15} outbox depth {:>6}  sent {:>8}  inbox {:>8}  relay failures {}",
+                s["outbox_depth"], s["outbox_sent"], s["inbox"], s["relay_failures"]
+            ),
+            _ => println!("  {service:<15} not running"),
+        }
     }
     Ok(())
 }

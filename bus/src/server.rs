@@ -46,6 +46,7 @@ impl ServerConfig {
 #[derive(Debug)]
 pub struct NatsServer {
     binary: PathBuf,
+    name: String,
     config: ServerConfig,
     port: u16,
     monitor_port: u16,
@@ -59,6 +60,9 @@ impl NatsServer {
         let (free_client, monitor_port) = free_port_pair()?;
         let mut server = NatsServer {
             binary,
+            // Unique, so readiness is checked on this server and not on another one that
+            // happens to hold the port.
+            name: format!("commerce_{}", uuid::Uuid::now_v7().simple()),
             port: config.port.unwrap_or(free_client),
             monitor_port,
             config,
@@ -138,10 +142,11 @@ impl NatsServer {
             ""
         };
         let text = format!(
-            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{mon}\nserver_name: commerce_{port}\n\
+            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{mon}\nserver_name: {name}\n\
              pid_file: {pid:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n",
             pid = pid_file.display().to_string(),
             port = self.port,
+            name = self.name,
             mon = self.monitor_port,
             store = dir.join("jetstream").display().to_string(),
         );
@@ -177,6 +182,10 @@ impl NatsServer {
             }
             let probe = async {
                 let client = async_nats::connect(&url).await.ok()?;
+                // Another server may hold the port (we then exit soon): it is not ours.
+                if client.server_info().server_name != self.name {
+                    return None;
+                }
                 async_nats::jetstream::new(client)
                     .query_account()
                     .await

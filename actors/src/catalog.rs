@@ -1,0 +1,265 @@
+//! The seeded catalog (reference data every service may read) and the domain's value types.
+//!
+//! Deterministic triggers for tests and demos, in the manner of payment providers' test cards:
+//! - card [`DECLINED_CARD`] is declined by the payment gateway;
+//! - a shipping address containing [`UNDELIVERABLE`] is rejected by the carrier;
+//! - a shipping address containing [`HOLD`] is booked but never picked up (so it can be cancelled);
+//! - `SKU-POSTER` is in no warehouse, only in a store (ship-from-store);
+//! - `SKU-VINYL` is nowhere (refund, cancel);
+//! - `SKU-LAMP` has 5 units in the warehouse and none in stores (the last units).
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::ApiError;
+
+pub const DECLINED_CARD: &str = "4000000000000002";
+pub const UNDELIVERABLE: &str = "undeliverable";
+pub const HOLD: &str = "[hold]";
+
+pub const MAX_LINES: usize = 20;
+pub const MAX_QUANTITY: u32 = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Product {
+    pub sku: &'static str,
+    pub name: &'static str,
+    pub price_cents: u64,
+    /// Units in the warehouse at first start.
+    pub warehouse: u32,
+    /// Units per offline store at first start.
+    pub stores: &'static [(&'static str, u32)],
+}
+
+pub const STORES: [&str; 2] = ["store-seoul", "store-busan"];
+
+pub const PRODUCTS: &[Product] = &[
+    Product {
+        sku: "SKU-TSHIRT",
+        name: "Organic T-shirt",
+        price_cents: 1_999,
+        warehouse: 10_000,
+        stores: &[("store-seoul", 50), ("store-busan", 50)],
+    },
+    Product {
+        sku: "SKU-MUG",
+        name: "Enamel mug",
+        price_cents: 1_250,
+        warehouse: 10_000,
+        stores: &[("store-seoul", 40)],
+    },
+    Product {
+        sku: "SKU-SOCKS",
+        name: "Wool socks",
+        price_cents: 899,
+        warehouse: 10_000,
+        stores: &[("store-busan", 80)],
+    },
+    Product {
+        sku: "SKU-HOODIE",
+        name: "Zip hoodie",
+        price_cents: 4_999,
+        warehouse: 5_000,
+        stores: &[("store-seoul", 10)],
+    },
+    Product {
+        sku: "SKU-POSTER",
+        name: "Screen-printed poster (store only)",
+        price_cents: 1_500,
+        warehouse: 0,
+        stores: &[("store-busan", 1_000)],
+    },
+    Product {
+        sku: "SKU-VINYL",
+        name: "Limited vinyl (sold out)",
+        price_cents: 2_999,
+        warehouse: 0,
+        stores: &[],
+    },
+    Product {
+        sku: "SKU-LAMP",
+        name: "Desk lamp (last units)",
+        price_cents: 8_999,
+        warehouse: 5,
+        stores: &[],
+    },
+];
+
+pub fn product(sku: &str) -> Option<&'static Product> {
+    PRODUCTS.iter().find(|p| p.sku == sku)
+}
+
+/// One line of an order, priced from the catalog when the order is placed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    pub sku: String,
+    pub quantity: u32,
+    pub unit_price_cents: u64,
+}
+
+/// What a customer asks for; parsing it checks every field against the catalog and limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRequest {
+    pub customer: String,
+    pub lines: Vec<LineRequest>,
+    pub card_number: String,
+    pub shipping_address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineRequest {
+    pub sku: String,
+    /// Signed so that a negative quantity is reported as such, not as a type error.
+    pub quantity: i64,
+}
+
+/// A validated order request: known SKUs, sane quantities, priced lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaceOrder {
+    pub customer: String,
+    pub lines: Vec<Line>,
+    pub total_cents: u64,
+    pub card_number: String,
+    pub shipping_address: String,
+}
+
+impl PlaceOrder {
+    pub fn parse(request: OrderRequest) -> Result<PlaceOrder, ApiError> {
+        let text = |what: &str, value: &str, max: usize| {
+            let value = value.trim();
+            if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
+                Err(ApiError::unprocessable(format!(
+                    "{what} must be 1 to {max} printable characters"
+                )))
+            } else {
+                Ok(value.to_string())
+            }
+        };
+        let customer = text("customer", &request.customer, 100)?;
+        let shipping_address = text("shipping_address", &request.shipping_address, 300)?;
+        let card_number = request.card_number.replace([' ', '-'], "");
+        if !(12..=19).contains(&card_number.len())
+            || !card_number.chars().all(|c| c.is_ascii_digit())
+        {
+            return Err(ApiError::unprocessable(
+                "card_number must be 12 to 19 digits",
+            ));
+        }
+        if request.lines.is_empty() || request.lines.len() > MAX_LINES {
+            return Err(ApiError::unprocessable(format!(
+                "an order has 1 to {MAX_LINES} lines"
+            )));
+        }
+        let mut lines: Vec<Line> = Vec::with_capacity(request.lines.len());
+        for line in request.lines {
+            let product = product(&line.sku)
+                .ok_or_else(|| ApiError::unprocessable(format!("unknown sku {:?}", line.sku)))?;
+            let quantity = u32::try_from(line.quantity)
+                .ok()
+                .filter(|q| (1..=MAX_QUANTITY).contains(q))
+                .ok_or_else(|| {
+                    ApiError::unprocessable(format!(
+                        "quantity of {} must be 1 to {MAX_QUANTITY}, got {}",
+                        line.sku, line.quantity
+                    ))
+                })?;
+            match lines.iter_mut().find(|l| l.sku == product.sku) {
+                Some(existing) => {
+                    existing.quantity += quantity;
+                    if existing.quantity > MAX_QUANTITY {
+                        return Err(ApiError::unprocessable(format!(
+                            "quantity of {} must be at most {MAX_QUANTITY} in total",
+                            product.sku
+                        )));
+                    }
+                }
+                None => lines.push(Line {
+                    sku: product.sku.to_string(),
+                    quantity,
+                    unit_price_cents: product.price_cents,
+                }),
+            }
+        }
+        let total_cents = lines
+            .iter()
+            .map(|l| l.unit_price_cents * u64::from(l.quantity))
+            .sum();
+        Ok(PlaceOrder {
+            customer,
+            lines,
+            total_cents,
+            card_number,
+            shipping_address,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(sku: &str, quantity: i64) -> OrderRequest {
+        OrderRequest {
+            customer: "alice".into(),
+            lines: vec![LineRequest {
+                sku: sku.into(),
+                quantity,
+            }],
+            card_number: "4242 4242 4242 4242".into(),
+            shipping_address: "1 Main St".into(),
+        }
+    }
+
+    #[test]
+    fn a_valid_request_is_priced_from_the_catalog() {
+        let mut r = request("SKU-MUG", 2);
+        r.lines.push(LineRequest {
+            sku: "SKU-MUG".into(),
+            quantity: 1,
+        });
+        let order = PlaceOrder::parse(r).unwrap();
+        assert_eq!(order.lines.len(), 1, "same sku lines merge");
+        assert_eq!(order.lines[0].quantity, 3);
+        assert_eq!(order.total_cents, 3 * 1_250);
+        assert_eq!(order.card_number, "4242424242424242");
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        for (r, needle) in [
+            (request("SKU-NOPE", 1), "unknown sku"),
+            (request("SKU-MUG", 0), "quantity"),
+            (request("SKU-MUG", -3), "got -3"),
+            (request("SKU-MUG", 1_000_000_000_000), "quantity"),
+            (
+                OrderRequest {
+                    card_number: "12ab".into(),
+                    ..request("SKU-MUG", 1)
+                },
+                "card_number",
+            ),
+            (
+                OrderRequest {
+                    customer: " ".into(),
+                    ..request("SKU-MUG", 1)
+                },
+                "customer",
+            ),
+            (
+                OrderRequest {
+                    lines: vec![],
+                    ..request("SKU-MUG", 1)
+                },
+                "lines",
+            ),
+        ] {
+            let err = PlaceOrder::parse(r).unwrap_err();
+            assert_eq!(err.code, 422);
+            assert!(
+                err.message.contains(needle),
+                "{err:?} should mention {needle}"
+            );
+        }
+    }
+}

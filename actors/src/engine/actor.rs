@@ -1,0 +1,192 @@
+//! The actor around a service's [`Engine`]: its mailbox serializes every change to the service's
+//! database (event batches from each consumer, commands from clients), so the engine is the
+//! single writer. Handlers are atomic: a batch's external calls and flush finish before the next
+//! message is looked at.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bus::relay::RelayStats;
+use bus::Delivery;
+use serde_json::{json, Value};
+use storage::Store;
+
+use super::core::{Engine, Settled};
+use super::{ApiError, Command, EngineError, Executed, Service};
+
+pub struct ServiceActor<S: Service> {
+    /// Taken out while a handler's future runs (handlers are atomic, so none overlap).
+    engine: Option<Engine<S>>,
+}
+
+impl<S: Service> ServiceActor<S> {
+    pub fn new(engine: Engine<S>) -> Self {
+        ServiceActor {
+            engine: Some(engine),
+        }
+    }
+}
+
+impl<S: Service> Actor for ServiceActor<S> {
+    type Context = Context<Self>;
+}
+
+/// A batch from one durable consumer.
+pub struct Deliver(pub Vec<Delivery>);
+
+impl Message for Deliver {
+    type Result = Result<Settled, EngineError>;
+}
+
+/// Commands from clients, committed and flushed together.
+pub struct Execute<S: Service>(pub Vec<Command<S::State>>);
+
+impl<S: Service> Message for Execute<S> {
+    type Result = Vec<Result<Executed<S::State>, ApiError>>;
+}
+
+/// Read one aggregate: its version (0: none) and state.
+pub struct Get<S: Service>(pub String, std::marker::PhantomData<fn() -> S>);
+
+impl<S: Service> Message for Get<S> {
+    type Result = Result<(u64, S::State), EngineError>;
+}
+
+/// Run `work` on the engine, then put it back; atomic, so no other message interleaves.
+/// `busy` answers if the engine is out, which atomic handlers make impossible.
+fn with_engine<S, T, F, Fut>(
+    actor: &mut ServiceActor<S>,
+    busy: T,
+    work: F,
+) -> AtomicResponse<ServiceActor<S>, T>
+where
+    S: Service,
+    T: 'static,
+    F: FnOnce(Engine<S>) -> Fut,
+    Fut: std::future::Future<Output = (Engine<S>, T)> + 'static,
+{
+    match actor.engine.take() {
+        Some(engine) => AtomicResponse::new(Box::pin(work(engine).into_actor(actor).map(
+            |(engine, result), actor, _| {
+                actor.engine = Some(engine);
+                result
+            },
+        ))),
+        None => AtomicResponse::new(Box::pin(fut::ready(busy))),
+    }
+}
+
+impl<S: Service> Handler<Deliver> for ServiceActor<S> {
+    type Result = AtomicResponse<Self, Result<Settled, EngineError>>;
+
+    fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) -> Self::Result {
+        let busy = Err(EngineError::Stopped(S::name()));
+        with_engine(self, busy, |mut engine| async move {
+            let result = engine.deliver(msg.0).await;
+            (engine, result)
+        })
+    }
+}
+
+impl<S: Service> Handler<Execute<S>> for ServiceActor<S> {
+    type Result = AtomicResponse<Self, Vec<Result<Executed<S::State>, ApiError>>>;
+
+    fn handle(&mut self, msg: Execute<S>, _ctx: &mut Context<Self>) -> Self::Result {
+        let busy = (0..msg.0.len())
+            .map(|_| Err(EngineError::Stopped(S::name()).into()))
+            .collect();
+        with_engine(self, busy, |mut engine| async move {
+            let result = engine.execute(msg.0).await;
+            (engine, result)
+        })
+    }
+}
+
+impl<S: Service> Handler<Get<S>> for ServiceActor<S> {
+    type Result = Result<(u64, S::State), EngineError>;
+
+    fn handle(&mut self, msg: Get<S>, _ctx: &mut Context<Self>) -> Self::Result {
+        match self.engine.as_mut() {
+            Some(engine) => engine.get(&msg.0),
+            None => Err(EngineError::Stopped(S::name())),
+        }
+    }
+}
+
+/// What the rest of the system holds to talk to a running service.
+pub struct Handle<S: Service> {
+    addr: Addr<ServiceActor<S>>,
+    store: Store,
+    relay: Arc<RelayStats>,
+}
+
+impl<S: Service> Clone for Handle<S> {
+    fn clone(&self) -> Self {
+        Handle {
+            addr: self.addr.clone(),
+            store: self.store.clone(),
+            relay: self.relay.clone(),
+        }
+    }
+}
+
+impl<S: Service> Handle<S> {
+    pub fn new(addr: Addr<ServiceActor<S>>, store: Store, relay: Arc<RelayStats>) -> Self {
+        Handle { addr, store, relay }
+    }
+
+    pub fn addr(&self) -> &Addr<ServiceActor<S>> {
+        &self.addr
+    }
+
+    pub async fn deliver(&self, batch: Vec<Delivery>) -> Result<Settled, EngineError> {
+        self.addr
+            .send(Deliver(batch))
+            .await
+            .map_err(|_| EngineError::Stopped(S::name()))?
+    }
+
+    pub async fn execute_all(
+        &self,
+        commands: Vec<Command<S::State>>,
+    ) -> Vec<Result<Executed<S::State>, ApiError>> {
+        let n = commands.len();
+        match self.addr.send(Execute::<S>(commands)).await {
+            Ok(results) => results,
+            Err(_) => (0..n)
+                .map(|_| Err(EngineError::Stopped(S::name()).into()))
+                .collect(),
+        }
+    }
+
+    pub async fn execute(
+        &self,
+        command: Command<S::State>,
+    ) -> Result<Executed<S::State>, ApiError> {
+        self.execute_all(vec![command])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(EngineError::Stopped(S::name()).into()))
+    }
+
+    pub async fn get(&self, aggregate_id: String) -> Result<(u64, S::State), EngineError> {
+        self.addr
+            .send(Get::<S>(aggregate_id, std::marker::PhantomData))
+            .await
+            .map_err(|_| EngineError::Stopped(S::name()))?
+    }
+
+    /// What `commerce status` shows about this service.
+    pub fn status(&self) -> Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        json!({
+            "service": S::name(),
+            "outbox_depth": self.store.outbox_depth(),
+            "outbox_sent": self.relay.sent.load(Relaxed),
+            "relay_duplicates": self.relay.duplicates.load(Relaxed),
+            "relay_failures": self.relay.failures.load(Relaxed),
+            "inbox": self.store.inbox_len(),
+            "database": self.store.path().display().to_string(),
+        })
+    }
+}

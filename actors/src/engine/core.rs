@@ -1,0 +1,452 @@
+//! The engine: one service's state machine over its own database.
+//!
+//! Every change goes the same way: load the aggregate (snapshot + later events), decide, apply the
+//! new events to a copy, then ONE sled transaction for the whole batch (events, outbox rows, inbox
+//! marks), ONE flush, and only then the answer (ack or reply). The engine is the only writer of
+//! its database, so the in-memory copies it caches are the truth; after any failed commit the
+//! touched aggregates are dropped from the cache and reloaded from disk.
+
+use std::collections::{HashMap, HashSet};
+
+use bus::{Delivery, Envelope, Verdict};
+use futures::StreamExt;
+use storage::{Commit, CommitOutcome, Flushed, NewEvent, StorageError, Store};
+
+use super::{
+    decode, encode, Aggregate, ApiError, Command, EngineError, Executed, Reaction, Service,
+};
+use crate::events::Inbound;
+
+/// Aggregates kept in memory at most; past this the cache starts over (a reload is a snapshot
+/// plus a few events).
+const CACHE_LIMIT: usize = 50_000;
+/// Snapshot an aggregate after this many new events (the singletons grow long histories).
+const SNAPSHOT_EVERY: u64 = 256;
+/// Aggregates reacting at once within a batch (their external calls overlap).
+const CONCURRENCY: usize = 64;
+
+#[derive(Debug, Clone)]
+struct Loaded<A> {
+    version: u64,
+    state: A,
+    since_snapshot: u64,
+}
+
+/// A batch whose effects are durable, ready to be settled on the bus.
+pub struct Settled {
+    pub verdicts: Vec<(Verdict, Delivery)>,
+    pub flushed: Flushed,
+}
+
+pub struct Engine<S: Service> {
+    service: S,
+    store: Store,
+    cache: HashMap<String, Loaded<S::State>>,
+}
+
+/// What one aggregate's reactions in a batch came to.
+struct Reacted<A: Aggregate> {
+    aggregate_id: String,
+    state: A,
+    /// (index in the batch, verdict, events to record)
+    steps: Vec<(usize, Verdict, Vec<A::Event>)>,
+}
+
+impl<S: Service> Engine<S> {
+    pub fn new(service: S, store: Store) -> Self {
+        Engine {
+            service,
+            store,
+            cache: HashMap::new(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+
+    /// React to a batch of inbound events: skip duplicates, react per aggregate (aggregates
+    /// concurrently, one aggregate's events in order), commit everything in one transaction,
+    /// flush once. Events of an aggregate after one that must be retried are retried too, so an
+    /// aggregate never sees its events out of order.
+    pub async fn deliver(&mut self, batch: Vec<Delivery>) -> Result<Settled, EngineError> {
+        let mut verdicts = vec![Verdict::Done; batch.len()];
+        let mut groups: Vec<(String, Vec<(usize, Inbound)>)> = Vec::new();
+        let mut group_of: HashMap<String, usize> = HashMap::new();
+        let mut seen = HashSet::new();
+        for (i, delivery) in batch.iter().enumerate() {
+            let envelope = &delivery.envelope;
+            if !seen.insert(envelope.id) || self.store.is_processed(envelope.id)? {
+                continue; // already applied: acknowledge again
+            }
+            let inbound = match Inbound::decode(envelope) {
+                Ok(inbound) => inbound,
+                Err(reason) => {
+                    verdicts[i] = Verdict::Reject(reason);
+                    continue;
+                }
+            };
+            let Some(aggregate_id) = self.service.route(&inbound, &envelope.subject) else {
+                continue; // not this service's business
+            };
+            let g = *group_of.entry(aggregate_id.clone()).or_insert_with(|| {
+                groups.push((aggregate_id, Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push((i, inbound));
+        }
+
+        // Load every touched aggregate first; one that cannot be loaded waits for a retry.
+        groups.retain(|(aggregate_id, items)| match self.load(aggregate_id) {
+            Ok(()) => true,
+            Err(e) => {
+                for (i, _) in items {
+                    verdicts[*i] = Verdict::Retry(format!("cannot load {aggregate_id}: {e}"));
+                }
+                false
+            }
+        });
+
+        let reacted = self.react_all(&batch, groups).await;
+
+        let mut commits = Vec::new();
+        let mut slots = Vec::new(); // (group, index in batch)
+        for (g, group) in reacted.iter().enumerate() {
+            let mut version = self.version_of(&group.aggregate_id);
+            for (i, verdict, events) in &group.steps {
+                verdicts[*i] = verdict.clone();
+                if *verdict != Verdict::Done {
+                    continue;
+                }
+                let cause = &batch[*i].envelope;
+                let commit = record(
+                    Commit::caused_by(cause.id),
+                    &group.aggregate_id,
+                    version,
+                    events,
+                    &cause.subject,
+                    Some(cause),
+                )?;
+                version += events.len() as u64;
+                commits.push(commit);
+                slots.push((g, *i));
+            }
+        }
+
+        let mut failed_groups = HashSet::new();
+        match self.store.commit_all(&commits) {
+            Ok(outcomes) => {
+                for ((g, i), outcome) in slots.iter().zip(outcomes) {
+                    match outcome {
+                        Ok(CommitOutcome::Committed { .. }) => {}
+                        // Cannot happen (checked above, single writer), but if it does the
+                        // cached state is wrong: reload it.
+                        Ok(CommitOutcome::Duplicate) => {
+                            failed_groups.insert(*g);
+                        }
+                        Err(e) => {
+                            verdicts[*i] = Verdict::Retry(format!("commit failed: {e}"));
+                            failed_groups.insert(*g);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                for (g, i) in &slots {
+                    verdicts[*i] = Verdict::Retry(format!("commit failed: {e}"));
+                    failed_groups.insert(*g);
+                }
+            }
+        }
+        let flushed = self.store.flush().await?;
+
+        for (g, group) in reacted.into_iter().enumerate() {
+            if failed_groups.contains(&g) {
+                self.cache.remove(&group.aggregate_id);
+                continue;
+            }
+            let recorded: u64 = group.steps.iter().map(|(_, _, e)| e.len() as u64).sum();
+            let aggregate_id = group.aggregate_id;
+            self.store_state(aggregate_id.clone(), group.state, recorded);
+            self.maybe_snapshot(&aggregate_id);
+        }
+        let verdicts = verdicts.into_iter().zip(batch).collect();
+        Ok(Settled { verdicts, flushed })
+    }
+
+    async fn react_all(
+        &self,
+        batch: &[Delivery],
+        groups: Vec<(String, Vec<(usize, Inbound)>)>,
+    ) -> Vec<Reacted<S::State>> {
+        let service = &self.service;
+        let jobs = groups.into_iter().map(|(aggregate_id, items)| {
+            let mut state = self.cached(&aggregate_id).state;
+            async move {
+                let mut steps = Vec::with_capacity(items.len());
+                let mut blocked: Option<String> = None;
+                for (i, inbound) in items {
+                    if let Some(reason) = &blocked {
+                        let reason = format!("an earlier event of {aggregate_id} waits: {reason}");
+                        steps.push((i, Verdict::Retry(reason), Vec::new()));
+                        continue;
+                    }
+                    let saga = &batch[i].envelope.subject;
+                    let reaction: Reaction<_> = service.react(&state, &inbound, saga).await;
+                    match reaction {
+                        Ok(events) => {
+                            for event in &events {
+                                state.apply(event);
+                            }
+                            steps.push((i, Verdict::Done, events));
+                        }
+                        Err(verdict) => {
+                            if let Verdict::Retry(reason) = &verdict {
+                                blocked = Some(reason.clone());
+                            }
+                            steps.push((i, verdict, Vec::new()));
+                        }
+                    }
+                }
+                Reacted {
+                    aggregate_id,
+                    state,
+                    steps,
+                }
+            }
+        });
+        futures::stream::iter(jobs)
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await
+    }
+
+    /// Run commands (from clients): decide each on the current state, commit all in one
+    /// transaction, flush once, then return each result. One command's rejection does not affect
+    /// the others.
+    pub async fn execute(
+        &mut self,
+        commands: Vec<Command<S::State>>,
+    ) -> Vec<Result<Executed<S::State>, ApiError>> {
+        let mut results: Vec<Result<Executed<S::State>, ApiError>> =
+            Vec::with_capacity(commands.len());
+        let mut commits = Vec::new();
+        let mut slots = Vec::new(); // index in results
+        let mut touched = HashSet::new();
+        for command in commands {
+            let id = command.aggregate_id;
+            if let Err(e) = self.load(&id) {
+                results.push(Err(e.into()));
+                continue;
+            }
+            let loaded = self.cached(&id);
+            let events = match (command.decide)(&loaded.state, loaded.version) {
+                Ok(events) => events,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            let mut state = loaded.state;
+            for event in &events {
+                state.apply(event);
+            }
+            if !events.is_empty() {
+                match record(Commit::new(), &id, loaded.version, &events, &id, None) {
+                    Ok(commit) => {
+                        commits.push(commit);
+                        slots.push(results.len());
+                        touched.insert(id.clone());
+                    }
+                    Err(e) => {
+                        results.push(Err(e.into()));
+                        continue;
+                    }
+                }
+                // Later commands in this batch see this one's effect.
+                self.store_state(id.clone(), state.clone(), events.len() as u64);
+            }
+            results.push(Ok(Executed {
+                version: loaded.version + events.len() as u64,
+                state,
+                events,
+            }));
+        }
+        if commits.is_empty() {
+            return results;
+        }
+        let failure = match self.store.commit_all(&commits) {
+            Ok(outcomes) => {
+                let mut failure = None;
+                for (slot, outcome) in slots.iter().zip(outcomes) {
+                    if let Err(e) = outcome {
+                        results[*slot] = Err(commit_error(e));
+                        failure = Some(());
+                    }
+                }
+                failure
+            }
+            Err(e) => {
+                for slot in &slots {
+                    results[*slot] = Err(ApiError::unavailable(format!("commit failed: {e}")));
+                }
+                Some(())
+            }
+        };
+        if failure.is_some() {
+            for id in &touched {
+                self.cache.remove(id);
+            }
+            // The flush below still covers the commits that landed.
+        }
+        if let Err(e) = self.store.flush().await {
+            for slot in &slots {
+                results[*slot] = Err(ApiError::unavailable(format!("flush failed: {e}")));
+            }
+            for id in &touched {
+                self.cache.remove(id);
+            }
+            return results;
+        }
+        for id in &touched {
+            self.maybe_snapshot(id);
+        }
+        results
+    }
+
+    /// The aggregate's version and state (version 0: it does not exist).
+    pub fn get(&mut self, aggregate_id: &str) -> Result<(u64, S::State), EngineError> {
+        self.load(aggregate_id)?;
+        let loaded = self.cached(aggregate_id);
+        Ok((loaded.version, loaded.state))
+    }
+
+    fn version_of(&self, aggregate_id: &str) -> u64 {
+        self.cache.get(aggregate_id).map_or(0, |l| l.version)
+    }
+
+    /// A copy of the cached aggregate. Called after `load`; were it missing, a new aggregate at
+    /// version 0 is returned and its commit fails the version check, so nothing goes wrong.
+    fn cached(&self, aggregate_id: &str) -> Loaded<S::State> {
+        self.cache.get(aggregate_id).cloned().unwrap_or(Loaded {
+            version: 0,
+            state: S::State::default(),
+            since_snapshot: 0,
+        })
+    }
+
+    fn store_state(&mut self, aggregate_id: String, state: S::State, recorded: u64) {
+        let (version, since_snapshot) = self
+            .cache
+            .get(&aggregate_id)
+            .map_or((0, 0), |l| (l.version, l.since_snapshot));
+        self.cache.insert(
+            aggregate_id,
+            Loaded {
+                version: version + recorded,
+                since_snapshot: since_snapshot + recorded,
+                state,
+            },
+        );
+    }
+
+    /// Save a snapshot of a cached aggregate if it has grown enough since the last one. Only
+    /// for durable state: call after the flush that covers it.
+    fn maybe_snapshot(&mut self, aggregate_id: &str) {
+        let Some(loaded) = self.cache.get_mut(aggregate_id) else {
+            return;
+        };
+        if loaded.since_snapshot < SNAPSHOT_EVERY {
+            return;
+        }
+        match serde_json::to_string(&loaded.state) {
+            Ok(json) => {
+                // A snapshot is a cache of committed state; losing it costs a replay.
+                match self.store.save_snapshot(aggregate_id, loaded.version, json) {
+                    Ok(()) => loaded.since_snapshot = 0,
+                    Err(e) => tracing::warn!(%aggregate_id, error = %e, "snapshot not saved"),
+                }
+            }
+            Err(e) => tracing::warn!(%aggregate_id, error = %e, "snapshot not encoded"),
+        }
+    }
+
+    /// Make sure the aggregate is in the cache: latest snapshot plus the events after it.
+    fn load(&mut self, aggregate_id: &str) -> Result<(), EngineError> {
+        if self.cache.contains_key(aggregate_id) {
+            return Ok(());
+        }
+        if self.cache.len() >= CACHE_LIMIT {
+            self.cache.clear();
+        }
+        let (snapshot, events) = self.store.load(aggregate_id)?;
+        let (mut version, mut state) = match snapshot {
+            Some(s) => (
+                s.version,
+                serde_json::from_str(&s.state)
+                    .map_err(|e| EngineError::Codec(format!("snapshot of {aggregate_id}: {e}")))?,
+            ),
+            None => (0, S::State::default()),
+        };
+        let replayed = events.len() as u64;
+        for recorded in events {
+            let envelope = Envelope::from_slice(recorded.payload.as_bytes())?;
+            let event = decode(&envelope).map_err(EngineError::Codec)?;
+            state.apply(&event);
+            version = recorded.version;
+        }
+        self.cache.insert(
+            aggregate_id.to_string(),
+            Loaded {
+                version,
+                state,
+                since_snapshot: replayed,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Add `events` (as envelopes of saga `saga`) and their outbox rows to `commit`.
+fn record<E: super::DomainEvent>(
+    commit: Commit,
+    aggregate_id: &str,
+    version: u64,
+    events: &[E],
+    saga: &str,
+    cause: Option<&Envelope>,
+) -> Result<Commit, EngineError> {
+    if events.is_empty() {
+        return Ok(commit);
+    }
+    let envelopes = events
+        .iter()
+        .map(|e| encode(e, saga, cause))
+        .collect::<Result<Vec<_>, _>>()?;
+    let new_events = envelopes
+        .iter()
+        .map(|env| {
+            Ok(NewEvent {
+                event_id: env.id,
+                event_type: env.event_type.clone(),
+                payload: env.to_json()?,
+            })
+        })
+        .collect::<Result<Vec<_>, EngineError>>()?;
+    let mut commit = commit.append(aggregate_id, version, new_events);
+    for envelope in &envelopes {
+        commit = commit.publish(envelope.to_outbox_message()?);
+    }
+    Ok(commit)
+}
+
+fn commit_error(e: StorageError) -> ApiError {
+    match e {
+        StorageError::Conflict { .. } => ApiError::conflict(format!("{e}; retry")),
+        other => ApiError::unavailable(format!("commit failed: {other}")),
+    }
+}

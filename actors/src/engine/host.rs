@@ -1,0 +1,310 @@
+//! Running one service: its own Arbiter (thread), database, NATS connection, one durable consumer
+//! per upstream stream, the outbox relay, and the NATS micro service `commerce.<service>.*`
+//! (`nats micro ls` lists it). The same code runs in `commerce up` (all services, one process)
+//! and `commerce run <service>` (one per process).
+
+use std::time::Duration;
+
+use actix::Actor;
+use actix_rt::Arbiter;
+use async_nats::service::ServiceExt;
+use bus::envelope::snake_case;
+use bus::{BusError, ConsumerSpec, DurableConsumer, OutboxRelay, Publisher, RelayConfig};
+use futures::{FutureExt, StreamExt};
+use serde_json::{json, Value};
+use storage::Store;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::actor::{Handle, ServiceActor};
+use super::core::Engine;
+use super::{ApiError, EngineError, Service};
+use crate::Settings;
+
+/// Requests answered together (commands share one commit and one flush).
+const REQUEST_BATCH: usize = 256;
+
+/// A service running on its own Arbiter.
+pub struct RunningService {
+    pub name: &'static str,
+    arbiter: Arbiter,
+    done: oneshot::Receiver<Result<(), EngineError>>,
+}
+
+impl RunningService {
+    /// Wait until the service has stopped (after its shutdown token was cancelled), then stop
+    /// its Arbiter. Returns the error it stopped with, if any.
+    pub async fn join(self) -> Result<(), EngineError> {
+        let result = self
+            .done
+            .await
+            .unwrap_or(Err(EngineError::Stopped(self.name)));
+        self.arbiter.stop();
+        let arbiter = self.arbiter;
+        let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
+        result
+    }
+}
+
+/// Start service `S` on a new Arbiter; returns once it consumes and answers requests.
+pub async fn spawn<S: Service>(
+    settings: Settings,
+    nats_url: String,
+    shutdown: CancellationToken,
+) -> Result<RunningService, EngineError> {
+    let arbiter = Arbiter::new();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let (done_tx, mut done_rx) = oneshot::channel();
+    arbiter.spawn_fn(move || {
+        actix_rt::spawn(async move {
+            let result = run::<S>(settings, nats_url, shutdown, ready_tx).await;
+            if let Err(e) = &result {
+                tracing::error!(service = S::name(), error = %e, "service stopped");
+            }
+            let _ = done_tx.send(result);
+        });
+    });
+    if ready_rx.await.is_err() {
+        // It stopped before it was ready: the reason is in `done`.
+        let result = (&mut done_rx)
+            .await
+            .unwrap_or(Err(EngineError::Stopped(S::name())));
+        arbiter.stop();
+        return Err(result.err().unwrap_or(EngineError::Stopped(S::name())));
+    }
+    Ok(RunningService {
+        name: S::name(),
+        arbiter,
+        done: done_rx,
+    })
+}
+
+async fn run<S: Service>(
+    settings: Settings,
+    nats_url: String,
+    shutdown: CancellationToken,
+    ready: oneshot::Sender<()>,
+) -> Result<(), EngineError> {
+    let store = Store::open(settings.service_dir(S::name()), &settings.store)?;
+    let service = S::new(&settings)?;
+    let client = bus::connect(&nats_url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+
+    let relay = OutboxRelay::new(
+        store.clone(),
+        Publisher::new(js.clone()),
+        RelayConfig::default(),
+    );
+    let handle = Handle::new(
+        ServiceActor::new(Engine::new(service, store.clone())).start(),
+        store.clone(),
+        relay.stats(),
+    );
+
+    let mut tasks = Vec::new();
+    tasks.push(actix_rt::spawn(relay.run(shutdown.clone())));
+    for (domain, events) in S::LISTENS {
+        let mut spec = ConsumerSpec::new(domain.stream(), S::name());
+        spec.ack_wait = Duration::from_millis(settings.ack_wait_ms.max(1_000));
+        spec.filter_subjects = events
+            .iter()
+            .map(|e| format!("{}.{}.*", domain.subject_prefix(), snake_case(e)))
+            .collect();
+        let consumer = DurableConsumer::bind(&js, spec).await?;
+        tasks.push(actix_rt::spawn(consume(
+            js.clone(),
+            consumer,
+            handle.clone(),
+            shutdown.clone(),
+        )));
+    }
+
+    let micro = client
+        .service_builder()
+        .description(format!("commerce {} service", S::name()))
+        .start(S::name(), env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| micro_error(e.to_string()))?;
+    let group = micro.group(format!("commerce.{}", S::name()));
+    for name in ["status", "get"].iter().chain(S::COMMANDS) {
+        let endpoint = group
+            .endpoint(*name)
+            .await
+            .map_err(|e| micro_error(e.to_string()))?;
+        tasks.push(actix_rt::spawn(serve(
+            endpoint,
+            name,
+            handle.clone(),
+            shutdown.clone(),
+        )));
+    }
+    if let Some(work) = S::background(&settings, handle.clone(), shutdown.clone()) {
+        tasks.push(actix_rt::spawn(work));
+    }
+
+    tracing::info!(service = S::name(), db = %store.path().display(), "service started");
+    let _ = ready.send(());
+    shutdown.cancelled().await;
+
+    for task in tasks {
+        let _ = task.await;
+    }
+    let _ = micro.stop().await;
+    let _durable = store.flush().await?;
+    if let Err(e) = client.drain().await {
+        tracing::debug!(error = %e, "drain");
+    }
+    tracing::info!(service = S::name(), "service stopped");
+    Ok(())
+}
+
+fn micro_error(reason: String) -> EngineError {
+    EngineError::Bus(BusError::JetStream {
+        what: "micro service".into(),
+        reason,
+    })
+}
+
+/// One durable consumer's loop: fetch a batch, let the engine apply it (commit + flush), then
+/// settle it. A batch already fetched is always finished before shutdown is honoured.
+async fn consume<S: Service>(
+    js: async_nats::jetstream::Context,
+    mut consumer: DurableConsumer,
+    handle: Handle<S>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            batch = consumer.next_batch(Duration::from_secs(1)) => batch,
+        };
+        match batch {
+            Ok(batch) if batch.is_empty() => {}
+            Ok(batch) => match handle.deliver(batch).await {
+                Ok(settled) => consumer.settle(settled.verdicts, settled.flushed).await,
+                Err(e) => tracing::warn!(service = S::name(), error = %e,
+                    "batch not applied; the broker redelivers it after AckWait"),
+            },
+            Err(e) => {
+                tracing::warn!(service = S::name(), error = %e, "consumer lost; binding again");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                match DurableConsumer::bind(&js, consumer.spec().clone()).await {
+                    Ok(bound) => consumer = bound,
+                    Err(e) => tracing::warn!(service = S::name(), error = %e, "bind failed"),
+                }
+            }
+        }
+    }
+}
+
+/// One micro endpoint: answer requests, commands in batches (one commit, one flush per batch).
+async fn serve<S: Service>(
+    mut endpoint: async_nats::service::endpoint::Endpoint,
+    name: &'static str,
+    handle: Handle<S>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            request = endpoint.next() => match request {
+                Some(request) => request,
+                None => return,
+            },
+        };
+        let mut requests = vec![first];
+        while requests.len() < REQUEST_BATCH {
+            match endpoint.next().now_or_never() {
+                Some(Some(request)) => requests.push(request),
+                _ => break,
+            }
+        }
+        match name {
+            "status" => {
+                for request in requests {
+                    respond(&request, Ok(handle.status())).await;
+                }
+            }
+            "get" => {
+                for request in requests {
+                    let id = S::get_id(&String::from_utf8_lossy(&request.message.payload));
+                    let answer = match handle.get(id.clone()).await {
+                        Ok((version, state)) => S::view(version, &state)
+                            .ok_or_else(|| ApiError::not_found(format!("{id} not found"))),
+                        Err(e) => Err(e.into()),
+                    };
+                    respond(&request, answer).await;
+                }
+            }
+            command => {
+                let mut commands = Vec::new();
+                let mut waiting = Vec::new();
+                for request in requests {
+                    match S::command(command, &request.message.payload) {
+                        Ok(c) => {
+                            commands.push(c);
+                            waiting.push(request);
+                        }
+                        Err(e) => respond(&request, Err(e)).await,
+                    }
+                }
+                let results = handle.execute_all(commands).await;
+                for (request, result) in waiting.iter().zip(results) {
+                    let answer = result.map(|executed| S::reply(command, &executed));
+                    respond(request, answer).await;
+                }
+            }
+        }
+    }
+}
+
+async fn respond(request: &async_nats::service::Request, answer: Result<Value, ApiError>) {
+    let response = match answer {
+        Ok(value) => Ok(bytes::Bytes::from(value.to_string())),
+        Err(e) => Err(async_nats::service::error::Error {
+            status: e.message,
+            code: usize::from(e.code),
+        }),
+    };
+    if let Err(e) = request.respond(response).await {
+        tracing::debug!(error = %e, "reply not sent (requester gone?)");
+    }
+}
+
+/// Ask a running service's micro endpoint `commerce.<service>.<endpoint>`; errors keep the
+/// service's code (404, 409, 422, …), and no answer is a 503.
+pub async fn request(
+    client: &async_nats::Client,
+    service: &str,
+    endpoint: &str,
+    body: Vec<u8>,
+) -> Result<Value, ApiError> {
+    let subject = format!("commerce.{service}.{endpoint}");
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(subject, body.into()),
+    )
+    .await
+    .map_err(|_| ApiError::unavailable(format!("the {service} service did not answer in time")))?
+    .map_err(|e| ApiError::unavailable(format!("the {service} service is unavailable: {e}")))?;
+    if let Some(headers) = &reply.headers {
+        if let Some(code) = headers.get(async_nats::service::NATS_SERVICE_ERROR_CODE) {
+            let code = code.as_str().parse().unwrap_or(500);
+            let message = headers
+                .get(async_nats::service::NATS_SERVICE_ERROR)
+                .map(|m| m.as_str().to_string())
+                .unwrap_or_default();
+            return Err(ApiError::new(code, message));
+        }
+    }
+    serde_json::from_slice(&reply.payload)
+        .map_err(|e| ApiError::new(502, format!("bad answer from the {service} service: {e}")))
+}
+
+/// Answer for a service that is not running.
+pub fn not_running(service: &str) -> Value {
+    json!({ "service": service, "running": false })
+}

@@ -1,0 +1,88 @@
+//! Calls to external systems (payment gateway, carrier) over HTTP, with the failure split every
+//! caller needs: may succeed later (`Unavailable`: timeout, 5xx, 429) or never (`Refused`: 4xx).
+
+use std::time::Duration;
+
+use bus::Verdict;
+
+use crate::engine::EngineError;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{status}: {message}")]
+    Refused { status: u16, message: String },
+}
+
+impl From<CallError> for Verdict {
+    /// On the bus: retry later, or dead-letter (a refusal will not change on redelivery).
+    fn from(e: CallError) -> Verdict {
+        match e {
+            CallError::Unavailable(reason) => Verdict::Retry(reason),
+            refused => Verdict::Reject(refused.to_string()),
+        }
+    }
+}
+
+/// An HTTP client for one external system.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    pub fn new(base: &str, what: &str) -> Result<Client, EngineError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| EngineError::Config(format!("{what} client: {e}")))?;
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+        })
+    }
+
+    pub async fn post<Q, R>(&self, path: &str, body: &Q) -> Result<R, CallError>
+    where
+        Q: serde::Serialize,
+        R: serde::de::DeserializeOwned,
+    {
+        let url = format!("{}{path}", self.base);
+        let request = self.http.post(&url).json(body);
+        read(&url, request.send().await).await
+    }
+
+    pub async fn get<R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<R, CallError> {
+        let url = format!("{}{path}", self.base);
+        let request = self.http.get(&url).query(query);
+        read(&url, request.send().await).await
+    }
+}
+
+async fn read<R: serde::de::DeserializeOwned>(
+    url: &str,
+    sent: Result<reqwest::Response, reqwest::Error>,
+) -> Result<R, CallError> {
+    let response = sent.map_err(|e| CallError::Unavailable(format!("{url}: {e}")))?;
+    let status = response.status();
+    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Err(CallError::Unavailable(format!("{url}: {status}")));
+    }
+    if !status.is_success() {
+        let message = response.text().await.unwrap_or_default();
+        return Err(CallError::Refused {
+            status: status.as_u16(),
+            message,
+        });
+    }
+    response
+        .json()
+        .await
+        .map_err(|e| CallError::Unavailable(format!("{url}: unreadable answer: {e}")))
+}

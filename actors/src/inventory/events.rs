@@ -1,0 +1,34 @@
+use bus::Domain;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::Line;
+use crate::engine::DomainEvent;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum InventoryEvent {
+    InventoryReserved {
+        order_id: String,
+        lines: Vec<Line>,
+        shipping_address: String,
+    },
+    /// The warehouse cannot cover the order; a store may (ship-from-store).
+    InventoryShortage {
+        order_id: String,
+        lines: Vec<Line>,
+        shipping_address: String,
+        missing: Vec<String>,
+    },
+    /// The compensation: reserved units return to the available count.
+    InventoryReleased {
+        order_id: String,
+        lines: Vec<Line>,
+        reason: String,
+    },
+    /// The order was cancelled before anything was reserved: a later approval reserves nothing.
+    InventoryCancellationNoted { order_id: String },
+}
+
+impl DomainEvent for InventoryEvent {
+    const DOMAIN: Domain = Domain::Inventory;
+}

@@ -1,0 +1,205 @@
+//! The order: the customer's view of the saga. It decides on commands (place, cancel) and reacts
+//! to the outcome events of the other services; it never calls anyone.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::events::OrderEvent;
+use crate::catalog::{Line, PlaceOrder};
+use crate::engine::{Aggregate, ApiError};
+use crate::events::{Inbound, PaymentEvent, ShipmentEvent, StoreEvent};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    /// Not placed (no events yet).
+    #[default]
+    New,
+    /// Placed; payment, stock and shipment are being arranged.
+    Pending,
+    /// Paid, stock reserved, carrier booked.
+    Confirmed,
+    /// The parcel left: the pivot. No cancel after this.
+    Shipped,
+    Completed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Order {
+    pub order_id: String,
+    pub status: OrderStatus,
+    pub customer: String,
+    pub lines: Vec<Line>,
+    pub total_cents: u64,
+    pub shipping_address: String,
+    pub placed_at: Option<DateTime<Utc>>,
+    pub estimated_delivery: Option<String>,
+    /// A customer's cancel is waiting for the shipment service's answer.
+    pub cancel_requested: bool,
+    pub cancel_reason: Option<String>,
+    pub request_fingerprint: String,
+}
+
+impl Aggregate for Order {
+    type Event = OrderEvent;
+
+    fn apply(&mut self, event: &OrderEvent) {
+        match event {
+            OrderEvent::OrderCreated {
+                order_id,
+                customer,
+                lines,
+                total_cents,
+                shipping_address,
+                placed_at,
+                request_fingerprint,
+                ..
+            } => {
+                self.order_id = order_id.clone();
+                self.status = OrderStatus::Pending;
+                self.customer = customer.clone();
+                self.lines = lines.clone();
+                self.total_cents = *total_cents;
+                self.shipping_address = shipping_address.clone();
+                self.placed_at = Some(*placed_at);
+                self.request_fingerprint = request_fingerprint.clone();
+            }
+            OrderEvent::OrderConfirmed {
+                estimated_delivery, ..
+            } => {
+                self.status = OrderStatus::Confirmed;
+                self.estimated_delivery = Some(estimated_delivery.clone());
+            }
+            OrderEvent::OrderShipped {} => self.status = OrderStatus::Shipped,
+            OrderEvent::OrderCompleted {} => self.status = OrderStatus::Completed,
+            OrderEvent::OrderCancelRequested {} => self.cancel_requested = true,
+            OrderEvent::OrderCancelRejected { .. } => self.cancel_requested = false,
+            OrderEvent::OrderCancelled { reason } => {
+                self.status = OrderStatus::Cancelled;
+                self.cancel_requested = false;
+                self.cancel_reason = Some(reason.clone());
+            }
+        }
+    }
+}
+
+/// What `cancel` did, for the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    Requested,
+    AlreadyRequested,
+    AlreadyCancelled,
+}
+
+impl Order {
+    pub fn exists(&self) -> bool {
+        self.status != OrderStatus::New
+    }
+
+    fn is_final(&self) -> bool {
+        matches!(self.status, OrderStatus::Completed | OrderStatus::Cancelled)
+    }
+
+    /// Place the order. Placing it again with the same request is a no-op (idempotency); with a
+    /// different request under the same id (Idempotency-Key reuse) it is refused.
+    pub fn place(
+        &self,
+        order_id: &str,
+        order: &PlaceOrder,
+        fingerprint: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OrderEvent>, ApiError> {
+        if self.exists() {
+            if self.request_fingerprint == fingerprint {
+                return Ok(Vec::new());
+            }
+            return Err(ApiError::unprocessable(
+                "this Idempotency-Key was already used for a different order",
+            ));
+        }
+        Ok(vec![OrderEvent::OrderCreated {
+            order_id: order_id.to_string(),
+            customer: order.customer.clone(),
+            lines: order.lines.clone(),
+            total_cents: order.total_cents,
+            payment_token: order.card_number.clone(),
+            shipping_address: order.shipping_address.clone(),
+            placed_at: now,
+            request_fingerprint: fingerprint.to_string(),
+        }])
+    }
+
+    /// A customer's cancel: allowed until the parcel has left.
+    pub fn cancel(&self) -> Result<(CancelOutcome, Vec<OrderEvent>), ApiError> {
+        match self.status {
+            OrderStatus::New => Err(ApiError::not_found("no such order")),
+            OrderStatus::Cancelled => Ok((CancelOutcome::AlreadyCancelled, Vec::new())),
+            OrderStatus::Shipped | OrderStatus::Completed => Err(ApiError::conflict(format!(
+                "the order is {:?}: it has left the warehouse and can no longer be cancelled",
+                self.status
+            ))),
+            OrderStatus::Pending | OrderStatus::Confirmed if self.cancel_requested => {
+                Ok((CancelOutcome::AlreadyRequested, Vec::new()))
+            }
+            OrderStatus::Pending | OrderStatus::Confirmed => Ok((
+                CancelOutcome::Requested,
+                vec![OrderEvent::OrderCancelRequested {}],
+            )),
+        }
+    }
+
+    /// React to another service's outcome.
+    pub fn react(&self, event: &Inbound) -> Vec<OrderEvent> {
+        if !self.exists() || self.is_final() {
+            return Vec::new();
+        }
+        let cancel = |reason: &str| {
+            vec![OrderEvent::OrderCancelled {
+                reason: reason.to_string(),
+            }]
+        };
+        let status = self.status;
+        match event {
+            Inbound::Payment(PaymentEvent::PaymentDeclined { reason, .. }) => {
+                cancel(&format!("payment declined: {reason}"))
+            }
+            Inbound::Store(StoreEvent::StoreStockUnavailable { .. }) => {
+                cancel("out of stock in the warehouse and every store")
+            }
+            Inbound::Shipment(ShipmentEvent::ShipmentFailed { reason }) => {
+                cancel(&format!("shipment failed: {reason}"))
+            }
+            Inbound::Shipment(ShipmentEvent::ShipmentCancelled { .. }) => {
+                cancel("cancelled by the customer")
+            }
+            Inbound::Shipment(ShipmentEvent::ShipmentScheduled {
+                estimated_delivery, ..
+            }) if status == OrderStatus::Pending => vec![OrderEvent::OrderConfirmed {
+                lines: self.lines.clone(),
+                estimated_delivery: estimated_delivery.clone(),
+            }],
+            Inbound::Shipment(ShipmentEvent::ShipmentStarted {})
+                if matches!(status, OrderStatus::Pending | OrderStatus::Confirmed) =>
+            {
+                vec![OrderEvent::OrderShipped {}]
+            }
+            Inbound::Shipment(ShipmentEvent::ShipmentDelivered {}) => {
+                let mut events = Vec::new();
+                if status != OrderStatus::Shipped {
+                    events.push(OrderEvent::OrderShipped {});
+                }
+                events.push(OrderEvent::OrderCompleted {});
+                events
+            }
+            Inbound::Shipment(ShipmentEvent::ShipmentCancelRejected { reason })
+                if self.cancel_requested =>
+            {
+                vec![OrderEvent::OrderCancelRejected {
+                    reason: reason.clone(),
+                }]
+            }
+            _ => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,34 @@
+use bus::Domain;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::Line;
+use crate::engine::DomainEvent;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum PaymentEvent {
+    PaymentApproved {
+        amount_cents: u64,
+        payment_method: String,
+        authorization_id: String,
+        approved_at: DateTime<Utc>,
+        /// Carried on for inventory and shipment.
+        lines: Vec<Line>,
+        shipping_address: String,
+    },
+    PaymentDeclined {
+        amount_cents: u64,
+        reason: String,
+    },
+    /// The compensation: the authorization is voided / the charge refunded.
+    PaymentRefunded {
+        amount_cents: u64,
+        refund_id: String,
+        reason: String,
+    },
+}
+
+impl DomainEvent for PaymentEvent {
+    const DOMAIN: Domain = Domain::Payments;
+}

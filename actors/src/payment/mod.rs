@@ -1,0 +1,110 @@
+//! The payment service: authorizes each order's amount at the payment gateway, and refunds it
+//! when the saga fails or the customer cancels. One aggregate per order (id = order id).
+//! Every gateway call carries an idempotency key derived from the order, so a redelivered event
+//! (after a crash between the call and the commit) never charges or refunds twice.
+
+pub mod aggregate;
+pub mod events;
+
+use bus::{Domain, Verdict};
+use chrono::Utc;
+
+use self::aggregate::{GatewayAnswer, GatewayCall, Payment};
+use self::events::PaymentEvent;
+use crate::engine::{EngineError, Reaction, Service};
+use crate::events::Inbound;
+use crate::external::Client;
+use crate::simulators::payment_gateway::{
+    AuthorizationReply, AuthorizeRequest, RefundReply, RefundRequest,
+};
+use crate::Settings;
+
+pub struct PaymentService {
+    gateway: GatewayClient,
+}
+
+impl Service for PaymentService {
+    type State = Payment;
+    const LISTENS: &'static [(Domain, &'static [&'static str])] = &[
+        (Domain::Orders, &["OrderCreated", "OrderCancelled"]),
+        (Domain::Stores, &["StoreStockUnavailable"]),
+        (Domain::Shipments, &["ShipmentFailed"]),
+    ];
+
+    fn new(settings: &Settings) -> Result<Self, EngineError> {
+        Ok(PaymentService {
+            gateway: GatewayClient::new(&settings.payment_gateway_url())?,
+        })
+    }
+
+    fn route(&self, _event: &Inbound, saga: &str) -> Option<String> {
+        Some(saga.to_string())
+    }
+
+    async fn react(&self, state: &Payment, event: &Inbound, saga: &str) -> Reaction<PaymentEvent> {
+        let Some(call) = state.next_call(event) else {
+            return Ok(Vec::new());
+        };
+        let answer = self.gateway.call(saga, &call).await?;
+        Ok(Payment::outcome(call, answer, Utc::now()))
+    }
+}
+
+/// The payment gateway's HTTP API.
+pub struct GatewayClient {
+    client: Client,
+}
+
+impl GatewayClient {
+    pub fn new(base: &str) -> Result<Self, EngineError> {
+        Ok(GatewayClient {
+            client: Client::new(base, "payment gateway")?,
+        })
+    }
+
+    /// Make the call. A failure the gateway may recover from (timeout, 5xx, outage) is a
+    /// `Retry`; a refusal (4xx) can never succeed and is a `Reject`.
+    pub async fn call(&self, order_id: &str, call: &GatewayCall) -> Result<GatewayAnswer, Verdict> {
+        match call {
+            GatewayCall::Authorize {
+                amount_cents,
+                payment_token,
+                ..
+            } => {
+                let request = AuthorizeRequest {
+                    idempotency_key: format!("authorize:{order_id}"),
+                    order_id: order_id.to_string(),
+                    amount_cents: *amount_cents,
+                    card_number: payment_token.clone(),
+                };
+                let reply: AuthorizationReply =
+                    self.client.post("/v1/authorizations", &request).await?;
+                Ok(match reply.decline_reason {
+                    Some(reason) => GatewayAnswer::Declined { reason },
+                    None => GatewayAnswer::Approved {
+                        authorization_id: reply.id,
+                    },
+                })
+            }
+            GatewayCall::Refund {
+                authorization_id,
+                amount_cents,
+                ..
+            } => {
+                let request = RefundRequest {
+                    idempotency_key: format!("refund:{order_id}"),
+                    order_id: order_id.to_string(),
+                    authorization_id: authorization_id.clone(),
+                    amount_cents: *amount_cents,
+                };
+                let reply: RefundReply = self.client.post("/v1/refunds", &request).await?;
+                Ok(GatewayAnswer::Refunded {
+                    refund_id: reply.id,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,144 @@
+use chrono::Utc;
+
+use super::aggregate::{GatewayAnswer, GatewayCall, Payment};
+use super::events::PaymentEvent;
+use crate::engine::{given, lines};
+use crate::events::{Inbound, OrderEvent, ShipmentEvent, StoreEvent};
+
+fn created() -> Inbound {
+    Inbound::Order(OrderEvent::OrderCreated {
+        order_id: "o1".into(),
+        customer: "alice".into(),
+        lines: lines(&[("SKU-MUG", 2)]),
+        total_cents: 200,
+        payment_token: "4242".into(),
+        shipping_address: "1 Main St".into(),
+        placed_at: Utc::now(),
+        request_fingerprint: "f".into(),
+    })
+}
+
+fn approved() -> PaymentEvent {
+    PaymentEvent::PaymentApproved {
+        amount_cents: 200,
+        payment_method: "card".into(),
+        authorization_id: "auth_1".into(),
+        approved_at: Utc::now(),
+        lines: lines(&[("SKU-MUG", 2)]),
+        shipping_address: "1 Main St".into(),
+    }
+}
+
+fn failures() -> Vec<Inbound> {
+    vec![
+        Inbound::Order(OrderEvent::OrderCancelled {
+            reason: "customer".into(),
+        }),
+        Inbound::Store(StoreEvent::StoreStockUnavailable {
+            order_id: "o1".into(),
+            lines: vec![],
+        }),
+        Inbound::Shipment(ShipmentEvent::ShipmentFailed {
+            reason: "undeliverable".into(),
+        }),
+    ]
+}
+
+#[test]
+fn given_nothing_when_created_then_authorize_the_total() {
+    let call = Payment::default().next_call(&created()).unwrap();
+    assert!(matches!(
+        call,
+        GatewayCall::Authorize {
+            amount_cents: 200,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn given_an_answer_then_approved_with_the_order_data_or_declined() {
+    let call = Payment::default().next_call(&created()).unwrap();
+    let events = Payment::outcome(
+        call.clone(),
+        GatewayAnswer::Approved {
+            authorization_id: "auth_1".into(),
+        },
+        Utc::now(),
+    );
+    match events.as_slice() {
+        [PaymentEvent::PaymentApproved {
+            lines,
+            shipping_address,
+            authorization_id,
+            ..
+        }] => {
+            assert_eq!(lines.len(), 1, "lines carried on for inventory");
+            assert_eq!(shipping_address, "1 Main St");
+            assert_eq!(authorization_id, "auth_1");
+        }
+        other => panic!("{other:?}"),
+    }
+    let events = Payment::outcome(
+        call,
+        GatewayAnswer::Declined {
+            reason: "card declined".into(),
+        },
+        Utc::now(),
+    );
+    assert!(matches!(
+        events.as_slice(),
+        [PaymentEvent::PaymentDeclined { .. }]
+    ));
+}
+
+#[test]
+fn given_attempted_when_created_again_then_no_second_charge() {
+    assert_eq!(given::<Payment>([approved()]).next_call(&created()), None);
+    let declined = PaymentEvent::PaymentDeclined {
+        amount_cents: 200,
+        reason: "x".into(),
+    };
+    assert_eq!(given::<Payment>([declined]).next_call(&created()), None);
+}
+
+#[test]
+fn given_approved_when_any_failure_or_cancel_then_refund_once() {
+    let payment = given::<Payment>([approved()]);
+    for event in failures() {
+        let call = payment.next_call(&event).unwrap();
+        assert!(
+            matches!(call, GatewayCall::Refund { amount_cents: 200, ref authorization_id, .. } if authorization_id == "auth_1")
+        );
+        let events = Payment::outcome(
+            call,
+            GatewayAnswer::Refunded {
+                refund_id: "r1".into(),
+            },
+            Utc::now(),
+        );
+        assert!(matches!(
+            events.as_slice(),
+            [PaymentEvent::PaymentRefunded {
+                amount_cents: 200,
+                ..
+            }]
+        ));
+        let refunded = given::<Payment>([approved(), events[0].clone()]);
+        for again in failures() {
+            assert_eq!(refunded.next_call(&again), None, "refunded once");
+        }
+    }
+}
+
+#[test]
+fn given_declined_or_nothing_when_failure_then_nothing_to_refund() {
+    let declined = given::<Payment>([PaymentEvent::PaymentDeclined {
+        amount_cents: 200,
+        reason: "x".into(),
+    }]);
+    for event in failures() {
+        assert_eq!(declined.next_call(&event), None);
+        assert_eq!(Payment::default().next_call(&event), None);
+    }
+}

@@ -1,0 +1,41 @@
+use super::aggregate::CoPurchases;
+use super::events::RecommendationEvent;
+use crate::engine::{lines, Aggregate};
+use crate::events::{Inbound, OrderEvent};
+
+fn confirmed(items: &[(&str, u32)]) -> Inbound {
+    Inbound::Order(OrderEvent::OrderConfirmed {
+        lines: lines(items),
+        estimated_delivery: "d".into(),
+    })
+}
+
+#[test]
+fn given_co_purchases_when_an_order_is_confirmed_then_recommend_what_was_bought_with_it() {
+    let mut counts = CoPurchases::default();
+    for (order, items) in [
+        ("o1", &[("SKU-MUG", 1), ("SKU-SOCKS", 1)][..]),
+        (
+            "o2",
+            &[("SKU-MUG", 1), ("SKU-SOCKS", 1), ("SKU-TSHIRT", 1)][..],
+        ),
+    ] {
+        for event in counts.react(order, &confirmed(items)) {
+            counts.apply(&event);
+        }
+    }
+    assert_eq!(counts.counts["SKU-MUG"]["SKU-SOCKS"], 2);
+    let events = counts.react("o3", &confirmed(&[("SKU-MUG", 1)]));
+    let [RecommendationEvent::RecommendationUpdated {
+        recommended, skus, ..
+    }] = events.as_slice()
+    else {
+        panic!("{events:?}");
+    };
+    assert_eq!(skus, &["SKU-MUG"]);
+    assert_eq!(
+        recommended,
+        &["SKU-SOCKS", "SKU-TSHIRT"],
+        "most often bought with mugs first"
+    );
+}

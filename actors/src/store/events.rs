@@ -1,0 +1,32 @@
+use bus::Domain;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::Line;
+use crate::engine::DomainEvent;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum StoreEvent {
+    /// Ship-from-store: one offline store covers the whole order.
+    StoreStockReserved {
+        order_id: String,
+        store_id: String,
+        lines: Vec<Line>,
+        shipping_address: String,
+    },
+    /// No warehouse stock and no store that has it all: the saga fails.
+    StoreStockUnavailable { order_id: String, lines: Vec<Line> },
+    /// The compensation: the store's reserved units return.
+    StoreStockReleased {
+        order_id: String,
+        store_id: String,
+        lines: Vec<Line>,
+        reason: String,
+    },
+    /// The order was cancelled before any store reserved for it.
+    StoreCancellationNoted { order_id: String },
+}
+
+impl DomainEvent for StoreEvent {
+    const DOMAIN: Domain = Domain::Stores;
+}

@@ -1,0 +1,90 @@
+use super::aggregate::{StoreReservation, Stores};
+use super::events::StoreEvent;
+use crate::engine::{lines, Aggregate};
+use crate::events::{Inbound, InventoryEvent, OrderEvent, ShipmentEvent};
+
+fn shortage(items: &[(&str, u32)]) -> Inbound {
+    Inbound::Inventory(InventoryEvent::InventoryShortage {
+        order_id: "o1".into(),
+        lines: lines(items),
+        shipping_address: "1 Main St".into(),
+        missing: vec![],
+    })
+}
+
+fn step(stores: &mut Stores, event: &Inbound) -> Vec<StoreEvent> {
+    let events = stores.react("o1", event);
+    for e in &events {
+        stores.apply(e);
+    }
+    events
+}
+
+#[test]
+fn given_a_store_with_everything_when_shortage_then_ship_from_that_store() {
+    let mut s = Stores::default();
+    let before = s.available["store-busan"]["SKU-POSTER"];
+    let events = step(&mut s, &shortage(&[("SKU-POSTER", 2)]));
+    match events.as_slice() {
+        [StoreEvent::StoreStockReserved { store_id, .. }] => assert_eq!(store_id, "store-busan"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.available["store-busan"]["SKU-POSTER"], before - 2);
+    assert!(
+        step(&mut s, &shortage(&[("SKU-POSTER", 2)])).is_empty(),
+        "a duplicate reserves nothing"
+    );
+}
+
+#[test]
+fn given_no_store_with_everything_when_shortage_then_unavailable() {
+    let mut s = Stores::default();
+    // Posters are only in Busan, mugs only in Seoul: no single store has both.
+    let events = step(&mut s, &shortage(&[("SKU-POSTER", 1), ("SKU-MUG", 1)]));
+    assert!(matches!(
+        events.as_slice(),
+        [StoreEvent::StoreStockUnavailable { .. }]
+    ));
+    assert_eq!(s.orders["o1"], StoreReservation::Unavailable);
+    let events = Stores::default().react("o1", &shortage(&[("SKU-VINYL", 1)]));
+    assert!(matches!(
+        events.as_slice(),
+        [StoreEvent::StoreStockUnavailable { .. }]
+    ));
+}
+
+#[test]
+fn given_reserved_when_cancelled_or_shipment_failed_then_released() {
+    let failures = [
+        Inbound::Order(OrderEvent::OrderCancelled {
+            reason: "customer".into(),
+        }),
+        Inbound::Shipment(ShipmentEvent::ShipmentFailed {
+            reason: "undeliverable".into(),
+        }),
+    ];
+    for failure in failures {
+        let mut s = Stores::default();
+        let before = s.available.clone();
+        step(&mut s, &shortage(&[("SKU-POSTER", 1)]));
+        let events = step(&mut s, &failure);
+        assert!(matches!(
+            events.as_slice(),
+            [StoreEvent::StoreStockReleased { .. }]
+        ));
+        assert_eq!(s.available, before);
+    }
+}
+
+#[test]
+fn given_cancelled_first_when_shortage_arrives_late_then_nothing_is_reserved() {
+    let mut s = Stores::default();
+    let cancelled = Inbound::Order(OrderEvent::OrderCancelled {
+        reason: "customer".into(),
+    });
+    assert!(matches!(
+        step(&mut s, &cancelled).as_slice(),
+        [StoreEvent::StoreCancellationNoted { .. }]
+    ));
+    assert!(step(&mut s, &shortage(&[("SKU-POSTER", 1)])).is_empty());
+}

@@ -1,0 +1,91 @@
+//! The saga with every component in its own OS process (`commerce run <component>`), on one
+//! nats-server, with one service killed by SIGKILL mid-run and restarted.
+
+mod support;
+
+use bus::server::{NatsServer, ServerConfig};
+use serde_json::json;
+use support::{commerce, order, scenario, wait_until, Api, Proc, ADDRESS, CARD};
+
+struct Cluster {
+    data: tempfile::TempDir,
+    nats: String,
+    payment_gateway: String,
+    carrier: String,
+}
+
+impl Cluster {
+    fn run(&self, component: &str) -> Proc {
+        let mut cmd = commerce();
+        cmd.args(["run", component, "--data-dir"])
+            .arg(self.data.path())
+            .args(["--nats", &self.nats])
+            .env("COMMERCE_PAYMENT_GATEWAY_URL", &self.payment_gateway)
+            .env("COMMERCE_CARRIER_URL", &self.carrier);
+        let proc = Proc::spawn(cmd);
+        proc.line_starting(&format!("commerce {component} is up"));
+        proc
+    }
+}
+
+#[tokio::test]
+async fn one_process_per_service_loses_nothing_when_one_is_killed() {
+    let data = tempfile::tempdir().unwrap();
+    let server = NatsServer::start(ServerConfig::new(data.path().join("nats")))
+        .await
+        .unwrap();
+    let mut cluster = Cluster {
+        data,
+        nats: server.url(),
+        payment_gateway: String::new(),
+        carrier: String::new(),
+    };
+    let simulators = cluster.run("simulators");
+    cluster.payment_gateway = simulators.line_starting("payment gateway: ");
+    cluster.carrier = simulators.line_starting("carrier: ");
+    let mut services: Vec<(&str, Proc)> = actors::SERVICES
+        .iter()
+        .map(|name| (*name, cluster.run(name)))
+        .collect();
+    let gateway = cluster.run("gateway");
+    let http = gateway.line_starting("http: ");
+    let api = Api::new(&http, &cluster.payment_gateway, &cluster.carrier);
+
+    let mut placed = scenario::place(&api, 20).await;
+
+    // SIGKILL the payment service while its gateway calls are in flight (the gateway charges,
+    // the service dies before recording it), then start it again.
+    api.set_faults(&api.payment_gateway, json!({ "latency_ms": 800 }))
+        .await;
+    let calls = api.ledger(&api.payment_gateway).await["calls"]
+        .as_u64()
+        .unwrap();
+    for i in 0..5 {
+        let late = order(&format!("late-{i}"), "SKU-MUG", 1, CARD, ADDRESS);
+        placed.completed.push(api.place_ok(&late).await);
+        placed.bulk += 1;
+    }
+    wait_until("payment calls the gateway", || async {
+        api.ledger(&api.payment_gateway).await["calls"]
+            .as_u64()
+            .unwrap()
+            > calls
+    })
+    .await;
+    let (_, payment) = services
+        .iter_mut()
+        .find(|(name, _)| *name == "payment")
+        .unwrap();
+    payment.child.kill().unwrap();
+    payment.child.wait().unwrap();
+    api.set_faults(&api.payment_gateway, json!({})).await;
+    *payment = cluster.run("payment");
+
+    scenario::check(&api, &placed).await;
+
+    for (_, service) in &mut services {
+        service.stop();
+    }
+    drop(gateway);
+    drop(simulators);
+}

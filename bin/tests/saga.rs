@@ -1,0 +1,213 @@
+//! The saga end to end, in one process: `commerce up` on free ports and a temp data dir.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+use support::{order, scenario, warehouse, Api, Proc, ADDRESS, CARD};
+
+fn up(data: &tempfile::TempDir) -> (Proc, String, Api) {
+    let up = Proc::up(&["--data-dir", data.path().to_str().unwrap()]);
+    let nats = up.line_starting("nats: ");
+    let nats = nats.split_whitespace().next().unwrap().to_string();
+    let api = Api::of(&up);
+    (up, nats, api)
+}
+
+#[tokio::test]
+async fn every_path_ends_right_and_a_poison_event_does_not_stop_the_saga() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut up, nats, api) = up(&data);
+
+    // An undecodable event where the payment service listens: it goes to DLQ with a reason.
+    let client = async_nats::connect(&nats).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.publish("orders.order_created.poison", "{not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let placed = scenario::place(&api, 10).await;
+    scenario::check(&api, &placed).await;
+
+    let dlq = js.get_stream("DLQ").await.unwrap();
+    let mut messages = dlq
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap()
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    let poison = messages.next().await.expect("a DLQ message").unwrap();
+    assert_eq!(
+        poison.subject.as_str(),
+        "dlq.payment.orders.order_created.poison"
+    );
+    let reason = poison
+        .headers
+        .as_ref()
+        .unwrap()
+        .get(bus::consumer::DLQ_REASON)
+        .unwrap();
+    assert!(reason.as_str().contains("undecodable"), "{reason}");
+
+    up.stop();
+}
+
+#[tokio::test]
+async fn the_last_units_are_never_oversold() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut up, _, api) = up(&data);
+    let before = warehouse(&api.products().await, "SKU-LAMP");
+    assert_eq!(
+        before, 5,
+        "the seeded catalog has 5 lamps and no store has one"
+    );
+
+    let orders = (0..20).map(|i| {
+        let api = api.clone();
+        async move {
+            api.place_ok(&order(&format!("rush-{i}"), "SKU-LAMP", 1, CARD, ADDRESS))
+                .await
+        }
+    });
+    let ids = futures::future::join_all(orders).await;
+    let mut sold = 0;
+    for id in &ids {
+        let order = api.wait_status(id, &["COMPLETED", "CANCELLED"]).await;
+        if order["status"] == "COMPLETED" {
+            sold += 1;
+        }
+    }
+    assert_eq!(sold, 5, "exactly the 5 lamps in stock were sold");
+    assert_eq!(warehouse(&api.products().await, "SKU-LAMP"), 0);
+    let ledger = api.ledger(&api.payment_gateway).await;
+    assert_eq!(
+        ledger["refunds"].as_array().unwrap().len(),
+        15,
+        "every other buyer was refunded"
+    );
+    up.stop();
+}
+
+#[tokio::test]
+async fn bad_input_is_a_json_4xx_and_changes_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut up, _, api) = up(&data);
+    let post = reqwest::Method::POST;
+    let json = "application/json";
+    let good = order("alice", "SKU-MUG", 1, CARD, ADDRESS);
+    let with = |field: &str, value: serde_json::Value| {
+        let mut o = good.clone();
+        if field == "quantity" {
+            o["lines"][0]["quantity"] = value;
+        } else {
+            o[field] = value;
+        }
+        serde_json::to_vec(&o).unwrap()
+    };
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "malformed JSON",
+            b"{\"customer\": ".to_vec(),
+            400,
+            "invalid JSON",
+        ),
+        ("not an order", b"[1,2,3]".to_vec(), 400, "invalid JSON"),
+        (
+            "unknown field",
+            with("coupon", json!("FREE")),
+            400,
+            "unknown field",
+        ),
+        (
+            "unknown sku",
+            serde_json::to_vec(&order("a", "SKU-NOPE", 1, CARD, ADDRESS)).unwrap(),
+            422,
+            "unknown sku",
+        ),
+        ("zero quantity", with("quantity", json!(0)), 422, "quantity"),
+        (
+            "negative quantity",
+            with("quantity", json!(-2)),
+            422,
+            "got -2",
+        ),
+        (
+            "huge quantity",
+            with("quantity", json!(1_000_000_000_000_000_000u64)),
+            422,
+            "quantity",
+        ),
+        (
+            "fractional quantity",
+            with("quantity", json!(1.5)),
+            400,
+            "invalid JSON",
+        ),
+        (
+            "bad card",
+            with("card_number", json!("1234")),
+            422,
+            "card_number",
+        ),
+        (
+            "empty address",
+            with("shipping_address", json!("")),
+            422,
+            "shipping_address",
+        ),
+        ("oversized body", vec![b' '; 64 * 1024], 413, "larger than"),
+    ];
+    let mut placed = 0;
+    for (what, body, code, needle) in cases {
+        let (status, answer) = api.raw(post.clone(), "/orders", Some((json, body))).await;
+        assert_eq!(status, code, "{what}: {answer}");
+        let error = answer["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no JSON error: {answer}"));
+        assert!(
+            error.contains(needle),
+            "{what}: {error:?} should mention {needle:?}"
+        );
+        placed += usize::from(status < 300);
+    }
+    assert_eq!(placed, 0);
+    let (status, _) = api
+        .raw(
+            post.clone(),
+            "/orders",
+            Some(("text/plain", serde_json::to_vec(&good).unwrap())),
+        )
+        .await;
+    assert_eq!(status, 415, "JSON only");
+
+    for (path, code) in [
+        ("/orders/not-a-uuid", 404),
+        ("/orders/01939a6e-0000-7000-8000-000000000000", 404),
+        ("/nowhere", 404),
+    ] {
+        let (status, answer) = api.raw(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, code, "{path}: {answer}");
+        assert!(answer["error"].is_string(), "{path}: {answer}");
+    }
+    let (status, answer) = api.cancel("01939a6e-0000-7000-8000-000000000000").await;
+    assert_eq!(status, 404, "cancel of an unknown order: {answer}");
+
+    // Nothing reached the payment gateway.
+    let ledger = api.ledger(&api.payment_gateway).await;
+    assert_eq!(ledger["authorizations"], json!([]));
+
+    // And the system still works.
+    let (status, health) = api.raw(reqwest::Method::GET, "/health", None).await;
+    assert_eq!(status, 200, "{health}");
+    let id = api.place_ok(&good).await;
+    api.wait_status(&id, &["COMPLETED"]).await;
+    up.stop();
+}

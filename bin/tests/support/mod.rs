@@ -1,0 +1,287 @@
+//! Helpers for tests that run the `commerce` binary: processes, their output, and the HTTP API.
+// Each test file uses a different part of this module.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+pub mod scenario;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// `commerce` with every listener on a free port and parcels that move fast.
+pub fn commerce() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_commerce"));
+    cmd.env_remove("NATS_URL")
+        .env("RUST_LOG", "warn")
+        .env("COMMERCE_HTTP_ADDR", "127.0.0.1:0")
+        .env("COMMERCE_NATS_PORT", "0")
+        .env("COMMERCE_SIMULATORS__PAYMENT_GATEWAY_ADDR", "127.0.0.1:0")
+        .env("COMMERCE_SIMULATORS__CARRIER_ADDR", "127.0.0.1:0")
+        .env("COMMERCE_SIMULATORS__CARRIER_PICKUP_MS", "300")
+        .env("COMMERCE_SIMULATORS__CARRIER_DELIVERY_MS", "300")
+        // A killed service's fetched events come back after this (the default is 30 s).
+        .env("COMMERCE_ACK_WAIT_MS", "3000");
+    cmd
+}
+
+/// A running `commerce` process and the lines of its stdout as they come.
+pub struct Proc {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn commerce");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// `commerce up <args>`.
+    pub fn up(args: &[&str]) -> Proc {
+        let mut cmd = commerce();
+        cmd.arg("up").args(args);
+        Proc::spawn(cmd)
+    }
+
+    /// The rest of the next stdout line that starts with `prefix` (after trimming).
+    pub fn line_starting(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no line starting {prefix:?}"));
+            if let Some(rest) = line.trim().strip_prefix(prefix) {
+                return rest.to_string();
+            }
+        }
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal");
+    }
+
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "commerce did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Ctrl-C, and a clean exit.
+    pub fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal(Signal::SIGINT);
+            assert!(
+                self.wait_exit().success(),
+                "commerce exits cleanly on Ctrl-C"
+            );
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // Ctrl-C first, so an embedded nats-server is stopped with it; SIGKILL if it hangs.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The HTTP gateway and the simulators' ledgers.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    pub base: String,
+    pub payment_gateway: String,
+    pub carrier: String,
+}
+
+impl Api {
+    pub fn new(base: &str, payment_gateway: &str, carrier: &str) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: base.to_string(),
+            payment_gateway: payment_gateway.to_string(),
+            carrier: carrier.to_string(),
+        }
+    }
+
+    /// The API of a `commerce up` process (from the lines it printed).
+    pub fn of(up: &Proc) -> Api {
+        let http = up.line_starting("http: ");
+        let payment_gateway = up.line_starting("payment gateway: ");
+        let carrier = up.line_starting("carrier: ");
+        up.line_starting("Press Ctrl-C");
+        Api::new(&http, &payment_gateway, &carrier)
+    }
+
+    async fn read(response: reqwest::Response) -> (u16, Value) {
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("status {status}: body is not JSON: {text:?}"));
+        (status, body)
+    }
+
+    pub async fn place(&self, order: &Value, key: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.post(format!("{}/orders", self.base)).json(order);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        Self::read(request.send().await.expect("POST /orders")).await
+    }
+
+    /// Place an order that must be accepted; returns its id.
+    pub async fn place_ok(&self, order: &Value) -> String {
+        let (status, body) = self.place(order, None).await;
+        assert_eq!(status, 201, "{body}");
+        body["order_id"].as_str().expect("order_id").to_string()
+    }
+
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some((content_type, bytes)) = body {
+            request = request.header("content-type", content_type).body(bytes);
+        }
+        Self::read(request.send().await.expect("request")).await
+    }
+
+    pub async fn get(&self, id: &str) -> (u16, Value) {
+        self.raw(reqwest::Method::GET, &format!("/orders/{id}"), None)
+            .await
+    }
+
+    pub async fn cancel(&self, id: &str) -> (u16, Value) {
+        self.raw(reqwest::Method::POST, &format!("/orders/{id}/cancel"), None)
+            .await
+    }
+
+    pub async fn products(&self) -> Value {
+        let (status, body) = self.raw(reqwest::Method::GET, "/products", None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["warnings"], json!([]), "stock is known: {body}");
+        body
+    }
+
+    /// Poll the order until its status is one of `statuses`.
+    pub async fn wait_status(&self, id: &str, statuses: &[&str]) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (code, order) = self.get(id).await;
+            if code == 200 && statuses.contains(&order["status"].as_str().unwrap_or_default()) {
+                return order;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "order {id} never reached {statuses:?}; last seen ({code}): {order}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn ledger(&self, base: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{base}/v1/ledger"))
+            .send()
+            .await
+            .expect("ledger");
+        Self::read(response).await.1
+    }
+
+    pub async fn set_faults(&self, base: &str, faults: Value) {
+        let response = self
+            .http
+            .put(format!("{base}/v1/faults"))
+            .json(&faults)
+            .send()
+            .await
+            .expect("faults");
+        assert!(response.status().is_success());
+    }
+}
+
+pub fn order(customer: &str, sku: &str, quantity: i64, card: &str, address: &str) -> Value {
+    json!({
+        "customer": customer,
+        "lines": [{ "sku": sku, "quantity": quantity }],
+        "card_number": card,
+        "shipping_address": address,
+    })
+}
+
+pub const CARD: &str = "4242424242424242";
+pub const ADDRESS: &str = "1 Main Street, Seoul";
+
+/// Warehouse units of `sku` in a `/products` answer.
+pub fn warehouse(products: &Value, sku: &str) -> i64 {
+    product(products, sku)["warehouse_stock"]
+        .as_i64()
+        .expect("warehouse stock")
+}
+
+/// Units of `sku` at `store` in a `/products` answer.
+pub fn store(products: &Value, sku: &str, store: &str) -> i64 {
+    product(products, sku)["store_stock"][store]
+        .as_i64()
+        .unwrap_or(0)
+}
+
+fn product<'a>(products: &'a Value, sku: &str) -> &'a Value {
+    products["products"]
+        .as_array()
+        .expect("products")
+        .iter()
+        .find(|p| p["sku"] == sku)
+        .expect("sku in catalog")
+}
+
+/// Poll `condition` every 20 ms until it holds; panic with `what` after [`WAIT`].
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
