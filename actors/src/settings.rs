@@ -31,6 +31,11 @@ pub struct Settings {
     pub carrier_url: Option<String>,
     /// A fetched event not acknowledged within this long (its consumer died) is redelivered, in ms.
     pub ack_wait_ms: u64,
+    /// Sent outbox rows are kept this long (seconds) for inspection, then deleted.
+    pub outbox_retention_secs: u64,
+    /// Inbox marks (ids of applied events) are kept this long (seconds). Far above any
+    /// redelivery window; a redelivery older than this would be applied again.
+    pub inbox_retention_secs: u64,
     /// How often the shipment service polls the carrier's tracking feed, in ms.
     pub tracking_poll_ms: u64,
     pub simulators: SimulatorSettings,
@@ -49,6 +54,8 @@ impl Default for Settings {
             payment_gateway_url: None,
             carrier_url: None,
             ack_wait_ms: 30_000,
+            outbox_retention_secs: 24 * 3600,
+            inbox_retention_secs: 7 * 24 * 3600,
             tracking_poll_ms: 200,
             simulators: SimulatorSettings::default(),
             streams: StreamSettings::default(),

@@ -215,10 +215,16 @@ async fn status(settings: Settings) -> anyhow::Result<()> {
         )
         .await;
         match answer {
-            Ok(Ok(s)) => println!(
-                "  {service:<15} outbox depth {:>6}  sent {:>8}  inbox {:>8}  relay failures {}",
-                s["outbox_depth"], s["outbox_sent"], s["inbox"], s["relay_failures"]
-            ),
+            Ok(Ok(s)) => {
+                let n = |key: &str| s[key].as_u64().unwrap_or(0);
+                println!(
+                    "  {service:<15} outbox depth {:>6}  relayed {:>8}  inbox {:>8}  relay failures {}",
+                    n("outbox_depth"),
+                    n("outbox_sent"),
+                    n("inbox"),
+                    n("relay_failures")
+                )
+            }
             _ => println!("  {service:<15} not running"),
         }
     }

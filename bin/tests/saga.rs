@@ -211,3 +211,92 @@ async fn bad_input_is_a_json_4xx_and_changes_nothing() {
     api.wait_status(&id, &["COMPLETED"]).await;
     up.stop();
 }
+
+#[tokio::test]
+async fn the_cli_places_shows_and_cancels_and_every_service_is_listed() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut up, nats, _api) = up(&data);
+    let dir = data.path().to_str().unwrap();
+    let cli = |args: &[&str]| {
+        let out = support::commerce()
+            .args(args)
+            .args(["--data-dir", dir])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.success(), stdout, stderr)
+    };
+    let order_of = |stdout: &str| -> serde_json::Value {
+        serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    };
+
+    let (ok, stdout, stderr) = cli(&["order", "place", "--item", "SKU-MUG:2", "--wait"]);
+    assert!(ok, "{stderr}");
+    let placed = order_of(&stdout);
+    assert!(
+        ["CONFIRMED", "SHIPPED", "COMPLETED"].contains(&placed["status"].as_str().unwrap()),
+        "{placed}"
+    );
+
+    let (ok, stdout, stderr) = cli(&[
+        "order",
+        "place",
+        "--item",
+        "SKU-TSHIRT",
+        "--address",
+        "2 Quay [hold]",
+        "--wait",
+    ]);
+    assert!(ok, "{stderr}");
+    let held = order_of(&stdout);
+    assert_eq!(held["status"], "CONFIRMED");
+    let id = held["order_id"].as_str().unwrap();
+    let (ok, stdout, stderr) = cli(&["order", "cancel", id]);
+    assert!(ok, "{stderr}");
+    assert!(["CANCELLING", "CANCELLED"].contains(&order_of(&stdout)["status"].as_str().unwrap()));
+    support::wait_until("the held order is cancelled", || async {
+        let (_, stdout, _) = cli(&["order", "show", id]);
+        order_of(&stdout)["status"] == "CANCELLED"
+    })
+    .await;
+
+    let (ok, _, stderr) = cli(&["order", "place", "--item", "SKU-NOPE"]);
+    assert!(!ok);
+    assert!(stderr.contains("unknown sku"), "{stderr}");
+    let (ok, _, stderr) = cli(&["order", "show", "01939a6e-0000-7000-8000-000000000000"]);
+    assert!(!ok);
+    assert!(stderr.contains("not found"), "{stderr}");
+
+    let (ok, stdout, stderr) = cli(&["status"]);
+    assert!(ok, "{stderr}");
+    for service in actors::SERVICES {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(service) && l.contains("outbox depth"))
+            .unwrap_or_else(|| panic!("status shows {service}'s outbox:\n{stdout}"));
+        assert!(!line.contains("not running"), "{line}");
+    }
+
+    // What `nats micro ls` shows: every service answers $SRV.INFO with its name.
+    let client = async_nats::connect(&nats).await.unwrap();
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.unwrap();
+    client
+        .publish_with_reply("$SRV.INFO", inbox, "".into())
+        .await
+        .unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    while names.len() < actors::SERVICES.len() {
+        let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
+            .await
+            .expect("every service answers $SRV.INFO")
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        names.insert(info["name"].as_str().unwrap().to_string());
+    }
+    let expected: std::collections::BTreeSet<String> =
+        actors::SERVICES.iter().map(|s| s.to_string()).collect();
+    assert_eq!(names, expected);
+    up.stop();
+}

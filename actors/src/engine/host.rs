@@ -138,6 +138,12 @@ async fn run<S: Service>(
             shutdown.clone(),
         )));
     }
+    tasks.push(actix_rt::spawn(clean_up(
+        store.clone(),
+        Duration::from_secs(settings.outbox_retention_secs),
+        Duration::from_secs(settings.inbox_retention_secs),
+        shutdown.clone(),
+    )));
     if let Some(work) = S::background(&settings, handle.clone(), shutdown.clone()) {
         tasks.push(actix_rt::spawn(work));
     }
@@ -163,6 +169,31 @@ fn micro_error(reason: String) -> EngineError {
         what: "micro service".into(),
         reason,
     })
+}
+
+/// Delete sent outbox rows and inbox marks past their retention, once a minute, off the
+/// actor's thread.
+async fn clean_up(store: Store, outbox: Duration, inbox: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        let store = store.clone();
+        let cleaned = tokio::task::spawn_blocking(move || {
+            Ok::<_, storage::StorageError>((
+                store.cleanup_sent(outbox)?,
+                store.cleanup_inbox(inbox)?,
+            ))
+        })
+        .await;
+        match cleaned {
+            Ok(Ok((0, 0))) => {}
+            Ok(Ok((sent, marks))) => tracing::debug!(sent, marks, "retention: old rows deleted"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "retention clean-up failed"),
+            Err(e) => tracing::warn!(error = %e, "retention clean-up panicked"),
+        }
+    }
 }
 
 /// One durable consumer's loop: fetch a batch, let the engine apply it (commit + flush), then

@@ -14,25 +14,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use storage::{Commit, NewEvent, OutboxMessage, Store};
 
-#[derive(clap::Args)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    what: BenchWhat,
-}
-
-#[derive(clap::Subcommand)]
-enum BenchWhat {
-    /// Relay and consumer throughput vs raw JetStream publish/consume.
-    Bus {
-        /// Events per phase.
-        #[arg(long, default_value_t = 20_000)]
-        events: usize,
-        /// Events for the flush-per-message comparison (slow by design).
-        #[arg(long, default_value_t = 1_000)]
-        single_flush_events: usize,
-    },
-}
-
 struct Row {
     phase: &'static str,
     events: usize,
@@ -46,16 +27,11 @@ impl Row {
     }
 }
 
-pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<()> {
-    match args.what {
-        BenchWhat::Bus {
-            events,
-            single_flush_events,
-        } => bus(events, single_flush_events, settings).await,
-    }
-}
-
-async fn bus(events: usize, single_flush_events: usize, settings: Settings) -> anyhow::Result<()> {
+pub async fn run(
+    events: usize,
+    single_flush_events: usize,
+    settings: Settings,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = NatsServer::start(ServerConfig::new(dir.path().join("nats"))).await?;
     let client = bus::connect(&server.url()).await?;
@@ -247,7 +223,7 @@ fn commit_for(e: &Envelope, cause: Option<uuid::Uuid>) -> anyhow::Result<Commit>
         .publish(e.to_outbox_message()?))
 }
 
-fn progress(phase: &str, len: usize) -> ProgressBar {
+pub(super) fn progress(phase: &str, len: usize) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg:40} [{bar:30}] {pos}/{len} {per_sec}")

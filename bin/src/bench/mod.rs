@@ -1,0 +1,44 @@
+//! `commerce bench`: measurements as ratios to limits measured in the same run.
+
+mod bus;
+mod saga;
+
+use actors::Settings;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(clap::Subcommand)]
+enum BenchWhat {
+    /// Relay and consumer throughput vs raw JetStream publish/consume.
+    Bus {
+        /// Events per phase.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// Events for the flush-per-message comparison (slow by design).
+        #[arg(long, default_value_t = 1_000)]
+        single_flush_events: usize,
+    },
+    /// End to end: orders/s and latency from `POST /orders` to `OrderConfirmed`, at offered rates.
+    Saga {
+        /// Orders per offered rate.
+        #[arg(long, default_value_t = 500)]
+        orders: usize,
+        /// Offered rates in orders/s, comma-separated; 0 sends all at once.
+        #[arg(long, value_delimiter = ',', default_value = "50,100,200,0")]
+        rates: Vec<u32>,
+    },
+}
+
+pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<()> {
+    match args.what {
+        BenchWhat::Bus {
+            events,
+            single_flush_events,
+        } => bus::run(events, single_flush_events, settings).await,
+        BenchWhat::Saga { orders, rates } => saga::run(orders, &rates, settings).await,
+    }
+}

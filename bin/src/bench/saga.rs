@@ -1,0 +1,197 @@
+//! `commerce bench saga`: the whole system in this process (fresh data dir and broker), orders
+//! offered over HTTP at fixed rates (open loop: sends do not wait for answers), latency measured
+//! from the start of `POST /orders` to the moment `OrderConfirmed` is on the bus.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actors::catalog::{LineRequest, OrderRequest};
+use actors::{Settings, System};
+use anyhow::Context;
+use futures::StreamExt;
+
+/// When each order's `OrderConfirmed` (or `OrderCancelled`) was seen.
+#[derive(Default)]
+struct Outcomes {
+    confirmed: HashMap<String, Instant>,
+    cancelled: usize,
+}
+
+pub async fn run(orders: usize, rates: &[u32], mut settings: Settings) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    settings.data_dir = dir.path().to_path_buf();
+    settings.nats_url = None;
+    settings.nats_port = 0;
+    settings.http_addr = "127.0.0.1:0".into();
+    settings.simulators.payment_gateway_addr = "127.0.0.1:0".into();
+    settings.simulators.carrier_addr = "127.0.0.1:0".into();
+    let system = System::up(settings).await?;
+    let endpoints = system.endpoints();
+    let http = endpoints.http.clone().context("the gateway is not up")?;
+    eprintln!("bench: system up at {http} (nats {})", endpoints.nats);
+
+    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let client = system.runtime.client.clone();
+    let mut confirmed = client.subscribe("orders.order_confirmed.*").await?;
+    let mut cancelled = client.subscribe("orders.order_cancelled.*").await?;
+    let watch = {
+        let outcomes = outcomes.clone();
+        actix_rt::spawn(async move {
+            loop {
+                let (message, ok) = tokio::select! {
+                    Some(m) = confirmed.next() => (m, true),
+                    Some(m) = cancelled.next() => (m, false),
+                    else => return,
+                };
+                let order_id = message
+                    .subject
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let mut o = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+                if ok {
+                    o.confirmed.entry(order_id).or_insert_with(Instant::now);
+                } else {
+                    o.cancelled += 1;
+                }
+            }
+        })
+    };
+
+    let web = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let mut results = Vec::new();
+    for (round, &rate) in rates.iter().enumerate() {
+        results.push(offer(&web, &http, &outcomes, round, orders, rate).await?);
+    }
+    watch.abort();
+    system.shutdown().await;
+
+    println!();
+    println!("End to end, POST /orders → OrderConfirmed, {orders} orders per offered rate:");
+    println!(
+        "{:>14} {:>14} {:>10} {:>10} {:>10}",
+        "offered/s", "achieved/s", "p50 ms", "p99 ms", "max ms"
+    );
+    for r in &results {
+        let offered = if r.rate == 0 {
+            "all at once".to_string()
+        } else {
+            r.rate.to_string()
+        };
+        println!(
+            "{offered:>14} {:>14.1} {:>10.1} {:>10.1} {:>10.1}",
+            r.achieved, r.p50, r.p99, r.max
+        );
+    }
+    Ok(())
+}
+
+struct RoundResult {
+    rate: u32,
+    achieved: f64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// Offer `orders` orders at `rate`/s and wait until every one is confirmed.
+async fn offer(
+    web: &reqwest::Client,
+    http: &str,
+    outcomes: &Arc<Mutex<Outcomes>>,
+    round: usize,
+    orders: usize,
+    rate: u32,
+) -> anyhow::Result<RoundResult> {
+    let label = if rate == 0 {
+        "all at once".to_string()
+    } else {
+        format!("{rate} orders/s")
+    };
+    let bar = super::bus::progress(&format!("saga at {label}"), orders);
+    let skus = ["SKU-MUG", "SKU-SOCKS", "SKU-TSHIRT"];
+    let started = Instant::now();
+    let mut sends = Vec::with_capacity(orders);
+    for i in 0..orders {
+        if rate > 0 {
+            let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let order = OrderRequest {
+            customer: format!("bench-{round}-{i}"),
+            lines: vec![LineRequest {
+                sku: skus[i % skus.len()].into(),
+                quantity: 1,
+            }],
+            card_number: "4242424242424242".into(),
+            shipping_address: "1 Bench Street [hold]".into(),
+        };
+        let request = web.post(format!("{http}/orders")).json(&order);
+        sends.push(actix_rt::spawn(async move {
+            let sent = Instant::now();
+            let response = request.send().await.map_err(|e| e.to_string())?;
+            if response.status() != 201 {
+                return Err(format!("POST /orders answered {}", response.status()));
+            }
+            let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+            let id = body["order_id"].as_str().unwrap_or_default().to_string();
+            Ok::<_, String>((id, sent))
+        }));
+    }
+    let mut sent = Vec::with_capacity(orders);
+    for send in sends {
+        sent.push(
+            send.await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .map_err(|e| anyhow::anyhow!(e))?,
+        );
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let latencies = loop {
+        let done: Vec<Option<Duration>> = {
+            let o = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+            anyhow::ensure!(
+                o.cancelled == 0,
+                "{} bench orders were cancelled",
+                o.cancelled
+            );
+            sent.iter()
+                .map(|(id, at)| o.confirmed.get(id).map(|c| c.duration_since(*at)))
+                .collect()
+        };
+        let confirmed = done.iter().flatten().count();
+        bar.set_position(confirmed as u64);
+        if confirmed == orders {
+            break done.into_iter().flatten().collect::<Vec<_>>();
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {confirmed}/{orders} orders confirmed after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    bar.finish();
+    let last = {
+        let o = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        sent.iter()
+            .filter_map(|(id, _)| o.confirmed.get(id))
+            .max()
+            .copied()
+    };
+    let elapsed = last.map_or(started.elapsed(), |l| l.duration_since(started));
+    let mut ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+    Ok(RoundResult {
+        rate,
+        achieved: orders as f64 / elapsed.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+        max: at(1.0),
+    })
+}
