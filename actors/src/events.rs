@@ -7,10 +7,13 @@
 //! OrderCreated ─► payment ─► PaymentApproved ─► inventory ─► InventoryReserved ─┐
 //!                       └► PaymentDeclined           └► InventoryShortage ─► store ─► StoreStockReserved
 //!                                                                              └► StoreStockUnavailable
-//! InventoryReserved | StoreStockReserved ─► shipment ─► ShipmentScheduled ─► order ─► OrderConfirmed
+//! InventoryReserved | StoreStockReserved ─► shipment ─► ShipmentBookingRequested ─► shipment
+//!     ─► (carrier) ─► ShipmentScheduled ─► order ─► OrderConfirmed
 //! OrderConfirmed ─► recommendation ─► RecommendationUpdated
 //! carrier ─► ShipmentStarted ─► ShipmentDelivered ─► order ─► OrderShipped, OrderCompleted
 //! ```
+//! Out of order: a cancel that overtakes what it cancels leaves a tombstone
+//! (`PaymentVoided`, `InventoryCancellationNoted`, `StoreCancellationNoted`, `ShipmentCancelled`).
 //! Compensation: payment refunds on `StoreStockUnavailable`, `ShipmentFailed`, `OrderCancelled`;
 //! inventory and store release on `ShipmentFailed`, `OrderCancelled`; order cancels on
 //! `PaymentDeclined`, `StoreStockUnavailable`, `ShipmentFailed`, `ShipmentCancelled`.

@@ -31,6 +31,9 @@ pub struct Settings {
     pub carrier_url: Option<String>,
     /// A fetched event not acknowledged within this long (its consumer died) is redelivered, in ms.
     pub ack_wait_ms: u64,
+    /// An event whose handling keeps failing (a dependency is down) is retried with backoff
+    /// (0.5 s, 2 s, 10 s, then every 30 s) this many times, then moved to `DLQ`.
+    pub max_deliver: i64,
     /// Sent outbox rows are kept this long (seconds) for inspection, then deleted.
     pub outbox_retention_secs: u64,
     /// Inbox marks (ids of applied events) are kept this long (seconds). Far above any
@@ -54,6 +57,7 @@ impl Default for Settings {
             payment_gateway_url: None,
             carrier_url: None,
             ack_wait_ms: 30_000,
+            max_deliver: 20,
             outbox_retention_secs: 24 * 3600,
             inbox_retention_secs: 7 * 24 * 3600,
             tracking_poll_ms: 200,

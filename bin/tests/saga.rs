@@ -300,3 +300,52 @@ async fn the_cli_places_shows_and_cancels_and_every_service_is_listed() {
     assert_eq!(names, expected);
     up.stop();
 }
+
+#[tokio::test]
+async fn a_cancel_that_overtakes_a_failing_payment_ends_refunded() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut up, _, api) = up(&data);
+    // The gateway is down: OrderCreated waits for retries while the customer cancels.
+    api.set_faults(&api.payment_gateway, json!({ "outage": true }))
+        .await;
+    let id = api
+        .place_ok(&order("olga", "SKU-MUG", 1, CARD, ADDRESS))
+        .await;
+    support::wait_until("payment tried the gateway", || async {
+        api.ledger(&api.payment_gateway).await["calls"]
+            .as_u64()
+            .unwrap()
+            > 0
+    })
+    .await;
+    let (status, body) = api.cancel(&id).await;
+    assert_eq!(status, 202, "{body}");
+    let order = api.wait_status(&id, &["CANCELLED"]).await;
+    assert_eq!(order["cancel_reason"], "cancelled by the customer");
+
+    // The gateway recovers; the late OrderCreated must not leave a charge standing.
+    api.set_faults(&api.payment_gateway, json!({})).await;
+    support::wait_until("the late charge is refunded", || async {
+        let ledger = api.ledger(&api.payment_gateway).await;
+        ledger["refunds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["order_id"] == id.as_str())
+    })
+    .await;
+    let ledger = api.ledger(&api.payment_gateway).await;
+    let charges = ledger["authorizations"].as_array().unwrap();
+    assert_eq!(charges.len(), 1, "charged once: {ledger}");
+    assert_eq!(
+        ledger["refunds"].as_array().unwrap().len(),
+        1,
+        "refunded once: {ledger}"
+    );
+    let before = warehouse(&api.products().await, "SKU-MUG");
+    assert_eq!(
+        before, 10_000,
+        "nothing was reserved for the cancelled order"
+    );
+    up.stop();
+}

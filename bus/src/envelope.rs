@@ -189,6 +189,9 @@ impl Envelope {
         envelope
             .domain()
             .map_err(|e| BusError::Decode(e.to_string()))?;
+        // The subject is the saga id and becomes part of every reaction's NATS subject.
+        validate_token("subject", &envelope.subject)
+            .map_err(|e| BusError::Decode(e.to_string()))?;
         Ok(envelope)
     }
 
@@ -342,6 +345,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("specversion"));
+        for subject in ["", "a.b", "x y", "o*"] {
+            let mut bad = golden();
+            bad.subject = subject.into();
+            let wire = serde_json::to_vec(&bad).unwrap();
+            let err = Envelope::from_slice(&wire).unwrap_err();
+            assert!(err.to_string().contains("subject"), "{subject:?}: {err}");
+        }
     }
 
     #[test]

@@ -74,6 +74,7 @@ impl<S: Service> Engine<S> {
     /// flush once. Events of an aggregate after one that must be retried are retried too, so an
     /// aggregate never sees its events out of order.
     pub async fn deliver(&mut self, batch: Vec<Delivery>) -> Result<Settled, EngineError> {
+        self.make_room();
         let mut verdicts = vec![Verdict::Done; batch.len()];
         let mut groups: Vec<(String, Vec<(usize, Inbound)>)> = Vec::new();
         let mut group_of: HashMap<String, usize> = HashMap::new();
@@ -115,11 +116,19 @@ impl<S: Service> Engine<S> {
 
         let mut commits = Vec::new();
         let mut slots = Vec::new(); // (group, index in batch)
+        let mut failed_groups = HashSet::new();
         for (g, group) in reacted.iter().enumerate() {
             let mut version = self.version_of(&group.aggregate_id);
             for (i, verdict, events) in &group.steps {
                 verdicts[*i] = verdict.clone();
                 if *verdict != Verdict::Done {
+                    continue;
+                }
+                if failed_groups.contains(&g) {
+                    verdicts[*i] = Verdict::Retry(format!(
+                        "an earlier event of {} could not be recorded",
+                        group.aggregate_id
+                    ));
                     continue;
                 }
                 let cause = &batch[*i].envelope;
@@ -130,14 +139,22 @@ impl<S: Service> Engine<S> {
                     events,
                     &cause.subject,
                     Some(cause),
-                )?;
-                version += events.len() as u64;
-                commits.push(commit);
-                slots.push((g, *i));
+                );
+                match commit {
+                    Ok(commit) => {
+                        version += events.len() as u64;
+                        commits.push(commit);
+                        slots.push((g, *i));
+                    }
+                    // Events that cannot be encoded: this event can never be applied.
+                    Err(e) => {
+                        verdicts[*i] = Verdict::Reject(format!("cannot record the reaction: {e}"));
+                        failed_groups.insert(g);
+                    }
+                }
             }
         }
 
-        let mut failed_groups = HashSet::new();
         match self.store.commit_all(&commits) {
             Ok(outcomes) => {
                 for ((g, i), outcome) in slots.iter().zip(outcomes) {
@@ -162,7 +179,16 @@ impl<S: Service> Engine<S> {
                 }
             }
         }
-        let flushed = self.store.flush().await?;
+        let flushed = match self.store.flush().await {
+            Ok(flushed) => flushed,
+            Err(e) => {
+                // The commits may or may not be on disk: reload from there next time.
+                for group in &reacted {
+                    self.cache.remove(&group.aggregate_id);
+                }
+                return Err(e.into());
+            }
+        };
 
         for (g, group) in reacted.into_iter().enumerate() {
             if failed_groups.contains(&g) {
@@ -173,6 +199,7 @@ impl<S: Service> Engine<S> {
             let aggregate_id = group.aggregate_id;
             self.store_state(aggregate_id.clone(), group.state, recorded);
             self.maybe_snapshot(&aggregate_id);
+            self.forget_if_absent(&aggregate_id);
         }
         let verdicts = verdicts.into_iter().zip(batch).collect();
         Ok(Settled { verdicts, flushed })
@@ -232,6 +259,7 @@ impl<S: Service> Engine<S> {
         &mut self,
         commands: Vec<Command<S::State>>,
     ) -> Vec<Result<Executed<S::State>, ApiError>> {
+        self.make_room();
         let mut results: Vec<Result<Executed<S::State>, ApiError>> =
             Vec::with_capacity(commands.len());
         let mut commits = Vec::new();
@@ -247,6 +275,7 @@ impl<S: Service> Engine<S> {
             let events = match (command.decide)(&loaded.state, loaded.version) {
                 Ok(events) => events,
                 Err(e) => {
+                    self.forget_if_absent(&id);
                     results.push(Err(e));
                     continue;
                 }
@@ -320,9 +349,26 @@ impl<S: Service> Engine<S> {
 
     /// The aggregate's version and state (version 0: it does not exist).
     pub fn get(&mut self, aggregate_id: &str) -> Result<(u64, S::State), EngineError> {
+        self.make_room();
         self.load(aggregate_id)?;
         let loaded = self.cached(aggregate_id);
+        self.forget_if_absent(aggregate_id);
         Ok((loaded.version, loaded.state))
+    }
+
+    /// Start the cache over when it is full. Only between operations: an operation's loaded
+    /// aggregates must stay cached until it is done.
+    fn make_room(&mut self) {
+        if self.cache.len() >= CACHE_LIMIT {
+            self.cache.clear();
+        }
+    }
+
+    /// Do not keep aggregates that do not exist (lookups of random ids must not fill the cache).
+    fn forget_if_absent(&mut self, aggregate_id: &str) {
+        if self.version_of(aggregate_id) == 0 {
+            self.cache.remove(aggregate_id);
+        }
     }
 
     fn version_of(&self, aggregate_id: &str) -> u64 {
@@ -380,9 +426,6 @@ impl<S: Service> Engine<S> {
         if self.cache.contains_key(aggregate_id) {
             return Ok(());
         }
-        if self.cache.len() >= CACHE_LIMIT {
-            self.cache.clear();
-        }
         let (snapshot, events) = self.store.load(aggregate_id)?;
         let (mut version, mut state) = match snapshot {
             Some(s) => (
@@ -421,7 +464,9 @@ fn record<E: super::DomainEvent>(
     cause: Option<&Envelope>,
 ) -> Result<Commit, EngineError> {
     if events.is_empty() {
-        return Ok(commit);
+        // No events, but still the version check: a step decided on state that did not land
+        // (an earlier step of this aggregate failed) must not be marked done.
+        return Ok(commit.append(aggregate_id, version, Vec::new()));
     }
     let envelopes = events
         .iter()

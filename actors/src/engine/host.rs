@@ -106,6 +106,7 @@ async fn run<S: Service>(
     for (domain, events) in S::LISTENS {
         let mut spec = ConsumerSpec::new(domain.stream(), S::name());
         spec.ack_wait = Duration::from_millis(settings.ack_wait_ms.max(1_000));
+        spec.max_deliver = settings.max_deliver.max(1);
         spec.filter_subjects = events
             .iter()
             .map(|e| format!("{}.{}.*", domain.subject_prefix(), snake_case(e)))

@@ -46,6 +46,14 @@ pub trait Aggregate:
 /// bus (`Retry` when a dependency failed for now, `Reject` when the event can never be applied).
 pub type Reaction<E> = Result<Vec<E>, Verdict>;
 
+/// What an inbound event needs from a service that calls an external system: events right
+/// away, or a call first (whose answer the aggregate turns into events).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan<E, C> {
+    Emit(Vec<E>),
+    Call(C),
+}
+
 /// A command's decision on the aggregate's current state and version (0: it does not exist yet).
 pub type Decide<A> =
     Box<dyn FnOnce(&A, u64) -> Result<Vec<<A as Aggregate>::Event>, ApiError> + Send + 'static>;

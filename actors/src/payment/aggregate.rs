@@ -1,5 +1,5 @@
 //! One order's payment. Deciding is split in two pure steps around the gateway call:
-//! [`Payment::next_call`] says which call an event needs (if any), [`Payment::outcome`] turns the
+//! [`Payment::plan`] says what an event needs (events, or a call), [`Payment::outcome`] turns the
 //! gateway's answer into events.
 
 use chrono::{DateTime, Utc};
@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::events::PaymentEvent;
 use crate::catalog::Line;
-use crate::engine::Aggregate;
+use crate::engine::{Aggregate, Plan};
 use crate::events::{Inbound, OrderEvent, ShipmentEvent, StoreEvent};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -17,6 +17,8 @@ pub struct Payment {
     pub approved_at: Option<DateTime<Utc>>,
     pub declined: bool,
     pub refunded: bool,
+    /// Cancelled before it was paid.
+    pub voided: bool,
 }
 
 /// A call to the payment gateway.
@@ -31,6 +33,13 @@ pub enum GatewayCall {
     Refund {
         authorization_id: String,
         amount_cents: u64,
+        reason: String,
+    },
+    /// Authorize (finding an authorization an earlier, unanswered attempt made, by its key),
+    /// then refund it at once: the order was cancelled before it was paid.
+    AuthorizeThenRefund {
+        amount_cents: u64,
+        payment_token: String,
         reason: String,
     },
 }
@@ -62,21 +71,36 @@ impl Aggregate for Payment {
                 self.amount_cents = *amount_cents;
                 self.declined = true;
             }
-            PaymentEvent::PaymentRefunded { .. } => self.refunded = true,
+            PaymentEvent::PaymentRefunded { amount_cents, .. } => {
+                self.amount_cents = *amount_cents;
+                self.refunded = true;
+            }
+            PaymentEvent::PaymentVoided { .. } => self.voided = true,
         }
     }
 }
 
 impl Payment {
     fn attempted(&self) -> bool {
-        self.authorization_id.is_some() || self.declined
+        self.authorization_id.is_some() || self.declined || self.refunded
     }
 
-    /// The gateway call `event` requires, if any. Authorize once per order; refund an approved
-    /// payment once, whichever failure or cancel comes first (a late approval is refunded when
-    /// the cancel is processed after it: both arrive in order on the ORDERS stream).
-    pub fn next_call(&self, event: &Inbound) -> Option<GatewayCall> {
-        match event {
+    /// What `event` requires. Authorize once per order; refund an approved payment once,
+    /// whichever failure or cancel comes first. A cancel can overtake the `OrderCreated` it
+    /// cancels (when that one waits for a retry): the payment is then voided, and the late
+    /// `OrderCreated` authorizes and refunds at once, since an unanswered earlier attempt may
+    /// have charged the card.
+    pub fn plan(&self, event: &Inbound) -> Plan<PaymentEvent, GatewayCall> {
+        let call = match event {
+            Inbound::Order(OrderEvent::OrderCreated {
+                total_cents,
+                payment_token,
+                ..
+            }) if self.voided && !self.attempted() => Some(GatewayCall::AuthorizeThenRefund {
+                amount_cents: *total_cents,
+                payment_token: payment_token.clone(),
+                reason: "the order was cancelled before it was paid".into(),
+            }),
             Inbound::Order(OrderEvent::OrderCreated {
                 total_cents,
                 payment_token,
@@ -89,6 +113,13 @@ impl Payment {
                 lines: lines.clone(),
                 shipping_address: shipping_address.clone(),
             }),
+            Inbound::Order(OrderEvent::OrderCancelled { reason })
+                if !self.attempted() && !self.voided =>
+            {
+                return Plan::Emit(vec![PaymentEvent::PaymentVoided {
+                    reason: reason.clone(),
+                }]);
+            }
             Inbound::Order(OrderEvent::OrderCancelled { reason }) => self.refund(reason),
             Inbound::Store(StoreEvent::StoreStockUnavailable { .. }) => {
                 self.refund("out of stock everywhere")
@@ -97,6 +128,10 @@ impl Payment {
                 self.refund(&format!("shipment failed: {reason}"))
             }
             _ => None,
+        };
+        match call {
+            Some(call) => Plan::Call(call),
+            None => Plan::Emit(Vec::new()),
         }
     }
 
@@ -142,6 +177,11 @@ impl Payment {
             }
             (
                 GatewayCall::Refund {
+                    amount_cents,
+                    reason,
+                    ..
+                }
+                | GatewayCall::AuthorizeThenRefund {
                     amount_cents,
                     reason,
                     ..

@@ -21,6 +21,11 @@ pub enum PaymentEvent {
         amount_cents: u64,
         reason: String,
     },
+    /// The order was cancelled before its payment was made (its `OrderCreated` is waiting for a
+    /// retry): a later authorization is refunded at once.
+    PaymentVoided {
+        reason: String,
+    },
     /// The compensation: the authorization is voided / the charge refunded.
     PaymentRefunded {
         amount_cents: u64,

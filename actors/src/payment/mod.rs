@@ -11,7 +11,7 @@ use chrono::Utc;
 
 use self::aggregate::{GatewayAnswer, GatewayCall, Payment};
 use self::events::PaymentEvent;
-use crate::engine::{EngineError, Reaction, Service};
+use crate::engine::{EngineError, Plan, Reaction, Service};
 use crate::events::Inbound;
 use crate::external::Client;
 use crate::simulators::payment_gateway::{
@@ -42,11 +42,13 @@ impl Service for PaymentService {
     }
 
     async fn react(&self, state: &Payment, event: &Inbound, saga: &str) -> Reaction<PaymentEvent> {
-        let Some(call) = state.next_call(event) else {
-            return Ok(Vec::new());
-        };
-        let answer = self.gateway.call(saga, &call).await?;
-        Ok(Payment::outcome(call, answer, Utc::now()))
+        match state.plan(event) {
+            Plan::Emit(events) => Ok(events),
+            Plan::Call(call) => {
+                let answer = self.gateway.call(saga, &call).await?;
+                Ok(Payment::outcome(call, answer, Utc::now()))
+            }
+        }
     }
 }
 
@@ -70,39 +72,66 @@ impl GatewayClient {
                 amount_cents,
                 payment_token,
                 ..
-            } => {
-                let request = AuthorizeRequest {
-                    idempotency_key: format!("authorize:{order_id}"),
-                    order_id: order_id.to_string(),
-                    amount_cents: *amount_cents,
-                    card_number: payment_token.clone(),
-                };
-                let reply: AuthorizationReply =
-                    self.client.post("/v1/authorizations", &request).await?;
-                Ok(match reply.decline_reason {
-                    Some(reason) => GatewayAnswer::Declined { reason },
-                    None => GatewayAnswer::Approved {
-                        authorization_id: reply.id,
-                    },
-                })
-            }
+            } => self.authorize(order_id, *amount_cents, payment_token).await,
             GatewayCall::Refund {
                 authorization_id,
                 amount_cents,
                 ..
-            } => {
-                let request = RefundRequest {
-                    idempotency_key: format!("refund:{order_id}"),
-                    order_id: order_id.to_string(),
-                    authorization_id: authorization_id.clone(),
-                    amount_cents: *amount_cents,
-                };
-                let reply: RefundReply = self.client.post("/v1/refunds", &request).await?;
-                Ok(GatewayAnswer::Refunded {
-                    refund_id: reply.id,
-                })
-            }
+            } => self.refund(order_id, authorization_id, *amount_cents).await,
+            GatewayCall::AuthorizeThenRefund {
+                amount_cents,
+                payment_token,
+                ..
+            } => match self
+                .authorize(order_id, *amount_cents, payment_token)
+                .await?
+            {
+                GatewayAnswer::Approved { authorization_id } => {
+                    self.refund(order_id, &authorization_id, *amount_cents)
+                        .await
+                }
+                other => Ok(other),
+            },
         }
+    }
+
+    async fn authorize(
+        &self,
+        order_id: &str,
+        amount_cents: u64,
+        payment_token: &str,
+    ) -> Result<GatewayAnswer, Verdict> {
+        let request = AuthorizeRequest {
+            idempotency_key: format!("authorize:{order_id}"),
+            order_id: order_id.to_string(),
+            amount_cents,
+            card_number: payment_token.to_string(),
+        };
+        let reply: AuthorizationReply = self.client.post("/v1/authorizations", &request).await?;
+        Ok(match reply.decline_reason {
+            Some(reason) => GatewayAnswer::Declined { reason },
+            None => GatewayAnswer::Approved {
+                authorization_id: reply.id,
+            },
+        })
+    }
+
+    async fn refund(
+        &self,
+        order_id: &str,
+        authorization_id: &str,
+        amount_cents: u64,
+    ) -> Result<GatewayAnswer, Verdict> {
+        let request = RefundRequest {
+            idempotency_key: format!("refund:{order_id}"),
+            order_id: order_id.to_string(),
+            authorization_id: authorization_id.to_string(),
+            amount_cents,
+        };
+        let reply: RefundReply = self.client.post("/v1/refunds", &request).await?;
+        Ok(GatewayAnswer::Refunded {
+            refund_id: reply.id,
+        })
     }
 }
 

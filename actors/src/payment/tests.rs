@@ -2,7 +2,7 @@ use chrono::Utc;
 
 use super::aggregate::{GatewayAnswer, GatewayCall, Payment};
 use super::events::PaymentEvent;
-use crate::engine::{given, lines};
+use crate::engine::{given, lines, Plan};
 use crate::events::{Inbound, OrderEvent, ShipmentEvent, StoreEvent};
 
 fn created() -> Inbound {
@@ -44,9 +44,19 @@ fn failures() -> Vec<Inbound> {
     ]
 }
 
+fn planned_call(payment: &Payment, event: &Inbound) -> Option<GatewayCall> {
+    match payment.plan(event) {
+        Plan::Call(call) => Some(call),
+        Plan::Emit(events) => {
+            assert!(events.is_empty(), "{events:?}");
+            None
+        }
+    }
+}
+
 #[test]
 fn given_nothing_when_created_then_authorize_the_total() {
-    let call = Payment::default().next_call(&created()).unwrap();
+    let call = planned_call(&Payment::default(), &created()).unwrap();
     assert!(matches!(
         call,
         GatewayCall::Authorize {
@@ -58,7 +68,7 @@ fn given_nothing_when_created_then_authorize_the_total() {
 
 #[test]
 fn given_an_answer_then_approved_with_the_order_data_or_declined() {
-    let call = Payment::default().next_call(&created()).unwrap();
+    let call = planned_call(&Payment::default(), &created()).unwrap();
     let events = Payment::outcome(
         call.clone(),
         GatewayAnswer::Approved {
@@ -94,19 +104,25 @@ fn given_an_answer_then_approved_with_the_order_data_or_declined() {
 
 #[test]
 fn given_attempted_when_created_again_then_no_second_charge() {
-    assert_eq!(given::<Payment>([approved()]).next_call(&created()), None);
+    assert_eq!(
+        planned_call(&given::<Payment>([approved()]), &created()),
+        None
+    );
     let declined = PaymentEvent::PaymentDeclined {
         amount_cents: 200,
         reason: "x".into(),
     };
-    assert_eq!(given::<Payment>([declined]).next_call(&created()), None);
+    assert_eq!(
+        planned_call(&given::<Payment>([declined]), &created()),
+        None
+    );
 }
 
 #[test]
 fn given_approved_when_any_failure_or_cancel_then_refund_once() {
     let payment = given::<Payment>([approved()]);
     for event in failures() {
-        let call = payment.next_call(&event).unwrap();
+        let call = planned_call(&payment, &event).unwrap();
         assert!(
             matches!(call, GatewayCall::Refund { amount_cents: 200, ref authorization_id, .. } if authorization_id == "auth_1")
         );
@@ -126,7 +142,7 @@ fn given_approved_when_any_failure_or_cancel_then_refund_once() {
         ));
         let refunded = given::<Payment>([approved(), events[0].clone()]);
         for again in failures() {
-            assert_eq!(refunded.next_call(&again), None, "refunded once");
+            assert_eq!(planned_call(&refunded, &again), None, "refunded once");
         }
     }
 }
@@ -138,7 +154,58 @@ fn given_declined_or_nothing_when_failure_then_nothing_to_refund() {
         reason: "x".into(),
     }]);
     for event in failures() {
-        assert_eq!(declined.next_call(&event), None);
-        assert_eq!(Payment::default().next_call(&event), None);
+        assert_eq!(planned_call(&declined, &event), None);
     }
+    for event in failures().into_iter().skip(1) {
+        assert_eq!(planned_call(&Payment::default(), &event), None);
+    }
+}
+
+#[test]
+fn given_nothing_when_the_cancel_overtakes_order_created_then_voided_and_the_late_charge_refunded()
+{
+    // OrderCreated waits for a retry (gateway down); the cancel is processed first.
+    let cancelled = Inbound::Order(OrderEvent::OrderCancelled {
+        reason: "customer".into(),
+    });
+    let Plan::Emit(events) = Payment::default().plan(&cancelled) else {
+        panic!("no call")
+    };
+    assert!(matches!(
+        events.as_slice(),
+        [PaymentEvent::PaymentVoided { .. }]
+    ));
+    let voided = given::<Payment>(events);
+    let call = planned_call(&voided, &created()).unwrap();
+    assert!(matches!(
+        call,
+        GatewayCall::AuthorizeThenRefund {
+            amount_cents: 200,
+            ..
+        }
+    ));
+    let events = Payment::outcome(
+        call,
+        GatewayAnswer::Refunded {
+            refund_id: "r".into(),
+        },
+        Utc::now(),
+    );
+    assert!(matches!(
+        events.as_slice(),
+        [PaymentEvent::PaymentRefunded {
+            amount_cents: 200,
+            ..
+        }]
+    ));
+    let done = given::<Payment>([
+        PaymentEvent::PaymentVoided { reason: "x".into() },
+        events[0].clone(),
+    ]);
+    assert_eq!(
+        done.plan(&created()),
+        Plan::Emit(vec![]),
+        "charged and refunded once"
+    );
+    assert_eq!(done.plan(&cancelled), Plan::Emit(vec![]));
 }

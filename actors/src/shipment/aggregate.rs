@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::events::ShipmentEvent;
 use crate::catalog::Line;
 use crate::engine::Aggregate;
+use crate::engine::Plan;
 use crate::events::{Inbound, InventoryEvent, OrderEvent, StoreEvent};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,6 +14,8 @@ use crate::events::{Inbound, InventoryEvent, OrderEvent, StoreEvent};
 pub enum ShipmentStatus {
     #[default]
     None,
+    /// `ShipmentBookingRequested` recorded; the carrier's answer is not (yet).
+    Requested,
     Scheduled,
     Started,
     Delivered,
@@ -23,22 +26,30 @@ pub enum ShipmentStatus {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Shipment {
     pub status: ShipmentStatus,
+    /// What to book (kept from `ShipmentBookingRequested`).
+    pub request: Option<BookingRequest>,
     pub booking_id: Option<String>,
     pub estimated_delivery: Option<String>,
     pub ship_from: Option<String>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookingRequest {
+    pub lines: Vec<Line>,
+    pub shipping_address: String,
+    pub ship_from: String,
+}
+
 /// A call to the carrier.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CarrierCall {
-    Book {
-        lines: Vec<Line>,
-        shipping_address: String,
-        ship_from: String,
-    },
+    Book(BookingRequest),
     Cancel {
         booking_id: String,
     },
+    /// A booking may exist but its answer was never recorded: book again (the carrier finds the
+    /// booking by its key, or makes it), then cancel it unless it has left.
+    BookThenCancel(BookingRequest),
 }
 
 /// The carrier's answer.
@@ -47,19 +58,20 @@ pub enum CarrierAnswer {
     Booked {
         booking_id: String,
         estimated_delivery: String,
+        /// The booking's state at the carrier (`booked`, `picked_up`, `delivered`): a booking
+        /// found by its key may have moved on while its answer was lost.
+        status: String,
     },
     Refused {
         reason: String,
     },
     Cancelled,
     AlreadyPickedUp,
-}
-
-/// What an event needs: nothing, events right away, or a carrier call first.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Plan {
-    Emit(Vec<ShipmentEvent>),
-    Call(CarrierCall),
+    /// For `BookThenCancel`: the booking's answer, then the cancel's (if one was made).
+    BookedThenCancel {
+        booking: Box<CarrierAnswer>,
+        cancel: Option<Box<CarrierAnswer>>,
+    },
 }
 
 pub const CARRIER: &str = "simulated-carrier";
@@ -69,6 +81,18 @@ impl Aggregate for Shipment {
 
     fn apply(&mut self, event: &ShipmentEvent) {
         match event {
+            ShipmentEvent::ShipmentBookingRequested {
+                lines,
+                shipping_address,
+                ship_from,
+            } => {
+                self.status = ShipmentStatus::Requested;
+                self.request = Some(BookingRequest {
+                    lines: lines.clone(),
+                    shipping_address: shipping_address.clone(),
+                    ship_from: ship_from.clone(),
+                });
+            }
             ShipmentEvent::ShipmentScheduled {
                 booking_id,
                 estimated_delivery,
@@ -90,17 +114,20 @@ impl Aggregate for Shipment {
 }
 
 impl Shipment {
-    pub fn plan(&self, event: &Inbound) -> Plan {
-        let book = |lines: &Vec<Line>, shipping_address: &String, ship_from: &str| {
+    /// What `event` requires. Booking is two steps: record `ShipmentBookingRequested`, then
+    /// (on that event, from our own stream) call the carrier. So at a cancel, `None` means
+    /// certainly no booking, `Requested` means maybe one, `Scheduled` means one.
+    pub fn plan(&self, event: &Inbound) -> Plan<ShipmentEvent, CarrierCall> {
+        let request = |lines: &Vec<Line>, shipping_address: &String, ship_from: &str| {
             if self.status == ShipmentStatus::None {
-                Plan::Call(CarrierCall::Book {
+                vec![ShipmentEvent::ShipmentBookingRequested {
                     lines: lines.clone(),
                     shipping_address: shipping_address.clone(),
                     ship_from: ship_from.to_string(),
-                })
+                }]
             } else {
-                // Booked already, or cancelled first (the reserver releases on OrderCancelled).
-                Plan::Emit(Vec::new())
+                // Requested already, or cancelled first (the reserver releases on OrderCancelled).
+                Vec::new()
             }
         };
         match event {
@@ -108,17 +135,29 @@ impl Shipment {
                 lines,
                 shipping_address,
                 ..
-            }) => book(lines, shipping_address, "warehouse"),
+            }) => Plan::Emit(request(lines, shipping_address, "warehouse")),
             Inbound::Store(StoreEvent::StoreStockReserved {
                 store_id,
                 lines,
                 shipping_address,
                 ..
-            }) => book(lines, shipping_address, store_id),
+            }) => Plan::Emit(request(lines, shipping_address, store_id)),
+            Inbound::Shipment(ShipmentEvent::ShipmentBookingRequested { .. }) => {
+                match (&self.status, &self.request) {
+                    (ShipmentStatus::Requested, Some(request)) => {
+                        Plan::Call(CarrierCall::Book(request.clone()))
+                    }
+                    _ => Plan::Emit(Vec::new()),
+                }
+            }
             Inbound::Order(OrderEvent::OrderCancelRequested {}) => match self.status {
                 ShipmentStatus::None => Plan::Emit(vec![ShipmentEvent::ShipmentCancelled {
                     reason: "cancelled before the carrier was booked".into(),
                 }]),
+                ShipmentStatus::Requested => match &self.request {
+                    Some(request) => Plan::Call(CarrierCall::BookThenCancel(request.clone())),
+                    None => Plan::Emit(Vec::new()),
+                },
                 ShipmentStatus::Scheduled => match &self.booking_id {
                     Some(booking_id) => Plan::Call(CarrierCall::Cancel {
                         booking_id: booking_id.clone(),
@@ -139,18 +178,24 @@ impl Shipment {
     pub fn outcome(call: CarrierCall, answer: CarrierAnswer) -> Vec<ShipmentEvent> {
         match (call, answer) {
             (
-                CarrierCall::Book { ship_from, .. },
+                CarrierCall::Book(request),
                 CarrierAnswer::Booked {
                     booking_id,
                     estimated_delivery,
+                    status,
                 },
-            ) => vec![ShipmentEvent::ShipmentScheduled {
-                booking_id,
-                carrier: CARRIER.into(),
-                estimated_delivery,
-                ship_from,
-            }],
-            (CarrierCall::Book { .. }, CarrierAnswer::Refused { reason }) => {
+            ) => {
+                let mut events = vec![ShipmentEvent::ShipmentScheduled {
+                    booking_id,
+                    carrier: CARRIER.into(),
+                    estimated_delivery,
+                    ship_from: request.ship_from,
+                }];
+                // A booking found by its key may have moved on while its answer was lost.
+                events.extend(progress(ShipmentStatus::Scheduled, &status));
+                events
+            }
+            (CarrierCall::Book(_), CarrierAnswer::Refused { reason }) => {
                 vec![ShipmentEvent::ShipmentFailed { reason }]
             }
             (CarrierCall::Cancel { .. }, CarrierAnswer::Cancelled) => {
@@ -164,20 +209,56 @@ impl Shipment {
                     reason: "the carrier had already picked the parcel up".into(),
                 },
             ],
+            (
+                CarrierCall::BookThenCancel(request),
+                CarrierAnswer::BookedThenCancel { booking, cancel },
+            ) => {
+                let mut events = Shipment::outcome(CarrierCall::Book(request), *booking);
+                let booking_id = events.iter().find_map(|e| match e {
+                    ShipmentEvent::ShipmentScheduled { booking_id, .. } => Some(booking_id.clone()),
+                    _ => None,
+                });
+                let left = events
+                    .iter()
+                    .any(|e| matches!(e, ShipmentEvent::ShipmentStarted {}));
+                match (booking_id, cancel) {
+                    (Some(booking_id), Some(cancel)) => {
+                        events.extend(Shipment::outcome(
+                            CarrierCall::Cancel { booking_id },
+                            *cancel,
+                        ));
+                    }
+                    (Some(_), None) if left => {
+                        events.push(ShipmentEvent::ShipmentCancelRejected {
+                            reason: "the parcel has already left".into(),
+                        });
+                    }
+                    // Refused (ShipmentFailed cancels the order) or nothing to cancel.
+                    _ => {}
+                }
+                events
+            }
             _ => Vec::new(),
         }
     }
 
     /// A tracking update from the carrier (`picked_up`, `delivered`).
+    /// Updates for a booking whose answer is not recorded yet are dropped here; that answer,
+    /// when it comes, carries the booking's state.
     pub fn carrier_update(&self, status: &str) -> Vec<ShipmentEvent> {
-        match (self.status, status) {
-            (ShipmentStatus::Scheduled, "picked_up") => vec![ShipmentEvent::ShipmentStarted {}],
-            (ShipmentStatus::Scheduled, "delivered") => vec![
-                ShipmentEvent::ShipmentStarted {},
-                ShipmentEvent::ShipmentDelivered {},
-            ],
-            (ShipmentStatus::Started, "delivered") => vec![ShipmentEvent::ShipmentDelivered {}],
-            _ => Vec::new(),
-        }
+        progress(self.status, status)
+    }
+}
+
+/// Events that take a shipment in `from` to the carrier's `status`.
+fn progress(from: ShipmentStatus, status: &str) -> Vec<ShipmentEvent> {
+    match (from, status) {
+        (ShipmentStatus::Scheduled, "picked_up") => vec![ShipmentEvent::ShipmentStarted {}],
+        (ShipmentStatus::Scheduled, "delivered") => vec![
+            ShipmentEvent::ShipmentStarted {},
+            ShipmentEvent::ShipmentDelivered {},
+        ],
+        (ShipmentStatus::Started, "delivered") => vec![ShipmentEvent::ShipmentDelivered {}],
+        _ => Vec::new(),
     }
 }

@@ -12,12 +12,12 @@ use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
-use self::aggregate::{CarrierAnswer, CarrierCall, Plan, Shipment};
+use self::aggregate::{BookingRequest, CarrierAnswer, CarrierCall, Shipment};
 use self::events::ShipmentEvent;
-use crate::engine::{Command, EngineError, Handle, Reaction, Service};
+use crate::engine::{Command, EngineError, Handle, Plan, Reaction, Service};
 use crate::events::Inbound;
 use crate::external::{CallError, Client};
-use crate::simulators::carrier::{BookingReply, BookingRequest, TrackingPage};
+use crate::simulators::carrier::{self, BookingReply, TrackingPage};
 use crate::Settings;
 
 pub struct ShipmentService {
@@ -30,6 +30,8 @@ impl Service for ShipmentService {
         (Domain::Inventory, &["InventoryReserved"]),
         (Domain::Stores, &["StoreStockReserved"]),
         (Domain::Orders, &["OrderCancelRequested"]),
+        // Its own: the carrier is called only once the request is recorded.
+        (Domain::Shipments, &["ShipmentBookingRequested"]),
     ];
 
     fn new(settings: &Settings) -> Result<Self, EngineError> {
@@ -132,49 +134,66 @@ impl CarrierClient {
 
     pub async fn call(&self, order_id: &str, call: &CarrierCall) -> Result<CarrierAnswer, Verdict> {
         match call {
-            CarrierCall::Book {
-                lines,
-                shipping_address,
-                ship_from,
-            } => {
-                let request = BookingRequest {
-                    idempotency_key: format!("book:{order_id}"),
-                    order_id: order_id.to_string(),
-                    shipping_address: shipping_address.clone(),
-                    ship_from: ship_from.clone(),
-                    items: lines.iter().map(|l| l.quantity).sum(),
+            CarrierCall::Book(request) => self.book(order_id, request).await,
+            CarrierCall::Cancel { booking_id } => self.cancel(booking_id).await,
+            CarrierCall::BookThenCancel(request) => {
+                let booking = self.book(order_id, request).await?;
+                let cancel = match &booking {
+                    CarrierAnswer::Booked {
+                        booking_id, status, ..
+                    } if status == "booked" => Some(Box::new(self.cancel(booking_id).await?)),
+                    _ => None,
                 };
-                match self
-                    .client
-                    .post::<_, BookingReply>("/v1/bookings", &request)
-                    .await
-                {
-                    Ok(reply) => Ok(CarrierAnswer::Booked {
-                        booking_id: reply.id,
-                        estimated_delivery: reply.estimated_delivery,
-                    }),
-                    // The carrier refusing this parcel is an answer, not a broken event.
-                    Err(CallError::Refused {
-                        status: 422,
-                        message,
-                    }) => Ok(CarrierAnswer::Refused { reason: message }),
-                    Err(e) => Err(e.into()),
-                }
+                Ok(CarrierAnswer::BookedThenCancel {
+                    booking: Box::new(booking),
+                    cancel,
+                })
             }
-            CarrierCall::Cancel { booking_id } => {
-                let path = format!("/v1/bookings/{booking_id}/cancel");
-                match self
-                    .client
-                    .post::<_, serde_json::Value>(&path, &serde_json::json!({}))
-                    .await
-                {
-                    Ok(_) => Ok(CarrierAnswer::Cancelled),
-                    Err(CallError::Refused { status: 409, .. }) => {
-                        Ok(CarrierAnswer::AlreadyPickedUp)
-                    }
-                    Err(e) => Err(e.into()),
-                }
-            }
+        }
+    }
+
+    /// Book, idempotent by the order's key: a second call returns the first booking.
+    async fn book(
+        &self,
+        order_id: &str,
+        request: &BookingRequest,
+    ) -> Result<CarrierAnswer, Verdict> {
+        let body = carrier::BookingRequest {
+            idempotency_key: format!("book:{order_id}"),
+            order_id: order_id.to_string(),
+            shipping_address: request.shipping_address.clone(),
+            ship_from: request.ship_from.clone(),
+            items: request.lines.iter().map(|l| l.quantity).sum(),
+        };
+        match self
+            .client
+            .post::<_, BookingReply>("/v1/bookings", &body)
+            .await
+        {
+            Ok(reply) => Ok(CarrierAnswer::Booked {
+                booking_id: reply.id,
+                estimated_delivery: reply.estimated_delivery,
+                status: reply.status,
+            }),
+            // The carrier refusing this parcel is an answer, not a broken event.
+            Err(CallError::Refused {
+                status: 422,
+                message,
+            }) => Ok(CarrierAnswer::Refused { reason: message }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn cancel(&self, booking_id: &str) -> Result<CarrierAnswer, Verdict> {
+        let path = format!("/v1/bookings/{booking_id}/cancel");
+        match self
+            .client
+            .post::<_, serde_json::Value>(&path, &serde_json::json!({}))
+            .await
+        {
+            Ok(_) => Ok(CarrierAnswer::Cancelled),
+            Err(CallError::Refused { status: 409, .. }) => Ok(CarrierAnswer::AlreadyPickedUp),
+            Err(e) => Err(e.into()),
         }
     }
 

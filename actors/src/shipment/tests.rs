@@ -1,6 +1,6 @@
-use super::aggregate::{CarrierAnswer, CarrierCall, Plan, Shipment, ShipmentStatus};
+use super::aggregate::{BookingRequest, CarrierAnswer, CarrierCall, Shipment, ShipmentStatus};
 use super::events::ShipmentEvent;
-use crate::engine::{given, lines};
+use crate::engine::{given, lines, Plan};
 use crate::events::{Inbound, InventoryEvent, OrderEvent, StoreEvent};
 
 fn reserved() -> Inbound {
@@ -9,6 +9,22 @@ fn reserved() -> Inbound {
         lines: lines(&[("SKU-MUG", 1)]),
         shipping_address: "1 Main St".into(),
     })
+}
+
+fn requested() -> ShipmentEvent {
+    ShipmentEvent::ShipmentBookingRequested {
+        lines: lines(&[("SKU-MUG", 1)]),
+        shipping_address: "1 Main St".into(),
+        ship_from: "warehouse".into(),
+    }
+}
+
+fn request() -> BookingRequest {
+    BookingRequest {
+        lines: lines(&[("SKU-MUG", 1)]),
+        shipping_address: "1 Main St".into(),
+        ship_from: "warehouse".into(),
+    }
 }
 
 fn cancel_requested() -> Inbound {
@@ -24,73 +40,134 @@ fn scheduled() -> ShipmentEvent {
     }
 }
 
+fn booked(status: &str) -> CarrierAnswer {
+    CarrierAnswer::Booked {
+        booking_id: "bk1".into(),
+        estimated_delivery: "d".into(),
+        status: status.into(),
+    }
+}
+
+fn emitted(plan: Plan<ShipmentEvent, CarrierCall>) -> Vec<ShipmentEvent> {
+    match plan {
+        Plan::Emit(events) => events,
+        Plan::Call(call) => panic!("expected events, got a call {call:?}"),
+    }
+}
+
 #[test]
-fn given_nothing_when_stock_reserved_then_book_from_where_it_is() {
-    let Plan::Call(CarrierCall::Book { ship_from, .. }) = Shipment::default().plan(&reserved())
-    else {
-        panic!("expected a booking");
-    };
-    assert_eq!(ship_from, "warehouse");
+fn given_nothing_when_stock_reserved_then_the_booking_is_requested_first() {
+    let events = emitted(Shipment::default().plan(&reserved()));
+    assert_eq!(events, vec![requested()]);
     let from_store = Inbound::Store(StoreEvent::StoreStockReserved {
         order_id: "o1".into(),
         store_id: "store-busan".into(),
         lines: lines(&[("SKU-POSTER", 1)]),
         shipping_address: "1 Main St".into(),
     });
-    let Plan::Call(CarrierCall::Book { ship_from, .. }) = Shipment::default().plan(&from_store)
-    else {
-        panic!("expected a booking");
-    };
-    assert_eq!(ship_from, "store-busan");
+    match emitted(Shipment::default().plan(&from_store)).as_slice() {
+        [ShipmentEvent::ShipmentBookingRequested { ship_from, .. }] => {
+            assert_eq!(ship_from, "store-busan")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(emitted(given::<Shipment>([requested()]).plan(&reserved())).is_empty());
 }
 
 #[test]
-fn given_a_booking_answer_then_scheduled_or_failed() {
-    let Plan::Call(call) = Shipment::default().plan(&reserved()) else {
-        panic!()
+fn given_requested_when_the_request_comes_back_then_book_and_record_the_answer() {
+    let shipment = given::<Shipment>([requested()]);
+    let Plan::Call(call) = shipment.plan(&Inbound::Shipment(requested())) else {
+        panic!("expected a booking call");
     };
-    let booked = CarrierAnswer::Booked {
-        booking_id: "bk1".into(),
-        estimated_delivery: "d".into(),
-    };
+    assert_eq!(call, CarrierCall::Book(request()));
     assert!(matches!(
-        Shipment::outcome(call.clone(), booked).as_slice(),
+        Shipment::outcome(call.clone(), booked("booked")).as_slice(),
         [ShipmentEvent::ShipmentScheduled { .. }]
     ));
     let refused = CarrierAnswer::Refused {
         reason: "undeliverable address".into(),
     };
     assert!(matches!(
-        Shipment::outcome(call, refused).as_slice(),
+        Shipment::outcome(call.clone(), refused).as_slice(),
         [ShipmentEvent::ShipmentFailed { .. }]
     ));
-    assert_eq!(
-        given::<Shipment>([scheduled()]).plan(&reserved()),
-        Plan::Emit(vec![]),
+    // A booking found by its key after a lost answer may have moved on.
+    assert!(matches!(
+        Shipment::outcome(call, booked("delivered")).as_slice(),
+        [
+            ShipmentEvent::ShipmentScheduled { .. },
+            ShipmentEvent::ShipmentStarted {},
+            ShipmentEvent::ShipmentDelivered {}
+        ]
+    ));
+    let done = given::<Shipment>([requested(), scheduled()]);
+    assert!(
+        emitted(done.plan(&Inbound::Shipment(requested()))).is_empty(),
         "booked once"
     );
 }
 
 #[test]
-fn given_nothing_booked_when_cancel_requested_then_cancelled_and_later_stock_is_not_shipped() {
-    let Plan::Emit(events) = Shipment::default().plan(&cancel_requested()) else {
-        panic!()
-    };
+fn given_nothing_requested_when_cancel_requested_then_cancelled_and_later_stock_is_not_shipped() {
+    let events = emitted(Shipment::default().plan(&cancel_requested()));
     assert!(matches!(
         events.as_slice(),
         [ShipmentEvent::ShipmentCancelled { .. }]
     ));
     let shipment = given::<Shipment>(events);
-    assert_eq!(
-        shipment.plan(&reserved()),
-        Plan::Emit(vec![]),
+    assert!(
+        emitted(shipment.plan(&reserved())).is_empty(),
         "the tombstone stops a late booking"
     );
 }
 
 #[test]
+fn given_requested_but_unanswered_when_cancel_requested_then_book_by_key_and_cancel() {
+    let shipment = given::<Shipment>([requested()]);
+    let Plan::Call(call) = shipment.plan(&cancel_requested()) else {
+        panic!()
+    };
+    assert_eq!(call, CarrierCall::BookThenCancel(request()));
+    let cancelled = CarrierAnswer::BookedThenCancel {
+        booking: Box::new(booked("booked")),
+        cancel: Some(Box::new(CarrierAnswer::Cancelled)),
+    };
+    assert!(matches!(
+        Shipment::outcome(call.clone(), cancelled).as_slice(),
+        [
+            ShipmentEvent::ShipmentScheduled { .. },
+            ShipmentEvent::ShipmentCancelled { .. }
+        ]
+    ));
+    // The booking was made before the answer was lost, and the parcel has left since.
+    let left = CarrierAnswer::BookedThenCancel {
+        booking: Box::new(booked("picked_up")),
+        cancel: None,
+    };
+    assert!(matches!(
+        Shipment::outcome(call.clone(), left).as_slice(),
+        [
+            ShipmentEvent::ShipmentScheduled { .. },
+            ShipmentEvent::ShipmentStarted {},
+            ShipmentEvent::ShipmentCancelRejected { .. }
+        ]
+    ));
+    let refused = CarrierAnswer::BookedThenCancel {
+        booking: Box::new(CarrierAnswer::Refused {
+            reason: "undeliverable".into(),
+        }),
+        cancel: None,
+    };
+    assert!(matches!(
+        Shipment::outcome(call, refused).as_slice(),
+        [ShipmentEvent::ShipmentFailed { .. }]
+    ));
+}
+
+#[test]
 fn given_booked_when_cancel_requested_then_the_carrier_decides_the_pivot() {
-    let shipment = given::<Shipment>([scheduled()]);
+    let shipment = given::<Shipment>([requested(), scheduled()]);
     let Plan::Call(call) = shipment.plan(&cancel_requested()) else {
         panic!()
     };
@@ -115,10 +192,8 @@ fn given_booked_when_cancel_requested_then_the_carrier_decides_the_pivot() {
 
 #[test]
 fn given_started_when_cancel_requested_then_rejected() {
-    let shipment = given::<Shipment>([scheduled(), ShipmentEvent::ShipmentStarted {}]);
-    let Plan::Emit(events) = shipment.plan(&cancel_requested()) else {
-        panic!()
-    };
+    let shipment = given::<Shipment>([requested(), scheduled(), ShipmentEvent::ShipmentStarted {}]);
+    let events = emitted(shipment.plan(&cancel_requested()));
     assert!(matches!(
         events.as_slice(),
         [ShipmentEvent::ShipmentCancelRejected { .. }]
@@ -127,7 +202,7 @@ fn given_started_when_cancel_requested_then_rejected() {
 
 #[test]
 fn given_booked_when_the_carrier_reports_progress_then_started_then_delivered() {
-    let booked = given::<Shipment>([scheduled()]);
+    let booked = given::<Shipment>([requested(), scheduled()]);
     assert_eq!(
         booked.carrier_update("picked_up"),
         vec![ShipmentEvent::ShipmentStarted {}]
@@ -139,7 +214,7 @@ fn given_booked_when_the_carrier_reports_progress_then_started_then_delivered() 
             ShipmentEvent::ShipmentDelivered {}
         ]
     );
-    let started = given::<Shipment>([scheduled(), ShipmentEvent::ShipmentStarted {}]);
+    let started = given::<Shipment>([requested(), scheduled(), ShipmentEvent::ShipmentStarted {}]);
     assert!(
         started.carrier_update("picked_up").is_empty(),
         "updates are idempotent"
@@ -154,4 +229,9 @@ fn given_booked_when_the_carrier_reports_progress_then_started_then_delivered() 
     ]);
     assert_eq!(cancelled.status, ShipmentStatus::Cancelled);
     assert!(cancelled.carrier_update("picked_up").is_empty());
+    let unanswered = given::<Shipment>([requested()]);
+    assert!(
+        unanswered.carrier_update("picked_up").is_empty(),
+        "the booking's answer carries it"
+    );
 }

@@ -25,8 +25,8 @@ enum BenchWhat {
     /// End to end: orders/s and latency from `POST /orders` to `OrderConfirmed`, at offered rates.
     Saga {
         /// Orders per offered rate.
-        #[arg(long, default_value_t = 500)]
-        orders: usize,
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+        orders: u64,
         /// Offered rates in orders/s, comma-separated; 0 sends all at once.
         #[arg(long, value_delimiter = ',', default_value = "50,100,200,0")]
         rates: Vec<u32>,
@@ -39,6 +39,6 @@ pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<()> {
             events,
             single_flush_events,
         } => bus::run(events, single_flush_events, settings).await,
-        BenchWhat::Saga { orders, rates } => saga::run(orders, &rates, settings).await,
+        BenchWhat::Saga { orders, rates } => saga::run(orders as usize, &rates, settings).await,
     }
 }
