@@ -44,9 +44,15 @@ pub struct Engine<S: Service> {
     cache: HashMap<String, Loaded<S::State>>,
 }
 
+/// One aggregate's share of a batch: its id, its state, and its events (index in the batch).
+type Group<A> = (String, Loaded<A>, Vec<(usize, Inbound)>);
+
 /// What one aggregate's reactions in a batch came to.
 struct Reacted<A: Aggregate> {
     aggregate_id: String,
+    /// Version and events since the last snapshot before this batch.
+    version: u64,
+    since_snapshot: u64,
     state: A,
     /// (index in the batch, verdict, events to record)
     steps: Vec<(usize, Verdict, Vec<A::Event>)>,
@@ -112,13 +118,26 @@ impl<S: Service> Engine<S> {
             }
         });
 
+        // Take each aggregate out of the cache (no copy: the singletons hold every order); it
+        // goes back only once its batch is durable, so a failure leaves nothing stale behind.
+        let groups = groups
+            .into_iter()
+            .map(|(aggregate_id, items)| {
+                let loaded = self.cache.remove(&aggregate_id).unwrap_or(Loaded {
+                    version: 0,
+                    state: S::State::default(),
+                    since_snapshot: 0,
+                });
+                (aggregate_id, loaded, items)
+            })
+            .collect();
         let reacted = self.react_all(&batch, groups).await;
 
         let mut commits = Vec::new();
         let mut slots = Vec::new(); // (group, index in batch)
         let mut failed_groups = HashSet::new();
         for (g, group) in reacted.iter().enumerate() {
-            let mut version = self.version_of(&group.aggregate_id);
+            let mut version = group.version;
             for (i, verdict, events) in &group.steps {
                 verdicts[*i] = verdict.clone();
                 if *verdict != Verdict::Done {
@@ -179,27 +198,24 @@ impl<S: Service> Engine<S> {
                 }
             }
         }
-        let flushed = match self.store.flush().await {
-            Ok(flushed) => flushed,
-            Err(e) => {
-                // The commits may or may not be on disk: reload from there next time.
-                for group in &reacted {
-                    self.cache.remove(&group.aggregate_id);
-                }
-                return Err(e.into());
-            }
-        };
+        // On failure the commits may or may not be on disk: the touched aggregates are out of
+        // the cache, so they are reloaded from disk next time.
+        let flushed = self.store.flush().await?;
 
         for (g, group) in reacted.into_iter().enumerate() {
             if failed_groups.contains(&g) {
-                self.cache.remove(&group.aggregate_id);
-                continue;
+                continue; // reloaded from disk next time
             }
             let recorded: u64 = group.steps.iter().map(|(_, _, e)| e.len() as u64).sum();
-            let aggregate_id = group.aggregate_id;
-            self.store_state(aggregate_id.clone(), group.state, recorded);
-            self.maybe_snapshot(&aggregate_id);
-            self.forget_if_absent(&aggregate_id);
+            let loaded = Loaded {
+                version: group.version + recorded,
+                since_snapshot: group.since_snapshot + recorded,
+                state: group.state,
+            };
+            if loaded.version > 0 {
+                self.cache.insert(group.aggregate_id.clone(), loaded);
+                self.maybe_snapshot(&group.aggregate_id);
+            }
         }
         let verdicts = verdicts.into_iter().zip(batch).collect();
         Ok(Settled { verdicts, flushed })
@@ -208,11 +224,15 @@ impl<S: Service> Engine<S> {
     async fn react_all(
         &self,
         batch: &[Delivery],
-        groups: Vec<(String, Vec<(usize, Inbound)>)>,
+        groups: Vec<Group<S::State>>,
     ) -> Vec<Reacted<S::State>> {
         let service = &self.service;
-        let jobs = groups.into_iter().map(|(aggregate_id, items)| {
-            let mut state = self.cached(&aggregate_id).state;
+        let jobs = groups.into_iter().map(|(aggregate_id, loaded, items)| {
+            let Loaded {
+                version,
+                since_snapshot,
+                mut state,
+            } = loaded;
             async move {
                 let mut steps = Vec::with_capacity(items.len());
                 let mut blocked: Option<String> = None;
@@ -241,6 +261,8 @@ impl<S: Service> Engine<S> {
                 }
                 Reacted {
                     aggregate_id,
+                    version,
+                    since_snapshot,
                     state,
                     steps,
                 }
