@@ -6,6 +6,7 @@
 //! - [`events`]: the saga's contract: every service's events, and the choreography.
 //! - [`order`], [`payment`], [`inventory`], [`store`], [`shipment`], [`recommendation`]: the
 //!   services, each with its `events`, its `aggregate` (decide and apply), and its reactions.
+//! - [`projection`]: the CQRS read model (`order_read_model`), rebuilt by replay on demand.
 //! - [`catalog`]: the seeded catalog, order validation, and the deterministic test triggers.
 //! - [`external`]: HTTP calls to external systems, split into "retry later" and "refused".
 //! - [`simulators`]: the payment gateway and the carrier, over loopback HTTP, with fault knobs.
@@ -22,6 +23,7 @@ pub mod gateway;
 pub mod inventory;
 pub mod order;
 pub mod payment;
+pub mod projection;
 pub mod recommendation;
 pub mod runtime;
 pub mod settings;
@@ -32,4 +34,4 @@ pub mod system;
 
 pub use runtime::Runtime;
 pub use settings::Settings;
-pub use system::{System, SERVICES};
+pub use system::{System, SERVICES, STATUS_COMPONENTS};

@@ -30,7 +30,18 @@ pub const SERVICES: [&str; 6] = [
 ];
 
 /// What `commerce run` can start besides the services.
-pub const OTHER_COMPONENTS: [&str; 2] = ["gateway", "simulators"];
+pub const OTHER_COMPONENTS: [&str; 3] = ["projection", "gateway", "simulators"];
+
+/// Everything that answers on `commerce.<name>.status`: the services and the projection.
+pub const STATUS_COMPONENTS: [&str; 7] = [
+    "order",
+    "payment",
+    "inventory",
+    "store",
+    "shipment",
+    "recommendation",
+    crate::projection::NAME,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SystemError {
@@ -143,6 +154,7 @@ impl System {
         for name in SERVICES {
             self.start(name, &settings).await?;
         }
+        self.start(crate::projection::NAME, &settings).await?;
         self.start("gateway", &settings).await
     }
 
@@ -156,6 +168,12 @@ impl System {
             }
             "simulators" => {
                 self.simulators = Some(Simulators::start(&settings.simulators).await?);
+            }
+            crate::projection::NAME => {
+                let url = self.runtime.broker.url();
+                let running =
+                    crate::projection::spawn(settings.clone(), url, self.shutdown.clone()).await?;
+                self.services.push(running);
             }
             service => {
                 let url = self.runtime.broker.url();

@@ -56,8 +56,18 @@ enum Command {
     /// Place, show or cancel an order.
     #[command(subcommand)]
     Order(order::OrderCommand),
+    /// The read model: `rebuild` replays every stream into a new generation, then switches.
+    #[command(subcommand)]
+    Projection(ProjectionCommand),
     /// Measure the bus and the saga against their limits, in one run.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ProjectionCommand {
+    /// Rebuild the order read model from sequence 1 of every stream, with a progress bar;
+    /// queries keep answering from the current model until the new one has caught up.
+    Rebuild,
 }
 
 /// Where `up` tells other commands which broker it is using.
@@ -93,6 +103,7 @@ fn main() -> anyhow::Result<()> {
             Command::Run { component, .. } => run(&component, settings).await,
             Command::Status => status(settings).await,
             Command::Order(command) => order::run(command, settings).await,
+            Command::Projection(ProjectionCommand::Rebuild) => rebuild(settings).await,
             Command::Bench(args) => bench::run(args, settings).await,
         }
     })
@@ -208,7 +219,7 @@ async fn status(settings: Settings) -> anyhow::Result<()> {
         print!("{stream}");
     }
     println!("services:");
-    for service in actors::SERVICES {
+    for service in actors::STATUS_COMPONENTS {
         let answer = tokio::time::timeout(
             std::time::Duration::from_secs(2),
             actors::engine::host::request(&client, service, "status", Vec::new()),
@@ -229,6 +240,37 @@ async fn status(settings: Settings) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn rebuild(settings: Settings) -> anyhow::Result<()> {
+    use actors::engine::host::request;
+    let client = connect(&settings).await?;
+    let started = request(&client, "projection", "rebuild", Vec::new())
+        .await
+        .context("rebuild not started")?;
+    let total = started["events"].as_u64().unwrap_or(0);
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "rebuilding read model [{bar:40}] {pos}/{len} events {per_sec} {msg}",
+        )?
+        .progress_chars("=> "),
+    );
+    let began = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let status = request(&client, "projection", "status", Vec::new()).await?;
+        bar.set_position(status["rebuild_read"].as_u64().unwrap_or(0));
+        if status["rebuilding"] == false {
+            bar.finish();
+            println!(
+                "read model rebuilt: generation {}, {total} events in {:.2}s",
+                status["generation"],
+                began.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+    }
 }
 
 /// Ctrl-C (SIGINT), SIGTERM or SIGHUP: each means "shut down cleanly".

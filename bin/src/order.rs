@@ -30,7 +30,7 @@ pub enum OrderCommand {
         #[arg(long)]
         wait: bool,
     },
-    /// Show an order.
+    /// Show an order (the read model).
     Show { order_id: String },
     /// Ask to cancel an order (refused once the parcel has left).
     Cancel { order_id: String },
@@ -69,7 +69,7 @@ pub async fn run(command: OrderCommand, settings: Settings) -> anyhow::Result<()
             }
         }
         OrderCommand::Show { order_id } => {
-            request(&client, "order", "get", order_id.into_bytes()).await?
+            request(&client, "projection", "get", order_id.into_bytes()).await?
         }
         OrderCommand::Cancel { order_id } => {
             let reply = request(&client, "order", "cancel", order_id.into_bytes()).await?;
@@ -102,8 +102,16 @@ async fn settle(client: &async_nats::Client, order: &Value) -> anyhow::Result<Va
     spinner.enable_steady_tick(Duration::from_millis(100));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let order = request(client, "order", "get", id.clone().into_bytes()).await?;
-        let status = order["status"].as_str().unwrap_or_default().to_string();
+        // The read model; not there yet (404) means the projection has not seen it.
+        let order = match request(client, "projection", "get", id.clone().into_bytes()).await {
+            Ok(order) => order,
+            Err(e) if e.code == 404 => serde_json::Value::Null,
+            Err(e) => return Err(e.into()),
+        };
+        let status = order["order_status"]
+            .as_str()
+            .unwrap_or("PENDING")
+            .to_string();
         spinner.set_message(format!("order {id}: {status}"));
         if !matches!(status.as_str(), "PENDING" | "CANCELLING") {
             spinner.finish_and_clear();

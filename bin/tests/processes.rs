@@ -47,6 +47,7 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
         .iter()
         .map(|name| (*name, cluster.run(name)))
         .collect();
+    let projection = cluster.run("projection");
     let gateway = cluster.run("gateway");
     let http = gateway.line_starting("http: ");
     let api = Api::new(&http, &cluster.payment_gateway, &cluster.carrier);
@@ -87,5 +88,6 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
         service.stop();
     }
     drop(gateway);
+    drop(projection);
     drop(simulators);
 }

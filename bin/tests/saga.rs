@@ -44,18 +44,26 @@ async fn every_path_ends_right_and_a_poison_event_does_not_stop_the_saga() {
         .messages()
         .await
         .unwrap();
-    let poison = messages.next().await.expect("a DLQ message").unwrap();
+    // Every consumer of ORDERS that would see it (payment, projection) dead-letters its copy.
+    let mut subjects = std::collections::BTreeSet::new();
+    while subjects.len() < 2 {
+        let poison = messages.next().await.expect("a DLQ message").unwrap();
+        let reason = poison
+            .headers
+            .as_ref()
+            .unwrap()
+            .get(bus::consumer::DLQ_REASON)
+            .unwrap();
+        assert!(reason.as_str().contains("undecodable"), "{reason}");
+        subjects.insert(poison.subject.to_string());
+    }
     assert_eq!(
-        poison.subject.as_str(),
-        "dlq.payment.orders.order_created.poison"
+        subjects.into_iter().collect::<Vec<_>>(),
+        [
+            "dlq.payment.orders.order_created.poison",
+            "dlq.projection.orders.order_created.poison"
+        ]
     );
-    let reason = poison
-        .headers
-        .as_ref()
-        .unwrap()
-        .get(bus::consumer::DLQ_REASON)
-        .unwrap();
-    assert!(reason.as_str().contains("undecodable"), "{reason}");
 
     up.stop();
 }
@@ -81,7 +89,7 @@ async fn the_last_units_are_never_oversold() {
     let mut sold = 0;
     for id in &ids {
         let order = api.wait_status(id, &["COMPLETED", "CANCELLED"]).await;
-        if order["status"] == "COMPLETED" {
+        if order["order_status"] == "COMPLETED" {
             sold += 1;
         }
     }
@@ -235,7 +243,7 @@ async fn the_cli_places_shows_and_cancels_and_every_service_is_listed() {
     assert!(ok, "{stderr}");
     let placed = order_of(&stdout);
     assert!(
-        ["CONFIRMED", "SHIPPED", "COMPLETED"].contains(&placed["status"].as_str().unwrap()),
+        ["CONFIRMED", "SHIPPED", "COMPLETED"].contains(&placed["order_status"].as_str().unwrap()),
         "{placed}"
     );
 
@@ -250,14 +258,14 @@ async fn the_cli_places_shows_and_cancels_and_every_service_is_listed() {
     ]);
     assert!(ok, "{stderr}");
     let held = order_of(&stdout);
-    assert_eq!(held["status"], "CONFIRMED");
+    assert_eq!(held["order_status"], "CONFIRMED");
     let id = held["order_id"].as_str().unwrap();
     let (ok, stdout, stderr) = cli(&["order", "cancel", id]);
     assert!(ok, "{stderr}");
     assert!(["CANCELLING", "CANCELLED"].contains(&order_of(&stdout)["status"].as_str().unwrap()));
     support::wait_until("the held order is cancelled", || async {
         let (_, stdout, _) = cli(&["order", "show", id]);
-        order_of(&stdout)["status"] == "CANCELLED"
+        order_of(&stdout)["order_status"] == "CANCELLED"
     })
     .await;
 
@@ -266,11 +274,11 @@ async fn the_cli_places_shows_and_cancels_and_every_service_is_listed() {
     assert!(stderr.contains("unknown sku"), "{stderr}");
     let (ok, _, stderr) = cli(&["order", "show", "01939a6e-0000-7000-8000-000000000000"]);
     assert!(!ok);
-    assert!(stderr.contains("not found"), "{stderr}");
+    assert!(stderr.contains("no order"), "{stderr}");
 
     let (ok, stdout, stderr) = cli(&["status"]);
     assert!(ok, "{stderr}");
-    for service in actors::SERVICES {
+    for service in actors::STATUS_COMPONENTS {
         let line = stdout
             .lines()
             .find(|l| l.trim_start().starts_with(service) && l.contains("outbox depth"))
@@ -278,7 +286,7 @@ async fn the_cli_places_shows_and_cancels_and_every_service_is_listed() {
         assert!(!line.contains("not running"), "{line}");
     }
 
-    // What `nats micro ls` shows: every service answers $SRV.INFO with its name.
+    // What `nats micro ls` shows: every service and the projection answer $SRV.INFO.
     let client = async_nats::connect(&nats).await.unwrap();
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await.unwrap();
@@ -287,7 +295,7 @@ async fn the_cli_places_shows_and_cancels_and_every_service_is_listed() {
         .await
         .unwrap();
     let mut names = std::collections::BTreeSet::new();
-    while names.len() < actors::SERVICES.len() {
+    while names.len() < actors::STATUS_COMPONENTS.len() {
         let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
             .await
             .expect("every service answers $SRV.INFO")
@@ -295,8 +303,10 @@ async fn the_cli_places_shows_and_cancels_and_every_service_is_listed() {
         let info: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
         names.insert(info["name"].as_str().unwrap().to_string());
     }
-    let expected: std::collections::BTreeSet<String> =
-        actors::SERVICES.iter().map(|s| s.to_string()).collect();
+    let expected: std::collections::BTreeSet<String> = actors::STATUS_COMPONENTS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     assert_eq!(names, expected);
     up.stop();
 }

@@ -3,7 +3,8 @@
 //! ```json
 //! {"specversion":"1.0","id":"0193…","source":"payment","type":"PaymentApproved",
 //!  "subject":"<order id>","time":"2026-11-24T10:00:00Z","datacontenttype":"application/json",
-//!  "schemaversion":1,"correlationid":"<order id>","causationid":"<event id>","data":{…}}
+//!  "schemaversion":1,"correlationid":"<order id>","causationid":"<event id>",
+//!  "aggregateversion":3,"data":{…}}
 //! ```
 //! Published on `<domain>.<event_name>.<order_id>` (`payments.payment_approved.<order id>`) with
 //! headers `Nats-Msg-Id` = `id` (broker-side dedup) and `traceparent` (W3C; the trace id is the
@@ -102,6 +103,10 @@ pub struct Envelope {
     /// The event that caused this one, if any (extension attribute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causationid: Option<Uuid>,
+    /// The event's version in its aggregate's log (extension attribute): readers order one
+    /// source's events by it, never by arrival.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregateversion: Option<u64>,
     pub data: serde_json::Value,
 }
 
@@ -130,6 +135,7 @@ impl Envelope {
             datacontenttype: JSON.into(),
             schemaversion: 1,
             causationid: None,
+            aggregateversion: None,
             data,
         })
     }
@@ -271,13 +277,14 @@ mod tests {
             schemaversion: 1,
             correlationid: "0193a5b0-7c1e-7000-8000-000000000001".into(),
             causationid: Some(Uuid::parse_str("0193a5b0-7c1e-7000-8000-000000000003").unwrap()),
+            aggregateversion: Some(7),
             data: json!({"amount": 1200, "method": "card"}),
         }
     }
 
     #[test]
     fn golden_json() {
-        let expected = r#"{"specversion":"1.0","id":"0193a5b0-7c1e-7000-8000-000000000002","source":"payment","type":"PaymentApproved","subject":"0193a5b0-7c1e-7000-8000-000000000001","time":"2026-11-24T10:00:00.123Z","datacontenttype":"application/json","schemaversion":1,"correlationid":"0193a5b0-7c1e-7000-8000-000000000001","causationid":"0193a5b0-7c1e-7000-8000-000000000003","data":{"amount":1200,"method":"card"}}"#;
+        let expected = r#"{"specversion":"1.0","id":"0193a5b0-7c1e-7000-8000-000000000002","source":"payment","type":"PaymentApproved","subject":"0193a5b0-7c1e-7000-8000-000000000001","time":"2026-11-24T10:00:00.123Z","datacontenttype":"application/json","schemaversion":1,"correlationid":"0193a5b0-7c1e-7000-8000-000000000001","causationid":"0193a5b0-7c1e-7000-8000-000000000003","aggregateversion":7,"data":{"amount":1200,"method":"card"}}"#;
         assert_eq!(golden().to_json().unwrap(), expected);
         assert_eq!(Envelope::from_slice(expected.as_bytes()).unwrap(), golden());
     }

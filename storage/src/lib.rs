@@ -8,12 +8,15 @@
 //! - [`events`]: reading an aggregate's append-only log, and snapshots.
 //! - [`outbox`]: rows waiting for the relay; visible to it only once flushed; pending → sent.
 //! - [`inbox`]: ids of inbound events already applied, kept longer than the broker's duplicate window.
+//! - [`models`]: read-model tables (denormalized rows, one lookup each), in generations so a
+//!   rebuild can be switched to atomically.
 //! - [`error`]: the [`StorageError`] type.
 #![forbid(unsafe_code)]
 
 pub mod error;
 pub mod events;
 pub mod inbox;
+pub mod models;
 pub mod outbox;
 pub mod store;
 

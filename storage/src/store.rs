@@ -53,7 +53,8 @@ pub(crate) struct Inner {
     pub(crate) outbox_pending: Tree,
     pub(crate) outbox_sent: Tree,
     pub(crate) inbox: Tree,
-    meta: Tree,
+    pub(crate) models: Tree,
+    pub(crate) meta: Tree,
     /// Highest outbox sequence committed. Sequences are assigned inside the transaction from one
     /// key, so their order is the commit order.
     committed_seq: AtomicU64,
@@ -245,6 +246,7 @@ impl Store {
             outbox_pending: tree("outbox_pending")?,
             outbox_sent: tree("outbox_sent")?,
             inbox: tree("inbox")?,
+            models: tree("models")?,
             meta,
             committed_seq: AtomicU64::new(last_seq),
             // Everything found on disk at open is durable.

@@ -492,8 +492,13 @@ fn record<E: super::DomainEvent>(
     }
     let envelopes = events
         .iter()
-        .map(|e| encode(e, saga, cause))
-        .collect::<Result<Vec<_>, _>>()?;
+        .zip(version + 1..)
+        .map(|(e, v)| {
+            let mut envelope = encode(e, saga, cause)?;
+            envelope.aggregateversion = Some(v);
+            Ok(envelope)
+        })
+        .collect::<Result<Vec<_>, EngineError>>()?;
     let new_events = envelopes
         .iter()
         .map(|env| {

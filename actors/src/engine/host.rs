@@ -52,14 +52,36 @@ pub async fn spawn<S: Service>(
     nats_url: String,
     shutdown: CancellationToken,
 ) -> Result<RunningService, EngineError> {
+    spawn_with(S::name(), settings, nats_url, shutdown, |s, u, t, r| {
+        run::<S>(s, u, t, r).boxed_local()
+    })
+    .await
+}
+
+/// How a component runs on its Arbiter: until `shutdown`, signalling `ready` once it serves.
+pub type Runner = fn(
+    Settings,
+    String,
+    CancellationToken,
+    oneshot::Sender<()>,
+) -> futures::future::LocalBoxFuture<'static, Result<(), EngineError>>;
+
+/// Start a component on a new Arbiter; returns once it is ready (or why it could not start).
+pub async fn spawn_with(
+    name: &'static str,
+    settings: Settings,
+    nats_url: String,
+    shutdown: CancellationToken,
+    runner: Runner,
+) -> Result<RunningService, EngineError> {
     let arbiter = Arbiter::new();
     let (ready_tx, ready_rx) = oneshot::channel();
     let (done_tx, mut done_rx) = oneshot::channel();
     arbiter.spawn_fn(move || {
         actix_rt::spawn(async move {
-            let result = run::<S>(settings, nats_url, shutdown, ready_tx).await;
+            let result = runner(settings, nats_url, shutdown, ready_tx).await;
             if let Err(e) = &result {
-                tracing::error!(service = S::name(), error = %e, "service stopped");
+                tracing::error!(service = name, error = %e, "service stopped");
             }
             let _ = done_tx.send(result);
         });
@@ -68,15 +90,36 @@ pub async fn spawn<S: Service>(
         // It stopped before it was ready: the reason is in `done`.
         let result = (&mut done_rx)
             .await
-            .unwrap_or(Err(EngineError::Stopped(S::name())));
+            .unwrap_or(Err(EngineError::Stopped(name)));
         arbiter.stop();
-        return Err(result.err().unwrap_or(EngineError::Stopped(S::name())));
+        return Err(result.err().unwrap_or(EngineError::Stopped(name)));
     }
     Ok(RunningService {
-        name: S::name(),
+        name,
         arbiter,
         done: done_rx,
     })
+}
+
+/// Where a consumer hands its batches: commits and flushes them, then says how to settle each.
+pub trait Sink: Clone + 'static {
+    fn name(&self) -> &'static str;
+    fn deliver(
+        &self,
+        batch: Vec<bus::Delivery>,
+    ) -> impl std::future::Future<Output = Result<super::core::Settled, EngineError>>;
+}
+
+impl<S: Service> Sink for Handle<S> {
+    fn name(&self) -> &'static str {
+        S::name()
+    }
+    async fn deliver(
+        &self,
+        batch: Vec<bus::Delivery>,
+    ) -> Result<super::core::Settled, EngineError> {
+        Handle::deliver(self, batch).await
+    }
 }
 
 async fn run<S: Service>(
@@ -174,7 +217,12 @@ fn micro_error(reason: String) -> EngineError {
 
 /// Delete sent outbox rows and inbox marks past their retention, once a minute, off the
 /// actor's thread.
-async fn clean_up(store: Store, outbox: Duration, inbox: Duration, shutdown: CancellationToken) {
+pub async fn clean_up(
+    store: Store,
+    outbox: Duration,
+    inbox: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -197,12 +245,12 @@ async fn clean_up(store: Store, outbox: Duration, inbox: Duration, shutdown: Can
     }
 }
 
-/// One durable consumer's loop: fetch a batch, let the engine apply it (commit + flush), then
+/// One durable consumer's loop: fetch a batch, let the sink apply it (commit + flush), then
 /// settle it. A batch already fetched is always finished before shutdown is honoured.
-async fn consume<S: Service>(
+pub async fn consume<K: Sink>(
     js: async_nats::jetstream::Context,
     mut consumer: DurableConsumer,
-    handle: Handle<S>,
+    sink: K,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -212,20 +260,20 @@ async fn consume<S: Service>(
         };
         match batch {
             Ok(batch) if batch.is_empty() => {}
-            Ok(batch) => match handle.deliver(batch).await {
+            Ok(batch) => match sink.deliver(batch).await {
                 Ok(settled) => consumer.settle(settled.verdicts, settled.flushed).await,
-                Err(e) => tracing::warn!(service = S::name(), error = %e,
+                Err(e) => tracing::warn!(service = sink.name(), error = %e,
                     "batch not applied; the broker redelivers it after AckWait"),
             },
             Err(e) => {
-                tracing::warn!(service = S::name(), error = %e, "consumer lost; binding again");
+                tracing::warn!(service = sink.name(), error = %e, "consumer lost; binding again");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
                 match DurableConsumer::bind(&js, consumer.spec().clone()).await {
                     Ok(bound) => consumer = bound,
-                    Err(e) => tracing::warn!(service = S::name(), error = %e, "bind failed"),
+                    Err(e) => tracing::warn!(service = sink.name(), error = %e, "bind failed"),
                 }
             }
         }
@@ -293,7 +341,7 @@ async fn serve<S: Service>(
     }
 }
 
-async fn respond(request: &async_nats::service::Request, answer: Result<Value, ApiError>) {
+pub async fn respond(request: &async_nats::service::Request, answer: Result<Value, ApiError>) {
     let response = match answer {
         Ok(value) => Ok(bytes::Bytes::from(value.to_string())),
         Err(e) => Err(async_nats::service::error::Error {

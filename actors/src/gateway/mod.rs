@@ -2,7 +2,8 @@
 //! micro endpoint, so it works the same with all services in one process or one per process.
 //!
 //! - `POST /orders` (header `Idempotency-Key`: the same key never creates two orders)
-//! - `GET /orders/{id}`, `POST /orders/{id}/cancel` (409 once the parcel has left)
+//! - `GET /orders/{id}` (the read model, one lookup), `POST /orders/{id}/cancel` (409 once the
+//!   parcel has left)
 //! - `GET /products` (catalog with warehouse and store stock), `GET /health`
 //!
 //! Every error is JSON: `{"error": "..."}` with a 4xx/5xx status.
@@ -19,7 +20,7 @@ use serde_json::{json, Value};
 use crate::catalog::{OrderRequest, PlaceOrder, PRODUCTS};
 use crate::engine::host::request;
 use crate::engine::ApiError;
-use crate::SERVICES;
+use crate::STATUS_COMPONENTS;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -141,7 +142,8 @@ async fn get_order(client: web::Data<async_nats::Client>, id: web::Path<String>)
         Ok(id) => id.to_string(),
         Err(_) => return error(ApiError::not_found(format!("no order {id:?}"))),
     };
-    match request(&client, "order", "get", id.into_bytes()).await {
+    // The read model: one lookup.
+    match request(&client, crate::projection::NAME, "get", id.into_bytes()).await {
         Ok(order) => HttpResponse::Ok().json(order),
         Err(e) => error(e),
     }
@@ -205,7 +207,7 @@ async fn products(client: web::Data<async_nats::Client>) -> HttpResponse {
 }
 
 async fn health(client: web::Data<async_nats::Client>) -> HttpResponse {
-    let checks = SERVICES.iter().map(|service| {
+    let checks = STATUS_COMPONENTS.iter().map(|service| {
         let client = client.clone();
         async move {
             let up = tokio::time::timeout(

@@ -205,7 +205,8 @@ impl Api {
         let deadline = Instant::now() + WAIT;
         loop {
             let (code, order) = self.get(id).await;
-            if code == 200 && statuses.contains(&order["status"].as_str().unwrap_or_default()) {
+            if code == 200 && statuses.contains(&order["order_status"].as_str().unwrap_or_default())
+            {
                 return order;
             }
             assert!(

@@ -1,0 +1,435 @@
+//! The projection: keeps `order_read_model` (one row per order, see [`model`]) in its own sled
+//! database, from durable consumers on every domain stream. Group commit: a batch's rows are
+//! written together, flushed once, then acked. `GET /orders/{id}` is one lookup here.
+//!
+//! Rebuild (`commerce projection rebuild`): replay every stream from sequence 1 into a new
+//! generation of rows while queries keep reading the old one; live events go to both meanwhile;
+//! when the replay has reached where the streams were when it began, switch (one write).
+
+pub mod model;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use async_nats::jetstream;
+use async_nats::service::ServiceExt;
+use bus::{ConsumerSpec, Delivery, Domain, DurableConsumer, Envelope, Verdict};
+use futures::{FutureExt, StreamExt};
+use serde_json::{json, Value};
+use storage::Store;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use self::model::OrderReadModel;
+use crate::engine::actor::Deliver;
+use crate::engine::core::Settled;
+use crate::engine::host::{self, RunningService, Sink};
+use crate::engine::{ApiError, EngineError};
+use crate::Settings;
+
+pub const NAME: &str = "projection";
+
+/// Rebuild progress, readable while it runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub running: std::sync::atomic::AtomicBool,
+    pub read: AtomicU64,
+    pub total: AtomicU64,
+    pub rebuilds: AtomicU64,
+}
+
+/// Serializes every write to the rows (live batches and the rebuild's), so no update is lost.
+pub struct ProjectionActor {
+    store: Store,
+    /// The generation queries read (shared with the query endpoint).
+    active: Arc<AtomicU32>,
+    /// The generation a rebuild is filling, if one runs.
+    building: Option<u32>,
+}
+
+impl Actor for ProjectionActor {
+    type Context = Context<Self>;
+}
+
+impl ProjectionActor {
+    /// Apply envelopes to the rows of `generation`: each order's row once per batch.
+    fn apply(&self, generation: u32, envelopes: &[&Envelope]) -> Result<(), EngineError> {
+        let mut rows: HashMap<&str, OrderReadModel> = HashMap::new();
+        let mut changed = Vec::new();
+        for envelope in envelopes {
+            let id = envelope.subject.as_str();
+            if !rows.contains_key(id) {
+                let row = match self.store.model(generation, id)? {
+                    Some(bytes) => serde_json::from_slice(&bytes)
+                        .map_err(|e| EngineError::Codec(format!("read model {id}: {e}")))?,
+                    None => OrderReadModel::new(id),
+                };
+                rows.insert(id, row);
+            }
+            if let Some(row) = rows.get_mut(id) {
+                if row.apply(envelope) && !changed.contains(&id) {
+                    changed.push(id);
+                }
+            }
+        }
+        let writes = changed
+            .into_iter()
+            .filter_map(|id| rows.get(id).map(|row| (id.to_string(), row)))
+            .map(|(id, row)| {
+                serde_json::to_vec(row)
+                    .map(|bytes| (id, bytes))
+                    .map_err(|e| EngineError::Codec(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.store.write_models(generation, &writes)?;
+        Ok(())
+    }
+
+    fn generations(&self) -> Vec<u32> {
+        let mut generations = vec![self.active.load(Ordering::Acquire)];
+        generations.extend(self.building);
+        generations
+    }
+}
+
+impl Handler<Deliver> for ProjectionActor {
+    type Result = AtomicResponse<Self, Result<Settled, EngineError>>;
+
+    fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) -> Self::Result {
+        let envelopes: Vec<&Envelope> = msg.0.iter().map(|d| &d.envelope).collect();
+        let applied = self
+            .generations()
+            .into_iter()
+            .try_for_each(|generation| self.apply(generation, &envelopes));
+        let store = self.store.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                applied?;
+                let flushed = store.flush().await?;
+                let verdicts = msg.0.into_iter().map(|d| (Verdict::Done, d)).collect();
+                Ok(Settled { verdicts, flushed })
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+/// Start filling a new generation; answers it, and where each stream's replay must reach.
+struct BeginRebuild;
+impl Message for BeginRebuild {
+    type Result = Result<u32, EngineError>;
+}
+
+impl Handler<BeginRebuild> for ProjectionActor {
+    type Result = Result<u32, EngineError>;
+    fn handle(&mut self, _: BeginRebuild, _: &mut Context<Self>) -> Self::Result {
+        if self.building.is_some() {
+            return Err(EngineError::Config("a rebuild is already running".into()));
+        }
+        let next = self.active.load(Ordering::Acquire) + 1;
+        self.store.drop_models(next)?; // leftovers of an interrupted rebuild
+        self.building = Some(next);
+        Ok(next)
+    }
+}
+
+/// Replayed events for the generation being built.
+struct Replay(Vec<Envelope>);
+impl Message for Replay {
+    type Result = Result<(), EngineError>;
+}
+
+impl Handler<Replay> for ProjectionActor {
+    type Result = Result<(), EngineError>;
+    fn handle(&mut self, msg: Replay, _: &mut Context<Self>) -> Self::Result {
+        match self.building {
+            Some(generation) => self.apply(generation, &msg.0.iter().collect::<Vec<_>>()),
+            None => Err(EngineError::Config("no rebuild is running".into())),
+        }
+    }
+}
+
+/// Switch queries to the rebuilt generation (`Some`), or abandon it (`None`).
+struct EndRebuild(bool);
+impl Message for EndRebuild {
+    type Result = Result<(), EngineError>;
+}
+
+impl Handler<EndRebuild> for ProjectionActor {
+    type Result = AtomicResponse<Self, Result<(), EngineError>>;
+    fn handle(&mut self, msg: EndRebuild, _: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        let old = self.active.load(Ordering::Acquire);
+        let built = self.building.take();
+        let active = self.active.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let Some(built) = built else { return Ok(()) };
+                if !msg.0 {
+                    store.drop_models(built)?;
+                    return Ok(());
+                }
+                // Make the new rows durable, then switch in one write.
+                let _ = store.flush().await?;
+                store.switch_models(built)?;
+                let _ = store.flush().await?;
+                active.store(built, Ordering::Release);
+                store.drop_models(old)?;
+                Ok(())
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+#[derive(Clone)]
+struct ProjectionSink(Addr<ProjectionActor>);
+
+impl Sink for ProjectionSink {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    async fn deliver(&self, batch: Vec<Delivery>) -> Result<Settled, EngineError> {
+        self.0
+            .send(Deliver(batch))
+            .await
+            .map_err(|_| EngineError::Stopped(NAME))?
+    }
+}
+
+/// Start the projection on its own Arbiter.
+pub async fn spawn(
+    settings: Settings,
+    nats_url: String,
+    shutdown: CancellationToken,
+) -> Result<RunningService, EngineError> {
+    host::spawn_with(NAME, settings, nats_url, shutdown, |s, u, t, r| {
+        run(s, u, t, r).boxed_local()
+    })
+    .await
+}
+
+async fn run(
+    settings: Settings,
+    nats_url: String,
+    shutdown: CancellationToken,
+    ready: oneshot::Sender<()>,
+) -> Result<(), EngineError> {
+    let store = Store::open(settings.service_dir(NAME), &settings.store)?;
+    let active = Arc::new(AtomicU32::new(store.active_models()?));
+    let client = bus::connect(&nats_url).await?;
+    let js = jetstream::new(client.clone());
+    let actor = ProjectionActor {
+        store: store.clone(),
+        active: active.clone(),
+        building: None,
+    }
+    .start();
+    let progress = Arc::new(Progress::default());
+
+    let mut tasks = Vec::new();
+    for domain in Domain::ALL {
+        let mut spec = ConsumerSpec::new(domain.stream(), NAME);
+        spec.ack_wait = Duration::from_millis(settings.ack_wait_ms.max(1_000));
+        spec.max_deliver = settings.max_deliver.max(1);
+        let consumer = DurableConsumer::bind(&js, spec).await?;
+        tasks.push(actix_rt::spawn(host::consume(
+            js.clone(),
+            consumer,
+            ProjectionSink(actor.clone()),
+            shutdown.clone(),
+        )));
+    }
+    tasks.push(actix_rt::spawn(host::clean_up(
+        store.clone(),
+        Duration::from_secs(settings.outbox_retention_secs),
+        Duration::from_secs(settings.inbox_retention_secs),
+        shutdown.clone(),
+    )));
+
+    let micro = client
+        .service_builder()
+        .description("commerce order read model")
+        .start(NAME, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| micro_error(e.to_string()))?;
+    let group = micro.group(format!("commerce.{NAME}"));
+    let mut get = group
+        .endpoint("get")
+        .await
+        .map_err(|e| micro_error(e.to_string()))?;
+    let mut status = group
+        .endpoint("status")
+        .await
+        .map_err(|e| micro_error(e.to_string()))?;
+    let mut rebuild = group
+        .endpoint("rebuild")
+        .await
+        .map_err(|e| micro_error(e.to_string()))?;
+
+    tracing::info!(service = NAME, db = %store.path().display(), "service started");
+    let _ = ready.send(());
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(request) = get.next() => {
+                let id = String::from_utf8_lossy(&request.message.payload).trim().to_string();
+                host::respond(&request, lookup(&store, active.load(Ordering::Acquire), &id)).await;
+            }
+            Some(request) = status.next() => {
+                let answer = json!({
+                    "service": NAME,
+                    "generation": active.load(Ordering::Acquire),
+                    "rebuilding": progress.running.load(Ordering::Acquire),
+                    "rebuild_read": progress.read.load(Ordering::Acquire),
+                    "rebuild_total": progress.total.load(Ordering::Acquire),
+                    "rebuilds": progress.rebuilds.load(Ordering::Acquire),
+                    "inbox": 0,
+                    "outbox_depth": 0,
+                    "outbox_sent": 0,
+                    "relay_failures": 0,
+                    "database": store.path().display().to_string(),
+                });
+                host::respond(&request, Ok(answer)).await;
+            }
+            Some(request) = rebuild.next() => {
+                let answer = start_rebuild(&js, &actor, &progress).await;
+                host::respond(&request, answer).await;
+            }
+        }
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let _ = micro.stop().await;
+    let _durable = store.flush().await?;
+    let _ = client.drain().await;
+    tracing::info!(service = NAME, "service stopped");
+    Ok(())
+}
+
+fn micro_error(reason: String) -> EngineError {
+    EngineError::Bus(bus::BusError::JetStream {
+        what: "micro service".into(),
+        reason,
+    })
+}
+
+/// One lookup.
+fn lookup(store: &Store, generation: u32, id: &str) -> Result<Value, ApiError> {
+    match store.model(generation, id) {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::new(500, format!("unreadable read model row: {e}"))),
+        Ok(None) => Err(ApiError::not_found(format!("no order {id:?}"))),
+        Err(e) => Err(ApiError::unavailable(e.to_string())),
+    }
+}
+
+/// Begin a rebuild in the background; answers at once with what it will read.
+async fn start_rebuild(
+    js: &jetstream::Context,
+    actor: &Addr<ProjectionActor>,
+    progress: &Arc<Progress>,
+) -> Result<Value, ApiError> {
+    let generation = actor
+        .send(BeginRebuild)
+        .await
+        .map_err(|_| ApiError::unavailable("the projection is stopping"))?
+        .map_err(|e| ApiError::conflict(e.to_string()))?;
+    // Live events from here on go to the new generation too; the replay covers everything before.
+    let mut targets = Vec::new();
+    for domain in Domain::ALL {
+        let mut stream = js
+            .get_stream(domain.stream())
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        targets.push((domain, info.state.last_sequence));
+    }
+    let total: u64 = targets.iter().map(|(_, last)| *last).sum();
+    progress.read.store(0, Ordering::Release);
+    progress.total.store(total, Ordering::Release);
+    progress.running.store(true, Ordering::Release);
+    let (js, actor, progress) = (js.clone(), actor.clone(), progress.clone());
+    actix_rt::spawn(async move {
+        let result = replay(&js, &actor, &progress, &targets).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "projection rebuild failed; the old model stays");
+        }
+        let _ = actor.send(EndRebuild(result.is_ok())).await;
+        progress.running.store(false, Ordering::Release);
+        if result.is_ok() {
+            progress.rebuilds.fetch_add(1, Ordering::AcqRel);
+        }
+    });
+    Ok(json!({ "generation": generation, "events": total }))
+}
+
+/// Read every stream from sequence 1 up to its target into the new generation.
+async fn replay(
+    js: &jetstream::Context,
+    actor: &Addr<ProjectionActor>,
+    progress: &Progress,
+    targets: &[(Domain, u64)],
+) -> Result<(), EngineError> {
+    let failed = |e: String| {
+        EngineError::Bus(bus::BusError::JetStream {
+            what: "rebuild".into(),
+            reason: e,
+        })
+    };
+    for (domain, last) in targets {
+        if *last == 0 {
+            continue;
+        }
+        let stream = js
+            .get_stream(domain.stream())
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let mut batch = Vec::with_capacity(512);
+        let mut seen = 0;
+        while seen < *last {
+            let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
+                .await
+                .map_err(|_| failed(format!("{} stopped answering", domain.stream())))?
+                .ok_or_else(|| failed("stream ended".into()))?
+                .map_err(|e| failed(e.to_string()))?;
+            seen = message
+                .info()
+                .map_err(|e| failed(e.to_string()))?
+                .stream_sequence;
+            // Not an event of ours: the live consumer has sent it to DLQ already.
+            if let Ok(envelope) = Envelope::from_slice(&message.payload) {
+                batch.push(envelope);
+            }
+            progress.read.fetch_add(1, Ordering::AcqRel);
+            if batch.len() >= 512 || seen >= *last {
+                actor
+                    .send(Replay(std::mem::take(&mut batch)))
+                    .await
+                    .map_err(|_| EngineError::Stopped(NAME))??;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

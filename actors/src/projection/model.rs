@@ -1,0 +1,193 @@
+//! The order read model: one denormalized row per order, everything the "order detail" screen
+//! needs in ONE lookup.
+//!
+//! A row keeps the order's timeline (every event about it, from every service) and its fields
+//! are a fold of that timeline in (source, aggregate version) order. So a duplicate is dropped by
+//! its event id, an event that arrives late from another stream lands in its place, and the row
+//! is the same whatever the arrival order: a live row equals a rebuilt one.
+
+use std::collections::BTreeMap;
+
+use bus::Envelope;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::events::{
+    Inbound, InventoryEvent, OrderEvent, PaymentEvent, RecommendationEvent, ShipmentEvent,
+    StoreEvent,
+};
+
+/// One event in an order's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub event_id: Uuid,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub time: DateTime<Utc>,
+    /// Its version in its source aggregate's log.
+    pub version: u64,
+    pub data: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OrderReadModel {
+    pub order_id: String,
+    pub order_date: Option<DateTime<Utc>>,
+    pub order_status: Option<String>,
+    pub cancel_reason: Option<String>,
+    pub total_amount: Option<u64>,
+    pub payment_method: Option<String>,
+    pub payment_approved_at: Option<DateTime<Utc>>,
+    pub payment_status: Option<String>,
+    pub inventory_available: Option<bool>,
+    pub store_stock_available: Option<bool>,
+    pub shipment_status: Option<String>,
+    pub estimated_delivery: Option<String>,
+    pub recommended_items: Vec<String>,
+    /// Every event about the order, oldest first.
+    pub timeline: Vec<TimelineEntry>,
+    /// Highest aggregate version applied, per source service.
+    pub versions: BTreeMap<String, u64>,
+}
+
+impl OrderReadModel {
+    pub fn new(order_id: &str) -> Self {
+        OrderReadModel {
+            order_id: order_id.to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// Add an event. Returns false if it was already there (a duplicate changes nothing).
+    pub fn apply(&mut self, envelope: &Envelope) -> bool {
+        if self.timeline.iter().any(|e| e.event_id == envelope.id) {
+            return false;
+        }
+        self.timeline.push(TimelineEntry {
+            event_id: envelope.id,
+            source: envelope.source.clone(),
+            event_type: envelope.event_type.clone(),
+            time: envelope.time,
+            version: envelope.aggregateversion.unwrap_or(0),
+            data: envelope.data.clone(),
+        });
+        self.timeline
+            .sort_by(|a, b| (a.time, &a.source, a.version).cmp(&(b.time, &b.source, b.version)));
+        self.refold();
+        true
+    }
+
+    /// Recompute every field from the timeline, each source's events in version order.
+    fn refold(&mut self) {
+        let mut entries: Vec<&TimelineEntry> = self.timeline.iter().collect();
+        entries.sort_by(|a, b| (&a.source, a.version).cmp(&(&b.source, b.version)));
+        let mut next = OrderReadModel::new(&self.order_id);
+        let mut cancel_requested = false;
+        for entry in entries {
+            *next.versions.entry(entry.source.clone()).or_default() = entry.version;
+            let envelope = Envelope {
+                specversion: bus::envelope::SPEC_VERSION.into(),
+                id: entry.event_id,
+                source: entry.source.clone(),
+                event_type: entry.event_type.clone(),
+                subject: self.order_id.clone(),
+                time: entry.time,
+                datacontenttype: bus::envelope::JSON.into(),
+                schemaversion: 1,
+                correlationid: self.order_id.clone(),
+                causationid: None,
+                aggregateversion: Some(entry.version),
+                data: entry.data.clone(),
+            };
+            // Events this version does not know are kept in the timeline, without effect.
+            if let Ok(event) = Inbound::decode(&envelope) {
+                next.fold(&event, &mut cancel_requested);
+            }
+        }
+        if cancel_requested && matches!(next.order_status.as_deref(), Some("PENDING" | "CONFIRMED"))
+        {
+            next.order_status = Some("CANCELLING".into());
+        }
+        next.timeline = std::mem::take(&mut self.timeline);
+        *self = next;
+    }
+
+    fn fold(&mut self, event: &Inbound, cancel_requested: &mut bool) {
+        let status = |s: &str| Some(s.to_string());
+        match event {
+            Inbound::Order(e) => match e {
+                OrderEvent::OrderCreated {
+                    total_cents,
+                    placed_at,
+                    ..
+                } => {
+                    self.order_date = Some(*placed_at);
+                    self.total_amount = Some(*total_cents);
+                    self.order_status = status("PENDING");
+                }
+                OrderEvent::OrderConfirmed { .. } => self.order_status = status("CONFIRMED"),
+                OrderEvent::OrderShipped {} => self.order_status = status("SHIPPED"),
+                OrderEvent::OrderCompleted {} => self.order_status = status("COMPLETED"),
+                OrderEvent::OrderCancelRequested {} => *cancel_requested = true,
+                OrderEvent::OrderCancelRejected { .. } => *cancel_requested = false,
+                OrderEvent::OrderCancelled { reason } => {
+                    *cancel_requested = false;
+                    self.order_status = status("CANCELLED");
+                    self.cancel_reason = Some(reason.clone());
+                }
+            },
+            Inbound::Payment(e) => match e {
+                PaymentEvent::PaymentApproved {
+                    payment_method,
+                    approved_at,
+                    ..
+                } => {
+                    self.payment_method = Some(payment_method.clone());
+                    self.payment_approved_at = Some(*approved_at);
+                    self.payment_status = status("APPROVED");
+                }
+                PaymentEvent::PaymentDeclined { .. } => self.payment_status = status("DECLINED"),
+                PaymentEvent::PaymentVoided { .. } => self.payment_status = status("VOIDED"),
+                PaymentEvent::PaymentRefunded { .. } => self.payment_status = status("REFUNDED"),
+            },
+            Inbound::Inventory(e) => match e {
+                InventoryEvent::InventoryReserved { .. } => self.inventory_available = Some(true),
+                InventoryEvent::InventoryShortage { .. } => self.inventory_available = Some(false),
+                InventoryEvent::InventoryReleased { .. }
+                | InventoryEvent::InventoryCancellationNoted { .. } => {}
+            },
+            Inbound::Store(e) => match e {
+                StoreEvent::StoreStockReserved { .. } => self.store_stock_available = Some(true),
+                StoreEvent::StoreStockUnavailable { .. } => {
+                    self.store_stock_available = Some(false)
+                }
+                StoreEvent::StoreStockReleased { .. }
+                | StoreEvent::StoreCancellationNoted { .. } => {}
+            },
+            Inbound::Shipment(e) => match e {
+                ShipmentEvent::ShipmentBookingRequested { .. } => {
+                    self.shipment_status = status("REQUESTED")
+                }
+                ShipmentEvent::ShipmentScheduled {
+                    estimated_delivery, ..
+                } => {
+                    self.shipment_status = status("SCHEDULED");
+                    self.estimated_delivery = Some(estimated_delivery.clone());
+                }
+                ShipmentEvent::ShipmentFailed { .. } => self.shipment_status = status("FAILED"),
+                ShipmentEvent::ShipmentStarted {} => self.shipment_status = status("IN_TRANSIT"),
+                ShipmentEvent::ShipmentDelivered {} => self.shipment_status = status("DELIVERED"),
+                ShipmentEvent::ShipmentCancelled { .. } => {
+                    self.shipment_status = status("CANCELLED")
+                }
+                ShipmentEvent::ShipmentCancelRejected { .. } => {}
+            },
+            Inbound::Recommendation(RecommendationEvent::RecommendationUpdated {
+                recommended,
+                ..
+            }) => self.recommended_items = recommended.clone(),
+        }
+    }
+}
