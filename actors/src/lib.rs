@@ -34,4 +34,4 @@ pub mod system;
 
 pub use runtime::Runtime;
 pub use settings::Settings;
-pub use system::{System, SERVICES, STATUS_COMPONENTS};
+pub use system::{status_components, System, SERVICES};

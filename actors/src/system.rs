@@ -33,15 +33,9 @@ pub const SERVICES: [&str; 6] = [
 pub const OTHER_COMPONENTS: [&str; 3] = ["projection", "gateway", "simulators"];
 
 /// Everything that answers on `commerce.<name>.status`: the services and the projection.
-pub const STATUS_COMPONENTS: [&str; 7] = [
-    "order",
-    "payment",
-    "inventory",
-    "store",
-    "shipment",
-    "recommendation",
-    crate::projection::NAME,
-];
+pub fn status_components() -> impl Iterator<Item = &'static str> {
+    SERVICES.into_iter().chain([crate::projection::NAME])
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SystemError {

@@ -219,7 +219,7 @@ async fn status(settings: Settings) -> anyhow::Result<()> {
         print!("{stream}");
     }
     println!("services:");
-    for service in actors::STATUS_COMPONENTS {
+    for service in actors::status_components() {
         let answer = tokio::time::timeout(
             std::time::Duration::from_secs(2),
             actors::engine::host::request(&client, service, "status", Vec::new()),

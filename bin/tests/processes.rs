@@ -47,7 +47,7 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
         .iter()
         .map(|name| (*name, cluster.run(name)))
         .collect();
-    let projection = cluster.run("projection");
+    let mut projection = cluster.run("projection");
     let gateway = cluster.run("gateway");
     let http = gateway.line_starting("http: ");
     let api = Api::new(&http, &cluster.payment_gateway, &cluster.carrier);
@@ -79,10 +79,33 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
         .unwrap();
     payment.child.kill().unwrap();
     payment.child.wait().unwrap();
+    // And the projection, mid-batch: it must resume without losing or double-applying.
+    projection.child.kill().unwrap();
+    projection.child.wait().unwrap();
     api.set_faults(&api.payment_gateway, json!({})).await;
     *payment = cluster.run("payment");
+    projection = cluster.run("projection");
 
     scenario::check(&api, &placed).await;
+
+    // The live read model equals one rebuilt from the streams.
+    let client = async_nats::connect(&cluster.nats).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let ids = placed.all();
+    support::projection_caught_up(&js).await;
+    let live = support::rows(&api, &ids).await;
+    support::assert_no_double_apply(&live);
+    let out = commerce()
+        .args(["projection", "rebuild", "--nats", &cluster.nats])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rebuilt = support::rows(&api, &ids).await;
+    assert_eq!(rebuilt, live, "rebuilt rows equal the live ones");
 
     for (_, service) in &mut services {
         service.stop();

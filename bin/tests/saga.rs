@@ -278,7 +278,7 @@ async fn the_cli_places_shows_and_cancels_and_every_service_is_listed() {
 
     let (ok, stdout, stderr) = cli(&["status"]);
     assert!(ok, "{stderr}");
-    for service in actors::STATUS_COMPONENTS {
+    for service in actors::status_components() {
         let line = stdout
             .lines()
             .find(|l| l.trim_start().starts_with(service) && l.contains("outbox depth"))
@@ -295,7 +295,7 @@ async fn the_cli_places_shows_and_cancels_and_every_service_is_listed() {
         .await
         .unwrap();
     let mut names = std::collections::BTreeSet::new();
-    while names.len() < actors::STATUS_COMPONENTS.len() {
+    while names.len() < actors::status_components().count() {
         let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
             .await
             .expect("every service answers $SRV.INFO")
@@ -303,10 +303,8 @@ async fn the_cli_places_shows_and_cancels_and_every_service_is_listed() {
         let info: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
         names.insert(info["name"].as_str().unwrap().to_string());
     }
-    let expected: std::collections::BTreeSet<String> = actors::STATUS_COMPONENTS
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let expected: std::collections::BTreeSet<String> =
+        actors::status_components().map(str::to_string).collect();
     assert_eq!(names, expected);
     up.stop();
 }
@@ -357,5 +355,66 @@ async fn a_cancel_that_overtakes_a_failing_payment_ends_refunded() {
         before, 10_000,
         "nothing was reserved for the cancelled order"
     );
+    up.stop();
+}
+
+#[tokio::test]
+async fn the_live_read_model_equals_one_rebuilt_from_scratch_despite_duplicates() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut up, nats, api) = up(&data);
+    let placed = scenario::place(&api, 5).await;
+    scenario::check(&api, &placed).await;
+
+    // Republish copies of stored events under new Nats-Msg-Ids: the broker keeps them, so every
+    // consumer (and the rebuild) sees them twice.
+    let client = async_nats::connect(&nats).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut copies = 0;
+    for stream in ["ORDERS", "PAYMENTS", "SHIPMENTS"] {
+        let stream = js.get_stream(stream).await.unwrap();
+        let mut messages = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+            .await
+            .unwrap()
+            .fetch()
+            .max_messages(20)
+            .messages()
+            .await
+            .unwrap();
+        while let Some(Ok(message)) = messages.next().await {
+            let subject = message.subject.to_string();
+            let ack = js.publish(subject, message.payload.clone()).await.unwrap();
+            ack.await.unwrap();
+            copies += 1;
+        }
+    }
+    assert!(copies >= 40, "{copies} copies injected");
+    let ids = placed.all();
+    support::projection_caught_up(&js).await;
+    let live = support::rows(&api, &ids).await;
+    support::assert_no_double_apply(&live);
+
+    let out = support::commerce()
+        .args(["projection", "rebuild", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("read model rebuilt: generation 1"),
+        "{stdout}"
+    );
+    let rebuilt = support::rows(&api, &ids).await;
+    for id in &ids {
+        assert_eq!(
+            rebuilt[id], live[id],
+            "order {id}: rebuilt row differs from the live one"
+        );
+    }
     up.stop();
 }

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use crate::catalog::{OrderRequest, PlaceOrder, PRODUCTS};
 use crate::engine::host::request;
 use crate::engine::ApiError;
-use crate::STATUS_COMPONENTS;
+use crate::status_components;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -207,7 +207,7 @@ async fn products(client: web::Data<async_nats::Client>) -> HttpResponse {
 }
 
 async fn health(client: web::Data<async_nats::Client>) -> HttpResponse {
-    let checks = STATUS_COMPONENTS.iter().map(|service| {
+    let checks = status_components().map(|service| {
         let client = client.clone();
         async move {
             let up = tokio::time::timeout(

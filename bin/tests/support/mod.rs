@@ -286,3 +286,61 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The read model rows of `ids`.
+pub async fn rows(api: &Api, ids: &[String]) -> std::collections::BTreeMap<String, Value> {
+    let mut rows = std::collections::BTreeMap::new();
+    for id in ids {
+        let (status, row) = api.get(id).await;
+        assert_eq!(status, 200, "{id}: {row}");
+        rows.insert(id.clone(), row);
+    }
+    rows
+}
+
+/// Wait until the projection has applied everything in every stream (its durable consumers
+/// have nothing pending and nothing unacknowledged).
+pub async fn projection_caught_up(js: &async_nats::jetstream::Context) {
+    wait_until("the projection has caught up", || async {
+        for stream in [
+            "ORDERS",
+            "PAYMENTS",
+            "INVENTORY",
+            "STORES",
+            "SHIPMENTS",
+            "RECOMMENDATIONS",
+        ] {
+            let Ok(mut consumer) = js
+                .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                    "projection",
+                    stream,
+                )
+                .await
+            else {
+                return false;
+            };
+            match consumer.info().await {
+                Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => {}
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await;
+}
+
+/// No event appears twice in a row's timeline.
+pub fn assert_no_double_apply(rows: &std::collections::BTreeMap<String, Value>) {
+    for (id, row) in rows {
+        let timeline = row["timeline"].as_array().expect("timeline");
+        let ids: std::collections::BTreeSet<&str> = timeline
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            ids.len(),
+            timeline.len(),
+            "order {id} has an event twice: {row}"
+        );
+    }
+}

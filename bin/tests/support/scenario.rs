@@ -23,6 +23,22 @@ pub struct Placed {
     pub bulk: usize,
 }
 
+impl Placed {
+    /// Every order placed.
+    pub fn all(&self) -> Vec<String> {
+        let mut ids = self.completed.clone();
+        ids.extend([
+            self.from_store.clone(),
+            self.no_stock.clone(),
+            self.declined.clone(),
+            self.undeliverable.clone(),
+            self.cancelled_in_flight.clone(),
+            self.held.clone(),
+        ]);
+        ids
+    }
+}
+
 /// Place every path's order (and `bulk` plain ones). The cancel-while-paying race is forced
 /// with gateway latency.
 pub async fn place(api: &Api, bulk: usize) -> Placed {
