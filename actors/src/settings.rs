@@ -42,6 +42,9 @@ pub struct Settings {
     /// How often the shipment service polls the carrier's tracking feed, in ms.
     pub tracking_poll_ms: u64,
     pub simulators: SimulatorSettings,
+    /// Rebuild the service's database from its stream at start (`commerce run <service> --rebuild`).
+    /// An empty database is rebuilt anyway.
+    pub rebuild: bool,
     pub streams: StreamSettings,
     pub store: StoreConfig,
 }
@@ -62,6 +65,7 @@ impl Default for Settings {
             inbox_retention_secs: 7 * 24 * 3600,
             tracking_poll_ms: 200,
             simulators: SimulatorSettings::default(),
+            rebuild: false,
             streams: StreamSettings::default(),
             store: StoreConfig::default(),
         }
@@ -79,6 +83,8 @@ pub struct Overrides {
     pub nats_port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]

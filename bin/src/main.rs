@@ -50,6 +50,10 @@ enum Command {
         /// Where the HTTP gateway listens (component `gateway`).
         #[arg(long, value_name = "ADDR")]
         http: Option<String>,
+        /// Throw the service's database away and rebuild it from its own stream (an empty or
+        /// missing database is rebuilt anyway).
+        #[arg(long)]
+        rebuild: bool,
     },
     /// Show streams, consumer lag, and each service's outbox depth.
     Status,
@@ -84,16 +88,17 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let (nats_port, http_addr) = match &cli.command {
-        Command::Up { nats_port, http } => (*nats_port, http.clone()),
-        Command::Run { http, .. } => (None, http.clone()),
-        _ => (None, None),
+    let (nats_port, http_addr, rebuild_flag) = match &cli.command {
+        Command::Up { nats_port, http } => (*nats_port, http.clone(), None),
+        Command::Run { http, rebuild, .. } => (None, http.clone(), rebuild.then_some(true)),
+        _ => (None, None, None),
     };
     let flags = Overrides {
         data_dir: cli.data_dir.clone(),
         nats_url: cli.nats_url.clone(),
         nats_port,
         http_addr,
+        rebuild: rebuild_flag,
     };
     let settings = Settings::load(cli.config.as_deref(), &flags)?;
     // actix's System: every service runs on its own Arbiter under it.

@@ -16,6 +16,13 @@ impl Store {
         Ok(self.inner.inbox.contains_key(event_id.as_bytes())?)
     }
 
+    /// Nothing was ever written here (a new or lost database).
+    pub fn is_empty(&self) -> bool {
+        self.inner.heads.is_empty()
+            && self.inner.inbox.is_empty()
+            && self.inner.outbox_sent.is_empty()
+    }
+
     /// Number of inbound events remembered.
     pub fn inbox_len(&self) -> usize {
         self.inner.inbox.len()

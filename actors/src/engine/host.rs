@@ -128,10 +128,32 @@ async fn run<S: Service>(
     shutdown: CancellationToken,
     ready: oneshot::Sender<()>,
 ) -> Result<(), EngineError> {
-    let store = Store::open(settings.service_dir(S::name()), &settings.store)?;
+    let dir = settings.service_dir(S::name());
+    let mut store = Store::open(&dir, &settings.store)?;
+    if settings.rebuild && !store.is_empty() {
+        // Asked to rebuild: start from an empty database (we hold its lock, so it is ours).
+        drop(store);
+        std::fs::remove_dir_all(&dir).map_err(|e| {
+            EngineError::Config(format!("cannot clear {} to rebuild: {e}", dir.display()))
+        })?;
+        store = Store::open(&dir, &settings.store)?;
+    }
     let service = S::new(&settings)?;
     let client = bus::connect(&nats_url).await?;
     let js = async_nats::jetstream::new(client.clone());
+    if store.is_empty() {
+        // New or lost: restore what the stream knows, and read every upstream event again (even
+        // with nothing restored, a reaction may have been lost before it was published).
+        let restored = super::recovery::recover::<S>(&store, &js).await?;
+        super::recovery::reset_consumers::<S>(&js).await?;
+        if restored > 0 {
+            tracing::info!(
+                service = S::name(),
+                events = restored,
+                "database rebuilt from the stream; consumers restart from the beginning"
+            );
+        }
+    }
 
     let relay = OutboxRelay::new(
         store.clone(),

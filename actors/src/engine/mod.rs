@@ -8,10 +8,12 @@
 //! - [`core`]: the [`Engine`](core::Engine): load, react, commit, flush; commands and queries.
 //! - [`actor`]: the actix actor around the engine, and the [`Handle`](actor::Handle) to it.
 //! - [`host`]: one service on its own Arbiter: consumers, outbox relay, NATS micro endpoint.
+//! - [`recovery`]: rebuilding a lost database from the service's own stream.
 
 pub mod actor;
 pub mod core;
 pub mod host;
+pub mod recovery;
 
 use std::future::Future;
 
@@ -110,6 +112,11 @@ pub trait Service: Sized + Unpin + 'static {
     fn reply(endpoint: &str, executed: &Executed<Self::State>) -> Value {
         let _ = endpoint;
         Self::view(executed.version, &executed.state).unwrap_or(Value::Null)
+    }
+
+    /// The aggregate that holds the service's own event about saga `saga` (for recovery).
+    fn own_aggregate(saga: &str) -> String {
+        saga.to_string()
     }
 
     /// The aggregate a `get` request (body = the request payload) reads.

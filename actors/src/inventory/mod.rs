@@ -40,6 +40,10 @@ impl Service for InventoryService {
         Ok(state.react(saga, event))
     }
 
+    fn own_aggregate(_saga: &str) -> String {
+        WAREHOUSE.to_string()
+    }
+
     fn get_id(_body: &str) -> String {
         WAREHOUSE.to_string()
     }

@@ -36,6 +36,10 @@ impl Service for RecommendationService {
         Ok(state.react(saga, event))
     }
 
+    fn own_aggregate(_saga: &str) -> String {
+        CO_PURCHASES.to_string()
+    }
+
     fn get_id(_body: &str) -> String {
         CO_PURCHASES.to_string()
     }

@@ -35,6 +35,10 @@ impl Service for StoreService {
         Ok(state.react(saga, event))
     }
 
+    fn own_aggregate(_saga: &str) -> String {
+        STORES_ID.to_string()
+    }
+
     fn get_id(_body: &str) -> String {
         STORES_ID.to_string()
     }

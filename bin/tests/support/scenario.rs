@@ -118,6 +118,22 @@ pub async fn place(api: &Api, bulk: usize) -> Placed {
     }
 }
 
+/// After `check`: every order is still in the state `check` left it in.
+pub async fn check_final(api: &Api, placed: &Placed) {
+    for id in &placed.completed {
+        assert_eq!(api.get(id).await.1["order_status"], "COMPLETED", "{id}");
+    }
+    for id in [
+        &placed.no_stock,
+        &placed.declined,
+        &placed.undeliverable,
+        &placed.cancelled_in_flight,
+        &placed.held,
+    ] {
+        assert_eq!(api.get(id).await.1["order_status"], "CANCELLED", "{id}");
+    }
+}
+
 /// Wait for every order's terminal state, cancel the held one and a completed one, then check
 /// the ledgers and the stock.
 pub async fn check(api: &Api, placed: &Placed) {
