@@ -28,6 +28,14 @@ impl Cluster {
     }
 }
 
+/// SIGKILL one of `services`; returns its slot, to start it again.
+fn sigkill<'a>(services: &'a mut [(&str, Proc)], name: &str) -> &'a mut Proc {
+    let (_, service) = services.iter_mut().find(|(n, _)| *n == name).unwrap();
+    service.child.kill().unwrap();
+    service.child.wait().unwrap();
+    service
+}
+
 #[tokio::test]
 async fn one_process_per_service_loses_nothing_when_one_is_killed() {
     let data = tempfile::tempdir().unwrap();
@@ -73,12 +81,7 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
             > calls
     })
     .await;
-    let (_, payment) = services
-        .iter_mut()
-        .find(|(name, _)| *name == "payment")
-        .unwrap();
-    payment.child.kill().unwrap();
-    payment.child.wait().unwrap();
+    let payment = sigkill(&mut services, "payment");
     // And the projection, mid-batch: it must resume without losing or double-applying.
     projection.child.kill().unwrap();
     projection.child.wait().unwrap();
@@ -114,12 +117,7 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
         let o = order(&format!("after-loss-{i}"), "SKU-SOCKS", 1, CARD, ADDRESS);
         late.push(api.place_ok(&o).await);
     }
-    let (_, shipment) = services
-        .iter_mut()
-        .find(|(name, _)| *name == "shipment")
-        .unwrap();
-    shipment.child.kill().unwrap();
-    shipment.child.wait().unwrap();
+    let shipment = sigkill(&mut services, "shipment");
     std::fs::remove_dir_all(cluster.data.path().join("shipment")).unwrap();
     *shipment = cluster.run("shipment");
     for id in &late {
@@ -144,6 +142,38 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
     }
     // Old sagas are intact: the held order is still cancelled, the completed still completed.
     scenario::check_final(&api, &placed).await;
+
+    // The composed view asks all six services; healthy, every part is there.
+    let done = &placed.completed[0];
+    let path = format!("/orders/{done}/composed");
+    let (status, composed) = api.raw(reqwest::Method::GET, &path, None).await;
+    assert_eq!(status, 200, "{composed}");
+    assert_eq!(composed["order"]["status"], "COMPLETED");
+    assert!(
+        composed["payment"]["authorization_id"].is_string(),
+        "{composed}"
+    );
+    assert!(
+        composed["inventory"]["reservation"].is_object(),
+        "{composed}"
+    );
+    assert_eq!(composed["shipment"]["status"], "DELIVERED");
+    assert!(
+        composed["recommendation"]["recommended_items"].is_array(),
+        "{composed}"
+    );
+    assert!(composed["store"].is_null(), "shipped from the warehouse");
+
+    // With one service down the read model still answers; the composed view cannot.
+    sigkill(&mut services, "payment");
+    let (status, row) = api.get(done).await;
+    assert_eq!(
+        (status, row["order_status"].as_str()),
+        (200, Some("COMPLETED"))
+    );
+    let (status, composed) = api.raw(reqwest::Method::GET, &path, None).await;
+    assert_eq!(status, 503, "{composed}");
+    assert_eq!(composed["missing"][0]["service"], "payment", "{composed}");
 
     for (_, service) in &mut services {
         service.stop();

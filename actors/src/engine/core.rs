@@ -522,3 +522,60 @@ fn commit_error(e: StorageError) -> ApiError {
         other => ApiError::unavailable(format!("commit failed: {other}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Line;
+    use crate::inventory::aggregate::WAREHOUSE;
+    use crate::inventory::events::InventoryEvent;
+    use crate::inventory::InventoryService;
+
+    fn reserve(i: usize) -> Command<crate::inventory::aggregate::Warehouse> {
+        Command {
+            aggregate_id: WAREHOUSE.into(),
+            decide: Box::new(move |_, _| {
+                Ok(vec![InventoryEvent::InventoryReserved {
+                    order_id: format!("o{i}"),
+                    lines: vec![Line {
+                        sku: "SKU-MUG".into(),
+                        quantity: 1,
+                        unit_price_cents: 1,
+                    }],
+                    shipping_address: "x".into(),
+                }])
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_history_loads_from_its_snapshot_to_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &Default::default()).unwrap();
+        let mut engine = Engine::new(InventoryService, store.clone());
+        for chunk in (0..600).collect::<Vec<_>>().chunks(100) {
+            let results = engine
+                .execute(chunk.iter().map(|i| reserve(*i)).collect())
+                .await;
+            assert!(results.iter().all(Result::is_ok));
+        }
+        let (version, live) = engine.get(WAREHOUSE).unwrap();
+        assert_eq!(version, 600);
+
+        let (snapshot, tail) = store.load(WAREHOUSE).unwrap();
+        let snapshot = snapshot.expect("a snapshot was taken");
+        assert!(snapshot.version >= SNAPSHOT_EVERY, "{}", snapshot.version);
+        assert!(
+            tail.len() < SNAPSHOT_EVERY as usize,
+            "replays only {} events",
+            tail.len()
+        );
+
+        // A fresh engine (a restart) loads snapshot + tail to the same state and version.
+        let mut fresh = Engine::new(InventoryService, store);
+        let (reloaded_version, reloaded) = fresh.get(WAREHOUSE).unwrap();
+        assert_eq!(reloaded_version, 600);
+        assert_eq!(reloaded, live);
+        assert_eq!(reloaded.available["SKU-MUG"], 10_000 - 600);
+    }
+}

@@ -3,6 +3,8 @@
 //! (`nats micro ls` lists it). The same code runs in `commerce up` (all services, one process)
 //! and `commerce run <service>` (one per process).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Actor;
@@ -192,7 +194,8 @@ async fn run<S: Service>(
         .await
         .map_err(|e| micro_error(e.to_string()))?;
     let group = micro.group(format!("commerce.{}", S::name()));
-    for name in ["status", "get"].iter().chain(S::COMMANDS) {
+    let slow = Arc::new(AtomicU64::new(0));
+    for name in ["status", "get", "part", "slow"].iter().chain(S::COMMANDS) {
         let endpoint = group
             .endpoint(*name)
             .await
@@ -201,6 +204,7 @@ async fn run<S: Service>(
             endpoint,
             name,
             handle.clone(),
+            slow.clone(),
             shutdown.clone(),
         )));
     }
@@ -303,10 +307,13 @@ pub async fn consume<K: Sink>(
 }
 
 /// One micro endpoint: answer requests, commands in batches (one commit, one flush per batch).
+/// `slow` (ms, set through the `slow` endpoint) delays answers to queries: a knob for
+/// benchmarks and demos of a slow dependency.
 async fn serve<S: Service>(
     mut endpoint: async_nats::service::endpoint::Endpoint,
     name: &'static str,
     handle: Handle<S>,
+    slow: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -330,15 +337,32 @@ async fn serve<S: Service>(
                     respond(&request, Ok(handle.status())).await;
                 }
             }
-            "get" => {
+            "slow" => {
                 for request in requests {
-                    let id = S::get_id(&String::from_utf8_lossy(&request.message.payload));
-                    let answer = match handle.get(id.clone()).await {
-                        Ok((version, state)) => S::view(version, &state)
-                            .ok_or_else(|| ApiError::not_found(format!("{id} not found"))),
-                        Err(e) => Err(e.into()),
+                    let text = String::from_utf8_lossy(&request.message.payload).to_string();
+                    let answer = match text.trim().parse::<u64>() {
+                        Ok(ms) => {
+                            slow.store(ms, Ordering::Relaxed);
+                            Ok(json!({ "service": S::name(), "query_delay_ms": ms }))
+                        }
+                        Err(_) => Err(ApiError::bad_request("body: the delay in ms")),
                     };
                     respond(&request, answer).await;
+                }
+            }
+            query @ ("get" | "part") => {
+                // Each answered on its own, so a slow one does not hold up the rest.
+                for request in requests {
+                    let handle = handle.clone();
+                    let delay = Duration::from_millis(slow.load(Ordering::Relaxed));
+                    actix_rt::spawn(async move {
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        let body = String::from_utf8_lossy(&request.message.payload).to_string();
+                        let answer = lookup(&handle, query, body.trim()).await;
+                        respond(&request, answer).await;
+                    });
                 }
             }
             command => {
@@ -361,6 +385,27 @@ async fn serve<S: Service>(
             }
         }
     }
+}
+
+/// `get` (an aggregate's view) or `part` (an order's part of this service).
+async fn lookup<S: Service>(
+    handle: &Handle<S>,
+    query: &str,
+    body: &str,
+) -> Result<Value, ApiError> {
+    let (id, missing) = match query {
+        "part" => (
+            S::part_id(body),
+            format!("{} knows nothing of order {body}", S::name()),
+        ),
+        _ => (S::get_id(body), format!("{body} not found")),
+    };
+    let (version, state) = handle.get(id).await?;
+    let answer = match query {
+        "part" => S::part(body, version, &state),
+        _ => S::view(version, &state),
+    };
+    answer.ok_or_else(|| ApiError::not_found(missing))
 }
 
 pub async fn respond(request: &async_nats::service::Request, answer: Result<Value, ApiError>) {

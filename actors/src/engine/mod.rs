@@ -129,6 +129,17 @@ pub trait Service: Sized + Unpin + 'static {
         (version > 0).then(|| serde_json::to_value(state).unwrap_or(Value::Null))
     }
 
+    /// The aggregate holding an order's part for the composed view (`part` endpoint).
+    fn part_id(order_id: &str) -> String {
+        order_id.to_string()
+    }
+
+    /// An order's part, as the composed view shows it; `None`: this service knows nothing of it.
+    fn part(order_id: &str, version: u64, state: &Self::State) -> Option<Value> {
+        let _ = order_id;
+        Self::view(version, state)
+    }
+
     /// Work the service does besides reacting to events (e.g. tracking parcels).
     fn background(
         settings: &Settings,

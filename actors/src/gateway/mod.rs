@@ -4,6 +4,7 @@
 //! - `POST /orders` (header `Idempotency-Key`: the same key never creates two orders)
 //! - `GET /orders/{id}` (the read model, one lookup), `POST /orders/{id}/cancel` (409 once the
 //!   parcel has left)
+//! - `GET /orders/{id}/composed`: the fan-out baseline, asking all six services
 //! - `GET /products` (catalog with warehouse and store stock), `GET /health`
 //!
 //! Every error is JSON: `{"error": "..."}` with a 4xx/5xx status.
@@ -43,6 +44,7 @@ pub fn start(
             .route("/orders", web::post().to(place_order))
             .route("/orders/{id}", web::get().to(get_order))
             .route("/orders/{id}/cancel", web::post().to(cancel_order))
+            .route("/orders/{id}/composed", web::get().to(composed_order))
             .route("/products", web::get().to(products))
             .route("/health", web::get().to(health))
             .default_service(web::to(|| async {
@@ -77,6 +79,13 @@ pub fn spawn_server(
 /// The error for an address that cannot be listened on, naming it.
 pub fn cannot_listen(addr: &str) -> impl FnOnce(std::io::Error) -> std::io::Error + '_ {
     move |e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+}
+
+/// Order ids are UUIDs; anything else names no order.
+fn order_id(raw: &str) -> Result<String, ApiError> {
+    uuid::Uuid::parse_str(raw)
+        .map(|id| id.to_string())
+        .map_err(|_| ApiError::not_found(format!("no order {raw:?}")))
 }
 
 fn error(e: ApiError) -> HttpResponse {
@@ -138,9 +147,9 @@ async fn place_order(
 }
 
 async fn get_order(client: web::Data<async_nats::Client>, id: web::Path<String>) -> HttpResponse {
-    let id = match uuid::Uuid::parse_str(&id) {
-        Ok(id) => id.to_string(),
-        Err(_) => return error(ApiError::not_found(format!("no order {id:?}"))),
+    let id = match order_id(&id) {
+        Ok(id) => id,
+        Err(e) => return error(e),
     };
     // The read model: one lookup.
     match request(&client, crate::projection::NAME, "get", id.into_bytes()).await {
@@ -149,13 +158,52 @@ async fn get_order(client: web::Data<async_nats::Client>, id: web::Path<String>)
     }
 }
 
+/// The fan-out baseline: ask each of the six services for its part of the order (compare with
+/// the read model's one lookup). Any service that cannot answer makes it fail (503, naming it).
+async fn composed_order(
+    client: web::Data<async_nats::Client>,
+    id: web::Path<String>,
+) -> HttpResponse {
+    let id = match order_id(&id) {
+        Ok(id) => id,
+        Err(e) => return error(e),
+    };
+    let asks = crate::SERVICES
+        .iter()
+        .map(|service| request(&client, service, "part", id.clone().into_bytes()));
+    let answers = futures::future::join_all(asks).await;
+    let mut body = serde_json::Map::new();
+    body.insert("order_id".into(), json!(id));
+    let mut missing = Vec::new();
+    for (service, answer) in crate::SERVICES.iter().zip(answers) {
+        match answer {
+            Ok(part) => {
+                body.insert(service.to_string(), part);
+            }
+            Err(e) if e.code == 404 => {
+                body.insert(service.to_string(), Value::Null);
+            }
+            Err(e) => missing.push(json!({ "service": service, "error": e.message })),
+        }
+    }
+    if body.get("order").is_some_and(Value::is_null) {
+        return error(ApiError::not_found(format!("no order {id:?}")));
+    }
+    if !missing.is_empty() {
+        body.insert("error".into(), json!("some services did not answer"));
+        body.insert("missing".into(), json!(missing));
+        return HttpResponse::ServiceUnavailable().json(body);
+    }
+    HttpResponse::Ok().json(body)
+}
+
 async fn cancel_order(
     client: web::Data<async_nats::Client>,
     id: web::Path<String>,
 ) -> HttpResponse {
-    let id = match uuid::Uuid::parse_str(&id) {
-        Ok(id) => id.to_string(),
-        Err(_) => return error(ApiError::not_found(format!("no order {id:?}"))),
+    let id = match order_id(&id) {
+        Ok(id) => id,
+        Err(e) => return error(e),
     };
     match request(&client, "order", "cancel", id.into_bytes()).await {
         Ok(reply) => {

@@ -48,6 +48,17 @@ impl Service for InventoryService {
         WAREHOUSE.to_string()
     }
 
+    fn part_id(_order_id: &str) -> String {
+        WAREHOUSE.to_string()
+    }
+
+    fn part(order_id: &str, _version: u64, state: &Warehouse) -> Option<Value> {
+        state
+            .orders
+            .get(order_id)
+            .map(|r| json!({ "reservation": r }))
+    }
+
     /// `get`: available units per SKU.
     fn view(_version: u64, state: &Warehouse) -> Option<Value> {
         Some(json!({ "available": state.available }))

@@ -16,13 +16,20 @@ pub const TOP: usize = 3;
 pub struct CoPurchases {
     /// sku → sku bought with it → how many confirmed orders had both.
     pub counts: BTreeMap<String, BTreeMap<String, u64>>,
+    /// What was recommended with each confirmed order.
+    pub by_order: BTreeMap<String, Vec<String>>,
 }
 
 impl Aggregate for CoPurchases {
     type Event = RecommendationEvent;
 
     fn apply(&mut self, event: &RecommendationEvent) {
-        let RecommendationEvent::RecommendationUpdated { skus, .. } = event;
+        let RecommendationEvent::RecommendationUpdated {
+            order_id,
+            skus,
+            recommended,
+        } = event;
+        self.by_order.insert(order_id.clone(), recommended.clone());
         for a in skus {
             for b in skus {
                 if a != b {

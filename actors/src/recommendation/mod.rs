@@ -44,6 +44,17 @@ impl Service for RecommendationService {
         CO_PURCHASES.to_string()
     }
 
+    fn part_id(_order_id: &str) -> String {
+        CO_PURCHASES.to_string()
+    }
+
+    fn part(order_id: &str, _version: u64, state: &CoPurchases) -> Option<serde_json::Value> {
+        state
+            .by_order
+            .get(order_id)
+            .map(|items| serde_json::json!({ "recommended_items": items }))
+    }
+
     fn view(_version: u64, state: &CoPurchases) -> Option<serde_json::Value> {
         serde_json::to_value(state).ok()
     }

@@ -43,6 +43,17 @@ impl Service for StoreService {
         STORES_ID.to_string()
     }
 
+    fn part_id(_order_id: &str) -> String {
+        STORES_ID.to_string()
+    }
+
+    fn part(order_id: &str, _version: u64, state: &Stores) -> Option<Value> {
+        state
+            .orders
+            .get(order_id)
+            .map(|r| json!({ "reservation": r }))
+    }
+
     /// `get`: available units per store and SKU.
     fn view(_version: u64, state: &Stores) -> Option<Value> {
         Some(json!({ "available": state.available }))

@@ -1,6 +1,7 @@
 //! `commerce bench`: measurements as ratios to limits measured in the same run.
 
 mod bus;
+mod reads;
 mod saga;
 
 use actors::Settings;
@@ -31,6 +32,16 @@ enum BenchWhat {
         #[arg(long, value_delimiter = ',', default_value = "50,100,200,0")]
         rates: Vec<u32>,
     },
+    /// The read side: projection rebuild rate vs raw JetStream consume, and `GET /orders/{id}`
+    /// (read model) vs `/composed` (fan-out), healthy and with one service slowed by 50 ms.
+    Reads {
+        /// Orders to place first (each saga runs to completion).
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+        orders: u64,
+        /// Requests per measurement.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+        requests: u64,
+    },
 }
 
 pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<()> {
@@ -40,5 +51,8 @@ pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<()> {
             single_flush_events,
         } => bus::run(events, single_flush_events, settings).await,
         BenchWhat::Saga { orders, rates } => saga::run(orders as usize, &rates, settings).await,
+        BenchWhat::Reads { orders, requests } => {
+            reads::run(orders as usize, requests as usize, settings).await
+        }
     }
 }

@@ -18,7 +18,10 @@ struct Outcomes {
     cancelled: usize,
 }
 
-pub async fn run(orders: usize, rates: &[u32], mut settings: Settings) -> anyhow::Result<()> {
+/// The whole system in this process, on a fresh data dir, broker and free ports.
+pub(super) async fn system(
+    mut settings: Settings,
+) -> anyhow::Result<(System, String, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     settings.data_dir = dir.path().to_path_buf();
     settings.nats_url = None;
@@ -30,6 +33,11 @@ pub async fn run(orders: usize, rates: &[u32], mut settings: Settings) -> anyhow
     let endpoints = system.endpoints();
     let http = endpoints.http.clone().context("the gateway is not up")?;
     eprintln!("bench: system up at {http} (nats {})", endpoints.nats);
+    Ok((system, http, dir))
+}
+
+pub async fn run(orders: usize, rates: &[u32], settings: Settings) -> anyhow::Result<()> {
+    let (system, http, _dir) = system(settings).await?;
 
     let outcomes = Arc::new(Mutex::new(Outcomes::default()));
     let client = system.runtime.client.clone();

@@ -1,0 +1,157 @@
+//! `commerce bench reads`: the read side, in one run on one system.
+//! - projection rebuild rate vs raw JetStream consume of the same streams;
+//! - `GET /orders/{id}` (one lookup in the read model) vs `GET /orders/{id}/composed` (six
+//!   requests over NATS), healthy and with the payment service's answers slowed by 50 ms.
+
+use std::time::{Duration, Instant};
+
+use actors::catalog::{LineRequest, OrderRequest};
+use actors::engine::host::request;
+use actors::Settings;
+use async_nats::jetstream;
+use futures::StreamExt;
+
+pub async fn run(orders: usize, requests: usize, mut settings: Settings) -> anyhow::Result<()> {
+    settings.simulators.carrier_pickup_ms = 50;
+    settings.simulators.carrier_delivery_ms = 50;
+    let (system, http, _dir) = super::saga::system(settings).await?;
+    let client = system.runtime.client.clone();
+    let js = system.runtime.js.clone();
+    let web = reqwest::Client::new();
+
+    // Orders, each saga to completion.
+    let bar = super::bus::progress("placing orders", orders);
+    let mut ids = Vec::with_capacity(orders);
+    for chunk in (0..orders).collect::<Vec<_>>().chunks(50) {
+        let sends = chunk.iter().map(|i| {
+            let order = OrderRequest {
+                customer: format!("reads-{i}"),
+                lines: vec![LineRequest {
+                    sku: "SKU-MUG".into(),
+                    quantity: 1,
+                }],
+                card_number: "4242424242424242".into(),
+                shipping_address: "1 Bench Street".into(),
+            };
+            web.post(format!("{http}/orders")).json(&order).send()
+        });
+        for response in futures::future::join_all(sends).await {
+            let body: serde_json::Value = response?.json().await?;
+            ids.push(body["order_id"].as_str().unwrap_or_default().to_string());
+            bar.inc(1);
+        }
+    }
+    bar.finish();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for id in &ids {
+        loop {
+            let row = request(&client, "projection", "get", id.clone().into_bytes()).await;
+            if row.is_ok_and(|r| r["order_status"] == "COMPLETED") {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "order {id} did not complete");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // Raw consume of every domain stream vs the projection's rebuild of the same events.
+    let started = Instant::now();
+    let mut events = 0u64;
+    for domain in bus::Domain::ALL {
+        let mut stream = js.get_stream(domain.stream()).await?;
+        let last = stream.info().await?.state.last_sequence;
+        if last == 0 {
+            continue;
+        }
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+            .await?;
+        let mut messages = consumer.messages().await?;
+        let mut seen = 0;
+        while seen < last {
+            let message = messages
+                .next()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("stream ended"))??;
+            seen = message
+                .info()
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .stream_sequence;
+            events += 1;
+        }
+    }
+    let raw = started.elapsed();
+
+    let started = Instant::now();
+    let begun = request(&client, "projection", "rebuild", Vec::new()).await?;
+    let rebuilt_events = begun["events"].as_u64().unwrap_or(0);
+    loop {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let status = request(&client, "projection", "status", Vec::new()).await?;
+        if status["rebuilding"] == false {
+            break;
+        }
+    }
+    let rebuild = started.elapsed();
+
+    let healthy_get = latencies(&web, &http, &ids, requests, "").await?;
+    let healthy_composed = latencies(&web, &http, &ids, requests, "/composed").await?;
+    request(&client, "payment", "slow", b"50".to_vec()).await?;
+    let slow_get = latencies(&web, &http, &ids, requests, "").await?;
+    let slow_composed = latencies(&web, &http, &ids, requests, "/composed").await?;
+    request(&client, "payment", "slow", b"0".to_vec()).await?;
+    system.shutdown().await;
+
+    let raw_rate = events as f64 / raw.as_secs_f64();
+    let rebuild_rate = rebuilt_events as f64 / rebuild.as_secs_f64();
+    println!();
+    println!("Projection rebuild vs raw JetStream consume ({orders} orders):");
+    println!("  raw consume of all streams   {events:>7} events  {raw_rate:>10.0} ev/s  baseline");
+    println!(
+        "  projection rebuild           {rebuilt_events:>7} events  {rebuild_rate:>10.0} ev/s  {:.2}x",
+        rebuild_rate / raw_rate
+    );
+    println!();
+    println!("Order detail, {requests} requests each (4 in flight):");
+    println!("  {:<44} {:>8} {:>8}", "", "p50 ms", "p99 ms");
+    for (what, l) in [
+        ("GET /orders/{id} (read model), healthy", &healthy_get),
+        ("GET /orders/{id}/composed, healthy", &healthy_composed),
+        ("GET /orders/{id} (read model), payment +50ms", &slow_get),
+        ("GET /orders/{id}/composed, payment +50ms", &slow_composed),
+    ] {
+        println!("  {what:<44} {:>8.2} {:>8.2}", l.0, l.1);
+    }
+    Ok(())
+}
+
+/// p50 and p99 in ms of `n` GETs of `/orders/{id}{suffix}`, 4 in flight.
+async fn latencies(
+    web: &reqwest::Client,
+    http: &str,
+    ids: &[String],
+    n: usize,
+    suffix: &str,
+) -> anyhow::Result<(f64, f64)> {
+    let bar = super::bus::progress(&format!("GET /orders/{{id}}{suffix}"), n);
+    let gets = (0..n).map(|i| {
+        let url = format!("{http}/orders/{}{suffix}", ids[i % ids.len()]);
+        async move {
+            let started = Instant::now();
+            let response = web.get(url).send().await?;
+            anyhow::ensure!(response.status() == 200, "answered {}", response.status());
+            response.bytes().await?;
+            Ok::<_, anyhow::Error>(started.elapsed())
+        }
+    });
+    let mut ms = Vec::with_capacity(n);
+    let mut results = futures::stream::iter(gets).buffer_unordered(4);
+    while let Some(elapsed) = results.next().await {
+        ms.push(elapsed?.as_secs_f64() * 1000.0);
+        bar.inc(1);
+    }
+    bar.finish();
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+    Ok((at(0.5), at(0.99)))
+}
