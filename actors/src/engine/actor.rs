@@ -45,11 +45,25 @@ impl<S: Service> Message for Execute<S> {
     type Result = Vec<Result<Executed<S::State>, ApiError>>;
 }
 
-/// Read one aggregate: its version (0: none) and state.
-pub struct Get<S: Service>(pub String, std::marker::PhantomData<fn() -> S>);
+/// A question about an aggregate, given its version and state.
+pub type Question<A> = Box<dyn FnOnce(u64, &A) -> Option<Value> + Send>;
 
-impl<S: Service> Message for Get<S> {
-    type Result = Result<(u64, S::State), EngineError>;
+/// Answer a question about one aggregate inside the actor, without copying its state.
+pub struct Query<S: Service>(pub String, pub Question<S::State>);
+
+impl<S: Service> Message for Query<S> {
+    type Result = Result<Option<Value>, EngineError>;
+}
+
+impl<S: Service> Handler<Query<S>> for ServiceActor<S> {
+    type Result = Result<Option<Value>, EngineError>;
+
+    fn handle(&mut self, msg: Query<S>, _ctx: &mut Context<Self>) -> Self::Result {
+        match self.engine.as_mut() {
+            Some(engine) => engine.query(&msg.0, msg.1),
+            None => Err(EngineError::Stopped(S::name())),
+        }
+    }
 }
 
 /// Run `work` on the engine, then put it back; atomic, so no other message interleaves.
@@ -99,17 +113,6 @@ impl<S: Service> Handler<Execute<S>> for ServiceActor<S> {
             let result = engine.execute(msg.0).await;
             (engine, result)
         })
-    }
-}
-
-impl<S: Service> Handler<Get<S>> for ServiceActor<S> {
-    type Result = Result<(u64, S::State), EngineError>;
-
-    fn handle(&mut self, msg: Get<S>, _ctx: &mut Context<Self>) -> Self::Result {
-        match self.engine.as_mut() {
-            Some(engine) => engine.get(&msg.0),
-            None => Err(EngineError::Stopped(S::name())),
-        }
     }
 }
 
@@ -169,9 +172,13 @@ impl<S: Service> Handle<S> {
             .unwrap_or_else(|| Err(EngineError::Stopped(S::name()).into()))
     }
 
-    pub async fn get(&self, aggregate_id: String) -> Result<(u64, S::State), EngineError> {
+    pub async fn query(
+        &self,
+        aggregate_id: String,
+        query: impl FnOnce(u64, &S::State) -> Option<Value> + Send + 'static,
+    ) -> Result<Option<Value>, EngineError> {
         self.addr
-            .send(Get::<S>(aggregate_id, std::marker::PhantomData))
+            .send(Query::<S>(aggregate_id, Box::new(query)))
             .await
             .map_err(|_| EngineError::Stopped(S::name()))?
     }

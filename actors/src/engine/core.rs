@@ -369,6 +369,23 @@ impl<S: Service> Engine<S> {
         results
     }
 
+    /// Answer `query` on the aggregate's version and state, by reference (the singletons hold
+    /// every order: copying them per query would cost O(orders)).
+    pub fn query<T>(
+        &mut self,
+        aggregate_id: &str,
+        query: impl FnOnce(u64, &S::State) -> T,
+    ) -> Result<T, EngineError> {
+        self.make_room();
+        self.load(aggregate_id)?;
+        let answer = match self.cache.get(aggregate_id) {
+            Some(loaded) => query(loaded.version, &loaded.state),
+            None => query(0, &S::State::default()),
+        };
+        self.forget_if_absent(aggregate_id);
+        Ok(answer)
+    }
+
     /// The aggregate's version and state (version 0: it does not exist).
     pub fn get(&mut self, aggregate_id: &str) -> Result<(u64, S::State), EngineError> {
         self.make_room();

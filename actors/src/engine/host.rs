@@ -131,9 +131,11 @@ async fn run<S: Service>(
     ready: oneshot::Sender<()>,
 ) -> Result<(), EngineError> {
     let dir = settings.service_dir(S::name());
+    // Present while a recovery runs: if it is still there at start, that recovery was cut short.
+    let marker = dir.join("RECOVERING");
     let mut store = Store::open(&dir, &settings.store)?;
-    if settings.rebuild && !store.is_empty() {
-        // Asked to rebuild: start from an empty database (we hold its lock, so it is ours).
+    if (settings.rebuild || marker.exists()) && !store.is_empty() {
+        // Start from an empty database (we hold its lock, so it is ours to clear).
         drop(store);
         std::fs::remove_dir_all(&dir).map_err(|e| {
             EngineError::Config(format!("cannot clear {} to rebuild: {e}", dir.display()))
@@ -146,8 +148,13 @@ async fn run<S: Service>(
     if store.is_empty() {
         // New or lost: restore what the stream knows, and read every upstream event again (even
         // with nothing restored, a reaction may have been lost before it was published).
+        let io = |e: std::io::Error| EngineError::Config(format!("{}: {e}", marker.display()));
+        std::fs::File::create(&marker)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
         let restored = super::recovery::recover::<S>(&store, &js).await?;
         super::recovery::reset_consumers::<S>(&js).await?;
+        std::fs::remove_file(&marker).map_err(io)?;
         if restored > 0 {
             tracing::info!(
                 service = S::name(),
@@ -387,25 +394,27 @@ async fn serve<S: Service>(
     }
 }
 
-/// `get` (an aggregate's view) or `part` (an order's part of this service).
+/// `get` (an aggregate's view) or `part` (an order's part of this service), answered inside
+/// the actor so only the answer is copied.
 async fn lookup<S: Service>(
     handle: &Handle<S>,
     query: &str,
     body: &str,
 ) -> Result<Value, ApiError> {
-    let (id, missing) = match query {
-        "part" => (
-            S::part_id(body),
-            format!("{} knows nothing of order {body}", S::name()),
-        ),
-        _ => (S::get_id(body), format!("{body} not found")),
-    };
-    let (version, state) = handle.get(id).await?;
+    let order_id = body.to_string();
     let answer = match query {
-        "part" => S::part(body, version, &state),
-        _ => S::view(version, &state),
+        "part" => {
+            let id = S::part_id(body);
+            handle
+                .query(id, move |version, state| S::part(&order_id, version, state))
+                .await?
+        }
+        _ => handle.query(S::get_id(body), S::view).await?,
     };
-    answer.ok_or_else(|| ApiError::not_found(missing))
+    answer.ok_or_else(|| match query {
+        "part" => ApiError::not_found(format!("{} knows nothing of order {body}", S::name())),
+        _ => ApiError::not_found(format!("{body} not found")),
+    })
 }
 
 pub async fn respond(request: &async_nats::service::Request, answer: Result<Value, ApiError>) {

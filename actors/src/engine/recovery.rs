@@ -30,16 +30,34 @@ fn own<S: Service>() -> Domain {
     <<S::State as Aggregate>::Event as DomainEvent>::DOMAIN
 }
 
-/// Rebuild `store` (which must be empty) from the service's stream. Returns the events restored.
+/// Rebuild `store` (which must be empty) from the service's stream, and mark the events it
+/// dead-lettered as done (so they are not tried again). Returns the events restored.
 pub async fn recover<S: Service>(
+    store: &Store,
+    js: &jetstream::Context,
+) -> Result<u64, EngineError> {
+    let restored = restore_events::<S>(store, js).await?;
+    restore_dead_letters::<S>(store, js).await?;
+    let _durable = store.flush().await?;
+    Ok(restored)
+}
+
+async fn restore_events<S: Service>(
     store: &Store,
     js: &jetstream::Context,
 ) -> Result<u64, EngineError> {
     let domain = own::<S>();
     let mut stream = js.get_stream(domain.stream()).await.map_err(failed)?;
-    let last = stream.info().await.map_err(failed)?.state.last_sequence;
+    let state = &stream.info().await.map_err(failed)?.state;
+    let (first, last) = (state.first_sequence, state.last_sequence);
     if last == 0 {
         return Ok(0);
+    }
+    if first > 1 {
+        return Err(failed(format!(
+            "{} no longer holds its first events (retention), so it cannot rebuild a database",
+            domain.stream()
+        )));
     }
     // Own events only (a stream holds only its owner's events, but be strict).
     let mut by_aggregate: BTreeMap<String, BTreeMap<u64, Envelope>> = BTreeMap::new();
@@ -52,7 +70,6 @@ pub async fn recover<S: Service>(
         .map_err(failed)?;
     let mut messages = consumer.messages().await.map_err(failed)?;
     let mut seen = 0;
-    let mut unversioned = 0;
     while seen < last {
         let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
             .await
@@ -66,10 +83,12 @@ pub async fn recover<S: Service>(
         if envelope.source != domain.service() {
             continue;
         }
-        let version = envelope.aggregateversion.unwrap_or_else(|| {
-            unversioned += 1;
-            u64::MAX / 2 + unversioned
-        });
+        let Some(version) = envelope.aggregateversion else {
+            return Err(failed(format!(
+                "event {} has no aggregateversion (written by an older version)",
+                envelope.id
+            )));
+        };
         // A copy published twice (after a broker outage) lands once.
         by_aggregate
             .entry(S::own_aggregate(&envelope.subject))
@@ -81,6 +100,19 @@ pub async fn recover<S: Service>(
     let mut restored = 0;
     let mut commits = Vec::new();
     for (aggregate_id, events) in by_aggregate {
+        // Versions must be 1..n: a gap is an event lost with the old database before it was
+        // published; rebuilding around it would renumber the rest. Refuse, naming it.
+        if let Some((expected, found)) = events
+            .keys()
+            .zip(1..)
+            .find_map(|(v, expected)| (*v != expected).then_some((expected, *v)))
+        {
+            return Err(failed(format!(
+                "{aggregate_id}: version {expected} is missing from {} (found {found} next); \
+                 the event was lost before it was published",
+                domain.stream()
+            )));
+        }
         let mut version = 0;
         let events: Vec<Envelope> = events.into_values().collect();
         // Events recorded together (same cause) are committed together, with that cause's mark.
@@ -108,11 +140,48 @@ pub async fn recover<S: Service>(
         }
     }
     write(store, &mut commits)?;
-    let _durable = store.flush().await?;
     Ok(restored)
 }
 
+/// Events this service dead-lettered are done for it: mark them, so the consumers recreated from
+/// the start of their streams do not try them again (a charge weeks later).
+async fn restore_dead_letters<S: Service>(
+    store: &Store,
+    js: &jetstream::Context,
+) -> Result<(), EngineError> {
+    let mut stream = js.get_stream("DLQ").await.map_err(failed)?;
+    if stream.info().await.map_err(failed)?.state.messages == 0 {
+        return Ok(());
+    }
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: format!("dlq.{}.>", S::name()),
+            ..Default::default()
+        })
+        .await
+        .map_err(failed)?;
+    let pending = consumer.cached_info().num_pending;
+    let mut messages = consumer.messages().await.map_err(failed)?;
+    let mut commits = Vec::new();
+    for _ in 0..pending {
+        let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .map_err(|_| failed("DLQ stopped answering"))?
+            .ok_or_else(|| failed("DLQ ended"))?
+            .map_err(failed)?;
+        // Undecodable ones would be dead-lettered again; nothing to mark.
+        if let Ok(envelope) = Envelope::from_slice(&message.payload) {
+            commits.push(Commit::caused_by(envelope.id));
+        }
+        if commits.len() >= 256 {
+            write(store, &mut commits)?;
+        }
+    }
+    write(store, &mut commits)
+}
+
 fn write(store: &Store, commits: &mut Vec<Commit>) -> Result<(), EngineError> {
+    // A dead letter already marked (reacted to, then redelivered and rejected) is a Duplicate.
     for outcome in store.commit_all(commits)? {
         outcome?;
     }
@@ -125,9 +194,22 @@ fn write(store: &Store, commits: &mut Vec<Commit>) -> Result<(), EngineError> {
 pub async fn reset_consumers<S: Service>(js: &jetstream::Context) -> Result<(), EngineError> {
     for (domain, _) in S::LISTENS {
         let stream = js.get_stream(domain.stream()).await.map_err(failed)?;
-        if let Err(e) = stream.delete_consumer(S::name()).await {
-            tracing::debug!(error = %e, stream = domain.stream(), "no consumer to delete");
+        match stream.delete_consumer(S::name()).await {
+            Ok(_) => {}
+            Err(e) if not_found(&e) => {}
+            Err(e) => {
+                return Err(failed(format!(
+                    "cannot reset {} on {}: {e}",
+                    S::name(),
+                    domain.stream()
+                )))
+            }
         }
     }
     Ok(())
+}
+
+fn not_found(e: &jetstream::stream::ConsumerError) -> bool {
+    matches!(e.kind(), jetstream::stream::ConsumerErrorKind::JetStream(j)
+        if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND)
 }

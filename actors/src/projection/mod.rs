@@ -129,8 +129,14 @@ impl Handler<BeginRebuild> for ProjectionActor {
         if self.building.is_some() {
             return Err(EngineError::Config("a rebuild is already running".into()));
         }
-        let next = self.active.load(Ordering::Acquire) + 1;
-        self.store.drop_models(next)?; // leftovers of an interrupted rebuild
+        let active = self.active.load(Ordering::Acquire);
+        let next = active + 1;
+        // Leftovers: an interrupted rebuild's rows, and the generation the last switch replaced
+        // (kept until now so queries that had already picked it could still finish).
+        self.store.drop_models(next)?;
+        if let Some(previous) = active.checked_sub(1) {
+            self.store.drop_models(previous)?;
+        }
         self.building = Some(next);
         Ok(next)
     }
@@ -162,7 +168,6 @@ impl Handler<EndRebuild> for ProjectionActor {
     type Result = AtomicResponse<Self, Result<(), EngineError>>;
     fn handle(&mut self, msg: EndRebuild, _: &mut Context<Self>) -> Self::Result {
         let store = self.store.clone();
-        let old = self.active.load(Ordering::Acquire);
         let built = self.building.take();
         let active = self.active.clone();
         AtomicResponse::new(Box::pin(
@@ -177,7 +182,6 @@ impl Handler<EndRebuild> for ProjectionActor {
                 store.switch_models(built)?;
                 let _ = store.flush().await?;
                 active.store(built, Ordering::Release);
-                store.drop_models(old)?;
                 Ok(())
             }
             .into_actor(self),
@@ -340,18 +344,13 @@ async fn start_rebuild(
         .map_err(|_| ApiError::unavailable("the projection is stopping"))?
         .map_err(|e| ApiError::conflict(e.to_string()))?;
     // Live events from here on go to the new generation too; the replay covers everything before.
-    let mut targets = Vec::new();
-    for domain in Domain::ALL {
-        let mut stream = js
-            .get_stream(domain.stream())
-            .await
-            .map_err(|e| ApiError::unavailable(e.to_string()))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| ApiError::unavailable(e.to_string()))?;
-        targets.push((domain, info.state.last_sequence));
-    }
+    let targets = match replay_targets(js).await {
+        Ok(targets) => targets,
+        Err(e) => {
+            let _ = actor.send(EndRebuild(false)).await;
+            return Err(e);
+        }
+    };
     let total: u64 = targets.iter().map(|(_, last)| *last).sum();
     progress.read.store(0, Ordering::Release);
     progress.total.store(total, Ordering::Release);
@@ -369,6 +368,30 @@ async fn start_rebuild(
         }
     });
     Ok(json!({ "generation": generation, "events": total }))
+}
+
+/// Where each stream ends now: what the replay must reach.
+async fn replay_targets(js: &jetstream::Context) -> Result<Vec<(Domain, u64)>, ApiError> {
+    let mut targets = Vec::new();
+    for domain in Domain::ALL {
+        let mut stream = js
+            .get_stream(domain.stream())
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let state = &stream
+            .info()
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?
+            .state;
+        if state.first_sequence > 1 {
+            return Err(ApiError::conflict(format!(
+                "{} no longer holds its first events (retention): a rebuild would lose orders",
+                domain.stream()
+            )));
+        }
+        targets.push((domain, state.last_sequence));
+    }
+    Ok(targets)
 }
 
 /// Read every stream from sequence 1 up to its target into the new generation.
