@@ -418,3 +418,55 @@ async fn the_live_read_model_equals_one_rebuilt_from_scratch_despite_duplicates(
     }
     up.stop();
 }
+
+#[tokio::test]
+async fn a_recovered_service_does_not_retry_what_it_dead_lettered() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let start = || {
+        let mut cmd = support::commerce();
+        cmd.env("COMMERCE_MAX_DELIVER", "2")
+            .args(["up", "--data-dir", dir]);
+        Proc::spawn(cmd)
+    };
+    let mut first = start();
+    let nats = first.line_starting("nats: ");
+    let nats = nats.split_whitespace().next().unwrap().to_string();
+    let api = Api::of(&first);
+    // The gateway is down for good: OrderCreated is dead-lettered after 2 deliveries.
+    api.set_faults(&api.payment_gateway, json!({ "outage": true }))
+        .await;
+    let stuck = api
+        .place_ok(&order("una", "SKU-MUG", 1, CARD, ADDRESS))
+        .await;
+    let client = async_nats::connect(&nats).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let subject = format!("dlq.payment.orders.order_created.{stuck}");
+    support::wait_until("OrderCreated is dead-lettered", || async {
+        let mut dlq = js.get_stream("DLQ").await.unwrap();
+        dlq.info().await.unwrap().state.messages > 0
+            && dlq.get_last_raw_message_by_subject(&subject).await.is_ok()
+    })
+    .await;
+    first.stop();
+
+    // Lose the payment database; the next start rebuilds it from the stream.
+    std::fs::remove_dir_all(data.path().join("payment")).unwrap();
+    let mut second = start();
+    let api = Api::of(&second);
+    let fine = api
+        .place_ok(&order("vera", "SKU-MUG", 1, CARD, ADDRESS))
+        .await;
+    api.wait_status(&fine, &["COMPLETED"]).await;
+    // The recovered payment service re-read ORDERS from the start, yet did not charge the
+    // dead-lettered order weeks later.
+    let ledger = api.ledger(&api.payment_gateway).await;
+    let charged: Vec<&str> = ledger["authorizations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["order_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(charged, [fine.as_str()], "{ledger}");
+    second.stop();
+}
