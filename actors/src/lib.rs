@@ -25,6 +25,7 @@ pub mod order;
 pub mod payment;
 pub mod projection;
 pub mod recommendation;
+pub mod resilience;
 pub mod runtime;
 pub mod settings;
 pub mod shipment;
