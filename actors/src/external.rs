@@ -1,11 +1,13 @@
 //! Calls to external systems (payment gateway, carrier) over HTTP, with the failure split every
 //! caller needs: may succeed later (`Unavailable`: timeout, 5xx, 429) or never (`Refused`: 4xx).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bus::Verdict;
 
 use crate::engine::EngineError;
+use crate::resilience::{Guard, Guarded};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
@@ -25,22 +27,24 @@ impl From<CallError> for Verdict {
     }
 }
 
-/// An HTTP client for one external system.
+/// An HTTP client for one external system, behind its bulkhead and circuit breaker.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    guard: Arc<Guard>,
 }
 
 impl Client {
-    pub fn new(base: &str, what: &str) -> Result<Client, EngineError> {
+    pub fn new(base: &str, guard: Arc<Guard>) -> Result<Client, EngineError> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
-            .map_err(|e| EngineError::Config(format!("{what} client: {e}")))?;
+            .map_err(|e| EngineError::Config(format!("{} client: {e}", guard.dependency())))?;
         Ok(Client {
             http,
             base: base.trim_end_matches('/').to_string(),
+            guard,
         })
     }
 
@@ -51,7 +55,7 @@ impl Client {
     {
         let url = format!("{}{path}", self.base);
         let request = self.http.post(&url).json(body);
-        read(&url, request.send().await).await
+        self.guarded(&url, request).await
     }
 
     pub async fn get<R: serde::de::DeserializeOwned>(
@@ -61,7 +65,26 @@ impl Client {
     ) -> Result<R, CallError> {
         let url = format!("{}{path}", self.base);
         let request = self.http.get(&url).query(query);
-        read(&url, request.send().await).await
+        self.guarded(&url, request).await
+    }
+
+    /// Only "may succeed later" failures count against the dependency: a refusal is an answer.
+    async fn guarded<R: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<R, CallError> {
+        let failed = |r: &Result<R, CallError>| matches!(r, Err(CallError::Unavailable(_)));
+        match self
+            .guard
+            .call(failed, || async { read(url, request.send().await).await })
+            .await
+        {
+            Ok(answer) => Ok(answer),
+            Err(Guarded::Call(e)) => Err(e),
+            // Open breaker or full bulkhead: not called; retry later (redelivery with backoff).
+            Err(refused) => Err(CallError::Unavailable(refused.to_string())),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use storage::StoreConfig;
 
+use crate::resilience::ResilienceSettings;
 use crate::simulators::SimulatorSettings;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +43,8 @@ pub struct Settings {
     /// How often the shipment service polls the carrier's tracking feed, in ms.
     pub tracking_poll_ms: u64,
     pub simulators: SimulatorSettings,
+    /// Bulkhead and circuit breaker of every external and fan-out dependency.
+    pub resilience: ResilienceSettings,
     /// Rebuild the service's database from its stream at start (`commerce run <service> --rebuild`).
     /// An empty database is rebuilt anyway.
     pub rebuild: bool,
@@ -65,6 +68,7 @@ impl Default for Settings {
             inbox_retention_secs: 7 * 24 * 3600,
             tracking_poll_ms: 200,
             simulators: SimulatorSettings::default(),
+            resilience: ResilienceSettings::default(),
             rebuild: false,
             streams: StreamSettings::default(),
             store: StoreConfig::default(),

@@ -155,9 +155,15 @@ impl System {
     async fn start(&mut self, component: &str, settings: &Settings) -> Result<(), SystemError> {
         match component {
             "gateway" => {
+                let (ops, transitions) = crate::resilience::Ops::new(settings.resilience.clone());
+                actix_rt::spawn(crate::resilience::publish_transitions(
+                    self.runtime.js.clone(),
+                    transitions,
+                ));
                 self.http = Some(gateway::start(
                     &settings.http_addr,
                     self.runtime.client.clone(),
+                    &ops,
                 )?);
             }
             "simulators" => {

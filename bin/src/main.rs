@@ -239,7 +239,17 @@ async fn status(settings: Settings) -> anyhow::Result<()> {
                     n("outbox_sent"),
                     n("inbox"),
                     n("relay_failures")
-                )
+                );
+                for circuit in s["circuits"].as_array().into_iter().flatten() {
+                    println!(
+                        "    circuit {:<18} {:<9} calls {:>7}  refused {:>6}  in flight {}",
+                        circuit["dependency"].as_str().unwrap_or_default(),
+                        circuit["state"].as_str().unwrap_or_default(),
+                        circuit["calls"],
+                        circuit["refused"],
+                        circuit["in_flight"]
+                    );
+                }
             }
             _ => println!("  {service:<15} not running"),
         }

@@ -121,6 +121,7 @@ pub struct Handle<S: Service> {
     addr: Addr<ServiceActor<S>>,
     store: Store,
     relay: Arc<RelayStats>,
+    ops: crate::resilience::Ops,
 }
 
 impl<S: Service> Clone for Handle<S> {
@@ -129,13 +130,24 @@ impl<S: Service> Clone for Handle<S> {
             addr: self.addr.clone(),
             store: self.store.clone(),
             relay: self.relay.clone(),
+            ops: self.ops.clone(),
         }
     }
 }
 
 impl<S: Service> Handle<S> {
-    pub fn new(addr: Addr<ServiceActor<S>>, store: Store, relay: Arc<RelayStats>) -> Self {
-        Handle { addr, store, relay }
+    pub fn new(
+        addr: Addr<ServiceActor<S>>,
+        store: Store,
+        relay: Arc<RelayStats>,
+        ops: crate::resilience::Ops,
+    ) -> Self {
+        Handle {
+            addr,
+            store,
+            relay,
+            ops,
+        }
     }
 
     pub fn addr(&self) -> &Addr<ServiceActor<S>> {
@@ -193,6 +205,7 @@ impl<S: Service> Handle<S> {
             "relay_duplicates": self.relay.duplicates.load(Relaxed),
             "relay_failures": self.relay.failures.load(Relaxed),
             "inbox": self.store.inbox_len(),
+            "circuits": self.ops.status(),
             "database": self.store.path().display().to_string(),
         })
     }

@@ -142,7 +142,8 @@ async fn run<S: Service>(
         })?;
         store = Store::open(&dir, &settings.store)?;
     }
-    let service = S::new(&settings)?;
+    let (ops, transitions) = crate::resilience::Ops::new(settings.resilience.clone());
+    let service = S::new(&settings, &ops)?;
     let client = bus::connect(&nats_url).await?;
     let js = async_nats::jetstream::new(client.clone());
     if store.is_empty() {
@@ -173,10 +174,16 @@ async fn run<S: Service>(
         ServiceActor::new(Engine::new(service, store.clone())).start(),
         store.clone(),
         relay.stats(),
+        ops.clone(),
     );
 
     let mut tasks = Vec::new();
     tasks.push(actix_rt::spawn(relay.run(shutdown.clone())));
+    // Ends when every guard (and so `ops`) is gone.
+    actix_rt::spawn(crate::resilience::publish_transitions(
+        js.clone(),
+        transitions,
+    ));
     for (domain, events) in S::LISTENS {
         let mut spec = ConsumerSpec::new(domain.stream(), S::name());
         spec.ack_wait = Duration::from_millis(settings.ack_wait_ms.max(1_000));
@@ -221,7 +228,7 @@ async fn run<S: Service>(
         Duration::from_secs(settings.inbox_retention_secs),
         shutdown.clone(),
     )));
-    if let Some(work) = S::background(&settings, handle.clone(), shutdown.clone()) {
+    if let Some(work) = S::background(&settings, &ops, handle.clone(), shutdown.clone()) {
         tasks.push(actix_rt::spawn(work));
     }
 

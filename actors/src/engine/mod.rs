@@ -87,8 +87,9 @@ pub trait Service: Sized + Unpin + 'static {
         <<Self::State as Aggregate>::Event as DomainEvent>::DOMAIN.service()
     }
 
-    /// Build the service's dependencies (HTTP clients of external systems) from settings.
-    fn new(settings: &Settings) -> Result<Self, EngineError>;
+    /// Build the service's dependencies (HTTP clients of external systems, each behind a guard
+    /// from `ops`) from settings.
+    fn new(settings: &Settings, ops: &crate::resilience::Ops) -> Result<Self, EngineError>;
 
     /// The aggregate an inbound event concerns, or `None` if the service ignores it.
     fn route(&self, event: &Inbound, saga: &str) -> Option<String>;
@@ -143,10 +144,11 @@ pub trait Service: Sized + Unpin + 'static {
     /// Work the service does besides reacting to events (e.g. tracking parcels).
     fn background(
         settings: &Settings,
+        ops: &crate::resilience::Ops,
         handle: Handle<Self>,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Option<futures::future::LocalBoxFuture<'static, ()>> {
-        let _ = (settings, handle, shutdown);
+        let _ = (settings, ops, handle, shutdown);
         None
     }
 }

@@ -9,7 +9,9 @@
 //!
 //! Every error is JSON: `{"error": "..."}` with a 4xx/5xx status.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
@@ -21,20 +23,32 @@ use serde_json::{json, Value};
 use crate::catalog::{OrderRequest, PlaceOrder, PRODUCTS};
 use crate::engine::host::request;
 use crate::engine::ApiError;
+use crate::resilience::{Guard, Guarded, Ops};
 use crate::status_components;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 * 1024;
 
+/// Each service's guard (bulkhead + breaker) for the composed fan-out.
+struct FanOut(HashMap<&'static str, Arc<Guard>>);
+
 /// Start the gateway on `addr` (port 0: any free port); returns where it listens.
 pub fn start(
     addr: &str,
     client: async_nats::Client,
+    ops: &Ops,
 ) -> std::io::Result<(SocketAddr, ServerHandle)> {
     let client = web::Data::new(client);
+    let fan_out = web::Data::new(FanOut(
+        crate::SERVICES
+            .iter()
+            .map(|service| (*service, ops.guard(&format!("composed-{service}"))))
+            .collect(),
+    ));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(client.clone())
+            .app_data(fan_out.clone())
             .app_data(
                 web::JsonConfig::default()
                     .limit(MAX_BODY)
@@ -159,18 +173,41 @@ async fn get_order(client: web::Data<async_nats::Client>, id: web::Path<String>)
 }
 
 /// The fan-out baseline: ask each of the six services for its part of the order (compare with
-/// the read model's one lookup). Any service that cannot answer makes it fail (503, naming it).
+/// the read model's one lookup), each through its own bulkhead and breaker, with a 2 s limit.
+/// A service that cannot answer makes it a 503 that still carries the parts it has and names the
+/// missing ones; with its breaker open, that is immediate.
 async fn composed_order(
     client: web::Data<async_nats::Client>,
+    fan_out: web::Data<FanOut>,
     id: web::Path<String>,
 ) -> HttpResponse {
     let id = match order_id(&id) {
         Ok(id) => id,
         Err(e) => return error(e),
     };
-    let asks = crate::SERVICES
-        .iter()
-        .map(|service| request(&client, service, "part", id.clone().into_bytes()));
+    let asks = crate::SERVICES.iter().map(|service| {
+        let (client, id) = (&client, id.clone());
+        let ask = move || async move {
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                request(client, service, "part", id.into_bytes()),
+            )
+            .await
+            .unwrap_or_else(|_| Err(ApiError::unavailable(format!("{service} took over 2 s"))))
+        };
+        let guard = fan_out.0.get(service).cloned();
+        async move {
+            let Some(guard) = guard else {
+                return ask().await;
+            };
+            // A 404 is an answer ("knows nothing of it"); only 5xx count against the service.
+            let failed = |r: &Result<Value, ApiError>| matches!(r, Err(e) if e.code >= 500);
+            guard.call(failed, ask).await.map_err(|e| match e {
+                Guarded::Call(e) => e,
+                refused => ApiError::unavailable(refused.to_string()),
+            })
+        }
+    });
     let answers = futures::future::join_all(asks).await;
     let mut body = serde_json::Map::new();
     body.insert("order_id".into(), json!(id));

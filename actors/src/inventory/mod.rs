@@ -23,7 +23,7 @@ impl Service for InventoryService {
         (Domain::Shipments, &["ShipmentFailed"]),
     ];
 
-    fn new(_settings: &Settings) -> Result<Self, EngineError> {
+    fn new(_settings: &Settings, _ops: &crate::resilience::Ops) -> Result<Self, EngineError> {
         Ok(InventoryService)
     }
 

@@ -62,7 +62,7 @@ impl Service for OrderService {
     ];
     const COMMANDS: &'static [&'static str] = &["place", "cancel"];
 
-    fn new(_settings: &Settings) -> Result<Self, EngineError> {
+    fn new(_settings: &Settings, _ops: &crate::resilience::Ops) -> Result<Self, EngineError> {
         Ok(OrderService)
     }
 

@@ -6,6 +6,8 @@
 pub mod aggregate;
 pub mod events;
 
+use std::sync::Arc;
+
 use bus::{Domain, Verdict};
 use chrono::Utc;
 
@@ -14,6 +16,7 @@ use self::events::PaymentEvent;
 use crate::engine::{EngineError, Plan, Reaction, Service};
 use crate::events::Inbound;
 use crate::external::Client;
+use crate::resilience::Guard;
 use crate::simulators::payment_gateway::{
     AuthorizationReply, AuthorizeRequest, RefundReply, RefundRequest,
 };
@@ -31,9 +34,12 @@ impl Service for PaymentService {
         (Domain::Shipments, &["ShipmentFailed"]),
     ];
 
-    fn new(settings: &Settings) -> Result<Self, EngineError> {
+    fn new(settings: &Settings, ops: &crate::resilience::Ops) -> Result<Self, EngineError> {
         Ok(PaymentService {
-            gateway: GatewayClient::new(&settings.payment_gateway_url())?,
+            gateway: GatewayClient::new(
+                &settings.payment_gateway_url(),
+                ops.guard("payment-gateway"),
+            )?,
         })
     }
 
@@ -58,9 +64,9 @@ pub struct GatewayClient {
 }
 
 impl GatewayClient {
-    pub fn new(base: &str) -> Result<Self, EngineError> {
+    pub fn new(base: &str, guard: Arc<Guard>) -> Result<Self, EngineError> {
         Ok(GatewayClient {
-            client: Client::new(base, "payment gateway")?,
+            client: Client::new(base, guard)?,
         })
     }
 

@@ -19,7 +19,7 @@ impl Service for RecommendationService {
     const LISTENS: &'static [(Domain, &'static [&'static str])] =
         &[(Domain::Orders, &["OrderConfirmed"])];
 
-    fn new(_settings: &Settings) -> Result<Self, EngineError> {
+    fn new(_settings: &Settings, _ops: &crate::resilience::Ops) -> Result<Self, EngineError> {
         Ok(RecommendationService)
     }
 

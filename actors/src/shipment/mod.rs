@@ -34,9 +34,9 @@ impl Service for ShipmentService {
         (Domain::Shipments, &["ShipmentBookingRequested"]),
     ];
 
-    fn new(settings: &Settings) -> Result<Self, EngineError> {
+    fn new(settings: &Settings, ops: &crate::resilience::Ops) -> Result<Self, EngineError> {
         Ok(ShipmentService {
-            carrier: CarrierClient::new(&settings.carrier_url())?,
+            carrier: CarrierClient::new(&settings.carrier_url(), ops.guard("carrier"))?,
         })
     }
 
@@ -62,10 +62,12 @@ impl Service for ShipmentService {
     /// Follow the carrier's tracking feed and record each parcel's progress.
     fn background(
         settings: &Settings,
+        ops: &crate::resilience::Ops,
         handle: Handle<Self>,
         shutdown: CancellationToken,
     ) -> Option<LocalBoxFuture<'static, ()>> {
-        let carrier = match CarrierClient::new(&settings.carrier_url()) {
+        let guard = ops.guard("carrier-tracking");
+        let carrier = match CarrierClient::new(&settings.carrier_url(), guard) {
             Ok(carrier) => carrier,
             Err(e) => {
                 tracing::error!(error = %e, "no carrier tracking");
@@ -126,9 +128,12 @@ pub struct CarrierClient {
 }
 
 impl CarrierClient {
-    pub fn new(base: &str) -> Result<Self, EngineError> {
+    pub fn new(
+        base: &str,
+        guard: std::sync::Arc<crate::resilience::Guard>,
+    ) -> Result<Self, EngineError> {
         Ok(CarrierClient {
-            client: Client::new(base, "carrier")?,
+            client: Client::new(base, guard)?,
         })
     }
 
