@@ -33,8 +33,10 @@ pub struct Settings {
     /// A fetched event not acknowledged within this long (its consumer died) is redelivered, in ms.
     pub ack_wait_ms: u64,
     /// An event whose handling keeps failing (a dependency is down) is retried with backoff
-    /// (0.5 s, 2 s, 10 s, then every 30 s) this many times, then moved to `DLQ`.
+    /// (`retry_backoff_ms`) this many times, then moved to `DLQ`.
     pub max_deliver: i64,
+    /// Delay before the n-th redelivery of a failed event, in ms (the last one repeats).
+    pub retry_backoff_ms: Vec<u64>,
     /// Sent outbox rows are kept this long (seconds) for inspection, then deleted.
     pub outbox_retention_secs: u64,
     /// Inbox marks (ids of applied events) are kept this long (seconds). Far above any
@@ -64,6 +66,7 @@ impl Default for Settings {
             carrier_url: None,
             ack_wait_ms: 30_000,
             max_deliver: 20,
+            retry_backoff_ms: vec![500, 2_000, 10_000, 30_000],
             outbox_retention_secs: 24 * 3600,
             inbox_retention_secs: 7 * 24 * 3600,
             tracking_poll_ms: 200,

@@ -1,6 +1,7 @@
 //! `commerce`: the launcher. Parses arguments, loads settings, starts things.
 
 mod bench;
+mod faults;
 mod order;
 
 use std::path::{Path, PathBuf};
@@ -60,6 +61,23 @@ enum Command {
     /// Place, show or cancel an order.
     #[command(subcommand)]
     Order(order::OrderCommand),
+    /// Show or change a simulator's faults (for demos): latency, error rate, outage.
+    Faults {
+        /// `payment-gateway` or `carrier`.
+        simulator: String,
+        /// Added to every call, in ms.
+        #[arg(long)]
+        latency_ms: Option<u64>,
+        /// Share of calls answered with 500 (0.0 to 1.0).
+        #[arg(long)]
+        error_rate: Option<f64>,
+        /// Answer every call with 503 (true), or not (false).
+        #[arg(long)]
+        outage: Option<bool>,
+        /// Clear every fault.
+        #[arg(long, conflicts_with_all = ["latency_ms", "error_rate", "outage"])]
+        clear: bool,
+    },
     /// The read model: `rebuild` replays every stream into a new generation, then switches.
     #[command(subcommand)]
     Projection(ProjectionCommand),
@@ -109,6 +127,21 @@ fn main() -> anyhow::Result<()> {
             Command::Status => status(settings).await,
             Command::Order(command) => order::run(command, settings).await,
             Command::Projection(ProjectionCommand::Rebuild) => rebuild(settings).await,
+            Command::Faults {
+                simulator,
+                latency_ms,
+                error_rate,
+                outage,
+                clear,
+            } => {
+                let change = faults::Change {
+                    latency_ms,
+                    error_rate,
+                    outage,
+                    clear,
+                };
+                faults::run(&simulator, change, settings).await
+            }
             Command::Bench(args) => bench::run(args, settings).await,
         }
     })

@@ -185,9 +185,7 @@ async fn run<S: Service>(
         transitions,
     ));
     for (domain, events) in S::LISTENS {
-        let mut spec = ConsumerSpec::new(domain.stream(), S::name());
-        spec.ack_wait = Duration::from_millis(settings.ack_wait_ms.max(1_000));
-        spec.max_deliver = settings.max_deliver.max(1);
+        let mut spec = consumer_spec(domain.stream(), S::name(), &settings);
         spec.filter_subjects = events
             .iter()
             .map(|e| format!("{}.{}.*", domain.subject_prefix(), snake_case(e)))
@@ -246,6 +244,21 @@ async fn run<S: Service>(
     }
     tracing::info!(service = S::name(), "service stopped");
     Ok(())
+}
+
+/// A durable consumer of `stream` for `durable`, with the settings' redelivery policy.
+pub fn consumer_spec(stream: &str, durable: &str, settings: &Settings) -> ConsumerSpec {
+    let mut spec = ConsumerSpec::new(stream, durable);
+    spec.ack_wait = Duration::from_millis(settings.ack_wait_ms.max(1_000));
+    spec.max_deliver = settings.max_deliver.max(1);
+    if !settings.retry_backoff_ms.is_empty() {
+        spec.backoff = settings
+            .retry_backoff_ms
+            .iter()
+            .map(|ms| Duration::from_millis(*ms))
+            .collect();
+    }
+    spec
 }
 
 fn micro_error(reason: String) -> EngineError {

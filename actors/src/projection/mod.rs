@@ -16,7 +16,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use async_nats::jetstream;
 use async_nats::service::ServiceExt;
-use bus::{ConsumerSpec, Delivery, Domain, DurableConsumer, Envelope, Verdict};
+use bus::{Delivery, Domain, DurableConsumer, Envelope, Verdict};
 use futures::{FutureExt, StreamExt};
 use serde_json::{json, Value};
 use storage::Store;
@@ -236,9 +236,7 @@ async fn run(
 
     let mut tasks = Vec::new();
     for domain in Domain::ALL {
-        let mut spec = ConsumerSpec::new(domain.stream(), NAME);
-        spec.ack_wait = Duration::from_millis(settings.ack_wait_ms.max(1_000));
-        spec.max_deliver = settings.max_deliver.max(1);
+        let spec = host::consumer_spec(domain.stream(), NAME, &settings);
         let consumer = DurableConsumer::bind(&js, spec).await?;
         tasks.push(actix_rt::spawn(host::consume(
             js.clone(),

@@ -1,0 +1,167 @@
+//! Bulkheads and circuit breakers around the external systems, against the real system.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+use support::{order, Api, Proc, ADDRESS, CARD};
+
+/// `commerce up` with a breaker that trips on 3 failures, waits 1 s open, and tries 2 calls.
+fn up(data: &tempfile::TempDir) -> (Proc, String, Api) {
+    let mut cmd = support::commerce();
+    cmd.env("COMMERCE_RESILIENCE__BREAKER__FAILURES_PER_WINDOW", "3")
+        .env("COMMERCE_RESILIENCE__BREAKER__MINIMUM_CALLS", "100")
+        .env("COMMERCE_RESILIENCE__BREAKER__WAIT_IN_OPEN", "1000")
+        .env("COMMERCE_RESILIENCE__BREAKER__PERMITTED_IN_HALF_OPEN", "2")
+        .env("COMMERCE_RESILIENCE__BREAKER__HALF_OPEN_TIMEOUT", "5000")
+        .env("COMMERCE_RETRY_BACKOFF_MS", "[200, 300, 500]")
+        .env("COMMERCE_MAX_DELIVER", "100")
+        .args(["up", "--data-dir"])
+        .arg(data.path());
+    let up = Proc::spawn(cmd);
+    let nats = up.line_starting("nats: ");
+    let nats = nats.split_whitespace().next().unwrap().to_string();
+    let api = Api::of(&up);
+    (up, nats, api)
+}
+
+/// The next transition published on the subscription, as (from, to).
+async fn next_transition(transitions: &mut async_nats::Subscriber) -> (String, String) {
+    let message = tokio::time::timeout(Duration::from_secs(30), transitions.next())
+        .await
+        .expect("a circuit transition")
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+    (
+        event["from"].as_str().unwrap().to_string(),
+        event["to"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn gateway_calls(api: &Api) -> u64 {
+    api.ledger(&api.payment_gateway).await["calls"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_outage_opens_the_breaker_no_call_passes_while_open_and_orders_complete_after() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut up, nats, api) = up(&data);
+    let client = async_nats::connect(&nats).await.unwrap();
+    let mut transitions = client
+        .subscribe("ops.circuit.payment-gateway")
+        .await
+        .unwrap();
+    api.set_faults(&api.payment_gateway, json!({ "outage": true }))
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            api.place_ok(&order(&format!("out-{i}"), "SKU-MUG", 1, CARD, ADDRESS))
+                .await,
+        );
+    }
+    assert_eq!(
+        next_transition(&mut transitions).await,
+        ("closed".into(), "open".into())
+    );
+    let at_open = gateway_calls(&api).await;
+    assert!(
+        at_open >= 3,
+        "it opened on the third failure ({at_open} calls)"
+    );
+
+    // While the outage lasts: open → half-open (2 trial calls, which fail) → open, again and
+    // again. The only calls that reach the gateway are the trials.
+    let mut trials = 0;
+    for _ in 0..2 {
+        assert_eq!(
+            next_transition(&mut transitions).await,
+            ("open".into(), "half_open".into())
+        );
+        assert_eq!(
+            next_transition(&mut transitions).await,
+            ("half_open".into(), "open".into())
+        );
+        trials += 2;
+    }
+    let during = gateway_calls(&api).await - at_open;
+    assert!(
+        during <= trials,
+        "{during} calls reached the gateway, only {trials} trials were allowed"
+    );
+
+    // Recovery: the next trials succeed, the breaker closes, every order completes, once.
+    api.set_faults(&api.payment_gateway, json!({})).await;
+    loop {
+        match next_transition(&mut transitions).await {
+            (from, to) if to == "closed" => {
+                assert_eq!(from, "half_open");
+                break;
+            }
+            (from, to) => assert!(
+                (from == "open" && to == "half_open") || (from == "half_open" && to == "open"),
+                "{from} → {to}"
+            ),
+        }
+    }
+    for id in &ids {
+        api.wait_status(id, &["COMPLETED"]).await;
+    }
+    let ledger = api.ledger(&api.payment_gateway).await;
+    let authorized = ledger["authorizations"].as_array().unwrap();
+    assert_eq!(
+        authorized.len(),
+        ids.len(),
+        "each order charged once: {ledger}"
+    );
+    let status = support::commerce()
+        .args(["status", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&status.stdout);
+    assert!(report.contains("circuit payment-gateway"), "{report}");
+    up.stop();
+}
+
+#[tokio::test]
+async fn a_slow_payment_gateway_uses_only_its_own_permits() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut up, nats, api) = up(&data);
+    let client = async_nats::connect(&nats).await.unwrap();
+    api.set_faults(&api.payment_gateway, json!({ "latency_ms": 3000 }))
+        .await;
+    let slow = api
+        .place_ok(&order("slow", "SKU-MUG", 1, CARD, ADDRESS))
+        .await;
+    let circuits = |service: &'static str| {
+        let client = client.clone();
+        async move {
+            let status = actors::engine::host::request(&client, service, "status", Vec::new())
+                .await
+                .unwrap();
+            status["circuits"].as_array().unwrap().clone()
+        }
+    };
+    support::wait_until("a payment call is in flight", || async {
+        circuits("payment").await[0]["in_flight"].as_u64() == Some(1)
+    })
+    .await;
+    // Meanwhile everything else answers, and the carrier's permits are untouched.
+    for path in ["/health", "/products"] {
+        let (status, body) = api.raw(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    for circuit in circuits("shipment").await {
+        assert_eq!(circuit["in_flight"], 0, "{circuit}");
+        assert_eq!(circuit["refused"], 0, "{circuit}");
+    }
+    assert_eq!(circuits("payment").await[0]["in_flight"], 1);
+    api.set_faults(&api.payment_gateway, json!({})).await;
+    api.wait_status(&slow, &["COMPLETED"]).await;
+    up.stop();
+}
