@@ -29,6 +29,18 @@ use crate::status_components;
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 * 1024;
 
+/// `?guards=false` calls the services without bulkhead and breaker: the baseline for
+/// `commerce bench reads`.
+#[derive(serde::Deserialize)]
+struct ComposedQuery {
+    #[serde(default = "yes")]
+    guards: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// Each service's guard (bulkhead + breaker) for the composed fan-out.
 struct FanOut(HashMap<&'static str, Arc<Guard>>);
 
@@ -180,6 +192,7 @@ async fn composed_order(
     client: web::Data<async_nats::Client>,
     fan_out: web::Data<FanOut>,
     id: web::Path<String>,
+    query: web::Query<ComposedQuery>,
 ) -> HttpResponse {
     let id = match order_id(&id) {
         Ok(id) => id,
@@ -195,7 +208,7 @@ async fn composed_order(
             .await
             .unwrap_or_else(|_| Err(ApiError::unavailable(format!("{service} took over 2 s"))))
         };
-        let guard = fan_out.0.get(service).cloned();
+        let guard = fan_out.0.get(service).filter(|_| query.guards).cloned();
         async move {
             let Some(guard) = guard else {
                 return ask().await;
