@@ -70,16 +70,21 @@ impl ProjectionActor {
                 rows.insert(id, row);
             }
             if let Some(row) = rows.get_mut(id) {
-                if row.apply(envelope) && !changed.contains(&id) {
+                if row.insert(envelope) && !changed.contains(&id) {
                     changed.push(id);
                 }
             }
         }
+        // Each changed row is refolded once per batch, however many of its events came.
         let writes = changed
             .into_iter()
-            .filter_map(|id| rows.get(id).map(|row| (id.to_string(), row)))
+            .filter_map(|id| rows.remove(id).map(|row| (id.to_string(), row)))
+            .map(|(id, mut row)| {
+                row.refold();
+                (id, row)
+            })
             .map(|(id, row)| {
-                serde_json::to_vec(row)
+                serde_json::to_vec(&row)
                     .map(|bytes| (id, bytes))
                     .map_err(|e| EngineError::Codec(e.to_string()))
             })

@@ -60,8 +60,19 @@ impl OrderReadModel {
         }
     }
 
-    /// Add an event. Returns false if it was already there (a duplicate changes nothing).
+    /// Add an event and recompute the fields. Returns false if it was already there (a
+    /// duplicate changes nothing).
     pub fn apply(&mut self, envelope: &Envelope) -> bool {
+        let added = self.insert(envelope);
+        if added {
+            self.refold();
+        }
+        added
+    }
+
+    /// Add an event to the timeline without recomputing the fields: for a batch, insert every
+    /// event, then [`OrderReadModel::refold`] once.
+    pub fn insert(&mut self, envelope: &Envelope) -> bool {
         if self.timeline.iter().any(|e| e.event_id == envelope.id) {
             return false;
         }
@@ -73,14 +84,13 @@ impl OrderReadModel {
             version: envelope.aggregateversion.unwrap_or(0),
             data: envelope.data.clone(),
         });
-        self.timeline
-            .sort_by(|a, b| (a.time, &a.source, a.version).cmp(&(b.time, &b.source, b.version)));
-        self.refold();
         true
     }
 
     /// Recompute every field from the timeline, each source's events in version order.
-    fn refold(&mut self) {
+    pub fn refold(&mut self) {
+        self.timeline
+            .sort_by(|a, b| (a.time, &a.source, a.version).cmp(&(b.time, &b.source, b.version)));
         let mut entries: Vec<&TimelineEntry> = self.timeline.iter().collect();
         entries.sort_by(|a, b| (&a.source, a.version).cmp(&(&b.source, b.version)));
         let mut next = OrderReadModel::new(&self.order_id);
