@@ -215,10 +215,10 @@ async fn composed_order(
             };
             // A 404 is an answer ("knows nothing of it"); only 5xx count against the service.
             let failed = |r: &Result<Value, ApiError>| matches!(r, Err(e) if e.code >= 500);
-            guard.call(failed, ask).await.map_err(|e| match e {
-                Guarded::Call(e) => e,
-                refused => ApiError::unavailable(refused.to_string()),
-            })
+            // Fallback: the part is marked missing, at once.
+            let missing =
+                |refused: Guarded<ApiError>| Err(ApiError::unavailable(refused.to_string()));
+            guard.call_or(failed, ask, missing).await
         }
     });
     let answers = futures::future::join_all(asks).await;

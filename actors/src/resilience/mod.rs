@@ -132,6 +132,24 @@ impl Guard {
         outcome.map_err(Guarded::Call)
     }
 
+    /// [`Guard::call`], answering with `fallback` instead when the guard refuses the call (open
+    /// breaker, full bulkhead): a cached value, a default, or an error of the caller's own.
+    pub async fn call_or<T, E, Fut>(
+        &self,
+        failed: impl Fn(&Result<T, E>) -> bool,
+        call: impl FnOnce() -> Fut,
+        fallback: impl FnOnce(Guarded<E>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+    {
+        match self.call(failed, call).await {
+            Ok(answer) => Ok(answer),
+            Err(Guarded::Call(e)) => Err(e),
+            Err(refused) => fallback(refused),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
         self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
     }
