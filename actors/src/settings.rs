@@ -35,6 +35,9 @@ pub struct Settings {
     /// An event whose handling keeps failing (a dependency is down) is retried with backoff
     /// (`retry_backoff_ms`) this many times, then moved to `DLQ`.
     pub max_deliver: i64,
+    /// A saga step whose dependency stays unavailable this long (seconds, from when the order
+    /// was placed) is given up: the failure event is emitted and compensation runs.
+    pub saga_deadline_secs: u64,
     /// Delay before the n-th redelivery of a failed event, in ms (the last one repeats).
     pub retry_backoff_ms: Vec<u64>,
     /// Sent outbox rows are kept this long (seconds) for inspection, then deleted.
@@ -66,6 +69,7 @@ impl Default for Settings {
             carrier_url: None,
             ack_wait_ms: 30_000,
             max_deliver: 20,
+            saga_deadline_secs: 120,
             retry_backoff_ms: vec![500, 2_000, 10_000, 30_000],
             outbox_retention_secs: 24 * 3600,
             inbox_retention_secs: 7 * 24 * 3600,

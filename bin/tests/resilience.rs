@@ -165,3 +165,47 @@ async fn a_slow_payment_gateway_uses_only_its_own_permits() {
     api.wait_status(&slow, &["COMPLETED"]).await;
     up.stop();
 }
+
+#[tokio::test]
+async fn past_the_saga_deadline_an_order_is_cancelled_and_any_charge_voided() {
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = support::commerce();
+    cmd.env("COMMERCE_SAGA_DEADLINE_SECS", "1")
+        .env("COMMERCE_RETRY_BACKOFF_MS", "[200, 300, 500]")
+        .env("COMMERCE_MAX_DELIVER", "100")
+        .args(["up", "--data-dir"])
+        .arg(data.path());
+    let mut up = Proc::spawn(cmd);
+    let api = Api::of(&up);
+    api.set_faults(&api.payment_gateway, json!({ "outage": true }))
+        .await;
+    let late = api
+        .place_ok(&order("wanda", "SKU-MUG", 1, CARD, ADDRESS))
+        .await;
+    let cancelled = api.wait_status(&late, &["CANCELLED"]).await;
+    let reason = cancelled["cancel_reason"].as_str().unwrap();
+    assert!(reason.contains("past the deadline"), "{reason}");
+    assert_eq!(cancelled["payment_status"], "ABANDONED");
+
+    // The gateway comes back: the payment service voids by key whatever it may have charged.
+    api.set_faults(&api.payment_gateway, json!({})).await;
+    support::wait_until("the abandoned payment is voided", || async {
+        let ledger = api.ledger(&api.payment_gateway).await;
+        ledger["refunds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["order_id"] == late.as_str())
+    })
+    .await;
+    let ledger = api.ledger(&api.payment_gateway).await;
+    let charges = ledger["authorizations"].as_array().unwrap();
+    assert_eq!(charges.len(), 1, "{ledger}");
+    assert_eq!(ledger["refunds"].as_array().unwrap().len(), 1, "{ledger}");
+    assert_eq!(
+        support::warehouse(&api.products().await, "SKU-MUG"),
+        10_000,
+        "nothing reserved"
+    );
+    up.stop();
+}

@@ -164,6 +164,7 @@ impl Order {
             Inbound::Payment(PaymentEvent::PaymentDeclined { reason, .. }) => {
                 cancel(&format!("payment declined: {reason}"))
             }
+            Inbound::Payment(PaymentEvent::PaymentAbandoned { reason, .. }) => cancel(reason),
             Inbound::Store(StoreEvent::StoreStockUnavailable { .. }) => {
                 cancel("out of stock in the warehouse and every store")
             }

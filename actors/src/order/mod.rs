@@ -46,7 +46,7 @@ pub fn order_id_for(customer: &str, idempotency_key: Option<&str>) -> String {
 impl Service for OrderService {
     type State = Order;
     const LISTENS: &'static [(Domain, &'static [&'static str])] = &[
-        (Domain::Payments, &["PaymentDeclined"]),
+        (Domain::Payments, &["PaymentDeclined", "PaymentAbandoned"]),
         (Domain::Stores, &["StoreStockUnavailable"]),
         (
             Domain::Shipments,

@@ -205,3 +205,14 @@ fn given_cancelled_when_anything_arrives_then_nothing() {
         "unknown orders ignore events"
     );
 }
+
+#[test]
+fn given_pending_when_payment_is_abandoned_then_cancelled_with_its_reason() {
+    let order = given::<Order>([placed()]);
+    let abandoned = Inbound::Payment(PaymentEvent::PaymentAbandoned {
+        amount_cents: 200,
+        payment_token: "4242".into(),
+        reason: "payment gateway unavailable past the deadline".into(),
+    });
+    cancelled_with(order.react(&abandoned), "past the deadline");
+}

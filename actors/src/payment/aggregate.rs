@@ -19,6 +19,8 @@ pub struct Payment {
     pub refunded: bool,
     /// Cancelled before it was paid.
     pub voided: bool,
+    /// Given up at the saga's deadline (gateway unavailable).
+    pub abandoned: bool,
 }
 
 /// A call to the payment gateway.
@@ -76,13 +78,17 @@ impl Aggregate for Payment {
                 self.refunded = true;
             }
             PaymentEvent::PaymentVoided { .. } => self.voided = true,
+            PaymentEvent::PaymentAbandoned { amount_cents, .. } => {
+                self.amount_cents = *amount_cents;
+                self.abandoned = true;
+            }
         }
     }
 }
 
 impl Payment {
     fn attempted(&self) -> bool {
-        self.authorization_id.is_some() || self.declined || self.refunded
+        self.authorization_id.is_some() || self.declined || self.refunded || self.abandoned
     }
 
     /// What `event` requires. Authorize once per order; refund an approved payment once,
@@ -113,6 +119,16 @@ impl Payment {
                 lines: lines.clone(),
                 shipping_address: shipping_address.clone(),
             }),
+            // Our own: void whatever an unanswered attempt may have charged.
+            Inbound::Payment(PaymentEvent::PaymentAbandoned {
+                amount_cents,
+                payment_token,
+                ..
+            }) if !self.refunded => Some(GatewayCall::AuthorizeThenRefund {
+                amount_cents: *amount_cents,
+                payment_token: payment_token.clone(),
+                reason: "given up at the saga deadline".into(),
+            }),
             Inbound::Order(OrderEvent::OrderCancelled { reason })
                 if !self.attempted() && !self.voided =>
             {
@@ -142,6 +158,23 @@ impl Payment {
                 amount_cents: self.amount_cents,
                 reason: reason.to_string(),
             }),
+            _ => None,
+        }
+    }
+
+    /// The step could not be done before the saga's deadline: give it up.
+    pub fn abandon(call: &GatewayCall, reason: String) -> Option<PaymentEvent> {
+        match call {
+            GatewayCall::Authorize {
+                amount_cents,
+                payment_token,
+                ..
+            } => Some(PaymentEvent::PaymentAbandoned {
+                amount_cents: *amount_cents,
+                payment_token: payment_token.clone(),
+                reason,
+            }),
+            // Compensations are never given up.
             _ => None,
         }
     }

@@ -21,6 +21,14 @@ pub enum PaymentEvent {
         amount_cents: u64,
         reason: String,
     },
+    /// The gateway stayed unavailable past the saga's deadline: the order is given up. An
+    /// earlier attempt may still have charged the card, so this service voids it (authorize
+    /// by the same key, then refund) once the gateway is back.
+    PaymentAbandoned {
+        amount_cents: u64,
+        payment_token: String,
+        reason: String,
+    },
     /// The order was cancelled before its payment was made (its `OrderCreated` is waiting for a
     /// retry): a later authorization is refunded at once.
     PaymentVoided {

@@ -14,7 +14,7 @@ use chrono::Utc;
 use self::aggregate::{GatewayAnswer, GatewayCall, Payment};
 use self::events::PaymentEvent;
 use crate::engine::{EngineError, Plan, Reaction, Service};
-use crate::events::Inbound;
+use crate::events::{Inbound, OrderEvent};
 use crate::external::Client;
 use crate::resilience::Guard;
 use crate::simulators::payment_gateway::{
@@ -24,6 +24,7 @@ use crate::Settings;
 
 pub struct PaymentService {
     gateway: GatewayClient,
+    deadline: chrono::Duration,
 }
 
 impl Service for PaymentService {
@@ -32,6 +33,8 @@ impl Service for PaymentService {
         (Domain::Orders, &["OrderCreated", "OrderCancelled"]),
         (Domain::Stores, &["StoreStockUnavailable"]),
         (Domain::Shipments, &["ShipmentFailed"]),
+        // Its own: a payment given up at the deadline is voided once the gateway is back.
+        (Domain::Payments, &["PaymentAbandoned"]),
     ];
 
     fn new(settings: &Settings, ops: &crate::resilience::Ops) -> Result<Self, EngineError> {
@@ -40,6 +43,7 @@ impl Service for PaymentService {
                 &settings.payment_gateway_url(),
                 ops.guard("payment-gateway"),
             )?,
+            deadline: chrono::Duration::seconds(settings.saga_deadline_secs as i64),
         })
     }
 
@@ -50,10 +54,24 @@ impl Service for PaymentService {
     async fn react(&self, state: &Payment, event: &Inbound, saga: &str) -> Reaction<PaymentEvent> {
         match state.plan(event) {
             Plan::Emit(events) => Ok(events),
-            Plan::Call(call) => {
-                let answer = self.gateway.call(saga, &call).await?;
-                Ok(Payment::outcome(call, answer, Utc::now()))
-            }
+            Plan::Call(call) => match self.gateway.call(saga, &call).await {
+                Ok(answer) => Ok(Payment::outcome(call, answer, Utc::now())),
+                // Unavailable (down, open breaker, full bulkhead): retried with backoff until
+                // the saga's deadline, then given up, which cancels and compensates.
+                Err(Verdict::Retry(reason)) => match event {
+                    Inbound::Order(OrderEvent::OrderCreated { placed_at, .. })
+                        if Utc::now() > *placed_at + self.deadline =>
+                    {
+                        let reason =
+                            format!("payment gateway unavailable past the deadline: {reason}");
+                        Payment::abandon(&call, reason)
+                            .map(|e| vec![e])
+                            .ok_or(Verdict::Retry("unavailable".into()))
+                    }
+                    _ => Err(Verdict::Retry(reason)),
+                },
+                Err(other) => Err(other),
+            },
         }
     }
 }

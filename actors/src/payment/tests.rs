@@ -209,3 +209,54 @@ fn given_nothing_when_the_cancel_overtakes_order_created_then_voided_and_the_lat
     );
     assert_eq!(done.plan(&cancelled), Plan::Emit(vec![]));
 }
+
+#[test]
+fn given_an_unavailable_gateway_past_the_deadline_then_abandoned_and_voided_once_it_is_back() {
+    let call = planned_call(&Payment::default(), &created()).unwrap();
+    let abandoned = Payment::abandon(&call, "gateway unavailable".into()).unwrap();
+    assert!(matches!(
+        abandoned,
+        PaymentEvent::PaymentAbandoned {
+            amount_cents: 200,
+            ..
+        }
+    ));
+    let payment = given::<Payment>([abandoned.clone()]);
+    assert_eq!(
+        planned_call(&payment, &created()),
+        None,
+        "no authorization after giving up"
+    );
+    // Its own PaymentAbandoned comes back: void whatever an unanswered attempt charged.
+    let void = planned_call(&payment, &Inbound::Payment(abandoned.clone())).unwrap();
+    assert!(matches!(
+        void,
+        GatewayCall::AuthorizeThenRefund {
+            amount_cents: 200,
+            ..
+        }
+    ));
+    let refunded = Payment::outcome(
+        void,
+        GatewayAnswer::Refunded {
+            refund_id: "r".into(),
+        },
+        Utc::now(),
+    );
+    let done = given::<Payment>([abandoned.clone(), refunded[0].clone()]);
+    assert_eq!(
+        planned_call(&done, &Inbound::Payment(abandoned)),
+        None,
+        "voided once"
+    );
+    let refund = GatewayCall::Refund {
+        authorization_id: "a".into(),
+        amount_cents: 1,
+        reason: "x".into(),
+    };
+    assert_eq!(
+        Payment::abandon(&refund, "x".into()),
+        None,
+        "compensations are never given up"
+    );
+}

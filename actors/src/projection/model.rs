@@ -160,6 +160,7 @@ impl OrderReadModel {
                 }
                 PaymentEvent::PaymentDeclined { .. } => self.payment_status = status("DECLINED"),
                 PaymentEvent::PaymentVoided { .. } => self.payment_status = status("VOIDED"),
+                PaymentEvent::PaymentAbandoned { .. } => self.payment_status = status("ABANDONED"),
                 PaymentEvent::PaymentRefunded { .. } => self.payment_status = status("REFUNDED"),
             },
             Inbound::Inventory(e) => match e {
