@@ -166,6 +166,19 @@ async fn a_slow_payment_gateway_uses_only_its_own_permits() {
     up.stop();
 }
 
+/// `commerce up` with a one-second saga deadline and quick retries.
+fn up_with_deadline(data: &tempfile::TempDir) -> (Proc, Api) {
+    let mut cmd = support::commerce();
+    cmd.env("COMMERCE_SAGA_DEADLINE_SECS", "1")
+        .env("COMMERCE_RETRY_BACKOFF_MS", "[200, 300, 500]")
+        .env("COMMERCE_MAX_DELIVER", "100")
+        .args(["up", "--data-dir"])
+        .arg(data.path());
+    let up = Proc::spawn(cmd);
+    let api = Api::of(&up);
+    (up, api)
+}
+
 #[tokio::test]
 async fn past_the_saga_deadline_an_order_is_cancelled_and_any_charge_voided() {
     let data = tempfile::tempdir().unwrap();
@@ -207,5 +220,49 @@ async fn past_the_saga_deadline_an_order_is_cancelled_and_any_charge_voided() {
         10_000,
         "nothing reserved"
     );
+    up.stop();
+}
+
+#[tokio::test]
+async fn past_the_deadline_without_a_carrier_the_order_is_compensated_and_any_booking_cancelled() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut up, api) = up_with_deadline(&data);
+    api.set_faults(&api.carrier, json!({ "outage": true }))
+        .await;
+    let id = api
+        .place_ok(&order("xena", "SKU-SOCKS", 2, CARD, ADDRESS))
+        .await;
+    let cancelled = api.wait_status(&id, &["CANCELLED"]).await;
+    let reason = cancelled["cancel_reason"].as_str().unwrap();
+    assert!(reason.contains("past the deadline"), "{reason}");
+    // Compensated: refunded, stock back.
+    support::wait_until("the payment is refunded", || async {
+        let ledger = api.ledger(&api.payment_gateway).await;
+        ledger["refunds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["order_id"] == id.as_str())
+    })
+    .await;
+    assert_eq!(
+        support::warehouse(&api.products().await, "SKU-SOCKS"),
+        10_000
+    );
+
+    // The carrier comes back: whatever it may have booked for the order is cancelled.
+    api.set_faults(&api.carrier, json!({})).await;
+    support::wait_until("no live booking is left", || async {
+        let ledger = api.ledger(&api.carrier).await;
+        let bookings: Vec<_> = ledger["bookings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["order_id"] == id.as_str())
+            .cloned()
+            .collect();
+        bookings.len() == 1 && bookings[0]["status"] == "cancelled"
+    })
+    .await;
     up.stop();
 }

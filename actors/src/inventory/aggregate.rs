@@ -120,7 +120,7 @@ impl Warehouse {
                 }],
                 Some(_) => Vec::new(),
             },
-            Inbound::Shipment(ShipmentEvent::ShipmentFailed { reason }) => match current {
+            Inbound::Shipment(ShipmentEvent::ShipmentFailed { reason, .. }) => match current {
                 Some(Reservation::Reserved(lines)) => vec![InventoryEvent::InventoryReleased {
                     order_id: order_id.to_string(),
                     lines: lines.clone(),

@@ -23,6 +23,7 @@ fn cancelled() -> Inbound {
 fn failed() -> Inbound {
     Inbound::Shipment(ShipmentEvent::ShipmentFailed {
         reason: "undeliverable".into(),
+        booking_unknown: false,
     })
 }
 

@@ -168,7 +168,7 @@ impl Order {
             Inbound::Store(StoreEvent::StoreStockUnavailable { .. }) => {
                 cancel("out of stock in the warehouse and every store")
             }
-            Inbound::Shipment(ShipmentEvent::ShipmentFailed { reason }) => {
+            Inbound::Shipment(ShipmentEvent::ShipmentFailed { reason, .. }) => {
                 cancel(&format!("shipment failed: {reason}"))
             }
             Inbound::Shipment(ShipmentEvent::ShipmentCancelled { .. }) => {

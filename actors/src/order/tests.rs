@@ -127,6 +127,7 @@ fn given_pending_when_a_step_fails_then_cancelled_with_the_reason() {
     cancelled_with(order.react(&unavailable), "out of stock");
     let failed = Inbound::Shipment(ShipmentEvent::ShipmentFailed {
         reason: "undeliverable".into(),
+        booking_unknown: false,
     });
     cancelled_with(order.react(&failed), "shipment failed");
 }

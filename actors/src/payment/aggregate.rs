@@ -140,7 +140,7 @@ impl Payment {
             Inbound::Store(StoreEvent::StoreStockUnavailable { .. }) => {
                 self.refund("out of stock everywhere")
             }
-            Inbound::Shipment(ShipmentEvent::ShipmentFailed { reason }) => {
+            Inbound::Shipment(ShipmentEvent::ShipmentFailed { reason, .. }) => {
                 self.refund(&format!("shipment failed: {reason}"))
             }
             _ => None,

@@ -40,6 +40,7 @@ fn failures() -> Vec<Inbound> {
         }),
         Inbound::Shipment(ShipmentEvent::ShipmentFailed {
             reason: "undeliverable".into(),
+            booking_unknown: false,
         }),
     ]
 }

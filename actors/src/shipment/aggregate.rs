@@ -1,6 +1,7 @@
 //! One order's shipment. The shipment service owns the saga's pivot: whether the parcel left
 //! before a cancel is decided here, in this aggregate's order of events.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::events::ShipmentEvent;
@@ -85,6 +86,7 @@ impl Aggregate for Shipment {
                 lines,
                 shipping_address,
                 ship_from,
+                ..
             } => {
                 self.status = ShipmentStatus::Requested;
                 self.request = Some(BookingRequest {
@@ -117,13 +119,14 @@ impl Shipment {
     /// What `event` requires. Booking is two steps: record `ShipmentBookingRequested`, then
     /// (on that event, from our own stream) call the carrier. So at a cancel, `None` means
     /// certainly no booking, `Requested` means maybe one, `Scheduled` means one.
-    pub fn plan(&self, event: &Inbound) -> Plan<ShipmentEvent, CarrierCall> {
+    pub fn plan(&self, event: &Inbound, now: DateTime<Utc>) -> Plan<ShipmentEvent, CarrierCall> {
         let request = |lines: &Vec<Line>, shipping_address: &String, ship_from: &str| {
             if self.status == ShipmentStatus::None {
                 vec![ShipmentEvent::ShipmentBookingRequested {
                     lines: lines.clone(),
                     shipping_address: shipping_address.clone(),
                     ship_from: ship_from.to_string(),
+                    requested_at: Some(now),
                 }]
             } else {
                 // Requested already, or cancelled first (the reserver releases on OrderCancelled).
@@ -150,6 +153,16 @@ impl Shipment {
                     _ => Plan::Emit(Vec::new()),
                 }
             }
+            // Our own: given up at the deadline, a booking may exist; cancel it by key.
+            Inbound::Shipment(ShipmentEvent::ShipmentFailed {
+                booking_unknown: true,
+                ..
+            }) => match (&self.status, &self.request) {
+                (ShipmentStatus::Failed, Some(request)) => {
+                    Plan::Call(CarrierCall::BookThenCancel(request.clone()))
+                }
+                _ => Plan::Emit(Vec::new()),
+            },
             Inbound::Order(OrderEvent::OrderCancelRequested {}) => match self.status {
                 ShipmentStatus::None => Plan::Emit(vec![ShipmentEvent::ShipmentCancelled {
                     reason: "cancelled before the carrier was booked".into(),
@@ -196,7 +209,10 @@ impl Shipment {
                 events
             }
             (CarrierCall::Book(_), CarrierAnswer::Refused { reason }) => {
-                vec![ShipmentEvent::ShipmentFailed { reason }]
+                vec![ShipmentEvent::ShipmentFailed {
+                    reason,
+                    booking_unknown: false,
+                }]
             }
             (CarrierCall::Cancel { .. }, CarrierAnswer::Cancelled) => {
                 vec![ShipmentEvent::ShipmentCancelled {
@@ -239,6 +255,28 @@ impl Shipment {
                 events
             }
             _ => Vec::new(),
+        }
+    }
+
+    /// The booking could not be made before the saga's deadline: give the step up.
+    pub fn abandon(
+        &self,
+        event: &Inbound,
+        now: DateTime<Utc>,
+        deadline: chrono::Duration,
+        reason: &str,
+    ) -> Option<ShipmentEvent> {
+        match event {
+            Inbound::Shipment(ShipmentEvent::ShipmentBookingRequested {
+                requested_at: Some(at),
+                ..
+            }) if self.status == ShipmentStatus::Requested && now > *at + deadline => {
+                Some(ShipmentEvent::ShipmentFailed {
+                    reason: format!("carrier unavailable past the deadline: {reason}"),
+                    booking_unknown: true,
+                })
+            }
+            _ => None,
         }
     }
 

@@ -1,4 +1,5 @@
 use bus::Domain;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Line;
@@ -14,6 +15,9 @@ pub enum ShipmentEvent {
         shipping_address: String,
         /// `warehouse` or the store id (ship-from-store).
         ship_from: String,
+        /// When the step began: its deadline counts from here.
+        #[serde(default)]
+        requested_at: Option<DateTime<Utc>>,
     },
     ShipmentScheduled {
         booking_id: String,
@@ -22,9 +26,14 @@ pub enum ShipmentEvent {
         /// `warehouse` or the store id (ship-from-store).
         ship_from: String,
     },
-    /// The carrier refused the parcel: the saga fails and compensates.
+    /// The carrier refused the parcel, or stayed unavailable past the saga's deadline: the saga
+    /// fails and compensates.
     ShipmentFailed {
         reason: String,
+        /// Given up at the deadline: a booking may exist; this service cancels it by key once
+        /// the carrier is back.
+        #[serde(default)]
+        booking_unknown: bool,
     },
     /// The carrier picked the parcel up: the pivot, no cancel after this.
     ShipmentStarted {},

@@ -22,6 +22,7 @@ use crate::Settings;
 
 pub struct ShipmentService {
     carrier: CarrierClient,
+    deadline: chrono::Duration,
 }
 
 impl Service for ShipmentService {
@@ -30,13 +31,18 @@ impl Service for ShipmentService {
         (Domain::Inventory, &["InventoryReserved"]),
         (Domain::Stores, &["StoreStockReserved"]),
         (Domain::Orders, &["OrderCancelRequested"]),
-        // Its own: the carrier is called only once the request is recorded.
-        (Domain::Shipments, &["ShipmentBookingRequested"]),
+        // Its own: the carrier is called only once the request is recorded, and a booking given
+        // up at the deadline is cancelled once the carrier is back.
+        (
+            Domain::Shipments,
+            &["ShipmentBookingRequested", "ShipmentFailed"],
+        ),
     ];
 
     fn new(settings: &Settings, ops: &crate::resilience::Ops) -> Result<Self, EngineError> {
         Ok(ShipmentService {
             carrier: CarrierClient::new(&settings.carrier_url(), ops.guard("carrier"))?,
+            deadline: chrono::Duration::seconds(settings.saga_deadline_secs as i64),
         })
     }
 
@@ -50,12 +56,20 @@ impl Service for ShipmentService {
         event: &Inbound,
         saga: &str,
     ) -> Reaction<ShipmentEvent> {
-        match state.plan(event) {
+        let now = chrono::Utc::now();
+        match state.plan(event, now) {
             Plan::Emit(events) => Ok(events),
-            Plan::Call(call) => {
-                let answer = self.carrier.call(saga, &call).await?;
-                Ok(Shipment::outcome(call, answer))
-            }
+            Plan::Call(call) => match self.carrier.call(saga, &call).await {
+                Ok(answer) => Ok(Shipment::outcome(call, answer)),
+                // Unavailable: retried with backoff until the deadline, then given up.
+                Err(Verdict::Retry(reason)) => {
+                    match state.abandon(event, now, self.deadline, &reason) {
+                        Some(failed) => Ok(vec![failed]),
+                        None => Err(Verdict::Retry(reason)),
+                    }
+                }
+                Err(other) => Err(other),
+            },
         }
     }
 

@@ -3,6 +3,22 @@ use super::events::ShipmentEvent;
 use crate::engine::{given, lines, Plan};
 use crate::events::{Inbound, InventoryEvent, OrderEvent, StoreEvent};
 
+trait PlanNow {
+    fn plan_now(&self, event: &Inbound) -> Plan<ShipmentEvent, CarrierCall>;
+}
+
+impl PlanNow for Shipment {
+    fn plan_now(&self, event: &Inbound) -> Plan<ShipmentEvent, CarrierCall> {
+        self.plan(event, at())
+    }
+}
+
+fn at() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z")
+        .unwrap()
+        .into()
+}
+
 fn reserved() -> Inbound {
     Inbound::Inventory(InventoryEvent::InventoryReserved {
         order_id: "o1".into(),
@@ -16,6 +32,7 @@ fn requested() -> ShipmentEvent {
         lines: lines(&[("SKU-MUG", 1)]),
         shipping_address: "1 Main St".into(),
         ship_from: "warehouse".into(),
+        requested_at: Some(at()),
     }
 }
 
@@ -57,7 +74,7 @@ fn emitted(plan: Plan<ShipmentEvent, CarrierCall>) -> Vec<ShipmentEvent> {
 
 #[test]
 fn given_nothing_when_stock_reserved_then_the_booking_is_requested_first() {
-    let events = emitted(Shipment::default().plan(&reserved()));
+    let events = emitted(Shipment::default().plan_now(&reserved()));
     assert_eq!(events, vec![requested()]);
     let from_store = Inbound::Store(StoreEvent::StoreStockReserved {
         order_id: "o1".into(),
@@ -65,19 +82,19 @@ fn given_nothing_when_stock_reserved_then_the_booking_is_requested_first() {
         lines: lines(&[("SKU-POSTER", 1)]),
         shipping_address: "1 Main St".into(),
     });
-    match emitted(Shipment::default().plan(&from_store)).as_slice() {
+    match emitted(Shipment::default().plan_now(&from_store)).as_slice() {
         [ShipmentEvent::ShipmentBookingRequested { ship_from, .. }] => {
             assert_eq!(ship_from, "store-busan")
         }
         other => panic!("{other:?}"),
     }
-    assert!(emitted(given::<Shipment>([requested()]).plan(&reserved())).is_empty());
+    assert!(emitted(given::<Shipment>([requested()]).plan_now(&reserved())).is_empty());
 }
 
 #[test]
 fn given_requested_when_the_request_comes_back_then_book_and_record_the_answer() {
     let shipment = given::<Shipment>([requested()]);
-    let Plan::Call(call) = shipment.plan(&Inbound::Shipment(requested())) else {
+    let Plan::Call(call) = shipment.plan_now(&Inbound::Shipment(requested())) else {
         panic!("expected a booking call");
     };
     assert_eq!(call, CarrierCall::Book(request()));
@@ -103,21 +120,21 @@ fn given_requested_when_the_request_comes_back_then_book_and_record_the_answer()
     ));
     let done = given::<Shipment>([requested(), scheduled()]);
     assert!(
-        emitted(done.plan(&Inbound::Shipment(requested()))).is_empty(),
+        emitted(done.plan_now(&Inbound::Shipment(requested()))).is_empty(),
         "booked once"
     );
 }
 
 #[test]
 fn given_nothing_requested_when_cancel_requested_then_cancelled_and_later_stock_is_not_shipped() {
-    let events = emitted(Shipment::default().plan(&cancel_requested()));
+    let events = emitted(Shipment::default().plan_now(&cancel_requested()));
     assert!(matches!(
         events.as_slice(),
         [ShipmentEvent::ShipmentCancelled { .. }]
     ));
     let shipment = given::<Shipment>(events);
     assert!(
-        emitted(shipment.plan(&reserved())).is_empty(),
+        emitted(shipment.plan_now(&reserved())).is_empty(),
         "the tombstone stops a late booking"
     );
 }
@@ -125,7 +142,7 @@ fn given_nothing_requested_when_cancel_requested_then_cancelled_and_later_stock_
 #[test]
 fn given_requested_but_unanswered_when_cancel_requested_then_book_by_key_and_cancel() {
     let shipment = given::<Shipment>([requested()]);
-    let Plan::Call(call) = shipment.plan(&cancel_requested()) else {
+    let Plan::Call(call) = shipment.plan_now(&cancel_requested()) else {
         panic!()
     };
     assert_eq!(call, CarrierCall::BookThenCancel(request()));
@@ -168,7 +185,7 @@ fn given_requested_but_unanswered_when_cancel_requested_then_book_by_key_and_can
 #[test]
 fn given_booked_when_cancel_requested_then_the_carrier_decides_the_pivot() {
     let shipment = given::<Shipment>([requested(), scheduled()]);
-    let Plan::Call(call) = shipment.plan(&cancel_requested()) else {
+    let Plan::Call(call) = shipment.plan_now(&cancel_requested()) else {
         panic!()
     };
     assert_eq!(
@@ -193,7 +210,7 @@ fn given_booked_when_cancel_requested_then_the_carrier_decides_the_pivot() {
 #[test]
 fn given_started_when_cancel_requested_then_rejected() {
     let shipment = given::<Shipment>([requested(), scheduled(), ShipmentEvent::ShipmentStarted {}]);
-    let events = emitted(shipment.plan(&cancel_requested()));
+    let events = emitted(shipment.plan_now(&cancel_requested()));
     assert!(matches!(
         events.as_slice(),
         [ShipmentEvent::ShipmentCancelRejected { .. }]
@@ -233,5 +250,52 @@ fn given_booked_when_the_carrier_reports_progress_then_started_then_delivered() 
     assert!(
         unanswered.carrier_update("picked_up").is_empty(),
         "the booking's answer carries it"
+    );
+}
+
+#[test]
+fn given_requested_when_the_carrier_stays_down_past_the_deadline_then_failed_and_cancelled_by_key_later(
+) {
+    let shipment = given::<Shipment>([requested()]);
+    let deadline = chrono::Duration::seconds(60);
+    let event = Inbound::Shipment(requested());
+    assert_eq!(
+        shipment.abandon(
+            &event,
+            at() + chrono::Duration::seconds(59),
+            deadline,
+            "down"
+        ),
+        None
+    );
+    let failed = shipment
+        .abandon(
+            &event,
+            at() + chrono::Duration::seconds(61),
+            deadline,
+            "down",
+        )
+        .unwrap();
+    assert!(matches!(
+        failed,
+        ShipmentEvent::ShipmentFailed {
+            booking_unknown: true,
+            ..
+        }
+    ));
+    let shipment = given::<Shipment>([requested(), failed.clone()]);
+    // Its own ShipmentFailed comes back: cancel whatever booking the carrier may have made.
+    let Plan::Call(call) = shipment.plan_now(&Inbound::Shipment(failed)) else {
+        panic!()
+    };
+    assert_eq!(call, CarrierCall::BookThenCancel(request()));
+    let refused = ShipmentEvent::ShipmentFailed {
+        reason: "undeliverable".into(),
+        booking_unknown: false,
+    };
+    let shipment = given::<Shipment>([requested(), refused.clone()]);
+    assert!(
+        emitted(shipment.plan_now(&Inbound::Shipment(refused))).is_empty(),
+        "a refusal booked nothing"
     );
 }

@@ -145,7 +145,7 @@ impl Stores {
                 }],
                 Some(_) => release(reason.clone()),
             },
-            Inbound::Shipment(ShipmentEvent::ShipmentFailed { reason }) => {
+            Inbound::Shipment(ShipmentEvent::ShipmentFailed { reason, .. }) => {
                 release(format!("shipment failed: {reason}"))
             }
             _ => Vec::new(),

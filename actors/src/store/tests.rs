@@ -61,6 +61,7 @@ fn given_reserved_when_cancelled_or_shipment_failed_then_released() {
         }),
         Inbound::Shipment(ShipmentEvent::ShipmentFailed {
             reason: "undeliverable".into(),
+            booking_unknown: false,
         }),
     ];
     for failure in failures {
