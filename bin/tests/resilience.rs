@@ -202,15 +202,7 @@ async fn past_the_saga_deadline_an_order_is_cancelled_and_any_charge_voided() {
 
     // The gateway comes back: the payment service voids by key whatever it may have charged.
     api.set_faults(&api.payment_gateway, json!({})).await;
-    support::wait_until("the abandoned payment is voided", || async {
-        let ledger = api.ledger(&api.payment_gateway).await;
-        ledger["refunds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["order_id"] == late.as_str())
-    })
-    .await;
+    api.wait_refunded(&late).await;
     let ledger = api.ledger(&api.payment_gateway).await;
     let charges = ledger["authorizations"].as_array().unwrap();
     assert_eq!(charges.len(), 1, "{ledger}");
@@ -236,15 +228,7 @@ async fn past_the_deadline_without_a_carrier_the_order_is_compensated_and_any_bo
     let reason = cancelled["cancel_reason"].as_str().unwrap();
     assert!(reason.contains("past the deadline"), "{reason}");
     // Compensated: refunded, stock back.
-    support::wait_until("the payment is refunded", || async {
-        let ledger = api.ledger(&api.payment_gateway).await;
-        ledger["refunds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["order_id"] == id.as_str())
-    })
-    .await;
+    api.wait_refunded(&id).await;
     assert_eq!(
         support::warehouse(&api.products().await, "SKU-SOCKS"),
         10_000

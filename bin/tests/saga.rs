@@ -333,15 +333,7 @@ async fn a_cancel_that_overtakes_a_failing_payment_ends_refunded() {
 
     // The gateway recovers; the late OrderCreated must not leave a charge standing.
     api.set_faults(&api.payment_gateway, json!({})).await;
-    support::wait_until("the late charge is refunded", || async {
-        let ledger = api.ledger(&api.payment_gateway).await;
-        ledger["refunds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["order_id"] == id.as_str())
-    })
-    .await;
+    api.wait_refunded(&id).await;
     let ledger = api.ledger(&api.payment_gateway).await;
     let charges = ledger["authorizations"].as_array().unwrap();
     assert_eq!(charges.len(), 1, "charged once: {ledger}");

@@ -41,8 +41,9 @@ fn yes() -> bool {
     true
 }
 
-/// Each service's guard (bulkhead + breaker) for the composed fan-out.
-struct FanOut(HashMap<&'static str, Arc<Guard>>);
+/// Each service's guard (bulkhead + breaker) for the composed fan-out, and the Arbiter its calls
+/// run on: a dependency that hangs holds only its own thread and permits.
+struct FanOut(HashMap<&'static str, (Arc<Guard>, actix_rt::ArbiterHandle)>);
 
 /// Start the gateway on `addr` (port 0: any free port); returns where it listens.
 pub fn start(
@@ -54,7 +55,10 @@ pub fn start(
     let fan_out = web::Data::new(FanOut(
         crate::SERVICES
             .iter()
-            .map(|service| (*service, ops.guard(&format!("composed-{service}"))))
+            .map(|service| {
+                let guard = ops.guard(&format!("composed-{service}"));
+                (*service, (guard, actix_rt::Arbiter::new().handle()))
+            })
             .collect(),
     ));
     let server = HttpServer::new(move || {
@@ -199,18 +203,18 @@ async fn composed_order(
         Err(e) => return error(e),
     };
     let asks = crate::SERVICES.iter().map(|service| {
-        let (client, id) = (&client, id.clone());
+        let (client, id) = (client.get_ref().clone(), id.clone());
         let ask = move || async move {
             tokio::time::timeout(
                 Duration::from_secs(2),
-                request(client, service, "part", id.into_bytes()),
+                request(&client, service, "part", id.into_bytes()),
             )
             .await
             .unwrap_or_else(|_| Err(ApiError::unavailable(format!("{service} took over 2 s"))))
         };
-        let guard = fan_out.0.get(service).filter(|_| query.guards).cloned();
+        let guarded = fan_out.0.get(service).filter(|_| query.guards).cloned();
         async move {
-            let Some(guard) = guard else {
+            let Some((guard, arbiter)) = guarded else {
                 return ask().await;
             };
             // A 404 is an answer ("knows nothing of it"); only 5xx count against the service.
@@ -218,7 +222,12 @@ async fn composed_order(
             // Fallback: the part is marked missing, at once.
             let missing =
                 |refused: Guarded<ApiError>| Err(ApiError::unavailable(refused.to_string()));
-            guard.call_or(failed, ask, missing).await
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            arbiter.spawn(async move {
+                let _ = tx.send(guard.call_or(failed, ask, missing).await);
+            });
+            rx.await
+                .unwrap_or_else(|_| Err(ApiError::unavailable(format!("{service}: stopped"))))
         }
     });
     let answers = futures::future::join_all(asks).await;

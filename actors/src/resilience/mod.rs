@@ -78,6 +78,7 @@ pub struct Guard {
     ops: mpsc::UnboundedSender<CircuitEvent>,
     calls: AtomicU64,
     refused: AtomicU64,
+    transitions: AtomicU64,
 }
 
 impl Guard {
@@ -156,6 +157,7 @@ impl Guard {
 
     fn publish(&self, moved: Option<Transition>) {
         if let Some(t) = moved {
+            self.transitions.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(dependency = %self.dependency, from = ?t.from, to = ?t.to,
                 reason = %t.reason, "circuit transition");
             let _ = self.ops.send(CircuitEvent {
@@ -175,6 +177,7 @@ impl Guard {
             "state": self.state(),
             "calls": self.calls.load(Ordering::Relaxed),
             "refused": self.refused.load(Ordering::Relaxed),
+            "transitions": self.transitions.load(Ordering::Relaxed),
             "in_flight": self.limit - self.permits.available_permits(),
         })
     }
@@ -212,6 +215,7 @@ impl Ops {
             ops: self.events.clone(),
             calls: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            transitions: AtomicU64::new(0),
         });
         self.guards
             .lock()
@@ -330,5 +334,6 @@ mod tests {
         let event = events.try_recv().unwrap();
         assert_eq!((event.from, event.to), (State::Closed, State::Open));
         assert_eq!(ops.status()[0]["state"], "open");
+        assert_eq!(ops.status()[0]["transitions"], 1);
     }
 }

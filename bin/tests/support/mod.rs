@@ -217,6 +217,16 @@ impl Api {
         }
     }
 
+    /// Wait until the payment gateway's ledger holds a refund for order `id`.
+    pub async fn wait_refunded(&self, id: &str) {
+        wait_until(&format!("order {id} is refunded"), || async {
+            let ledger = self.ledger(&self.payment_gateway).await;
+            let refunds = ledger["refunds"].as_array().cloned().unwrap_or_default();
+            refunds.iter().any(|r| r["order_id"] == id)
+        })
+        .await;
+    }
+
     pub async fn ledger(&self, base: &str) -> Value {
         let response = self
             .http
