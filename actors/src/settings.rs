@@ -68,7 +68,9 @@ impl Default for Settings {
             payment_gateway_url: None,
             carrier_url: None,
             ack_wait_ms: 30_000,
-            max_deliver: 20,
+            // Forward steps end at the saga deadline; this bounds compensations waiting for a
+            // dependency: about 4 hours at the 30 s backoff.
+            max_deliver: 500,
             saga_deadline_secs: 120,
             retry_backoff_ms: vec![500, 2_000, 10_000, 30_000],
             outbox_retention_secs: 24 * 3600,

@@ -43,7 +43,7 @@ impl Service for PaymentService {
                 &settings.payment_gateway_url(),
                 ops.guard("payment-gateway"),
             )?,
-            deadline: chrono::Duration::seconds(settings.saga_deadline_secs as i64),
+            deadline: deadline(settings),
         })
     }
 
@@ -60,7 +60,9 @@ impl Service for PaymentService {
                 // the saga's deadline, then given up, which cancels and compensates.
                 Err(Verdict::Retry(reason)) => match event {
                     Inbound::Order(OrderEvent::OrderCreated { placed_at, .. })
-                        if Utc::now() > *placed_at + self.deadline =>
+                        if placed_at
+                            .checked_add_signed(self.deadline)
+                            .is_some_and(|end| Utc::now() > end) =>
                     {
                         let reason =
                             format!("payment gateway unavailable past the deadline: {reason}");
@@ -74,6 +76,14 @@ impl Service for PaymentService {
             },
         }
     }
+}
+
+/// The saga deadline as a duration (absurdly large settings mean "never").
+pub(crate) fn deadline(settings: &Settings) -> chrono::Duration {
+    i64::try_from(settings.saga_deadline_secs)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .unwrap_or(chrono::Duration::MAX)
 }
 
 /// The payment gateway's HTTP API.

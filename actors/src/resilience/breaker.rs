@@ -95,6 +95,15 @@ pub struct Breaker {
     /// Half-open: trial permits given, and their outcomes.
     trials_given: usize,
     trials: Vec<Call>,
+    /// Counts state changes: an outcome belongs to the period its call started in, so a call
+    /// from before a change cannot count as a trial of the next half-open.
+    period: u64,
+}
+
+/// A call let through: pass it back to [`Breaker::record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permit {
+    period: u64,
 }
 
 /// The breaker refused the call.
@@ -113,6 +122,7 @@ impl Breaker {
             window: VecDeque::new(),
             trials_given: 0,
             trials: Vec::new(),
+            period: 0,
         }
     }
 
@@ -122,23 +132,38 @@ impl Breaker {
 
     /// May a call go out now? Also moves open → half-open after the wait, and half-open → open
     /// when its trials took too long.
-    pub fn acquire(&mut self, now: Instant) -> (Result<(), Refused>, Option<Transition>) {
+    pub fn acquire(&mut self, now: Instant) -> (Result<Permit, Refused>, Option<Transition>) {
         let mut transition = None;
-        if self.state == State::Open && now >= self.since + self.config.wait_in_open {
+        let passed =
+            |since: Instant, span: Duration| since.checked_add(span).is_some_and(|t| now >= t);
+        if self.state == State::Open && passed(self.since, self.config.wait_in_open) {
             transition = self.go(State::HalfOpen, now, "wait in open elapsed".into());
         }
-        if self.state == State::HalfOpen && now >= self.since + self.config.half_open_timeout {
-            let reason = format!(
-                "half-open trials not back within {:?}",
-                self.config.half_open_timeout
-            );
-            transition = self.go(State::Open, now, reason);
+        if self.state == State::HalfOpen && passed(self.since, self.config.half_open_timeout) {
+            let back = self.trials.len();
+            transition = if back > 0 && back == self.trials_given {
+                // Quiet traffic: the trials given all came back; judge them rather than flap.
+                let trials = std::mem::take(&mut self.trials);
+                match self.judge(now, &trials, true) {
+                    Some(opened) => Some(opened),
+                    None => self.go(State::Closed, now, "half-open trials succeeded".into()),
+                }
+            } else {
+                let reason = format!(
+                    "half-open trials not back within {:?}",
+                    self.config.half_open_timeout
+                );
+                self.go(State::Open, now, reason)
+            };
         }
+        let permit = Permit {
+            period: self.period,
+        };
         let answer = match self.state {
-            State::Closed => Ok(()),
+            State::Closed => Ok(permit),
             State::HalfOpen if self.trials_given < self.config.permitted_in_half_open => {
                 self.trials_given += 1;
-                Ok(())
+                Ok(permit)
             }
             State::HalfOpen => Err(Refused {
                 state: State::HalfOpen,
@@ -147,14 +172,26 @@ impl Breaker {
             }),
             State::Open => Err(Refused {
                 state: State::Open,
-                retry_after: (self.since + self.config.wait_in_open).saturating_duration_since(now),
+                retry_after: self
+                    .since
+                    .checked_add(self.config.wait_in_open)
+                    .map_or(Duration::MAX, |t| t.saturating_duration_since(now)),
             }),
         };
         (answer, transition)
     }
 
-    /// The outcome of a call that was let through.
-    pub fn record(&mut self, now: Instant, took: Duration, failed: bool) -> Option<Transition> {
+    /// The outcome of a call that was let through with `permit`.
+    pub fn record(
+        &mut self,
+        permit: Permit,
+        now: Instant,
+        took: Duration,
+        failed: bool,
+    ) -> Option<Transition> {
+        if permit.period != self.period {
+            return None; // started before the state changed: not this period's evidence
+        }
         let call = Call {
             at: now,
             failed,
@@ -243,6 +280,7 @@ impl Breaker {
         }
         self.state = to;
         self.since = now;
+        self.period += 1;
         self.trials_given = 0;
         self.trials.clear();
         if to == State::Closed {
@@ -288,9 +326,9 @@ mod tests {
     /// Let a call through at `t` and record its outcome.
     fn call(b: &mut Breaker, t: Instant, took: Duration, failed: bool) -> Option<Transition> {
         let (ok, moved) = b.acquire(t);
-        assert!(ok.is_ok(), "refused at {:?}", b.state());
+        let permit = ok.unwrap_or_else(|_| panic!("refused at {:?}", b.state()));
         assert!(moved.is_none());
-        b.record(t, took, failed)
+        b.record(permit, t, took, failed)
     }
 
     fn to(t: &Option<Transition>) -> Option<State> {
@@ -376,11 +414,14 @@ mod tests {
     fn opened(t0: Instant) -> Breaker {
         let mut b = Breaker::new(config(), t0);
         for _ in 0..4 {
-            let _ = b.acquire(t0);
-            b.record(t0, MS, true);
+            call(&mut b, t0, MS, true);
         }
         assert_eq!(b.state(), State::Open);
         b
+    }
+
+    fn permit(b: &mut Breaker, t: Instant) -> Permit {
+        b.acquire(t).0.expect("a permit")
     }
 
     #[test]
@@ -407,17 +448,15 @@ mod tests {
         let t0 = Instant::now();
         let t = t0 + 1000 * MS;
         let mut good = opened(t0);
-        let _ = good.acquire(t);
-        let _ = good.acquire(t);
-        assert_eq!(good.record(t, MS, false), None, "waits for both trials");
-        assert_eq!(to(&good.record(t, MS, false)), Some(State::Closed));
+        let (a, b) = (permit(&mut good, t), permit(&mut good, t));
+        assert_eq!(good.record(a, t, MS, false), None, "waits for both trials");
+        assert_eq!(to(&good.record(b, t, MS, false)), Some(State::Closed));
 
         let mut bad = opened(t0);
-        let _ = bad.acquire(t);
-        let _ = bad.acquire(t);
-        bad.record(t, MS, false);
+        let (a, b) = (permit(&mut bad, t), permit(&mut bad, t));
+        bad.record(a, t, MS, false);
         assert_eq!(
-            to(&bad.record(t, MS, true)),
+            to(&bad.record(b, t, MS, true)),
             Some(State::Open),
             "1 of 2 = 50%"
         );
@@ -441,10 +480,39 @@ mod tests {
     }
 
     #[test]
-    fn a_late_outcome_while_open_changes_nothing() {
+    fn a_late_outcome_from_an_earlier_period_changes_nothing() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(config(), t0);
+        let early = permit(&mut b, t0); // a slow call that started while closed
+        for _ in 0..4 {
+            call(&mut b, t0, MS, true);
+        }
+        assert_eq!(b.state(), State::Open);
+        assert_eq!(b.record(early, t0, MS, false), None, "ignored while open");
+        let t = t0 + 1000 * MS;
+        let trial = permit(&mut b, t);
+        assert_eq!(b.state(), State::HalfOpen);
+        assert_eq!(
+            b.record(early, t, MS, false),
+            None,
+            "not counted as a trial"
+        );
+        assert_eq!(
+            b.record(trial, t, MS, false),
+            None,
+            "one of two trials back"
+        );
+    }
+
+    #[test]
+    fn quiet_half_open_closes_on_its_trials_at_the_timeout_instead_of_flapping() {
         let t0 = Instant::now();
         let mut b = opened(t0);
-        assert_eq!(b.record(t0, MS, false), None);
-        assert_eq!(b.state(), State::Open);
+        let t = t0 + 1000 * MS;
+        let only = permit(&mut b, t); // one caller, every now and then
+        assert_eq!(b.record(only, t, MS, false), None);
+        let (ok, moved) = b.acquire(t + 600 * MS);
+        assert!(ok.is_ok());
+        assert_eq!(moved.unwrap().to, State::Closed, "its one trial succeeded");
     }
 }

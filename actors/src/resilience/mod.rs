@@ -33,7 +33,8 @@ impl Default for ResilienceSettings {
     fn default() -> Self {
         ResilienceSettings {
             breaker: BreakerConfig::default(),
-            bulkhead_max_concurrent: 32,
+            // At least the engine's concurrency per batch, so a batch never overflows it.
+            bulkhead_max_concurrent: 64,
             bulkhead_max_wait_ms: 100,
         }
     }
@@ -115,20 +116,24 @@ impl Guard {
         };
         let (allowed, moved) = self.lock().acquire(Instant::now());
         self.publish(moved);
-        if let Err(refused) = allowed {
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(Guarded::Open {
-                dependency: self.dependency.clone(),
-                state: refused.state,
-                retry_after: refused.retry_after,
-            });
-        }
+        let permit = match allowed {
+            Ok(permit) => permit,
+            Err(refused) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(Guarded::Open {
+                    dependency: self.dependency.clone(),
+                    state: refused.state,
+                    retry_after: refused.retry_after,
+                });
+            }
+        };
         self.calls.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let outcome = call().await;
+        let failed = failed(&outcome);
         let moved = self
             .lock()
-            .record(Instant::now(), started.elapsed(), failed(&outcome));
+            .record(permit, Instant::now(), started.elapsed(), failed);
         self.publish(moved);
         outcome.map_err(Guarded::Call)
     }

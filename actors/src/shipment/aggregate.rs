@@ -270,7 +270,9 @@ impl Shipment {
             Inbound::Shipment(ShipmentEvent::ShipmentBookingRequested {
                 requested_at: Some(at),
                 ..
-            }) if self.status == ShipmentStatus::Requested && now > *at + deadline => {
+            }) if self.status == ShipmentStatus::Requested
+                && at.checked_add_signed(deadline).is_some_and(|end| now > end) =>
+            {
                 Some(ShipmentEvent::ShipmentFailed {
                     reason: format!("carrier unavailable past the deadline: {reason}"),
                     booking_unknown: true,

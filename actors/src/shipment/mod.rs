@@ -42,7 +42,7 @@ impl Service for ShipmentService {
     fn new(settings: &Settings, ops: &crate::resilience::Ops) -> Result<Self, EngineError> {
         Ok(ShipmentService {
             carrier: CarrierClient::new(&settings.carrier_url(), ops.guard("carrier"))?,
-            deadline: chrono::Duration::seconds(settings.saga_deadline_secs as i64),
+            deadline: crate::payment::deadline(settings),
         })
     }
 
@@ -160,7 +160,10 @@ impl CarrierClient {
                 let cancel = match &booking {
                     CarrierAnswer::Booked {
                         booking_id, status, ..
-                    } if status == "booked" => Some(Box::new(self.cancel(booking_id).await?)),
+                    // Already cancelled (an earlier answer was lost): the carrier confirms it again.
+                    } if status == "booked" || status == "cancelled" => {
+                        Some(Box::new(self.cancel(booking_id).await?))
+                    }
                     _ => None,
                 };
                 Ok(CarrierAnswer::BookedThenCancel {
