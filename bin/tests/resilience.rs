@@ -182,14 +182,7 @@ fn up_with_deadline(data: &tempfile::TempDir) -> (Proc, Api) {
 #[tokio::test]
 async fn past_the_saga_deadline_an_order_is_cancelled_and_any_charge_voided() {
     let data = tempfile::tempdir().unwrap();
-    let mut cmd = support::commerce();
-    cmd.env("COMMERCE_SAGA_DEADLINE_SECS", "1")
-        .env("COMMERCE_RETRY_BACKOFF_MS", "[200, 300, 500]")
-        .env("COMMERCE_MAX_DELIVER", "100")
-        .args(["up", "--data-dir"])
-        .arg(data.path());
-    let mut up = Proc::spawn(cmd);
-    let api = Api::of(&up);
+    let (mut up, api) = up_with_deadline(&data);
     api.set_faults(&api.payment_gateway, json!({ "outage": true }))
         .await;
     let late = api

@@ -386,15 +386,6 @@ impl<S: Service> Engine<S> {
         Ok(answer)
     }
 
-    /// The aggregate's version and state (version 0: it does not exist).
-    pub fn get(&mut self, aggregate_id: &str) -> Result<(u64, S::State), EngineError> {
-        self.make_room();
-        self.load(aggregate_id)?;
-        let loaded = self.cached(aggregate_id);
-        self.forget_if_absent(aggregate_id);
-        Ok((loaded.version, loaded.state))
-    }
-
     /// Start the cache over when it is full. Only between operations: an operation's loaded
     /// aggregates must stay cached until it is done.
     fn make_room(&mut self) {
@@ -576,7 +567,7 @@ mod tests {
                 .await;
             assert!(results.iter().all(Result::is_ok));
         }
-        let (version, live) = engine.get(WAREHOUSE).unwrap();
+        let (version, live) = engine.query(WAREHOUSE, |v, s| (v, s.clone())).unwrap();
         assert_eq!(version, 600);
 
         let (snapshot, tail) = store.load(WAREHOUSE).unwrap();
@@ -590,7 +581,7 @@ mod tests {
 
         // A fresh engine (a restart) loads snapshot + tail to the same state and version.
         let mut fresh = Engine::new(InventoryService, store);
-        let (reloaded_version, reloaded) = fresh.get(WAREHOUSE).unwrap();
+        let (reloaded_version, reloaded) = fresh.query(WAREHOUSE, |v, s| (v, s.clone())).unwrap();
         assert_eq!(reloaded_version, 600);
         assert_eq!(reloaded, live);
         assert_eq!(reloaded.available["SKU-MUG"], 10_000 - 600);

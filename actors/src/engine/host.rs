@@ -479,8 +479,3 @@ pub async fn request(
     serde_json::from_slice(&reply.payload)
         .map_err(|e| ApiError::new(502, format!("bad answer from the {service} service: {e}")))
 }
-
-/// Answer for a service that is not running.
-pub fn not_running(service: &str) -> Value {
-    json!({ "service": service, "running": false })
-}

@@ -312,14 +312,7 @@ pub async fn rows(api: &Api, ids: &[String]) -> std::collections::BTreeMap<Strin
 /// have nothing pending and nothing unacknowledged).
 pub async fn projection_caught_up(js: &async_nats::jetstream::Context) {
     wait_until("the projection has caught up", || async {
-        for stream in [
-            "ORDERS",
-            "PAYMENTS",
-            "INVENTORY",
-            "STORES",
-            "SHIPMENTS",
-            "RECOMMENDATIONS",
-        ] {
+        for stream in bus::Domain::ALL.map(bus::Domain::stream) {
             let Ok(mut consumer) = js
                 .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
                     "projection",
