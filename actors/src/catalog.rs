@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::ApiError;
+use crate::rpc::DomainError;
 
 pub const DECLINED_CARD: &str = "4000000000000002";
 pub const UNDELIVERABLE: &str = "undeliverable";
@@ -125,11 +125,11 @@ pub struct PlaceOrder {
 }
 
 impl PlaceOrder {
-    pub fn parse(request: OrderRequest) -> Result<PlaceOrder, ApiError> {
+    pub fn parse(request: OrderRequest) -> Result<PlaceOrder, DomainError> {
         let text = |what: &str, value: &str, max: usize| {
             let value = value.trim();
             if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
-                Err(ApiError::unprocessable(format!(
+                Err(DomainError::rejected(format!(
                     "{what} must be 1 to {max} printable characters"
                 )))
             } else {
@@ -142,24 +142,22 @@ impl PlaceOrder {
         if !(12..=19).contains(&card_number.len())
             || !card_number.chars().all(|c| c.is_ascii_digit())
         {
-            return Err(ApiError::unprocessable(
-                "card_number must be 12 to 19 digits",
-            ));
+            return Err(DomainError::rejected("card_number must be 12 to 19 digits"));
         }
         if request.lines.is_empty() || request.lines.len() > MAX_LINES {
-            return Err(ApiError::unprocessable(format!(
+            return Err(DomainError::rejected(format!(
                 "an order has 1 to {MAX_LINES} lines"
             )));
         }
         let mut lines: Vec<Line> = Vec::with_capacity(request.lines.len());
         for line in request.lines {
             let product = product(&line.sku)
-                .ok_or_else(|| ApiError::unprocessable(format!("unknown sku {:?}", line.sku)))?;
+                .ok_or_else(|| DomainError::rejected(format!("unknown sku {:?}", line.sku)))?;
             let quantity = u32::try_from(line.quantity)
                 .ok()
                 .filter(|q| (1..=MAX_QUANTITY).contains(q))
                 .ok_or_else(|| {
-                    ApiError::unprocessable(format!(
+                    DomainError::rejected(format!(
                         "quantity of {} must be 1 to {MAX_QUANTITY}, got {}",
                         line.sku, line.quantity
                     ))
@@ -168,7 +166,7 @@ impl PlaceOrder {
                 Some(existing) => {
                     existing.quantity += quantity;
                     if existing.quantity > MAX_QUANTITY {
-                        return Err(ApiError::unprocessable(format!(
+                        return Err(DomainError::rejected(format!(
                             "quantity of {} must be at most {MAX_QUANTITY} in total",
                             product.sku
                         )));
@@ -255,9 +253,9 @@ mod tests {
             ),
         ] {
             let err = PlaceOrder::parse(r).unwrap_err();
-            assert_eq!(err.code, 422);
+            assert!(matches!(err, DomainError::Rejected(_)), "{err:?}");
             assert!(
-                err.message.contains(needle),
+                err.message().contains(needle),
                 "{err:?} should mention {needle}"
             );
         }

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod contract;
 pub mod engine;
 pub mod events;
 pub mod external;
@@ -26,6 +27,7 @@ pub mod payment;
 pub mod projection;
 pub mod recommendation;
 pub mod resilience;
+pub mod rpc;
 pub mod runtime;
 pub mod settings;
 pub mod shipment;
@@ -33,6 +35,7 @@ pub mod simulators;
 pub mod store;
 pub mod system;
 
+pub use rpc::Component;
 pub use runtime::Runtime;
 pub use settings::Settings;
-pub use system::{status_components, System, SERVICES};
+pub use system::System;

@@ -8,34 +8,17 @@ use actix_web::dev::ServerHandle;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::host::{self, RunningService};
+use crate::engine::host::{self, RunningComponent};
 use crate::engine::EngineError;
 use crate::inventory::InventoryService;
 use crate::order::OrderService;
 use crate::payment::PaymentService;
 use crate::recommendation::RecommendationService;
+use crate::rpc::Component;
 use crate::shipment::ShipmentService;
 use crate::simulators::Simulators;
 use crate::store::StoreService;
 use crate::{gateway, Runtime, Settings};
-
-/// Every service, in saga order.
-pub const SERVICES: [&str; 6] = [
-    "order",
-    "payment",
-    "inventory",
-    "store",
-    "shipment",
-    "recommendation",
-];
-
-/// What `commerce run` can start besides the services.
-pub const OTHER_COMPONENTS: [&str; 3] = ["projection", "gateway", "simulators"];
-
-/// Everything that answers on `commerce.<name>.status`: the services and the projection.
-pub fn status_components() -> impl Iterator<Item = &'static str> {
-    SERVICES.into_iter().chain([crate::projection::NAME])
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SystemError {
@@ -45,13 +28,6 @@ pub enum SystemError {
     Engine(#[from] EngineError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error(
-        "unknown component {name:?}; one of: {services}, {others}",
-        name = .0,
-        services = SERVICES.join(", "),
-        others = OTHER_COMPONENTS.join(", ")
-    )]
-    UnknownComponent(String),
 }
 
 /// Where a running system can be reached (printed by `up`, saved as `endpoints.json`).
@@ -66,32 +42,33 @@ pub struct Endpoints {
     pub carrier: Option<String>,
 }
 
-/// Start service `name` on its own Arbiter.
-pub async fn spawn_service(
-    name: &str,
+/// Start service `service` on its own Arbiter.
+async fn spawn_service(
+    service: Component,
     settings: Settings,
     nats_url: String,
     shutdown: CancellationToken,
-) -> Result<RunningService, SystemError> {
-    let s = settings;
-    let u = nats_url;
-    let t = shutdown;
-    Ok(match name {
-        "order" => host::spawn::<OrderService>(s, u, t).await?,
-        "payment" => host::spawn::<PaymentService>(s, u, t).await?,
-        "inventory" => host::spawn::<InventoryService>(s, u, t).await?,
-        "store" => host::spawn::<StoreService>(s, u, t).await?,
-        "shipment" => host::spawn::<ShipmentService>(s, u, t).await?,
-        "recommendation" => host::spawn::<RecommendationService>(s, u, t).await?,
-        other => return Err(SystemError::UnknownComponent(other.to_string())),
-    })
+) -> Result<RunningComponent, EngineError> {
+    let (s, u, t) = (settings, nats_url, shutdown);
+    match service {
+        Component::Order => host::spawn::<OrderService>(s, u, t).await,
+        Component::Payment => host::spawn::<PaymentService>(s, u, t).await,
+        Component::Inventory => host::spawn::<InventoryService>(s, u, t).await,
+        Component::Store => host::spawn::<StoreService>(s, u, t).await,
+        Component::Shipment => host::spawn::<ShipmentService>(s, u, t).await,
+        Component::Recommendation => host::spawn::<RecommendationService>(s, u, t).await,
+        Component::Projection => crate::projection::spawn(s, u, t).await,
+        Component::Gateway | Component::Simulators => Err(EngineError::Config(format!(
+            "{service} does not run on an Arbiter of its own"
+        ))),
+    }
 }
 
 /// A running system (or part of one).
 pub struct System {
     pub runtime: Runtime,
     pub simulators: Option<Simulators>,
-    pub services: Vec<RunningService>,
+    pub components: Vec<RunningComponent>,
     pub http: Option<(SocketAddr, ServerHandle)>,
     shutdown: CancellationToken,
 }
@@ -111,10 +88,7 @@ impl System {
     }
 
     /// One component, on a broker that someone else runs (`settings.nats_url`).
-    pub async fn run(component: &str, settings: Settings) -> Result<System, SystemError> {
-        if !SERVICES.contains(&component) && !OTHER_COMPONENTS.contains(&component) {
-            return Err(SystemError::UnknownComponent(component.to_string()));
-        }
+    pub async fn run(component: Component, settings: Settings) -> Result<System, SystemError> {
         let mut system = System::new(Runtime::start(settings.clone()).await?);
         match system.start(component, &settings).await {
             Ok(()) => Ok(system),
@@ -129,14 +103,14 @@ impl System {
         System {
             runtime,
             simulators: None,
-            services: Vec::new(),
+            components: Vec::new(),
             http: None,
             shutdown: CancellationToken::new(),
         }
     }
 
     async fn start_all(&mut self, mut settings: Settings) -> Result<(), SystemError> {
-        self.start("simulators", &settings).await?;
+        self.start(Component::Simulators, &settings).await?;
         if let Some(simulators) = &self.simulators {
             settings
                 .payment_gateway_url
@@ -145,16 +119,20 @@ impl System {
                 .carrier_url
                 .get_or_insert(simulators.carrier_url.clone());
         }
-        for name in SERVICES {
-            self.start(name, &settings).await?;
+        for component in Component::SERVICES {
+            self.start(component, &settings).await?;
         }
-        self.start(crate::projection::NAME, &settings).await?;
-        self.start("gateway", &settings).await
+        self.start(Component::Projection, &settings).await?;
+        self.start(Component::Gateway, &settings).await
     }
 
-    async fn start(&mut self, component: &str, settings: &Settings) -> Result<(), SystemError> {
+    async fn start(
+        &mut self,
+        component: Component,
+        settings: &Settings,
+    ) -> Result<(), SystemError> {
         match component {
-            "gateway" => {
+            Component::Gateway => {
                 let (ops, transitions) = crate::resilience::Ops::new(settings.resilience.clone());
                 actix_rt::spawn(crate::resilience::publish_transitions(
                     self.runtime.js.clone(),
@@ -166,20 +144,14 @@ impl System {
                     &ops,
                 )?);
             }
-            "simulators" => {
+            Component::Simulators => {
                 self.simulators = Some(Simulators::start(&settings.simulators).await?);
             }
-            crate::projection::NAME => {
+            component => {
                 let url = self.runtime.broker.url();
                 let running =
-                    crate::projection::spawn(settings.clone(), url, self.shutdown.clone()).await?;
-                self.services.push(running);
-            }
-            service => {
-                let url = self.runtime.broker.url();
-                let running =
-                    spawn_service(service, settings.clone(), url, self.shutdown.clone()).await?;
-                self.services.push(running);
+                    spawn_service(component, settings.clone(), url, self.shutdown.clone()).await?;
+                self.components.push(running);
             }
         }
         Ok(())
@@ -203,10 +175,10 @@ impl System {
             http.stop(true).await;
         }
         self.shutdown.cancel();
-        for service in self.services {
-            let name = service.name;
-            if let Err(e) = service.join().await {
-                tracing::warn!(service = name, error = %e, "service stopped with an error");
+        for running in self.components {
+            let component = running.component;
+            if let Err(e) = running.join().await {
+                tracing::warn!(%component, error = %e, "stopped with an error");
             }
         }
         if let Some(simulators) = self.simulators {

@@ -1,14 +1,17 @@
 //! `commerce`: the launcher. Parses arguments, loads settings, starts things.
 
 mod bench;
+mod client;
 mod faults;
+mod launch;
 mod order;
+mod projection;
+mod status;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use actors::settings::Overrides;
-use actors::{Settings, System};
-use anyhow::Context;
+use actors::{Component, Settings};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -47,7 +50,7 @@ enum Command {
     /// `commerce up` in the same --data-dir uses): order, payment, inventory, store, shipment,
     /// recommendation, gateway or simulators.
     Run {
-        component: String,
+        component: Component,
         /// Where the HTTP gateway listens (component `gateway`).
         #[arg(long, value_name = "ADDR")]
         http: Option<String>,
@@ -92,11 +95,6 @@ enum ProjectionCommand {
     Rebuild,
 }
 
-/// Where `up` tells other commands which broker it is using.
-fn url_file(data_dir: &Path) -> PathBuf {
-    data_dir.join("nats.url")
-}
-
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -122,11 +120,11 @@ fn main() -> anyhow::Result<()> {
     // actix's System: every service runs on its own Arbiter under it.
     actix_rt::System::new().block_on(async move {
         match cli.command {
-            Command::Up { .. } => up(settings).await,
-            Command::Run { component, .. } => run(&component, settings).await,
-            Command::Status => status(settings).await,
+            Command::Up { .. } => launch::up(settings).await,
+            Command::Run { component, .. } => launch::run(component, settings).await,
+            Command::Status => status::run(settings).await,
             Command::Order(command) => order::run(command, settings).await,
-            Command::Projection(ProjectionCommand::Rebuild) => rebuild(settings).await,
+            Command::Projection(ProjectionCommand::Rebuild) => projection::rebuild(settings).await,
             Command::Faults {
                 simulator,
                 latency_ms,
@@ -145,201 +143,4 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(args) => bench::run(args, settings).await,
         }
     })
-}
-
-async fn up(settings: Settings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
-    let data_dir = settings.data_dir.clone();
-    // Listen before starting anything: a signal during start-up must not orphan nats-server.
-    let mut stop = StopSignals::new()?;
-    let system = tokio::select! {
-        system = System::up(settings) => system?,
-        // Dropping the start-up future drops (and so kills) a nats-server it had started.
-        _ = stop.recv() => {
-            println!("stopped during start-up");
-            return Ok(());
-        }
-    };
-    let endpoints = system.endpoints();
-    let url_file = url_file(&data_dir);
-    let endpoints_file = data_dir.join("endpoints.json");
-    std::fs::write(&url_file, &endpoints.nats)
-        .with_context(|| format!("cannot write {}", url_file.display()))?;
-    std::fs::write(&endpoints_file, serde_json::to_string_pretty(&endpoints)?)
-        .with_context(|| format!("cannot write {}", endpoints_file.display()))?;
-    let kind = match system.runtime.broker {
-        actors::runtime::Broker::Embedded(_) => "embedded nats-server",
-        actors::runtime::Broker::External(_) => "external",
-    };
-    println!("commerce is up");
-    println!("  nats: {} ({kind})", endpoints.nats);
-    print_endpoints(&endpoints);
-    println!("  data: {}", data_dir.display());
-    println!("  services: {}", actors::SERVICES.join(", "));
-    for (stream, outcome) in &system.runtime.streams {
-        println!("  stream {stream}: {outcome:?}");
-    }
-    println!("Press Ctrl-C to stop.");
-    stop.recv().await;
-    println!("stopping…");
-    let _ = std::fs::remove_file(&url_file);
-    let _ = std::fs::remove_file(&endpoints_file);
-    system.shutdown().await;
-    println!("commerce stopped cleanly");
-    Ok(())
-}
-
-async fn run(component: &str, mut settings: Settings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
-    if settings.nats_url.is_none() {
-        let file = url_file(&settings.data_dir);
-        let url = std::fs::read_to_string(&file).with_context(|| {
-            format!(
-                "`commerce run` needs a running broker: give --nats URL (or NATS_URL), \
-                 or start `commerce up` with the same --data-dir ({} not found)",
-                file.display()
-            )
-        })?;
-        settings.nats_url = Some(url.trim().to_string());
-    }
-    let mut stop = StopSignals::new()?;
-    let system = tokio::select! {
-        system = System::run(component, settings) => system?,
-        _ = stop.recv() => return Ok(()),
-    };
-    let endpoints = system.endpoints();
-    println!("commerce {component} is up");
-    println!("  nats: {}", endpoints.nats);
-    print_endpoints(&endpoints);
-    stop.recv().await;
-    system.shutdown().await;
-    println!("commerce {component} stopped cleanly");
-    Ok(())
-}
-
-fn print_endpoints(endpoints: &actors::system::Endpoints) {
-    if let Some(http) = &endpoints.http {
-        println!("  http: {http}");
-    }
-    if let Some(url) = &endpoints.payment_gateway {
-        println!("  payment gateway: {url}");
-    }
-    if let Some(url) = &endpoints.carrier {
-        println!("  carrier: {url}");
-    }
-}
-
-/// The broker a client command talks to: --nats / NATS_URL, else the one `up` wrote down.
-fn client_url(settings: &Settings) -> String {
-    match &settings.nats_url {
-        Some(url) => url.clone(),
-        None => std::fs::read_to_string(url_file(&settings.data_dir))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
-    }
-}
-
-pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<async_nats::Client> {
-    let url = client_url(settings);
-    tokio::time::timeout(std::time::Duration::from_secs(5), async_nats::connect(&url))
-        .await
-        .map_err(|_| anyhow::anyhow!("no NATS server answers at {url}; is `commerce up` running?"))?
-        .with_context(|| format!("cannot connect to {url}; is `commerce up` running?"))
-}
-
-async fn status(settings: Settings) -> anyhow::Result<()> {
-    let client = connect(&settings).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    println!("nats: {}", client_url(&settings));
-    for stream in bus::status::streams(&js).await? {
-        print!("{stream}");
-    }
-    println!("services:");
-    for service in actors::status_components() {
-        let answer = tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            actors::engine::host::request(&client, service, "status", Vec::new()),
-        )
-        .await;
-        match answer {
-            Ok(Ok(s)) => {
-                let n = |key: &str| s[key].as_u64().unwrap_or(0);
-                println!(
-                    "  {service:<15} outbox depth {:>6}  relayed {:>8}  inbox {:>8}  relay failures {}",
-                    n("outbox_depth"),
-                    n("outbox_sent"),
-                    n("inbox"),
-                    n("relay_failures")
-                );
-                for circuit in s["circuits"].as_array().into_iter().flatten() {
-                    println!(
-                        "    circuit {:<18} {:<9} calls {:>7}  refused {:>6}  in flight {}",
-                        circuit["dependency"].as_str().unwrap_or_default(),
-                        circuit["state"].as_str().unwrap_or_default(),
-                        circuit["calls"],
-                        circuit["refused"],
-                        circuit["in_flight"]
-                    );
-                }
-            }
-            _ => println!("  {service:<15} not running"),
-        }
-    }
-    Ok(())
-}
-
-async fn rebuild(settings: Settings) -> anyhow::Result<()> {
-    use actors::engine::host::request;
-    let client = connect(&settings).await?;
-    let started = request(&client, "projection", "rebuild", Vec::new())
-        .await
-        .context("rebuild not started")?;
-    let total = started["events"].as_u64().unwrap_or(0);
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "rebuilding read model [{bar:40}] {pos}/{len} events {per_sec} {msg}",
-        )?
-        .progress_chars("=> "),
-    );
-    let began = std::time::Instant::now();
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let status = request(&client, "projection", "status", Vec::new()).await?;
-        bar.set_position(status["rebuild_read"].as_u64().unwrap_or(0));
-        if status["rebuilding"] == false {
-            bar.finish();
-            println!(
-                "read model rebuilt: generation {}, {total} events in {:.2}s",
-                status["generation"],
-                began.elapsed().as_secs_f64()
-            );
-            return Ok(());
-        }
-    }
-}
-
-/// Ctrl-C (SIGINT), SIGTERM or SIGHUP: each means "shut down cleanly".
-struct StopSignals([tokio::signal::unix::Signal; 3]);
-
-impl StopSignals {
-    fn new() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(StopSignals([
-            signal(SignalKind::interrupt())?,
-            signal(SignalKind::terminate())?,
-            signal(SignalKind::hangup())?,
-        ]))
-    }
-
-    async fn recv(&mut self) {
-        let [int, term, hup] = &mut self.0;
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-            _ = hup.recv() => {}
-        }
-    }
 }

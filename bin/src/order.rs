@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use actors::catalog::{LineRequest, OrderRequest};
-use actors::engine::host::request;
-use actors::Settings;
+use actors::contract::{Cancel, IdempotencyKey, OrderReadModel, Place, PlaceRequest, ReadOrder};
+use actors::rpc::{call, DomainError};
+use actors::{Component, Settings};
 use anyhow::Context;
-use serde_json::{json, Value};
 
 #[derive(clap::Subcommand)]
 pub enum OrderCommand {
@@ -37,8 +37,8 @@ pub enum OrderCommand {
 }
 
 pub async fn run(command: OrderCommand, settings: Settings) -> anyhow::Result<()> {
-    let client = crate::connect(&settings).await?;
-    let order = match command {
+    let client = crate::client::connect(&settings).await?;
+    match command {
         OrderCommand::Place {
             customer,
             items,
@@ -57,26 +57,36 @@ pub async fn run(command: OrderCommand, settings: Settings) -> anyhow::Result<()
                 card_number: card,
                 shipping_address: address,
             };
-            let body = json!({ "idempotency_key": idempotency_key, "order": order });
-            let reply = request(&client, "order", "place", body.to_string().into_bytes())
+            let idempotency_key = idempotency_key
+                .map(IdempotencyKey::try_from)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let request = PlaceRequest {
+                idempotency_key,
+                order,
+            };
+            let placed = call::<Place>(&client, Component::Order, &request)
                 .await
                 .context("order not placed")?;
-            let order = reply["order"].clone();
             if wait {
-                settle(&client, &order).await?
+                print(&settle(&client, &placed.order.order_id).await?)
             } else {
-                order
+                print(&placed.order)
             }
         }
         OrderCommand::Show { order_id } => {
-            request(&client, "projection", "get", order_id.into_bytes()).await?
+            print(&call::<ReadOrder>(&client, Component::Projection, &order_id).await?)
         }
-        OrderCommand::Cancel { order_id } => {
-            let reply = request(&client, "order", "cancel", order_id.into_bytes()).await?;
-            reply["order"].clone()
-        }
-    };
-    println!("{}", serde_json::to_string_pretty(&order)?);
+        OrderCommand::Cancel { order_id } => print(
+            &call::<Cancel>(&client, Component::Order, &order_id)
+                .await?
+                .order,
+        ),
+    }
+}
+
+fn print(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -96,24 +106,24 @@ fn parse_item(item: &str) -> anyhow::Result<LineRequest> {
 }
 
 /// Poll the order until the saga has settled, with a spinner.
-async fn settle(client: &async_nats::Client, order: &Value) -> anyhow::Result<Value> {
-    let id = order["order_id"].as_str().unwrap_or_default().to_string();
+async fn settle(client: &async_nats::Client, id: &str) -> anyhow::Result<OrderReadModel> {
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.enable_steady_tick(Duration::from_millis(100));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         // The read model; not there yet (404) means the projection has not seen it.
-        let order = match request(client, "projection", "get", id.clone().into_bytes()).await {
-            Ok(order) => order,
-            Err(e) if e.code == 404 => serde_json::Value::Null,
+        let order = match call::<ReadOrder>(client, Component::Projection, &id.to_string()).await {
+            Ok(order) => Some(order),
+            Err(DomainError::NotFound(_)) => None,
             Err(e) => return Err(e.into()),
         };
-        let status = order["order_status"]
-            .as_str()
-            .unwrap_or("PENDING")
-            .to_string();
+        let status = order
+            .as_ref()
+            .and_then(|o| o.order_status.clone())
+            .unwrap_or_else(|| "PENDING".into());
         spinner.set_message(format!("order {id}: {status}"));
-        if !matches!(status.as_str(), "PENDING" | "CANCELLING") {
+        if let Some(order) = order.filter(|_| !matches!(status.as_str(), "PENDING" | "CANCELLING"))
+        {
             spinner.finish_and_clear();
             return Ok(order);
         }

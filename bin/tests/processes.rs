@@ -51,9 +51,9 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
     let simulators = cluster.run("simulators");
     cluster.payment_gateway = simulators.line_starting("payment gateway: ");
     cluster.carrier = simulators.line_starting("carrier: ");
-    let mut services: Vec<(&str, Proc)> = actors::SERVICES
+    let mut services: Vec<(&str, Proc)> = actors::Component::SERVICES
         .iter()
-        .map(|name| (*name, cluster.run(name)))
+        .map(|c| (c.name(), cluster.run(c.name())))
         .collect();
     let mut projection = cluster.run("projection");
     let gateway = cluster.run("gateway");

@@ -4,6 +4,9 @@ mod support;
 
 use std::time::Duration;
 
+use actors::contract::Status;
+use actors::rpc::call;
+use actors::Component;
 use futures::StreamExt;
 use serde_json::json;
 use support::{order, Api, Proc, ADDRESS, CARD};
@@ -138,17 +141,15 @@ async fn a_slow_payment_gateway_uses_only_its_own_permits() {
     let slow = api
         .place_ok(&order("slow", "SKU-MUG", 1, CARD, ADDRESS))
         .await;
-    let circuits = |service: &'static str| {
+    let circuits = |service: actors::Component| {
         let client = client.clone();
         async move {
-            let status = actors::engine::host::request(&client, service, "status", Vec::new())
-                .await
-                .unwrap();
-            status["circuits"].as_array().unwrap().clone()
+            let status = call::<Status>(&client, service, &()).await.unwrap();
+            status.circuits
         }
     };
     support::wait_until("a payment call is in flight", || async {
-        circuits("payment").await[0]["in_flight"].as_u64() == Some(1)
+        circuits(Component::Payment).await[0].in_flight == 1
     })
     .await;
     // Meanwhile everything else answers, and the carrier's permits are untouched.
@@ -156,11 +157,11 @@ async fn a_slow_payment_gateway_uses_only_its_own_permits() {
         let (status, body) = api.raw(reqwest::Method::GET, path, None).await;
         assert_eq!(status, 200, "{path}: {body}");
     }
-    for circuit in circuits("shipment").await {
-        assert_eq!(circuit["in_flight"], 0, "{circuit}");
-        assert_eq!(circuit["refused"], 0, "{circuit}");
+    for circuit in circuits(Component::Shipment).await {
+        assert_eq!(circuit.in_flight, 0, "{circuit:?}");
+        assert_eq!(circuit.refused, 0, "{circuit:?}");
     }
-    assert_eq!(circuits("payment").await[0]["in_flight"], 1);
+    assert_eq!(circuits(Component::Payment).await[0].in_flight, 1);
     api.set_faults(&api.payment_gateway, json!({})).await;
     api.wait_status(&slow, &["COMPLETED"]).await;
     up.stop();

@@ -4,6 +4,7 @@ mod support;
 
 use std::time::Duration;
 
+use actors::Component;
 use futures::StreamExt;
 use serde_json::json;
 use support::{order, scenario, warehouse, Api, Proc, ADDRESS, CARD};
@@ -278,7 +279,7 @@ async fn the_cli_places_shows_and_cancels_and_every_service_is_listed() {
 
     let (ok, stdout, stderr) = cli(&["status"]);
     assert!(ok, "{stderr}");
-    for service in actors::status_components() {
+    for service in Component::with_status().map(Component::name) {
         let line = stdout
             .lines()
             .find(|l| l.trim_start().starts_with(service) && l.contains("outbox depth"))
@@ -295,7 +296,7 @@ async fn the_cli_places_shows_and_cancels_and_every_service_is_listed() {
         .await
         .unwrap();
     let mut names = std::collections::BTreeSet::new();
-    while names.len() < actors::status_components().count() {
+    while names.len() < Component::with_status().count() {
         let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
             .await
             .expect("every service answers $SRV.INFO")
@@ -304,7 +305,7 @@ async fn the_cli_places_shows_and_cancels_and_every_service_is_listed() {
         names.insert(info["name"].as_str().unwrap().to_string());
     }
     let expected: std::collections::BTreeSet<String> =
-        actors::status_components().map(str::to_string).collect();
+        Component::with_status().map(|c| c.to_string()).collect();
     assert_eq!(names, expected);
     up.stop();
 }

@@ -66,8 +66,8 @@ impl Domain {
         }
     }
 
-    /// The owning service, the CloudEvents `source`, e.g. `payment`.
-    pub fn service(self) -> &'static str {
+    /// The CloudEvents `source` of this domain's events: the owning service, e.g. `payment`.
+    pub fn source(self) -> &'static str {
         match self {
             Domain::Orders => "order",
             Domain::Payments => "payment",
@@ -78,8 +78,8 @@ impl Domain {
         }
     }
 
-    pub fn from_service(service: &str) -> Option<Domain> {
-        Domain::ALL.into_iter().find(|d| d.service() == service)
+    pub fn from_source(source: &str) -> Option<Domain> {
+        Domain::ALL.into_iter().find(|d| d.source() == source)
     }
 }
 
@@ -126,7 +126,7 @@ impl Envelope {
         Ok(Envelope {
             specversion: SPEC_VERSION.into(),
             id: Uuid::now_v7(),
-            source: domain.service().into(),
+            source: domain.source().into(),
             event_type,
             correlationid: subject.clone(),
             subject,
@@ -154,7 +154,7 @@ impl Envelope {
 
     /// The owning domain, from `source`.
     pub fn domain(&self) -> Result<Domain, BusError> {
-        Domain::from_service(&self.source)
+        Domain::from_source(&self.source)
             .ok_or_else(|| BusError::Invalid(format!("unknown source {:?}", self.source)))
     }
 

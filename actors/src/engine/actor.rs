@@ -8,9 +8,9 @@ use std::sync::Arc;
 use actix::prelude::*;
 use bus::relay::RelayStats;
 use bus::Delivery;
-use serde_json::{json, Value};
 use storage::Store;
 
+use super::api::ComponentStatus;
 use super::core::{Engine, Settled};
 use super::{ApiError, Command, EngineError, Executed, Service};
 
@@ -46,19 +46,19 @@ impl<S: Service> Message for Execute<S> {
 }
 
 /// A question about an aggregate, given its version and state.
-pub type Question<A> = Box<dyn FnOnce(u64, &A) -> Option<Value> + Send>;
+pub type Question<A, T> = Box<dyn FnOnce(u64, &A) -> T + Send>;
 
 /// Answer a question about one aggregate inside the actor, without copying its state.
-pub struct Query<S: Service>(pub String, pub Question<S::State>);
+pub struct Query<S: Service, T>(pub String, pub Question<S::State, T>);
 
-impl<S: Service> Message for Query<S> {
-    type Result = Result<Option<Value>, EngineError>;
+impl<S: Service, T: 'static> Message for Query<S, T> {
+    type Result = Result<T, EngineError>;
 }
 
-impl<S: Service> Handler<Query<S>> for ServiceActor<S> {
-    type Result = Result<Option<Value>, EngineError>;
+impl<S: Service, T: 'static> Handler<Query<S, T>> for ServiceActor<S> {
+    type Result = Result<T, EngineError>;
 
-    fn handle(&mut self, msg: Query<S>, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Query<S, T>, _ctx: &mut Context<Self>) -> Self::Result {
         match self.engine.as_mut() {
             Some(engine) => engine.query(&msg.0, msg.1),
             None => Err(EngineError::Stopped(S::name())),
@@ -184,29 +184,30 @@ impl<S: Service> Handle<S> {
             .unwrap_or_else(|| Err(EngineError::Stopped(S::name()).into()))
     }
 
-    pub async fn query(
+    pub async fn query<T: Send + 'static>(
         &self,
         aggregate_id: String,
-        query: impl FnOnce(u64, &S::State) -> Option<Value> + Send + 'static,
-    ) -> Result<Option<Value>, EngineError> {
+        query: impl FnOnce(u64, &S::State) -> T + Send + 'static,
+    ) -> Result<T, EngineError> {
         self.addr
-            .send(Query::<S>(aggregate_id, Box::new(query)))
+            .send(Query::<S, T>(aggregate_id, Box::new(query)))
             .await
             .map_err(|_| EngineError::Stopped(S::name()))?
     }
 
     /// What `commerce status` shows about this service.
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> ComponentStatus {
         use std::sync::atomic::Ordering::Relaxed;
-        json!({
-            "service": S::name(),
-            "outbox_depth": self.store.outbox_depth(),
-            "outbox_sent": self.relay.sent.load(Relaxed),
-            "relay_duplicates": self.relay.duplicates.load(Relaxed),
-            "relay_failures": self.relay.failures.load(Relaxed),
-            "inbox": self.store.inbox_len(),
-            "circuits": self.ops.status(),
-            "database": self.store.path().display().to_string(),
-        })
+        ComponentStatus {
+            component: S::name().to_string(),
+            database: self.store.path().display().to_string(),
+            outbox_depth: self.store.outbox_depth() as u64,
+            outbox_sent: self.relay.sent.load(Relaxed),
+            relay_duplicates: self.relay.duplicates.load(Relaxed),
+            relay_failures: self.relay.failures.load(Relaxed),
+            inbox: self.store.inbox_len() as u64,
+            circuits: self.ops.status(),
+            read_model: None,
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`recovery`]: rebuilding a lost database from the service's own stream.
 
 pub mod actor;
+pub mod api;
 pub mod core;
 pub mod host;
 pub mod recovery;
@@ -24,6 +25,8 @@ use serde_json::Value;
 use storage::StorageError;
 
 use crate::events::Inbound;
+use crate::rpc::server::ServeError;
+use crate::rpc::{Component, DomainError, Server};
 use crate::Settings;
 
 pub use actor::Handle;
@@ -74,25 +77,54 @@ pub struct Executed<A: Aggregate> {
     pub events: Vec<A::Event>,
 }
 
+/// Where a service keeps its state: which aggregate an order's events (and queries) concern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// One aggregate per order, named by the order id.
+    PerOrder,
+    /// One aggregate for everything (e.g. the warehouse's stock), named so.
+    One(&'static str),
+}
+
+impl Placement {
+    /// The aggregate that holds what concerns `order_id`.
+    pub fn aggregate_id(self, order_id: &str) -> String {
+        match self {
+            Placement::PerOrder => order_id.to_string(),
+            Placement::One(id) => id.to_string(),
+        }
+    }
+}
+
 /// One commerce service: its state, what it listens to, and how it reacts.
 pub trait Service: Sized + Unpin + 'static {
     type State: Aggregate;
     /// The events this service reacts to, per upstream domain (one durable consumer each).
     const LISTENS: &'static [(Domain, &'static [&'static str])];
-    /// Micro endpoints that change state (`commerce.<service>.<name>`), answered after the flush.
-    const COMMANDS: &'static [&'static str] = &[];
+    /// Where its state lives.
+    const PLACEMENT: Placement;
+    /// What `get` answers: the aggregate as clients see it.
+    type View: Serialize + DeserializeOwned + Send + 'static;
+    /// What `part` answers: an order's part, as the composed view shows it.
+    type Part: Serialize + DeserializeOwned + Send + 'static;
+
+    /// The component it is (the owner of its events' domain).
+    const COMPONENT: Component =
+        Component::owner(<<Self::State as Aggregate>::Event as DomainEvent>::DOMAIN);
 
     /// The service's name: its database directory, durable consumer and micro service name.
     fn name() -> &'static str {
-        <<Self::State as Aggregate>::Event as DomainEvent>::DOMAIN.service()
+        Self::COMPONENT.name()
     }
 
     /// Build the service's dependencies (HTTP clients of external systems, each behind a guard
     /// from `ops`) from settings.
     fn new(settings: &Settings, ops: &crate::resilience::Ops) -> Result<Self, EngineError>;
 
-    /// The aggregate an inbound event concerns, or `None` if the service ignores it.
-    fn route(&self, event: &Inbound, saga: &str) -> Option<String>;
+    /// The aggregate an inbound event of saga `saga` concerns.
+    fn route(&self, _event: &Inbound, saga: &str) -> Option<String> {
+        Some(Self::PLACEMENT.aggregate_id(saga))
+    }
 
     /// Decide what to do about `event`, given the aggregate's state. External calls happen here;
     /// the state is changed only by applying the returned events.
@@ -103,42 +135,19 @@ pub trait Service: Sized + Unpin + 'static {
         saga: &str,
     ) -> impl Future<Output = Reaction<<Self::State as Aggregate>::Event>>;
 
-    /// Parse a request to one of [`Service::COMMANDS`] into a command.
-    fn command(endpoint: &str, body: &[u8]) -> Result<Command<Self::State>, ApiError> {
-        let _ = body;
-        Err(ApiError::not_found(format!("no command {endpoint}")))
-    }
-
-    /// The answer to a command.
-    fn reply(endpoint: &str, executed: &Executed<Self::State>) -> Value {
-        let _ = endpoint;
-        Self::view(executed.version, &executed.state).unwrap_or(Value::Null)
-    }
-
-    /// The aggregate that holds the service's own event about saga `saga` (for recovery).
-    fn own_aggregate(saga: &str) -> String {
-        saga.to_string()
-    }
-
-    /// The aggregate a `get` request (body = the request payload) reads.
-    fn get_id(body: &str) -> String {
-        body.trim().to_string()
-    }
-
-    /// How the aggregate is shown to clients (`get`); `None`: it does not exist (404).
-    fn view(version: u64, state: &Self::State) -> Option<Value> {
-        (version > 0).then(|| serde_json::to_value(state).unwrap_or(Value::Null))
-    }
-
-    /// The aggregate holding an order's part for the composed view (`part` endpoint).
-    fn part_id(order_id: &str) -> String {
-        order_id.to_string()
-    }
+    /// How the aggregate is shown to clients (`get`); `None`: it does not exist.
+    fn view(version: u64, state: &Self::State) -> Option<Self::View>;
 
     /// An order's part, as the composed view shows it; `None`: this service knows nothing of it.
-    fn part(order_id: &str, version: u64, state: &Self::State) -> Option<Value> {
-        let _ = order_id;
-        Self::view(version, state)
+    fn part(order_id: &str, version: u64, state: &Self::State) -> Option<Self::Part>;
+
+    /// Endpoints besides the ones every service answers (`status`, `get`, `part`, `slow`).
+    fn endpoints(
+        server: &mut Server,
+        handle: Handle<Self>,
+    ) -> impl Future<Output = Result<(), ServeError>> {
+        let _ = (server, handle);
+        async { Ok(()) }
     }
 
     /// Work the service does besides reacting to events (e.g. tracking parcels).
@@ -153,41 +162,12 @@ pub trait Service: Sized + Unpin + 'static {
     }
 }
 
-/// An error for a client, with an HTTP-like status code (carried as the micro service error code).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ApiError {
-    pub code: u16,
-    pub message: String,
-}
+/// Until the engine speaks [`DomainError`] everywhere.
+pub use crate::rpc::DomainError as ApiError;
 
-impl ApiError {
-    pub fn new(code: u16, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            message: message.into(),
-        }
-    }
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(400, message)
-    }
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(404, message)
-    }
-    pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(409, message)
-    }
-    pub fn unprocessable(message: impl Into<String>) -> Self {
-        Self::new(422, message)
-    }
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(503, message)
-    }
-}
-
-impl From<EngineError> for ApiError {
+impl From<EngineError> for DomainError {
     fn from(e: EngineError) -> Self {
-        ApiError::unavailable(e.to_string())
+        DomainError::unavailable(e.to_string())
     }
 }
 
@@ -198,12 +178,21 @@ pub enum EngineError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Bus(#[from] BusError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
     /// A stored or produced event does not (de)serialize: a bug or an incompatible database.
     #[error("event codec: {0}")]
     Codec(String),
     /// The service's settings cannot work (e.g. a bad URL).
     #[error("configuration: {0}")]
     Config(String),
+    /// A file the service keeps beside its database.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The service actor is gone (shutting down).
     #[error("the {0} service is stopped")]
     Stopped(&'static str),

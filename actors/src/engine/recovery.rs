@@ -9,6 +9,7 @@
 //! keyed by the order, so nothing is booked or charged twice.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -17,6 +18,58 @@ use futures::StreamExt;
 use storage::{Commit, NewEvent, Store};
 
 use super::{Aggregate, DomainEvent, EngineError, Service};
+use crate::Settings;
+
+/// Present in a service's database directory while a recovery runs: if it is still there at
+/// start, that recovery was cut short and is redone from scratch.
+const MARKER: &str = "RECOVERING";
+
+/// Open the service's database at `dir`, emptied first when a rebuild was asked for
+/// (`--rebuild`) or an earlier recovery was cut short.
+pub fn open(dir: &Path, settings: &Settings) -> Result<Store, EngineError> {
+    let store = Store::open(dir, &settings.store)?;
+    if !(settings.rebuild || dir.join(MARKER).exists()) || store.is_empty() {
+        return Ok(store);
+    }
+    // We hold its lock, so it is ours to clear.
+    drop(store);
+    std::fs::remove_dir_all(dir).map_err(|e| EngineError::Io {
+        what: format!("clearing {} to rebuild it", dir.display()),
+        source: e,
+    })?;
+    Ok(Store::open(dir, &settings.store)?)
+}
+
+/// A new or lost database: restore what the stream knows, and read every upstream event again
+/// (even with nothing restored, a reaction may have been lost before it was published).
+pub async fn recover_if_empty<S: Service>(
+    dir: &Path,
+    store: &Store,
+    js: &jetstream::Context,
+) -> Result<(), EngineError> {
+    if !store.is_empty() {
+        return Ok(());
+    }
+    let marker = dir.join(MARKER);
+    let io = |e: std::io::Error| EngineError::Io {
+        what: marker.display().to_string(),
+        source: e,
+    };
+    std::fs::File::create(&marker)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    let restored = recover::<S>(store, js).await?;
+    reset_consumers::<S>(js).await?;
+    std::fs::remove_file(&marker).map_err(io)?;
+    if restored > 0 {
+        tracing::info!(
+            service = S::name(),
+            events = restored,
+            "database rebuilt from the stream; consumers restart from the beginning"
+        );
+    }
+    Ok(())
+}
 
 fn failed(reason: impl std::fmt::Display) -> EngineError {
     EngineError::Bus(bus::BusError::JetStream {
@@ -80,7 +133,7 @@ async fn restore_events<S: Service>(
         let Ok(envelope) = Envelope::from_slice(&message.payload) else {
             continue;
         };
-        if envelope.source != domain.service() {
+        if envelope.source != domain.source() {
             continue;
         }
         let Some(version) = envelope.aggregateversion else {
@@ -91,7 +144,7 @@ async fn restore_events<S: Service>(
         };
         // A copy published twice (after a broker outage) lands once.
         by_aggregate
-            .entry(S::own_aggregate(&envelope.subject))
+            .entry(S::PLACEMENT.aggregate_id(&envelope.subject))
             .or_default()
             .entry(version)
             .or_insert(envelope);

@@ -4,16 +4,30 @@
 pub mod aggregate;
 pub mod events;
 
-use bus::Domain;
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
-use self::aggregate::{Warehouse, WAREHOUSE};
+use bus::Domain;
+use serde::{Deserialize, Serialize};
+
+use self::aggregate::{Reservation, Warehouse, WAREHOUSE};
 use self::events::InventoryEvent;
-use crate::engine::{EngineError, Reaction, Service};
+use crate::engine::{EngineError, Placement, Reaction, Service};
 use crate::events::Inbound;
 use crate::Settings;
 
 pub struct InventoryService;
+
+/// `get`: available units per SKU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarehouseStock {
+    pub available: BTreeMap<String, i64>,
+}
+
+/// `part`: what the warehouse did for an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryPart {
+    pub reservation: Reservation,
+}
 
 impl Service for InventoryService {
     type State = Warehouse;
@@ -22,13 +36,12 @@ impl Service for InventoryService {
         (Domain::Orders, &["OrderCancelled"]),
         (Domain::Shipments, &["ShipmentFailed"]),
     ];
+    const PLACEMENT: Placement = Placement::One(WAREHOUSE);
+    type View = WarehouseStock;
+    type Part = InventoryPart;
 
     fn new(_settings: &Settings, _ops: &crate::resilience::Ops) -> Result<Self, EngineError> {
         Ok(InventoryService)
-    }
-
-    fn route(&self, _event: &Inbound, _saga: &str) -> Option<String> {
-        Some(WAREHOUSE.to_string())
     }
 
     async fn react(
@@ -40,28 +53,16 @@ impl Service for InventoryService {
         Ok(state.react(saga, event))
     }
 
-    fn own_aggregate(_saga: &str) -> String {
-        WAREHOUSE.to_string()
+    fn view(_version: u64, state: &Warehouse) -> Option<WarehouseStock> {
+        Some(WarehouseStock {
+            available: state.available.clone(),
+        })
     }
 
-    fn get_id(_body: &str) -> String {
-        WAREHOUSE.to_string()
-    }
-
-    fn part_id(_order_id: &str) -> String {
-        WAREHOUSE.to_string()
-    }
-
-    fn part(order_id: &str, _version: u64, state: &Warehouse) -> Option<Value> {
-        state
-            .orders
-            .get(order_id)
-            .map(|r| json!({ "reservation": r }))
-    }
-
-    /// `get`: available units per SKU.
-    fn view(_version: u64, state: &Warehouse) -> Option<Value> {
-        Some(json!({ "available": state.available }))
+    fn part(order_id: &str, _version: u64, state: &Warehouse) -> Option<InventoryPart> {
+        state.orders.get(order_id).map(|r| InventoryPart {
+            reservation: r.clone(),
+        })
     }
 }
 

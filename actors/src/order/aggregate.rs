@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use super::events::OrderEvent;
 use crate::catalog::{Line, PlaceOrder};
-use crate::engine::{Aggregate, ApiError};
+use crate::engine::Aggregate;
 use crate::events::{Inbound, PaymentEvent, ShipmentEvent, StoreEvent};
+use crate::rpc::DomainError;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -23,6 +24,20 @@ pub enum OrderStatus {
     Shipped,
     Completed,
     Cancelled,
+}
+
+impl OrderStatus {
+    /// As serialized: `PENDING`, `CONFIRMED`, …
+    pub fn name(self) -> &'static str {
+        match self {
+            OrderStatus::New => "NEW",
+            OrderStatus::Pending => "PENDING",
+            OrderStatus::Confirmed => "CONFIRMED",
+            OrderStatus::Shipped => "SHIPPED",
+            OrderStatus::Completed => "COMPLETED",
+            OrderStatus::Cancelled => "CANCELLED",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -85,10 +100,14 @@ impl Aggregate for Order {
 }
 
 /// What `cancel` did, for the reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CancelOutcome {
+    /// The cancel is recorded; the saga now compensates (unless the parcel leaves first).
     Requested,
+    /// An earlier cancel is still being compensated.
     AlreadyRequested,
+    /// The order was cancelled already.
     AlreadyCancelled,
 }
 
@@ -109,12 +128,12 @@ impl Order {
         order: &PlaceOrder,
         fingerprint: &str,
         now: DateTime<Utc>,
-    ) -> Result<Vec<OrderEvent>, ApiError> {
+    ) -> Result<Vec<OrderEvent>, DomainError> {
         if self.exists() {
             if self.request_fingerprint == fingerprint {
                 return Ok(Vec::new());
             }
-            return Err(ApiError::unprocessable(
+            return Err(DomainError::rejected(
                 "this Idempotency-Key was already used for a different order",
             ));
         }
@@ -131,11 +150,11 @@ impl Order {
     }
 
     /// A customer's cancel: allowed until the parcel has left.
-    pub fn cancel(&self) -> Result<(CancelOutcome, Vec<OrderEvent>), ApiError> {
+    pub fn cancel(&self) -> Result<(CancelOutcome, Vec<OrderEvent>), DomainError> {
         match self.status {
-            OrderStatus::New => Err(ApiError::not_found("no such order")),
+            OrderStatus::New => Err(DomainError::not_found("no such order")),
             OrderStatus::Cancelled => Ok((CancelOutcome::AlreadyCancelled, Vec::new())),
-            OrderStatus::Shipped | OrderStatus::Completed => Err(ApiError::conflict(format!(
+            OrderStatus::Shipped | OrderStatus::Completed => Err(DomainError::conflict(format!(
                 "the order is {:?}: it has left the warehouse and can no longer be cancelled",
                 self.status
             ))),

@@ -13,7 +13,7 @@ use chrono::Utc;
 
 use self::aggregate::{GatewayAnswer, GatewayCall, Payment};
 use self::events::PaymentEvent;
-use crate::engine::{EngineError, Plan, Reaction, Service};
+use crate::engine::{EngineError, Placement, Plan, Reaction, Service};
 use crate::events::{Inbound, OrderEvent};
 use crate::external::Client;
 use crate::resilience::Guard;
@@ -36,6 +36,9 @@ impl Service for PaymentService {
         // Its own: a payment given up at the deadline is voided once the gateway is back.
         (Domain::Payments, &["PaymentAbandoned"]),
     ];
+    const PLACEMENT: Placement = Placement::PerOrder;
+    type View = Payment;
+    type Part = Payment;
 
     fn new(settings: &Settings, ops: &crate::resilience::Ops) -> Result<Self, EngineError> {
         Ok(PaymentService {
@@ -45,10 +48,6 @@ impl Service for PaymentService {
             )?,
             deadline: deadline(settings),
         })
-    }
-
-    fn route(&self, _event: &Inbound, saga: &str) -> Option<String> {
-        Some(saga.to_string())
     }
 
     async fn react(&self, state: &Payment, event: &Inbound, saga: &str) -> Reaction<PaymentEvent> {
@@ -75,6 +74,14 @@ impl Service for PaymentService {
                 Err(other) => Err(other),
             },
         }
+    }
+
+    fn view(version: u64, state: &Payment) -> Option<Payment> {
+        (version > 0).then(|| state.clone())
+    }
+
+    fn part(_order_id: &str, version: u64, state: &Payment) -> Option<Payment> {
+        Self::view(version, state)
     }
 }
 

@@ -6,6 +6,7 @@
 //! generation of rows while queries keep reading the old one; live events go to both meanwhile;
 //! when the replay has reached where the streams were when it began, switch (one write).
 
+pub mod api;
 pub mod model;
 
 use std::collections::HashMap;
@@ -15,22 +16,24 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use async_nats::jetstream;
-use async_nats::service::ServiceExt;
-use bus::{Delivery, Domain, DurableConsumer, Envelope, Verdict};
+use bus::{Delivery, Domain, Envelope, Verdict};
 use futures::{FutureExt, StreamExt};
-use serde_json::{json, Value};
 use storage::Store;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use self::api::{ReadOrder, Rebuild, RebuildStarted};
 use self::model::OrderReadModel;
 use crate::engine::actor::Deliver;
+use crate::engine::api::{ComponentStatus, ReadModelStatus, Status};
 use crate::engine::core::Settled;
-use crate::engine::host::{self, RunningService, Sink};
-use crate::engine::{ApiError, EngineError};
+use crate::engine::host::consume::Sink;
+use crate::engine::host::{self, Host, RunningComponent};
+use crate::engine::EngineError;
+use crate::rpc::{Component, DomainError};
 use crate::Settings;
 
-pub const NAME: &str = "projection";
+const COMPONENT: Component = Component::Projection;
 
 /// Rebuild progress, readable while it runs.
 #[derive(Debug, Default)]
@@ -52,6 +55,18 @@ pub struct ProjectionActor {
 
 impl Actor for ProjectionActor {
     type Context = Context<Self>;
+}
+
+impl Progress {
+    fn status(&self, generation: u32) -> ReadModelStatus {
+        ReadModelStatus {
+            generation,
+            rebuilding: self.running.load(Ordering::Acquire),
+            rebuild_read: self.read.load(Ordering::Acquire),
+            rebuild_total: self.total.load(Ordering::Acquire),
+            rebuilds: self.rebuilds.load(Ordering::Acquire),
+        }
+    }
 }
 
 impl ProjectionActor {
@@ -199,13 +214,13 @@ struct ProjectionSink(Addr<ProjectionActor>);
 
 impl Sink for ProjectionSink {
     fn name(&self) -> &'static str {
-        NAME
+        COMPONENT.name()
     }
     async fn deliver(&self, batch: Vec<Delivery>) -> Result<Settled, EngineError> {
         self.0
             .send(Deliver(batch))
             .await
-            .map_err(|_| EngineError::Stopped(NAME))?
+            .map_err(|_| EngineError::Stopped(COMPONENT.name()))?
     }
 }
 
@@ -214,8 +229,8 @@ pub async fn spawn(
     settings: Settings,
     nats_url: String,
     shutdown: CancellationToken,
-) -> Result<RunningService, EngineError> {
-    host::spawn_with(NAME, settings, nats_url, shutdown, |s, u, t, r| {
+) -> Result<RunningComponent, EngineError> {
+    host::spawn_with(COMPONENT, settings, nats_url, shutdown, |s, u, t, r| {
         run(s, u, t, r).boxed_local()
     })
     .await
@@ -227,111 +242,57 @@ async fn run(
     shutdown: CancellationToken,
     ready: oneshot::Sender<()>,
 ) -> Result<(), EngineError> {
-    let store = Store::open(settings.service_dir(NAME), &settings.store)?;
+    let store = Store::open(settings.service_dir(COMPONENT.name()), &settings.store)?;
     let active = Arc::new(AtomicU32::new(store.active_models()?));
-    let client = bus::connect(&nats_url).await?;
-    let js = jetstream::new(client.clone());
+    let mut host = Host::connect(COMPONENT, settings, store, &nats_url, shutdown).await?;
     let actor = ProjectionActor {
-        store: store.clone(),
+        store: host.store.clone(),
         active: active.clone(),
         building: None,
     }
     .start();
     let progress = Arc::new(Progress::default());
-
-    let mut tasks = Vec::new();
     for domain in Domain::ALL {
-        let spec = host::consumer_spec(domain.stream(), NAME, &settings);
-        let consumer = DurableConsumer::bind(&js, spec).await?;
-        tasks.push(actix_rt::spawn(host::consume(
-            js.clone(),
-            consumer,
-            ProjectionSink(actor.clone()),
-            shutdown.clone(),
-        )));
+        let sink = ProjectionSink(actor.clone());
+        host.consume(domain.stream(), Vec::new(), sink).await?;
     }
-    tasks.push(actix_rt::spawn(host::clean_up(
-        store.clone(),
-        Duration::from_secs(settings.outbox_retention_secs),
-        Duration::from_secs(settings.inbox_retention_secs),
-        shutdown.clone(),
-    )));
 
-    let micro = client
-        .service_builder()
-        .description("commerce order read model")
-        .start(NAME, env!("CARGO_PKG_VERSION"))
-        .await
-        .map_err(|e| micro_error(e.to_string()))?;
-    let group = micro.group(format!("commerce.{NAME}"));
-    let mut get = group
-        .endpoint("get")
-        .await
-        .map_err(|e| micro_error(e.to_string()))?;
-    let mut status = group
-        .endpoint("status")
-        .await
-        .map_err(|e| micro_error(e.to_string()))?;
-    let mut rebuild = group
-        .endpoint("rebuild")
-        .await
-        .map_err(|e| micro_error(e.to_string()))?;
-
-    tracing::info!(service = NAME, db = %store.path().display(), "service started");
-    let _ = ready.send(());
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(request) = get.next() => {
-                let id = String::from_utf8_lossy(&request.message.payload).trim().to_string();
-                host::respond(&request, lookup(&store, active.load(Ordering::Acquire), &id)).await;
-            }
-            Some(request) = status.next() => {
-                let answer = json!({
-                    "service": NAME,
-                    "generation": active.load(Ordering::Acquire),
-                    "rebuilding": progress.running.load(Ordering::Acquire),
-                    "rebuild_read": progress.read.load(Ordering::Acquire),
-                    "rebuild_total": progress.total.load(Ordering::Acquire),
-                    "rebuilds": progress.rebuilds.load(Ordering::Acquire),
-                    "inbox": 0,
-                    "outbox_depth": 0,
-                    "outbox_sent": 0,
-                    "relay_failures": 0,
-                    "database": store.path().display().to_string(),
-                });
-                host::respond(&request, Ok(answer)).await;
-            }
-            Some(request) = rebuild.next() => {
-                let answer = start_rebuild(&js, &actor, &progress).await;
-                host::respond(&request, answer).await;
-            }
-        }
-    }
-    for task in tasks {
-        let _ = task.await;
-    }
-    let _ = micro.stop().await;
-    let _durable = store.flush().await?;
-    let _ = client.drain().await;
-    tracing::info!(service = NAME, "service stopped");
-    Ok(())
-}
-
-fn micro_error(reason: String) -> EngineError {
-    EngineError::Bus(bus::BusError::JetStream {
-        what: "micro service".into(),
-        reason,
-    })
+    let mut server = host.server("commerce order read model").await?;
+    let (store, generation) = (host.store.clone(), active.clone());
+    server
+        .each::<ReadOrder, _, _>(move |id: String| {
+            let id = id.trim().to_string();
+            std::future::ready(lookup(&store, generation.load(Ordering::Acquire), &id))
+        })
+        .await?;
+    let (store, generation, p) = (host.store.clone(), active.clone(), progress.clone());
+    server
+        .each::<Status, _, _>(move |()| {
+            std::future::ready(Ok(ComponentStatus {
+                component: COMPONENT.name().to_string(),
+                database: store.path().display().to_string(),
+                read_model: Some(p.status(generation.load(Ordering::Acquire))),
+                ..ComponentStatus::default()
+            }))
+        })
+        .await?;
+    let js = host.js.clone();
+    server
+        .each::<Rebuild, _, _>(move |()| {
+            let (js, actor, progress) = (js.clone(), actor.clone(), progress.clone());
+            async move { start_rebuild(&js, &actor, &progress).await }
+        })
+        .await?;
+    host.serve_until_shutdown(server, ready).await
 }
 
 /// One lookup.
-fn lookup(store: &Store, generation: u32, id: &str) -> Result<Value, ApiError> {
+fn lookup(store: &Store, generation: u32, id: &str) -> Result<OrderReadModel, DomainError> {
     match store.model(generation, id) {
         Ok(Some(bytes)) => serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::new(500, format!("unreadable read model row: {e}"))),
-        Ok(None) => Err(ApiError::not_found(format!("no order {id:?}"))),
-        Err(e) => Err(ApiError::unavailable(e.to_string())),
+            .map_err(|e| DomainError::unavailable(format!("unreadable read model row: {e}"))),
+        Ok(None) => Err(DomainError::not_found(format!("no order {id:?}"))),
+        Err(e) => Err(DomainError::unavailable(e.to_string())),
     }
 }
 
@@ -340,12 +301,12 @@ async fn start_rebuild(
     js: &jetstream::Context,
     actor: &Addr<ProjectionActor>,
     progress: &Arc<Progress>,
-) -> Result<Value, ApiError> {
+) -> Result<RebuildStarted, DomainError> {
     let generation = actor
         .send(BeginRebuild)
         .await
-        .map_err(|_| ApiError::unavailable("the projection is stopping"))?
-        .map_err(|e| ApiError::conflict(e.to_string()))?;
+        .map_err(|_| DomainError::unavailable("the projection is stopping"))?
+        .map_err(|e| DomainError::conflict(e.to_string()))?;
     // Live events from here on go to the new generation too; the replay covers everything before.
     let targets = match replay_targets(js).await {
         Ok(targets) => targets,
@@ -370,24 +331,27 @@ async fn start_rebuild(
             progress.rebuilds.fetch_add(1, Ordering::AcqRel);
         }
     });
-    Ok(json!({ "generation": generation, "events": total }))
+    Ok(RebuildStarted {
+        generation,
+        events: total,
+    })
 }
 
 /// Where each stream ends now: what the replay must reach.
-async fn replay_targets(js: &jetstream::Context) -> Result<Vec<(Domain, u64)>, ApiError> {
+async fn replay_targets(js: &jetstream::Context) -> Result<Vec<(Domain, u64)>, DomainError> {
     let mut targets = Vec::new();
     for domain in Domain::ALL {
         let mut stream = js
             .get_stream(domain.stream())
             .await
-            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            .map_err(|e| DomainError::unavailable(e.to_string()))?;
         let state = &stream
             .info()
             .await
-            .map_err(|e| ApiError::unavailable(e.to_string()))?
+            .map_err(|e| DomainError::unavailable(e.to_string()))?
             .state;
         if state.first_sequence > 1 {
-            return Err(ApiError::conflict(format!(
+            return Err(DomainError::conflict(format!(
                 "{} no longer holds its first events (retention): a rebuild would lose orders",
                 domain.stream()
             )));
@@ -450,7 +414,7 @@ async fn replay(
                 actor
                     .send(Replay(std::mem::take(&mut batch)))
                     .await
-                    .map_err(|_| EngineError::Stopped(NAME))??;
+                    .map_err(|_| EngineError::Stopped(COMPONENT.name()))??;
             }
         }
     }

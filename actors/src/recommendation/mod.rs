@@ -5,26 +5,32 @@ pub mod aggregate;
 pub mod events;
 
 use bus::Domain;
+use serde::{Deserialize, Serialize};
 
 use self::aggregate::{CoPurchases, CO_PURCHASES};
 use self::events::RecommendationEvent;
-use crate::engine::{EngineError, Reaction, Service};
+use crate::engine::{EngineError, Placement, Reaction, Service};
 use crate::events::Inbound;
 use crate::Settings;
 
 pub struct RecommendationService;
 
+/// `part`: what was recommended with an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecommendationPart {
+    pub recommended_items: Vec<String>,
+}
+
 impl Service for RecommendationService {
     type State = CoPurchases;
     const LISTENS: &'static [(Domain, &'static [&'static str])] =
         &[(Domain::Orders, &["OrderConfirmed"])];
+    const PLACEMENT: Placement = Placement::One(CO_PURCHASES);
+    type View = CoPurchases;
+    type Part = RecommendationPart;
 
     fn new(_settings: &Settings, _ops: &crate::resilience::Ops) -> Result<Self, EngineError> {
         Ok(RecommendationService)
-    }
-
-    fn route(&self, _event: &Inbound, _saga: &str) -> Option<String> {
-        Some(CO_PURCHASES.to_string())
     }
 
     async fn react(
@@ -36,27 +42,17 @@ impl Service for RecommendationService {
         Ok(state.react(saga, event))
     }
 
-    fn own_aggregate(_saga: &str) -> String {
-        CO_PURCHASES.to_string()
+    fn view(_version: u64, state: &CoPurchases) -> Option<CoPurchases> {
+        Some(state.clone())
     }
 
-    fn get_id(_body: &str) -> String {
-        CO_PURCHASES.to_string()
-    }
-
-    fn part_id(_order_id: &str) -> String {
-        CO_PURCHASES.to_string()
-    }
-
-    fn part(order_id: &str, _version: u64, state: &CoPurchases) -> Option<serde_json::Value> {
+    fn part(order_id: &str, _version: u64, state: &CoPurchases) -> Option<RecommendationPart> {
         state
             .by_order
             .get(order_id)
-            .map(|items| serde_json::json!({ "recommended_items": items }))
-    }
-
-    fn view(_version: u64, state: &CoPurchases) -> Option<serde_json::Value> {
-        serde_json::to_value(state).ok()
+            .map(|items| RecommendationPart {
+                recommended_items: items.clone(),
+            })
     }
 }
 

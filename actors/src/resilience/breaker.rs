@@ -71,6 +71,17 @@ pub enum State {
     HalfOpen,
 }
 
+impl State {
+    /// As published and shown: `closed`, `open`, `half_open`.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+        }
+    }
+}
+
 /// A change of state, and why (published on `ops.circuit.<dependency>`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Transition {

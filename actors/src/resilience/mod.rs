@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 
 pub use self::breaker::{Breaker, BreakerConfig, State, Transition};
@@ -67,6 +66,17 @@ pub struct CircuitEvent {
     pub to: State,
     pub reason: String,
     pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// One guard's state and counts, as `commerce status` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardStatus {
+    pub dependency: String,
+    pub state: State,
+    pub calls: u64,
+    pub refused: u64,
+    pub transitions: u64,
+    pub in_flight: u64,
 }
 
 /// Bulkhead + circuit breaker for one dependency.
@@ -176,15 +186,15 @@ impl Guard {
     }
 
     /// For `commerce status`.
-    pub fn status(&self) -> Value {
-        json!({
-            "dependency": self.dependency,
-            "state": self.state(),
-            "calls": self.calls.load(Ordering::Relaxed),
-            "refused": self.refused.load(Ordering::Relaxed),
-            "transitions": self.transitions.load(Ordering::Relaxed),
-            "in_flight": self.limit - self.permits.available_permits(),
-        })
+    pub fn status(&self) -> GuardStatus {
+        GuardStatus {
+            dependency: self.dependency.clone(),
+            state: self.state(),
+            calls: self.calls.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            transitions: self.transitions.load(Ordering::Relaxed),
+            in_flight: (self.limit - self.permits.available_permits()) as u64,
+        }
     }
 }
 
@@ -230,9 +240,9 @@ impl Ops {
     }
 
     /// Every guard's state.
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> Vec<GuardStatus> {
         let guards = self.guards.lock().unwrap_or_else(PoisonError::into_inner);
-        Value::Array(guards.iter().map(|g| g.status()).collect())
+        guards.iter().map(|g| g.status()).collect()
     }
 }
 
@@ -296,7 +306,7 @@ mod tests {
         };
         let (a, b, ()) = tokio::join!(first, second, third);
         assert!(a.is_ok() && b.is_ok());
-        assert_eq!(slow.status()["refused"], 1);
+        assert_eq!(slow.status().refused, 1);
     }
 
     #[tokio::test]
@@ -338,7 +348,7 @@ mod tests {
         );
         let event = events.try_recv().unwrap();
         assert_eq!((event.from, event.to), (State::Closed, State::Open));
-        assert_eq!(ops.status()[0]["state"], "open");
-        assert_eq!(ops.status()[0]["transitions"], 1);
+        assert_eq!(ops.status()[0].state, State::Open);
+        assert_eq!(ops.status()[0].transitions, 1);
     }
 }

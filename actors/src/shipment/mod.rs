@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::aggregate::{BookingRequest, CarrierAnswer, CarrierCall, Shipment};
 use self::events::ShipmentEvent;
-use crate::engine::{Command, EngineError, Handle, Plan, Reaction, Service};
+use crate::engine::{Command, EngineError, Handle, Placement, Plan, Reaction, Service};
 use crate::events::Inbound;
 use crate::external::{CallError, Client};
 use crate::simulators::carrier::{self, BookingReply, TrackingPage};
@@ -38,16 +38,15 @@ impl Service for ShipmentService {
             &["ShipmentBookingRequested", "ShipmentFailed"],
         ),
     ];
+    const PLACEMENT: Placement = Placement::PerOrder;
+    type View = Shipment;
+    type Part = Shipment;
 
     fn new(settings: &Settings, ops: &crate::resilience::Ops) -> Result<Self, EngineError> {
         Ok(ShipmentService {
             carrier: CarrierClient::new(&settings.carrier_url(), ops.guard("carrier"))?,
             deadline: crate::payment::deadline(settings),
         })
-    }
-
-    fn route(&self, _event: &Inbound, saga: &str) -> Option<String> {
-        Some(saga.to_string())
     }
 
     async fn react(
@@ -90,6 +89,14 @@ impl Service for ShipmentService {
         };
         let every = Duration::from_millis(settings.tracking_poll_ms.max(10));
         Some(track(carrier, handle, every, shutdown).boxed_local())
+    }
+
+    fn view(version: u64, state: &Shipment) -> Option<Shipment> {
+        (version > 0).then(|| state.clone())
+    }
+
+    fn part(_order_id: &str, version: u64, state: &Shipment) -> Option<Shipment> {
+        Self::view(version, state)
     }
 }
 

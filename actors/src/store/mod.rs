@@ -4,16 +4,30 @@
 pub mod aggregate;
 pub mod events;
 
-use bus::Domain;
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
-use self::aggregate::{Stores, STORES_ID};
+use bus::Domain;
+use serde::{Deserialize, Serialize};
+
+use self::aggregate::{StoreReservation, Stores, STORES_ID};
 use self::events::StoreEvent;
-use crate::engine::{EngineError, Reaction, Service};
+use crate::engine::{EngineError, Placement, Reaction, Service};
 use crate::events::Inbound;
 use crate::Settings;
 
 pub struct StoreService;
+
+/// `get`: available units per store and SKU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStock {
+    pub available: BTreeMap<String, BTreeMap<String, i64>>,
+}
+
+/// `part`: what the stores did for an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorePart {
+    pub reservation: StoreReservation,
+}
 
 impl Service for StoreService {
     type State = Stores;
@@ -22,41 +36,28 @@ impl Service for StoreService {
         (Domain::Orders, &["OrderCancelled"]),
         (Domain::Shipments, &["ShipmentFailed"]),
     ];
+    const PLACEMENT: Placement = Placement::One(STORES_ID);
+    type View = StoreStock;
+    type Part = StorePart;
 
     fn new(_settings: &Settings, _ops: &crate::resilience::Ops) -> Result<Self, EngineError> {
         Ok(StoreService)
-    }
-
-    fn route(&self, _event: &Inbound, _saga: &str) -> Option<String> {
-        Some(STORES_ID.to_string())
     }
 
     async fn react(&self, state: &Stores, event: &Inbound, saga: &str) -> Reaction<StoreEvent> {
         Ok(state.react(saga, event))
     }
 
-    fn own_aggregate(_saga: &str) -> String {
-        STORES_ID.to_string()
+    fn view(_version: u64, state: &Stores) -> Option<StoreStock> {
+        Some(StoreStock {
+            available: state.available.clone(),
+        })
     }
 
-    fn get_id(_body: &str) -> String {
-        STORES_ID.to_string()
-    }
-
-    fn part_id(_order_id: &str) -> String {
-        STORES_ID.to_string()
-    }
-
-    fn part(order_id: &str, _version: u64, state: &Stores) -> Option<Value> {
-        state
-            .orders
-            .get(order_id)
-            .map(|r| json!({ "reservation": r }))
-    }
-
-    /// `get`: available units per store and SKU.
-    fn view(_version: u64, state: &Stores) -> Option<Value> {
-        Some(json!({ "available": state.available }))
+    fn part(order_id: &str, _version: u64, state: &Stores) -> Option<StorePart> {
+        state.orders.get(order_id).map(|r| StorePart {
+            reservation: r.clone(),
+        })
     }
 }
 

@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use actors::catalog::{LineRequest, OrderRequest};
-use actors::engine::host::request;
+use actors::contract::{ReadOrder, Rebuild, Slow, SlowRequest, Status};
+use actors::rpc::call;
+use actors::Component;
 use actors::Settings;
 use async_nats::jetstream;
 use futures::StreamExt;
@@ -45,8 +47,8 @@ pub async fn run(orders: usize, requests: usize, mut settings: Settings) -> anyh
     let deadline = Instant::now() + Duration::from_secs(120);
     for id in &ids {
         loop {
-            let row = request(&client, "projection", "get", id.clone().into_bytes()).await;
-            if row.is_ok_and(|r| r["order_status"] == "COMPLETED") {
+            let row = call::<ReadOrder>(&client, Component::Projection, id).await;
+            if row.is_ok_and(|r| r.order_status.as_deref() == Some("COMPLETED")) {
                 break;
             }
             anyhow::ensure!(Instant::now() < deadline, "order {id} did not complete");
@@ -83,12 +85,12 @@ pub async fn run(orders: usize, requests: usize, mut settings: Settings) -> anyh
     let raw = started.elapsed();
 
     let started = Instant::now();
-    let begun = request(&client, "projection", "rebuild", Vec::new()).await?;
-    let rebuilt_events = begun["events"].as_u64().unwrap_or(0);
+    let begun = call::<Rebuild>(&client, Component::Projection, &()).await?;
+    let rebuilt_events = begun.events;
     loop {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let status = request(&client, "projection", "status", Vec::new()).await?;
-        if status["rebuilding"] == false {
+        let status = call::<Status>(&client, Component::Projection, &()).await?;
+        if !status.read_model.is_some_and(|m| m.rebuilding) {
             break;
         }
     }
@@ -96,15 +98,15 @@ pub async fn run(orders: usize, requests: usize, mut settings: Settings) -> anyh
 
     let healthy_get = latencies(&web, &http, &ids, requests, "").await?;
     let healthy_composed = latencies(&web, &http, &ids, requests, "/composed").await?;
-    request(&client, "payment", "slow", b"50".to_vec()).await?;
+    slow(&client, 50).await?;
     let slow_get = latencies(&web, &http, &ids, requests, "").await?;
     let slow_composed = latencies(&web, &http, &ids, requests, "/composed").await?;
     // Payment hangs (5 s per answer, over the fan-out's 2 s limit): with and without guards.
-    request(&client, "payment", "slow", b"5000".to_vec()).await?;
+    slow(&client, 5000).await?;
     let down = 60.min(requests);
     let hung_unguarded = latencies(&web, &http, &ids, down, "/composed?guards=false").await?;
     let hung_guarded = latencies(&web, &http, &ids, down, "/composed").await?;
-    request(&client, "payment", "slow", b"0".to_vec()).await?;
+    slow(&client, 0).await?;
     system.shutdown().await;
 
     let raw_rate = events as f64 / raw.as_secs_f64();
@@ -171,4 +173,10 @@ async fn latencies(
     ms.sort_by(f64::total_cmp);
     let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
     Ok((at(0.5), at(0.99)))
+}
+
+/// Delay the payment service's `get` and `part` answers by `delay_ms`.
+async fn slow(client: &async_nats::Client, delay_ms: u64) -> anyhow::Result<()> {
+    call::<Slow>(client, Component::Payment, &SlowRequest { delay_ms }).await?;
+    Ok(())
 }

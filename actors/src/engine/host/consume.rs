@@ -1,0 +1,77 @@
+//! One durable consumer's loop: fetch a batch, let the sink apply it (commit + flush), then
+//! settle it on the bus. A batch already fetched is always finished before shutdown is honoured.
+
+use std::time::Duration;
+
+use bus::{ConsumerSpec, Delivery, DurableConsumer};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::core::Settled;
+use crate::engine::{EngineError, Handle, Service};
+use crate::Settings;
+
+/// Where a consumer hands its batches: commits and flushes them, then says how to settle each.
+pub trait Sink: Clone + 'static {
+    fn name(&self) -> &'static str;
+    fn deliver(
+        &self,
+        batch: Vec<Delivery>,
+    ) -> impl std::future::Future<Output = Result<Settled, EngineError>>;
+}
+
+impl<S: Service> Sink for Handle<S> {
+    fn name(&self) -> &'static str {
+        S::name()
+    }
+    async fn deliver(&self, batch: Vec<Delivery>) -> Result<Settled, EngineError> {
+        Handle::deliver(self, batch).await
+    }
+}
+
+/// A durable consumer of `stream` for `durable`, with the settings' redelivery policy.
+pub fn consumer_spec(stream: &str, durable: &str, settings: &Settings) -> ConsumerSpec {
+    let mut spec = ConsumerSpec::new(stream, durable);
+    spec.ack_wait = Duration::from_millis(settings.ack_wait_ms.max(1_000));
+    spec.max_deliver = settings.max_deliver.max(1);
+    if !settings.retry_backoff_ms.is_empty() {
+        spec.backoff = settings
+            .retry_backoff_ms
+            .iter()
+            .map(|ms| Duration::from_millis(*ms))
+            .collect();
+    }
+    spec
+}
+
+pub async fn consume<K: Sink>(
+    js: async_nats::jetstream::Context,
+    mut consumer: DurableConsumer,
+    sink: K,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            batch = consumer.next_batch(Duration::from_secs(1)) => batch,
+        };
+        match batch {
+            Ok(batch) if batch.is_empty() => {}
+            Ok(batch) => match sink.deliver(batch).await {
+                Ok(settled) => consumer.settle(settled.verdicts, settled.flushed).await,
+                Err(e) => tracing::warn!(component = sink.name(), error = %e,
+                    "batch not applied; the broker redelivers it after AckWait"),
+            },
+            Err(e) => {
+                tracing::warn!(component = sink.name(), error = %e, "consumer lost; binding again");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                match DurableConsumer::bind(&js, consumer.spec().clone()).await {
+                    Ok(bound) => consumer = bound,
+                    Err(e) => tracing::warn!(component = sink.name(), error = %e, "bind failed"),
+                }
+            }
+        }
+    }
+}

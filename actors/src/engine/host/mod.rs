@@ -1,0 +1,191 @@
+//! Running a component on its own Arbiter (thread) with its own database, NATS connection,
+//! durable consumers, micro service and background tasks. The same code runs in `commerce up`
+//! (every component in one process) and `commerce run <component>` (one per process).
+//!
+//! - [`Host`]: what every component's run shares: start-up, tasks, orderly stop.
+//! - [`consume`]: one durable consumer's loop, handing batches to a [`Sink`](consume::Sink).
+//! - [`retention`]: deleting sent outbox rows and old inbox marks.
+//! - [`service`]: running a [`Service`](super::Service): recovery, relay, consumers, endpoints.
+
+pub mod consume;
+pub mod retention;
+pub mod service;
+
+use std::future::Future;
+use std::time::Duration;
+
+use actix_rt::Arbiter;
+use bus::DurableConsumer;
+use storage::Store;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::EngineError;
+use crate::rpc::{Component, Server};
+use crate::Settings;
+
+pub use service::spawn;
+
+/// A component running on its own Arbiter.
+pub struct RunningComponent {
+    pub component: Component,
+    arbiter: Arbiter,
+    done: oneshot::Receiver<Result<(), EngineError>>,
+}
+
+impl RunningComponent {
+    /// Wait until the component has stopped (after its shutdown token was cancelled), then stop
+    /// its Arbiter. Returns the error it stopped with, if any.
+    pub async fn join(self) -> Result<(), EngineError> {
+        let result = self
+            .done
+            .await
+            .unwrap_or(Err(EngineError::Stopped(self.component.name())));
+        self.arbiter.stop();
+        let arbiter = self.arbiter;
+        let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
+        result
+    }
+}
+
+/// How a component runs on its Arbiter: until `shutdown`, signalling `ready` once it serves.
+pub type Runner = fn(
+    Settings,
+    String,
+    CancellationToken,
+    oneshot::Sender<()>,
+) -> futures::future::LocalBoxFuture<'static, Result<(), EngineError>>;
+
+/// Start a component on a new Arbiter; returns once it is ready (or why it could not start).
+pub async fn spawn_with(
+    component: Component,
+    settings: Settings,
+    nats_url: String,
+    shutdown: CancellationToken,
+    runner: Runner,
+) -> Result<RunningComponent, EngineError> {
+    let name = component.name();
+    let arbiter = Arbiter::new();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let (done_tx, mut done_rx) = oneshot::channel();
+    arbiter.spawn_fn(move || {
+        actix_rt::spawn(async move {
+            let result = runner(settings, nats_url, shutdown, ready_tx).await;
+            if let Err(e) = &result {
+                tracing::error!(component = name, error = %e, "component stopped");
+            }
+            let _ = done_tx.send(result);
+        });
+    });
+    if ready_rx.await.is_err() {
+        // It stopped before it was ready: the reason is in `done`.
+        let result = (&mut done_rx)
+            .await
+            .unwrap_or(Err(EngineError::Stopped(name)));
+        arbiter.stop();
+        return Err(result.err().unwrap_or(EngineError::Stopped(name)));
+    }
+    Ok(RunningComponent {
+        component,
+        arbiter,
+        done: done_rx,
+    })
+}
+
+/// One component's process-side resources while it runs: its database, its connection, and the
+/// tasks that end at shutdown.
+pub struct Host {
+    pub component: Component,
+    pub settings: Settings,
+    pub store: Store,
+    pub client: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub shutdown: CancellationToken,
+    tasks: Vec<actix_rt::task::JoinHandle<()>>,
+}
+
+impl Host {
+    /// Connect `component`, whose database is `store`, to the broker at `nats_url`.
+    pub async fn connect(
+        component: Component,
+        settings: Settings,
+        store: Store,
+        nats_url: &str,
+        shutdown: CancellationToken,
+    ) -> Result<Host, EngineError> {
+        let client = bus::connect(nats_url).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        Ok(Host {
+            component,
+            settings,
+            store,
+            client,
+            js,
+            shutdown,
+            tasks: Vec::new(),
+        })
+    }
+
+    /// Run `task` until shutdown; it is joined before the component stops.
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + 'static) {
+        self.tasks.push(actix_rt::spawn(task));
+    }
+
+    /// Bind a durable consumer of `stream` named after this component (with the settings'
+    /// redelivery policy), and hand its batches to `sink`.
+    pub async fn consume<K: consume::Sink>(
+        &mut self,
+        stream: &str,
+        filter_subjects: Vec<String>,
+        sink: K,
+    ) -> Result<(), EngineError> {
+        let mut spec = consume::consumer_spec(stream, self.component.name(), &self.settings);
+        spec.filter_subjects = filter_subjects;
+        let consumer = DurableConsumer::bind(&self.js, spec).await?;
+        let task = consume::consume(self.js.clone(), consumer, sink, self.shutdown.clone());
+        self.spawn(task);
+        Ok(())
+    }
+
+    /// Start this component's micro service.
+    pub async fn server(&self, description: &str) -> Result<Server, EngineError> {
+        Ok(Server::start(
+            &self.client,
+            self.component,
+            description,
+            self.shutdown.clone(),
+        )
+        .await?)
+    }
+
+    /// Signal `ready`, serve until shutdown, then stop in order: every task (a consumer finishes
+    /// its batch), the micro service, a last flush, the connection.
+    pub async fn serve_until_shutdown(
+        mut self,
+        server: Server,
+        ready: oneshot::Sender<()>,
+    ) -> Result<(), EngineError> {
+        let retention = retention::clean_up(
+            self.store.clone(),
+            Duration::from_secs(self.settings.outbox_retention_secs),
+            Duration::from_secs(self.settings.inbox_retention_secs),
+            self.shutdown.clone(),
+        );
+        self.spawn(retention);
+        let name = self.component.name();
+        tracing::info!(component = name, db = %self.store.path().display(), "started");
+        let _ = ready.send(());
+        self.shutdown.cancelled().await;
+
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        server.stop().await;
+        let _durable = self.store.flush().await?;
+        if let Err(e) = self.client.drain().await {
+            tracing::debug!(error = %e, "drain");
+        }
+        tracing::info!(component = name, "stopped");
+        Ok(())
+    }
+}

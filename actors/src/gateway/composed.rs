@@ -1,0 +1,196 @@
+//! `GET /orders/{id}/composed`: the fan-out baseline. It asks each of the six services for its
+//! part of the order (compare with the read model's one lookup), each through its own bulkhead
+//! and breaker on its own Arbiter, with a 2 s limit. A service that cannot answer makes it a 503
+//! that still carries the parts it has and names the missing ones; with its breaker open, that
+//! is immediate. `?guards=false` skips the guards: the baseline for `commerce bench reads`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+
+use super::{error, order_id};
+use crate::contract::Part;
+use crate::engine::Service;
+use crate::inventory::{InventoryPart, InventoryService};
+use crate::order::api::OrderView;
+use crate::order::OrderService;
+use crate::payment::aggregate::Payment;
+use crate::payment::PaymentService;
+use crate::recommendation::{RecommendationPart, RecommendationService};
+use crate::resilience::{Guard, Guarded, Ops};
+use crate::rpc::{call, Component, DomainError};
+use crate::shipment::aggregate::Shipment;
+use crate::shipment::ShipmentService;
+use crate::store::{StorePart, StoreService};
+
+/// How long each service has to answer.
+const LIMIT: Duration = Duration::from_secs(2);
+
+/// Each service's guard (bulkhead + breaker) and the Arbiter its calls run on: a dependency
+/// that hangs holds only its own thread and permits.
+pub struct FanOut(HashMap<Component, (Arc<Guard>, actix_rt::ArbiterHandle)>);
+
+impl FanOut {
+    pub fn new(ops: &Ops) -> FanOut {
+        FanOut(
+            Component::SERVICES
+                .into_iter()
+                .map(|service| {
+                    let guard = ops.guard(&format!("composed-{service}"));
+                    (service, (guard, actix_rt::Arbiter::new().handle()))
+                })
+                .collect(),
+        )
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ComposedQuery {
+    #[serde(default = "yes")]
+    guards: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Every service's part of one order; `None`: that service knows nothing of it.
+#[derive(Serialize)]
+struct Composed {
+    order_id: String,
+    order: Option<OrderView>,
+    payment: Option<Payment>,
+    inventory: Option<InventoryPart>,
+    store: Option<StorePart>,
+    shipment: Option<Shipment>,
+    recommendation: Option<RecommendationPart>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    missing: Vec<Missing>,
+}
+
+/// A service that did not answer, and why.
+#[derive(Serialize)]
+struct Missing {
+    service: &'static str,
+    error: String,
+}
+
+pub async fn composed_order(
+    client: web::Data<async_nats::Client>,
+    fan_out: web::Data<FanOut>,
+    id: web::Path<String>,
+    query: web::Query<ComposedQuery>,
+) -> HttpResponse {
+    let id = match order_id(&id) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let ask = Ask {
+        client: client.get_ref().clone(),
+        fan_out: &fan_out,
+        order_id: &id,
+        guards: query.guards,
+    };
+    let (order, payment, inventory, store, shipment, recommendation) = futures::join!(
+        ask.part::<OrderService>(),
+        ask.part::<PaymentService>(),
+        ask.part::<InventoryService>(),
+        ask.part::<StoreService>(),
+        ask.part::<ShipmentService>(),
+        ask.part::<RecommendationService>(),
+    );
+    let mut missing = Vec::new();
+    let composed = Composed {
+        order_id: id.clone(),
+        order: keep(order, &mut missing),
+        payment: keep(payment, &mut missing),
+        inventory: keep(inventory, &mut missing),
+        store: keep(store, &mut missing),
+        shipment: keep(shipment, &mut missing),
+        recommendation: keep(recommendation, &mut missing),
+        error: None,
+        missing,
+    };
+    if composed.order.is_none() && composed.missing.iter().all(|m| m.service != "order") {
+        return error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            &format!("no order {id:?}"),
+        );
+    }
+    if composed.missing.is_empty() {
+        return HttpResponse::Ok().json(composed);
+    }
+    HttpResponse::ServiceUnavailable().json(Composed {
+        error: Some("some services did not answer"),
+        ..composed
+    })
+}
+
+/// The part, or `None` with the service noted as missing.
+fn keep<T>(part: Result<Option<T>, Missing>, missing: &mut Vec<Missing>) -> Option<T> {
+    part.unwrap_or_else(|m| {
+        missing.push(m);
+        None
+    })
+}
+
+struct Ask<'a> {
+    client: async_nats::Client,
+    fan_out: &'a FanOut,
+    order_id: &'a str,
+    guards: bool,
+}
+
+impl Ask<'_> {
+    /// Service `S`'s part: `Ok(None)` if it knows nothing of the order.
+    async fn part<S: Service>(&self) -> Result<Option<S::Part>, Missing> {
+        let service = S::COMPONENT;
+        let (client, id) = (self.client.clone(), self.order_id.to_string());
+        let ask = move || async move {
+            tokio::time::timeout(LIMIT, call::<Part<S>>(&client, service, &id))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(DomainError::unavailable(format!("{service} took over 2 s")))
+                })
+        };
+        let guarded = self
+            .fan_out
+            .0
+            .get(&service)
+            .filter(|_| self.guards)
+            .cloned();
+        let answer = match guarded {
+            None => ask().await,
+            Some((guard, arbiter)) => {
+                // "Knows nothing of it" is an answer; only unavailability counts against it.
+                let failed = |r: &Result<S::Part, DomainError>| {
+                    matches!(r, Err(DomainError::Unavailable(_)))
+                };
+                // Fallback: the part is marked missing, at once.
+                let refused = |refused: Guarded<DomainError>| {
+                    Err(DomainError::unavailable(refused.to_string()))
+                };
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                arbiter.spawn(async move {
+                    let _ = tx.send(guard.call_or(failed, ask, refused).await);
+                });
+                rx.await.unwrap_or_else(|_| {
+                    Err(DomainError::unavailable(format!("{service}: stopped")))
+                })
+            }
+        };
+        match answer {
+            Ok(part) => Ok(Some(part)),
+            Err(DomainError::NotFound(_)) => Ok(None),
+            Err(e) => Err(Missing {
+                service: service.name(),
+                error: e.message().to_string(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The serving side: a component's NATS micro service (`nats micro ls` lists it) and one loop per
+//! endpoint, decoding typed requests and encoding typed replies.
+
+use std::future::Future;
+
+use async_nats::service::{Request, ServiceExt};
+use futures::{FutureExt, StreamExt};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{Component, DomainError, Endpoint};
+
+/// Requests answered together by a batch endpoint (commands share one commit and one flush).
+const BATCH: usize = 256;
+
+/// Why a micro service or endpoint could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the {component} micro service: {source}")]
+pub struct ServeError {
+    component: Component,
+    #[source]
+    source: async_nats::Error,
+}
+
+/// A component's micro service with its endpoints running until `shutdown`.
+pub struct Server {
+    component: Component,
+    service: async_nats::service::Service,
+    group: async_nats::service::Group,
+    tasks: Vec<actix_rt::task::JoinHandle<()>>,
+    shutdown: CancellationToken,
+}
+
+impl Server {
+    /// Start `component`'s micro service; add endpoints with [`Server::each`] and [`Server::batch`].
+    pub async fn start(
+        client: &async_nats::Client,
+        component: Component,
+        description: &str,
+        shutdown: CancellationToken,
+    ) -> Result<Server, ServeError> {
+        let service = client
+            .service_builder()
+            .description(description)
+            .start(component.name(), env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(|source| ServeError { component, source })?;
+        let group = service.group(format!("commerce.{component}"));
+        Ok(Server {
+            component,
+            service,
+            group,
+            tasks: Vec::new(),
+            shutdown,
+        })
+    }
+
+    /// Serve `E`, each request on its own task (a slow answer holds up no other).
+    pub async fn each<E, F, Fut>(&mut self, handler: F) -> Result<(), ServeError>
+    where
+        E: Endpoint,
+        F: Fn(E::Request) -> Fut + 'static,
+        Fut: Future<Output = Result<E::Reply, DomainError>> + 'static,
+    {
+        self.batch::<E, _, _>(move |requests| {
+            let answers: Vec<_> = requests.into_iter().map(&handler).collect();
+            futures::future::join_all(answers)
+        })
+        .await
+    }
+
+    /// Serve `E` in batches: the requests waiting at once go to `handler` together, which
+    /// answers each in order (so a batch of commands can share one commit and one flush).
+    pub async fn batch<E, F, Fut>(&mut self, handler: F) -> Result<(), ServeError>
+    where
+        E: Endpoint,
+        F: Fn(Vec<E::Request>) -> Fut + 'static,
+        Fut: Future<Output = Vec<Result<E::Reply, DomainError>>> + 'static,
+    {
+        let component = self.component;
+        let endpoint = self
+            .group
+            .endpoint(E::NAME)
+            .await
+            .map_err(|source| ServeError { component, source })?;
+        let shutdown = self.shutdown.clone();
+        self.tasks.push(actix_rt::spawn(serve::<E, _, _>(
+            endpoint, handler, shutdown,
+        )));
+        Ok(())
+    }
+
+    /// Wait for every endpoint's loop to end (after shutdown), then stop the micro service.
+    pub async fn stop(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        if let Err(e) = self.service.stop().await {
+            tracing::debug!(component = %self.component, error = %e, "micro service stop");
+        }
+    }
+}
+
+async fn serve<E, F, Fut>(
+    mut endpoint: async_nats::service::endpoint::Endpoint,
+    handler: F,
+    shutdown: CancellationToken,
+) where
+    E: Endpoint,
+    F: Fn(Vec<E::Request>) -> Fut,
+    Fut: Future<Output = Vec<Result<E::Reply, DomainError>>>,
+{
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            request = endpoint.next() => match request {
+                Some(request) => request,
+                None => return,
+            },
+        };
+        let mut requests = vec![first];
+        while requests.len() < BATCH {
+            match endpoint.next().now_or_never() {
+                Some(Some(request)) => requests.push(request),
+                _ => break,
+            }
+        }
+        let mut decoded = Vec::with_capacity(requests.len());
+        let mut waiting = Vec::with_capacity(requests.len());
+        for request in requests {
+            match decode::<E>(&request) {
+                Ok(body) => {
+                    decoded.push(body);
+                    waiting.push(request);
+                }
+                Err(e) => respond::<E>(&request, Err(e)).await,
+            }
+        }
+        if decoded.is_empty() {
+            continue;
+        }
+        let answers = handler(decoded).await;
+        for (request, answer) in waiting.iter().zip(answers) {
+            respond::<E>(request, answer).await;
+        }
+    }
+}
+
+fn decode<E: Endpoint>(request: &Request) -> Result<E::Request, DomainError> {
+    let payload: &[u8] = match request.message.payload.as_ref() {
+        b"" => b"null",
+        payload => payload,
+    };
+    serde_json::from_slice(payload)
+        .map_err(|e| DomainError::rejected(format!("malformed {} request: {e}", E::NAME)))
+}
+
+async fn respond<E: Endpoint>(request: &Request, answer: Result<E::Reply, DomainError>) {
+    let response =
+        answer
+            .and_then(|reply| encode(&reply))
+            .map_err(|e| async_nats::service::error::Error {
+                code: e.code(),
+                status: e.message().to_string(),
+            });
+    if let Err(e) = request.respond(response).await {
+        tracing::debug!(endpoint = E::NAME, error = %e, "reply not sent (requester gone?)");
+    }
+}
+
+fn encode<T: Serialize>(reply: &T) -> Result<bytes::Bytes, DomainError> {
+    serde_json::to_vec(reply)
+        .map(bytes::Bytes::from)
+        .map_err(|e| DomainError::unavailable(format!("unencodable reply: {e}")))
+}

@@ -1,0 +1,24 @@
+//! How client commands (`status`, `order`, `projection`, `faults`, `bench`) reach the broker.
+
+use actors::Settings;
+use anyhow::Context;
+
+use crate::launch::url_file;
+
+/// The broker a client command talks to: --nats / NATS_URL, else the one `up` wrote down.
+pub fn client_url(settings: &Settings) -> String {
+    match &settings.nats_url {
+        Some(url) => url.clone(),
+        None => std::fs::read_to_string(url_file(&settings.data_dir))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
+    }
+}
+
+pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<async_nats::Client> {
+    let url = client_url(settings);
+    tokio::time::timeout(std::time::Duration::from_secs(5), async_nats::connect(&url))
+        .await
+        .map_err(|_| anyhow::anyhow!("no NATS server answers at {url}; is `commerce up` running?"))?
+        .with_context(|| format!("cannot connect to {url}; is `commerce up` running?"))
+}

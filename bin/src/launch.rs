@@ -1,0 +1,122 @@
+//! `commerce up` and `commerce run <component>`: start, print where things are, run until a
+//! stop signal, stop cleanly.
+
+use std::path::{Path, PathBuf};
+
+use actors::{Component, Settings, System};
+use anyhow::Context;
+
+/// Where `up` tells other commands which broker it is using.
+pub fn url_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("nats.url")
+}
+
+pub async fn up(settings: Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+    let data_dir = settings.data_dir.clone();
+    // Listen before starting anything: a signal during start-up must not orphan nats-server.
+    let mut stop = StopSignals::new()?;
+    let system = tokio::select! {
+        system = System::up(settings) => system?,
+        // Dropping the start-up future drops (and so kills) a nats-server it had started.
+        _ = stop.recv() => {
+            println!("stopped during start-up");
+            return Ok(());
+        }
+    };
+    let endpoints = system.endpoints();
+    let url_file = url_file(&data_dir);
+    let endpoints_file = data_dir.join("endpoints.json");
+    std::fs::write(&url_file, &endpoints.nats)
+        .with_context(|| format!("cannot write {}", url_file.display()))?;
+    std::fs::write(&endpoints_file, serde_json::to_string_pretty(&endpoints)?)
+        .with_context(|| format!("cannot write {}", endpoints_file.display()))?;
+    let kind = match system.runtime.broker {
+        actors::runtime::Broker::Embedded(_) => "embedded nats-server",
+        actors::runtime::Broker::External(_) => "external",
+    };
+    println!("commerce is up");
+    println!("  nats: {} ({kind})", endpoints.nats);
+    print_endpoints(&endpoints);
+    println!("  data: {}", data_dir.display());
+    println!(
+        "  services: {}",
+        Component::SERVICES.map(Component::name).join(", ")
+    );
+    for (stream, outcome) in &system.runtime.streams {
+        println!("  stream {stream}: {outcome:?}");
+    }
+    println!("Press Ctrl-C to stop.");
+    stop.recv().await;
+    println!("stopping…");
+    let _ = std::fs::remove_file(&url_file);
+    let _ = std::fs::remove_file(&endpoints_file);
+    system.shutdown().await;
+    println!("commerce stopped cleanly");
+    Ok(())
+}
+
+pub async fn run(component: Component, mut settings: Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+    if settings.nats_url.is_none() {
+        let file = url_file(&settings.data_dir);
+        let url = std::fs::read_to_string(&file).with_context(|| {
+            format!(
+                "`commerce run` needs a running broker: give --nats URL (or NATS_URL), \
+                 or start `commerce up` with the same --data-dir ({} not found)",
+                file.display()
+            )
+        })?;
+        settings.nats_url = Some(url.trim().to_string());
+    }
+    let mut stop = StopSignals::new()?;
+    let system = tokio::select! {
+        system = System::run(component, settings) => system?,
+        _ = stop.recv() => return Ok(()),
+    };
+    let endpoints = system.endpoints();
+    println!("commerce {component} is up");
+    println!("  nats: {}", endpoints.nats);
+    print_endpoints(&endpoints);
+    stop.recv().await;
+    system.shutdown().await;
+    println!("commerce {component} stopped cleanly");
+    Ok(())
+}
+
+fn print_endpoints(endpoints: &actors::system::Endpoints) {
+    if let Some(http) = &endpoints.http {
+        println!("  http: {http}");
+    }
+    if let Some(url) = &endpoints.payment_gateway {
+        println!("  payment gateway: {url}");
+    }
+    if let Some(url) = &endpoints.carrier {
+        println!("  carrier: {url}");
+    }
+}
+
+/// Ctrl-C (SIGINT), SIGTERM or SIGHUP: each means "shut down cleanly".
+struct StopSignals([tokio::signal::unix::Signal; 3]);
+
+impl StopSignals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals([
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
+        ]))
+    }
+
+    async fn recv(&mut self) {
+        let [int, term, hup] = &mut self.0;
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+        }
+    }
+}

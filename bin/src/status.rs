@@ -1,0 +1,56 @@
+//! `commerce status`: streams and consumer lag, then each component's outbox, inbox and circuits.
+
+use std::time::Duration;
+
+use actors::contract::Status;
+use actors::rpc::call;
+use actors::{Component, Settings};
+
+use crate::client::{client_url, connect};
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let client = connect(&settings).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    println!("nats: {}", client_url(&settings));
+    for stream in bus::status::streams(&js).await? {
+        print!("{stream}");
+    }
+    println!("services:");
+    for component in Component::with_status() {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            call::<Status>(&client, component, &()),
+        )
+        .await;
+        let Ok(Ok(s)) = answer else {
+            println!("  {component:<15} not running");
+            continue;
+        };
+        println!(
+            "  {component:<15} outbox depth {:>6}  relayed {:>8}  inbox {:>8}  relay failures {}",
+            s.outbox_depth, s.outbox_sent, s.inbox, s.relay_failures
+        );
+        for circuit in &s.circuits {
+            println!(
+                "    circuit {:<18} {:<9} calls {:>7}  refused {:>6}  in flight {}",
+                circuit.dependency,
+                circuit.state.name(),
+                circuit.calls,
+                circuit.refused,
+                circuit.in_flight
+            );
+        }
+        if let Some(model) = &s.read_model {
+            println!(
+                "    read model generation {}{}",
+                model.generation,
+                if model.rebuilding {
+                    " (rebuilding)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(())
+}
