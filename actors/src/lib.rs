@@ -8,9 +8,13 @@
 //!   services, each with its `events`, its `aggregate` (decide and apply), and its reactions.
 //! - [`projection`]: the CQRS read model (`order_read_model`), rebuilt by replay on demand.
 //! - [`catalog`]: the seeded catalog, order validation, and the deterministic test triggers.
-//! - [`external`]: HTTP calls to external systems, split into "retry later" and "refused".
+//! - [`external`]: the external systems' wire types and clients (payment gateway, carrier),
+//!   over HTTP, with failures split into "retry later" and "refused". Services and simulators
+//!   both depend on it, never on each other.
+//! - [`resilience`]: bulkhead and circuit breaker guarding every external and fan-out call.
 //! - [`simulators`]: the payment gateway and the carrier, over loopback HTTP, with fault knobs.
 //! - [`gateway`]: the HTTP API (actix-web), talking to the services over NATS.
+//! - [`http`]: running an actix-web server on the current actix system (gateway, simulators).
 //! - [`system`]: starting everything in one process, or one component per process.
 //! - [`settings`], [`runtime`]: layered settings; the broker and its streams.
 #![forbid(unsafe_code)]
@@ -21,6 +25,7 @@ pub mod engine;
 pub mod events;
 pub mod external;
 pub mod gateway;
+pub mod http;
 pub mod inventory;
 pub mod order;
 pub mod payment;

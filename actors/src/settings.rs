@@ -1,8 +1,14 @@
 //! Settings, layered (later wins): built-in defaults, an optional TOML file, `COMMERCE_*`
 //! environment variables (`COMMERCE_DATA_DIR`, `COMMERCE_NATS_URL`, nested with `__`, e.g.
-//! `COMMERCE_STREAMS__DUPLICATE_WINDOW=300`), `NATS_URL`, then command-line flags.
+//! `COMMERCE_STREAMS__DUPLICATE_WINDOW_SECS=300`), `NATS_URL`, then command-line flags.
+//!
+//! Every duration is an integer whose key names its unit (`_ms` or `_secs`), read as a
+//! [`Duration`] through a method. Values that cannot work are refused at load, naming the key,
+//! rather than adjusted where they are used.
 
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bus::StreamSettings;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -10,8 +16,8 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use storage::StoreConfig;
 
+use crate::resilience::breaker::Window;
 use crate::resilience::ResilienceSettings;
-use crate::simulators::SimulatorSettings;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -30,10 +36,11 @@ pub struct Settings {
     pub payment_gateway_url: Option<String>,
     /// The carrier's base URL (default: the simulator's address).
     pub carrier_url: Option<String>,
-    /// A fetched event not acknowledged within this long (its consumer died) is redelivered, in ms.
+    /// A fetched event not acknowledged within this long (its consumer died) is redelivered, in ms
+    /// (at least 1000).
     pub ack_wait_ms: u64,
     /// An event whose handling keeps failing (a dependency is down) is retried with backoff
-    /// (`retry_backoff_ms`) this many times, then moved to `DLQ`.
+    /// (`retry_backoff_ms`) this many times, then moved to `DLQ` (at least 1).
     pub max_deliver: i64,
     /// A saga step whose dependency stays unavailable this long (seconds, from when the order
     /// was placed) is given up: the failure event is emitted and compensation runs.
@@ -45,7 +52,7 @@ pub struct Settings {
     /// Inbox marks (ids of applied events) are kept this long (seconds). Far above any
     /// redelivery window; a redelivery older than this would be applied again.
     pub inbox_retention_secs: u64,
-    /// How often the shipment service polls the carrier's tracking feed, in ms.
+    /// How often the shipment service polls the carrier's tracking feed, in ms (at least 10).
     pub tracking_poll_ms: u64,
     pub simulators: SimulatorSettings,
     /// Bulkhead and circuit breaker of every external and fan-out dependency.
@@ -85,6 +92,41 @@ impl Default for Settings {
     }
 }
 
+/// Where the simulators listen and how fast the carrier's parcels move.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulatorSettings {
+    /// Where the payment gateway simulator listens (port 0: any free port).
+    pub payment_gateway_addr: String,
+    /// Where the carrier simulator listens (port 0: any free port).
+    pub carrier_addr: String,
+    /// A booked parcel is picked up after this long, in ms (unless its address holds it).
+    pub carrier_pickup_ms: u64,
+    /// A picked-up parcel is delivered after this long, in ms.
+    pub carrier_delivery_ms: u64,
+}
+
+impl Default for SimulatorSettings {
+    fn default() -> Self {
+        SimulatorSettings {
+            payment_gateway_addr: "127.0.0.1:7701".into(),
+            carrier_addr: "127.0.0.1:7702".into(),
+            carrier_pickup_ms: 3_000,
+            carrier_delivery_ms: 5_000,
+        }
+    }
+}
+
+impl SimulatorSettings {
+    pub fn carrier_pickup(&self) -> Duration {
+        Duration::from_millis(self.carrier_pickup_ms)
+    }
+
+    pub fn carrier_delivery(&self) -> Duration {
+        Duration::from_millis(self.carrier_delivery_ms)
+    }
+}
+
 /// Flag values given on the command line (`None`: not given).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Overrides {
@@ -100,20 +142,28 @@ pub struct Overrides {
     pub rebuild: Option<bool>,
 }
 
+/// Why settings were refused. Fix the named file, key or value and start again.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid settings: {0}")]
-pub struct SettingsError(#[from] Box<figment::Error>);
+pub enum SettingsError {
+    /// The config file that was asked for does not exist.
+    #[error("invalid settings: config file {} not found", .0.display())]
+    MissingFile(PathBuf),
+    /// A layer does not parse, or names an unknown key, or a value has the wrong type.
+    #[error("invalid settings: {0}")]
+    Unreadable(#[source] Box<figment::Error>),
+    /// A value that parses but cannot work; `reason` starts with the value given.
+    #[error("invalid settings: {key} = {reason}")]
+    Invalid { key: String, reason: String },
+}
 
 impl Settings {
-    /// Load the layers. A missing `file` is an error (it was asked for); unknown keys are errors.
+    /// Load the layers, then [`validate`](Settings::validate) the result. A missing `file` is an
+    /// error (it was asked for); unknown keys are errors.
     pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Settings, SettingsError> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(file) = file {
             if !file.is_file() {
-                return Err(SettingsError(Box::new(figment::Error::from(format!(
-                    "config file {} not found",
-                    file.display()
-                )))));
+                return Err(SettingsError::MissingFile(file.to_path_buf()));
             }
             figment = figment.merge(Toml::file(file));
         }
@@ -122,7 +172,139 @@ impl Settings {
             .merge(Env::prefixed("COMMERCE_").ignore(&["config"]).split("__"))
             .merge(Env::raw().only(&["NATS_URL"]))
             .merge(Serialized::defaults(flags));
-        figment.extract().map_err(|e| SettingsError(Box::new(e)))
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| SettingsError::Unreadable(Box::new(e)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Refuse values that cannot work, naming the first bad key (its path in the TOML file).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        check(
+            "ack_wait_ms",
+            self.ack_wait_ms,
+            self.ack_wait_ms >= 1_000,
+            "must be at least 1000",
+        )?;
+        check(
+            "max_deliver",
+            self.max_deliver,
+            self.max_deliver >= 1,
+            "must be at least 1",
+        )?;
+        check(
+            "tracking_poll_ms",
+            self.tracking_poll_ms,
+            self.tracking_poll_ms >= 10,
+            "must be at least 10",
+        )?;
+
+        let resilience = &self.resilience;
+        check(
+            "resilience.bulkhead_max_concurrent",
+            resilience.bulkhead_max_concurrent,
+            (1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&resilience.bulkhead_max_concurrent),
+            &format!("must be within 1..={}", tokio::sync::Semaphore::MAX_PERMITS),
+        )?;
+        let breaker = &resilience.breaker;
+        match breaker.window {
+            Window::Count(n) => check(
+                "resilience.breaker.window.count",
+                n,
+                n >= 1,
+                "must be at least 1",
+            )?,
+            Window::TimeMs(ms) => check(
+                "resilience.breaker.window.time_ms",
+                ms,
+                ms >= 1,
+                "must be at least 1",
+            )?,
+        }
+        for (key, rate) in [
+            (
+                "resilience.breaker.failure_rate_threshold",
+                breaker.failure_rate_threshold,
+            ),
+            (
+                "resilience.breaker.slow_call_rate_threshold",
+                breaker.slow_call_rate_threshold,
+            ),
+        ] {
+            // A percent; at 0 every window would open the breaker. Also refuses NaN.
+            let percent = rate > 0.0 && rate <= 100.0;
+            check(
+                key,
+                rate,
+                percent,
+                "must be a percent above 0 and at most 100",
+            )?;
+        }
+        check(
+            "resilience.breaker.slow_call_duration_ms",
+            breaker.slow_call_duration_ms,
+            breaker.slow_call_duration_ms >= 1,
+            "must be at least 1 (at 0 every call is slow)",
+        )?;
+        check(
+            "resilience.breaker.permitted_in_half_open",
+            breaker.permitted_in_half_open,
+            breaker.permitted_in_half_open >= 1,
+            "must be at least 1 (with no trial calls the breaker never closes)",
+        )?;
+        check(
+            "resilience.breaker.half_open_timeout_ms",
+            breaker.half_open_timeout_ms,
+            breaker.half_open_timeout_ms >= 1,
+            "must be at least 1 (at 0 half-open reopens before any trial)",
+        )?;
+
+        let streams = &self.streams;
+        check(
+            "streams.duplicate_window_secs",
+            streams.duplicate_window_secs,
+            streams.max_age_secs == 0 || streams.duplicate_window_secs <= streams.max_age_secs,
+            &format!(
+                "must be at most streams.max_age_secs ({}) when that is set",
+                streams.max_age_secs
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// How long a fetched, unacknowledged event waits before redelivery.
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_millis(self.ack_wait_ms)
+    }
+
+    /// Delay before the n-th redelivery of a failed event (the last one repeats).
+    pub fn retry_backoff(&self) -> Vec<Duration> {
+        self.retry_backoff_ms
+            .iter()
+            .map(|ms| Duration::from_millis(*ms))
+            .collect()
+    }
+
+    /// How long a saga step may stay unavailable, from the saga's start, before it is given up.
+    /// A value too large for a date-time duration means "never".
+    pub fn saga_deadline(&self) -> chrono::Duration {
+        i64::try_from(self.saga_deadline_secs)
+            .ok()
+            .and_then(chrono::Duration::try_seconds)
+            .unwrap_or(chrono::Duration::MAX)
+    }
+
+    pub fn outbox_retention(&self) -> Duration {
+        Duration::from_secs(self.outbox_retention_secs)
+    }
+
+    pub fn inbox_retention(&self) -> Duration {
+        Duration::from_secs(self.inbox_retention_secs)
+    }
+
+    pub fn tracking_poll(&self) -> Duration {
+        Duration::from_millis(self.tracking_poll_ms)
     }
 
     pub fn payment_gateway_url(&self) -> String {
@@ -143,6 +325,17 @@ impl Settings {
     }
 }
 
+/// `Ok` if `valid`, else the refusal of `key = value` for `rule`.
+fn check(key: &str, value: impl Display, valid: bool, rule: &str) -> Result<(), SettingsError> {
+    if valid {
+        return Ok(());
+    }
+    Err(SettingsError::Invalid {
+        key: key.to_string(),
+        reason: format!("{value}: {rule}"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,7 +346,7 @@ mod tests {
         let file = dir.path().join("commerce.toml");
         std::fs::write(
             &file,
-            "data_dir = \"/from/file\"\nnats_port = 5000\n[streams]\nduplicate_window = 300\n",
+            "data_dir = \"/from/file\"\nnats_port = 5000\n[streams]\nduplicate_window_secs = 300\n",
         )
         .unwrap();
         let flags = Overrides {
@@ -163,11 +356,101 @@ mod tests {
         let s = Settings::load(Some(&file), &flags).unwrap();
         assert_eq!(s.data_dir, PathBuf::from("/from/file"));
         assert_eq!(s.nats_port, 6000, "flags beat the file");
-        assert_eq!(s.streams.duplicate_window.as_secs(), 300);
+        assert_eq!(s.streams.duplicate_window(), Duration::from_secs(300));
 
         std::fs::write(&file, "data_dri = \"typo\"\n").unwrap();
         let err = Settings::load(Some(&file), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("data_dri"), "{err}");
         assert!(Settings::load(Some(&dir.path().join("missing.toml")), &flags).is_err());
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_refused_at_load_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("commerce.toml");
+        let refused = |toml: &str| {
+            std::fs::write(&file, toml).unwrap();
+            match Settings::load(Some(&file), &Overrides::default()) {
+                Err(SettingsError::Invalid { key, reason }) => (key, reason),
+                other => panic!("{toml:?} was not refused as invalid: {other:?}"),
+            }
+        };
+        let (key, reason) = refused("ack_wait_ms = 500\n");
+        assert_eq!(key, "ack_wait_ms");
+        assert_eq!(reason, "500: must be at least 1000");
+        assert_eq!(refused("max_deliver = 0\n").0, "max_deliver");
+        assert_eq!(refused("tracking_poll_ms = 5\n").0, "tracking_poll_ms");
+        assert_eq!(
+            refused("[resilience.breaker]\nfailure_rate_threshold = 150.0\n").0,
+            "resilience.breaker.failure_rate_threshold"
+        );
+        assert_eq!(
+            refused("[resilience.breaker]\nwindow = { count = 0 }\n").0,
+            "resilience.breaker.window.count"
+        );
+        assert_eq!(
+            refused("[resilience]\nbulkhead_max_concurrent = 0\n").0,
+            "resilience.bulkhead_max_concurrent"
+        );
+        assert_eq!(
+            refused("[streams]\nmax_age_secs = 60\nduplicate_window_secs = 120\n").0,
+            "streams.duplicate_window_secs"
+        );
+
+        let err = SettingsError::Invalid {
+            key: "ack_wait_ms".into(),
+            reason: "500: must be at least 1000".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "invalid settings: ack_wait_ms = 500: must be at least 1000"
+        );
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_every_rule_names_its_key() {
+        assert!(Settings::default().validate().is_ok());
+        let invalid = |change: fn(&mut Settings)| {
+            let mut s = Settings::default();
+            change(&mut s);
+            match s.validate() {
+                Err(SettingsError::Invalid { key, .. }) => key,
+                other => panic!("not refused: {other:?}"),
+            }
+        };
+        let breaker = "resilience.breaker";
+        assert_eq!(
+            invalid(|s| s.resilience.breaker.slow_call_rate_threshold = f64::NAN),
+            format!("{breaker}.slow_call_rate_threshold")
+        );
+        assert_eq!(
+            invalid(|s| s.resilience.breaker.window = Window::TimeMs(0)),
+            format!("{breaker}.window.time_ms")
+        );
+        assert_eq!(
+            invalid(|s| s.resilience.breaker.slow_call_duration_ms = 0),
+            format!("{breaker}.slow_call_duration_ms")
+        );
+        assert_eq!(
+            invalid(|s| s.resilience.breaker.permitted_in_half_open = 0),
+            format!("{breaker}.permitted_in_half_open")
+        );
+        assert_eq!(
+            invalid(|s| s.resilience.breaker.half_open_timeout_ms = 0),
+            format!("{breaker}.half_open_timeout_ms")
+        );
+    }
+
+    #[test]
+    fn an_absurd_saga_deadline_means_never() {
+        let s = Settings {
+            saga_deadline_secs: u64::MAX,
+            ..Settings::default()
+        };
+        assert_eq!(s.saga_deadline(), chrono::Duration::MAX);
+        assert_eq!(
+            Settings::default().saga_deadline(),
+            chrono::Duration::seconds(120)
+        );
     }
 }

@@ -16,9 +16,9 @@ fn up(data: &tempfile::TempDir) -> (Proc, String, Api) {
     let mut cmd = support::commerce();
     cmd.env("COMMERCE_RESILIENCE__BREAKER__FAILURES_PER_WINDOW", "3")
         .env("COMMERCE_RESILIENCE__BREAKER__MINIMUM_CALLS", "100")
-        .env("COMMERCE_RESILIENCE__BREAKER__WAIT_IN_OPEN", "1000")
+        .env("COMMERCE_RESILIENCE__BREAKER__WAIT_IN_OPEN_MS", "1000")
         .env("COMMERCE_RESILIENCE__BREAKER__PERMITTED_IN_HALF_OPEN", "2")
-        .env("COMMERCE_RESILIENCE__BREAKER__HALF_OPEN_TIMEOUT", "5000")
+        .env("COMMERCE_RESILIENCE__BREAKER__HALF_OPEN_TIMEOUT_MS", "5000")
         .env("COMMERCE_RETRY_BACKOFF_MS", "[200, 300, 500]")
         .env("COMMERCE_MAX_DELIVER", "100")
         .args(["up", "--data-dir"])

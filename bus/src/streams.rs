@@ -17,12 +17,12 @@ pub const OPS_STREAM: &str = "OPS";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamSettings {
-    /// How long events are kept; zero keeps them forever (replay and rebuild need history).
-    #[serde(with = "secs")]
-    pub max_age: Duration,
-    /// Window in which the broker drops a second message with the same `Nats-Msg-Id`.
-    #[serde(with = "secs")]
-    pub duplicate_window: Duration,
+    /// How long events are kept, in seconds; zero keeps them forever (replay and rebuild need
+    /// history).
+    pub max_age_secs: u64,
+    /// Window in which the broker drops a second message with the same `Nats-Msg-Id`, in
+    /// seconds (at most `max_age_secs` when that is set: the broker refuses more).
+    pub duplicate_window_secs: u64,
     /// Replicas (1 on a single server).
     pub replicas: usize,
 }
@@ -30,10 +30,20 @@ pub struct StreamSettings {
 impl Default for StreamSettings {
     fn default() -> Self {
         StreamSettings {
-            max_age: Duration::ZERO,
-            duplicate_window: Duration::from_secs(120),
+            max_age_secs: 0,
+            duplicate_window_secs: 120,
             replicas: 1,
         }
+    }
+}
+
+impl StreamSettings {
+    pub fn max_age(&self) -> Duration {
+        Duration::from_secs(self.max_age_secs)
+    }
+
+    pub fn duplicate_window(&self) -> Duration {
+        Duration::from_secs(self.duplicate_window_secs)
     }
 }
 
@@ -84,8 +94,8 @@ pub async fn provision(
             description: Some(description.to_string()),
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
-            max_age: settings.max_age,
-            duplicate_window: settings.duplicate_window,
+            max_age: settings.max_age(),
+            duplicate_window: settings.duplicate_window(),
             num_replicas: settings.replicas,
             ..Default::default()
         };
@@ -133,18 +143,4 @@ fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
         jetstream::context::GetStreamErrorKind::JetStream(err)
             if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
     )
-}
-
-/// Durations as whole seconds in config files.
-mod secs {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_secs())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_secs(u64::deserialize(d)?))
-    }
 }

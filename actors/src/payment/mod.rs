@@ -6,8 +6,6 @@
 pub mod aggregate;
 pub mod events;
 
-use std::sync::Arc;
-
 use bus::{Domain, Verdict};
 use chrono::Utc;
 
@@ -15,11 +13,7 @@ use self::aggregate::{GatewayAnswer, GatewayCall, Payment};
 use self::events::PaymentEvent;
 use crate::engine::{EngineError, Placement, Plan, Reaction, Service};
 use crate::events::{Inbound, OrderEvent};
-use crate::external::Client;
-use crate::resilience::Guard;
-use crate::simulators::payment_gateway::{
-    AuthorizationReply, AuthorizeRequest, RefundReply, RefundRequest,
-};
+use crate::external::payment_gateway::{Authorization, GatewayClient};
 use crate::Settings;
 
 pub struct PaymentService {
@@ -45,15 +39,16 @@ impl Service for PaymentService {
             gateway: GatewayClient::new(
                 &settings.payment_gateway_url(),
                 ops.guard("payment-gateway"),
-            )?,
-            deadline: deadline(settings),
+            )
+            .map_err(|e| EngineError::Config(e.to_string()))?,
+            deadline: settings.saga_deadline(),
         })
     }
 
     async fn react(&self, state: &Payment, event: &Inbound, saga: &str) -> Reaction<PaymentEvent> {
         match state.plan(event) {
             Plan::Emit(events) => Ok(events),
-            Plan::Call(call) => match self.gateway.call(saga, &call).await {
+            Plan::Call(call) => match call_gateway(&self.gateway, saga, &call).await {
                 Ok(answer) => Ok(Payment::outcome(call, answer, Utc::now())),
                 // Unavailable (down, open breaker, full bulkhead): retried with backoff until
                 // the saga's deadline, then given up, which cancels and compensates.
@@ -85,95 +80,68 @@ impl Service for PaymentService {
     }
 }
 
-/// The saga deadline as a duration (absurdly large settings mean "never").
-pub(crate) fn deadline(settings: &Settings) -> chrono::Duration {
-    i64::try_from(settings.saga_deadline_secs)
-        .ok()
-        .and_then(chrono::Duration::try_seconds)
-        .unwrap_or(chrono::Duration::MAX)
+/// Make the call in the gateway's terms. A failure the gateway may recover from (timeout, 5xx,
+/// outage) is a `Retry`; a refusal (4xx) can never succeed and is a `Reject`.
+async fn call_gateway(
+    gateway: &GatewayClient,
+    order_id: &str,
+    call: &GatewayCall,
+) -> Result<GatewayAnswer, Verdict> {
+    match call {
+        GatewayCall::Authorize {
+            amount_cents,
+            payment_token,
+            ..
+        } => authorize(gateway, order_id, *amount_cents, payment_token).await,
+        GatewayCall::Refund {
+            authorization_id,
+            amount_cents,
+            ..
+        } => refund(gateway, order_id, authorization_id, *amount_cents).await,
+        GatewayCall::AuthorizeThenRefund {
+            amount_cents,
+            payment_token,
+            ..
+        } => match authorize(gateway, order_id, *amount_cents, payment_token).await? {
+            GatewayAnswer::Approved { authorization_id } => {
+                refund(gateway, order_id, &authorization_id, *amount_cents).await
+            }
+            other => Ok(other),
+        },
+    }
 }
 
-/// The payment gateway's HTTP API.
-pub struct GatewayClient {
-    client: Client,
+async fn authorize(
+    gateway: &GatewayClient,
+    order_id: &str,
+    amount_cents: u64,
+    payment_token: &str,
+) -> Result<GatewayAnswer, Verdict> {
+    Ok(
+        match gateway
+            .authorize(order_id, amount_cents, payment_token)
+            .await?
+        {
+            Authorization::Approved { authorization_id } => {
+                GatewayAnswer::Approved { authorization_id }
+            }
+            Authorization::Declined { reason } => GatewayAnswer::Declined { reason },
+        },
+    )
 }
 
-impl GatewayClient {
-    pub fn new(base: &str, guard: Arc<Guard>) -> Result<Self, EngineError> {
-        Ok(GatewayClient {
-            client: Client::new(base, guard)?,
-        })
-    }
-
-    /// Make the call. A failure the gateway may recover from (timeout, 5xx, outage) is a
-    /// `Retry`; a refusal (4xx) can never succeed and is a `Reject`.
-    pub async fn call(&self, order_id: &str, call: &GatewayCall) -> Result<GatewayAnswer, Verdict> {
-        match call {
-            GatewayCall::Authorize {
-                amount_cents,
-                payment_token,
-                ..
-            } => self.authorize(order_id, *amount_cents, payment_token).await,
-            GatewayCall::Refund {
-                authorization_id,
-                amount_cents,
-                ..
-            } => self.refund(order_id, authorization_id, *amount_cents).await,
-            GatewayCall::AuthorizeThenRefund {
-                amount_cents,
-                payment_token,
-                ..
-            } => match self
-                .authorize(order_id, *amount_cents, payment_token)
-                .await?
-            {
-                GatewayAnswer::Approved { authorization_id } => {
-                    self.refund(order_id, &authorization_id, *amount_cents)
-                        .await
-                }
-                other => Ok(other),
-            },
-        }
-    }
-
-    async fn authorize(
-        &self,
-        order_id: &str,
-        amount_cents: u64,
-        payment_token: &str,
-    ) -> Result<GatewayAnswer, Verdict> {
-        let request = AuthorizeRequest {
-            idempotency_key: format!("authorize:{order_id}"),
-            order_id: order_id.to_string(),
-            amount_cents,
-            card_number: payment_token.to_string(),
-        };
-        let reply: AuthorizationReply = self.client.post("/v1/authorizations", &request).await?;
-        Ok(match reply.decline_reason {
-            Some(reason) => GatewayAnswer::Declined { reason },
-            None => GatewayAnswer::Approved {
-                authorization_id: reply.id,
-            },
-        })
-    }
-
-    async fn refund(
-        &self,
-        order_id: &str,
-        authorization_id: &str,
-        amount_cents: u64,
-    ) -> Result<GatewayAnswer, Verdict> {
-        let request = RefundRequest {
-            idempotency_key: format!("refund:{order_id}"),
-            order_id: order_id.to_string(),
-            authorization_id: authorization_id.to_string(),
-            amount_cents,
-        };
-        let reply: RefundReply = self.client.post("/v1/refunds", &request).await?;
-        Ok(GatewayAnswer::Refunded {
-            refund_id: reply.id,
-        })
-    }
+async fn refund(
+    gateway: &GatewayClient,
+    order_id: &str,
+    authorization_id: &str,
+    amount_cents: u64,
+) -> Result<GatewayAnswer, Verdict> {
+    let reply = gateway
+        .refund(order_id, authorization_id, amount_cents)
+        .await?;
+    Ok(GatewayAnswer::Refunded {
+        refund_id: reply.id,
+    })
 }
 
 #[cfg(test)]

@@ -5,9 +5,9 @@
 //!   the last T). Once the window holds `minimum_calls`, a failure rate or a slow-call rate at or
 //!   above its threshold opens the breaker. `failures_per_window` opens it on that many failures
 //!   even below `minimum_calls` (a quiet dependency that only fails still trips).
-//! - **Open**: calls are refused at once, for `wait_in_open`; then half-open.
+//! - **Open**: calls are refused at once, for `wait_in_open_ms`; then half-open.
 //! - **Half-open**: `permitted_in_half_open` trial calls pass; their rates decide closed or open.
-//!   If they have not all come back within `half_open_timeout`, it opens again: half-open
+//!   If they have not all come back within `half_open_timeout_ms`, it opens again: half-open
 //!   cannot stick (a gap in Resilience4j when trial calls never complete).
 
 use std::collections::VecDeque;
@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 pub enum Window {
     /// The last N calls.
     Count(usize),
-    /// The calls of the last duration.
-    Time(#[serde(with = "millis")] Duration),
+    /// The calls of the last this many ms.
+    TimeMs(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,19 +32,17 @@ pub struct BreakerConfig {
     pub failure_rate_threshold: f64,
     /// Percent of slow calls that opens the breaker.
     pub slow_call_rate_threshold: f64,
-    /// A call taking at least this long is slow.
-    #[serde(with = "millis")]
-    pub slow_call_duration: Duration,
+    /// A call taking at least this long (ms) is slow.
+    pub slow_call_duration_ms: u64,
     /// Rates are judged only once the window holds this many calls.
     pub minimum_calls: usize,
     /// Open on this many failures in the window, whatever the rate (0: off).
     pub failures_per_window: usize,
-    #[serde(with = "millis")]
-    pub wait_in_open: Duration,
+    /// How long it stays open before half-open, in ms.
+    pub wait_in_open_ms: u64,
     pub permitted_in_half_open: usize,
-    /// Longest time in half-open before opening again.
-    #[serde(with = "millis")]
-    pub half_open_timeout: Duration,
+    /// Longest time in half-open before opening again, in ms.
+    pub half_open_timeout_ms: u64,
 }
 
 impl Default for BreakerConfig {
@@ -53,13 +51,27 @@ impl Default for BreakerConfig {
             window: Window::Count(20),
             failure_rate_threshold: 50.0,
             slow_call_rate_threshold: 80.0,
-            slow_call_duration: Duration::from_secs(2),
+            slow_call_duration_ms: 2_000,
             minimum_calls: 10,
             failures_per_window: 5,
-            wait_in_open: Duration::from_secs(5),
+            wait_in_open_ms: 5_000,
             permitted_in_half_open: 3,
-            half_open_timeout: Duration::from_secs(10),
+            half_open_timeout_ms: 10_000,
         }
+    }
+}
+
+impl BreakerConfig {
+    pub fn slow_call_duration(&self) -> Duration {
+        Duration::from_millis(self.slow_call_duration_ms)
+    }
+
+    pub fn wait_in_open(&self) -> Duration {
+        Duration::from_millis(self.wait_in_open_ms)
+    }
+
+    pub fn half_open_timeout(&self) -> Duration {
+        Duration::from_millis(self.half_open_timeout_ms)
     }
 }
 
@@ -147,10 +159,10 @@ impl Breaker {
         let mut transition = None;
         let passed =
             |since: Instant, span: Duration| since.checked_add(span).is_some_and(|t| now >= t);
-        if self.state == State::Open && passed(self.since, self.config.wait_in_open) {
+        if self.state == State::Open && passed(self.since, self.config.wait_in_open()) {
             transition = self.go(State::HalfOpen, now, "wait in open elapsed".into());
         }
-        if self.state == State::HalfOpen && passed(self.since, self.config.half_open_timeout) {
+        if self.state == State::HalfOpen && passed(self.since, self.config.half_open_timeout()) {
             let back = self.trials.len();
             transition = if back > 0 && back == self.trials_given {
                 // Quiet traffic: the trials given all came back; judge them rather than flap.
@@ -162,7 +174,7 @@ impl Breaker {
             } else {
                 let reason = format!(
                     "half-open trials not back within {:?}",
-                    self.config.half_open_timeout
+                    self.config.half_open_timeout()
                 );
                 self.go(State::Open, now, reason)
             };
@@ -178,14 +190,16 @@ impl Breaker {
             }
             State::HalfOpen => Err(Refused {
                 state: State::HalfOpen,
-                retry_after: (self.since + self.config.half_open_timeout)
-                    .saturating_duration_since(now),
+                retry_after: self
+                    .since
+                    .checked_add(self.config.half_open_timeout())
+                    .map_or(Duration::MAX, |t| t.saturating_duration_since(now)),
             }),
             State::Open => Err(Refused {
                 state: State::Open,
                 retry_after: self
                     .since
-                    .checked_add(self.config.wait_in_open)
+                    .checked_add(self.config.wait_in_open())
                     .map_or(Duration::MAX, |t| t.saturating_duration_since(now)),
             }),
         };
@@ -206,7 +220,7 @@ impl Breaker {
         let call = Call {
             at: now,
             failed,
-            slow: took >= self.config.slow_call_duration,
+            slow: took >= self.config.slow_call_duration(),
         };
         match self.state {
             State::Closed => {
@@ -233,11 +247,12 @@ impl Breaker {
     fn evict(&mut self, now: Instant) {
         match self.config.window {
             Window::Count(n) => {
-                while self.window.len() > n.max(1) {
+                while self.window.len() > n {
                     self.window.pop_front();
                 }
             }
-            Window::Time(span) => {
+            Window::TimeMs(ms) => {
+                let span = Duration::from_millis(ms);
                 while self
                     .window
                     .front()
@@ -301,19 +316,6 @@ impl Breaker {
     }
 }
 
-mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,12 +327,12 @@ mod tests {
             window: Window::Count(4),
             failure_rate_threshold: 50.0,
             slow_call_rate_threshold: 75.0,
-            slow_call_duration: 100 * MS,
+            slow_call_duration_ms: 100,
             minimum_calls: 4,
             failures_per_window: 0,
-            wait_in_open: 1000 * MS,
+            wait_in_open_ms: 1000,
             permitted_in_half_open: 2,
-            half_open_timeout: 500 * MS,
+            half_open_timeout_ms: 500,
         }
     }
 
@@ -405,7 +407,7 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Breaker::new(
             BreakerConfig {
-                window: Window::Time(1000 * MS),
+                window: Window::TimeMs(1000),
                 ..config()
             },
             t0,

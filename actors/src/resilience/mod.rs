@@ -22,7 +22,7 @@ pub use self::breaker::{Breaker, BreakerConfig, State, Transition};
 #[serde(deny_unknown_fields, default)]
 pub struct ResilienceSettings {
     pub breaker: BreakerConfig,
-    /// Calls in flight per dependency.
+    /// Calls in flight per dependency (at least 1).
     pub bulkhead_max_concurrent: usize,
     /// How long a call may wait for a bulkhead permit before it is refused, in ms.
     pub bulkhead_max_wait_ms: u64,
@@ -36,6 +36,12 @@ impl Default for ResilienceSettings {
             bulkhead_max_concurrent: 64,
             bulkhead_max_wait_ms: 100,
         }
+    }
+}
+
+impl ResilienceSettings {
+    pub fn bulkhead_max_wait(&self) -> Duration {
+        Duration::from_millis(self.bulkhead_max_wait_ms)
     }
 }
 
@@ -220,13 +226,13 @@ impl Ops {
 
     /// A new guard for `dependency` (its own bulkhead and breaker).
     pub fn guard(&self, dependency: &str) -> Arc<Guard> {
-        let limit = self.settings.bulkhead_max_concurrent.max(1);
+        let limit = self.settings.bulkhead_max_concurrent;
         let guard = Arc::new(Guard {
             dependency: dependency.to_string(),
             breaker: Mutex::new(Breaker::new(self.settings.breaker.clone(), Instant::now())),
             permits: Semaphore::new(limit),
             limit,
-            max_wait: Duration::from_millis(self.settings.bulkhead_max_wait_ms),
+            max_wait: self.settings.bulkhead_max_wait(),
             ops: self.events.clone(),
             calls: AtomicU64::new(0),
             refused: AtomicU64::new(0),

@@ -16,8 +16,7 @@ use self::aggregate::{BookingRequest, CarrierAnswer, CarrierCall, Shipment};
 use self::events::ShipmentEvent;
 use crate::engine::{Command, EngineError, Handle, Placement, Plan, Reaction, Service};
 use crate::events::Inbound;
-use crate::external::{CallError, Client};
-use crate::simulators::carrier::{self, BookingReply, TrackingPage};
+use crate::external::carrier::{Booking, Cancellation, CarrierClient};
 use crate::Settings;
 
 pub struct ShipmentService {
@@ -44,8 +43,9 @@ impl Service for ShipmentService {
 
     fn new(settings: &Settings, ops: &crate::resilience::Ops) -> Result<Self, EngineError> {
         Ok(ShipmentService {
-            carrier: CarrierClient::new(&settings.carrier_url(), ops.guard("carrier"))?,
-            deadline: crate::payment::deadline(settings),
+            carrier: CarrierClient::new(&settings.carrier_url(), ops.guard("carrier"))
+                .map_err(|e| EngineError::Config(e.to_string()))?,
+            deadline: settings.saga_deadline(),
         })
     }
 
@@ -58,7 +58,7 @@ impl Service for ShipmentService {
         let now = chrono::Utc::now();
         match state.plan(event, now) {
             Plan::Emit(events) => Ok(events),
-            Plan::Call(call) => match self.carrier.call(saga, &call).await {
+            Plan::Call(call) => match call_carrier(&self.carrier, saga, &call).await {
                 Ok(answer) => Ok(Shipment::outcome(call, answer)),
                 // Unavailable: retried with backoff until the deadline, then given up.
                 Err(Verdict::Retry(reason)) => {
@@ -87,7 +87,7 @@ impl Service for ShipmentService {
                 return None;
             }
         };
-        let every = Duration::from_millis(settings.tracking_poll_ms.max(10));
+        let every = settings.tracking_poll();
         Some(track(carrier, handle, every, shutdown).boxed_local())
     }
 
@@ -143,94 +143,66 @@ async fn track(
     }
 }
 
-/// The carrier's HTTP API.
-pub struct CarrierClient {
-    client: Client,
+/// Make the call in the carrier's terms. Unavailable is a `Retry`; a refusal other than the
+/// carrier's answers (undeliverable, already picked up) is a `Reject`.
+async fn call_carrier(
+    carrier: &CarrierClient,
+    order_id: &str,
+    call: &CarrierCall,
+) -> Result<CarrierAnswer, Verdict> {
+    match call {
+        CarrierCall::Book(request) => book(carrier, order_id, request).await,
+        CarrierCall::Cancel { booking_id } => cancel(carrier, booking_id).await,
+        CarrierCall::BookThenCancel(request) => {
+            let booking = book(carrier, order_id, request).await?;
+            let cancel = match &booking {
+                CarrierAnswer::Booked {
+                    booking_id, status, ..
+                // Already cancelled (an earlier answer was lost): the carrier confirms it again.
+                } if status == "booked" || status == "cancelled" => {
+                    Some(Box::new(cancel(carrier, booking_id).await?))
+                }
+                _ => None,
+            };
+            Ok(CarrierAnswer::BookedThenCancel {
+                booking: Box::new(booking),
+                cancel,
+            })
+        }
+    }
 }
 
-impl CarrierClient {
-    pub fn new(
-        base: &str,
-        guard: std::sync::Arc<crate::resilience::Guard>,
-    ) -> Result<Self, EngineError> {
-        Ok(CarrierClient {
-            client: Client::new(base, guard)?,
-        })
-    }
+/// Book, idempotent by the order's key: a second call returns the first booking.
+async fn book(
+    carrier: &CarrierClient,
+    order_id: &str,
+    request: &BookingRequest,
+) -> Result<CarrierAnswer, Verdict> {
+    let items = request.lines.iter().map(|l| l.quantity).sum();
+    let booking = carrier
+        .book(
+            order_id,
+            &request.shipping_address,
+            &request.ship_from,
+            items,
+        )
+        .await?;
+    Ok(match booking {
+        Booking::Booked(reply) => CarrierAnswer::Booked {
+            booking_id: reply.id,
+            estimated_delivery: reply.estimated_delivery,
+            status: reply.status,
+        },
+        // The carrier refusing this parcel is an answer, not a broken event.
+        Booking::Refused { reason } => CarrierAnswer::Refused { reason },
+    })
+}
 
-    pub async fn call(&self, order_id: &str, call: &CarrierCall) -> Result<CarrierAnswer, Verdict> {
-        match call {
-            CarrierCall::Book(request) => self.book(order_id, request).await,
-            CarrierCall::Cancel { booking_id } => self.cancel(booking_id).await,
-            CarrierCall::BookThenCancel(request) => {
-                let booking = self.book(order_id, request).await?;
-                let cancel = match &booking {
-                    CarrierAnswer::Booked {
-                        booking_id, status, ..
-                    // Already cancelled (an earlier answer was lost): the carrier confirms it again.
-                    } if status == "booked" || status == "cancelled" => {
-                        Some(Box::new(self.cancel(booking_id).await?))
-                    }
-                    _ => None,
-                };
-                Ok(CarrierAnswer::BookedThenCancel {
-                    booking: Box::new(booking),
-                    cancel,
-                })
-            }
-        }
-    }
-
-    /// Book, idempotent by the order's key: a second call returns the first booking.
-    async fn book(
-        &self,
-        order_id: &str,
-        request: &BookingRequest,
-    ) -> Result<CarrierAnswer, Verdict> {
-        let body = carrier::BookingRequest {
-            idempotency_key: format!("book:{order_id}"),
-            order_id: order_id.to_string(),
-            shipping_address: request.shipping_address.clone(),
-            ship_from: request.ship_from.clone(),
-            items: request.lines.iter().map(|l| l.quantity).sum(),
-        };
-        match self
-            .client
-            .post::<_, BookingReply>("/v1/bookings", &body)
-            .await
-        {
-            Ok(reply) => Ok(CarrierAnswer::Booked {
-                booking_id: reply.id,
-                estimated_delivery: reply.estimated_delivery,
-                status: reply.status,
-            }),
-            // The carrier refusing this parcel is an answer, not a broken event.
-            Err(CallError::Refused {
-                status: 422,
-                message,
-            }) => Ok(CarrierAnswer::Refused { reason: message }),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn cancel(&self, booking_id: &str) -> Result<CarrierAnswer, Verdict> {
-        let path = format!("/v1/bookings/{booking_id}/cancel");
-        match self
-            .client
-            .post::<_, serde_json::Value>(&path, &serde_json::json!({}))
-            .await
-        {
-            Ok(_) => Ok(CarrierAnswer::Cancelled),
-            Err(CallError::Refused { status: 409, .. }) => Ok(CarrierAnswer::AlreadyPickedUp),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    pub async fn tracking(&self, after: u64) -> Result<TrackingPage, CallError> {
-        self.client
-            .get("/v1/tracking", &[("after", after.to_string())])
-            .await
-    }
+async fn cancel(carrier: &CarrierClient, booking_id: &str) -> Result<CarrierAnswer, Verdict> {
+    Ok(match carrier.cancel(booking_id).await? {
+        Cancellation::Cancelled => CarrierAnswer::Cancelled,
+        Cancellation::AlreadyPickedUp => CarrierAnswer::AlreadyPickedUp,
+    })
 }
 
 #[cfg(test)]

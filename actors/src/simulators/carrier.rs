@@ -14,41 +14,7 @@ use serde_json::json;
 use super::faults::FaultState;
 use super::lock;
 use crate::catalog::{HOLD, UNDELIVERABLE};
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BookingRequest {
-    pub idempotency_key: String,
-    pub order_id: String,
-    pub shipping_address: String,
-    pub ship_from: String,
-    pub items: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BookingReply {
-    pub id: String,
-    pub idempotency_key: String,
-    pub order_id: String,
-    pub ship_from: String,
-    pub estimated_delivery: String,
-    /// `booked`, `picked_up`, `delivered` or `cancelled`.
-    pub status: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TrackingUpdate {
-    pub seq: u64,
-    pub booking_id: String,
-    pub order_id: String,
-    pub status: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TrackingPage {
-    pub updates: Vec<TrackingUpdate>,
-    /// Pass as `after` for the next page.
-    pub next: u64,
-}
+use crate::external::carrier::{BookingReply, BookingRequest, TrackingPage, TrackingUpdate};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CarrierLedger {

@@ -1,6 +1,7 @@
 //! Simulated external systems, over loopback HTTP so that calls to them are real network calls:
 //! the payment gateway and the carrier. Each keeps a ledger keyed by idempotency key and takes
 //! faults at run time (`PUT /v1/faults {"latency_ms":…, "error_rate":…, "outage":…}`).
+//! They speak the wire types of [`crate::external`], the same the services' clients use.
 
 pub mod carrier;
 pub mod faults;
@@ -11,35 +12,10 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
 
-use serde::{Deserialize, Serialize};
-
 use self::carrier::{Carrier, Pace};
 use self::payment_gateway::PaymentGateway;
-use crate::gateway::{cannot_listen, spawn_server};
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SimulatorSettings {
-    /// Where the payment gateway simulator listens (port 0: any free port).
-    pub payment_gateway_addr: String,
-    /// Where the carrier simulator listens (port 0: any free port).
-    pub carrier_addr: String,
-    /// A booked parcel is picked up after this long (unless its address holds it).
-    pub carrier_pickup_ms: u64,
-    /// A picked-up parcel is delivered after this long.
-    pub carrier_delivery_ms: u64,
-}
-
-impl Default for SimulatorSettings {
-    fn default() -> Self {
-        SimulatorSettings {
-            payment_gateway_addr: "127.0.0.1:7701".into(),
-            carrier_addr: "127.0.0.1:7702".into(),
-            carrier_pickup_ms: 3_000,
-            carrier_delivery_ms: 5_000,
-        }
-    }
-}
+use crate::http::{cannot_listen, spawn_server};
+use crate::settings::SimulatorSettings;
 
 /// Both simulators, running.
 pub struct Simulators {
@@ -60,8 +36,8 @@ impl Simulators {
             PaymentGateway::routes,
         )?;
         let carrier = Carrier::new(Pace {
-            pickup_after: Duration::from_millis(settings.carrier_pickup_ms),
-            deliver_after: Duration::from_millis(settings.carrier_delivery_ms),
+            pickup_after: settings.carrier_pickup(),
+            deliver_after: settings.carrier_delivery(),
         });
         let (carrier_url, carrier_server) = serve(
             &settings.carrier_addr,

@@ -12,43 +12,9 @@ use serde_json::json;
 use super::faults::FaultState;
 use super::lock;
 use crate::catalog::DECLINED_CARD;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuthorizeRequest {
-    pub idempotency_key: String,
-    pub order_id: String,
-    pub amount_cents: u64,
-    pub card_number: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuthorizationReply {
-    pub id: String,
-    pub idempotency_key: String,
-    pub order_id: String,
-    pub amount_cents: u64,
-    /// `approved` or `declined`.
-    pub status: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decline_reason: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RefundRequest {
-    pub idempotency_key: String,
-    pub order_id: String,
-    pub authorization_id: String,
-    pub amount_cents: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RefundReply {
-    pub id: String,
-    pub idempotency_key: String,
-    pub order_id: String,
-    pub authorization_id: String,
-    pub amount_cents: u64,
-}
+use crate::external::payment_gateway::{
+    AuthorizationReply, AuthorizeRequest, RefundReply, RefundRequest,
+};
 
 /// Everything the gateway ever did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,12 +1,23 @@
 //! Calls to external systems (payment gateway, carrier) over HTTP, with the failure split every
 //! caller needs: may succeed later (`Unavailable`: timeout, 5xx, 429) or never (`Refused`: 4xx).
+//!
+//! Each system's wire types and client live here, apart from the services that call them and
+//! the simulators that stand in for them, so both depend on the contract and not on each other.
+//! The clients speak the system's terms; each service translates its own calls into them.
+//!
+//! # Layout
+//! - [`Client`], [`CallError`]: the generic HTTP client behind a [`Guard`], and its failures.
+//! - [`payment_gateway`]: authorizations and refunds, and [`GatewayClient`](payment_gateway::GatewayClient).
+//! - [`carrier`]: bookings and the tracking feed, and [`CarrierClient`](carrier::CarrierClient).
+
+pub mod carrier;
+pub mod payment_gateway;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bus::Verdict;
 
-use crate::engine::EngineError;
 use crate::resilience::{Guard, Guarded};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +38,16 @@ impl From<CallError> for Verdict {
     }
 }
 
+/// The HTTP client for a dependency could not be built (its TLS or resolver setup failed): a
+/// startup problem, not a call's.
+#[derive(Debug, thiserror::Error)]
+#[error("{dependency} client: {source}")]
+pub struct ClientError {
+    pub dependency: String,
+    #[source]
+    pub source: reqwest::Error,
+}
+
 /// An HTTP client for one external system, behind its bulkhead and circuit breaker.
 #[derive(Clone)]
 pub struct Client {
@@ -36,11 +57,14 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(base: &str, guard: Arc<Guard>) -> Result<Client, EngineError> {
+    pub fn new(base: &str, guard: Arc<Guard>) -> Result<Client, ClientError> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
-            .map_err(|e| EngineError::Config(format!("{} client: {e}", guard.dependency())))?;
+            .map_err(|source| ClientError {
+                dependency: guard.dependency().to_string(),
+                source,
+            })?;
         Ok(Client {
             http,
             base: base.trim_end_matches('/').to_string(),
