@@ -28,6 +28,7 @@ use crate::catalog::{OrderRequest, PRODUCTS};
 use crate::contract::{
     Cancel, CancelOutcome, Get, IdempotencyKey, Place, PlaceRequest, ReadOrder, Status,
 };
+use crate::http::{cannot_listen, spawn_server};
 use crate::inventory::InventoryService;
 use crate::resilience::Ops;
 use crate::rpc::{call, Component, DomainError};
@@ -75,26 +76,6 @@ pub fn start(
     .map_err(cannot_listen(addr))?;
     let addrs = server.addrs();
     spawn_server(server.run(), &addrs, addr)
-}
-
-/// Run a bound server on the current actix system; returns where it listens.
-pub fn spawn_server(
-    server: actix_web::dev::Server,
-    addrs: &[SocketAddr],
-    addr: &str,
-) -> std::io::Result<(SocketAddr, ServerHandle)> {
-    let bound = addrs
-        .first()
-        .copied()
-        .ok_or_else(|| std::io::Error::other(format!("no address bound for {addr}")))?;
-    let handle = server.handle();
-    actix_rt::spawn(server);
-    Ok((bound, handle))
-}
-
-/// The error for an address that cannot be listened on, naming it.
-pub fn cannot_listen(addr: &str) -> impl FnOnce(std::io::Error) -> std::io::Error + '_ {
-    move |e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
 }
 
 /// Order ids are UUIDs; anything else names no order.

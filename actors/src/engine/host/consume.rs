@@ -31,14 +31,10 @@ impl<S: Service> Sink for Handle<S> {
 /// A durable consumer of `stream` for `durable`, with the settings' redelivery policy.
 pub fn consumer_spec(stream: &str, durable: &str, settings: &Settings) -> ConsumerSpec {
     let mut spec = ConsumerSpec::new(stream, durable);
-    spec.ack_wait = Duration::from_millis(settings.ack_wait_ms.max(1_000));
-    spec.max_deliver = settings.max_deliver.max(1);
+    spec.ack_wait = settings.ack_wait();
+    spec.max_deliver = settings.max_deliver;
     if !settings.retry_backoff_ms.is_empty() {
-        spec.backoff = settings
-            .retry_backoff_ms
-            .iter()
-            .map(|ms| Duration::from_millis(*ms))
-            .collect();
+        spec.backoff = settings.retry_backoff();
     }
     spec
 }

@@ -12,7 +12,6 @@ pub mod retention;
 pub mod service;
 
 use std::future::Future;
-use std::time::Duration;
 
 use actix_rt::Arbiter;
 use bus::DurableConsumer;
@@ -167,8 +166,8 @@ impl Host {
     ) -> Result<(), EngineError> {
         let retention = retention::clean_up(
             self.store.clone(),
-            Duration::from_secs(self.settings.outbox_retention_secs),
-            Duration::from_secs(self.settings.inbox_retention_secs),
+            self.settings.outbox_retention(),
+            self.settings.inbox_retention(),
             self.shutdown.clone(),
         );
         self.spawn(retention);
