@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod codec;
 pub mod contract;
 pub mod engine;
 pub mod events;

@@ -93,7 +93,7 @@ impl<S: Service> Engine<S> {
             let inbound = match Inbound::decode(envelope) {
                 Ok(inbound) => inbound,
                 Err(reason) => {
-                    verdicts[i] = Verdict::Reject(reason);
+                    verdicts[i] = Verdict::Reject(reason.to_string());
                     continue;
                 }
             };
@@ -460,15 +460,17 @@ impl<S: Service> Engine<S> {
         let (mut version, mut state) = match snapshot {
             Some(s) => (
                 s.version,
-                serde_json::from_str(&s.state)
-                    .map_err(|e| EngineError::Codec(format!("snapshot of {aggregate_id}: {e}")))?,
+                serde_json::from_str(&s.state).map_err(|source| EngineError::Unreadable {
+                    what: format!("snapshot of {aggregate_id}"),
+                    source,
+                })?,
             ),
             None => (0, S::State::default()),
         };
         let replayed = events.len() as u64;
         for recorded in events {
             let envelope = Envelope::from_slice(recorded.payload.as_bytes())?;
-            let event = decode(&envelope).map_err(EngineError::Codec)?;
+            let event = decode(&envelope)?;
             state.apply(&event);
             version = recorded.version;
         }
@@ -535,8 +537,8 @@ fn commit_error(e: StorageError) -> ApiError {
 mod tests {
     use super::*;
     use crate::catalog::Line;
+    use crate::events::InventoryEvent;
     use crate::inventory::aggregate::WAREHOUSE;
-    use crate::inventory::events::InventoryEvent;
     use crate::inventory::InventoryService;
 
     fn reserve(i: usize) -> Command<crate::inventory::aggregate::Warehouse> {

@@ -18,11 +18,12 @@ pub mod recovery;
 
 use std::future::Future;
 
-use bus::{BusError, Domain, Envelope, Verdict};
+use bus::{BusError, Domain, Verdict};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::Value;
 use storage::StorageError;
+
+pub use crate::codec::{decode, encode, CodecError, DomainEvent};
 
 use crate::events::Inbound;
 use crate::rpc::server::ServeError;
@@ -30,14 +31,6 @@ use crate::rpc::{Component, DomainError, Server};
 use crate::Settings;
 
 pub use actor::Handle;
-
-/// One service's events: an enum with `#[serde(tag = "type", content = "data")]` whose variant
-/// names are the CloudEvents `type`s (past tense) and whose fields are `data`.
-pub trait DomainEvent:
-    Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + 'static
-{
-    const DOMAIN: Domain;
-}
 
 /// Event-sourced state: the fold of its events. `apply` is pure and cannot fail.
 pub trait Aggregate:
@@ -182,7 +175,15 @@ pub enum EngineError {
     Serve(#[from] ServeError),
     /// A stored or produced event does not (de)serialize: a bug or an incompatible database.
     #[error("event codec: {0}")]
-    Codec(String),
+    Codec(#[from] CodecError),
+    /// Stored state (a snapshot, a read-model row) does not read back: a bug or an
+    /// incompatible database.
+    #[error("unreadable {what}: {source}")]
+    Unreadable {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// The service's settings cannot work (e.g. a bad URL).
     #[error("configuration: {0}")]
     Config(String),
@@ -196,37 +197,6 @@ pub enum EngineError {
     /// The service actor is gone (shutting down).
     #[error("the {0} service is stopped")]
     Stopped(&'static str),
-}
-
-/// The envelope that carries `event` in saga `saga`, caused by `cause` if any.
-pub fn encode<E: DomainEvent>(
-    event: &E,
-    saga: &str,
-    cause: Option<&Envelope>,
-) -> Result<Envelope, EngineError> {
-    let value = serde_json::to_value(event).map_err(|e| EngineError::Codec(e.to_string()))?;
-    let Value::Object(mut fields) = value else {
-        return Err(EngineError::Codec(format!(
-            "{event:?} is not a tagged event"
-        )));
-    };
-    let event_type = match fields.remove("type") {
-        Some(Value::String(t)) => t,
-        _ => return Err(EngineError::Codec(format!("{event:?} has no type"))),
-    };
-    let data = fields.remove("data").unwrap_or(Value::Null);
-    let envelope = Envelope::new(E::DOMAIN, event_type, saga, data)?;
-    Ok(match cause {
-        Some(cause) => envelope.caused_by(cause),
-        None => envelope,
-    })
-}
-
-/// The event an envelope carries; the error says what does not fit (it becomes a DLQ reason).
-pub fn decode<E: DomainEvent>(envelope: &Envelope) -> Result<E, String> {
-    let value = serde_json::json!({ "type": envelope.event_type, "data": envelope.data });
-    serde_json::from_value(value)
-        .map_err(|e| format!("{} event {}: {e}", envelope.source, envelope.event_type))
 }
 
 /// Given/when/then for aggregate tests: the state after `events`.

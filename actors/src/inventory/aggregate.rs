@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::events::InventoryEvent;
 use crate::catalog::{Line, PRODUCTS};
 use crate::engine::Aggregate;
+use crate::events::InventoryEvent;
 use crate::events::{Inbound, OrderEvent, PaymentEvent, ShipmentEvent};
 
 /// The aggregate id of the warehouse.

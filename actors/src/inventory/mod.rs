@@ -2,7 +2,6 @@
 //! can step in, and releases reservations when the saga fails or the order is cancelled.
 
 pub mod aggregate;
-pub mod events;
 
 use std::collections::BTreeMap;
 
@@ -10,9 +9,9 @@ use bus::Domain;
 use serde::{Deserialize, Serialize};
 
 use self::aggregate::{Reservation, Warehouse, WAREHOUSE};
-use self::events::InventoryEvent;
 use crate::engine::{EngineError, Placement, Reaction, Service};
 use crate::events::Inbound;
+use crate::events::InventoryEvent;
 use crate::Settings;
 
 pub struct InventoryService;

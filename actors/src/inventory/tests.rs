@@ -1,6 +1,6 @@
 use super::aggregate::{Reservation, Warehouse};
-use super::events::InventoryEvent;
 use crate::engine::{lines, Aggregate};
+use crate::events::InventoryEvent;
 use crate::events::{Inbound, OrderEvent, PaymentEvent, ShipmentEvent};
 
 fn approved(items: &[(&str, u32)]) -> Inbound {

@@ -4,9 +4,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::events::OrderEvent;
 use crate::catalog::{Line, PlaceOrder};
 use crate::engine::Aggregate;
+use crate::events::OrderEvent;
 use crate::events::{Inbound, PaymentEvent, ShipmentEvent, StoreEvent};
 use crate::rpc::DomainError;
 

@@ -3,7 +3,6 @@
 
 pub mod aggregate;
 pub mod api;
-pub mod events;
 
 use bus::Domain;
 use chrono::Utc;
@@ -11,10 +10,10 @@ use uuid::Uuid;
 
 use self::aggregate::{CancelOutcome, Order, OrderStatus};
 use self::api::{Cancel, Cancelled, IdempotencyKey, OrderView, Place, PlaceRequest, Placed};
-use self::events::OrderEvent;
 use crate::catalog::PlaceOrder;
 use crate::engine::{Command, EngineError, Executed, Handle, Placement, Reaction, Service};
 use crate::events::Inbound;
+use crate::events::OrderEvent;
 use crate::rpc::server::ServeError;
 use crate::rpc::{DomainError, Server};
 use crate::Settings;

@@ -1,9 +1,9 @@
 use chrono::Utc;
 
 use super::aggregate::{CancelOutcome, Order, OrderStatus};
-use super::events::OrderEvent;
 use crate::catalog::PlaceOrder;
 use crate::engine::{given, lines};
+use crate::events::OrderEvent;
 use crate::events::{Inbound, PaymentEvent, ShipmentEvent, StoreEvent};
 use crate::rpc::DomainError;
 

@@ -5,9 +5,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::events::PaymentEvent;
 use crate::catalog::Line;
 use crate::engine::{Aggregate, Plan};
+use crate::events::PaymentEvent;
 use crate::events::{Inbound, OrderEvent, ShipmentEvent, StoreEvent};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

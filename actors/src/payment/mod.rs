@@ -4,14 +4,13 @@
 //! (after a crash between the call and the commit) never charges or refunds twice.
 
 pub mod aggregate;
-pub mod events;
 
 use bus::{Domain, Verdict};
 use chrono::Utc;
 
 use self::aggregate::{GatewayAnswer, GatewayCall, Payment};
-use self::events::PaymentEvent;
 use crate::engine::{EngineError, Placement, Plan, Reaction, Service};
+use crate::events::PaymentEvent;
 use crate::events::{Inbound, OrderEvent};
 use crate::external::payment_gateway::{Authorization, GatewayClient};
 use crate::Settings;

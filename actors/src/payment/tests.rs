@@ -1,8 +1,8 @@
 use chrono::Utc;
 
 use super::aggregate::{GatewayAnswer, GatewayCall, Payment};
-use super::events::PaymentEvent;
 use crate::engine::{given, lines, Plan};
+use crate::events::PaymentEvent;
 use crate::events::{Inbound, OrderEvent, ShipmentEvent, StoreEvent};
 
 fn created() -> Inbound {

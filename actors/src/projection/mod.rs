@@ -78,8 +78,12 @@ impl ProjectionActor {
             let id = envelope.subject.as_str();
             if !rows.contains_key(id) {
                 let row = match self.store.model(generation, id)? {
-                    Some(bytes) => serde_json::from_slice(&bytes)
-                        .map_err(|e| EngineError::Codec(format!("read model {id}: {e}")))?,
+                    Some(bytes) => serde_json::from_slice(&bytes).map_err(|source| {
+                        EngineError::Unreadable {
+                            what: format!("read model row {id}"),
+                            source,
+                        }
+                    })?,
                     None => OrderReadModel::new(id),
                 };
                 rows.insert(id, row);
@@ -98,10 +102,12 @@ impl ProjectionActor {
                 row.refold();
                 (id, row)
             })
-            .map(|(id, row)| {
-                serde_json::to_vec(&row)
-                    .map(|bytes| (id, bytes))
-                    .map_err(|e| EngineError::Codec(e.to_string()))
+            .map(|(id, row)| match serde_json::to_vec(&row) {
+                Ok(bytes) => Ok((id, bytes)),
+                Err(source) => Err(EngineError::Unreadable {
+                    what: format!("read model row {id} (encoding)"),
+                    source,
+                }),
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.store.write_models(generation, &writes)?;

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::events::RecommendationEvent;
 use crate::engine::Aggregate;
+use crate::events::RecommendationEvent;
 use crate::events::{Inbound, OrderEvent};
 
 pub const CO_PURCHASES: &str = "co-purchases";

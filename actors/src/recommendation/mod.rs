@@ -2,15 +2,14 @@
 //! emits, per confirmed order, the SKUs to recommend with it.
 
 pub mod aggregate;
-pub mod events;
 
 use bus::Domain;
 use serde::{Deserialize, Serialize};
 
 use self::aggregate::{CoPurchases, CO_PURCHASES};
-use self::events::RecommendationEvent;
 use crate::engine::{EngineError, Placement, Reaction, Service};
 use crate::events::Inbound;
+use crate::events::RecommendationEvent;
 use crate::Settings;
 
 pub struct RecommendationService;

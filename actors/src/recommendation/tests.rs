@@ -1,6 +1,6 @@
 use super::aggregate::CoPurchases;
-use super::events::RecommendationEvent;
 use crate::engine::{lines, Aggregate};
+use crate::events::RecommendationEvent;
 use crate::events::{Inbound, OrderEvent};
 
 fn confirmed(items: &[(&str, u32)]) -> Inbound {

@@ -4,10 +4,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::events::ShipmentEvent;
 use crate::catalog::Line;
 use crate::engine::Aggregate;
 use crate::engine::Plan;
+use crate::events::ShipmentEvent;
 use crate::events::{Inbound, InventoryEvent, OrderEvent, StoreEvent};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

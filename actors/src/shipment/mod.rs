@@ -3,7 +3,6 @@
 //! cancel: cancel the booking, or refuse because the parcel left. One aggregate per order.
 
 pub mod aggregate;
-pub mod events;
 
 use std::time::Duration;
 
@@ -13,9 +12,9 @@ use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use self::aggregate::{BookingRequest, CarrierAnswer, CarrierCall, Shipment};
-use self::events::ShipmentEvent;
 use crate::engine::{Command, EngineError, Handle, Placement, Plan, Reaction, Service};
 use crate::events::Inbound;
+use crate::events::ShipmentEvent;
 use crate::external::carrier::{Booking, Cancellation, CarrierClient};
 use crate::Settings;
 

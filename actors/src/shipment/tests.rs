@@ -1,6 +1,6 @@
 use super::aggregate::{BookingRequest, CarrierAnswer, CarrierCall, Shipment, ShipmentStatus};
-use super::events::ShipmentEvent;
 use crate::engine::{given, lines, Plan};
+use crate::events::ShipmentEvent;
 use crate::events::{Inbound, InventoryEvent, OrderEvent, StoreEvent};
 
 trait PlanNow {

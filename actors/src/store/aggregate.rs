@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::events::StoreEvent;
 use crate::catalog::{Line, PRODUCTS, STORES};
 use crate::engine::Aggregate;
+use crate::events::StoreEvent;
 use crate::events::{Inbound, InventoryEvent, OrderEvent, ShipmentEvent};
 
 /// The aggregate id of all stores' stock.

@@ -2,7 +2,6 @@
 //! has the whole order reserves it (ship-from-store); if none can, the saga fails here.
 
 pub mod aggregate;
-pub mod events;
 
 use std::collections::BTreeMap;
 
@@ -10,9 +9,9 @@ use bus::Domain;
 use serde::{Deserialize, Serialize};
 
 use self::aggregate::{StoreReservation, Stores, STORES_ID};
-use self::events::StoreEvent;
 use crate::engine::{EngineError, Placement, Reaction, Service};
 use crate::events::Inbound;
+use crate::events::StoreEvent;
 use crate::Settings;
 
 pub struct StoreService;

@@ -1,6 +1,6 @@
 use super::aggregate::{StoreReservation, Stores};
-use super::events::StoreEvent;
 use crate::engine::{lines, Aggregate};
+use crate::events::StoreEvent;
 use crate::events::{Inbound, InventoryEvent, OrderEvent, ShipmentEvent};
 
 fn shortage(items: &[(&str, u32)]) -> Inbound {

@@ -2,7 +2,7 @@ use bus::Domain;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Line;
-use crate::engine::DomainEvent;
+use crate::codec::DomainEvent;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]

@@ -1,7 +1,7 @@
 use bus::Domain;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::DomainEvent;
+use crate::codec::DomainEvent;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]

@@ -22,13 +22,20 @@
 
 use bus::{Domain, Envelope};
 
-use crate::engine::decode;
-pub use crate::inventory::events::InventoryEvent;
-pub use crate::order::events::OrderEvent;
-pub use crate::payment::events::PaymentEvent;
-pub use crate::recommendation::events::RecommendationEvent;
-pub use crate::shipment::events::ShipmentEvent;
-pub use crate::store::events::StoreEvent;
+use crate::codec::{decode, CodecError};
+pub mod inventory;
+pub mod order;
+pub mod payment;
+pub mod recommendation;
+pub mod shipment;
+pub mod store;
+
+pub use self::inventory::InventoryEvent;
+pub use self::order::OrderEvent;
+pub use self::payment::PaymentEvent;
+pub use self::recommendation::RecommendationEvent;
+pub use self::shipment::ShipmentEvent;
+pub use self::store::StoreEvent;
 
 /// An event from any service, as a service receives it.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,8 +49,8 @@ pub enum Inbound {
 }
 
 impl Inbound {
-    pub fn decode(envelope: &Envelope) -> Result<Inbound, String> {
-        let domain = envelope.domain().map_err(|e| e.to_string())?;
+    pub fn decode(envelope: &Envelope) -> Result<Inbound, CodecError> {
+        let domain = envelope.domain()?;
         Ok(match domain {
             Domain::Orders => Inbound::Order(decode(envelope)?),
             Domain::Payments => Inbound::Payment(decode(envelope)?),
