@@ -203,10 +203,16 @@ impl Envelope {
 
     /// The outbox row that publishes this event: subject, `Nats-Msg-Id` = id, `traceparent`.
     pub fn to_outbox_message(&self) -> Result<OutboxMessage, BusError> {
+        self.to_outbox_message_from_json(self.to_json()?)
+    }
+
+    /// [`Envelope::to_outbox_message`] for a caller that already has this envelope's
+    /// [`Envelope::to_json`] (e.g. to store it too), so the event is serialized once.
+    pub fn to_outbox_message_from_json(&self, json: String) -> Result<OutboxMessage, BusError> {
         Ok(OutboxMessage {
             event_id: self.id,
             subject: self.nats_subject()?,
-            payload: self.to_json()?,
+            payload: json,
             headers: vec![(TRACEPARENT.into(), self.traceparent())],
         })
     }

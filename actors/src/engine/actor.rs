@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use bus::relay::RelayStats;
-use bus::Delivery;
+use bus::{Delivery, Envelope};
 use storage::Store;
 
 use super::api::ComponentStatus;
@@ -96,10 +96,25 @@ impl<S: Service> Handler<Deliver> for ServiceActor<S> {
     fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) -> Self::Result {
         let busy = Err(EngineError::Stopped(S::name()));
         with_engine(self, busy, |mut engine| async move {
-            let result = engine.deliver(msg.0).await;
+            let result = deliver(&mut engine, msg.0).await;
             (engine, result)
         })
     }
+}
+
+/// Apply a batch: the engine sees its envelopes, and each verdict goes back with its delivery.
+async fn deliver<S: Service>(
+    engine: &mut Engine<S>,
+    deliveries: Vec<Delivery>,
+) -> Result<Settled, EngineError> {
+    let applied = {
+        let envelopes: Vec<&Envelope> = deliveries.iter().map(|d| &d.envelope).collect();
+        engine.deliver(&envelopes).await?
+    };
+    Ok(Settled {
+        verdicts: applied.verdicts.into_iter().zip(deliveries).collect(),
+        flushed: applied.flushed,
+    })
 }
 
 impl<S: Service> Handler<Execute<S>> for ServiceActor<S> {

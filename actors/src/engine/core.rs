@@ -3,8 +3,14 @@
 //! Every change goes the same way: load the aggregate (snapshot + later events), decide, apply the
 //! new events to a copy, then ONE sled transaction for the whole batch (events, outbox rows, inbox
 //! marks), ONE flush, and only then the answer (ack or reply). The engine is the only writer of
-//! its database, so the in-memory copies it caches are the truth; after any failed commit the
-//! touched aggregates are dropped from the cache and reloaded from disk.
+//! its database, so the in-memory copies it caches are the truth. An operation takes the
+//! aggregates it touches out of the cache and puts them back once its batch is durable; one
+//! whose commit failed stays out and is reloaded from disk.
+//!
+//! A batch of inbound events ([`Engine::deliver`]) goes through named phases:
+//! `admit` (dedupe, decode, route into one [`Group`] per aggregate), `load` (take each aggregate
+//! out of the cache), `react` (per aggregate, in order), `record` (one [`Commit`] per step), and
+//! `commit_and_flush`, the tail it shares with client commands ([`Engine::execute`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -13,7 +19,7 @@ use futures::StreamExt;
 use storage::{Commit, CommitOutcome, Flushed, NewEvent, StorageError, Store};
 
 use super::{
-    decode, encode, Aggregate, ApiError, Command, EngineError, Executed, Reaction, Service,
+    decode, encode, Aggregate, ApiError, Command, DomainEvent, EngineError, Executed, Service,
 };
 use crate::events::Inbound;
 
@@ -25,11 +31,29 @@ const SNAPSHOT_EVERY: u64 = 256;
 /// Aggregates reacting at once within a batch (their external calls overlap).
 const CONCURRENCY: usize = 64;
 
-#[derive(Debug, Clone)]
-struct Loaded<A> {
+/// Where an aggregate stands in its log.
+#[derive(Debug, Clone, Copy)]
+struct Head {
     version: u64,
-    state: A,
+    /// Events recorded since the last snapshot (or since the start of the log).
     since_snapshot: u64,
+}
+
+impl Head {
+    /// The head after `recorded` more events.
+    fn advanced(self, recorded: u64) -> Head {
+        Head {
+            version: self.version + recorded,
+            since_snapshot: self.since_snapshot + recorded,
+        }
+    }
+}
+
+/// An aggregate in memory: its head and its state there.
+#[derive(Debug)]
+struct Loaded<A> {
+    head: Head,
+    state: A,
 }
 
 /// A batch whose effects are durable, ready to be settled on the bus.
@@ -38,24 +62,157 @@ pub struct Settled {
     pub flushed: Flushed,
 }
 
-pub struct Engine<S: Service> {
-    service: S,
-    store: Store,
-    cache: HashMap<String, Loaded<S::State>>,
+/// What [`Engine::deliver`] made of a batch: one verdict per envelope, in batch order, and the
+/// proof that everything a `Done` stands for is durable.
+#[derive(Debug)]
+pub struct Applied {
+    pub verdicts: Vec<Verdict>,
+    pub flushed: Flushed,
 }
 
-/// One aggregate's share of a batch: its id, its state, and its events (index in the batch).
-type Group<A> = (String, Loaded<A>, Vec<(usize, Inbound)>);
+/// An admitted inbound event: its place in the batch, and what it says.
+struct Item {
+    index: usize,
+    inbound: Inbound,
+}
+
+/// One aggregate's share of a batch, in batch order.
+struct Group {
+    aggregate_id: String,
+    items: Vec<Item>,
+}
+
+/// A group whose aggregate is out of the cache, ready to react.
+struct Ready<A> {
+    group: Group,
+    loaded: Loaded<A>,
+}
+
+/// What one reaction came to: the event's place in the batch, its verdict, and the events to
+/// record (none unless `Done`).
+struct Step<E> {
+    index: usize,
+    verdict: Verdict,
+    events: Vec<E>,
+}
 
 /// What one aggregate's reactions in a batch came to.
 struct Reacted<A: Aggregate> {
     aggregate_id: String,
-    /// Version and events since the last snapshot before this batch.
-    version: u64,
-    since_snapshot: u64,
+    /// Where the aggregate stood before this batch.
+    base: Head,
+    /// Its state after every step's events.
     state: A,
-    /// (index in the batch, verdict, events to record)
-    steps: Vec<(usize, Verdict, Vec<A::Event>)>,
+    steps: Vec<Step<A::Event>>,
+}
+
+/// An aggregate an operation took out of the cache, with its state after the operation.
+struct Touched<A> {
+    aggregate_id: String,
+    after: Loaded<A>,
+    /// Its state holds changes that did not land: it is reloaded from disk next time.
+    stale: bool,
+}
+
+/// Where a commit's outcome goes.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// The answer it settles: an index in the batch, or in the commands.
+    answer: usize,
+    /// The aggregate it writes: an index in [`Writes::touched`].
+    aggregate: usize,
+}
+
+/// An operation's changes before they are committed: the aggregates it took out of the cache,
+/// and one commit per answer that records something.
+struct Writes<A> {
+    touched: Vec<Touched<A>>,
+    position: HashMap<String, usize>,
+    commits: Vec<Commit>,
+    slots: Vec<Slot>,
+}
+
+impl<A> Default for Writes<A> {
+    fn default() -> Self {
+        Writes {
+            touched: Vec::new(),
+            position: HashMap::new(),
+            commits: Vec::new(),
+            slots: Vec::new(),
+        }
+    }
+}
+
+impl<A> Writes<A> {
+    /// Add an aggregate taken out of the cache; answers its index.
+    fn touch(&mut self, aggregate_id: String, after: Loaded<A>) -> usize {
+        let aggregate = self.touched.len();
+        self.position.insert(aggregate_id.clone(), aggregate);
+        self.touched.push(Touched {
+            aggregate_id,
+            after,
+            stale: false,
+        });
+        aggregate
+    }
+
+    fn push(&mut self, commit: Commit, slot: Slot) {
+        self.commits.push(commit);
+        self.slots.push(slot);
+    }
+
+    /// The answers that wait for the commits.
+    fn answers(&self) -> Vec<usize> {
+        self.slots.iter().map(|slot| slot.answer).collect()
+    }
+}
+
+/// Why a commit did not land.
+#[derive(Debug, Clone)]
+enum NotRecorded {
+    /// Someone appended to the aggregate since it was loaded.
+    Conflict(String),
+    /// The database refused or failed.
+    Failed(String),
+}
+
+impl From<&StorageError> for NotRecorded {
+    fn from(e: &StorageError) -> Self {
+        match e {
+            StorageError::Conflict { .. } => NotRecorded::Conflict(e.to_string()),
+            other => NotRecorded::Failed(other.to_string()),
+        }
+    }
+}
+
+impl NotRecorded {
+    /// For the bus: try again (the aggregate is reloaded first).
+    fn verdict(&self) -> Verdict {
+        let (NotRecorded::Conflict(reason) | NotRecorded::Failed(reason)) = self;
+        Verdict::Retry(format!("commit failed: {reason}"))
+    }
+
+    /// For a client.
+    fn api_error(&self) -> ApiError {
+        match self {
+            NotRecorded::Conflict(reason) => ApiError::conflict(format!("{reason}; retry")),
+            NotRecorded::Failed(reason) => {
+                ApiError::unavailable(format!("commit failed: {reason}"))
+            }
+        }
+    }
+}
+
+/// What the commit-and-flush tail did: the commits that did not land (by answer), and the flush.
+struct Durable {
+    not_recorded: Vec<(usize, NotRecorded)>,
+    flushed: Result<Flushed, StorageError>,
+}
+
+pub struct Engine<S: Service> {
+    service: S,
+    store: Store,
+    cache: HashMap<String, Loaded<S::State>>,
 }
 
 impl<S: Service> Engine<S> {
@@ -78,196 +235,88 @@ impl<S: Service> Engine<S> {
     /// React to a batch of inbound events: skip duplicates, react per aggregate (aggregates
     /// concurrently, one aggregate's events in order), commit everything in one transaction,
     /// flush once. Events of an aggregate after one that must be retried are retried too, so an
-    /// aggregate never sees its events out of order.
-    pub async fn deliver(&mut self, batch: Vec<Delivery>) -> Result<Settled, EngineError> {
+    /// aggregate never sees its events out of order. An error means nothing may be acked.
+    pub async fn deliver(&mut self, batch: &[&Envelope]) -> Result<Applied, EngineError> {
         self.make_room();
         let mut verdicts = vec![Verdict::Done; batch.len()];
-        let mut groups: Vec<(String, Vec<(usize, Inbound)>)> = Vec::new();
+        let groups = self.admit(batch, &mut verdicts)?;
+        let ready = self.load(groups, &mut verdicts);
+        let reacted = self.react(batch, ready).await;
+        let writes = record(batch, reacted, &mut verdicts);
+        let durable = self.commit_and_flush(writes).await;
+        for (index, why) in durable.not_recorded {
+            verdicts[index] = why.verdict();
+        }
+        Ok(Applied {
+            verdicts,
+            flushed: durable.flushed?,
+        })
+    }
+
+    /// The batch's new events, grouped by aggregate. Left `Done` without effect: copies of an
+    /// event earlier in the batch, events already applied (in the inbox), events this service
+    /// ignores. Rejected: events that do not decode.
+    fn admit(
+        &self,
+        batch: &[&Envelope],
+        verdicts: &mut [Verdict],
+    ) -> Result<Vec<Group>, EngineError> {
+        let mut groups: Vec<Group> = Vec::new();
         let mut group_of: HashMap<String, usize> = HashMap::new();
         let mut seen = HashSet::new();
-        for (i, delivery) in batch.iter().enumerate() {
-            let envelope = &delivery.envelope;
+        for (index, envelope) in batch.iter().enumerate() {
             if !seen.insert(envelope.id) || self.store.is_processed(envelope.id)? {
                 continue; // already applied: acknowledge again
             }
             let inbound = match Inbound::decode(envelope) {
                 Ok(inbound) => inbound,
                 Err(reason) => {
-                    verdicts[i] = Verdict::Reject(reason.to_string());
+                    verdicts[index] = Verdict::Reject(reason.to_string());
                     continue;
                 }
             };
-            let Some(aggregate_id) = self.service.route(&inbound, &envelope.subject) else {
-                continue; // not this service's business
-            };
+            let aggregate_id = S::PLACEMENT.aggregate_id(&envelope.subject);
             let g = *group_of.entry(aggregate_id.clone()).or_insert_with(|| {
-                groups.push((aggregate_id, Vec::new()));
+                groups.push(Group {
+                    aggregate_id,
+                    items: Vec::new(),
+                });
                 groups.len() - 1
             });
-            groups[g].1.push((i, inbound));
+            groups[g].items.push(Item { index, inbound });
         }
-
-        // Load every touched aggregate first; one that cannot be loaded waits for a retry.
-        groups.retain(|(aggregate_id, items)| match self.load(aggregate_id) {
-            Ok(()) => true,
-            Err(e) => {
-                for (i, _) in items {
-                    verdicts[*i] = Verdict::Retry(format!("cannot load {aggregate_id}: {e}"));
-                }
-                false
-            }
-        });
-
-        // Take each aggregate out of the cache (no copy: the singletons hold every order); it
-        // goes back only once its batch is durable, so a failure leaves nothing stale behind.
-        let groups = groups
-            .into_iter()
-            .map(|(aggregate_id, items)| {
-                let loaded = self.cache.remove(&aggregate_id).unwrap_or(Loaded {
-                    version: 0,
-                    state: S::State::default(),
-                    since_snapshot: 0,
-                });
-                (aggregate_id, loaded, items)
-            })
-            .collect();
-        let reacted = self.react_all(&batch, groups).await;
-
-        let mut commits = Vec::new();
-        let mut slots = Vec::new(); // (group, index in batch)
-        let mut failed_groups = HashSet::new();
-        for (g, group) in reacted.iter().enumerate() {
-            let mut version = group.version;
-            for (i, verdict, events) in &group.steps {
-                verdicts[*i] = verdict.clone();
-                if *verdict != Verdict::Done {
-                    continue;
-                }
-                if failed_groups.contains(&g) {
-                    verdicts[*i] = Verdict::Retry(format!(
-                        "an earlier event of {} could not be recorded",
-                        group.aggregate_id
-                    ));
-                    continue;
-                }
-                let cause = &batch[*i].envelope;
-                let commit = record(
-                    Commit::caused_by(cause.id),
-                    &group.aggregate_id,
-                    version,
-                    events,
-                    &cause.subject,
-                    Some(cause),
-                );
-                match commit {
-                    Ok(commit) => {
-                        version += events.len() as u64;
-                        commits.push(commit);
-                        slots.push((g, *i));
-                    }
-                    // Events that cannot be encoded: this event can never be applied.
-                    Err(e) => {
-                        verdicts[*i] = Verdict::Reject(format!("cannot record the reaction: {e}"));
-                        failed_groups.insert(g);
-                    }
-                }
-            }
-        }
-
-        match self.store.commit_all(&commits) {
-            Ok(outcomes) => {
-                for ((g, i), outcome) in slots.iter().zip(outcomes) {
-                    match outcome {
-                        Ok(CommitOutcome::Committed { .. }) => {}
-                        // Cannot happen (checked above, single writer), but if it does the
-                        // cached state is wrong: reload it.
-                        Ok(CommitOutcome::Duplicate) => {
-                            failed_groups.insert(*g);
-                        }
-                        Err(e) => {
-                            verdicts[*i] = Verdict::Retry(format!("commit failed: {e}"));
-                            failed_groups.insert(*g);
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                for (g, i) in &slots {
-                    verdicts[*i] = Verdict::Retry(format!("commit failed: {e}"));
-                    failed_groups.insert(*g);
-                }
-            }
-        }
-        // On failure the commits may or may not be on disk: the touched aggregates are out of
-        // the cache, so they are reloaded from disk next time.
-        let flushed = self.store.flush().await?;
-
-        for (g, group) in reacted.into_iter().enumerate() {
-            if failed_groups.contains(&g) {
-                continue; // reloaded from disk next time
-            }
-            let recorded: u64 = group.steps.iter().map(|(_, _, e)| e.len() as u64).sum();
-            let loaded = Loaded {
-                version: group.version + recorded,
-                since_snapshot: group.since_snapshot + recorded,
-                state: group.state,
-            };
-            if loaded.version > 0 {
-                self.cache.insert(group.aggregate_id.clone(), loaded);
-                self.maybe_snapshot(&group.aggregate_id);
-            }
-        }
-        let verdicts = verdicts.into_iter().zip(batch).collect();
-        Ok(Settled { verdicts, flushed })
+        Ok(groups)
     }
 
-    async fn react_all(
-        &self,
-        batch: &[Delivery],
-        groups: Vec<Group<S::State>>,
-    ) -> Vec<Reacted<S::State>> {
-        let service = &self.service;
-        let jobs = groups.into_iter().map(|(aggregate_id, loaded, items)| {
-            let Loaded {
-                version,
-                since_snapshot,
-                mut state,
-            } = loaded;
-            async move {
-                let mut steps = Vec::with_capacity(items.len());
-                let mut blocked: Option<String> = None;
-                for (i, inbound) in items {
-                    if let Some(reason) = &blocked {
-                        let reason = format!("an earlier event of {aggregate_id} waits: {reason}");
-                        steps.push((i, Verdict::Retry(reason), Vec::new()));
-                        continue;
+    /// Take each group's aggregate out of the cache (no copy: the singletons hold every order);
+    /// it goes back only once its batch is durable, so a failure leaves nothing stale behind.
+    /// One that cannot be loaded waits for a retry.
+    fn load(&mut self, groups: Vec<Group>, verdicts: &mut [Verdict]) -> Vec<Ready<S::State>> {
+        let mut ready = Vec::with_capacity(groups.len());
+        for group in groups {
+            match self.take(&group.aggregate_id) {
+                Ok(loaded) => ready.push(Ready { group, loaded }),
+                Err(e) => {
+                    let reason = format!("cannot load {}: {e}", group.aggregate_id);
+                    for item in &group.items {
+                        verdicts[item.index] = Verdict::Retry(reason.clone());
                     }
-                    let saga = &batch[i].envelope.subject;
-                    let reaction: Reaction<_> = service.react(&state, &inbound, saga).await;
-                    match reaction {
-                        Ok(events) => {
-                            for event in &events {
-                                state.apply(event);
-                            }
-                            steps.push((i, Verdict::Done, events));
-                        }
-                        Err(verdict) => {
-                            if let Verdict::Retry(reason) = &verdict {
-                                blocked = Some(reason.clone());
-                            }
-                            steps.push((i, verdict, Vec::new()));
-                        }
-                    }
-                }
-                Reacted {
-                    aggregate_id,
-                    version,
-                    since_snapshot,
-                    state,
-                    steps,
                 }
             }
-        });
+        }
+        ready
+    }
+
+    /// React per aggregate: aggregates concurrently (their external calls overlap), each one's
+    /// events in batch order.
+    async fn react(
+        &self,
+        batch: &[&Envelope],
+        ready: Vec<Ready<S::State>>,
+    ) -> Vec<Reacted<S::State>> {
+        let jobs = ready
+            .into_iter()
+            .map(|ready| react_in_order(&self.service, batch, ready));
         futures::stream::iter(jobs)
             .buffer_unordered(CONCURRENCY)
             .collect()
@@ -282,91 +331,161 @@ impl<S: Service> Engine<S> {
         commands: Vec<Command<S::State>>,
     ) -> Vec<Result<Executed<S::State>, ApiError>> {
         self.make_room();
-        let mut results: Vec<Result<Executed<S::State>, ApiError>> =
-            Vec::with_capacity(commands.len());
-        let mut commits = Vec::new();
-        let mut slots = Vec::new(); // index in results
-        let mut touched = HashSet::new();
+        let mut writes = Writes::default();
+        let mut results = Vec::with_capacity(commands.len());
         for command in commands {
-            let id = command.aggregate_id;
-            if let Err(e) = self.load(&id) {
-                results.push(Err(e.into()));
-                continue;
-            }
-            let loaded = self.cached(&id);
-            let events = match (command.decide)(&loaded.state, loaded.version) {
-                Ok(events) => events,
-                Err(e) => {
-                    self.forget_if_absent(&id);
-                    results.push(Err(e));
-                    continue;
-                }
-            };
-            let mut state = loaded.state;
-            for event in &events {
-                state.apply(event);
-            }
-            if !events.is_empty() {
-                match record(Commit::new(), &id, loaded.version, &events, &id, None) {
-                    Ok(commit) => {
-                        commits.push(commit);
-                        slots.push(results.len());
-                        touched.insert(id.clone());
-                    }
-                    Err(e) => {
-                        results.push(Err(e.into()));
-                        continue;
-                    }
-                }
-                // Later commands in this batch see this one's effect.
-                self.store_state(id.clone(), state.clone(), events.len() as u64);
-            }
-            results.push(Ok(Executed {
-                version: loaded.version + events.len() as u64,
-                state,
-                events,
-            }));
+            let answer = results.len();
+            results.push(self.decide(command, answer, &mut writes));
         }
-        if commits.is_empty() {
+        if writes.commits.is_empty() {
+            self.put_back(writes.touched); // nothing changed: nothing to flush
             return results;
         }
-        let failure = match self.store.commit_all(&commits) {
-            Ok(outcomes) => {
-                let mut failure = None;
-                for (slot, outcome) in slots.iter().zip(outcomes) {
-                    if let Err(e) = outcome {
-                        results[*slot] = Err(commit_error(e));
-                        failure = Some(());
-                    }
-                }
-                failure
-            }
-            Err(e) => {
-                for slot in &slots {
-                    results[*slot] = Err(ApiError::unavailable(format!("commit failed: {e}")));
-                }
-                Some(())
-            }
-        };
-        if failure.is_some() {
-            for id in &touched {
-                self.cache.remove(id);
-            }
-            // The flush below still covers the commits that landed.
+        let written = writes.answers();
+        let durable = self.commit_and_flush(writes).await;
+        for (answer, why) in durable.not_recorded {
+            results[answer] = Err(why.api_error());
         }
-        if let Err(e) = self.store.flush().await {
-            for slot in &slots {
-                results[*slot] = Err(ApiError::unavailable(format!("flush failed: {e}")));
+        if let Err(e) = durable.flushed {
+            for answer in written {
+                results[answer] = Err(ApiError::unavailable(format!("flush failed: {e}")));
             }
-            for id in &touched {
-                self.cache.remove(id);
-            }
-            return results;
-        }
-        for id in &touched {
-            self.maybe_snapshot(id);
         }
         results
+    }
+
+    /// Decide one command on its aggregate as the commands before it left it (later commands in
+    /// the batch see its effect), and add its commit to `writes`.
+    fn decide(
+        &mut self,
+        command: Command<S::State>,
+        answer: usize,
+        writes: &mut Writes<S::State>,
+    ) -> Result<Executed<S::State>, ApiError> {
+        let Command {
+            aggregate_id,
+            decide,
+        } = command;
+        let aggregate = self.check_out(aggregate_id, writes)?;
+        let Touched {
+            aggregate_id,
+            after,
+            ..
+        } = &writes.touched[aggregate];
+        let version = after.head.version;
+        let events = decide(&after.state, version)?;
+        if !events.is_empty() {
+            let commit = append_events(
+                Commit::new(),
+                aggregate_id,
+                version,
+                &events,
+                aggregate_id,
+                None,
+            )?;
+            writes.push(commit, Slot { answer, aggregate });
+        }
+        let after = &mut writes.touched[aggregate].after;
+        for event in &events {
+            after.state.apply(event);
+        }
+        after.head = after.head.advanced(events.len() as u64);
+        Ok(Executed {
+            version: after.head.version,
+            state: after.state.clone(),
+            events,
+        })
+    }
+
+    /// The aggregate's index in `writes`, taking it out of the cache (or loading it) the first
+    /// time a command of the batch names it.
+    fn check_out(
+        &mut self,
+        aggregate_id: String,
+        writes: &mut Writes<S::State>,
+    ) -> Result<usize, EngineError> {
+        if let Some(&aggregate) = writes.position.get(&aggregate_id) {
+            return Ok(aggregate);
+        }
+        let loaded = self.take(&aggregate_id)?;
+        Ok(writes.touch(aggregate_id, loaded))
+    }
+
+    /// The tail every change shares: commit the writes in ONE transaction, flush ONCE, then put
+    /// the aggregates whose state is durable back in the cache. An aggregate with a commit that
+    /// did not land stays out: on failure its commits may or may not be on disk, so it is
+    /// reloaded from disk next time. After a failed flush none goes back.
+    async fn commit_and_flush(&mut self, writes: Writes<S::State>) -> Durable {
+        let Writes {
+            mut touched,
+            commits,
+            slots,
+            ..
+        } = writes;
+        let not_recorded = self.commit(&commits, &slots, &mut touched);
+        let flushed = self.store.flush().await;
+        if flushed.is_ok() {
+            self.put_back(touched);
+        }
+        Durable {
+            not_recorded,
+            flushed,
+        }
+    }
+
+    /// Commit everything in one transaction. Answers the commits that did not land, and marks
+    /// their aggregates stale.
+    fn commit(
+        &self,
+        commits: &[Commit],
+        slots: &[Slot],
+        touched: &mut [Touched<S::State>],
+    ) -> Vec<(usize, NotRecorded)> {
+        let outcomes = match self.store.commit_all(commits) {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                let why = NotRecorded::from(&e);
+                for slot in slots {
+                    touched[slot.aggregate].stale = true;
+                }
+                return slots
+                    .iter()
+                    .map(|slot| (slot.answer, why.clone()))
+                    .collect();
+            }
+        };
+        let mut not_recorded = Vec::new();
+        for (slot, outcome) in slots.iter().zip(outcomes) {
+            match outcome {
+                Ok(CommitOutcome::Committed { .. }) => {}
+                // Cannot happen (checked in `admit`, single writer), but if it does the state
+                // in memory is wrong: reload it.
+                Ok(CommitOutcome::Duplicate) => touched[slot.aggregate].stale = true,
+                Err(e) => {
+                    touched[slot.aggregate].stale = true;
+                    not_recorded.push((slot.answer, NotRecorded::from(&e)));
+                }
+            }
+        }
+        not_recorded
+    }
+
+    /// Put aggregates whose state is durable back in the cache, snapshotting those that grew.
+    /// Not the stale ones, nor those that do not exist (version 0: lookups of random ids must
+    /// not fill the cache).
+    fn put_back(&mut self, touched: Vec<Touched<S::State>>) {
+        for Touched {
+            aggregate_id,
+            mut after,
+            stale,
+        } in touched
+        {
+            if stale || after.head.version == 0 {
+                continue;
+            }
+            self.maybe_snapshot(&aggregate_id, &mut after);
+            self.cache.insert(aggregate_id, after);
+        }
     }
 
     /// Answer `query` on the aggregate's version and state, by reference (the singletons hold
@@ -377,9 +496,9 @@ impl<S: Service> Engine<S> {
         query: impl FnOnce(u64, &S::State) -> T,
     ) -> Result<T, EngineError> {
         self.make_room();
-        self.load(aggregate_id)?;
+        self.ensure_cached(aggregate_id)?;
         let answer = match self.cache.get(aggregate_id) {
-            Some(loaded) => query(loaded.version, &loaded.state),
+            Some(loaded) => query(loaded.head.version, &loaded.state),
             None => query(0, &S::State::default()),
         };
         self.forget_if_absent(aggregate_id);
@@ -396,54 +515,29 @@ impl<S: Service> Engine<S> {
 
     /// Do not keep aggregates that do not exist (lookups of random ids must not fill the cache).
     fn forget_if_absent(&mut self, aggregate_id: &str) {
-        if self.version_of(aggregate_id) == 0 {
+        if self
+            .cache
+            .get(aggregate_id)
+            .is_some_and(|loaded| loaded.head.version == 0)
+        {
             self.cache.remove(aggregate_id);
         }
     }
 
-    fn version_of(&self, aggregate_id: &str) -> u64 {
-        self.cache.get(aggregate_id).map_or(0, |l| l.version)
-    }
-
-    /// A copy of the cached aggregate. Called after `load`; were it missing, a new aggregate at
-    /// version 0 is returned and its commit fails the version check, so nothing goes wrong.
-    fn cached(&self, aggregate_id: &str) -> Loaded<S::State> {
-        self.cache.get(aggregate_id).cloned().unwrap_or(Loaded {
-            version: 0,
-            state: S::State::default(),
-            since_snapshot: 0,
-        })
-    }
-
-    fn store_state(&mut self, aggregate_id: String, state: S::State, recorded: u64) {
-        let (version, since_snapshot) = self
-            .cache
-            .get(&aggregate_id)
-            .map_or((0, 0), |l| (l.version, l.since_snapshot));
-        self.cache.insert(
-            aggregate_id,
-            Loaded {
-                version: version + recorded,
-                since_snapshot: since_snapshot + recorded,
-                state,
-            },
-        );
-    }
-
-    /// Save a snapshot of a cached aggregate if it has grown enough since the last one. Only
-    /// for durable state: call after the flush that covers it.
-    fn maybe_snapshot(&mut self, aggregate_id: &str) {
-        let Some(loaded) = self.cache.get_mut(aggregate_id) else {
-            return;
-        };
-        if loaded.since_snapshot < SNAPSHOT_EVERY {
+    /// Save a snapshot of an aggregate if it has grown enough since the last one. Only for
+    /// durable state: call after the flush that covers it.
+    fn maybe_snapshot(&self, aggregate_id: &str, loaded: &mut Loaded<S::State>) {
+        if loaded.head.since_snapshot < SNAPSHOT_EVERY {
             return;
         }
         match serde_json::to_string(&loaded.state) {
             Ok(json) => {
                 // A snapshot is a cache of committed state; losing it costs a replay.
-                match self.store.save_snapshot(aggregate_id, loaded.version, json) {
-                    Ok(()) => loaded.since_snapshot = 0,
+                match self
+                    .store
+                    .save_snapshot(aggregate_id, loaded.head.version, json)
+                {
+                    Ok(()) => loaded.head.since_snapshot = 0,
                     Err(e) => tracing::warn!(%aggregate_id, error = %e, "snapshot not saved"),
                 }
             }
@@ -451,11 +545,25 @@ impl<S: Service> Engine<S> {
         }
     }
 
-    /// Make sure the aggregate is in the cache: latest snapshot plus the events after it.
-    fn load(&mut self, aggregate_id: &str) -> Result<(), EngineError> {
-        if self.cache.contains_key(aggregate_id) {
-            return Ok(());
+    /// The aggregate, out of the cache: the cached copy, or else as its log has it.
+    fn take(&mut self, aggregate_id: &str) -> Result<Loaded<S::State>, EngineError> {
+        match self.cache.remove(aggregate_id) {
+            Some(loaded) => Ok(loaded),
+            None => self.read(aggregate_id),
         }
+    }
+
+    /// Make sure the aggregate is in the cache.
+    fn ensure_cached(&mut self, aggregate_id: &str) -> Result<(), EngineError> {
+        if !self.cache.contains_key(aggregate_id) {
+            let loaded = self.read(aggregate_id)?;
+            self.cache.insert(aggregate_id.to_string(), loaded);
+        }
+        Ok(())
+    }
+
+    /// The aggregate as its log has it: the latest snapshot plus the events after it.
+    fn read(&self, aggregate_id: &str) -> Result<Loaded<S::State>, EngineError> {
         let (snapshot, events) = self.store.load(aggregate_id)?;
         let (mut version, mut state) = match snapshot {
             Some(s) => (
@@ -474,20 +582,147 @@ impl<S: Service> Engine<S> {
             state.apply(&event);
             version = recorded.version;
         }
-        self.cache.insert(
-            aggregate_id.to_string(),
-            Loaded {
+        Ok(Loaded {
+            head: Head {
                 version,
-                state,
                 since_snapshot: replayed,
             },
-        );
-        Ok(())
+            state,
+        })
     }
 }
 
-/// Add `events` (as envelopes of saga `saga`) and their outbox rows to `commit`.
-fn record<E: super::DomainEvent>(
+/// One aggregate's reactions, in batch order. After a Retry its later events are retried too,
+/// unreacted, so the aggregate never sees its events out of order.
+async fn react_in_order<S: Service>(
+    service: &S,
+    batch: &[&Envelope],
+    ready: Ready<S::State>,
+) -> Reacted<S::State> {
+    let Ready {
+        group: Group {
+            aggregate_id,
+            items,
+        },
+        loaded: Loaded { head, mut state },
+    } = ready;
+    let mut steps = Vec::with_capacity(items.len());
+    let mut blocked: Option<String> = None;
+    for Item { index, inbound } in items {
+        if let Some(reason) = &blocked {
+            let reason = format!("an earlier event of {aggregate_id} waits: {reason}");
+            steps.push(Step {
+                index,
+                verdict: Verdict::Retry(reason),
+                events: Vec::new(),
+            });
+            continue;
+        }
+        let saga = &batch[index].subject;
+        let step = match service.react(&state, &inbound, saga).await {
+            Ok(events) => {
+                for event in &events {
+                    state.apply(event);
+                }
+                Step {
+                    index,
+                    verdict: Verdict::Done,
+                    events,
+                }
+            }
+            Err(verdict) => {
+                if let Verdict::Retry(reason) = &verdict {
+                    blocked = Some(reason.clone());
+                }
+                Step {
+                    index,
+                    verdict,
+                    events: Vec::new(),
+                }
+            }
+        };
+        steps.push(step);
+    }
+    Reacted {
+        aggregate_id,
+        base: head,
+        state,
+        steps,
+    }
+}
+
+/// Turn the reactions into commits, and give every step its verdict.
+fn record<A: Aggregate>(
+    batch: &[&Envelope],
+    reacted: Vec<Reacted<A>>,
+    verdicts: &mut [Verdict],
+) -> Writes<A> {
+    let mut writes = Writes::default();
+    for aggregate in reacted {
+        record_aggregate(batch, aggregate, verdicts, &mut writes);
+    }
+    writes
+}
+
+/// One commit per step that is Done (with or without events), each on top of the one before.
+/// Events that cannot be encoded can never be applied: that step is rejected, and the
+/// aggregate's later steps, decided on state that will not land, wait for a retry.
+fn record_aggregate<A: Aggregate>(
+    batch: &[&Envelope],
+    reacted: Reacted<A>,
+    verdicts: &mut [Verdict],
+    writes: &mut Writes<A>,
+) {
+    let Reacted {
+        aggregate_id,
+        base,
+        state,
+        steps,
+    } = reacted;
+    let recorded: u64 = steps.iter().map(|step| step.events.len() as u64).sum();
+    let after = Loaded {
+        head: base.advanced(recorded),
+        state,
+    };
+    let aggregate = writes.touch(aggregate_id.clone(), after);
+    let mut version = base.version;
+    for Step {
+        index,
+        verdict,
+        events,
+    } in steps
+    {
+        if verdict != Verdict::Done {
+            verdicts[index] = verdict;
+            continue;
+        }
+        if writes.touched[aggregate].stale {
+            let reason = format!("an earlier event of {aggregate_id} could not be recorded");
+            verdicts[index] = Verdict::Retry(reason);
+            continue;
+        }
+        let cause = batch[index];
+        let (commit, saga) = (Commit::caused_by(cause.id), &cause.subject);
+        match append_events(commit, &aggregate_id, version, &events, saga, Some(cause)) {
+            Ok(commit) => {
+                version += events.len() as u64;
+                let slot = Slot {
+                    answer: index,
+                    aggregate,
+                };
+                writes.push(commit, slot);
+            }
+            Err(e) => {
+                verdicts[index] = Verdict::Reject(format!("cannot record the reaction: {e}"));
+                writes.touched[aggregate].stale = true;
+            }
+        }
+    }
+}
+
+/// Add `events` (as envelopes of saga `saga`) and their outbox rows to `commit`. Each event is
+/// serialized once: the log and the outbox hold the same JSON.
+fn append_events<E: DomainEvent>(
     commit: Commit,
     aggregate_id: &str,
     version: u64,
@@ -500,92 +735,22 @@ fn record<E: super::DomainEvent>(
         // (an earlier step of this aggregate failed) must not be marked done.
         return Ok(commit.append(aggregate_id, version, Vec::new()));
     }
-    let envelopes = events
-        .iter()
-        .zip(version + 1..)
-        .map(|(e, v)| {
-            let mut envelope = encode(e, saga, cause)?;
-            envelope.aggregateversion = Some(v);
-            Ok(envelope)
-        })
-        .collect::<Result<Vec<_>, EngineError>>()?;
-    let new_events = envelopes
-        .iter()
-        .map(|env| {
-            Ok(NewEvent {
-                event_id: env.id,
-                event_type: env.event_type.clone(),
-                payload: env.to_json()?,
-            })
-        })
-        .collect::<Result<Vec<_>, EngineError>>()?;
-    let mut commit = commit.append(aggregate_id, version, new_events);
-    for envelope in &envelopes {
-        commit = commit.publish(envelope.to_outbox_message()?);
+    let mut new_events = Vec::with_capacity(events.len());
+    let mut outbox = Vec::with_capacity(events.len());
+    for (event, event_version) in events.iter().zip(version + 1..) {
+        let mut envelope = encode(event, saga, cause)?;
+        envelope.aggregateversion = Some(event_version);
+        let json = envelope.to_json()?;
+        outbox.push(envelope.to_outbox_message_from_json(json.clone())?);
+        new_events.push(NewEvent {
+            event_id: envelope.id,
+            event_type: envelope.event_type,
+            payload: json,
+        });
     }
-    Ok(commit)
-}
-
-fn commit_error(e: StorageError) -> ApiError {
-    match e {
-        StorageError::Conflict { .. } => ApiError::conflict(format!("{e}; retry")),
-        other => ApiError::unavailable(format!("commit failed: {other}")),
-    }
+    let commit = commit.append(aggregate_id, version, new_events);
+    Ok(outbox.into_iter().fold(commit, Commit::publish))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::catalog::Line;
-    use crate::events::InventoryEvent;
-    use crate::inventory::aggregate::WAREHOUSE;
-    use crate::inventory::InventoryService;
-
-    fn reserve(i: usize) -> Command<crate::inventory::aggregate::Warehouse> {
-        Command {
-            aggregate_id: WAREHOUSE.into(),
-            decide: Box::new(move |_, _| {
-                Ok(vec![InventoryEvent::InventoryReserved {
-                    order_id: format!("o{i}"),
-                    lines: vec![Line {
-                        sku: "SKU-MUG".into(),
-                        quantity: 1,
-                        unit_price_cents: 1,
-                    }],
-                    shipping_address: "x".into(),
-                }])
-            }),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_long_history_loads_from_its_snapshot_to_the_same_state() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &Default::default()).unwrap();
-        let mut engine = Engine::new(InventoryService, store.clone());
-        for chunk in (0..600).collect::<Vec<_>>().chunks(100) {
-            let results = engine
-                .execute(chunk.iter().map(|i| reserve(*i)).collect())
-                .await;
-            assert!(results.iter().all(Result::is_ok));
-        }
-        let (version, live) = engine.query(WAREHOUSE, |v, s| (v, s.clone())).unwrap();
-        assert_eq!(version, 600);
-
-        let (snapshot, tail) = store.load(WAREHOUSE).unwrap();
-        let snapshot = snapshot.expect("a snapshot was taken");
-        assert!(snapshot.version >= SNAPSHOT_EVERY, "{}", snapshot.version);
-        assert!(
-            tail.len() < SNAPSHOT_EVERY as usize,
-            "replays only {} events",
-            tail.len()
-        );
-
-        // A fresh engine (a restart) loads snapshot + tail to the same state and version.
-        let mut fresh = Engine::new(InventoryService, store);
-        let (reloaded_version, reloaded) = fresh.query(WAREHOUSE, |v, s| (v, s.clone())).unwrap();
-        assert_eq!(reloaded_version, 600);
-        assert_eq!(reloaded, live);
-        assert_eq!(reloaded.available["SKU-MUG"], 10_000 - 600);
-    }
-}
+mod tests;

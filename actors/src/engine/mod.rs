@@ -114,11 +114,6 @@ pub trait Service: Sized + Unpin + 'static {
     /// from `ops`) from settings.
     fn new(settings: &Settings, ops: &crate::resilience::Ops) -> Result<Self, EngineError>;
 
-    /// The aggregate an inbound event of saga `saga` concerns.
-    fn route(&self, _event: &Inbound, saga: &str) -> Option<String> {
-        Some(Self::PLACEMENT.aggregate_id(saga))
-    }
-
     /// Decide what to do about `event`, given the aggregate's state. External calls happen here;
     /// the state is changed only by applying the returned events.
     fn react(
