@@ -12,7 +12,7 @@ use storage::Store;
 
 use super::api::ComponentStatus;
 use super::core::{Engine, Settled};
-use super::{ApiError, Command, EngineError, Executed, Service};
+use super::{Command, DomainError, EngineError, Executed, Service};
 
 pub struct ServiceActor<S: Service> {
     /// Taken out while a handler's future runs (handlers are atomic, so none overlap).
@@ -42,7 +42,7 @@ impl Message for Deliver {
 pub struct Execute<S: Service>(pub Vec<Command<S::State>>);
 
 impl<S: Service> Message for Execute<S> {
-    type Result = Vec<Result<Executed<S::State>, ApiError>>;
+    type Result = Vec<Result<Executed<S::State>, DomainError>>;
 }
 
 /// A question about an aggregate, given its version and state.
@@ -118,7 +118,7 @@ async fn deliver<S: Service>(
 }
 
 impl<S: Service> Handler<Execute<S>> for ServiceActor<S> {
-    type Result = AtomicResponse<Self, Vec<Result<Executed<S::State>, ApiError>>>;
+    type Result = AtomicResponse<Self, Vec<Result<Executed<S::State>, DomainError>>>;
 
     fn handle(&mut self, msg: Execute<S>, _ctx: &mut Context<Self>) -> Self::Result {
         let busy = (0..msg.0.len())
@@ -179,7 +179,7 @@ impl<S: Service> Handle<S> {
     pub async fn execute_all(
         &self,
         commands: Vec<Command<S::State>>,
-    ) -> Vec<Result<Executed<S::State>, ApiError>> {
+    ) -> Vec<Result<Executed<S::State>, DomainError>> {
         let n = commands.len();
         match self.addr.send(Execute::<S>(commands)).await {
             Ok(results) => results,
@@ -192,7 +192,7 @@ impl<S: Service> Handle<S> {
     pub async fn execute(
         &self,
         command: Command<S::State>,
-    ) -> Result<Executed<S::State>, ApiError> {
+    ) -> Result<Executed<S::State>, DomainError> {
         self.execute_all(vec![command])
             .await
             .pop()

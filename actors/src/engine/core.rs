@@ -19,7 +19,7 @@ use futures::StreamExt;
 use storage::{Commit, CommitOutcome, Flushed, NewEvent, StorageError, Store};
 
 use super::{
-    decode, encode, Aggregate, ApiError, Command, DomainEvent, EngineError, Executed, Service,
+    decode, encode, Aggregate, Command, DomainError, DomainEvent, EngineError, Executed, Service,
 };
 use crate::events::Inbound;
 
@@ -193,11 +193,11 @@ impl NotRecorded {
     }
 
     /// For a client.
-    fn api_error(&self) -> ApiError {
+    fn api_error(&self) -> DomainError {
         match self {
-            NotRecorded::Conflict(reason) => ApiError::conflict(format!("{reason}; retry")),
+            NotRecorded::Conflict(reason) => DomainError::conflict(format!("{reason}; retry")),
             NotRecorded::Failed(reason) => {
-                ApiError::unavailable(format!("commit failed: {reason}"))
+                DomainError::unavailable(format!("commit failed: {reason}"))
             }
         }
     }
@@ -329,7 +329,7 @@ impl<S: Service> Engine<S> {
     pub async fn execute(
         &mut self,
         commands: Vec<Command<S::State>>,
-    ) -> Vec<Result<Executed<S::State>, ApiError>> {
+    ) -> Vec<Result<Executed<S::State>, DomainError>> {
         self.make_room();
         let mut writes = Writes::default();
         let mut results = Vec::with_capacity(commands.len());
@@ -348,7 +348,7 @@ impl<S: Service> Engine<S> {
         }
         if let Err(e) = durable.flushed {
             for answer in written {
-                results[answer] = Err(ApiError::unavailable(format!("flush failed: {e}")));
+                results[answer] = Err(DomainError::unavailable(format!("flush failed: {e}")));
             }
         }
         results
@@ -361,7 +361,7 @@ impl<S: Service> Engine<S> {
         command: Command<S::State>,
         answer: usize,
         writes: &mut Writes<S::State>,
-    ) -> Result<Executed<S::State>, ApiError> {
+    ) -> Result<Executed<S::State>, DomainError> {
         let Command {
             aggregate_id,
             decide,

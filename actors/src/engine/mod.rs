@@ -54,7 +54,7 @@ pub enum Plan<E, C> {
 
 /// A command's decision on the aggregate's current state and version (0: it does not exist yet).
 pub type Decide<A> =
-    Box<dyn FnOnce(&A, u64) -> Result<Vec<<A as Aggregate>::Event>, ApiError> + Send + 'static>;
+    Box<dyn FnOnce(&A, u64) -> Result<Vec<<A as Aggregate>::Event>, DomainError> + Send + 'static>;
 
 /// A command for one aggregate.
 pub struct Command<A: Aggregate> {
@@ -149,9 +149,6 @@ pub trait Service: Sized + Unpin + 'static {
         None
     }
 }
-
-/// Until the engine speaks [`DomainError`] everywhere.
-pub use crate::rpc::DomainError as ApiError;
 
 impl From<EngineError> for DomainError {
     fn from(e: EngineError) -> Self {
