@@ -25,6 +25,9 @@ pub enum CodecError {
         #[source]
         error: serde_json::Error,
     },
+    /// A `source` that is no domain's.
+    #[error("unknown event source {0:?}")]
+    UnknownSource(String),
     /// An event enum that is not tagged as the envelope needs: a bug.
     #[error("{0} is not a tagged event")]
     Untagged(String),
@@ -65,10 +68,19 @@ pub fn encode<E: DomainEvent>(
 
 /// The event an envelope carries.
 pub fn decode<E: DomainEvent>(envelope: &Envelope) -> Result<E, CodecError> {
-    let value = serde_json::json!({ "type": envelope.event_type, "data": envelope.data });
+    decode_data(&envelope.source, &envelope.event_type, &envelope.data)
+}
+
+/// The event of type `event_type` from `source` whose fields are `data` (as a timeline keeps it).
+pub fn decode_data<E: DomainEvent>(
+    source: &str,
+    event_type: &str,
+    data: &Value,
+) -> Result<E, CodecError> {
+    let value = serde_json::json!({ "type": event_type, "data": data });
     serde_json::from_value(value).map_err(|error| CodecError::Undecodable {
-        source_service: envelope.source.clone(),
-        event_type: envelope.event_type.clone(),
+        source_service: source.to_string(),
+        event_type: event_type.to_string(),
         error,
     })
 }

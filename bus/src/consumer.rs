@@ -122,7 +122,7 @@ impl DurableConsumer {
         let stream = js
             .get_stream(&spec.stream)
             .await
-            .map_err(|e| BusError::jetstream(what())(e.to_string()))?;
+            .map_err(|e| BusError::jetstream(what())(e))?;
         let (filter_subject, filter_subjects) = match spec.filter_subjects.as_slice() {
             [one] => (one.clone(), Vec::new()),
             many => (String::new(), many.to_vec()),
@@ -143,7 +143,7 @@ impl DurableConsumer {
         let consumer = stream
             .create_consumer(config)
             .await
-            .map_err(|e| BusError::jetstream(what())(e.to_string()))?;
+            .map_err(|e| BusError::jetstream(what())(e))?;
         let messages = consumer
             .stream()
             .max_messages_per_batch(spec.batch)
@@ -151,7 +151,7 @@ impl DurableConsumer {
             .expires(Duration::from_secs(30))
             .messages()
             .await
-            .map_err(|e| BusError::jetstream(what())(e.to_string()))?;
+            .map_err(|e| BusError::jetstream(what())(e))?;
         Ok(DurableConsumer {
             spec,
             messages,
@@ -335,7 +335,7 @@ impl DurableConsumer {
         message
             .ack_with(AckKind::Term)
             .await
-            .map_err(|e| BusError::jetstream("terminate after DLQ")(e.to_string()))
+            .map_err(|e| BusError::jetstream("terminate after DLQ")(e))
     }
 
     fn keep(&self, item: Result<Message, impl std::fmt::Display>) -> Option<Message> {
@@ -351,10 +351,10 @@ impl DurableConsumer {
     }
 
     fn ended(&self) -> BusError {
-        BusError::JetStream {
-            what: format!("consumer {} on {}", self.spec.durable, self.spec.stream),
-            reason: "message stream ended (consumer deleted?)".into(),
-        }
+        BusError::jetstream(format!(
+            "consumer {} on {}",
+            self.spec.durable, self.spec.stream
+        ))("message stream ended (consumer deleted?)")
     }
 }
 

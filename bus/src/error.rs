@@ -1,16 +1,28 @@
 /// What went wrong on the bus.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("cannot connect to NATS at {url}: {reason}")]
-    Connect { url: String, reason: String },
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
 
     /// The broker did not take the message (down, timed out, no stream). Retry later.
-    #[error("publish to {subject} failed: {reason}")]
-    Publish { subject: String, reason: String },
+    #[error("publish to {subject} failed: {source}")]
+    Publish {
+        subject: String,
+        #[source]
+        source: async_nats::Error,
+    },
 
     /// Stream or consumer management failed.
-    #[error("JetStream {what} failed: {reason}")]
-    JetStream { what: String, reason: String },
+    #[error("JetStream {what} failed: {source}")]
+    JetStream {
+        what: String,
+        #[source]
+        source: async_nats::Error,
+    },
 
     /// A message that is not a valid event (the consumer sends these to DLQ).
     #[error("undecodable event: {0}")]
@@ -29,8 +41,15 @@ pub enum BusError {
 }
 
 impl BusError {
-    pub(crate) fn jetstream(what: impl Into<String>) -> impl FnOnce(String) -> Self {
+    /// The error for JetStream operation `what`, keeping its cause (an async-nats error, or a
+    /// sentence when there is none).
+    pub fn jetstream<E: Into<async_nats::Error>>(
+        what: impl Into<String>,
+    ) -> impl FnOnce(E) -> Self {
         let what = what.into();
-        move |reason| BusError::JetStream { what, reason }
+        move |source| BusError::JetStream {
+            what,
+            source: source.into(),
+        }
     }
 }

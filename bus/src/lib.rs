@@ -38,8 +38,8 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, BusError> {
         .connection_timeout(std::time::Duration::from_secs(5))
         .connect(url)
         .await
-        .map_err(|e| BusError::Connect {
+        .map_err(|source| BusError::Connect {
             url: url.to_string(),
-            reason: e.to_string(),
+            source,
         })
 }

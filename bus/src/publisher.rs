@@ -92,9 +92,9 @@ impl Publisher {
     }
 }
 
-fn publish_error(subject: &str, e: impl std::fmt::Display) -> BusError {
+fn publish_error(subject: &str, e: impl Into<async_nats::Error>) -> BusError {
     BusError::Publish {
         subject: subject.to_string(),
-        reason: e.to_string(),
+        source: e.into(),
     }
 }

@@ -36,11 +36,11 @@ pub async fn streams(js: &jetstream::Context) -> Result<Vec<StreamStatus>, BusEr
         let mut stream = js
             .get_stream(name)
             .await
-            .map_err(|e| BusError::jetstream(what())(e.to_string()))?;
+            .map_err(|e| BusError::jetstream(what())(e))?;
         let state = stream
             .info()
             .await
-            .map_err(|e| BusError::jetstream(what())(e.to_string()))?
+            .map_err(|e| BusError::jetstream(what())(e))?
             .state
             .clone();
         let mut consumers: Vec<ConsumerStatus> = stream
@@ -53,7 +53,7 @@ pub async fn streams(js: &jetstream::Context) -> Result<Vec<StreamStatus>, BusEr
             })
             .try_collect()
             .await
-            .map_err(|e| BusError::jetstream(what())(e.to_string()))?;
+            .map_err(|e| BusError::jetstream(what())(e))?;
         consumers.sort_by(|a, b| a.name.cmp(&b.name));
         report.push(StreamStatus {
             name: name.to_string(),

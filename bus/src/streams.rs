@@ -101,9 +101,10 @@ pub async fn provision(
         };
         let outcome = match js.get_stream(name).await {
             Ok(mut existing) => {
-                let info = existing.info().await.map_err(|e| {
-                    BusError::jetstream(format!("stream info {name}"))(e.to_string())
-                })?;
+                let info = existing
+                    .info()
+                    .await
+                    .map_err(|e| BusError::jetstream(format!("stream info {name}"))(e))?;
                 let have = &info.config;
                 if have.subjects == wanted.subjects
                     && have.max_age == wanted.max_age
@@ -113,23 +114,21 @@ pub async fn provision(
                 {
                     Provisioned::Unchanged
                 } else {
-                    js.update_stream(&wanted).await.map_err(|e| {
-                        BusError::jetstream(format!("update stream {name}"))(e.to_string())
-                    })?;
+                    js.update_stream(&wanted)
+                        .await
+                        .map_err(|e| BusError::jetstream(format!("update stream {name}"))(e))?;
                     Provisioned::Updated
                 }
             }
             Err(e) if is_not_found(&e) => {
                 // Another process may create it at the same moment: create is idempotent.
-                js.get_or_create_stream(wanted).await.map_err(|e| {
-                    BusError::jetstream(format!("create stream {name}"))(e.to_string())
-                })?;
+                js.get_or_create_stream(wanted)
+                    .await
+                    .map_err(|e| BusError::jetstream(format!("create stream {name}"))(e))?;
                 Provisioned::Created
             }
             Err(e) => {
-                return Err(BusError::jetstream(format!("get stream {name}"))(
-                    e.to_string(),
-                ));
+                return Err(BusError::jetstream(format!("get stream {name}"))(e));
             }
         };
         report.push((name, outcome));

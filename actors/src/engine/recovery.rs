@@ -71,11 +71,8 @@ pub async fn recover_if_empty<S: Service>(
     Ok(())
 }
 
-fn failed(reason: impl std::fmt::Display) -> EngineError {
-    EngineError::Bus(bus::BusError::JetStream {
-        what: "recovery".into(),
-        reason: reason.to_string(),
-    })
+fn failed(cause: impl Into<async_nats::Error>) -> EngineError {
+    EngineError::Bus(bus::BusError::jetstream("recovery")(cause))
 }
 
 /// The service's own domain.

@@ -22,7 +22,9 @@
 
 use bus::{Domain, Envelope};
 
-use crate::codec::{decode, CodecError};
+use serde_json::Value;
+
+use crate::codec::{decode_data, CodecError};
 pub mod inventory;
 pub mod order;
 pub mod payment;
@@ -50,14 +52,25 @@ pub enum Inbound {
 
 impl Inbound {
     pub fn decode(envelope: &Envelope) -> Result<Inbound, CodecError> {
-        let domain = envelope.domain()?;
+        Inbound::decode_data(&envelope.source, &envelope.event_type, &envelope.data)
+    }
+
+    /// The event of type `event_type` from `source` whose fields are `data`.
+    pub fn decode_data(
+        source: &str,
+        event_type: &str,
+        data: &Value,
+    ) -> Result<Inbound, CodecError> {
+        let domain = Domain::from_source(source)
+            .ok_or_else(|| CodecError::UnknownSource(source.to_string()))?;
+        let (t, d) = (event_type, data);
         Ok(match domain {
-            Domain::Orders => Inbound::Order(decode(envelope)?),
-            Domain::Payments => Inbound::Payment(decode(envelope)?),
-            Domain::Inventory => Inbound::Inventory(decode(envelope)?),
-            Domain::Stores => Inbound::Store(decode(envelope)?),
-            Domain::Shipments => Inbound::Shipment(decode(envelope)?),
-            Domain::Recommendations => Inbound::Recommendation(decode(envelope)?),
+            Domain::Orders => Inbound::Order(decode_data(source, t, d)?),
+            Domain::Payments => Inbound::Payment(decode_data(source, t, d)?),
+            Domain::Inventory => Inbound::Inventory(decode_data(source, t, d)?),
+            Domain::Stores => Inbound::Store(decode_data(source, t, d)?),
+            Domain::Shipments => Inbound::Shipment(decode_data(source, t, d)?),
+            Domain::Recommendations => Inbound::Recommendation(decode_data(source, t, d)?),
         })
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::{error, order_id};
+use super::{error, failed, order_id};
 use crate::contract::Part;
 use crate::engine::Service;
 use crate::inventory::{InventoryPart, InventoryService};
@@ -88,7 +88,7 @@ pub async fn composed_order(
 ) -> HttpResponse {
     let id = match order_id(&id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(e) => return failed(e),
     };
     let ask = Ask {
         client: client.get_ref().clone(),

@@ -79,10 +79,10 @@ pub fn start(
 }
 
 /// Order ids are UUIDs; anything else names no order.
-fn order_id(raw: &str) -> Result<String, HttpResponse> {
+fn order_id(raw: &str) -> Result<String, DomainError> {
     uuid::Uuid::parse_str(raw)
         .map(|id| id.to_string())
-        .map_err(|_| error(StatusCode::NOT_FOUND, &format!("no order {raw:?}")))
+        .map_err(|_| DomainError::not_found(format!("no order {raw:?}")))
 }
 
 fn error(status: StatusCode, message: &str) -> HttpResponse {
@@ -99,7 +99,7 @@ fn status_of(e: &DomainError) -> StatusCode {
     }
 }
 
-fn failed(e: DomainError) -> HttpResponse {
+pub(super) fn failed(e: DomainError) -> HttpResponse {
     error(status_of(&e), e.message())
 }
 
@@ -174,7 +174,7 @@ async fn place_order(
 async fn get_order(client: web::Data<async_nats::Client>, id: web::Path<String>) -> HttpResponse {
     let id = match order_id(&id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(e) => return failed(e),
     };
     // The read model: one lookup.
     answer(call::<ReadOrder>(&client, Component::Projection, &id).await)
@@ -186,7 +186,7 @@ async fn cancel_order(
 ) -> HttpResponse {
     let id = match order_id(&id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(e) => return failed(e),
     };
     match call::<Cancel>(&client, Component::Order, &id).await {
         Ok(cancelled) => {

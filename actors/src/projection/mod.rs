@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use async_nats::jetstream;
-use bus::{Delivery, Domain, Envelope, Verdict};
+use bus::{BusError, Delivery, Domain, Envelope, Verdict};
 use futures::{FutureExt, StreamExt};
 use storage::Store;
 use tokio::sync::oneshot;
@@ -143,17 +143,30 @@ impl Handler<Deliver> for ProjectionActor {
     }
 }
 
+/// Why a rebuild step was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("a rebuild is already running")]
+    AlreadyRunning,
+    #[error("no rebuild is running")]
+    NotRunning,
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
 /// Start filling a new generation; answers it, and where each stream's replay must reach.
 struct BeginRebuild;
 impl Message for BeginRebuild {
-    type Result = Result<u32, EngineError>;
+    type Result = Result<u32, RebuildError>;
 }
 
 impl Handler<BeginRebuild> for ProjectionActor {
-    type Result = Result<u32, EngineError>;
+    type Result = Result<u32, RebuildError>;
     fn handle(&mut self, _: BeginRebuild, _: &mut Context<Self>) -> Self::Result {
         if self.building.is_some() {
-            return Err(EngineError::Config("a rebuild is already running".into()));
+            return Err(RebuildError::AlreadyRunning);
         }
         let active = self.active.load(Ordering::Acquire);
         let next = active + 1;
@@ -171,16 +184,14 @@ impl Handler<BeginRebuild> for ProjectionActor {
 /// Replayed events for the generation being built.
 struct Replay(Vec<Envelope>);
 impl Message for Replay {
-    type Result = Result<(), EngineError>;
+    type Result = Result<(), RebuildError>;
 }
 
 impl Handler<Replay> for ProjectionActor {
-    type Result = Result<(), EngineError>;
+    type Result = Result<(), RebuildError>;
     fn handle(&mut self, msg: Replay, _: &mut Context<Self>) -> Self::Result {
-        match self.building {
-            Some(generation) => self.apply(generation, &msg.0.iter().collect::<Vec<_>>()),
-            None => Err(EngineError::Config("no rebuild is running".into())),
-        }
+        let generation = self.building.ok_or(RebuildError::NotRunning)?;
+        Ok(self.apply(generation, &msg.0.iter().collect::<Vec<_>>())?)
     }
 }
 
@@ -312,7 +323,10 @@ async fn start_rebuild(
         .send(BeginRebuild)
         .await
         .map_err(|_| DomainError::unavailable("the projection is stopping"))?
-        .map_err(|e| DomainError::conflict(e.to_string()))?;
+        .map_err(|e| match e {
+            RebuildError::AlreadyRunning => DomainError::conflict(e.to_string()),
+            other => DomainError::unavailable(other.to_string()),
+        })?;
     // Live events from here on go to the new generation too; the replay covers everything before.
     let targets = match replay_targets(js).await {
         Ok(targets) => targets,
@@ -373,12 +387,9 @@ async fn replay(
     actor: &Addr<ProjectionActor>,
     progress: &Progress,
     targets: &[(Domain, u64)],
-) -> Result<(), EngineError> {
-    let failed = |e: String| {
-        EngineError::Bus(bus::BusError::JetStream {
-            what: "rebuild".into(),
-            reason: e,
-        })
+) -> Result<(), RebuildError> {
+    let failed = |cause: async_nats::Error| {
+        RebuildError::Engine(EngineError::Bus(BusError::jetstream("rebuild")(cause)))
     };
     for (domain, last) in targets {
         if *last == 0 {
@@ -387,30 +398,24 @@ async fn replay(
         let stream = js
             .get_stream(domain.stream())
             .await
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| failed(e.into()))?;
         let consumer = stream
             .create_consumer(jetstream::consumer::pull::OrderedConfig {
                 deliver_policy: jetstream::consumer::DeliverPolicy::All,
                 ..Default::default()
             })
             .await
-            .map_err(|e| failed(e.to_string()))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| failed(e.into()))?;
+        let mut messages = consumer.messages().await.map_err(|e| failed(e.into()))?;
         let mut batch = Vec::with_capacity(512);
         let mut seen = 0;
         while seen < *last {
             let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
                 .await
-                .map_err(|_| failed(format!("{} stopped answering", domain.stream())))?
+                .map_err(|_| failed(format!("{} stopped answering", domain.stream()).into()))?
                 .ok_or_else(|| failed("stream ended".into()))?
-                .map_err(|e| failed(e.to_string()))?;
-            seen = message
-                .info()
-                .map_err(|e| failed(e.to_string()))?
-                .stream_sequence;
+                .map_err(|e| failed(e.into()))?;
+            seen = message.info().map_err(failed)?.stream_sequence;
             // Not an event of ours: the live consumer has sent it to DLQ already.
             if let Ok(envelope) = Envelope::from_slice(&message.payload) {
                 batch.push(envelope);

@@ -97,22 +97,8 @@ impl OrderReadModel {
         let mut cancel_requested = false;
         for entry in entries {
             *next.versions.entry(entry.source.clone()).or_default() = entry.version;
-            let envelope = Envelope {
-                specversion: bus::envelope::SPEC_VERSION.into(),
-                id: entry.event_id,
-                source: entry.source.clone(),
-                event_type: entry.event_type.clone(),
-                subject: self.order_id.clone(),
-                time: entry.time,
-                datacontenttype: bus::envelope::JSON.into(),
-                schemaversion: 1,
-                correlationid: self.order_id.clone(),
-                causationid: None,
-                aggregateversion: Some(entry.version),
-                data: entry.data.clone(),
-            };
             // Events this version does not know are kept in the timeline, without effect.
-            if let Ok(event) = Inbound::decode(&envelope) {
+            if let Ok(event) = Inbound::decode_data(&entry.source, &entry.event_type, &entry.data) {
                 next.fold(&event, &mut cancel_requested);
             }
         }
