@@ -1,22 +1,28 @@
 //! The commerce services as actix actor groups, the saga between them, and what hosts them.
 //!
 //! # Layout
-//! - [`engine`]: what every service shares: event-sourced aggregates, batch reaction with one
-//!   commit and one flush, the service actor, and the host (consumers, relay, micro endpoint).
-//! - [`events`]: the saga's contract: every service's events, and the choreography.
-//! - [`order`], [`payment`], [`inventory`], [`store`], [`shipment`], [`recommendation`]: the
-//!   services, each with its `events`, its `aggregate` (decide and apply), and its reactions.
-//! - [`projection`]: the CQRS read model (`order_read_model`), rebuilt by replay on demand.
+//! Bottom to top (each module uses only those above it in this list):
+//! - [`rpc`]: [`Component`] (the one list of components), [`rpc::DomainError`], the typed
+//!   [`rpc::Endpoint`] and its generic [`rpc::call`] / [`rpc::Server`] pair over NATS micro.
+//! - [`codec`]: events in and out of their CloudEvents envelopes.
 //! - [`catalog`]: the seeded catalog, order validation, and the deterministic test triggers.
+//! - [`events`]: the saga's contract: every service's events, and the choreography.
+//! - [`resilience`]: bulkhead and circuit breaker guarding every external and fan-out call.
+//! - [`settings`], [`runtime`]: layered, validated settings; the broker and its streams.
 //! - [`external`]: the external systems' wire types and clients (payment gateway, carrier),
 //!   over HTTP, with failures split into "retry later" and "refused". Services and simulators
 //!   both depend on it, never on each other.
-//! - [`resilience`]: bulkhead and circuit breaker guarding every external and fan-out call.
-//! - [`simulators`]: the payment gateway and the carrier, over loopback HTTP, with fault knobs.
-//! - [`gateway`]: the HTTP API (actix-web), talking to the services over NATS.
-//! - [`http`]: running an actix-web server on the current actix system (gateway, simulators).
+//! - [`engine`]: what every service shares: event-sourced aggregates, the engine's batch phases
+//!   (one commit, one flush), the service actor, the endpoints every service answers, and the
+//!   host (start-up, consumers, relay, micro service, retention).
+//! - [`order`], [`payment`], [`inventory`], [`store`], [`shipment`], [`recommendation`]: the
+//!   services, each with its `aggregate` (decide and apply) and its `Service`.
+//! - [`projection`]: the CQRS read model (`order_read_model`), rebuilt by replay on demand.
+//! - [`contract`]: every component's endpoints in one table.
+//! - [`http`], [`simulators`]: running an actix-web server; the simulated external systems.
+//! - [`gateway`]: the HTTP API (actix-web): typed calls to the components, the only place
+//!   that knows HTTP status codes.
 //! - [`system`]: starting everything in one process, or one component per process.
-//! - [`settings`], [`runtime`]: layered settings; the broker and its streams.
 #![forbid(unsafe_code)]
 
 pub mod catalog;
