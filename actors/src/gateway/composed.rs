@@ -76,7 +76,7 @@ struct Composed {
 /// A service that did not answer, and why.
 #[derive(Serialize)]
 struct Missing {
-    service: &'static str,
+    service: Component,
     error: String,
 }
 
@@ -116,7 +116,12 @@ pub async fn composed_order(
         error: None,
         missing,
     };
-    if composed.order.is_none() && composed.missing.iter().all(|m| m.service != "order") {
+    if composed.order.is_none()
+        && composed
+            .missing
+            .iter()
+            .all(|m| m.service != Component::Order)
+    {
         return error(
             actix_web::http::StatusCode::NOT_FOUND,
             &format!("no order {id:?}"),
@@ -188,7 +193,7 @@ impl Ask<'_> {
             Ok(part) => Ok(Some(part)),
             Err(DomainError::NotFound(_)) => Ok(None),
             Err(e) => Err(Missing {
-                service: service.name(),
+                service,
                 error: e.message().to_string(),
             }),
         }

@@ -85,6 +85,19 @@ impl fmt::Display for Component {
     }
 }
 
+impl serde::Serialize for Component {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Component {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A name that is no component.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown component {0:?}; one of: {names}", names = names())]
