@@ -19,7 +19,8 @@ use futures::StreamExt;
 use storage::{Commit, CommitOutcome, Flushed, NewEvent, StorageError, Store};
 
 use super::{
-    decode, encode, Aggregate, Command, DomainError, DomainEvent, EngineError, Executed, Service,
+    decode, encode, reaction, Aggregate, Command, DomainError, DomainEvent, EngineError, Executed,
+    Service,
 };
 use crate::events::Inbound;
 
@@ -364,7 +365,7 @@ impl<S: Service> Engine<S> {
     ) -> Result<Executed<S::State>, DomainError> {
         let Command {
             aggregate_id,
-            decide,
+            command,
         } = command;
         let aggregate = self.check_out(aggregate_id, writes)?;
         let Touched {
@@ -373,7 +374,7 @@ impl<S: Service> Engine<S> {
             ..
         } = &writes.touched[aggregate];
         let version = after.head.version;
-        let events = decide(&after.state, version)?;
+        let events = after.state.handle(command)?;
         if !events.is_empty() {
             let commit = append_events(
                 Commit::new(),
@@ -619,7 +620,7 @@ async fn react_in_order<S: Service>(
             continue;
         }
         let saga = &batch[index].subject;
-        let step = match service.react(&state, &inbound, saga).await {
+        let step = match reaction(service, &state, saga, &inbound).await {
             Ok(events) => {
                 for event in &events {
                     state.apply(event);

@@ -2,9 +2,13 @@
 //! events with one commit and one flush, commands from clients, the actor that serializes them,
 //! and the host that wires a service to the bus.
 //!
-//! A service supplies only its domain: its [`Aggregate`] (state = fold of its events), where
-//! each inbound event goes ([`Service::route`]) and what it does about it ([`Service::react`]).
+//! A service supplies its domain as an [`Aggregate`], the one place that decides (cqrs-es's
+//! handle/apply split): `handle` decides on a client's command, `react` on an inbound event
+//! (events now, or an external call first, whose answer `outcome` turns into events), `apply`
+//! folds. All pure. The [`Service`] around it holds what is not deciding: where its state lives
+//! ([`Placement`]), what it listens to, how it is shown, and the external system it calls.
 //!
+//! - [`reaction`]: the one loop from an inbound event to its events (plan, call, outcome).
 //! - [`core`]: the [`Engine`](core::Engine): load, react, commit, flush; commands and queries.
 //! - [`actor`]: the actix actor around the engine, and the [`Handle`](actor::Handle) to it.
 //! - [`host`]: one service on its own Arbiter: consumers, outbox relay, NATS micro endpoint.
@@ -15,10 +19,13 @@ pub mod api;
 pub mod core;
 pub mod host;
 pub mod recovery;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::future::Future;
 
 use bus::{BusError, Domain, Verdict};
+use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use storage::StorageError;
@@ -32,11 +39,53 @@ use crate::Settings;
 
 pub use actor::Handle;
 
-/// Event-sourced state: the fold of its events. `apply` is pure and cannot fail.
+/// Event-sourced state, and the one place that decides. Deciding (`handle`, `react`,
+/// `outcome`, `give_up`) and folding (`apply`) are pure: no IO, no clock (the time comes in).
 pub trait Aggregate:
     Default + Clone + Serialize + DeserializeOwned + std::fmt::Debug + Send + Unpin + 'static
 {
     type Event: DomainEvent;
+    /// A client's command (`Infallible`: the service takes none).
+    type Command: Send + 'static;
+    /// An external call an inbound event may need first (`Infallible`: it never calls anyone).
+    type Call;
+    /// The external system's answer to a call.
+    type Answer;
+
+    /// Decide on a client's command.
+    fn handle(&self, command: Self::Command) -> Result<Vec<Self::Event>, DomainError>;
+
+    /// What an inbound event of order `order_id` needs, at `now`: events right away, or a call.
+    fn react(
+        &self,
+        order_id: &str,
+        event: &Inbound,
+        now: DateTime<Utc>,
+    ) -> Plan<Self::Event, Self::Call>;
+
+    /// The events for a call's answer, at `now`.
+    fn outcome(
+        &self,
+        call: Self::Call,
+        answer: Self::Answer,
+        now: DateTime<Utc>,
+    ) -> Vec<Self::Event>;
+
+    /// The call for `event` stayed unavailable (`reason`) until `now`: the event that gives the
+    /// step up once the saga's `deadline` has passed, or `None` to keep retrying.
+    fn give_up(
+        &self,
+        event: &Inbound,
+        call: &Self::Call,
+        reason: &str,
+        now: DateTime<Utc>,
+        deadline: chrono::Duration,
+    ) -> Option<Self::Event> {
+        let _ = (event, call, reason, now, deadline);
+        None
+    }
+
+    /// Fold an event into the state. Cannot fail.
     fn apply(&mut self, event: &Self::Event);
 }
 
@@ -52,14 +101,36 @@ pub enum Plan<E, C> {
     Call(C),
 }
 
-/// A command's decision on the aggregate's current state and version (0: it does not exist yet).
-pub type Decide<A> =
-    Box<dyn FnOnce(&A, u64) -> Result<Vec<<A as Aggregate>::Event>, DomainError> + Send + 'static>;
+/// What the aggregate makes of an inbound event of order `order_id`: its events, or, when it
+/// needs an external call first, the events for the call's answer. A call that stays
+/// unavailable (down, open breaker, full bulkhead) is retried with backoff until the aggregate
+/// gives the step up at the saga's deadline (which cancels and compensates).
+pub async fn reaction<S: Service>(
+    service: &S,
+    state: &S::State,
+    order_id: &str,
+    event: &Inbound,
+) -> Reaction<<S::State as Aggregate>::Event> {
+    let call = match state.react(order_id, event, Utc::now()) {
+        Plan::Emit(events) => return Ok(events),
+        Plan::Call(call) => call,
+    };
+    let answer = service.call(order_id, &call).await;
+    let now = Utc::now();
+    match answer {
+        Ok(answer) => Ok(state.outcome(call, answer, now)),
+        Err(Verdict::Retry(reason)) => state
+            .give_up(event, &call, &reason, now, service.saga_deadline())
+            .map(|given_up| vec![given_up])
+            .ok_or(Verdict::Retry(reason)),
+        Err(other) => Err(other),
+    }
+}
 
 /// A command for one aggregate.
 pub struct Command<A: Aggregate> {
     pub aggregate_id: String,
-    pub decide: Decide<A>,
+    pub command: A::Command,
 }
 
 /// A command's result: the aggregate after it, and the events it recorded.
@@ -89,7 +160,8 @@ impl Placement {
     }
 }
 
-/// One commerce service: its state, what it listens to, and how it reacts.
+/// One commerce service around its aggregate: what it listens to, where its state lives, how
+/// it is shown, and the external system it calls.
 pub trait Service: Sized + Unpin + 'static {
     type State: Aggregate;
     /// The events this service reacts to, per upstream domain (one durable consumer each).
@@ -114,14 +186,20 @@ pub trait Service: Sized + Unpin + 'static {
     /// from `ops`) from settings.
     fn new(settings: &Settings, ops: &crate::resilience::Ops) -> Result<Self, EngineError>;
 
-    /// Decide what to do about `event`, given the aggregate's state. External calls happen here;
-    /// the state is changed only by applying the returned events.
-    fn react(
+    /// Make an external call the aggregate asked for (for order `order_id`). A failure the
+    /// system may recover from (timeout, 5xx, outage, open breaker) is a `Retry`; a refusal that
+    /// can never succeed is a `Reject`.
+    fn call(
         &self,
-        state: &Self::State,
-        event: &Inbound,
-        saga: &str,
-    ) -> impl Future<Output = Reaction<<Self::State as Aggregate>::Event>>;
+        order_id: &str,
+        call: &<Self::State as Aggregate>::Call,
+    ) -> impl Future<Output = Result<<Self::State as Aggregate>::Answer, Verdict>>;
+
+    /// How long a saga step may wait for its external system before the aggregate may give it
+    /// up ([`Aggregate::give_up`]); forever unless the service says otherwise.
+    fn saga_deadline(&self) -> chrono::Duration {
+        chrono::Duration::MAX
+    }
 
     /// How the aggregate is shown to clients (`get`); `None`: it does not exist.
     fn view(version: u64, state: &Self::State) -> Option<Self::View>;
@@ -189,27 +267,4 @@ pub enum EngineError {
     /// The service actor is gone (shutting down).
     #[error("the {0} service is stopped")]
     Stopped(&'static str),
-}
-
-/// Given/when/then for aggregate tests: the state after `events`.
-#[cfg(test)]
-pub(crate) fn given<A: Aggregate>(events: impl IntoIterator<Item = A::Event>) -> A {
-    let mut state = A::default();
-    for event in events {
-        state.apply(&event);
-    }
-    state
-}
-
-/// Lines for tests.
-#[cfg(test)]
-pub(crate) fn lines(items: &[(&str, u32)]) -> Vec<crate::catalog::Line> {
-    items
-        .iter()
-        .map(|(sku, quantity)| crate::catalog::Line {
-            sku: sku.to_string(),
-            quantity: *quantity,
-            unit_price_cents: 100,
-        })
-        .collect()
 }

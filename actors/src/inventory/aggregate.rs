@@ -3,13 +3,16 @@
 //! every reservation is decided on the latest stock, in order, and committed with a version check.
 
 use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Line, PRODUCTS};
-use crate::engine::Aggregate;
+use crate::engine::{Aggregate, Plan};
 use crate::events::InventoryEvent;
 use crate::events::{Inbound, OrderEvent, PaymentEvent, ShipmentEvent};
+use crate::rpc::DomainError;
 
 /// The aggregate id of the warehouse.
 pub const WAREHOUSE: &str = "warehouse";
@@ -46,6 +49,9 @@ impl Default for Warehouse {
 
 impl Aggregate for Warehouse {
     type Event = InventoryEvent;
+    type Command = Infallible;
+    type Call = Infallible;
+    type Answer = Infallible;
 
     fn apply(&mut self, event: &InventoryEvent) {
         match event {
@@ -76,12 +82,19 @@ impl Aggregate for Warehouse {
             }
         }
     }
-}
 
-impl Warehouse {
-    pub fn react(&self, order_id: &str, event: &Inbound) -> Vec<InventoryEvent> {
+    fn handle(&self, command: Infallible) -> Result<Vec<InventoryEvent>, DomainError> {
+        match command {}
+    }
+
+    fn react(
+        &self,
+        order_id: &str,
+        event: &Inbound,
+        _now: DateTime<Utc>,
+    ) -> Plan<InventoryEvent, Infallible> {
         let current = self.orders.get(order_id);
-        match event {
+        Plan::Emit(match event {
             Inbound::Payment(PaymentEvent::PaymentApproved {
                 lines,
                 shipping_address,
@@ -129,6 +142,10 @@ impl Warehouse {
                 _ => Vec::new(),
             },
             _ => Vec::new(),
-        }
+        })
+    }
+
+    fn outcome(&self, call: Infallible, _: Infallible, _: DateTime<Utc>) -> Vec<InventoryEvent> {
+        match call {}
     }
 }

@@ -4,14 +4,13 @@
 pub mod aggregate;
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 
-use bus::Domain;
+use bus::{Domain, Verdict};
 use serde::{Deserialize, Serialize};
 
 use self::aggregate::{Reservation, Warehouse, WAREHOUSE};
-use crate::engine::{EngineError, Placement, Reaction, Service};
-use crate::events::Inbound;
-use crate::events::InventoryEvent;
+use crate::engine::{EngineError, Placement, Service};
 use crate::Settings;
 
 pub struct InventoryService;
@@ -43,13 +42,9 @@ impl Service for InventoryService {
         Ok(InventoryService)
     }
 
-    async fn react(
-        &self,
-        state: &Warehouse,
-        event: &Inbound,
-        saga: &str,
-    ) -> Reaction<InventoryEvent> {
-        Ok(state.react(saga, event))
+    /// It never calls anyone.
+    async fn call(&self, _order_id: &str, call: &Infallible) -> Result<Infallible, Verdict> {
+        match *call {}
     }
 
     fn view(_version: u64, state: &Warehouse) -> Option<WarehouseStock> {

@@ -1,5 +1,6 @@
 use super::aggregate::{Reservation, Warehouse};
-use crate::engine::{lines, Aggregate};
+use crate::engine::testing::{lines, When};
+use crate::engine::Aggregate;
 use crate::events::InventoryEvent;
 use crate::events::{Inbound, OrderEvent, PaymentEvent, ShipmentEvent};
 
@@ -29,7 +30,7 @@ fn failed() -> Inbound {
 
 /// React and apply, as the engine does.
 fn step(warehouse: &mut Warehouse, order: &str, event: &Inbound) -> Vec<InventoryEvent> {
-    let events = warehouse.react(order, event);
+    let events = warehouse.when_event(order, event).events();
     for e in &events {
         warehouse.apply(e);
     }

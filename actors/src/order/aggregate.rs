@@ -1,11 +1,13 @@
 //! The order: the customer's view of the saga. It decides on commands (place, cancel) and reacts
 //! to the outcome events of the other services; it never calls anyone.
 
+use std::convert::Infallible;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Line, PlaceOrder};
-use crate::engine::Aggregate;
+use crate::engine::{Aggregate, Plan};
 use crate::events::OrderEvent;
 use crate::events::{Inbound, PaymentEvent, ShipmentEvent, StoreEvent};
 use crate::rpc::DomainError;
@@ -56,8 +58,25 @@ pub struct Order {
     pub request_fingerprint: String,
 }
 
+/// A client's command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OrderCommand {
+    /// Place the order `order_id`; `fingerprint` identifies the request (Idempotency-Key reuse).
+    Place {
+        order_id: String,
+        order: PlaceOrder,
+        fingerprint: String,
+        placed_at: DateTime<Utc>,
+    },
+    /// A customer's cancel.
+    Cancel,
+}
+
 impl Aggregate for Order {
     type Event = OrderEvent;
+    type Command = OrderCommand;
+    type Call = Infallible;
+    type Answer = Infallible;
 
     fn apply(&mut self, event: &OrderEvent) {
         match event {
@@ -97,6 +116,32 @@ impl Aggregate for Order {
             }
         }
     }
+
+    fn handle(&self, command: OrderCommand) -> Result<Vec<OrderEvent>, DomainError> {
+        match command {
+            OrderCommand::Place {
+                order_id,
+                order,
+                fingerprint,
+                placed_at,
+            } => self.place(&order_id, &order, &fingerprint, placed_at),
+            OrderCommand::Cancel => self.cancel(),
+        }
+    }
+
+    /// React to another service's outcome.
+    fn react(
+        &self,
+        _order_id: &str,
+        event: &Inbound,
+        _now: DateTime<Utc>,
+    ) -> Plan<OrderEvent, Infallible> {
+        Plan::Emit(self.follow(event))
+    }
+
+    fn outcome(&self, call: Infallible, _: Infallible, _: DateTime<Utc>) -> Vec<OrderEvent> {
+        match call {}
+    }
 }
 
 /// What `cancel` did, for the reply.
@@ -122,7 +167,7 @@ impl Order {
 
     /// Place the order. Placing it again with the same request is a no-op (idempotency); with a
     /// different request under the same id (Idempotency-Key reuse) it is refused.
-    pub fn place(
+    fn place(
         &self,
         order_id: &str,
         order: &PlaceOrder,
@@ -149,27 +194,27 @@ impl Order {
         }])
     }
 
-    /// A customer's cancel: allowed until the parcel has left.
-    pub fn cancel(&self) -> Result<(CancelOutcome, Vec<OrderEvent>), DomainError> {
+    /// A customer's cancel: allowed until the parcel has left. A cancel already requested or
+    /// done records nothing.
+    fn cancel(&self) -> Result<Vec<OrderEvent>, DomainError> {
         match self.status {
             OrderStatus::New => Err(DomainError::not_found("no such order")),
-            OrderStatus::Cancelled => Ok((CancelOutcome::AlreadyCancelled, Vec::new())),
+            OrderStatus::Cancelled => Ok(Vec::new()),
             OrderStatus::Shipped | OrderStatus::Completed => Err(DomainError::conflict(format!(
                 "the order is {:?}: it has left the warehouse and can no longer be cancelled",
                 self.status
             ))),
             OrderStatus::Pending | OrderStatus::Confirmed if self.cancel_requested => {
-                Ok((CancelOutcome::AlreadyRequested, Vec::new()))
+                Ok(Vec::new())
             }
-            OrderStatus::Pending | OrderStatus::Confirmed => Ok((
-                CancelOutcome::Requested,
-                vec![OrderEvent::OrderCancelRequested {}],
-            )),
+            OrderStatus::Pending | OrderStatus::Confirmed => {
+                Ok(vec![OrderEvent::OrderCancelRequested {}])
+            }
         }
     }
 
-    /// React to another service's outcome.
-    pub fn react(&self, event: &Inbound) -> Vec<OrderEvent> {
+    /// Follow another service's outcome.
+    fn follow(&self, event: &Inbound) -> Vec<OrderEvent> {
         if !self.exists() || self.is_final() {
             return Vec::new();
         }

@@ -4,16 +4,16 @@
 pub mod aggregate;
 pub mod api;
 
-use bus::Domain;
+use std::convert::Infallible;
+
+use bus::{Domain, Verdict};
 use chrono::Utc;
 use uuid::Uuid;
 
-use self::aggregate::{CancelOutcome, Order, OrderStatus};
+use self::aggregate::{CancelOutcome, Order, OrderCommand, OrderStatus};
 use self::api::{Cancel, Cancelled, IdempotencyKey, OrderView, Place, PlaceRequest, Placed};
 use crate::catalog::PlaceOrder;
-use crate::engine::{Command, EngineError, Executed, Handle, Placement, Reaction, Service};
-use crate::events::Inbound;
-use crate::events::OrderEvent;
+use crate::engine::{Command, EngineError, Executed, Handle, Placement, Service};
 use crate::rpc::server::ServeError;
 use crate::rpc::{DomainError, Server};
 use crate::Settings;
@@ -63,8 +63,9 @@ impl Service for OrderService {
         Ok(OrderService)
     }
 
-    async fn react(&self, state: &Order, event: &Inbound, _saga: &str) -> Reaction<OrderEvent> {
-        Ok(state.react(event))
+    /// It never calls anyone.
+    async fn call(&self, _order_id: &str, call: &Infallible) -> Result<Infallible, Verdict> {
+        match *call {}
     }
 
     fn view(_version: u64, state: &Order) -> Option<OrderView> {
@@ -137,12 +138,14 @@ fn place(request: PlaceRequest) -> Result<Command<Order>, DomainError> {
     let canonical = serde_json::to_vec(&order)
         .map_err(|e| DomainError::rejected(format!("unencodable order: {e}")))?;
     let fingerprint = Uuid::new_v5(&FINGERPRINT_NAMESPACE, &canonical).to_string();
-    let id = order_id.clone();
     Ok(Command {
-        aggregate_id: order_id,
-        decide: Box::new(move |state: &Order, _| {
-            state.place(&id, &order, &fingerprint, Utc::now())
-        }),
+        aggregate_id: order_id.clone(),
+        command: OrderCommand::Place {
+            order_id,
+            order,
+            fingerprint,
+            placed_at: Utc::now(),
+        },
     })
 }
 
@@ -154,7 +157,7 @@ fn cancel(order_id: String) -> Result<Command<Order>, DomainError> {
         .to_string();
     Ok(Command {
         aggregate_id: order_id,
-        decide: Box::new(|state: &Order, _| state.cancel().map(|(_, events)| events)),
+        command: OrderCommand::Cancel,
     })
 }
 

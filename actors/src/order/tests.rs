@@ -1,8 +1,8 @@
 use chrono::Utc;
 
-use super::aggregate::{CancelOutcome, Order, OrderStatus};
+use super::aggregate::{Order, OrderCommand, OrderStatus};
 use crate::catalog::PlaceOrder;
-use crate::engine::{given, lines};
+use crate::engine::testing::{given, lines, now, When};
 use crate::events::OrderEvent;
 use crate::events::{Inbound, PaymentEvent, ShipmentEvent, StoreEvent};
 use crate::rpc::DomainError;
@@ -46,6 +46,16 @@ fn request() -> PlaceOrder {
     }
 }
 
+/// Place order `o1` as `request()`, a request with `fingerprint`.
+fn place(fingerprint: &str) -> OrderCommand {
+    OrderCommand::Place {
+        order_id: "o1".into(),
+        order: request(),
+        fingerprint: fingerprint.into(),
+        placed_at: now(),
+    }
+}
+
 fn cancelled_with(events: Vec<OrderEvent>, reason: &str) {
     match events.as_slice() {
         [OrderEvent::OrderCancelled { reason: r }] => assert!(r.contains(reason), "{r}"),
@@ -55,65 +65,64 @@ fn cancelled_with(events: Vec<OrderEvent>, reason: &str) {
 
 #[test]
 fn given_nothing_when_placed_then_created_and_pending() {
-    let events = Order::default()
-        .place("o1", &request(), "f1", Utc::now())
-        .unwrap();
-    assert!(matches!(
-        events.as_slice(),
-        [OrderEvent::OrderCreated {
-            total_cents: 200,
-            ..
-        }]
-    ));
-    let order = given::<Order>(events);
+    let created = OrderEvent::OrderCreated {
+        order_id: "o1".into(),
+        customer: "alice".into(),
+        lines: lines(&[("SKU-MUG", 2)]),
+        total_cents: 200,
+        payment_token: "4242424242424242".into(),
+        shipping_address: "1 Main St".into(),
+        placed_at: now(),
+        request_fingerprint: "f1".into(),
+    };
+    given::<Order>([])
+        .when(place("f1"))
+        .then(vec![created.clone()]);
+    let order = given::<Order>([created]);
     assert_eq!(order.status, OrderStatus::Pending);
     assert_eq!(order.order_id, "o1");
 }
 
 #[test]
 fn given_placed_when_placed_again_then_nothing_or_refused_for_another_request() {
-    let order = given::<Order>([placed()]);
-    assert!(order
-        .place("o1", &request(), "f1", Utc::now())
-        .unwrap()
-        .is_empty());
-    let err = order.place("o1", &request(), "f2", Utc::now()).unwrap_err();
-    assert!(matches!(err, DomainError::Rejected(_)), "{err:?}");
+    given::<Order>([placed()]).when(place("f1")).then(vec![]);
+    given::<Order>([placed()])
+        .when(place("f2"))
+        .then_err(|e| matches!(e, DomainError::Rejected(_)));
 }
 
 #[test]
 fn given_pending_or_confirmed_when_cancelled_then_cancel_requested_once() {
     for history in [vec![placed()], vec![placed(), confirmed()]] {
-        let order = given::<Order>(history);
-        let (outcome, events) = order.cancel().unwrap();
-        assert_eq!(outcome, CancelOutcome::Requested);
-        assert_eq!(events, vec![OrderEvent::OrderCancelRequested {}]);
-        let order = given::<Order>([placed(), OrderEvent::OrderCancelRequested {}]);
-        assert_eq!(
-            order.cancel().unwrap(),
-            (CancelOutcome::AlreadyRequested, vec![])
-        );
+        given::<Order>(history.clone())
+            .when(OrderCommand::Cancel)
+            .then(vec![OrderEvent::OrderCancelRequested {}]);
+        let requested = history
+            .into_iter()
+            .chain([OrderEvent::OrderCancelRequested {}]);
+        given::<Order>(requested)
+            .when(OrderCommand::Cancel)
+            .then(vec![]);
     }
 }
 
 #[test]
 fn given_shipped_or_completed_when_cancelled_then_conflict() {
     let shipped = [placed(), confirmed(), OrderEvent::OrderShipped {}];
-    let conflict = |e: DomainError| matches!(e, DomainError::Conflict(_));
-    assert!(conflict(
-        given::<Order>(shipped.clone()).cancel().unwrap_err()
-    ));
+    let conflict = |e: &DomainError| matches!(e, DomainError::Conflict(_));
+    given::<Order>(shipped.clone())
+        .when(OrderCommand::Cancel)
+        .then_err(conflict);
     let completed = shipped.into_iter().chain([OrderEvent::OrderCompleted {}]);
-    assert!(conflict(given::<Order>(completed).cancel().unwrap_err()));
-    assert!(matches!(
-        Order::default().cancel().unwrap_err(),
-        DomainError::NotFound(_)
-    ));
-    let cancelled = given::<Order>([placed(), OrderEvent::OrderCancelled { reason: "x".into() }]);
-    assert_eq!(
-        cancelled.cancel().unwrap(),
-        (CancelOutcome::AlreadyCancelled, vec![])
-    );
+    given::<Order>(completed)
+        .when(OrderCommand::Cancel)
+        .then_err(conflict);
+    given::<Order>([])
+        .when(OrderCommand::Cancel)
+        .then_err(|e| matches!(e, DomainError::NotFound(_)));
+    given::<Order>([placed(), OrderEvent::OrderCancelled { reason: "x".into() }])
+        .when(OrderCommand::Cancel)
+        .then(vec![]);
 }
 
 #[test]
@@ -123,38 +132,49 @@ fn given_pending_when_a_step_fails_then_cancelled_with_the_reason() {
         amount_cents: 200,
         reason: "card declined".into(),
     });
-    cancelled_with(order.react(&declined), "payment declined");
+    cancelled_with(
+        order.when_event("o1", &declined).events(),
+        "payment declined",
+    );
     let unavailable = Inbound::Store(StoreEvent::StoreStockUnavailable {
         order_id: "o1".into(),
         lines: vec![],
     });
-    cancelled_with(order.react(&unavailable), "out of stock");
+    cancelled_with(
+        order.when_event("o1", &unavailable).events(),
+        "out of stock",
+    );
     let failed = Inbound::Shipment(ShipmentEvent::ShipmentFailed {
         reason: "undeliverable".into(),
         booking_unknown: false,
     });
-    cancelled_with(order.react(&failed), "shipment failed");
+    cancelled_with(order.when_event("o1", &failed).events(), "shipment failed");
 }
 
 #[test]
 fn given_pending_when_scheduled_started_delivered_then_confirmed_shipped_completed() {
     let order = given::<Order>([placed()]);
-    let events = order.react(&scheduled());
+    let events = order.when_event("o1", &scheduled()).events();
     assert!(
         matches!(events.as_slice(), [OrderEvent::OrderConfirmed { lines, .. }] if lines.len() == 1)
     );
     let order = given::<Order>([placed(), confirmed()]);
     assert_eq!(
-        order.react(&Inbound::Shipment(ShipmentEvent::ShipmentStarted {})),
+        order
+            .when_event("o1", &Inbound::Shipment(ShipmentEvent::ShipmentStarted {}))
+            .events(),
         vec![OrderEvent::OrderShipped {}]
     );
     let delivered = Inbound::Shipment(ShipmentEvent::ShipmentDelivered {});
     assert_eq!(
-        order.react(&delivered),
+        order.when_event("o1", &delivered).events(),
         vec![OrderEvent::OrderShipped {}, OrderEvent::OrderCompleted {}]
     );
     let order = given::<Order>([placed(), confirmed(), OrderEvent::OrderShipped {}]);
-    assert_eq!(order.react(&delivered), vec![OrderEvent::OrderCompleted {}]);
+    assert_eq!(
+        order.when_event("o1", &delivered).events(),
+        vec![OrderEvent::OrderCompleted {}]
+    );
     assert_eq!(
         given::<Order>([
             placed(),
@@ -171,12 +191,15 @@ fn given_pending_when_scheduled_started_delivered_then_confirmed_shipped_complet
 fn given_cancel_requested_when_shipment_answers_then_cancelled_or_rejected() {
     let order = given::<Order>([placed(), confirmed(), OrderEvent::OrderCancelRequested {}]);
     let cancelled = Inbound::Shipment(ShipmentEvent::ShipmentCancelled { reason: "x".into() });
-    cancelled_with(order.react(&cancelled), "by the customer");
+    cancelled_with(
+        order.when_event("o1", &cancelled).events(),
+        "by the customer",
+    );
     let rejected = Inbound::Shipment(ShipmentEvent::ShipmentCancelRejected {
         reason: "left".into(),
     });
     assert_eq!(
-        order.react(&rejected),
+        order.when_event("o1", &rejected).events(),
         vec![OrderEvent::OrderCancelRejected {
             reason: "left".into()
         }]
@@ -203,10 +226,13 @@ fn given_cancelled_when_anything_arrives_then_nothing() {
         scheduled(),
         Inbound::Shipment(ShipmentEvent::ShipmentCancelled { reason: "x".into() }),
     ] {
-        assert!(order.react(&event).is_empty());
+        assert!(order.when_event("o1", &event).events().is_empty());
     }
     assert!(
-        Order::default().react(&scheduled()).is_empty(),
+        Order::default()
+            .when_event("o1", &scheduled())
+            .events()
+            .is_empty(),
         "unknown orders ignore events"
     );
 }
@@ -219,5 +245,8 @@ fn given_pending_when_payment_is_abandoned_then_cancelled_with_its_reason() {
         payment_token: "4242".into(),
         reason: "payment gateway unavailable past the deadline".into(),
     });
-    cancelled_with(order.react(&abandoned), "past the deadline");
+    cancelled_with(
+        order.when_event("o1", &abandoned).events(),
+        "past the deadline",
+    );
 }

@@ -1,6 +1,8 @@
-//! One order's payment. Deciding is split in two pure steps around the gateway call:
-//! [`Payment::plan`] says what an event needs (events, or a call), [`Payment::outcome`] turns the
-//! gateway's answer into events.
+//! One order's payment. Deciding is split in pure steps around the gateway call: `react` says
+//! what an event needs (events, or a call), `outcome` turns the gateway's answer into events,
+//! and `give_up` abandons an authorization the gateway could not answer before the deadline.
+
+use std::convert::Infallible;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -9,6 +11,7 @@ use crate::catalog::Line;
 use crate::engine::{Aggregate, Plan};
 use crate::events::PaymentEvent;
 use crate::events::{Inbound, OrderEvent, ShipmentEvent, StoreEvent};
+use crate::rpc::DomainError;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Payment {
@@ -56,6 +59,9 @@ pub enum GatewayAnswer {
 
 impl Aggregate for Payment {
     type Event = PaymentEvent;
+    type Command = Infallible;
+    type Call = GatewayCall;
+    type Answer = GatewayAnswer;
 
     fn apply(&mut self, event: &PaymentEvent) {
         match event {
@@ -84,11 +90,9 @@ impl Aggregate for Payment {
             }
         }
     }
-}
 
-impl Payment {
-    fn attempted(&self) -> bool {
-        self.authorization_id.is_some() || self.declined || self.refunded || self.abandoned
+    fn handle(&self, command: Infallible) -> Result<Vec<PaymentEvent>, DomainError> {
+        match command {}
     }
 
     /// What `event` requires. Authorize once per order; refund an approved payment once,
@@ -96,7 +100,12 @@ impl Payment {
     /// cancels (when that one waits for a retry): the payment is then voided, and the late
     /// `OrderCreated` authorizes and refunds at once, since an unanswered earlier attempt may
     /// have charged the card.
-    pub fn plan(&self, event: &Inbound) -> Plan<PaymentEvent, GatewayCall> {
+    fn react(
+        &self,
+        _order_id: &str,
+        event: &Inbound,
+        _now: DateTime<Utc>,
+    ) -> Plan<PaymentEvent, GatewayCall> {
         let call = match event {
             Inbound::Order(OrderEvent::OrderCreated {
                 total_cents,
@@ -151,36 +160,9 @@ impl Payment {
         }
     }
 
-    fn refund(&self, reason: &str) -> Option<GatewayCall> {
-        match &self.authorization_id {
-            Some(authorization_id) if !self.refunded => Some(GatewayCall::Refund {
-                authorization_id: authorization_id.clone(),
-                amount_cents: self.amount_cents,
-                reason: reason.to_string(),
-            }),
-            _ => None,
-        }
-    }
-
-    /// The step could not be done before the saga's deadline: give it up.
-    pub fn abandon(call: &GatewayCall, reason: String) -> Option<PaymentEvent> {
-        match call {
-            GatewayCall::Authorize {
-                amount_cents,
-                payment_token,
-                ..
-            } => Some(PaymentEvent::PaymentAbandoned {
-                amount_cents: *amount_cents,
-                payment_token: payment_token.clone(),
-                reason,
-            }),
-            // Compensations are never given up.
-            _ => None,
-        }
-    }
-
     /// The events for a call's answer.
-    pub fn outcome(
+    fn outcome(
+        &self,
         call: GatewayCall,
         answer: GatewayAnswer,
         now: DateTime<Utc>,
@@ -227,6 +209,54 @@ impl Payment {
             }],
             // An answer that does not fit the call: record nothing; the client reports it.
             _ => Vec::new(),
+        }
+    }
+
+    /// The gateway stayed unavailable past the saga's deadline, counted from when the order was
+    /// placed: give the authorization up (which cancels the order).
+    fn give_up(
+        &self,
+        event: &Inbound,
+        call: &GatewayCall,
+        reason: &str,
+        now: DateTime<Utc>,
+        deadline: chrono::Duration,
+    ) -> Option<PaymentEvent> {
+        let Inbound::Order(OrderEvent::OrderCreated { placed_at, .. }) = event else {
+            return None;
+        };
+        let past = placed_at
+            .checked_add_signed(deadline)
+            .is_some_and(|end| now > end);
+        match call {
+            GatewayCall::Authorize {
+                amount_cents,
+                payment_token,
+                ..
+            } if past => Some(PaymentEvent::PaymentAbandoned {
+                amount_cents: *amount_cents,
+                payment_token: payment_token.clone(),
+                reason: format!("payment gateway unavailable past the deadline: {reason}"),
+            }),
+            // Compensations are never given up.
+            _ => None,
+        }
+    }
+}
+
+impl Payment {
+    fn attempted(&self) -> bool {
+        self.authorization_id.is_some() || self.declined || self.refunded || self.abandoned
+    }
+
+    fn refund(&self, reason: &str) -> Option<GatewayCall> {
+        match &self.authorization_id {
+            Some(authorization_id) if !self.refunded => Some(GatewayCall::Refund {
+                authorization_id: authorization_id.clone(),
+                amount_cents: self.amount_cents,
+                reason: reason.to_string(),
+            }),
+            _ => None,
         }
     }
 }

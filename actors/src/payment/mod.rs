@@ -6,12 +6,9 @@
 pub mod aggregate;
 
 use bus::{Domain, Verdict};
-use chrono::Utc;
 
 use self::aggregate::{GatewayAnswer, GatewayCall, Payment};
-use crate::engine::{EngineError, Placement, Plan, Reaction, Service};
-use crate::events::PaymentEvent;
-use crate::events::{Inbound, OrderEvent};
+use crate::engine::{EngineError, Placement, Service};
 use crate::external::payment_gateway::{Authorization, GatewayClient};
 use crate::Settings;
 
@@ -44,30 +41,13 @@ impl Service for PaymentService {
         })
     }
 
-    async fn react(&self, state: &Payment, event: &Inbound, saga: &str) -> Reaction<PaymentEvent> {
-        match state.plan(event) {
-            Plan::Emit(events) => Ok(events),
-            Plan::Call(call) => match call_gateway(&self.gateway, saga, &call).await {
-                Ok(answer) => Ok(Payment::outcome(call, answer, Utc::now())),
-                // Unavailable (down, open breaker, full bulkhead): retried with backoff until
-                // the saga's deadline, then given up, which cancels and compensates.
-                Err(Verdict::Retry(reason)) => match event {
-                    Inbound::Order(OrderEvent::OrderCreated { placed_at, .. })
-                        if placed_at
-                            .checked_add_signed(self.deadline)
-                            .is_some_and(|end| Utc::now() > end) =>
-                    {
-                        let reason =
-                            format!("payment gateway unavailable past the deadline: {reason}");
-                        Payment::abandon(&call, reason)
-                            .map(|e| vec![e])
-                            .ok_or(Verdict::Retry("unavailable".into()))
-                    }
-                    _ => Err(Verdict::Retry(reason)),
-                },
-                Err(other) => Err(other),
-            },
-        }
+    async fn call(&self, order_id: &str, call: &GatewayCall) -> Result<GatewayAnswer, Verdict> {
+        call_gateway(&self.gateway, order_id, call).await
+    }
+
+    /// The gateway may be waited for this long, from when the order was placed.
+    fn saga_deadline(&self) -> chrono::Duration {
+        self.deadline
     }
 
     fn view(version: u64, state: &Payment) -> Option<Payment> {

@@ -1,11 +1,16 @@
-use chrono::Utc;
+use chrono::{DateTime, Duration, Utc};
 
 use super::aggregate::{GatewayAnswer, GatewayCall, Payment};
-use crate::engine::{given, lines, Plan};
+use crate::engine::testing::{given, lines, now, When};
+use crate::engine::{Aggregate, Plan};
 use crate::events::PaymentEvent;
 use crate::events::{Inbound, OrderEvent, ShipmentEvent, StoreEvent};
 
 fn created() -> Inbound {
+    created_at(Utc::now())
+}
+
+fn created_at(placed_at: DateTime<Utc>) -> Inbound {
     Inbound::Order(OrderEvent::OrderCreated {
         order_id: "o1".into(),
         customer: "alice".into(),
@@ -13,7 +18,7 @@ fn created() -> Inbound {
         total_cents: 200,
         payment_token: "4242".into(),
         shipping_address: "1 Main St".into(),
-        placed_at: Utc::now(),
+        placed_at,
         request_fingerprint: "f".into(),
     })
 }
@@ -46,7 +51,7 @@ fn failures() -> Vec<Inbound> {
 }
 
 fn planned_call(payment: &Payment, event: &Inbound) -> Option<GatewayCall> {
-    match payment.plan(event) {
+    match payment.when_event("o1", event) {
         Plan::Call(call) => Some(call),
         Plan::Emit(events) => {
             assert!(events.is_empty(), "{events:?}");
@@ -70,7 +75,7 @@ fn given_nothing_when_created_then_authorize_the_total() {
 #[test]
 fn given_an_answer_then_approved_with_the_order_data_or_declined() {
     let call = planned_call(&Payment::default(), &created()).unwrap();
-    let events = Payment::outcome(
+    let events = Payment::default().outcome(
         call.clone(),
         GatewayAnswer::Approved {
             authorization_id: "auth_1".into(),
@@ -90,7 +95,7 @@ fn given_an_answer_then_approved_with_the_order_data_or_declined() {
         }
         other => panic!("{other:?}"),
     }
-    let events = Payment::outcome(
+    let events = Payment::default().outcome(
         call,
         GatewayAnswer::Declined {
             reason: "card declined".into(),
@@ -127,7 +132,7 @@ fn given_approved_when_any_failure_or_cancel_then_refund_once() {
         assert!(
             matches!(call, GatewayCall::Refund { amount_cents: 200, ref authorization_id, .. } if authorization_id == "auth_1")
         );
-        let events = Payment::outcome(
+        let events = payment.outcome(
             call,
             GatewayAnswer::Refunded {
                 refund_id: "r1".into(),
@@ -169,9 +174,7 @@ fn given_nothing_when_the_cancel_overtakes_order_created_then_voided_and_the_lat
     let cancelled = Inbound::Order(OrderEvent::OrderCancelled {
         reason: "customer".into(),
     });
-    let Plan::Emit(events) = Payment::default().plan(&cancelled) else {
-        panic!("no call")
-    };
+    let events = Payment::default().when_event("o1", &cancelled).events();
     assert!(matches!(
         events.as_slice(),
         [PaymentEvent::PaymentVoided { .. }]
@@ -185,7 +188,7 @@ fn given_nothing_when_the_cancel_overtakes_order_created_then_voided_and_the_lat
             ..
         }
     ));
-    let events = Payment::outcome(
+    let events = voided.outcome(
         call,
         GatewayAnswer::Refunded {
             refund_id: "r".into(),
@@ -204,23 +207,34 @@ fn given_nothing_when_the_cancel_overtakes_order_created_then_voided_and_the_lat
         events[0].clone(),
     ]);
     assert_eq!(
-        done.plan(&created()),
+        done.when_event("o1", &created()),
         Plan::Emit(vec![]),
         "charged and refunded once"
     );
-    assert_eq!(done.plan(&cancelled), Plan::Emit(vec![]));
+    assert_eq!(done.when_event("o1", &cancelled), Plan::Emit(vec![]));
 }
 
 #[test]
 fn given_an_unavailable_gateway_past_the_deadline_then_abandoned_and_voided_once_it_is_back() {
-    let call = planned_call(&Payment::default(), &created()).unwrap();
-    let abandoned = Payment::abandon(&call, "gateway unavailable".into()).unwrap();
+    let deadline = Duration::seconds(60);
+    let placed = |ago| created_at(now() - Duration::seconds(ago));
+    let call = planned_call(&Payment::default(), &placed(61)).unwrap();
+    let give_up = |event: &Inbound, call: &GatewayCall| {
+        Payment::default().give_up(event, call, "gateway unavailable", now(), deadline)
+    };
+    assert_eq!(
+        give_up(&placed(59), &call),
+        None,
+        "retried until the deadline"
+    );
+    let abandoned = give_up(&placed(61), &call).unwrap();
     assert!(matches!(
         abandoned,
         PaymentEvent::PaymentAbandoned {
             amount_cents: 200,
+            ref reason,
             ..
-        }
+        } if reason.contains("past the deadline: gateway unavailable")
     ));
     let payment = given::<Payment>([abandoned.clone()]);
     assert_eq!(
@@ -237,7 +251,12 @@ fn given_an_unavailable_gateway_past_the_deadline_then_abandoned_and_voided_once
             ..
         }
     ));
-    let refunded = Payment::outcome(
+    assert_eq!(
+        give_up(&Inbound::Payment(abandoned.clone()), &void),
+        None,
+        "compensations are never given up"
+    );
+    let refunded = payment.outcome(
         void,
         GatewayAnswer::Refunded {
             refund_id: "r".into(),
@@ -256,7 +275,7 @@ fn given_an_unavailable_gateway_past_the_deadline_then_abandoned_and_voided_once
         reason: "x".into(),
     };
     assert_eq!(
-        Payment::abandon(&refund, "x".into()),
+        give_up(&placed(61), &refund),
         None,
         "compensations are never given up"
     );

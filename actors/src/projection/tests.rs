@@ -1,87 +1,102 @@
-use bus::{Domain, Envelope};
+use bus::Envelope;
 use chrono::{Duration, Utc};
-use serde_json::json;
 
 use super::model::OrderReadModel;
+use crate::catalog::Line;
+use crate::codec::{encode, DomainEvent};
+use crate::events::{InventoryEvent, OrderEvent, PaymentEvent, RecommendationEvent, ShipmentEvent};
 
 const ORDER: &str = "01939a6e-0000-7000-8000-000000000001";
 
-fn event(
-    domain: Domain,
-    event_type: &str,
-    version: u64,
-    seconds: i64,
-    data: serde_json::Value,
-) -> Envelope {
-    let mut e = Envelope::new(domain, event_type, ORDER, data).unwrap();
+/// `event` as its service publishes it: version `version` of its aggregate, `seconds` from now.
+fn event(event: impl DomainEvent, version: u64, seconds: i64) -> Envelope {
+    let mut e = encode(&event, ORDER, None).unwrap();
     e.aggregateversion = Some(version);
     e.time = Utc::now() + Duration::seconds(seconds);
     e
 }
 
 fn saga() -> Vec<Envelope> {
-    let lines = json!([{ "sku": "SKU-MUG", "quantity": 1, "unit_price_cents": 1250 }]);
+    let lines = vec![Line {
+        sku: "SKU-MUG".into(),
+        quantity: 1,
+        unit_price_cents: 1250,
+    }];
     vec![
         event(
-            Domain::Orders,
-            "OrderCreated",
+            OrderEvent::OrderCreated {
+                order_id: ORDER.into(),
+                customer: "a".into(),
+                lines: lines.clone(),
+                total_cents: 1250,
+                payment_token: "4242".into(),
+                shipping_address: "x".into(),
+                placed_at: Utc::now(),
+                request_fingerprint: "f".into(),
+            },
             1,
             0,
-            json!({
-            "order_id": ORDER, "customer": "a", "lines": lines, "total_cents": 1250,
-            "payment_token": "4242", "shipping_address": "x", "placed_at": Utc::now(),
-            "request_fingerprint": "f" }),
         ),
         event(
-            Domain::Payments,
-            "PaymentApproved",
+            PaymentEvent::PaymentApproved {
+                amount_cents: 1250,
+                payment_method: "card".into(),
+                authorization_id: "a1".into(),
+                approved_at: Utc::now(),
+                lines: lines.clone(),
+                shipping_address: "x".into(),
+            },
             1,
             1,
-            json!({
-            "amount_cents": 1250, "payment_method": "card", "authorization_id": "a1",
-            "approved_at": Utc::now(), "lines": lines, "shipping_address": "x" }),
         ),
         event(
-            Domain::Inventory,
-            "InventoryReserved",
+            InventoryEvent::InventoryReserved {
+                order_id: ORDER.into(),
+                lines: lines.clone(),
+                shipping_address: "x".into(),
+            },
             41,
             2,
-            json!({
-            "order_id": ORDER, "lines": lines, "shipping_address": "x" }),
         ),
         event(
-            Domain::Shipments,
-            "ShipmentBookingRequested",
+            ShipmentEvent::ShipmentBookingRequested {
+                lines: lines.clone(),
+                shipping_address: "x".into(),
+                ship_from: "warehouse".into(),
+                requested_at: None,
+            },
             1,
             3,
-            json!({
-            "lines": lines, "shipping_address": "x", "ship_from": "warehouse" }),
         ),
         event(
-            Domain::Shipments,
-            "ShipmentScheduled",
+            ShipmentEvent::ShipmentScheduled {
+                booking_id: "b".into(),
+                carrier: "c".into(),
+                estimated_delivery: "2026-11-26".into(),
+                ship_from: "warehouse".into(),
+            },
             2,
             4,
-            json!({
-            "booking_id": "b", "carrier": "c", "estimated_delivery": "2026-11-26", "ship_from": "warehouse" }),
         ),
         event(
-            Domain::Orders,
-            "OrderConfirmed",
+            OrderEvent::OrderConfirmed {
+                lines,
+                estimated_delivery: "2026-11-26".into(),
+            },
             2,
             5,
-            json!({ "lines": lines, "estimated_delivery": "2026-11-26" }),
         ),
         event(
-            Domain::Recommendations,
-            "RecommendationUpdated",
+            RecommendationEvent::RecommendationUpdated {
+                order_id: ORDER.into(),
+                skus: vec!["SKU-MUG".into()],
+                recommended: vec!["SKU-SOCKS".into()],
+            },
             7,
             6,
-            json!({
-            "order_id": ORDER, "skus": ["SKU-MUG"], "recommended": ["SKU-SOCKS"] }),
         ),
-        event(Domain::Shipments, "ShipmentStarted", 3, 7, json!({})),
-        event(Domain::Orders, "OrderShipped", 3, 8, json!({})),
+        event(ShipmentEvent::ShipmentStarted {}, 3, 7),
+        event(OrderEvent::OrderShipped {}, 3, 8),
     ]
 }
 
@@ -135,27 +150,23 @@ fn given_a_duplicate_then_apply_says_nothing_changed() {
 #[test]
 fn given_a_cancel_request_then_cancelling_until_the_answer() {
     let mut events = saga()[..6].to_vec();
-    events.push(event(
-        Domain::Orders,
-        "OrderCancelRequested",
-        3,
-        6,
-        json!({}),
-    ));
+    events.push(event(OrderEvent::OrderCancelRequested {}, 3, 6));
     assert_eq!(fold(&events).order_status.as_deref(), Some("CANCELLING"));
     events.push(event(
-        Domain::Orders,
-        "OrderCancelled",
+        OrderEvent::OrderCancelled {
+            reason: "cancelled by the customer".into(),
+        },
         4,
         7,
-        json!({ "reason": "cancelled by the customer" }),
     ));
     events.push(event(
-        Domain::Payments,
-        "PaymentRefunded",
+        PaymentEvent::PaymentRefunded {
+            amount_cents: 1250,
+            refund_id: "r".into(),
+            reason: "x".into(),
+        },
         2,
         8,
-        json!({ "amount_cents": 1250, "refund_id": "r", "reason": "x" }),
     ));
     let row = fold(&events);
     assert_eq!(row.order_status.as_deref(), Some("CANCELLED"));

@@ -1,12 +1,15 @@
 //! Co-purchase counts over confirmed orders: ONE aggregate.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Aggregate;
+use crate::engine::{Aggregate, Plan};
 use crate::events::RecommendationEvent;
 use crate::events::{Inbound, OrderEvent};
+use crate::rpc::DomainError;
 
 pub const CO_PURCHASES: &str = "co-purchases";
 /// Recommendations per order.
@@ -22,6 +25,9 @@ pub struct CoPurchases {
 
 impl Aggregate for CoPurchases {
     type Event = RecommendationEvent;
+    type Command = Infallible;
+    type Call = Infallible;
+    type Answer = Infallible;
 
     fn apply(&mut self, event: &RecommendationEvent) {
         let RecommendationEvent::RecommendationUpdated {
@@ -43,6 +49,38 @@ impl Aggregate for CoPurchases {
             }
         }
     }
+
+    fn handle(&self, command: Infallible) -> Result<Vec<RecommendationEvent>, DomainError> {
+        match command {}
+    }
+
+    fn react(
+        &self,
+        order_id: &str,
+        event: &Inbound,
+        _now: DateTime<Utc>,
+    ) -> Plan<RecommendationEvent, Infallible> {
+        Plan::Emit(match event {
+            Inbound::Order(OrderEvent::OrderConfirmed { lines, .. }) => {
+                let skus: BTreeSet<String> = lines.iter().map(|l| l.sku.clone()).collect();
+                vec![RecommendationEvent::RecommendationUpdated {
+                    order_id: order_id.to_string(),
+                    recommended: self.recommend(&skus),
+                    skus: skus.into_iter().collect(),
+                }]
+            }
+            _ => Vec::new(),
+        })
+    }
+
+    fn outcome(
+        &self,
+        call: Infallible,
+        _: Infallible,
+        _: DateTime<Utc>,
+    ) -> Vec<RecommendationEvent> {
+        match call {}
+    }
 }
 
 impl CoPurchases {
@@ -63,19 +101,5 @@ impl CoPurchases {
             .take(TOP)
             .map(|(s, _)| s.to_string())
             .collect()
-    }
-
-    pub fn react(&self, order_id: &str, event: &Inbound) -> Vec<RecommendationEvent> {
-        match event {
-            Inbound::Order(OrderEvent::OrderConfirmed { lines, .. }) => {
-                let skus: BTreeSet<String> = lines.iter().map(|l| l.sku.clone()).collect();
-                vec![RecommendationEvent::RecommendationUpdated {
-                    order_id: order_id.to_string(),
-                    recommended: self.recommend(&skus),
-                    skus: skus.into_iter().collect(),
-                }]
-            }
-            _ => Vec::new(),
-        }
     }
 }

@@ -3,13 +3,13 @@
 
 pub mod aggregate;
 
-use bus::Domain;
+use std::convert::Infallible;
+
+use bus::{Domain, Verdict};
 use serde::{Deserialize, Serialize};
 
 use self::aggregate::{CoPurchases, CO_PURCHASES};
-use crate::engine::{EngineError, Placement, Reaction, Service};
-use crate::events::Inbound;
-use crate::events::RecommendationEvent;
+use crate::engine::{EngineError, Placement, Service};
 use crate::Settings;
 
 pub struct RecommendationService;
@@ -32,13 +32,9 @@ impl Service for RecommendationService {
         Ok(RecommendationService)
     }
 
-    async fn react(
-        &self,
-        state: &CoPurchases,
-        event: &Inbound,
-        saga: &str,
-    ) -> Reaction<RecommendationEvent> {
-        Ok(state.react(saga, event))
+    /// It never calls anyone.
+    async fn call(&self, _order_id: &str, call: &Infallible) -> Result<Infallible, Verdict> {
+        match *call {}
     }
 
     fn view(_version: u64, state: &CoPurchases) -> Option<CoPurchases> {

@@ -1,5 +1,6 @@
 use super::aggregate::CoPurchases;
-use crate::engine::{lines, Aggregate};
+use crate::engine::testing::{lines, When};
+use crate::engine::Aggregate;
 use crate::events::RecommendationEvent;
 use crate::events::{Inbound, OrderEvent};
 
@@ -20,12 +21,14 @@ fn given_co_purchases_when_an_order_is_confirmed_then_recommend_what_was_bought_
             &[("SKU-MUG", 1), ("SKU-SOCKS", 1), ("SKU-TSHIRT", 1)][..],
         ),
     ] {
-        for event in counts.react(order, &confirmed(items)) {
+        for event in counts.when_event(order, &confirmed(items)).events() {
             counts.apply(&event);
         }
     }
     assert_eq!(counts.counts["SKU-MUG"]["SKU-SOCKS"], 2);
-    let events = counts.react("o3", &confirmed(&[("SKU-MUG", 1)]));
+    let events = counts
+        .when_event("o3", &confirmed(&[("SKU-MUG", 1)]))
+        .events();
     let [RecommendationEvent::RecommendationUpdated {
         recommended, skus, ..
     }] = events.as_slice()

@@ -5,10 +5,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Line;
-use crate::engine::Aggregate;
-use crate::engine::Plan;
+use crate::engine::{Aggregate, Plan};
 use crate::events::ShipmentEvent;
 use crate::events::{Inbound, InventoryEvent, OrderEvent, StoreEvent};
+use crate::rpc::DomainError;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -75,10 +75,19 @@ pub enum CarrierAnswer {
     },
 }
 
+/// A tracking update from the carrier: the parcel's `status` there (`picked_up`, `delivered`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarrierUpdate {
+    pub status: String,
+}
+
 pub const CARRIER: &str = "simulated-carrier";
 
 impl Aggregate for Shipment {
     type Event = ShipmentEvent;
+    type Command = CarrierUpdate;
+    type Call = CarrierCall;
+    type Answer = CarrierAnswer;
 
     fn apply(&mut self, event: &ShipmentEvent) {
         match event {
@@ -113,13 +122,23 @@ impl Aggregate for Shipment {
             ShipmentEvent::ShipmentCancelRejected { .. } => {}
         }
     }
-}
 
-impl Shipment {
+    /// A tracking update from the carrier.
+    /// Updates for a booking whose answer is not recorded yet are dropped here; that answer,
+    /// when it comes, carries the booking's state.
+    fn handle(&self, update: CarrierUpdate) -> Result<Vec<ShipmentEvent>, DomainError> {
+        Ok(progress(self.status, &update.status))
+    }
+
     /// What `event` requires. Booking is two steps: record `ShipmentBookingRequested`, then
     /// (on that event, from our own stream) call the carrier. So at a cancel, `None` means
     /// certainly no booking, `Requested` means maybe one, `Scheduled` means one.
-    pub fn plan(&self, event: &Inbound, now: DateTime<Utc>) -> Plan<ShipmentEvent, CarrierCall> {
+    fn react(
+        &self,
+        _order_id: &str,
+        event: &Inbound,
+        now: DateTime<Utc>,
+    ) -> Plan<ShipmentEvent, CarrierCall> {
         let request = |lines: &Vec<Line>, shipping_address: &String, ship_from: &str| {
             if self.status == ShipmentStatus::None {
                 vec![ShipmentEvent::ShipmentBookingRequested {
@@ -188,83 +207,24 @@ impl Shipment {
         }
     }
 
-    pub fn outcome(call: CarrierCall, answer: CarrierAnswer) -> Vec<ShipmentEvent> {
-        match (call, answer) {
-            (
-                CarrierCall::Book(request),
-                CarrierAnswer::Booked {
-                    booking_id,
-                    estimated_delivery,
-                    status,
-                },
-            ) => {
-                let mut events = vec![ShipmentEvent::ShipmentScheduled {
-                    booking_id,
-                    carrier: CARRIER.into(),
-                    estimated_delivery,
-                    ship_from: request.ship_from,
-                }];
-                // A booking found by its key may have moved on while its answer was lost.
-                events.extend(progress(ShipmentStatus::Scheduled, &status));
-                events
-            }
-            (CarrierCall::Book(_), CarrierAnswer::Refused { reason }) => {
-                vec![ShipmentEvent::ShipmentFailed {
-                    reason,
-                    booking_unknown: false,
-                }]
-            }
-            (CarrierCall::Cancel { .. }, CarrierAnswer::Cancelled) => {
-                vec![ShipmentEvent::ShipmentCancelled {
-                    reason: "carrier booking cancelled".into(),
-                }]
-            }
-            (CarrierCall::Cancel { .. }, CarrierAnswer::AlreadyPickedUp) => vec![
-                ShipmentEvent::ShipmentStarted {},
-                ShipmentEvent::ShipmentCancelRejected {
-                    reason: "the carrier had already picked the parcel up".into(),
-                },
-            ],
-            (
-                CarrierCall::BookThenCancel(request),
-                CarrierAnswer::BookedThenCancel { booking, cancel },
-            ) => {
-                let mut events = Shipment::outcome(CarrierCall::Book(request), *booking);
-                let booking_id = events.iter().find_map(|e| match e {
-                    ShipmentEvent::ShipmentScheduled { booking_id, .. } => Some(booking_id.clone()),
-                    _ => None,
-                });
-                let left = events
-                    .iter()
-                    .any(|e| matches!(e, ShipmentEvent::ShipmentStarted {}));
-                match (booking_id, cancel) {
-                    (Some(booking_id), Some(cancel)) => {
-                        events.extend(Shipment::outcome(
-                            CarrierCall::Cancel { booking_id },
-                            *cancel,
-                        ));
-                    }
-                    (Some(_), None) if left => {
-                        events.push(ShipmentEvent::ShipmentCancelRejected {
-                            reason: "the parcel has already left".into(),
-                        });
-                    }
-                    // Refused (ShipmentFailed cancels the order) or nothing to cancel.
-                    _ => {}
-                }
-                events
-            }
-            _ => Vec::new(),
-        }
+    fn outcome(
+        &self,
+        call: CarrierCall,
+        answer: CarrierAnswer,
+        _now: DateTime<Utc>,
+    ) -> Vec<ShipmentEvent> {
+        answered(call, answer)
     }
 
-    /// The booking could not be made before the saga's deadline: give the step up.
-    pub fn abandon(
+    /// The booking could not be made before the saga's deadline, counted from its own request:
+    /// give the step up.
+    fn give_up(
         &self,
         event: &Inbound,
+        _call: &CarrierCall,
+        reason: &str,
         now: DateTime<Utc>,
         deadline: chrono::Duration,
-        reason: &str,
     ) -> Option<ShipmentEvent> {
         match event {
             Inbound::Shipment(ShipmentEvent::ShipmentBookingRequested {
@@ -281,12 +241,73 @@ impl Shipment {
             _ => None,
         }
     }
+}
 
-    /// A tracking update from the carrier (`picked_up`, `delivered`).
-    /// Updates for a booking whose answer is not recorded yet are dropped here; that answer,
-    /// when it comes, carries the booking's state.
-    pub fn carrier_update(&self, status: &str) -> Vec<ShipmentEvent> {
-        progress(self.status, status)
+/// The events for the carrier's answer to a call.
+fn answered(call: CarrierCall, answer: CarrierAnswer) -> Vec<ShipmentEvent> {
+    match (call, answer) {
+        (
+            CarrierCall::Book(request),
+            CarrierAnswer::Booked {
+                booking_id,
+                estimated_delivery,
+                status,
+            },
+        ) => {
+            let mut events = vec![ShipmentEvent::ShipmentScheduled {
+                booking_id,
+                carrier: CARRIER.into(),
+                estimated_delivery,
+                ship_from: request.ship_from,
+            }];
+            // A booking found by its key may have moved on while its answer was lost.
+            events.extend(progress(ShipmentStatus::Scheduled, &status));
+            events
+        }
+        (CarrierCall::Book(_), CarrierAnswer::Refused { reason }) => {
+            vec![ShipmentEvent::ShipmentFailed {
+                reason,
+                booking_unknown: false,
+            }]
+        }
+        (CarrierCall::Cancel { .. }, CarrierAnswer::Cancelled) => {
+            vec![ShipmentEvent::ShipmentCancelled {
+                reason: "carrier booking cancelled".into(),
+            }]
+        }
+        (CarrierCall::Cancel { .. }, CarrierAnswer::AlreadyPickedUp) => vec![
+            ShipmentEvent::ShipmentStarted {},
+            ShipmentEvent::ShipmentCancelRejected {
+                reason: "the carrier had already picked the parcel up".into(),
+            },
+        ],
+        (
+            CarrierCall::BookThenCancel(request),
+            CarrierAnswer::BookedThenCancel { booking, cancel },
+        ) => {
+            let mut events = answered(CarrierCall::Book(request), *booking);
+            let booking_id = events.iter().find_map(|e| match e {
+                ShipmentEvent::ShipmentScheduled { booking_id, .. } => Some(booking_id.clone()),
+                _ => None,
+            });
+            let left = events
+                .iter()
+                .any(|e| matches!(e, ShipmentEvent::ShipmentStarted {}));
+            match (booking_id, cancel) {
+                (Some(booking_id), Some(cancel)) => {
+                    events.extend(answered(CarrierCall::Cancel { booking_id }, *cancel));
+                }
+                (Some(_), None) if left => {
+                    events.push(ShipmentEvent::ShipmentCancelRejected {
+                        reason: "the parcel has already left".into(),
+                    });
+                }
+                // Refused (ShipmentFailed cancels the order) or nothing to cancel.
+                _ => {}
+            }
+            events
+        }
+        _ => Vec::new(),
     }
 }
 

@@ -11,10 +11,8 @@ use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
-use self::aggregate::{BookingRequest, CarrierAnswer, CarrierCall, Shipment};
-use crate::engine::{Command, EngineError, Handle, Placement, Plan, Reaction, Service};
-use crate::events::Inbound;
-use crate::events::ShipmentEvent;
+use self::aggregate::{BookingRequest, CarrierAnswer, CarrierCall, CarrierUpdate, Shipment};
+use crate::engine::{Command, EngineError, Handle, Placement, Service};
 use crate::external::carrier::{Booking, Cancellation, CarrierClient};
 use crate::Settings;
 
@@ -48,27 +46,13 @@ impl Service for ShipmentService {
         })
     }
 
-    async fn react(
-        &self,
-        state: &Shipment,
-        event: &Inbound,
-        saga: &str,
-    ) -> Reaction<ShipmentEvent> {
-        let now = chrono::Utc::now();
-        match state.plan(event, now) {
-            Plan::Emit(events) => Ok(events),
-            Plan::Call(call) => match call_carrier(&self.carrier, saga, &call).await {
-                Ok(answer) => Ok(Shipment::outcome(call, answer)),
-                // Unavailable: retried with backoff until the deadline, then given up.
-                Err(Verdict::Retry(reason)) => {
-                    match state.abandon(event, now, self.deadline, &reason) {
-                        Some(failed) => Ok(vec![failed]),
-                        None => Err(Verdict::Retry(reason)),
-                    }
-                }
-                Err(other) => Err(other),
-            },
-        }
+    async fn call(&self, order_id: &str, call: &CarrierCall) -> Result<CarrierAnswer, Verdict> {
+        call_carrier(&self.carrier, order_id, call).await
+    }
+
+    /// The carrier may be waited for this long, from the booking's request.
+    fn saga_deadline(&self) -> chrono::Duration {
+        self.deadline
     }
 
     /// Follow the carrier's tracking feed and record each parcel's progress.
@@ -114,14 +98,11 @@ async fn track(
                 let commands = page
                     .updates
                     .iter()
-                    .map(|update| {
-                        let status = update.status.clone();
-                        Command {
-                            aggregate_id: update.order_id.clone(),
-                            decide: Box::new(move |shipment: &Shipment, _| {
-                                Ok(shipment.carrier_update(&status))
-                            }),
-                        }
+                    .map(|update| Command {
+                        aggregate_id: update.order_id.clone(),
+                        command: CarrierUpdate {
+                            status: update.status.clone(),
+                        },
                     })
                     .collect();
                 let results = handle.execute_all(commands).await;

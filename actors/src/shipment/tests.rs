@@ -1,23 +1,10 @@
-use super::aggregate::{BookingRequest, CarrierAnswer, CarrierCall, Shipment, ShipmentStatus};
-use crate::engine::{given, lines, Plan};
+use super::aggregate::{
+    BookingRequest, CarrierAnswer, CarrierCall, CarrierUpdate, Shipment, ShipmentStatus,
+};
+use crate::engine::testing::{given, lines, now, When};
+use crate::engine::Aggregate;
 use crate::events::ShipmentEvent;
 use crate::events::{Inbound, InventoryEvent, OrderEvent, StoreEvent};
-
-trait PlanNow {
-    fn plan_now(&self, event: &Inbound) -> Plan<ShipmentEvent, CarrierCall>;
-}
-
-impl PlanNow for Shipment {
-    fn plan_now(&self, event: &Inbound) -> Plan<ShipmentEvent, CarrierCall> {
-        self.plan(event, at())
-    }
-}
-
-fn at() -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z")
-        .unwrap()
-        .into()
-}
 
 fn reserved() -> Inbound {
     Inbound::Inventory(InventoryEvent::InventoryReserved {
@@ -32,7 +19,7 @@ fn requested() -> ShipmentEvent {
         lines: lines(&[("SKU-MUG", 1)]),
         shipping_address: "1 Main St".into(),
         ship_from: "warehouse".into(),
-        requested_at: Some(at()),
+        requested_at: Some(now()),
     }
 }
 
@@ -65,16 +52,16 @@ fn booked(status: &str) -> CarrierAnswer {
     }
 }
 
-fn emitted(plan: Plan<ShipmentEvent, CarrierCall>) -> Vec<ShipmentEvent> {
-    match plan {
-        Plan::Emit(events) => events,
-        Plan::Call(call) => panic!("expected events, got a call {call:?}"),
+/// The carrier reports the parcel `status`.
+fn update(status: &str) -> CarrierUpdate {
+    CarrierUpdate {
+        status: status.into(),
     }
 }
 
 #[test]
 fn given_nothing_when_stock_reserved_then_the_booking_is_requested_first() {
-    let events = emitted(Shipment::default().plan_now(&reserved()));
+    let events = Shipment::default().when_event("o1", &reserved()).events();
     assert_eq!(events, vec![requested()]);
     let from_store = Inbound::Store(StoreEvent::StoreStockReserved {
         order_id: "o1".into(),
@@ -82,36 +69,47 @@ fn given_nothing_when_stock_reserved_then_the_booking_is_requested_first() {
         lines: lines(&[("SKU-POSTER", 1)]),
         shipping_address: "1 Main St".into(),
     });
-    match emitted(Shipment::default().plan_now(&from_store)).as_slice() {
+    match Shipment::default()
+        .when_event("o1", &from_store)
+        .events()
+        .as_slice()
+    {
         [ShipmentEvent::ShipmentBookingRequested { ship_from, .. }] => {
             assert_eq!(ship_from, "store-busan")
         }
         other => panic!("{other:?}"),
     }
-    assert!(emitted(given::<Shipment>([requested()]).plan_now(&reserved())).is_empty());
+    assert!(given::<Shipment>([requested()])
+        .when_event("o1", &reserved())
+        .events()
+        .is_empty());
 }
 
 #[test]
 fn given_requested_when_the_request_comes_back_then_book_and_record_the_answer() {
     let shipment = given::<Shipment>([requested()]);
-    let Plan::Call(call) = shipment.plan_now(&Inbound::Shipment(requested())) else {
-        panic!("expected a booking call");
-    };
+    let call = shipment
+        .when_event("o1", &Inbound::Shipment(requested()))
+        .call();
     assert_eq!(call, CarrierCall::Book(request()));
     assert!(matches!(
-        Shipment::outcome(call.clone(), booked("booked")).as_slice(),
+        shipment
+            .outcome(call.clone(), booked("booked"), now())
+            .as_slice(),
         [ShipmentEvent::ShipmentScheduled { .. }]
     ));
     let refused = CarrierAnswer::Refused {
         reason: "undeliverable address".into(),
     };
     assert!(matches!(
-        Shipment::outcome(call.clone(), refused).as_slice(),
+        shipment.outcome(call.clone(), refused, now()).as_slice(),
         [ShipmentEvent::ShipmentFailed { .. }]
     ));
     // A booking found by its key after a lost answer may have moved on.
     assert!(matches!(
-        Shipment::outcome(call, booked("delivered")).as_slice(),
+        shipment
+            .outcome(call, booked("delivered"), now())
+            .as_slice(),
         [
             ShipmentEvent::ShipmentScheduled { .. },
             ShipmentEvent::ShipmentStarted {},
@@ -120,21 +118,25 @@ fn given_requested_when_the_request_comes_back_then_book_and_record_the_answer()
     ));
     let done = given::<Shipment>([requested(), scheduled()]);
     assert!(
-        emitted(done.plan_now(&Inbound::Shipment(requested()))).is_empty(),
+        done.when_event("o1", &Inbound::Shipment(requested()))
+            .events()
+            .is_empty(),
         "booked once"
     );
 }
 
 #[test]
 fn given_nothing_requested_when_cancel_requested_then_cancelled_and_later_stock_is_not_shipped() {
-    let events = emitted(Shipment::default().plan_now(&cancel_requested()));
+    let events = Shipment::default()
+        .when_event("o1", &cancel_requested())
+        .events();
     assert!(matches!(
         events.as_slice(),
         [ShipmentEvent::ShipmentCancelled { .. }]
     ));
     let shipment = given::<Shipment>(events);
     assert!(
-        emitted(shipment.plan_now(&reserved())).is_empty(),
+        shipment.when_event("o1", &reserved()).events().is_empty(),
         "the tombstone stops a late booking"
     );
 }
@@ -142,16 +144,14 @@ fn given_nothing_requested_when_cancel_requested_then_cancelled_and_later_stock_
 #[test]
 fn given_requested_but_unanswered_when_cancel_requested_then_book_by_key_and_cancel() {
     let shipment = given::<Shipment>([requested()]);
-    let Plan::Call(call) = shipment.plan_now(&cancel_requested()) else {
-        panic!()
-    };
+    let call = shipment.when_event("o1", &cancel_requested()).call();
     assert_eq!(call, CarrierCall::BookThenCancel(request()));
     let cancelled = CarrierAnswer::BookedThenCancel {
         booking: Box::new(booked("booked")),
         cancel: Some(Box::new(CarrierAnswer::Cancelled)),
     };
     assert!(matches!(
-        Shipment::outcome(call.clone(), cancelled).as_slice(),
+        shipment.outcome(call.clone(), cancelled, now()).as_slice(),
         [
             ShipmentEvent::ShipmentScheduled { .. },
             ShipmentEvent::ShipmentCancelled { .. }
@@ -163,7 +163,7 @@ fn given_requested_but_unanswered_when_cancel_requested_then_book_by_key_and_can
         cancel: None,
     };
     assert!(matches!(
-        Shipment::outcome(call.clone(), left).as_slice(),
+        shipment.outcome(call.clone(), left, now()).as_slice(),
         [
             ShipmentEvent::ShipmentScheduled { .. },
             ShipmentEvent::ShipmentStarted {},
@@ -177,7 +177,7 @@ fn given_requested_but_unanswered_when_cancel_requested_then_book_by_key_and_can
         cancel: None,
     };
     assert!(matches!(
-        Shipment::outcome(call, refused).as_slice(),
+        shipment.outcome(call, refused, now()).as_slice(),
         [ShipmentEvent::ShipmentFailed { .. }]
     ));
 }
@@ -185,9 +185,7 @@ fn given_requested_but_unanswered_when_cancel_requested_then_book_by_key_and_can
 #[test]
 fn given_booked_when_cancel_requested_then_the_carrier_decides_the_pivot() {
     let shipment = given::<Shipment>([requested(), scheduled()]);
-    let Plan::Call(call) = shipment.plan_now(&cancel_requested()) else {
-        panic!()
-    };
+    let call = shipment.when_event("o1", &cancel_requested()).call();
     assert_eq!(
         call,
         CarrierCall::Cancel {
@@ -195,11 +193,15 @@ fn given_booked_when_cancel_requested_then_the_carrier_decides_the_pivot() {
         }
     );
     assert!(matches!(
-        Shipment::outcome(call.clone(), CarrierAnswer::Cancelled).as_slice(),
+        shipment
+            .outcome(call.clone(), CarrierAnswer::Cancelled, now())
+            .as_slice(),
         [ShipmentEvent::ShipmentCancelled { .. }]
     ));
     assert!(matches!(
-        Shipment::outcome(call, CarrierAnswer::AlreadyPickedUp).as_slice(),
+        shipment
+            .outcome(call, CarrierAnswer::AlreadyPickedUp, now())
+            .as_slice(),
         [
             ShipmentEvent::ShipmentStarted {},
             ShipmentEvent::ShipmentCancelRejected { .. }
@@ -210,7 +212,7 @@ fn given_booked_when_cancel_requested_then_the_carrier_decides_the_pivot() {
 #[test]
 fn given_started_when_cancel_requested_then_rejected() {
     let shipment = given::<Shipment>([requested(), scheduled(), ShipmentEvent::ShipmentStarted {}]);
-    let events = emitted(shipment.plan_now(&cancel_requested()));
+    let events = shipment.when_event("o1", &cancel_requested()).events();
     assert!(matches!(
         events.as_slice(),
         [ShipmentEvent::ShipmentCancelRejected { .. }]
@@ -219,38 +221,34 @@ fn given_started_when_cancel_requested_then_rejected() {
 
 #[test]
 fn given_booked_when_the_carrier_reports_progress_then_started_then_delivered() {
-    let booked = given::<Shipment>([requested(), scheduled()]);
-    assert_eq!(
-        booked.carrier_update("picked_up"),
-        vec![ShipmentEvent::ShipmentStarted {}]
-    );
-    assert_eq!(
-        booked.carrier_update("delivered"),
-        vec![
+    let booked = [requested(), scheduled()];
+    given::<Shipment>(booked.clone())
+        .when(update("picked_up"))
+        .then(vec![ShipmentEvent::ShipmentStarted {}]);
+    given::<Shipment>(booked.clone())
+        .when(update("delivered"))
+        .then(vec![
             ShipmentEvent::ShipmentStarted {},
-            ShipmentEvent::ShipmentDelivered {}
-        ]
-    );
-    let started = given::<Shipment>([requested(), scheduled(), ShipmentEvent::ShipmentStarted {}]);
-    assert!(
-        started.carrier_update("picked_up").is_empty(),
-        "updates are idempotent"
-    );
-    assert_eq!(
-        started.carrier_update("delivered"),
-        vec![ShipmentEvent::ShipmentDelivered {}]
-    );
+            ShipmentEvent::ShipmentDelivered {},
+        ]);
+    let started = [requested(), scheduled(), ShipmentEvent::ShipmentStarted {}];
+    // Updates are idempotent.
+    given::<Shipment>(started.clone())
+        .when(update("picked_up"))
+        .then(vec![]);
+    given::<Shipment>(started)
+        .when(update("delivered"))
+        .then(vec![ShipmentEvent::ShipmentDelivered {}]);
     let cancelled = given::<Shipment>([
         scheduled(),
         ShipmentEvent::ShipmentCancelled { reason: "x".into() },
     ]);
     assert_eq!(cancelled.status, ShipmentStatus::Cancelled);
-    assert!(cancelled.carrier_update("picked_up").is_empty());
-    let unanswered = given::<Shipment>([requested()]);
-    assert!(
-        unanswered.carrier_update("picked_up").is_empty(),
-        "the booking's answer carries it"
-    );
+    cancelled.when(update("picked_up")).then(vec![]);
+    // The booking's answer carries it.
+    given::<Shipment>([requested()])
+        .when(update("picked_up"))
+        .then(vec![]);
 }
 
 #[test]
@@ -259,22 +257,14 @@ fn given_requested_when_the_carrier_stays_down_past_the_deadline_then_failed_and
     let shipment = given::<Shipment>([requested()]);
     let deadline = chrono::Duration::seconds(60);
     let event = Inbound::Shipment(requested());
+    let call = CarrierCall::Book(request());
+    let after = |seconds| now() + chrono::Duration::seconds(seconds);
     assert_eq!(
-        shipment.abandon(
-            &event,
-            at() + chrono::Duration::seconds(59),
-            deadline,
-            "down"
-        ),
+        shipment.give_up(&event, &call, "down", after(59), deadline),
         None
     );
     let failed = shipment
-        .abandon(
-            &event,
-            at() + chrono::Duration::seconds(61),
-            deadline,
-            "down",
-        )
+        .give_up(&event, &call, "down", after(61), deadline)
         .unwrap();
     assert!(matches!(
         failed,
@@ -285,9 +275,7 @@ fn given_requested_when_the_carrier_stays_down_past_the_deadline_then_failed_and
     ));
     let shipment = given::<Shipment>([requested(), failed.clone()]);
     // Its own ShipmentFailed comes back: cancel whatever booking the carrier may have made.
-    let Plan::Call(call) = shipment.plan_now(&Inbound::Shipment(failed)) else {
-        panic!()
-    };
+    let call = shipment.when_event("o1", &Inbound::Shipment(failed)).call();
     assert_eq!(call, CarrierCall::BookThenCancel(request()));
     let refused = ShipmentEvent::ShipmentFailed {
         reason: "undeliverable".into(),
@@ -295,7 +283,10 @@ fn given_requested_when_the_carrier_stays_down_past_the_deadline_then_failed_and
     };
     let shipment = given::<Shipment>([requested(), refused.clone()]);
     assert!(
-        emitted(shipment.plan_now(&Inbound::Shipment(refused))).is_empty(),
+        shipment
+            .when_event("o1", &Inbound::Shipment(refused))
+            .events()
+            .is_empty(),
         "a refusal booked nothing"
     );
 }

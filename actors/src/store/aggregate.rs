@@ -1,13 +1,16 @@
 //! The offline stores' stock: ONE aggregate (like the warehouse) so no unit is promised twice.
 
 use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Line, PRODUCTS, STORES};
-use crate::engine::Aggregate;
+use crate::engine::{Aggregate, Plan};
 use crate::events::StoreEvent;
 use crate::events::{Inbound, InventoryEvent, OrderEvent, ShipmentEvent};
+use crate::rpc::DomainError;
 
 /// The aggregate id of all stores' stock.
 pub const STORES_ID: &str = "stores";
@@ -51,6 +54,9 @@ impl Default for Stores {
 
 impl Aggregate for Stores {
     type Event = StoreEvent;
+    type Command = Infallible;
+    type Call = Infallible;
+    type Answer = Infallible;
 
     fn apply(&mut self, event: &StoreEvent) {
         match event {
@@ -89,27 +95,17 @@ impl Aggregate for Stores {
             }
         }
     }
-}
 
-impl Stores {
-    fn adjust(&mut self, store_id: &str, lines: &[Line], sign: i64) {
-        let stock = self.available.entry(store_id.to_string()).or_default();
-        for line in lines {
-            *stock.entry(line.sku.clone()).or_default() += sign * i64::from(line.quantity);
-        }
+    fn handle(&self, command: Infallible) -> Result<Vec<StoreEvent>, DomainError> {
+        match command {}
     }
 
-    /// The first store (in id order) that has every line.
-    fn store_for(&self, lines: &[Line]) -> Option<&str> {
-        self.available.iter().find_map(|(store, stock)| {
-            lines
-                .iter()
-                .all(|l| stock.get(&l.sku).copied().unwrap_or(0) >= i64::from(l.quantity))
-                .then_some(store.as_str())
-        })
-    }
-
-    pub fn react(&self, order_id: &str, event: &Inbound) -> Vec<StoreEvent> {
+    fn react(
+        &self,
+        order_id: &str,
+        event: &Inbound,
+        _now: DateTime<Utc>,
+    ) -> Plan<StoreEvent, Infallible> {
         let current = self.orders.get(order_id);
         let release = |reason: String| match current {
             Some(StoreReservation::Reserved { store_id, lines }) => {
@@ -122,7 +118,7 @@ impl Stores {
             }
             _ => Vec::new(),
         };
-        match event {
+        Plan::Emit(match event {
             Inbound::Inventory(InventoryEvent::InventoryShortage {
                 lines,
                 shipping_address,
@@ -149,6 +145,29 @@ impl Stores {
                 release(format!("shipment failed: {reason}"))
             }
             _ => Vec::new(),
+        })
+    }
+
+    fn outcome(&self, call: Infallible, _: Infallible, _: DateTime<Utc>) -> Vec<StoreEvent> {
+        match call {}
+    }
+}
+
+impl Stores {
+    fn adjust(&mut self, store_id: &str, lines: &[Line], sign: i64) {
+        let stock = self.available.entry(store_id.to_string()).or_default();
+        for line in lines {
+            *stock.entry(line.sku.clone()).or_default() += sign * i64::from(line.quantity);
         }
+    }
+
+    /// The first store (in id order) that has every line.
+    fn store_for(&self, lines: &[Line]) -> Option<&str> {
+        self.available.iter().find_map(|(store, stock)| {
+            lines
+                .iter()
+                .all(|l| stock.get(&l.sku).copied().unwrap_or(0) >= i64::from(l.quantity))
+                .then_some(store.as_str())
+        })
     }
 }

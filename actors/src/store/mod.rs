@@ -4,14 +4,13 @@
 pub mod aggregate;
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 
-use bus::Domain;
+use bus::{Domain, Verdict};
 use serde::{Deserialize, Serialize};
 
 use self::aggregate::{StoreReservation, Stores, STORES_ID};
-use crate::engine::{EngineError, Placement, Reaction, Service};
-use crate::events::Inbound;
-use crate::events::StoreEvent;
+use crate::engine::{EngineError, Placement, Service};
 use crate::Settings;
 
 pub struct StoreService;
@@ -43,8 +42,9 @@ impl Service for StoreService {
         Ok(StoreService)
     }
 
-    async fn react(&self, state: &Stores, event: &Inbound, saga: &str) -> Reaction<StoreEvent> {
-        Ok(state.react(saga, event))
+    /// It never calls anyone.
+    async fn call(&self, _order_id: &str, call: &Infallible) -> Result<Infallible, Verdict> {
+        match *call {}
     }
 
     fn view(_version: u64, state: &Stores) -> Option<StoreStock> {

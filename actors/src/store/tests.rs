@@ -1,5 +1,6 @@
 use super::aggregate::{StoreReservation, Stores};
-use crate::engine::{lines, Aggregate};
+use crate::engine::testing::{lines, When};
+use crate::engine::Aggregate;
 use crate::events::StoreEvent;
 use crate::events::{Inbound, InventoryEvent, OrderEvent, ShipmentEvent};
 
@@ -13,7 +14,7 @@ fn shortage(items: &[(&str, u32)]) -> Inbound {
 }
 
 fn step(stores: &mut Stores, event: &Inbound) -> Vec<StoreEvent> {
-    let events = stores.react("o1", event);
+    let events = stores.when_event("o1", event).events();
     for e in &events {
         stores.apply(e);
     }
@@ -46,7 +47,9 @@ fn given_no_store_with_everything_when_shortage_then_unavailable() {
         [StoreEvent::StoreStockUnavailable { .. }]
     ));
     assert_eq!(s.orders["o1"], StoreReservation::Unavailable);
-    let events = Stores::default().react("o1", &shortage(&[("SKU-VINYL", 1)]));
+    let events = Stores::default()
+        .when_event("o1", &shortage(&[("SKU-VINYL", 1)]))
+        .events();
     assert!(matches!(
         events.as_slice(),
         [StoreEvent::StoreStockUnavailable { .. }]

@@ -4,14 +4,14 @@
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use bus::Domain;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::*;
-use crate::catalog::Line;
-use crate::engine::{Placement, Reaction};
-use crate::events::InventoryEvent;
-use crate::events::OrderEvent;
+use crate::engine::testing::lines;
+use crate::engine::{Placement, Plan};
+use crate::events::{OrderEvent, PaymentEvent};
 use crate::inventory::aggregate::WAREHOUSE;
 use crate::inventory::InventoryService;
 use crate::rpc::DomainError;
@@ -33,8 +33,38 @@ struct Tally {
     counted: Vec<String>,
 }
 
+/// What the scripted reaction is told to do: the `OrderCancelled` reason.
+type Script = String;
+
 impl Aggregate for Tally {
     type Event = TallyEvent;
+    /// Count this.
+    type Command = String;
+    type Call = Script;
+    type Answer = ();
+
+    fn handle(&self, what: String) -> Result<Vec<TallyEvent>, DomainError> {
+        Ok(vec![TallyEvent::Counted { what }])
+    }
+
+    fn react(&self, _: &str, event: &Inbound, _: DateTime<Utc>) -> Plan<TallyEvent, Script> {
+        match event {
+            Inbound::Order(OrderEvent::OrderCancelled { reason }) => Plan::Call(reason.clone()),
+            _ => Plan::Emit(Vec::new()),
+        }
+    }
+
+    fn outcome(&self, script: Script, _: (), _: DateTime<Utc>) -> Vec<TallyEvent> {
+        let counted = TallyEvent::Counted {
+            what: script.clone(),
+        };
+        match script.as_str() {
+            "nothing" => Vec::new(),
+            "twice" => vec![counted.clone(), counted],
+            _ => vec![counted],
+        }
+    }
+
     fn apply(&mut self, event: &TallyEvent) {
         let TallyEvent::Counted { what } = event;
         self.counted.push(what.clone());
@@ -42,8 +72,8 @@ impl Aggregate for Tally {
 }
 
 /// Counts `OrderCancelled { reason }` on the aggregate named by the saga, as the reason scripts
-/// it: `retry` and `reject` fail that way, `nothing` records nothing, `twice` counts twice,
-/// anything else once.
+/// it: `retry` and `reject` fail that way (as an external call would), `nothing` records
+/// nothing, `twice` counts twice, anything else once.
 #[derive(Default)]
 struct Tallier {
     reactions: AtomicUsize,
@@ -62,20 +92,12 @@ impl Service for Tallier {
     type View = Tally;
     type Part = Tally;
 
-    async fn react(&self, _: &Tally, event: &Inbound, _: &str) -> Reaction<TallyEvent> {
+    async fn call(&self, _: &str, script: &Script) -> Result<(), Verdict> {
         self.reactions.fetch_add(1, Relaxed);
-        let Inbound::Order(OrderEvent::OrderCancelled { reason }) = event else {
-            return Ok(Vec::new());
-        };
-        let counted = TallyEvent::Counted {
-            what: reason.clone(),
-        };
-        match reason.as_str() {
+        match script.as_str() {
             "retry" => Err(Verdict::Retry("scripted: later".into())),
             "reject" => Err(Verdict::Reject("scripted: never".into())),
-            "nothing" => Ok(Vec::new()),
-            "twice" => Ok(vec![counted.clone(), counted]),
-            _ => Ok(vec![counted]),
+            _ => Ok(()),
         }
     }
 
@@ -332,10 +354,9 @@ async fn an_aggregate_that_still_does_not_exist_is_marked_done_but_not_cached() 
 }
 
 fn count(aggregate: &str, what: &str) -> Command<Tally> {
-    let event = TallyEvent::Counted { what: what.into() };
     Command {
         aggregate_id: aggregate.into(),
-        decide: Box::new(move |_, _| Ok(vec![event])),
+        command: what.into(),
     }
 }
 
@@ -366,21 +387,17 @@ async fn a_command_whose_commit_conflicts_is_answered_409_and_the_next_sees_the_
     assert_eq!(counted_on_disk(&store, "a"), ["c1", "elsewhere", "c2"]);
 }
 
-fn reserve(i: usize) -> Command<crate::inventory::aggregate::Warehouse> {
-    Command {
-        aggregate_id: WAREHOUSE.into(),
-        decide: Box::new(move |_, _| {
-            Ok(vec![InventoryEvent::InventoryReserved {
-                order_id: format!("o{i}"),
-                lines: vec![Line {
-                    sku: "SKU-MUG".into(),
-                    quantity: 1,
-                    unit_price_cents: 1,
-                }],
-                shipping_address: "x".into(),
-            }])
-        }),
-    }
+/// Order `o{i}` paid for one mug: the warehouse reserves it.
+fn paid(i: usize) -> Envelope {
+    let approved = PaymentEvent::PaymentApproved {
+        amount_cents: 100,
+        payment_method: "card".into(),
+        authorization_id: format!("auth-{i}"),
+        approved_at: Utc::now(),
+        lines: lines(&[("SKU-MUG", 1)]),
+        shipping_address: "x".into(),
+    };
+    encode(&approved, &format!("o{i}"), None).unwrap()
 }
 
 #[tokio::test]
@@ -389,10 +406,13 @@ async fn a_long_history_loads_from_its_snapshot_to_the_same_state() {
     let store = Store::open(dir.path(), &Default::default()).unwrap();
     let mut engine = Engine::new(InventoryService, store.clone());
     for chunk in (0..600).collect::<Vec<_>>().chunks(100) {
-        let results = engine
-            .execute(chunk.iter().map(|i| reserve(*i)).collect())
-            .await;
-        assert!(results.iter().all(Result::is_ok));
+        let batch: Vec<Envelope> = chunk.iter().map(|i| paid(*i)).collect();
+        let applied = engine.deliver(&batch.iter().collect::<Vec<_>>()).await;
+        assert!(applied
+            .unwrap()
+            .verdicts
+            .iter()
+            .all(|v| *v == Verdict::Done));
     }
     let (version, live) = engine.query(WAREHOUSE, |v, s| (v, s.clone())).unwrap();
     assert_eq!(version, 600);
