@@ -194,7 +194,7 @@ impl NotRecorded {
     }
 
     /// For a client.
-    fn api_error(&self) -> DomainError {
+    fn domain_error(&self) -> DomainError {
         match self {
             NotRecorded::Conflict(reason) => DomainError::conflict(format!("{reason}; retry")),
             NotRecorded::Failed(reason) => {
@@ -345,7 +345,7 @@ impl<S: Service> Engine<S> {
         let written = writes.answers();
         let durable = self.commit_and_flush(writes).await;
         for (answer, why) in durable.not_recorded {
-            results[answer] = Err(why.api_error());
+            results[answer] = Err(why.domain_error());
         }
         if let Err(e) = durable.flushed {
             for answer in written {

@@ -254,7 +254,10 @@ pub enum EngineError {
         #[source]
         source: serde_json::Error,
     },
-    /// The service's settings cannot work (e.g. a bad URL).
+    /// An external system's client cannot be built from the settings.
+    #[error(transparent)]
+    External(#[from] crate::external::ClientError),
+    /// The service's settings cannot work.
     #[error("configuration: {0}")]
     Config(String),
     /// A file the service keeps beside its database.

@@ -35,8 +35,7 @@ impl Service for PaymentService {
             gateway: GatewayClient::new(
                 &settings.payment_gateway_url(),
                 ops.guard("payment-gateway"),
-            )
-            .map_err(|e| EngineError::Config(e.to_string()))?,
+            )?,
             deadline: settings.saga_deadline(),
         })
     }

@@ -40,8 +40,7 @@ impl Service for ShipmentService {
 
     fn new(settings: &Settings, ops: &crate::resilience::Ops) -> Result<Self, EngineError> {
         Ok(ShipmentService {
-            carrier: CarrierClient::new(&settings.carrier_url(), ops.guard("carrier"))
-                .map_err(|e| EngineError::Config(e.to_string()))?,
+            carrier: CarrierClient::new(&settings.carrier_url(), ops.guard("carrier"))?,
             deadline: settings.saga_deadline(),
         })
     }
