@@ -14,6 +14,8 @@
 //! | projection | `rebuild` | nothing | [`RebuildStarted`] |
 //!
 //! Errors are [`DomainError`](crate::rpc::DomainError) kinds, carried as the micro error code.
+//! The generic endpoints take the service as a type (`Get<InventoryService>`), so the services
+//! are named here too, with what their `get` and `part` answer.
 
 pub use crate::engine::api::{
     ComponentStatus, Get, Part, ReadModelStatus, Slow, SlowRequest, Status,
@@ -24,3 +26,14 @@ pub use crate::order::api::{
 };
 pub use crate::projection::api::{ReadOrder, Rebuild, RebuildStarted};
 pub use crate::projection::model::OrderReadModel;
+
+pub use crate::engine::Service;
+pub use crate::inventory::{InventoryPart, InventoryService, WarehouseStock};
+pub use crate::order::OrderService;
+pub use crate::payment::aggregate::Payment;
+pub use crate::payment::PaymentService;
+pub use crate::recommendation::aggregate::CoPurchases;
+pub use crate::recommendation::{RecommendationPart, RecommendationService};
+pub use crate::shipment::aggregate::Shipment;
+pub use crate::shipment::ShipmentService;
+pub use crate::store::{StorePart, StoreService, StoreStock};

@@ -28,6 +28,9 @@ pub enum SystemError {
     Engine(#[from] EngineError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// Only the services and the projection run on an Arbiter of their own.
+    #[error("{0} does not run on an Arbiter of its own")]
+    NotOnArbiter(Component),
 }
 
 /// Where a running system can be reached (printed by `up`, saved as `endpoints.json`).
@@ -48,20 +51,20 @@ async fn spawn_service(
     settings: Settings,
     nats_url: String,
     shutdown: CancellationToken,
-) -> Result<RunningComponent, EngineError> {
+) -> Result<RunningComponent, SystemError> {
     let (s, u, t) = (settings, nats_url, shutdown);
-    match service {
-        Component::Order => host::spawn::<OrderService>(s, u, t).await,
-        Component::Payment => host::spawn::<PaymentService>(s, u, t).await,
-        Component::Inventory => host::spawn::<InventoryService>(s, u, t).await,
-        Component::Store => host::spawn::<StoreService>(s, u, t).await,
-        Component::Shipment => host::spawn::<ShipmentService>(s, u, t).await,
-        Component::Recommendation => host::spawn::<RecommendationService>(s, u, t).await,
-        Component::Projection => crate::projection::spawn(s, u, t).await,
-        Component::Gateway | Component::Simulators => Err(EngineError::Config(format!(
-            "{service} does not run on an Arbiter of its own"
-        ))),
-    }
+    Ok(match service {
+        Component::Order => host::spawn::<OrderService>(s, u, t).await?,
+        Component::Payment => host::spawn::<PaymentService>(s, u, t).await?,
+        Component::Inventory => host::spawn::<InventoryService>(s, u, t).await?,
+        Component::Store => host::spawn::<StoreService>(s, u, t).await?,
+        Component::Shipment => host::spawn::<ShipmentService>(s, u, t).await?,
+        Component::Recommendation => host::spawn::<RecommendationService>(s, u, t).await?,
+        Component::Projection => crate::projection::spawn(s, u, t).await?,
+        Component::Gateway | Component::Simulators => {
+            return Err(SystemError::NotOnArbiter(service))
+        }
+    })
 }
 
 /// A running system (or part of one).

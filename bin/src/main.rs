@@ -1,4 +1,10 @@
-//! `commerce`: the launcher. Parses arguments, loads settings, starts things.
+//! `commerce`: the launcher. Parses arguments, loads settings, hands over to one module.
+//!
+//! # Layout
+//! - `launch`: `up` and `run <component>`: start, print where things are, stop cleanly.
+//! - `client`: how the client commands reach the broker.
+//! - `status`, `order`, `projection`, `faults`: the commands for people.
+//! - `bench`: measurements against their limits (bus, saga, read side).
 
 mod bench;
 mod client;
@@ -48,7 +54,7 @@ enum Command {
     },
     /// Run one component in this process, on a running broker (--nats, NATS_URL, or the one a
     /// `commerce up` in the same --data-dir uses): order, payment, inventory, store, shipment,
-    /// recommendation, gateway or simulators.
+    /// recommendation, projection, gateway or simulators.
     Run {
         component: Component,
         /// Where the HTTP gateway listens (component `gateway`).

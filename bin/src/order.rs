@@ -57,7 +57,9 @@ pub async fn run(command: OrderCommand, settings: Settings) -> anyhow::Result<()
                 card_number: card,
                 shipping_address: address,
             };
+            // An empty key means none, as it always has.
             let idempotency_key = idempotency_key
+                .filter(|key| !key.is_empty())
                 .map(IdempotencyKey::try_from)
                 .transpose()
                 .map_err(anyhow::Error::msg)?;

@@ -9,10 +9,14 @@
 //! ([`Placement`]), what it listens to, how it is shown, and the external system it calls.
 //!
 //! - [`reaction`]: the one loop from an inbound event to its events (plan, call, outcome).
-//! - [`core`]: the [`Engine`](core::Engine): load, react, commit, flush; commands and queries.
+//! - [`core`]: the [`Engine`](core::Engine): a batch in named phases (admit, load, react,
+//!   record, commit and flush); commands and queries.
 //! - [`actor`]: the actix actor around the engine, and the [`Handle`](actor::Handle) to it.
-//! - [`host`]: one service on its own Arbiter: consumers, outbox relay, NATS micro endpoint.
+//! - [`api`]: the endpoints every service answers (`status`, `get`, `part`, `slow`).
+//! - [`host`]: a component on its own Arbiter (services and the projection): start-up,
+//!   consumers, retention; `host::service` adds the relay, recovery and endpoints of a service.
 //! - [`recovery`]: rebuilding a lost database from the service's own stream.
+//! - `testing` (tests only): given/when/then for aggregates.
 
 pub mod actor;
 pub mod api;
@@ -257,9 +261,6 @@ pub enum EngineError {
     /// An external system's client cannot be built from the settings.
     #[error(transparent)]
     External(#[from] crate::external::ClientError),
-    /// The service's settings cannot work.
-    #[error("configuration: {0}")]
-    Config(String),
     /// A file the service keeps beside its database.
     #[error("{what}: {source}")]
     Io {

@@ -12,19 +12,13 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::{error, failed, order_id};
-use crate::contract::Part;
-use crate::engine::Service;
-use crate::inventory::{InventoryPart, InventoryService};
-use crate::order::api::OrderView;
-use crate::order::OrderService;
-use crate::payment::aggregate::Payment;
-use crate::payment::PaymentService;
-use crate::recommendation::{RecommendationPart, RecommendationService};
+use crate::contract::{
+    InventoryPart, InventoryService, OrderService, OrderView, Part, Payment, PaymentService,
+    RecommendationPart, RecommendationService, Service, Shipment, ShipmentService, StorePart,
+    StoreService,
+};
 use crate::resilience::{Guard, Guarded, Ops};
 use crate::rpc::{call, Component, DomainError};
-use crate::shipment::aggregate::Shipment;
-use crate::shipment::ShipmentService;
-use crate::store::{StorePart, StoreService};
 
 /// How long each service has to answer.
 const LIMIT: Duration = Duration::from_secs(2);
@@ -57,16 +51,23 @@ fn yes() -> bool {
     true
 }
 
-/// Every service's part of one order; `None`: that service knows nothing of it.
+/// Every service's part of one order: `null` when that service knows nothing of it, absent
+/// when it did not answer (then it is listed in `missing`).
 #[derive(Serialize)]
 struct Composed {
     order_id: String,
-    order: Option<OrderView>,
-    payment: Option<Payment>,
-    inventory: Option<InventoryPart>,
-    store: Option<StorePart>,
-    shipment: Option<Shipment>,
-    recommendation: Option<RecommendationPart>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order: Option<Option<OrderView>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payment: Option<Option<Payment>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inventory: Option<Option<InventoryPart>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<Option<StorePart>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shipment: Option<Option<Shipment>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recommendation: Option<Option<RecommendationPart>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'static str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -116,12 +117,7 @@ pub async fn composed_order(
         error: None,
         missing,
     };
-    if composed.order.is_none()
-        && composed
-            .missing
-            .iter()
-            .all(|m| m.service != Component::Order)
-    {
+    if matches!(composed.order, Some(None)) {
         return error(
             actix_web::http::StatusCode::NOT_FOUND,
             &format!("no order {id:?}"),
@@ -136,12 +132,10 @@ pub async fn composed_order(
     })
 }
 
-/// The part, or `None` with the service noted as missing.
-fn keep<T>(part: Result<Option<T>, Missing>, missing: &mut Vec<Missing>) -> Option<T> {
-    part.unwrap_or_else(|m| {
-        missing.push(m);
-        None
-    })
+/// The answer (`Some(None)`: knows nothing of the order), or `None` with the service noted as
+/// missing.
+fn keep<T>(part: Result<Option<T>, Missing>, missing: &mut Vec<Missing>) -> Option<Option<T>> {
+    part.map_err(|m| missing.push(m)).ok()
 }
 
 struct Ask<'a> {

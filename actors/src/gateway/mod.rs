@@ -26,13 +26,12 @@ use serde_json::json;
 use self::composed::FanOut;
 use crate::catalog::{OrderRequest, PRODUCTS};
 use crate::contract::{
-    Cancel, CancelOutcome, Get, IdempotencyKey, Place, PlaceRequest, ReadOrder, Status,
+    Cancel, CancelOutcome, Get, IdempotencyKey, InventoryService, Place, PlaceRequest, ReadOrder,
+    Status, StoreService,
 };
 use crate::http::{cannot_listen, spawn_server};
-use crate::inventory::InventoryService;
 use crate::resilience::Ops;
 use crate::rpc::{call, Component, DomainError};
-use crate::store::StoreService;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 * 1024;

@@ -201,8 +201,8 @@ impl Order {
             OrderStatus::New => Err(DomainError::not_found("no such order")),
             OrderStatus::Cancelled => Ok(Vec::new()),
             OrderStatus::Shipped | OrderStatus::Completed => Err(DomainError::conflict(format!(
-                "the order is {:?}: it has left the warehouse and can no longer be cancelled",
-                self.status
+                "the order is {}: it has left the warehouse and can no longer be cancelled",
+                self.status.name()
             ))),
             OrderStatus::Pending | OrderStatus::Confirmed if self.cancel_requested => {
                 Ok(Vec::new())

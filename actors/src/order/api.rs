@@ -39,7 +39,8 @@ pub struct PlaceRequest {
     pub order: OrderRequest,
 }
 
-/// A client's Idempotency-Key: 1 to 255 visible ASCII characters.
+/// A client's Idempotency-Key: at most 255 bytes of visible ASCII (spaces and tabs allowed),
+/// not blank; kept trimmed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct IdempotencyKey(String);
@@ -54,11 +55,11 @@ impl TryFrom<String> for IdempotencyKey {
     type Error = String;
 
     fn try_from(key: String) -> Result<Self, String> {
-        let key = key.trim();
-        if key.is_empty() || key.len() > 255 || !key.chars().all(|c| c.is_ascii_graphic()) {
+        let visible = |c: char| c.is_ascii_graphic() || c == ' ' || c == '\t';
+        if key.trim().is_empty() || key.len() > 255 || !key.chars().all(visible) {
             return Err("Idempotency-Key must be 1 to 255 visible ASCII characters".into());
         }
-        Ok(IdempotencyKey(key.to_string()))
+        Ok(IdempotencyKey(key.trim().to_string()))
     }
 }
 

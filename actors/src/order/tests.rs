@@ -250,3 +250,32 @@ fn given_pending_when_payment_is_abandoned_then_cancelled_with_its_reason() {
         "past the deadline",
     );
 }
+
+#[test]
+fn the_cancel_reply_says_what_the_cancel_did() {
+    use super::aggregate::CancelOutcome;
+    use crate::engine::Executed;
+    let outcome = |history: Vec<OrderEvent>, recorded: Vec<OrderEvent>| {
+        let state = given::<Order>(history.into_iter().chain(recorded.clone()));
+        super::cancelled(&Executed {
+            version: 0,
+            state,
+            events: recorded,
+        })
+        .outcome
+    };
+    let requested = OrderEvent::OrderCancelRequested {};
+    assert_eq!(
+        outcome(vec![placed()], vec![requested.clone()]),
+        CancelOutcome::Requested
+    );
+    assert_eq!(
+        outcome(vec![placed(), requested], vec![]),
+        CancelOutcome::AlreadyRequested
+    );
+    let cancelled = OrderEvent::OrderCancelled { reason: "x".into() };
+    assert_eq!(
+        outcome(vec![placed(), cancelled], vec![]),
+        CancelOutcome::AlreadyCancelled
+    );
+}

@@ -48,7 +48,7 @@ impl ResilienceSettings {
 /// Why a guarded call did not produce the dependency's answer.
 #[derive(Debug, thiserror::Error)]
 pub enum Guarded<E> {
-    #[error("{dependency}: circuit {state:?}, not calling (retry in {retry_after:?})")]
+    #[error("{dependency}: circuit {}, not calling (retry in {retry_after:?})", state.name())]
     Open {
         dependency: String,
         state: State,

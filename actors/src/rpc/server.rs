@@ -62,11 +62,20 @@ impl Server {
         F: Fn(E::Request) -> Fut + 'static,
         Fut: Future<Output = Result<E::Reply, DomainError>> + 'static,
     {
-        self.batch::<E, _, _>(move |requests| {
-            let answers: Vec<_> = requests.into_iter().map(&handler).collect();
-            futures::future::join_all(answers)
-        })
-        .await
+        let mut endpoint = self.endpoint::<E>().await?;
+        let shutdown = self.shutdown.clone();
+        self.tasks.push(actix_rt::spawn(async move {
+            while let Some(request) = next(&mut endpoint, &shutdown).await {
+                match decode::<E>(&request) {
+                    Ok(body) => {
+                        let answer = handler(body);
+                        actix_rt::spawn(async move { respond::<E>(&request, answer.await).await });
+                    }
+                    Err(e) => respond::<E>(&request, Err(e)).await,
+                }
+            }
+        }));
+        Ok(())
     }
 
     /// Serve `E` in batches: the requests waiting at once go to `handler` together, which
@@ -77,17 +86,21 @@ impl Server {
         F: Fn(Vec<E::Request>) -> Fut + 'static,
         Fut: Future<Output = Vec<Result<E::Reply, DomainError>>> + 'static,
     {
+        let endpoint = self.endpoint::<E>().await?;
+        let shutdown = self.shutdown.clone();
+        let batches = serve_batches::<E, _, _>(endpoint, handler, shutdown);
+        self.tasks.push(actix_rt::spawn(batches));
+        Ok(())
+    }
+
+    async fn endpoint<E: Endpoint>(
+        &self,
+    ) -> Result<async_nats::service::endpoint::Endpoint, ServeError> {
         let component = self.component;
-        let endpoint = self
-            .group
+        self.group
             .endpoint(E::NAME)
             .await
-            .map_err(|source| ServeError { component, source })?;
-        let shutdown = self.shutdown.clone();
-        self.tasks.push(actix_rt::spawn(serve::<E, _, _>(
-            endpoint, handler, shutdown,
-        )));
-        Ok(())
+            .map_err(|source| ServeError { component, source })
     }
 
     /// Wait for every endpoint's loop to end (after shutdown), then stop the micro service.
@@ -101,7 +114,18 @@ impl Server {
     }
 }
 
-async fn serve<E, F, Fut>(
+/// The next request, or `None` once shut down or closed.
+async fn next(
+    endpoint: &mut async_nats::service::endpoint::Endpoint,
+    shutdown: &CancellationToken,
+) -> Option<Request> {
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        request = endpoint.next() => request,
+    }
+}
+
+async fn serve_batches<E, F, Fut>(
     mut endpoint: async_nats::service::endpoint::Endpoint,
     handler: F,
     shutdown: CancellationToken,
@@ -110,14 +134,7 @@ async fn serve<E, F, Fut>(
     F: Fn(Vec<E::Request>) -> Fut,
     Fut: Future<Output = Vec<Result<E::Reply, DomainError>>>,
 {
-    loop {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            request = endpoint.next() => match request {
-                Some(request) => request,
-                None => return,
-            },
-        };
+    while let Some(first) = next(&mut endpoint, &shutdown).await {
         let mut requests = vec![first];
         while requests.len() < BATCH {
             match endpoint.next().now_or_never() {
@@ -146,13 +163,24 @@ async fn serve<E, F, Fut>(
     }
 }
 
+/// The request as JSON; an empty body is `null`, and a body that is no JSON at all is read as
+/// a JSON string (so `nats req commerce.projection.get <order id>` works unquoted).
 fn decode<E: Endpoint>(request: &Request) -> Result<E::Request, DomainError> {
     let payload: &[u8] = match request.message.payload.as_ref() {
         b"" => b"null",
         payload => payload,
     };
-    serde_json::from_slice(payload)
-        .map_err(|e| DomainError::rejected(format!("malformed {} request: {e}", E::NAME)))
+    let malformed =
+        |e: serde_json::Error| DomainError::rejected(format!("malformed {} request: {e}", E::NAME));
+    match serde_json::from_slice(payload) {
+        Ok(body) => Ok(body),
+        Err(e) if e.is_syntax() => match std::str::from_utf8(payload) {
+            Ok(text) => serde_json::from_value(serde_json::Value::String(text.trim().into()))
+                .map_err(|_| malformed(e)),
+            Err(_) => Err(malformed(e)),
+        },
+        Err(e) => Err(malformed(e)),
+    }
 }
 
 async fn respond<E: Endpoint>(request: &Request, answer: Result<E::Reply, DomainError>) {

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use actors::catalog::{LineRequest, OrderRequest};
-use actors::contract::{ReadOrder, Rebuild, Slow, SlowRequest, Status};
+use actors::contract::{OrderView, ReadOrder, Rebuild, Slow, SlowRequest, Status};
 use actors::rpc::call;
 use actors::Component;
 use actors::Settings;
@@ -38,8 +38,8 @@ pub async fn run(orders: usize, requests: usize, mut settings: Settings) -> anyh
             web.post(format!("{http}/orders")).json(&order).send()
         });
         for response in futures::future::join_all(sends).await {
-            let body: serde_json::Value = response?.json().await?;
-            ids.push(body["order_id"].as_str().unwrap_or_default().to_string());
+            let order: OrderView = response?.json().await?;
+            ids.push(order.order_id);
             bar.inc(1);
         }
     }

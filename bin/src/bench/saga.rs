@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actors::catalog::{LineRequest, OrderRequest};
+use actors::contract::OrderView;
 use actors::{Settings, System};
 use anyhow::Context;
 use futures::StreamExt;
@@ -145,9 +146,8 @@ async fn offer(
             if response.status() != 201 {
                 return Err(format!("POST /orders answered {}", response.status()));
             }
-            let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
-            let id = body["order_id"].as_str().unwrap_or_default().to_string();
-            Ok::<_, String>((id, sent))
+            let order: OrderView = response.json().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((order.order_id, sent))
         }));
     }
     let mut sent = Vec::with_capacity(orders);

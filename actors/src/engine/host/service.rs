@@ -106,6 +106,7 @@ async fn serve_common<S: Service>(
             let (h, delay) = (h.clone(), delay.clone());
             async move {
                 pause(&delay).await;
+                let order_id = order_id.map(|id| id.trim().to_string());
                 let id = match (S::PLACEMENT, order_id) {
                     (crate::engine::Placement::PerOrder, None) => {
                         return Err(DomainError::rejected("get: which order?"))
@@ -120,6 +121,7 @@ async fn serve_common<S: Service>(
     let h = handle.clone();
     server
         .each::<Part<S>, _, _>(move |order_id: String| {
+            let order_id = order_id.trim().to_string();
             let (h, delay) = (h.clone(), slow.clone());
             async move {
                 pause(&delay).await;
