@@ -99,6 +99,64 @@ fn applied_once(store: &Store, events: &[Envelope]) {
 }
 
 #[tokio::test]
+async fn an_event_on_a_subject_not_its_own_goes_to_dlq_and_changes_nothing() {
+    init_logs();
+    let broker = TestBroker::start().await;
+    let (_dir, store) = temp_store();
+    let order = Uuid::now_v7().to_string();
+    let other = Uuid::now_v7().to_string();
+    // Well-formed events, each published where it does not belong: a payment event on the
+    // orders stream, and an order event about one order on another order's subject.
+    let payment = Envelope::new(Domain::Payments, "PaymentRefunded", &order, json!({})).unwrap();
+    let about_other = Envelope::new(Domain::Orders, "OrderCancelled", &other, json!({})).unwrap();
+    for (subject, event) in [
+        (format!("orders.payment_refunded.{order}"), &payment),
+        (format!("orders.order_cancelled.{order}"), &about_other),
+    ] {
+        let body = event.to_json().unwrap();
+        broker
+            .js
+            .publish(subject, body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let valid = publish_orders(&broker, 2).await;
+
+    let mut consumer = DurableConsumer::bind(&broker.js, spec()).await.unwrap();
+    let deadline = Deadline::after(WAIT, "the two valid events are applied");
+    let mut applied = 0;
+    while applied < 2 {
+        applied += consume_batch(&mut consumer, &store).await.len();
+        deadline.check();
+    }
+    applied_once(&store, &valid);
+    assert_eq!(
+        store.version(&order).unwrap(),
+        0,
+        "the misplaced events changed nothing"
+    );
+    assert_eq!(store.version(&other).unwrap(), 0);
+
+    wait_until("both misplaced events are in DLQ", WAIT, || async {
+        broker.stream_len("DLQ").await == 2
+    })
+    .await;
+    let dlq = broker.js.get_stream("DLQ").await.unwrap();
+    for sequence in [1, 2] {
+        let dead = dlq.get_raw_message(sequence).await.unwrap();
+        let reason = dead
+            .headers
+            .get(bus::consumer::DLQ_REASON)
+            .unwrap()
+            .to_string();
+        assert!(reason.contains("misplaced event"), "{reason}");
+        assert!(reason.contains("belongs on"), "{reason}");
+    }
+}
+
+#[tokio::test]
 async fn a_poison_message_goes_to_dlq_with_its_reason_and_the_rest_are_processed() {
     init_logs();
     let broker = TestBroker::start().await;

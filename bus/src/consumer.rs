@@ -218,7 +218,8 @@ impl DurableConsumer {
         }
     }
 
-    /// Decode a message; send it to DLQ instead if it is not an event or is exhausted.
+    /// Decode a message; send it to DLQ instead if it is not an event, is not on its own subject,
+    /// or is exhausted.
     async fn admit(&self, message: Message) -> Option<Delivery> {
         let (stream_sequence, delivered) = match message.info() {
             Ok(info) => (info.stream_sequence, info.delivered),
@@ -239,7 +240,11 @@ impl DurableConsumer {
             );
             return None;
         }
-        match Envelope::from_slice(&message.payload) {
+        let admitted = Envelope::from_slice(&message.payload).and_then(|envelope| {
+            envelope.check_arrived_on(message.subject.as_str())?;
+            Ok(envelope)
+        });
+        match admitted {
             Ok(envelope) => Some(Delivery {
                 envelope,
                 stream_sequence,

@@ -168,6 +168,20 @@ impl Envelope {
         ))
     }
 
+    /// An event is believed only where it belongs: the subject it arrived on must be the one its
+    /// `source`, `type` and `subject` name (so a payment event on `shipments.>`, or an event about
+    /// one order on another order's subject, is refused with the reason).
+    pub fn check_arrived_on(&self, subject: &str) -> Result<(), BusError> {
+        let expected = self.nats_subject()?;
+        if expected == subject {
+            return Ok(());
+        }
+        Err(BusError::Misplaced(format!(
+            "a {} event from {} about {} belongs on {expected}, but arrived on {subject}",
+            self.event_type, self.source, self.subject
+        )))
+    }
+
     /// W3C trace context: trace id = correlation id (when it is a UUID), span id from the event id.
     pub fn traceparent(&self) -> String {
         let trace = Uuid::parse_str(&self.correlationid)
@@ -268,6 +282,23 @@ mod rfc3339 {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_event_is_believed_only_on_its_own_subject() {
+        let order = "0193a000-0000-7000-8000-000000000001";
+        let e = Envelope::new(Domain::Payments, "PaymentRefunded", order, json!({})).unwrap();
+        assert!(e
+            .check_arrived_on(&format!("payments.payment_refunded.{order}"))
+            .is_ok());
+        for wrong in [
+            format!("shipments.payment_refunded.{order}"),
+            format!("payments.payment_approved.{order}"),
+            "payments.payment_refunded.another-order".to_string(),
+        ] {
+            let err = e.check_arrived_on(&wrong).unwrap_err();
+            assert!(err.to_string().contains("belongs on payments."), "{err}");
+        }
+    }
 
     fn golden() -> Envelope {
         Envelope {

@@ -28,6 +28,11 @@ pub enum BusError {
     #[error("undecodable event: {0}")]
     Decode(String),
 
+    /// A valid event on a subject that is not its own (another domain's stream, another order,
+    /// another type): not believed (the consumer sends these to DLQ).
+    #[error("misplaced event: {0}")]
+    Misplaced(String),
+
     /// An event that cannot be built (bad subject token, unserializable data).
     #[error("invalid event: {0}")]
     Invalid(String),
