@@ -81,7 +81,7 @@ impl Component {
 
 impl fmt::Display for Component {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.pad(self.name())
     }
 }
 
@@ -121,6 +121,11 @@ impl FromStr for Component {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_pad_like_strings_in_tables() {
+        assert_eq!(format!("[{:<8}]", Component::Order), "[order   ]");
+    }
 
     #[test]
     fn names_round_trip_and_unknown_names_list_the_known_ones() {

@@ -166,7 +166,11 @@ async fn serve_batches<E, F, Fut>(
 /// The request as JSON; an empty body is `null`, and a body that is no JSON at all is read as
 /// a JSON string (so `nats req commerce.projection.get <order id>` works unquoted).
 fn decode<E: Endpoint>(request: &Request) -> Result<E::Request, DomainError> {
-    let payload: &[u8] = match request.message.payload.as_ref() {
+    decode_body::<E>(&request.message.payload)
+}
+
+fn decode_body<E: Endpoint>(payload: &[u8]) -> Result<E::Request, DomainError> {
+    let payload: &[u8] = match payload {
         b"" => b"null",
         payload => payload,
     };
@@ -200,4 +204,57 @@ fn encode<T: Serialize>(reply: &T) -> Result<bytes::Bytes, DomainError> {
     serde_json::to_vec(reply)
         .map(bytes::Bytes::from)
         .map_err(|e| DomainError::unavailable(format!("unencodable reply: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    struct Named;
+    impl Endpoint for Named {
+        const NAME: &'static str = "named";
+        type Request = String;
+        type Reply = ();
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Knob {
+        delay_ms: u64,
+    }
+    struct Knobbed;
+    impl Endpoint for Knobbed {
+        const NAME: &'static str = "knobbed";
+        type Request = Knob;
+        type Reply = ();
+    }
+
+    #[test]
+    fn bodies_are_json_and_a_bare_word_is_a_string() {
+        let id = "0193a000-0000-7000-8000-000000000001";
+        assert_eq!(
+            decode_body::<Named>(format!("\"{id}\"").as_bytes()),
+            Ok(id.to_string())
+        );
+        assert_eq!(
+            decode_body::<Named>(format!(" {id}\n").as_bytes()),
+            Ok(id.to_string())
+        );
+        assert_eq!(
+            decode_body::<Knobbed>(br#"{"delay_ms": 50}"#),
+            Ok(Knob { delay_ms: 50 })
+        );
+        assert_eq!(decode_body::<Endpoint0>(b""), Ok(()));
+        let err = decode_body::<Knobbed>(b"50").unwrap_err();
+        assert!(matches!(err, DomainError::Rejected(_)), "{err:?}");
+        assert!(err.message().contains("malformed knobbed request"), "{err}");
+    }
+
+    struct Endpoint0;
+    impl Endpoint for Endpoint0 {
+        const NAME: &'static str = "nothing";
+        type Request = ();
+        type Reply = ();
+    }
 }
