@@ -1,7 +1,7 @@
 //! The seeded catalog (reference data every service may read) and the domain's value types.
 //!
 //! Deterministic triggers for tests and demos, in the manner of payment providers' test cards:
-//! - card [`DECLINED_CARD`] is declined by the payment gateway;
+//! - card [`DECLINED_CARD`] is tokenized like any card, then declined by the payment gateway;
 //! - a shipping address containing [`UNDELIVERABLE`] is rejected by the carrier;
 //! - a shipping address containing [`HOLD`] is booked but never picked up (so it can be cancelled);
 //! - `SKU-POSTER` is in no warehouse, only in a store (ship-from-store);
@@ -96,13 +96,63 @@ pub struct Line {
     pub unit_price_cents: u64,
 }
 
-/// What a customer asks for; parsing it checks every field against the catalog and limits.
+/// What a customer sends over HTTP: a payment token (as a card form tokenizes in the browser)
+/// or, for convenience, a card number, which the HTTP gateway exchanges for a token at once so
+/// that it never reaches the rest of the system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderForm {
+    pub customer: String,
+    pub lines: Vec<LineRequest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_number: Option<String>,
+    pub shipping_address: String,
+}
+
+impl OrderForm {
+    /// The order service's request, paid with `payment`.
+    pub fn paid_with(self, payment: PaymentMethod) -> OrderRequest {
+        OrderRequest {
+            customer: self.customer,
+            lines: self.lines,
+            payment,
+            shipping_address: self.shipping_address,
+        }
+    }
+}
+
+/// A card as the payment gateway tokenized it: the token to charge, and what may be shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentMethod {
+    pub token: String,
+    pub brand: String,
+    pub last4: String,
+}
+
+/// The digits of a card number a customer typed (spaces and dashes allowed), or why not.
+pub fn card_digits(raw: &str) -> Result<String, DomainError> {
+    let digits = raw.replace([' ', '-'], "");
+    if looks_like_a_card(&digits) {
+        Ok(digits)
+    } else {
+        Err(DomainError::rejected("card_number must be 12 to 19 digits"))
+    }
+}
+
+fn looks_like_a_card(text: &str) -> bool {
+    (12..=19).contains(&text.len()) && text.chars().all(|c| c.is_ascii_digit())
+}
+
+/// What the order service takes: the payment is a token, never a card number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrderRequest {
     pub customer: String,
     pub lines: Vec<LineRequest>,
-    pub card_number: String,
+    pub payment: PaymentMethod,
     pub shipping_address: String,
 }
 
@@ -120,7 +170,7 @@ pub struct PlaceOrder {
     pub customer: String,
     pub lines: Vec<Line>,
     pub total_cents: u64,
-    pub card_number: String,
+    pub payment: PaymentMethod,
     pub shipping_address: String,
 }
 
@@ -138,11 +188,22 @@ impl PlaceOrder {
         };
         let customer = text("customer", &request.customer, 100)?;
         let shipping_address = text("shipping_address", &request.shipping_address, 300)?;
-        let card_number = request.card_number.replace([' ', '-'], "");
-        if !(12..=19).contains(&card_number.len())
-            || !card_number.chars().all(|c| c.is_ascii_digit())
-        {
-            return Err(DomainError::rejected("card_number must be 12 to 19 digits"));
+        let payment = request.payment;
+        let token_ok = (1..=100).contains(&payment.token.len())
+            && payment.token.chars().all(|c| c.is_ascii_graphic())
+            // A card number where a token belongs would put it into every event.
+            && !looks_like_a_card(&payment.token);
+        let last4_ok =
+            payment.last4.len() == 4 && payment.last4.chars().all(|c| c.is_ascii_digit());
+        let brand_ok = (1..=20).contains(&payment.brand.len())
+            && payment
+                .brand
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !(token_ok && last4_ok && brand_ok) {
+            return Err(DomainError::rejected(
+                "payment must be a payment gateway token with its brand and last 4 digits",
+            ));
         }
         if request.lines.is_empty() || request.lines.len() > MAX_LINES {
             return Err(DomainError::rejected(format!(
@@ -187,7 +248,7 @@ impl PlaceOrder {
             customer,
             lines,
             total_cents,
-            card_number,
+            payment,
             shipping_address,
         })
     }
@@ -204,7 +265,11 @@ mod tests {
                 sku: sku.into(),
                 quantity,
             }],
-            card_number: "4242 4242 4242 4242".into(),
+            payment: PaymentMethod {
+                token: "tok_1".into(),
+                brand: "visa".into(),
+                last4: "4242".into(),
+            },
             shipping_address: "1 Main St".into(),
         }
     }
@@ -220,7 +285,18 @@ mod tests {
         assert_eq!(order.lines.len(), 1, "same sku lines merge");
         assert_eq!(order.lines[0].quantity, 3);
         assert_eq!(order.total_cents, 3 * 1_250);
-        assert_eq!(order.card_number, "4242424242424242");
+        assert_eq!(order.payment.token, "tok_1");
+    }
+
+    #[test]
+    fn card_numbers_are_digits_only() {
+        assert_eq!(
+            card_digits("4242 4242-4242 4242").unwrap(),
+            "4242424242424242"
+        );
+        for bad in ["12ab", "4242", "42424242424242424242"] {
+            assert!(card_digits(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -232,10 +308,14 @@ mod tests {
             (request("SKU-MUG", 1_000_000_000_000), "quantity"),
             (
                 OrderRequest {
-                    card_number: "12ab".into(),
+                    payment: PaymentMethod {
+                        token: "4242424242424242".into(),
+                        brand: "visa".into(),
+                        last4: "4242".into(),
+                    },
                     ..request("SKU-MUG", 1)
                 },
-                "card_number",
+                "payment",
             ),
             (
                 OrderRequest {

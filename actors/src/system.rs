@@ -144,6 +144,7 @@ impl System {
                 self.http = Some(gateway::start(
                     &settings.http_addr,
                     self.runtime.client.clone(),
+                    &settings.payment_gateway_url(),
                     &ops,
                 )?);
             }

@@ -22,3 +22,18 @@ pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<async_nats::C
         .map_err(|_| anyhow::anyhow!("no NATS server answers at {url}; is `commerce up` running?"))?
         .with_context(|| format!("cannot connect to {url}; is `commerce up` running?"))
 }
+
+/// A simulator's address: from the running `commerce up` (`endpoints.json`), else settings.
+pub fn simulator_url(simulator: &str, settings: &Settings) -> anyhow::Result<String> {
+    let file = settings.data_dir.join("endpoints.json");
+    let endpoints: serde_json::Value = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    let (key, fallback) = match simulator {
+        "payment-gateway" => ("payment_gateway", settings.payment_gateway_url()),
+        "carrier" => ("carrier", settings.carrier_url()),
+        other => anyhow::bail!("unknown simulator {other:?}: payment-gateway or carrier"),
+    };
+    Ok(endpoints[key].as_str().map_or(fallback, str::to_string))
+}

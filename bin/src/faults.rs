@@ -4,6 +4,8 @@ use actors::simulators::faults::Faults;
 use actors::Settings;
 use anyhow::Context;
 
+use crate::client::simulator_url;
+
 pub struct Change {
     pub latency_ms: Option<u64>,
     pub error_rate: Option<f64>,
@@ -11,23 +13,8 @@ pub struct Change {
     pub clear: bool,
 }
 
-/// The simulator's address: from the running `commerce up` (`endpoints.json`), else settings.
-fn base(simulator: &str, settings: &Settings) -> anyhow::Result<String> {
-    let file = settings.data_dir.join("endpoints.json");
-    let endpoints: serde_json::Value = std::fs::read_to_string(&file)
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default();
-    let (key, fallback) = match simulator {
-        "payment-gateway" => ("payment_gateway", settings.payment_gateway_url()),
-        "carrier" => ("carrier", settings.carrier_url()),
-        other => anyhow::bail!("unknown simulator {other:?}: payment-gateway or carrier"),
-    };
-    Ok(endpoints[key].as_str().map_or(fallback, str::to_string))
-}
-
 pub async fn run(simulator: &str, change: Change, settings: Settings) -> anyhow::Result<()> {
-    let url = format!("{}/v1/faults", base(simulator, &settings)?);
+    let url = format!("{}/v1/faults", simulator_url(simulator, &settings)?);
     let http = reqwest::Client::new();
     let unreachable = || format!("no simulator answers at {url}; is `commerce up` running?");
     let mut faults: Faults = http

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use actors::catalog::{LineRequest, OrderRequest};
+use actors::catalog::{LineRequest, OrderRequest, PaymentMethod};
 use actors::contract::{Cancel, IdempotencyKey, OrderReadModel, Place, PlaceRequest, ReadOrder};
+use actors::external::payment_gateway::CardToken;
 use actors::rpc::{call, DomainError};
 use actors::{Component, Settings};
 use anyhow::Context;
@@ -17,9 +18,13 @@ pub enum OrderCommand {
         /// SKU[:QUANTITY], repeatable (e.g. --item SKU-MUG:2 --item SKU-SOCKS).
         #[arg(long = "item", required = true, value_name = "SKU[:QTY]")]
         items: Vec<String>,
-        /// Test card number (4000000000000002 is declined).
-        #[arg(long, default_value = "4242424242424242")]
+        /// Test card number (4000000000000002 is declined); exchanged for a token at the
+        /// payment gateway before anything else sees it.
+        #[arg(long, default_value = "4242424242424242", conflicts_with = "token")]
         card: String,
+        /// A payment gateway token instead of a card.
+        #[arg(long)]
+        token: Option<String>,
         /// Shipping address ("undeliverable" in it makes the carrier refuse it).
         #[arg(long, default_value = "1 Main Street, Seoul")]
         address: String,
@@ -43,6 +48,7 @@ pub async fn run(command: OrderCommand, settings: Settings) -> anyhow::Result<()
             customer,
             items,
             card,
+            token,
             address,
             idempotency_key,
             wait,
@@ -54,7 +60,7 @@ pub async fn run(command: OrderCommand, settings: Settings) -> anyhow::Result<()
             let order = OrderRequest {
                 customer,
                 lines,
-                card_number: card,
+                payment: payment_method(&settings, token, &card).await?,
                 shipping_address: address,
             };
             // An empty key means none, as it always has.
@@ -85,6 +91,38 @@ pub async fn run(command: OrderCommand, settings: Settings) -> anyhow::Result<()
                 .order,
         ),
     }
+}
+
+/// The payment gateway's token for the card (or the card behind `token`), as the HTTP gateway
+/// does it: the card number goes to the payment gateway and nowhere else.
+async fn payment_method(
+    settings: &Settings,
+    token: Option<String>,
+    card: &str,
+) -> anyhow::Result<PaymentMethod> {
+    let base = crate::client::simulator_url("payment-gateway", settings)?;
+    let http = reqwest::Client::new();
+    let request = match token {
+        Some(token) => http.get(format!("{base}/v1/tokens/{token}")),
+        None => http
+            .post(format!("{base}/v1/tokens"))
+            .json(&serde_json::json!({ "card_number": card })),
+    };
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("no payment gateway answers at {base}"))?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "the payment gateway refused the card: {}",
+        response.text().await.unwrap_or_default()
+    );
+    let card: CardToken = response.json().await?;
+    Ok(PaymentMethod {
+        token: card.token,
+        brand: card.brand,
+        last4: card.last4,
+    })
 }
 
 fn print(value: &impl serde::Serialize) -> anyhow::Result<()> {

@@ -20,7 +20,12 @@ fn up(data: &tempfile::TempDir) -> (Proc, String, Api) {
 #[tokio::test]
 async fn every_path_ends_right_and_a_poison_event_does_not_stop_the_saga() {
     let data = tempfile::tempdir().unwrap();
-    let (mut up, nats, api) = up(&data);
+    // Its log goes under the data dir, so the card search below reads it too.
+    let log = data.path().join("commerce.log");
+    let mut up = Proc::up_logging(&["--data-dir", data.path().to_str().unwrap()], &log);
+    let nats = up.line_starting("nats: ");
+    let nats = nats.split_whitespace().next().unwrap().to_string();
+    let api = Api::of(&up);
 
     // An undecodable event where the payment service listens: it goes to DLQ with a reason.
     let client = async_nats::connect(&nats).await.unwrap();
@@ -66,6 +71,12 @@ async fn every_path_ends_right_and_a_poison_event_does_not_stop_the_saga() {
         ]
     );
 
+    // Card numbers were exchanged for tokens at the edge and went nowhere else.
+    support::assert_no_card_number(&js, data.path(), &api, &[CARD, scenario::DECLINED]).await;
+    assert!(
+        std::fs::metadata(&log).unwrap().len() > 0,
+        "the log was written"
+    );
     up.stop();
 }
 
@@ -462,4 +473,56 @@ async fn a_recovered_service_does_not_retry_what_it_dead_lettered() {
         .collect();
     assert_eq!(charged, [fine.as_str()], "{ledger}");
     second.stop();
+}
+
+#[tokio::test]
+async fn a_card_form_token_pays_and_a_bad_payment_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut up, _, api) = up(&data);
+    // What a card form does in the browser: the card goes to the payment gateway only.
+    let card: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/v1/tokens", api.payment_gateway))
+        .json(&json!({ "card_number": CARD }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (card["brand"].as_str(), card["last4"].as_str()),
+        (Some("visa"), Some("4242"))
+    );
+    let token = card["token"].as_str().unwrap();
+    assert!(
+        token.starts_with("tok_") && !token.contains(CARD),
+        "{token}"
+    );
+
+    let mut paid_by_token = order("tina", "SKU-MUG", 1, CARD, ADDRESS);
+    paid_by_token["payment_token"] = json!(token);
+    paid_by_token.as_object_mut().unwrap().remove("card_number");
+    let id = api.place_ok(&paid_by_token).await;
+    let row = api.wait_status(&id, &["CONFIRMED", "COMPLETED"]).await;
+    assert_eq!(row["payment_status"], "APPROVED", "{row}");
+
+    let mut unknown = paid_by_token.clone();
+    unknown["payment_token"] = json!("tok_nobody");
+    let mut both = paid_by_token.clone();
+    both["card_number"] = json!(CARD);
+    let mut neither = paid_by_token.clone();
+    neither.as_object_mut().unwrap().remove("payment_token");
+    for (body, needle) in [
+        (unknown, "unknown payment_token"),
+        (both, "exactly one"),
+        (neither, "exactly one"),
+    ] {
+        let (status, answer) = api.place(&body, None).await;
+        assert_eq!(status, 422, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(needle),
+            "{answer}"
+        );
+    }
+    up.stop();
 }

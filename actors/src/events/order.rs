@@ -13,8 +13,14 @@ pub enum OrderEvent {
         customer: String,
         lines: Vec<Line>,
         total_cents: u64,
-        /// The simulator's card token (a test card number); a real system would tokenize first.
+        /// The payment gateway's token for the card (never the card number). Events written
+        /// before tokenization hold the test card number here; the gateway still accepts it.
         payment_token: String,
+        /// What may be shown of the card (absent in events written before tokenization).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        card_brand: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        card_last4: Option<String>,
         shipping_address: String,
         placed_at: DateTime<Utc>,
         /// Identifies the request, so a replay with the same Idempotency-Key but another body

@@ -9,13 +9,28 @@ use serde::{Deserialize, Serialize};
 use super::{CallError, Client, ClientError};
 use crate::resilience::Guard;
 
+/// `POST /v1/tokens`: exchange a card number for a token (the only call that carries one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRequest {
+    pub card_number: String,
+}
+
+/// A card in the gateway's vault: `POST /v1/tokens` and `GET /v1/tokens/{token}` answer it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardToken {
+    pub token: String,
+    pub brand: String,
+    pub last4: String,
+}
+
 /// `POST /v1/authorizations`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthorizeRequest {
     pub idempotency_key: String,
     pub order_id: String,
     pub amount_cents: u64,
-    pub card_number: String,
+    /// A token from `POST /v1/tokens`.
+    pub payment_token: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +83,21 @@ impl GatewayClient {
         })
     }
 
+    /// Exchange a card number for a token. The same card gets the same token (so a client's
+    /// retry with the same Idempotency-Key is the same order).
+    pub async fn tokenize(&self, card_number: &str) -> Result<CardToken, CallError> {
+        let request = TokenRequest {
+            card_number: card_number.to_string(),
+        };
+        self.client.post("/v1/tokens", &request).await
+    }
+
+    /// The card behind a token a client brought (a 404 if the gateway does not know it).
+    pub async fn card(&self, token: &str) -> Result<CardToken, CallError> {
+        let path = format!("/v1/tokens/{}", percent_path(token));
+        self.client.get(&path, &[]).await
+    }
+
     /// Authorize `amount_cents` on the card, idempotent by the order: a second call answers
     /// with the first authorization.
     pub async fn authorize(
@@ -80,7 +110,7 @@ impl GatewayClient {
             idempotency_key: format!("authorize:{order_id}"),
             order_id: order_id.to_string(),
             amount_cents,
-            card_number: payment_token.to_string(),
+            payment_token: payment_token.to_string(),
         };
         let reply: AuthorizationReply = self.client.post("/v1/authorizations", &request).await?;
         Ok(match reply.decline_reason {
@@ -107,4 +137,17 @@ impl GatewayClient {
         };
         self.client.post("/v1/refunds", &request).await
     }
+}
+
+/// `token` as one path segment: anything but unreserved characters is percent-encoded.
+fn percent_path(token: &str) -> String {
+    token
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }

@@ -24,11 +24,13 @@ use serde::Serialize;
 use serde_json::json;
 
 use self::composed::FanOut;
-use crate::catalog::{OrderRequest, PRODUCTS};
+use crate::catalog::{card_digits, OrderForm, PaymentMethod, PRODUCTS};
 use crate::contract::{
     Cancel, CancelOutcome, Get, IdempotencyKey, InventoryService, Place, PlaceRequest, ReadOrder,
     Status, StoreService,
 };
+use crate::external::payment_gateway::GatewayClient;
+use crate::external::CallError;
 use crate::http::{cannot_listen, spawn_server};
 use crate::resilience::Ops;
 use crate::rpc::{call, Component, DomainError};
@@ -40,14 +42,20 @@ pub const MAX_BODY: usize = 16 * 1024;
 pub fn start(
     addr: &str,
     client: async_nats::Client,
+    payment_gateway_url: &str,
     ops: &Ops,
 ) -> std::io::Result<(SocketAddr, ServerHandle)> {
     let client = web::Data::new(client);
     let fan_out = web::Data::new(FanOut::new(ops));
+    // Card numbers are exchanged for tokens here, at the edge, and go no further.
+    let vault = GatewayClient::new(payment_gateway_url, ops.guard("payment-gateway-vault"))
+        .map_err(std::io::Error::other)?;
+    let vault = web::Data::new(vault);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(client.clone())
             .app_data(fan_out.clone())
+            .app_data(vault.clone())
             .app_data(
                 web::JsonConfig::default()
                     .limit(MAX_BODY)
@@ -128,11 +136,43 @@ fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
     InternalError::from_response(err, response).into()
 }
 
-/// Validation is the order service's: the gateway forwards the request as it came.
+/// The order's payment: the token a client brought, or a token for the card number it sent.
+async fn payment_method(
+    vault: &GatewayClient,
+    form: &mut OrderForm,
+) -> Result<PaymentMethod, DomainError> {
+    let card = match (form.payment_token.take(), form.card_number.take()) {
+        (Some(token), None) => vault.card(token.trim()).await,
+        (None, Some(card_number)) => vault.tokenize(&card_digits(&card_number)?).await,
+        _ => {
+            return Err(DomainError::rejected(
+                "give exactly one of payment_token and card_number",
+            ))
+        }
+    };
+    match card {
+        Ok(card) => Ok(PaymentMethod {
+            token: card.token,
+            brand: card.brand,
+            last4: card.last4,
+        }),
+        Err(CallError::Refused { status: 404, .. }) => {
+            Err(DomainError::rejected("unknown payment_token"))
+        }
+        // The gateway's own words about a card it refused name no card number.
+        Err(CallError::Refused { message, .. }) => Err(DomainError::rejected(message)),
+        Err(CallError::Unavailable(_)) => Err(DomainError::unavailable(
+            "the payment gateway cannot take the card now; retry",
+        )),
+    }
+}
+
+/// Validation is the order service's; the gateway only exchanges a card number for a token.
 async fn place_order(
     client: web::Data<async_nats::Client>,
+    vault: web::Data<GatewayClient>,
     req: HttpRequest,
-    body: web::Json<OrderRequest>,
+    body: web::Json<OrderForm>,
 ) -> HttpResponse {
     let idempotency_key = match req.headers().get("Idempotency-Key") {
         None => None,
@@ -150,9 +190,14 @@ async fn place_order(
             }
         },
     };
+    let mut form = body.into_inner();
+    let payment = match payment_method(&vault, &mut form).await {
+        Ok(payment) => payment,
+        Err(e) => return failed(e),
+    };
     let request = PlaceRequest {
         idempotency_key,
-        order: body.into_inner(),
+        order: form.paid_with(payment),
     };
     match call::<Place>(&client, Component::Order, &request).await {
         Ok(placed) => {

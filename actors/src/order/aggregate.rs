@@ -64,7 +64,7 @@ pub enum OrderCommand {
     /// Place the order `order_id`; `fingerprint` identifies the request (Idempotency-Key reuse).
     Place {
         order_id: String,
-        order: PlaceOrder,
+        order: Box<PlaceOrder>,
         fingerprint: String,
         placed_at: DateTime<Utc>,
     },
@@ -187,7 +187,9 @@ impl Order {
             customer: order.customer.clone(),
             lines: order.lines.clone(),
             total_cents: order.total_cents,
-            payment_token: order.card_number.clone(),
+            payment_token: order.payment.token.clone(),
+            card_brand: Some(order.payment.brand.clone()),
+            card_last4: Some(order.payment.last4.clone()),
             shipping_address: order.shipping_address.clone(),
             placed_at: now,
             request_fingerprint: fingerprint.to_string(),

@@ -142,7 +142,7 @@ fn place(request: PlaceRequest) -> Result<Command<Order>, DomainError> {
         aggregate_id: order_id.clone(),
         command: OrderCommand::Place {
             order_id,
-            order,
+            order: Box::new(order),
             fingerprint,
             placed_at: Utc::now(),
         },

@@ -1,7 +1,7 @@
 use chrono::Utc;
 
 use super::aggregate::{Order, OrderCommand, OrderStatus};
-use crate::catalog::PlaceOrder;
+use crate::catalog::{PaymentMethod, PlaceOrder};
 use crate::engine::testing::{given, lines, now, When};
 use crate::events::OrderEvent;
 use crate::events::{Inbound, PaymentEvent, ShipmentEvent, StoreEvent};
@@ -13,7 +13,9 @@ fn placed() -> OrderEvent {
         customer: "alice".into(),
         lines: lines(&[("SKU-MUG", 2)]),
         total_cents: 200,
-        payment_token: "4242424242424242".into(),
+        payment_token: "tok_1".into(),
+        card_brand: Some("visa".into()),
+        card_last4: Some("4242".into()),
         shipping_address: "1 Main St".into(),
         placed_at: Utc::now(),
         request_fingerprint: "f1".into(),
@@ -41,7 +43,11 @@ fn request() -> PlaceOrder {
         customer: "alice".into(),
         lines: lines(&[("SKU-MUG", 2)]),
         total_cents: 200,
-        card_number: "4242424242424242".into(),
+        payment: PaymentMethod {
+            token: "tok_1".into(),
+            brand: "visa".into(),
+            last4: "4242".into(),
+        },
         shipping_address: "1 Main St".into(),
     }
 }
@@ -50,7 +56,7 @@ fn request() -> PlaceOrder {
 fn place(fingerprint: &str) -> OrderCommand {
     OrderCommand::Place {
         order_id: "o1".into(),
-        order: request(),
+        order: Box::new(request()),
         fingerprint: fingerprint.into(),
         placed_at: now(),
     }
@@ -70,7 +76,9 @@ fn given_nothing_when_placed_then_created_and_pending() {
         customer: "alice".into(),
         lines: lines(&[("SKU-MUG", 2)]),
         total_cents: 200,
-        payment_token: "4242424242424242".into(),
+        payment_token: "tok_1".into(),
+        card_brand: Some("visa".into()),
+        card_last4: Some("4242".into()),
         shipping_address: "1 Main St".into(),
         placed_at: now(),
         request_fingerprint: "f1".into(),

@@ -17,6 +17,8 @@ fn created_at(placed_at: DateTime<Utc>) -> Inbound {
         lines: lines(&[("SKU-MUG", 2)]),
         total_cents: 200,
         payment_token: "4242".into(),
+        card_brand: Some("visa".into()),
+        card_last4: Some("4242".into()),
         shipping_address: "1 Main St".into(),
         placed_at,
         request_fingerprint: "f".into(),

@@ -30,6 +30,8 @@ fn saga() -> Vec<Envelope> {
                 lines: lines.clone(),
                 total_cents: 1250,
                 payment_token: "4242".into(),
+                card_brand: Some("visa".into()),
+                card_last4: Some("4242".into()),
                 shipping_address: "x".into(),
                 placed_at: Utc::now(),
                 request_fingerprint: "f".into(),

@@ -1,6 +1,8 @@
-//! The payment gateway simulator: authorizations and refunds, each idempotent by its key, kept
-//! in a ledger (`GET /v1/ledger`) so a double charge or a missing refund is visible.
-//! Card [`DECLINED_CARD`](crate::catalog::DECLINED_CARD) is always declined.
+//! The payment gateway simulator: a card vault (`POST /v1/tokens`, `GET /v1/tokens/{token}`),
+//! and authorizations and refunds, each idempotent by its key, kept in a ledger
+//! (`GET /v1/ledger`) so a double charge or a missing refund is visible.
+//! Card [`DECLINED_CARD`](crate::catalog::DECLINED_CARD) tokenizes, then is always declined.
+//! Faults apply to authorizations and refunds; the vault (a card form's tokenization) stays up.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,9 +13,9 @@ use serde_json::json;
 
 use super::faults::FaultState;
 use super::lock;
-use crate::catalog::DECLINED_CARD;
+use crate::catalog::{card_digits, DECLINED_CARD};
 use crate::external::payment_gateway::{
-    AuthorizationReply, AuthorizeRequest, RefundReply, RefundRequest,
+    AuthorizationReply, AuthorizeRequest, CardToken, RefundReply, RefundRequest, TokenRequest,
 };
 
 /// Everything the gateway ever did.
@@ -28,22 +30,73 @@ pub struct PaymentLedger {
 
 #[derive(Default)]
 struct Books {
+    /// token → card number: the only place card numbers are kept.
+    vault: HashMap<String, String>,
     ledger: PaymentLedger,
     authorization_by_key: HashMap<String, usize>,
     refund_by_key: HashMap<String, usize>,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PaymentGateway {
     books: Arc<Mutex<Books>>,
+    /// Tokens are derived from the card under this run's secret: the same card, the same token.
+    secret: uuid::Uuid,
     pub faults: FaultState,
+}
+
+impl Default for PaymentGateway {
+    fn default() -> Self {
+        PaymentGateway {
+            books: Arc::default(),
+            secret: uuid::Uuid::now_v7(),
+            faults: FaultState::default(),
+        }
+    }
 }
 
 impl PaymentGateway {
     pub fn routes(cfg: &mut web::ServiceConfig) {
-        cfg.route("/v1/authorizations", web::post().to(authorize))
+        cfg.route("/v1/tokens", web::post().to(tokenize))
+            .route("/v1/tokens/{token}", web::get().to(card))
+            .route("/v1/authorizations", web::post().to(authorize))
             .route("/v1/refunds", web::post().to(refund))
             .route("/v1/ledger", web::get().to(ledger));
+    }
+}
+
+async fn tokenize(gw: web::Data<PaymentGateway>, req: web::Json<TokenRequest>) -> HttpResponse {
+    let digits = match card_digits(&req.card_number) {
+        Ok(digits) => digits,
+        Err(e) => return HttpResponse::UnprocessableEntity().json(json!({ "error": e.message() })),
+    };
+    let token = format!(
+        "tok_{}",
+        uuid::Uuid::new_v5(&gw.secret, digits.as_bytes()).simple()
+    );
+    let answer = card_token(&token, &digits);
+    lock(&gw.books).vault.insert(token, digits);
+    HttpResponse::Ok().json(answer)
+}
+
+async fn card(gw: web::Data<PaymentGateway>, token: web::Path<String>) -> HttpResponse {
+    match lock(&gw.books).vault.get(token.as_str()) {
+        Some(digits) => HttpResponse::Ok().json(card_token(&token, digits)),
+        None => HttpResponse::NotFound().json(json!({ "error": "unknown payment token" })),
+    }
+}
+
+fn card_token(token: &str, digits: &str) -> CardToken {
+    let brand = match digits.as_bytes() {
+        [b'4', ..] => "visa",
+        [b'5', b'1'..=b'5', ..] => "mastercard",
+        [b'3', b'4' | b'7', ..] => "amex",
+        _ => "card",
+    };
+    CardToken {
+        token: token.to_string(),
+        brand: brand.into(),
+        last4: digits[digits.len().saturating_sub(4)..].to_string(),
     }
 }
 
@@ -59,14 +112,24 @@ async fn authorize(
     if let Some(&i) = books.authorization_by_key.get(&req.idempotency_key) {
         return HttpResponse::Ok().json(&books.ledger.authorizations[i]);
     }
-    let declined = req.card_number == DECLINED_CARD;
+    // A token from the vault; events written before tokenization carry the test card itself.
+    let card = match books.vault.get(&req.payment_token) {
+        Some(digits) => Some(digits.clone()),
+        None => card_digits(&req.payment_token).ok(),
+    };
+    let decline_reason = match card.as_deref() {
+        None => Some("unknown payment token"),
+        Some(DECLINED_CARD) => Some("card declined"),
+        Some(_) => None,
+    };
+    let declined = decline_reason.is_some();
     let reply = AuthorizationReply {
         id: format!("auth_{}", uuid::Uuid::now_v7().simple()),
         idempotency_key: req.idempotency_key.clone(),
         order_id: req.order_id,
         amount_cents: req.amount_cents,
         status: if declined { "declined" } else { "approved" }.into(),
-        decline_reason: declined.then(|| "card declined".to_string()),
+        decline_reason: decline_reason.map(str::to_string),
     };
     let i = books.ledger.authorizations.len();
     books.ledger.authorizations.push(reply.clone());

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use actors::catalog::{LineRequest, OrderRequest};
+use actors::catalog::{LineRequest, OrderForm};
 use actors::contract::{OrderView, ReadOrder, Rebuild, Slow, SlowRequest, Status};
 use actors::rpc::call;
 use actors::Component;
@@ -26,13 +26,14 @@ pub async fn run(orders: usize, requests: usize, mut settings: Settings) -> anyh
     let mut ids = Vec::with_capacity(orders);
     for chunk in (0..orders).collect::<Vec<_>>().chunks(50) {
         let sends = chunk.iter().map(|i| {
-            let order = OrderRequest {
+            let order = OrderForm {
                 customer: format!("reads-{i}"),
                 lines: vec![LineRequest {
                     sku: "SKU-MUG".into(),
                     quantity: 1,
                 }],
-                card_number: "4242424242424242".into(),
+                card_number: Some("4242424242424242".into()),
+                payment_token: None,
                 shipping_address: "1 Bench Street".into(),
             };
             web.post(format!("{http}/orders")).json(&order).send()

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actors::catalog::{LineRequest, OrderRequest};
+use actors::catalog::{LineRequest, OrderForm};
 use actors::contract::OrderView;
 use actors::{Settings, System};
 use anyhow::Context;
@@ -130,13 +130,14 @@ async fn offer(
             let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
             tokio::time::sleep_until(due.into()).await;
         }
-        let order = OrderRequest {
+        let order = OrderForm {
             customer: format!("bench-{round}-{i}"),
             lines: vec![LineRequest {
                 sku: skus[i % skus.len()].into(),
                 quantity: 1,
             }],
-            card_number: "4242424242424242".into(),
+            card_number: Some("4242424242424242".into()),
+            payment_token: None,
             shipping_address: "1 Bench Street [hold]".into(),
         };
         let request = web.post(format!("{http}/orders")).json(&order);

@@ -59,6 +59,16 @@ impl Proc {
         Proc::spawn(cmd)
     }
 
+    /// `commerce up <args>` logging at `info` into `log` (stderr).
+    pub fn up_logging(args: &[&str], log: &std::path::Path) -> Proc {
+        let mut cmd = commerce();
+        cmd.arg("up")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(log).expect("log file"));
+        Proc::spawn(cmd)
+    }
+
     /// The rest of the next stdout line that starts with `prefix` (after trimming).
     pub fn line_starting(&self, prefix: &str) -> String {
         let deadline = Instant::now() + WAIT;
@@ -126,6 +136,8 @@ pub struct Api {
     pub base: String,
     pub payment_gateway: String,
     pub carrier: String,
+    /// Every body the HTTP gateway answered, as sent.
+    pub answers: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Api {
@@ -135,6 +147,7 @@ impl Api {
             base: base.to_string(),
             payment_gateway: payment_gateway.to_string(),
             carrier: carrier.to_string(),
+            answers: Default::default(),
         }
     }
 
@@ -147,9 +160,13 @@ impl Api {
         Api::new(&http, &payment_gateway, &carrier)
     }
 
-    async fn read(response: reqwest::Response) -> (u16, Value) {
+    async fn read(&self, response: reqwest::Response) -> (u16, Value) {
         let status = response.status().as_u16();
+        let from_gateway = response.url().as_str().starts_with(&self.base);
         let text = response.text().await.expect("body");
+        if from_gateway {
+            self.answers.lock().unwrap().push(text.clone());
+        }
         let body = serde_json::from_str(&text)
             .unwrap_or_else(|_| panic!("status {status}: body is not JSON: {text:?}"));
         (status, body)
@@ -160,7 +177,7 @@ impl Api {
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
         }
-        Self::read(request.send().await.expect("POST /orders")).await
+        self.read(request.send().await.expect("POST /orders")).await
     }
 
     /// Place an order that must be accepted; returns its id.
@@ -180,7 +197,7 @@ impl Api {
         if let Some((content_type, bytes)) = body {
             request = request.header("content-type", content_type).body(bytes);
         }
-        Self::read(request.send().await.expect("request")).await
+        self.read(request.send().await.expect("request")).await
     }
 
     pub async fn get(&self, id: &str) -> (u16, Value) {
@@ -234,7 +251,7 @@ impl Api {
             .send()
             .await
             .expect("ledger");
-        Self::read(response).await.1
+        self.read(response).await.1
     }
 
     pub async fn set_faults(&self, base: &str, faults: Value) {
@@ -346,4 +363,67 @@ pub fn assert_no_double_apply(rows: &std::collections::BTreeMap<String, Value>) 
             "order {id} has an event twice: {row}"
         );
     }
+}
+
+/// No card number is anywhere: not in any stream message, any file under `data` (databases,
+/// the broker's store, logs), nor any answer of the HTTP gateway.
+pub async fn assert_no_card_number(
+    js: &async_nats::jetstream::Context,
+    data: &std::path::Path,
+    api: &Api,
+    cards: &[&str],
+) {
+    let mut places = 0;
+    let mut found = Vec::new();
+    let mut search = |place: String, bytes: &[u8]| {
+        places += 1;
+        for card in cards {
+            if bytes.windows(card.len()).any(|w| w == card.as_bytes()) {
+                found.push(format!("{card} in {place}"));
+            }
+        }
+    };
+    for stream in [
+        "ORDERS",
+        "PAYMENTS",
+        "INVENTORY",
+        "STORES",
+        "SHIPMENTS",
+        "RECOMMENDATIONS",
+        "DLQ",
+        "OPS",
+    ] {
+        let mut handle = js.get_stream(stream).await.expect("stream");
+        let state = handle.info().await.expect("stream info").state.clone();
+        for sequence in state.first_sequence..=state.last_sequence {
+            if let Ok(message) = handle.get_raw_message(sequence).await {
+                let headers = format!("{:?}", message.headers);
+                search(format!("{stream} #{sequence}"), &message.payload);
+                search(format!("{stream} #{sequence} headers"), headers.as_bytes());
+            }
+        }
+    }
+    for file in walk(data) {
+        if let Ok(bytes) = std::fs::read(&file) {
+            search(file.display().to_string(), &bytes);
+        }
+    }
+    for (i, answer) in api.answers.lock().unwrap().iter().enumerate() {
+        search(format!("HTTP answer {i}"), answer.as_bytes());
+    }
+    assert!(places > 100, "searched {places} places");
+    assert!(found.is_empty(), "card numbers found: {found:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
