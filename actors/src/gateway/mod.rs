@@ -128,9 +128,10 @@ fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Content-Type must be application/json",
         ),
+        // The parser quotes what it could not read, which may be a card number.
         other => error(
             StatusCode::BAD_REQUEST,
-            &format!("invalid JSON body: {other}"),
+            &redact_card_numbers(&format!("invalid JSON body: {other}")),
         ),
     };
     InternalError::from_response(err, response).into()
@@ -165,6 +166,40 @@ async fn payment_method(
             "the payment gateway cannot take the card now; retry",
         )),
     }
+}
+
+/// `text` with every run of 12 or more digits (spaces and dashes between them included)
+/// replaced, so no card number is echoed back.
+fn redact_card_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let mut digits = 0;
+    let flush = |run: &mut String, digits: &mut usize, out: &mut String| {
+        if *digits >= 12 {
+            out.push_str("[redacted]");
+            // Keep a trailing separator that was not part of the number.
+            if run.ends_with([' ', '-']) {
+                out.push(' ');
+            }
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+        *digits = 0;
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            run.push(c);
+            digits += 1;
+        } else if (c == ' ' || c == '-') && digits > 0 {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut digits, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut digits, &mut out);
+    out
 }
 
 /// Validation is the order service's; the gateway only exchanges a card number for a token.
@@ -317,5 +352,23 @@ async fn health(client: web::Data<async_nats::Client>) -> HttpResponse {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_card_numbers;
+
+    #[test]
+    fn card_numbers_are_not_echoed_in_errors() {
+        assert_eq!(
+            redact_card_numbers("invalid type: integer `4242424242424242`, expected a string"),
+            "invalid type: integer `[redacted]`, expected a string"
+        );
+        assert_eq!(
+            redact_card_numbers("got 4242 4242-4242 4242 at line 1 column 20"),
+            "got [redacted] at line 1 column 20"
+        );
+        assert_eq!(redact_card_numbers("line 1 column 20"), "line 1 column 20");
     }
 }
