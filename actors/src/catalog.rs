@@ -240,10 +240,15 @@ impl PlaceOrder {
                 }),
             }
         }
+        // Bounded by the catalog's prices, MAX_QUANTITY and MAX_LINES; checked all the same.
         let total_cents = lines
             .iter()
-            .map(|l| l.unit_price_cents * u64::from(l.quantity))
-            .sum();
+            .try_fold(0u64, |total, l| {
+                l.unit_price_cents
+                    .checked_mul(u64::from(l.quantity))
+                    .and_then(|line| total.checked_add(line))
+            })
+            .ok_or_else(|| DomainError::rejected("the order's total is too large"))?;
         Ok(PlaceOrder {
             customer,
             lines,

@@ -11,9 +11,18 @@ pub fn url_file(data_dir: &Path) -> PathBuf {
     data_dir.join("nats.url")
 }
 
+/// The data dir, created if needed and readable by its owner only (databases, the broker's
+/// store and logs of orders live under it).
+fn private_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make data dir {} private (0700)", dir.display()))
+}
+
 pub async fn up(settings: Settings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+    private_data_dir(&settings.data_dir)?;
     let data_dir = settings.data_dir.clone();
     // Listen before starting anything: a signal during start-up must not orphan nats-server.
     let mut stop = StopSignals::new()?;
@@ -58,8 +67,7 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
 }
 
 pub async fn run(component: Component, mut settings: Settings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+    private_data_dir(&settings.data_dir)?;
     if settings.nats_url.is_none() {
         let file = url_file(&settings.data_dir);
         let url = std::fs::read_to_string(&file).with_context(|| {

@@ -25,6 +25,11 @@ fn up_provisions_the_streams_and_ctrl_c_stops_everything() {
         "{url} should avoid the taken port"
     );
     child.line_starting("Press Ctrl-C");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "the data dir is private: {mode:o}");
+    }
 
     let status = commerce()
         .args(["status", "--data-dir", data_dir])

@@ -20,6 +20,11 @@ use crate::BusError;
 pub const SPEC_VERSION: &str = "1.0";
 pub const JSON: &str = "application/json";
 pub const TRACEPARENT: &str = "traceparent";
+/// The largest event body admitted to an outbox: far above any event of the saga, far below the
+/// broker's 1 MiB message limit, so a row that reaches the outbox can always be published.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// The longest subject token (an order id) admitted.
+pub const MAX_TOKEN_BYTES: usize = 128;
 
 /// The services that own a stream; each publishes only under its own subject prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -223,6 +228,13 @@ impl Envelope {
     /// [`Envelope::to_outbox_message`] for a caller that already has this envelope's
     /// [`Envelope::to_json`] (e.g. to store it too), so the event is serialized once.
     pub fn to_outbox_message_from_json(&self, json: String) -> Result<OutboxMessage, BusError> {
+        if json.len() > MAX_EVENT_BYTES {
+            return Err(BusError::Invalid(format!(
+                "a {} event of {} bytes is over the {MAX_EVENT_BYTES}-byte limit",
+                self.event_type,
+                json.len()
+            )));
+        }
         Ok(OutboxMessage {
             event_id: self.id,
             subject: self.nats_subject()?,
@@ -234,12 +246,13 @@ impl Envelope {
 
 fn validate_token(what: &str, token: &str) -> Result<(), BusError> {
     let bad = token.is_empty()
+        || token.len() > MAX_TOKEN_BYTES
         || token
             .chars()
             .any(|c| c == '.' || c == '*' || c == '>' || c.is_whitespace() || c.is_control());
     if bad {
         return Err(BusError::Invalid(format!(
-            "{what} {token:?} is not a single NATS subject token"
+            "{what} {token:?} is not a single NATS subject token of at most {MAX_TOKEN_BYTES} bytes"
         )));
     }
     Ok(())
@@ -282,6 +295,19 @@ mod rfc3339 {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn oversized_subjects_and_events_are_refused_before_the_outbox() {
+        let long = "x".repeat(MAX_TOKEN_BYTES + 1);
+        assert!(Envelope::new(Domain::Orders, "OrderCreated", &long, json!({})).is_err());
+        let order = "0193a000-0000-7000-8000-000000000001";
+        let big = json!({ "blob": "y".repeat(MAX_EVENT_BYTES) });
+        let e = Envelope::new(Domain::Orders, "OrderCreated", order, big).unwrap();
+        let err = e.to_outbox_message().unwrap_err();
+        assert!(err.to_string().contains("byte limit"), "{err}");
+        let small = Envelope::new(Domain::Orders, "OrderCreated", order, json!({})).unwrap();
+        assert!(small.to_outbox_message().is_ok());
+    }
 
     #[test]
     fn an_event_is_believed_only_on_its_own_subject() {
