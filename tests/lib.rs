@@ -24,7 +24,9 @@ impl TestBroker {
         let server = NatsServer::start(ServerConfig::new(dir.path().join("nats")))
             .await
             .expect("nats-server starts (run scripts/install-nats-server)");
-        let client = bus::connect(&server.url()).await.expect("connect");
+        let client = bus::connect(&server.url(), "test", None)
+            .await
+            .expect("connect");
         let js = async_nats::jetstream::new(client.clone());
         bus::provision(&js, &bus::StreamSettings::default())
             .await

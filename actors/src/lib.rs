@@ -8,7 +8,7 @@
 //! - [`catalog`]: the seeded catalog, order validation, and the deterministic test triggers.
 //! - [`events`]: the saga's contract: every service's events, and the choreography.
 //! - [`resilience`]: bulkhead and circuit breaker guarding every external and fan-out call.
-//! - [`settings`], [`runtime`]: layered, validated settings; the broker and its streams.
+//! - [`settings`]: layered, validated settings.
 //! - [`external`]: the external systems' wire types and clients (payment gateway, carrier),
 //!   over HTTP, with failures split into "retry later" and "refused". Services and simulators
 //!   both depend on it, never on each other.
@@ -19,12 +19,15 @@
 //!   services, each with its `aggregate` (decide and apply) and its `Service`.
 //! - [`projection`]: the CQRS read model (`order_read_model`), rebuilt by replay on demand.
 //! - [`contract`]: every component's endpoints in one table.
+//! - [`access`]: the broker identities and what each may publish and subscribe to.
+//! - [`runtime`]: the broker (embedded or not), its credentials, and the streams.
 //! - [`http`], [`simulators`]: running an actix-web server; the simulated external systems.
 //! - [`gateway`]: the HTTP API (actix-web): typed calls to the components, the only place
 //!   that knows HTTP status codes.
 //! - [`system`]: starting everything in one process, or one component per process.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod catalog;
 pub mod codec;
 pub mod contract;

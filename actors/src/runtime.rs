@@ -1,10 +1,11 @@
-//! Bringing the system up and down: the broker, the streams, and (as they land) the services.
+//! Bringing the system up and down: the broker, who may connect to it, and the streams.
 
 use bus::server::{port_is_free, NatsServer, ServerConfig};
 use bus::streams::Provisioned;
-use bus::BusError;
+use bus::{BusError, Login};
 
-use crate::Settings;
+use crate::access::{BusUser, Keyring};
+use crate::{Component, Settings};
 
 /// Where the broker comes from.
 pub enum Broker {
@@ -23,68 +24,124 @@ impl Broker {
     }
 }
 
-/// The running system.
+/// The running system's broker side.
 pub struct Runtime {
     pub settings: Settings,
     pub broker: Broker,
-    pub client: async_nats::Client,
-    pub js: async_nats::jetstream::Context,
+    /// The credentials of every identity this process connects as.
+    pub keyring: Keyring,
+    /// The operator's connection, where this process is the operator (`commerce up`, or `run`
+    /// on a broker that lets anyone in): it provisions the streams.
+    pub operator: Option<async_nats::Client>,
     /// What provisioning did to each stream at start.
     pub streams: Vec<(&'static str, Provisioned)>,
 }
 
 impl Runtime {
-    /// Start (or reach) the broker and provision every stream.
+    /// `commerce up`: start (or reach) the broker, as the operator, and provision every stream.
+    /// The embedded broker (with `auth` on) admits only the identities of
+    /// [`Keyring::prepare`].
     pub async fn start(settings: Settings) -> Result<Runtime, BusError> {
-        let broker = match &settings.nats_url {
-            Some(url) => Broker::External(url.clone()),
-            None => {
-                let dir = settings.data_dir.join("nats");
-                let mut config = ServerConfig::new(&dir);
-                config.sync_always = settings.nats_sync_always;
-                let preferred = settings.nats_port;
-                if preferred != 0 && port_is_free(preferred) {
-                    config.port = Some(preferred);
-                    match NatsServer::start(config.clone()).await {
-                        Ok(server) => Broker::Embedded(server),
-                        // Taken between the check and the bind (another `up` starting).
-                        Err(e) => {
-                            tracing::info!(port = preferred, error = %e,
-                                "port lost; the embedded nats-server picks a free one");
-                            config.port = None;
-                            Broker::Embedded(NatsServer::start(config).await?)
-                        }
-                    }
-                } else {
-                    if preferred != 0 {
-                        tracing::info!(
-                            port = preferred,
-                            "port taken; the embedded nats-server picks a free one"
-                        );
-                    }
-                    Broker::Embedded(NatsServer::start(config).await?)
-                }
+        let (broker, keyring) = match &settings.nats_url {
+            Some(url) => {
+                let users: Vec<BusUser> = BusUser::all().collect();
+                let keyring = Keyring::load(&settings, &users)?;
+                (Broker::External(url.clone()), keyring)
             }
+            None if settings.auth => {
+                let (keyring, authorization) = Keyring::prepare(&settings.data_dir)?;
+                let operator = keyring.get(BusUser::Operator).cloned();
+                let access = operator.map(|credentials| (authorization, credentials));
+                (embedded(&settings, access).await?, keyring)
+            }
+            None => (embedded(&settings, None).await?, Keyring::default()),
         };
-        let client = bus::connect(&broker.url()).await?;
-        let js = async_nats::jetstream::new(client.clone());
-        let streams = bus::provision(&js, &settings.streams).await?;
-        Ok(Runtime {
+        let mut runtime = Runtime {
             settings,
             broker,
-            client,
-            js,
-            streams,
-        })
+            keyring,
+            operator: None,
+            streams: Vec::new(),
+        };
+        runtime.provision(BusUser::Operator).await?;
+        Ok(runtime)
+    }
+
+    /// `commerce run <component>`: reach the broker at `settings.nats_url` as `component`.
+    /// Streams are the operator's to provision; on a broker that lets anyone in (no
+    /// credentials), this process provisions them as before.
+    pub async fn join(settings: Settings, component: Component) -> Result<Runtime, BusError> {
+        let url = settings.nats_url.clone().unwrap_or_default();
+        let keyring = match component {
+            // The simulators stand for outside systems: they do not use the bus.
+            Component::Simulators => Keyring::default(),
+            c => Keyring::load(&settings, &[BusUser::Component(c)])?,
+        };
+        let open = keyring.get(BusUser::Component(component)).is_none();
+        let mut runtime = Runtime {
+            settings,
+            broker: Broker::External(url),
+            keyring,
+            operator: None,
+            streams: Vec::new(),
+        };
+        if open && component != Component::Simulators {
+            runtime.provision(BusUser::Component(component)).await?;
+        }
+        Ok(runtime)
+    }
+
+    /// How `user` reaches the broker.
+    pub fn login(&self, user: BusUser) -> Login {
+        self.keyring.login(&self.broker.url(), user)
+    }
+
+    async fn provision(&mut self, user: BusUser) -> Result<(), BusError> {
+        let client = self.login(user).connect().await?;
+        let js = async_nats::jetstream::new(client.clone());
+        self.streams = bus::provision(&js, &self.settings.streams).await?;
+        self.operator = Some(client);
+        Ok(())
     }
 
     /// Drain the connection, then stop the embedded broker cleanly (SIGTERM, wait).
     pub async fn shutdown(self) {
-        if let Err(e) = self.client.drain().await {
-            tracing::warn!(error = %e, "draining the NATS connection failed");
+        if let Some(client) = self.operator {
+            if let Err(e) = client.drain().await {
+                tracing::warn!(error = %e, "draining the NATS connection failed");
+            }
         }
         if let Broker::Embedded(mut server) = self.broker {
             server.stop().await;
         }
     }
+}
+
+/// Our own nats-server under `<data-dir>/nats`, on the preferred port if it is free.
+async fn embedded(
+    settings: &Settings,
+    authorization: Option<(String, bus::Credentials)>,
+) -> Result<Broker, BusError> {
+    let mut config = ServerConfig::new(settings.data_dir.join("nats"));
+    config.sync_always = settings.nats_sync_always;
+    config.authorization = authorization;
+    let preferred = settings.nats_port;
+    if preferred != 0 && port_is_free(preferred) {
+        config.port = Some(preferred);
+        match NatsServer::start(config.clone()).await {
+            Ok(server) => return Ok(Broker::Embedded(server)),
+            // Taken between the check and the bind (another `up` starting).
+            Err(e) => {
+                tracing::info!(port = preferred, error = %e,
+                    "port lost; the embedded nats-server picks a free one");
+                config.port = None;
+            }
+        }
+    } else if preferred != 0 {
+        tracing::info!(
+            port = preferred,
+            "port taken; the embedded nats-server picks a free one"
+        );
+    }
+    Ok(Broker::Embedded(NatsServer::start(config).await?))
 }

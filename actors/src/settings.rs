@@ -26,6 +26,12 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Use this NATS server instead of starting one.
     pub nats_url: Option<String>,
+    /// This process's broker credentials: an nkey seed file or a NATS `.creds` file (also:
+    /// `NATS_CREDS`). Default: its own file under `<data-dir>/credentials/`, if there is one.
+    pub nats_creds: Option<PathBuf>,
+    /// Authentication and permissions: on the embedded broker (one identity per component) and
+    /// on the HTTP API (customer and operator tokens). Off only to measure what they cost.
+    pub auth: bool,
     /// Port of the embedded nats-server; if taken, a free one is picked.
     pub nats_port: u16,
     /// Run the embedded nats-server with `sync_interval: always` (fsync every write).
@@ -69,6 +75,8 @@ impl Default for Settings {
         Settings {
             data_dir: PathBuf::from("data"),
             nats_url: None,
+            nats_creds: None,
+            auth: true,
             nats_port: 4222,
             nats_sync_always: false,
             http_addr: "127.0.0.1:8080".into(),
@@ -135,6 +143,8 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_creds: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<String>,
@@ -170,7 +180,7 @@ impl Settings {
         figment = figment
             // COMMERCE_CONFIG names the file (a flag's env fallback), not a setting.
             .merge(Env::prefixed("COMMERCE_").ignore(&["config"]).split("__"))
-            .merge(Env::raw().only(&["NATS_URL"]))
+            .merge(Env::raw().only(&["NATS_URL", "NATS_CREDS"]))
             .merge(Serialized::defaults(flags));
         let settings: Settings = figment
             .extract()

@@ -8,6 +8,9 @@ use actix_web::dev::ServerHandle;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use bus::Login;
+
+use crate::access::BusUser;
 use crate::engine::host::{self, RunningComponent};
 use crate::engine::EngineError;
 use crate::inventory::InventoryService;
@@ -49,10 +52,10 @@ pub struct Endpoints {
 async fn spawn_service(
     service: Component,
     settings: Settings,
-    nats_url: String,
+    login: Login,
     shutdown: CancellationToken,
 ) -> Result<RunningComponent, SystemError> {
-    let (s, u, t) = (settings, nats_url, shutdown);
+    let (s, u, t) = (settings, login, shutdown);
     Ok(match service {
         Component::Order => host::spawn::<OrderService>(s, u, t).await?,
         Component::Payment => host::spawn::<PaymentService>(s, u, t).await?,
@@ -92,7 +95,7 @@ impl System {
 
     /// One component, on a broker that someone else runs (`settings.nats_url`).
     pub async fn run(component: Component, settings: Settings) -> Result<System, SystemError> {
-        let mut system = System::new(Runtime::start(settings.clone()).await?);
+        let mut system = System::new(Runtime::join(settings.clone(), component).await?);
         match system.start(component, &settings).await {
             Ok(()) => Ok(system),
             Err(e) => {
@@ -136,14 +139,19 @@ impl System {
     ) -> Result<(), SystemError> {
         match component {
             Component::Gateway => {
+                let client = self
+                    .runtime
+                    .login(BusUser::Component(component))
+                    .connect()
+                    .await?;
                 let (ops, transitions) = crate::resilience::Ops::new(settings.resilience.clone());
                 actix_rt::spawn(crate::resilience::publish_transitions(
-                    self.runtime.js.clone(),
+                    async_nats::jetstream::new(client.clone()),
                     transitions,
                 ));
                 self.http = Some(gateway::start(
                     &settings.http_addr,
-                    self.runtime.client.clone(),
+                    client,
                     &settings.payment_gateway_url(),
                     &ops,
                 )?);
@@ -152,9 +160,10 @@ impl System {
                 self.simulators = Some(Simulators::start(&settings.simulators).await?);
             }
             component => {
-                let url = self.runtime.broker.url();
+                let login = self.runtime.login(BusUser::Component(component));
                 let running =
-                    spawn_service(component, settings.clone(), url, self.shutdown.clone()).await?;
+                    spawn_service(component, settings.clone(), login, self.shutdown.clone())
+                        .await?;
                 self.components.push(running);
             }
         }

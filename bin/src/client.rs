@@ -1,5 +1,6 @@
 //! How client commands (`status`, `order`, `projection`, `faults`, `bench`) reach the broker.
 
+use actors::access::{BusUser, Keyring};
 use actors::Settings;
 use anyhow::Context;
 
@@ -15,12 +16,26 @@ pub fn client_url(settings: &Settings) -> String {
     }
 }
 
+/// Connect as the operator: with `--nats-creds` (or `NATS_CREDS`), else the operator's
+/// credentials that `commerce up` keeps under the data dir.
 pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<async_nats::Client> {
     let url = client_url(settings);
-    tokio::time::timeout(std::time::Duration::from_secs(5), async_nats::connect(&url))
+    let keyring = Keyring::load(settings, &[BusUser::Operator])?;
+    let mut options = async_nats::ConnectOptions::new()
+        .name("commerce-cli")
+        .custom_inbox_prefix(bus::inbox_prefix(BusUser::Operator.name()));
+    if let Some(credentials) = keyring.get(BusUser::Operator) {
+        options = credentials.apply(options).await?;
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(5), options.connect(&url))
         .await
         .map_err(|_| anyhow::anyhow!("no NATS server answers at {url}; is `commerce up` running?"))?
-        .with_context(|| format!("cannot connect to {url}; is `commerce up` running?"))
+        .with_context(|| {
+            format!(
+                "cannot connect to {url} (is `commerce up` running? with another --data-dir, \
+                 give the operator's credentials: --nats-creds FILE or NATS_CREDS)"
+            )
+        })
 }
 
 /// A simulator's address: from the running `commerce up` (`endpoints.json`), else settings.

@@ -36,6 +36,10 @@ struct Cli {
     /// Use this NATS server instead of starting an embedded one (also: NATS_URL).
     #[arg(long = "nats", global = true, value_name = "URL")]
     nats_url: Option<String>,
+    /// Broker credentials of this process (an nkey seed or NATS .creds file; also NATS_CREDS).
+    /// Default: its own file under <data-dir>/credentials/, written by `commerce up`.
+    #[arg(long = "nats-creds", global = true, value_name = "FILE")]
+    nats_creds: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -118,6 +122,7 @@ fn main() -> anyhow::Result<()> {
     let flags = Overrides {
         data_dir: cli.data_dir.clone(),
         nats_url: cli.nats_url.clone(),
+        nats_creds: cli.nats_creds.clone(),
         nats_port,
         http_addr,
         rebuild: rebuild_flag,

@@ -3,6 +3,7 @@
 
 mod support;
 
+use actors::access::{BusUser, Keyring};
 use bus::server::{NatsServer, ServerConfig};
 use serde_json::json;
 use support::{commerce, order, scenario, wait_until, Api, Proc, ADDRESS, CARD};
@@ -39,7 +40,18 @@ fn sigkill<'a>(services: &'a mut [(&str, Proc)], name: &str) -> &'a mut Proc {
 #[tokio::test]
 async fn one_process_per_service_loses_nothing_when_one_is_killed() {
     let data = tempfile::tempdir().unwrap();
-    let server = NatsServer::start(ServerConfig::new(data.path().join("nats")))
+    // A broker that admits only the system's identities, as `commerce up` makes it; each
+    // `commerce run` finds its own credentials under the data dir.
+    let (keyring, authorization) = Keyring::prepare(data.path()).unwrap();
+    let mut config = ServerConfig::new(data.path().join("nats"));
+    config.authorization = Some((
+        authorization,
+        keyring.get(BusUser::Operator).unwrap().clone(),
+    ));
+    let server = NatsServer::start(config).await.unwrap();
+    let operator = support::operator(&server.url(), data.path()).await;
+    let js = async_nats::jetstream::new(operator);
+    bus::provision(&js, &bus::StreamSettings::default())
         .await
         .unwrap();
     let mut cluster = Cluster {
@@ -92,7 +104,7 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
     scenario::check(&api, &placed).await;
 
     // The live read model equals one rebuilt from the streams.
-    let client = async_nats::connect(&cluster.nats).await.unwrap();
+    let client = support::operator(&cluster.nats, cluster.data.path()).await;
     let js = async_nats::jetstream::new(client);
     let ids = placed.all();
     support::projection_caught_up(&js).await;
@@ -100,6 +112,11 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
     support::assert_no_double_apply(&live);
     let out = commerce()
         .args(["projection", "rebuild", "--nats", &cluster.nats])
+        // An operator elsewhere: credentials by environment.
+        .env(
+            "NATS_CREDS",
+            cluster.data.path().join("credentials/operator.nk"),
+        )
         .output()
         .unwrap();
     assert!(
@@ -142,6 +159,7 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
     }
     // Old sagas are intact: the held order is still cancelled, the completed still completed.
     scenario::check_final(&api, &placed).await;
+    support::assert_no_permission_violations(cluster.data.path());
 
     // The composed view asks all six services; healthy, every part is there.
     let done = &placed.completed[0];

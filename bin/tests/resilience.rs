@@ -23,11 +23,7 @@ fn up(data: &tempfile::TempDir) -> (Proc, String, Api) {
         .env("COMMERCE_MAX_DELIVER", "100")
         .args(["up", "--data-dir"])
         .arg(data.path());
-    let up = Proc::spawn(cmd);
-    let nats = up.line_starting("nats: ");
-    let nats = nats.split_whitespace().next().unwrap().to_string();
-    let api = Api::of(&up);
-    (up, nats, api)
+    support::started(Proc::spawn(cmd))
 }
 
 /// The next transition published on the subscription, as (from, to).
@@ -53,7 +49,7 @@ async fn gateway_calls(api: &Api) -> u64 {
 async fn an_outage_opens_the_breaker_no_call_passes_while_open_and_orders_complete_after() {
     let data = tempfile::tempdir().unwrap();
     let (mut up, nats, api) = up(&data);
-    let client = async_nats::connect(&nats).await.unwrap();
+    let client = support::operator(&nats, data.path()).await;
     let mut transitions = client
         .subscribe("ops.circuit.payment-gateway")
         .await
@@ -135,7 +131,7 @@ async fn an_outage_opens_the_breaker_no_call_passes_while_open_and_orders_comple
 async fn a_slow_payment_gateway_uses_only_its_own_permits() {
     let data = tempfile::tempdir().unwrap();
     let (mut up, nats, api) = up(&data);
-    let client = async_nats::connect(&nats).await.unwrap();
+    let client = support::operator(&nats, data.path()).await;
     api.set_faults(&api.payment_gateway, json!({ "latency_ms": 3000 }))
         .await;
     let slow = api

@@ -10,11 +10,7 @@ use serde_json::json;
 use support::{order, scenario, warehouse, Api, Proc, ADDRESS, CARD};
 
 fn up(data: &tempfile::TempDir) -> (Proc, String, Api) {
-    let up = Proc::up(&["--data-dir", data.path().to_str().unwrap()]);
-    let nats = up.line_starting("nats: ");
-    let nats = nats.split_whitespace().next().unwrap().to_string();
-    let api = Api::of(&up);
-    (up, nats, api)
+    support::up(data.path())
 }
 
 #[tokio::test]
@@ -28,7 +24,7 @@ async fn every_path_ends_right_and_a_poison_event_does_not_stop_the_saga() {
     let api = Api::of(&up);
 
     // An undecodable event where the payment service listens: it goes to DLQ with a reason.
-    let client = async_nats::connect(&nats).await.unwrap();
+    let client = support::operator(&nats, data.path()).await;
     let js = async_nats::jetstream::new(client);
     js.publish("orders.order_created.poison", "{not json".into())
         .await
@@ -73,6 +69,7 @@ async fn every_path_ends_right_and_a_poison_event_does_not_stop_the_saga() {
 
     // Card numbers were exchanged for tokens at the edge and went nowhere else.
     support::assert_no_card_number(&js, data.path(), &api, &[CARD, scenario::DECLINED]).await;
+    support::assert_no_permission_violations(data.path());
     assert!(
         std::fs::metadata(&log).unwrap().len() > 0,
         "the log was written"
@@ -299,7 +296,7 @@ async fn the_cli_places_shows_and_cancels_and_every_service_is_listed() {
     }
 
     // What `nats micro ls` shows: every service and the projection answer $SRV.INFO.
-    let client = async_nats::connect(&nats).await.unwrap();
+    let client = support::operator(&nats, data.path()).await;
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await.unwrap();
     client
@@ -371,7 +368,7 @@ async fn the_live_read_model_equals_one_rebuilt_from_scratch_despite_duplicates(
 
     // Republish copies of stored events under new Nats-Msg-Ids: the broker keeps them, so every
     // consumer (and the rebuild) sees them twice.
-    let client = async_nats::connect(&nats).await.unwrap();
+    let client = support::operator(&nats, data.path()).await;
     let js = async_nats::jetstream::new(client);
     let mut copies = 0;
     for stream in ["ORDERS", "PAYMENTS", "SHIPMENTS"] {
@@ -443,7 +440,7 @@ async fn a_recovered_service_does_not_retry_what_it_dead_lettered() {
     let stuck = api
         .place_ok(&order("una", "SKU-MUG", 1, CARD, ADDRESS))
         .await;
-    let client = async_nats::connect(&nats).await.unwrap();
+    let client = support::operator(&nats, data.path()).await;
     let js = async_nats::jetstream::new(client);
     let subject = format!("dlq.payment.orders.order_created.{stuck}");
     support::wait_until("OrderCreated is dead-lettered", || async {
@@ -473,6 +470,8 @@ async fn a_recovered_service_does_not_retry_what_it_dead_lettered() {
         .collect();
     assert_eq!(charged, [fine.as_str()], "{ledger}");
     second.stop();
+    // Recovery replayed its stream and its dead letters within its permissions.
+    support::assert_no_permission_violations(data.path());
 }
 
 #[tokio::test]

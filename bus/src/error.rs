@@ -40,6 +40,13 @@ pub enum BusError {
     #[error(transparent)]
     Storage(#[from] storage::StorageError),
 
+    /// A credentials file that cannot be read or written.
+    #[error("credentials {}: {why}", path.display())]
+    Credentials {
+        path: std::path::PathBuf,
+        why: String,
+    },
+
     /// The nats-server process could not be found, started or stopped.
     #[error("nats-server: {0}")]
     Server(String),

@@ -9,9 +9,11 @@
 //! - [`relay`]: the outbox relay: publishes durable outbox rows and marks them sent after PubAck.
 //! - [`status`]: streams and consumer lag, for `commerce status`.
 //! - [`server`]: a real nats-server as a child process (embedded mode and tests).
+//! - [`auth`]: nkey identities, their permissions as server config, credentials files.
 //! - [`error`]: the [`BusError`] type.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod consumer;
 pub mod envelope;
 pub mod error;
@@ -21,6 +23,7 @@ pub mod server;
 pub mod status;
 pub mod streams;
 
+pub use auth::{Credentials, Permissions};
 pub use consumer::{ConsumerSpec, Delivery, DurableConsumer, Verdict};
 pub use envelope::{Domain, Envelope};
 pub use error::BusError;
@@ -29,17 +32,67 @@ pub use relay::{OutboxRelay, RelayConfig};
 pub use server::NatsServer;
 pub use streams::{provision, StreamSettings};
 
-/// Connect to NATS, retrying the first connection and reconnecting forever after a drop, so a
-/// broker restart is a pause, not a failure.
-pub async fn connect(url: &str) -> Result<async_nats::Client, BusError> {
-    async_nats::ConnectOptions::new()
-        .name("commerce")
+/// How one identity reaches the broker.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub url: String,
+    /// Names the connection and its inbox (`_INBOX_<name>`).
+    pub name: String,
+    /// `None`: the broker lets anyone in.
+    pub credentials: Option<Credentials>,
+}
+
+impl Login {
+    /// Anyone, at `url`.
+    pub fn open(url: &str, name: &str) -> Login {
+        Login {
+            url: url.to_string(),
+            name: name.to_string(),
+            credentials: None,
+        }
+    }
+
+    pub async fn connect(&self) -> Result<async_nats::Client, BusError> {
+        connect(&self.url, &self.name, self.credentials.as_ref()).await
+    }
+}
+
+/// Connect to NATS as `name` (with `credentials`, if the server wants them), retrying the first
+/// connection and reconnecting forever after a drop, so a broker restart is a pause, not a
+/// failure. Replies come to `_INBOX_<name>.>`, so permissions can give each identity its own
+/// inbox; a refusal by the server (a permission violation) is logged.
+pub async fn connect(
+    url: &str,
+    name: &str,
+    credentials: Option<&Credentials>,
+) -> Result<async_nats::Client, BusError> {
+    let who = name.to_string();
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("commerce-{name}"))
+        .custom_inbox_prefix(inbox_prefix(name))
         .retry_on_initial_connect()
         .connection_timeout(std::time::Duration::from_secs(5))
+        .event_callback(move |event| {
+            let who = who.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    tracing::warn!(connection = %who, error = %e, "the broker refused something");
+                }
+            }
+        });
+    if let Some(credentials) = credentials {
+        options = credentials.apply(options).await?;
+    }
+    options
         .connect(url)
         .await
         .map_err(|source| BusError::Connect {
             url: url.to_string(),
             source,
         })
+}
+
+/// Where identity `name` gets its replies.
+pub fn inbox_prefix(name: &str) -> String {
+    format!("_INBOX_{name}")
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::BusError;
+use crate::{BusError, Credentials};
 
 /// The release `scripts/install-nats-server` installs; documented in the README.
 pub const PINNED_VERSION: &str = "2.12.8";
@@ -29,6 +29,9 @@ pub struct ServerConfig {
     pub sync_always: bool,
     /// How long to wait for JetStream to answer after a start.
     pub ready_timeout: Duration,
+    /// Who may connect: an `authorization` block ([`crate::auth::authorization_config`]) and
+    /// the credentials this process checks readiness with. `None`: anyone may.
+    pub authorization: Option<(String, Credentials)>,
 }
 
 impl ServerConfig {
@@ -38,6 +41,7 @@ impl ServerConfig {
             store_dir: store_dir.into(),
             sync_always: false,
             ready_timeout: Duration::from_secs(30),
+            authorization: None,
         }
     }
 }
@@ -141,17 +145,21 @@ impl NatsServer {
         } else {
             ""
         };
+        let authorization = self
+            .config
+            .authorization
+            .as_ref()
+            .map_or("", |(block, _)| block.as_str());
         let text = format!(
             "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{mon}\nserver_name: {name}\n\
-             pid_file: {pid:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n",
+             pid_file: {pid:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n{authorization}",
             pid = pid_file.display().to_string(),
             port = self.port,
             name = self.name,
             mon = self.monitor_port,
             store = dir.join("jetstream").display().to_string(),
         );
-        std::fs::write(&conf, text)
-            .map_err(|e| BusError::Server(format!("cannot write {}: {e}", conf.display())))?;
+        write_private(&conf, &text)?;
         let child = Command::new(&self.binary)
             .arg("-c")
             .arg(&conf)
@@ -172,6 +180,7 @@ impl NatsServer {
     async fn wait_ready(&mut self, log: &Path) -> Result<(), BusError> {
         let deadline = Instant::now() + self.config.ready_timeout;
         let url = self.url();
+        let credentials = self.config.authorization.as_ref().map(|(_, c)| c.clone());
         loop {
             if !self.is_running() {
                 return Err(BusError::Server(format!(
@@ -181,7 +190,11 @@ impl NatsServer {
                 )));
             }
             let probe = async {
-                let client = async_nats::connect(&url).await.ok()?;
+                let mut options = async_nats::ConnectOptions::new();
+                if let Some(credentials) = &credentials {
+                    options = credentials.apply(options).await.ok()?;
+                }
+                let client = options.connect(&url).await.ok()?;
                 // Another server may hold the port (we then exit soon): it is not ours.
                 if client.server_info().server_name != self.name {
                     return None;
@@ -254,6 +267,22 @@ pub fn find_binary() -> Result<PathBuf, BusError> {
              or pass --nats URL to use a running server"
         ))
     })
+}
+
+/// The server's configuration names who may connect: its owner only may read it.
+fn write_private(path: &Path, text: &str) -> Result<(), BusError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let failed =
+        |e: std::io::Error| BusError::Server(format!("cannot write {}: {e}", path.display()));
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(failed)?;
+    file.write_all(text.as_bytes()).map_err(failed)
 }
 
 /// Is `port` free on loopback right now?

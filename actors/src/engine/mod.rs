@@ -103,6 +103,9 @@ pub type Reaction<E> = Result<Vec<E>, Verdict>;
 pub enum Plan<E, C> {
     Emit(Vec<E>),
     Call(C),
+    /// The event is impossible in the aggregate's state (it contradicts what the aggregate
+    /// already knows): not believed, nothing changes, and it goes to DLQ with this reason.
+    Refuse(String),
 }
 
 /// What the aggregate makes of an inbound event of order `order_id`: its events, or, when it
@@ -117,6 +120,7 @@ pub async fn reaction<S: Service>(
 ) -> Reaction<<S::State as Aggregate>::Event> {
     let call = match state.react(order_id, event, Utc::now()) {
         Plan::Emit(events) => return Ok(events),
+        Plan::Refuse(reason) => return Err(Verdict::Reject(reason)),
         Plan::Call(call) => call,
     };
     let answer = service.call(order_id, &call).await;

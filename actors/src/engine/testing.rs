@@ -69,6 +69,17 @@ impl<E: Debug, C: Debug> Plan<E, C> {
         match self {
             Plan::Emit(events) => events,
             Plan::Call(call) => panic!("expected events, got a call {call:?}"),
+            Plan::Refuse(reason) => panic!("expected events, got a refusal: {reason}"),
+        }
+    }
+
+    /// Why the event was refused, when it was.
+    #[track_caller]
+    pub fn refusal(self) -> String {
+        match self {
+            Plan::Refuse(reason) => reason,
+            Plan::Emit(events) => panic!("expected a refusal, got {events:?}"),
+            Plan::Call(call) => panic!("expected a refusal, got a call {call:?}"),
         }
     }
 
@@ -78,6 +89,7 @@ impl<E: Debug, C: Debug> Plan<E, C> {
         match self {
             Plan::Call(call) => call,
             Plan::Emit(events) => panic!("expected a call, got {events:?}"),
+            Plan::Refuse(reason) => panic!("expected a call, got a refusal: {reason}"),
         }
     }
 }

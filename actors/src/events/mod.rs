@@ -14,9 +14,10 @@
 //! ```
 //! Out of order: a cancel that overtakes what it cancels leaves a tombstone
 //! (`PaymentVoided`, `InventoryCancellationNoted`, `StoreCancellationNoted`, `ShipmentCancelled`).
-//! Compensation: payment refunds on `StoreStockUnavailable`, `ShipmentFailed`, `OrderCancelled`;
-//! inventory and store release on `ShipmentFailed`, `OrderCancelled`; order cancels on
-//! `PaymentDeclined`, `StoreStockUnavailable`, `ShipmentFailed`, `ShipmentCancelled`.
+//! Compensation runs on the order's word: the order cancels on `PaymentDeclined`,
+//! `PaymentAbandoned`, `StoreStockUnavailable`, `ShipmentFailed`, `ShipmentCancelled` (and refuses
+//! each of them once the parcel has left: DLQ, nothing compensated); payment refunds or voids,
+//! inventory and store release, on `OrderCancelled`.
 //! A customer's cancel is `OrderCancelRequested`; the shipment service, which owns the pivot
 //! (the parcel leaving), answers `ShipmentCancelled` or `ShipmentCancelRejected`.
 

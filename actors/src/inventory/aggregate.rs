@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{Line, PRODUCTS};
 use crate::engine::{Aggregate, Plan};
 use crate::events::InventoryEvent;
-use crate::events::{Inbound, OrderEvent, PaymentEvent, ShipmentEvent};
+use crate::events::{Inbound, OrderEvent, PaymentEvent};
 use crate::rpc::DomainError;
 
 /// The aggregate id of the warehouse.
@@ -132,14 +132,6 @@ impl Aggregate for Warehouse {
                     order_id: order_id.to_string(),
                 }],
                 Some(_) => Vec::new(),
-            },
-            Inbound::Shipment(ShipmentEvent::ShipmentFailed { reason, .. }) => match current {
-                Some(Reservation::Reserved(lines)) => vec![InventoryEvent::InventoryReleased {
-                    order_id: order_id.to_string(),
-                    lines: lines.clone(),
-                    reason: format!("shipment failed: {reason}"),
-                }],
-                _ => Vec::new(),
             },
             _ => Vec::new(),
         })

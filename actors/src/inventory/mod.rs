@@ -32,7 +32,6 @@ impl Service for InventoryService {
     const LISTENS: &'static [(Domain, &'static [&'static str])] = &[
         (Domain::Payments, &["PaymentApproved"]),
         (Domain::Orders, &["OrderCancelled"]),
-        (Domain::Shipments, &["ShipmentFailed"]),
     ];
     const PLACEMENT: Placement = Placement::One(WAREHOUSE);
     type View = WarehouseStock;

@@ -136,7 +136,10 @@ impl Aggregate for Order {
         event: &Inbound,
         _now: DateTime<Utc>,
     ) -> Plan<OrderEvent, Infallible> {
-        Plan::Emit(self.follow(event))
+        match self.impossible(event) {
+            Some(reason) => Plan::Refuse(reason),
+            None => Plan::Emit(self.follow(event)),
+        }
     }
 
     fn outcome(&self, call: Infallible, _: Infallible, _: DateTime<Utc>) -> Vec<OrderEvent> {
@@ -213,6 +216,25 @@ impl Order {
                 Ok(vec![OrderEvent::OrderCancelRequested {}])
             }
         }
+    }
+
+    /// A failure that would cancel the order after its parcel has left: no service fails a
+    /// step the saga has passed, so it is not believed (and nothing is compensated).
+    fn impossible(&self, event: &Inbound) -> Option<String> {
+        let failure = match event {
+            Inbound::Payment(PaymentEvent::PaymentDeclined { .. }) => "PaymentDeclined",
+            Inbound::Payment(PaymentEvent::PaymentAbandoned { .. }) => "PaymentAbandoned",
+            Inbound::Store(StoreEvent::StoreStockUnavailable { .. }) => "StoreStockUnavailable",
+            Inbound::Shipment(ShipmentEvent::ShipmentFailed { .. }) => "ShipmentFailed",
+            Inbound::Shipment(ShipmentEvent::ShipmentCancelled { .. }) => "ShipmentCancelled",
+            _ => return None,
+        };
+        matches!(self.status, OrderStatus::Shipped | OrderStatus::Completed).then(|| {
+            format!(
+                "{failure} is impossible for an order that is {}: its parcel has left",
+                self.status.name()
+            )
+        })
     }
 
     /// Follow another service's outcome.

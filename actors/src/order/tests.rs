@@ -160,6 +160,34 @@ fn given_pending_when_a_step_fails_then_cancelled_with_the_reason() {
 }
 
 #[test]
+fn given_the_parcel_left_when_a_failure_arrives_then_it_is_refused_not_compensated() {
+    let failed = Inbound::Shipment(ShipmentEvent::ShipmentFailed {
+        reason: "forged".into(),
+        booking_unknown: false,
+    });
+    let shipped = given::<Order>([placed(), confirmed(), OrderEvent::OrderShipped {}]);
+    let reason = shipped.when_event("o1", &failed).refusal();
+    assert!(
+        reason.contains("ShipmentFailed") && reason.contains("SHIPPED"),
+        "{reason}"
+    );
+    let completed = given::<Order>([
+        placed(),
+        confirmed(),
+        OrderEvent::OrderShipped {},
+        OrderEvent::OrderCompleted {},
+    ]);
+    let unavailable = Inbound::Store(StoreEvent::StoreStockUnavailable {
+        order_id: "o1".into(),
+        lines: vec![],
+    });
+    assert!(completed
+        .when_event("o1", &unavailable)
+        .refusal()
+        .contains("COMPLETED"));
+}
+
+#[test]
 fn given_pending_when_scheduled_started_delivered_then_confirmed_shipped_completed() {
     let order = given::<Order>([placed()]);
     let events = order.when_event("o1", &scheduled()).events();

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::Line;
 use crate::engine::{Aggregate, Plan};
 use crate::events::PaymentEvent;
-use crate::events::{Inbound, OrderEvent, ShipmentEvent, StoreEvent};
+use crate::events::{Inbound, OrderEvent};
 use crate::rpc::DomainError;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -146,12 +146,6 @@ impl Aggregate for Payment {
                 }]);
             }
             Inbound::Order(OrderEvent::OrderCancelled { reason }) => self.refund(reason),
-            Inbound::Store(StoreEvent::StoreStockUnavailable { .. }) => {
-                self.refund("out of stock everywhere")
-            }
-            Inbound::Shipment(ShipmentEvent::ShipmentFailed { reason, .. }) => {
-                self.refund(&format!("shipment failed: {reason}"))
-            }
             _ => None,
         };
         match call {

@@ -20,9 +20,8 @@ pub struct PaymentService {
 impl Service for PaymentService {
     type State = Payment;
     const LISTENS: &'static [(Domain, &'static [&'static str])] = &[
+        // It refunds on `OrderCancelled` only: the order decides whether a failure is believed.
         (Domain::Orders, &["OrderCreated", "OrderCancelled"]),
-        (Domain::Stores, &["StoreStockUnavailable"]),
-        (Domain::Shipments, &["ShipmentFailed"]),
         // Its own: a payment given up at the deadline is voided once the gateway is back.
         (Domain::Payments, &["PaymentAbandoned"]),
     ];

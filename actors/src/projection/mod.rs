@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use async_nats::jetstream;
-use bus::{BusError, Delivery, Domain, Envelope, Verdict};
+use bus::{BusError, Delivery, Domain, Envelope, Login, Verdict};
 use futures::{FutureExt, StreamExt};
 use storage::Store;
 use tokio::sync::oneshot;
@@ -244,10 +244,10 @@ impl Sink for ProjectionSink {
 /// Start the projection on its own Arbiter.
 pub async fn spawn(
     settings: Settings,
-    nats_url: String,
+    login: Login,
     shutdown: CancellationToken,
 ) -> Result<RunningComponent, EngineError> {
-    host::spawn_with(COMPONENT, settings, nats_url, shutdown, |s, u, t, r| {
+    host::spawn_with(COMPONENT, settings, login, shutdown, |s, u, t, r| {
         run(s, u, t, r).boxed_local()
     })
     .await
@@ -255,13 +255,13 @@ pub async fn spawn(
 
 async fn run(
     settings: Settings,
-    nats_url: String,
+    login: Login,
     shutdown: CancellationToken,
     ready: oneshot::Sender<()>,
 ) -> Result<(), EngineError> {
     let store = Store::open(settings.service_dir(COMPONENT.name()), &settings.store)?;
     let active = Arc::new(AtomicU32::new(store.active_models()?));
-    let mut host = Host::connect(COMPONENT, settings, store, &nats_url, shutdown).await?;
+    let mut host = Host::connect(COMPONENT, settings, store, &login, shutdown).await?;
     let actor = ProjectionActor {
         store: host.store.clone(),
         active: active.clone(),

@@ -12,6 +12,6 @@ pub trait Endpoint: 'static {
 }
 
 /// The subject `commerce.<component>.<endpoint>`.
-pub(crate) fn subject(component: super::Component, endpoint: &str) -> String {
+pub fn subject(component: super::Component, endpoint: &str) -> String {
     format!("commerce.{component}.{endpoint}")
 }

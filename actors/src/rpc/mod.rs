@@ -18,6 +18,6 @@ pub mod server;
 
 pub use client::call;
 pub use component::{Component, UnknownComponent};
-pub use endpoint::Endpoint;
+pub use endpoint::{subject as endpoint_subject, Endpoint};
 pub use error::DomainError;
 pub use server::Server;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{Line, PRODUCTS, STORES};
 use crate::engine::{Aggregate, Plan};
 use crate::events::StoreEvent;
-use crate::events::{Inbound, InventoryEvent, OrderEvent, ShipmentEvent};
+use crate::events::{Inbound, InventoryEvent, OrderEvent};
 use crate::rpc::DomainError;
 
 /// The aggregate id of all stores' stock.
@@ -141,9 +141,6 @@ impl Aggregate for Stores {
                 }],
                 Some(_) => release(reason.clone()),
             },
-            Inbound::Shipment(ShipmentEvent::ShipmentFailed { reason, .. }) => {
-                release(format!("shipment failed: {reason}"))
-            }
             _ => Vec::new(),
         })
     }

@@ -32,7 +32,6 @@ impl Service for StoreService {
     const LISTENS: &'static [(Domain, &'static [&'static str])] = &[
         (Domain::Inventory, &["InventoryShortage"]),
         (Domain::Orders, &["OrderCancelled"]),
-        (Domain::Shipments, &["ShipmentFailed"]),
     ];
     const PLACEMENT: Placement = Placement::One(STORES_ID);
     type View = StoreStock;

@@ -34,7 +34,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = NatsServer::start(ServerConfig::new(dir.path().join("nats"))).await?;
-    let client = bus::connect(&server.url()).await?;
+    let client = bus::connect(&server.url(), "bench", None).await?;
     let js = async_nats::jetstream::new(client);
     bus::provision(&js, &settings.streams).await?;
     let publisher = Publisher::new(js.clone());

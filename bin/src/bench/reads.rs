@@ -17,8 +17,8 @@ pub async fn run(orders: usize, requests: usize, mut settings: Settings) -> anyh
     settings.simulators.carrier_pickup_ms = 50;
     settings.simulators.carrier_delivery_ms = 50;
     let (system, http, _dir) = super::saga::system(settings).await?;
-    let client = system.runtime.client.clone();
-    let js = system.runtime.js.clone();
+    let client = super::saga::operator(&system)?;
+    let js = jetstream::new(client.clone());
     let web = reqwest::Client::new();
 
     // Orders, each saga to completion.

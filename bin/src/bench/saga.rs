@@ -37,11 +37,20 @@ pub(super) async fn system(
     Ok((system, http, dir))
 }
 
+/// The operator's connection of a system this bench started.
+pub fn operator(system: &System) -> anyhow::Result<async_nats::Client> {
+    system
+        .runtime
+        .operator
+        .clone()
+        .context("the bench's system has no operator connection")
+}
+
 pub async fn run(orders: usize, rates: &[u32], settings: Settings) -> anyhow::Result<()> {
     let (system, http, _dir) = system(settings).await?;
 
     let outcomes = Arc::new(Mutex::new(Outcomes::default()));
-    let client = system.runtime.client.clone();
+    let client = operator(&system)?;
     let mut confirmed = client.subscribe("orders.order_confirmed.*").await?;
     let mut cancelled = client.subscribe("orders.order_cancelled.*").await?;
     let watch = {

@@ -129,6 +129,20 @@ impl Drop for Proc {
     }
 }
 
+/// `commerce up` on `data` (default settings but free ports): the process, its broker's URL and
+/// its API.
+pub fn up(data: &std::path::Path) -> (Proc, String, Api) {
+    started(Proc::up(&["--data-dir", data.to_str().unwrap()]))
+}
+
+/// A `commerce up` that is starting: the process, its broker's URL and its API, once it is up.
+pub fn started(up: Proc) -> (Proc, String, Api) {
+    let nats = up.line_starting("nats: ");
+    let nats = nats.split_whitespace().next().unwrap().to_string();
+    let api = Api::of(&up);
+    (up, nats, api)
+}
+
 /// The HTTP gateway and the simulators' ledgers.
 #[derive(Clone)]
 pub struct Api {
@@ -417,4 +431,32 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+/// A client of the broker of a `commerce up` on `data`, as `identity` (`operator`, or a
+/// component), with the credentials `up` keeps under `data`.
+pub async fn connect_as(nats: &str, data: &std::path::Path, identity: &str) -> async_nats::Client {
+    let file = data.join("credentials").join(format!("{identity}.nk"));
+    let seed = std::fs::read_to_string(&file).expect("credentials written by commerce up");
+    async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
+        .custom_inbox_prefix(bus::inbox_prefix(identity))
+        .connect(nats)
+        .await
+        .expect("connect with credentials")
+}
+
+/// [`connect_as`] the operator.
+pub async fn operator(nats: &str, data: &std::path::Path) -> async_nats::Client {
+    connect_as(nats, data, "operator").await
+}
+
+/// The broker under `data` refused nothing the system itself did: every component's
+/// permissions cover its work (the server logs each refusal as a "Violation").
+pub fn assert_no_permission_violations(data: &std::path::Path) {
+    let log = std::fs::read_to_string(data.join("nats/nats-server.log")).expect("broker log");
+    let violations: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
+    assert!(
+        violations.is_empty(),
+        "refused by the broker: {violations:#?}"
+    );
 }

@@ -14,7 +14,7 @@ pub mod service;
 use std::future::Future;
 
 use actix_rt::Arbiter;
-use bus::DurableConsumer;
+use bus::{DurableConsumer, Login};
 use storage::Store;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -50,7 +50,7 @@ impl RunningComponent {
 /// How a component runs on its Arbiter: until `shutdown`, signalling `ready` once it serves.
 pub type Runner = fn(
     Settings,
-    String,
+    Login,
     CancellationToken,
     oneshot::Sender<()>,
 ) -> futures::future::LocalBoxFuture<'static, Result<(), EngineError>>;
@@ -59,7 +59,7 @@ pub type Runner = fn(
 pub async fn spawn_with(
     component: Component,
     settings: Settings,
-    nats_url: String,
+    login: Login,
     shutdown: CancellationToken,
     runner: Runner,
 ) -> Result<RunningComponent, EngineError> {
@@ -69,7 +69,7 @@ pub async fn spawn_with(
     let (done_tx, mut done_rx) = oneshot::channel();
     arbiter.spawn_fn(move || {
         actix_rt::spawn(async move {
-            let result = runner(settings, nats_url, shutdown, ready_tx).await;
+            let result = runner(settings, login, shutdown, ready_tx).await;
             if let Err(e) = &result {
                 tracing::error!(component = name, error = %e, "component stopped");
             }
@@ -104,15 +104,15 @@ pub struct Host {
 }
 
 impl Host {
-    /// Connect `component`, whose database is `store`, to the broker at `nats_url`.
+    /// Connect `component`, whose database is `store`, to the broker as `login` says.
     pub async fn connect(
         component: Component,
         settings: Settings,
         store: Store,
-        nats_url: &str,
+        login: &Login,
         shutdown: CancellationToken,
     ) -> Result<Host, EngineError> {
-        let client = bus::connect(nats_url).await?;
+        let client = login.connect().await?;
         let js = async_nats::jetstream::new(client.clone());
         Ok(Host {
             component,

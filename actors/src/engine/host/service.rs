@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix::Actor;
 use bus::envelope::snake_case;
-use bus::{OutboxRelay, Publisher, RelayConfig};
+use bus::{Login, OutboxRelay, Publisher, RelayConfig};
 use futures::FutureExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -24,10 +24,10 @@ use crate::Settings;
 /// Start service `S` on a new Arbiter; returns once it consumes and answers requests.
 pub async fn spawn<S: Service>(
     settings: Settings,
-    nats_url: String,
+    login: Login,
     shutdown: CancellationToken,
 ) -> Result<RunningComponent, EngineError> {
-    super::spawn_with(S::COMPONENT, settings, nats_url, shutdown, |s, u, t, r| {
+    super::spawn_with(S::COMPONENT, settings, login, shutdown, |s, u, t, r| {
         run::<S>(s, u, t, r).boxed_local()
     })
     .await
@@ -35,7 +35,7 @@ pub async fn spawn<S: Service>(
 
 async fn run<S: Service>(
     settings: Settings,
-    nats_url: String,
+    login: Login,
     shutdown: CancellationToken,
     ready: oneshot::Sender<()>,
 ) -> Result<(), EngineError> {
@@ -43,7 +43,7 @@ async fn run<S: Service>(
     let store = recovery::open(&dir, &settings)?;
     let (ops, transitions) = crate::resilience::Ops::new(settings.resilience.clone());
     let service = S::new(&settings, &ops)?;
-    let mut host = Host::connect(S::COMPONENT, settings, store, &nats_url, shutdown).await?;
+    let mut host = Host::connect(S::COMPONENT, settings, store, &login, shutdown).await?;
     recovery::recover_if_empty::<S>(&dir, &host.store, &host.js).await?;
 
     let relay = OutboxRelay::new(

@@ -1,0 +1,318 @@
+//! The trust boundary on the bus: one broker identity per component, plus the operator, each
+//! allowed only what its work needs.
+//!
+//! - A service publishes its own domain's events (`orders.>` for order), its dead letters
+//!   (`dlq.<service>.>`) and circuit transitions (`ops.circuit.>`); it drives only its own durable
+//!   consumers on the streams it listens to, replays only its own stream and its dead letters,
+//!   and answers its own micro endpoints.
+//! - The projection reads every domain stream and publishes no event.
+//! - The HTTP gateway may only call the endpoints it uses.
+//! - The operator (`commerce up` itself and the CLI) may do anything.
+//!
+//! Everyone's replies come to their own inbox (`_INBOX_<name>.>`), which nobody else may read.
+//! A connection without credentials is refused. The permissions are derived from the same
+//! tables the code runs on ([`Service::LISTENS`], the endpoint names), so they cannot drift.
+//!
+//! Credentials live in `<data-dir>/credentials/<name>.nk` (nkey seeds, 0600, directory 0700),
+//! made by `commerce up` on first start and kept; the server learns only public keys.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bus::auth::{self, Credentials, Permissions};
+use bus::{BusError, Domain};
+
+use crate::contract::{
+    Cancel, Get, InventoryService, OrderService, Part, PaymentService, Place, ReadOrder,
+    RecommendationService, Service, ShipmentService, Status, StoreService,
+};
+use crate::rpc::{endpoint_subject, Component, Endpoint};
+use crate::Settings;
+
+/// Who connects to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BusUser {
+    /// `commerce up` and the CLI: provisioning, status, operator endpoints.
+    Operator,
+    Component(Component),
+}
+
+impl BusUser {
+    /// Every identity the system has (the simulators stand for outside systems: none).
+    pub fn all() -> impl Iterator<Item = BusUser> {
+        std::iter::once(BusUser::Operator).chain(
+            Component::ALL
+                .into_iter()
+                .filter(|c| *c != Component::Simulators)
+                .map(BusUser::Component),
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BusUser::Operator => "operator",
+            BusUser::Component(c) => c.name(),
+        }
+    }
+}
+
+/// Where identities' credentials are kept.
+pub fn credentials_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("credentials")
+}
+
+fn credentials_file(data_dir: &Path, user: BusUser) -> PathBuf {
+    credentials_dir(data_dir).join(format!("{}.nk", user.name()))
+}
+
+/// The credentials each identity of this process connects with.
+#[derive(Debug, Clone, Default)]
+pub struct Keyring(BTreeMap<BusUser, Credentials>);
+
+impl Keyring {
+    /// Every identity's credentials under `data_dir`, made on first use and kept, and the
+    /// server's `authorization` block for them.
+    pub fn prepare(data_dir: &Path) -> Result<(Keyring, String), BusError> {
+        let dir = credentials_dir(data_dir);
+        private_dir(&dir)?;
+        let mut keyring = Keyring::default();
+        let mut users = Vec::new();
+        for user in BusUser::all() {
+            let file = credentials_file(data_dir, user);
+            let credentials = if file.is_file() {
+                Credentials::from_file(&file)?
+            } else {
+                let (_, credentials) = auth::new_identity()?;
+                auth::write_seed(&file, &credentials)?;
+                credentials
+            };
+            let key = auth::public_key(&credentials).ok_or_else(|| BusError::Credentials {
+                path: file.clone(),
+                why: "not an nkey seed".into(),
+            })?;
+            users.push((key, permissions(user)));
+            keyring.0.insert(user, credentials);
+        }
+        Ok((keyring, auth::authorization_config(&users)))
+    }
+
+    /// The credentials for `users` of a process on a broker someone else runs: the
+    /// `nats_creds` setting for the first (this process's own identity), else each one's file
+    /// under the data dir, else none (the broker lets anyone in).
+    pub fn load(settings: &Settings, users: &[BusUser]) -> Result<Keyring, BusError> {
+        let mut keyring = Keyring::default();
+        for (i, user) in users.iter().enumerate() {
+            let file = credentials_file(&settings.data_dir, *user);
+            let chosen = match &settings.nats_creds {
+                Some(explicit) if i == 0 => Some(explicit.clone()),
+                _ => file.is_file().then_some(file),
+            };
+            if let Some(path) = chosen {
+                keyring.0.insert(*user, Credentials::from_file(&path)?);
+            }
+        }
+        Ok(keyring)
+    }
+
+    pub fn get(&self, user: BusUser) -> Option<&Credentials> {
+        self.0.get(&user)
+    }
+
+    /// How `user` reaches the broker at `url`.
+    pub fn login(&self, url: &str, user: BusUser) -> bus::Login {
+        bus::Login {
+            url: url.to_string(),
+            name: user.name().to_string(),
+            credentials: self.get(user).cloned(),
+        }
+    }
+}
+
+fn private_dir(dir: &Path) -> Result<(), BusError> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |e: std::io::Error| BusError::Credentials {
+        path: dir.to_path_buf(),
+        why: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)
+}
+
+/// What `user` may do on the broker.
+pub fn permissions(user: BusUser) -> Permissions {
+    let component = match user {
+        BusUser::Operator => return Permissions::all(),
+        BusUser::Component(c) => c,
+    };
+    let name = component.name();
+    let mut p = Permissions {
+        publish: Vec::new(),
+        subscribe: vec![format!("{}.>", bus::inbox_prefix(name))],
+        allow_responses: false,
+    };
+    let answers = |p: &mut Permissions| {
+        p.allow_responses = true;
+        p.subscribe.extend([
+            format!("commerce.{name}.>"),
+            "$SRV.*".into(),
+            format!("$SRV.*.{name}"),
+            format!("$SRV.*.{name}.>"),
+        ]);
+    };
+    match component {
+        Component::Gateway => {
+            p.publish = gateway_calls();
+            p.publish.push("ops.circuit.>".into());
+        }
+        Component::Projection => {
+            answers(&mut p);
+            for domain in Domain::ALL {
+                reads(&mut p, domain.stream(), name);
+                replays(&mut p, domain.stream());
+            }
+            p.publish.push(format!("dlq.{name}.>"));
+        }
+        Component::Simulators => {}
+        service => {
+            answers(&mut p);
+            let own = Domain::ALL
+                .into_iter()
+                .find(|d| Component::owner(*d) == service);
+            if let Some(own) = own {
+                p.publish.push(format!("{}.>", own.subject_prefix()));
+                replays(&mut p, own.stream());
+            }
+            for (domain, _) in listens(service) {
+                reads(&mut p, domain.stream(), name);
+            }
+            replays(&mut p, bus::streams::DLQ_STREAM);
+            p.publish
+                .extend([format!("dlq.{name}.>"), "ops.circuit.>".into()]);
+        }
+    }
+    p.publish.sort();
+    p.publish.dedup();
+    p
+}
+
+/// Drive durable consumer `durable` on `stream`: create it, pull, ack, delete (recovery).
+fn reads(p: &mut Permissions, stream: &str, durable: &str) {
+    let api = "$JS.API";
+    p.publish.extend([
+        format!("{api}.STREAM.INFO.{stream}"),
+        format!("{api}.CONSUMER.CREATE.{stream}.{durable}"),
+        format!("{api}.CONSUMER.CREATE.{stream}.{durable}.>"),
+        format!("{api}.CONSUMER.DURABLE.CREATE.{stream}.{durable}"),
+        format!("{api}.CONSUMER.INFO.{stream}.{durable}"),
+        format!("{api}.CONSUMER.DELETE.{stream}.{durable}"),
+        format!("{api}.CONSUMER.MSG.NEXT.{stream}.{durable}"),
+        format!("$JS.ACK.{stream}.{durable}.>"),
+    ]);
+}
+
+/// Read `stream` from the start through ordered consumers, whose names the server picks (it
+/// refuses a durable name on this subject, so no one else's consumer can be changed).
+fn replays(p: &mut Permissions, stream: &str) {
+    p.publish.extend([
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"),
+    ]);
+}
+
+/// The endpoints the HTTP gateway calls, and nothing else.
+fn gateway_calls() -> Vec<String> {
+    let mut calls = vec![
+        endpoint_subject(Component::Order, Place::NAME),
+        endpoint_subject(Component::Order, Cancel::NAME),
+        endpoint_subject(Component::Projection, ReadOrder::NAME),
+        endpoint_subject(Component::Inventory, Get::<InventoryService>::NAME),
+        endpoint_subject(Component::Store, Get::<StoreService>::NAME),
+    ];
+    for component in Component::SERVICES {
+        calls.push(endpoint_subject(component, Part::<OrderService>::NAME));
+    }
+    for component in Component::with_status() {
+        calls.push(endpoint_subject(component, Status::NAME));
+    }
+    calls
+}
+
+/// What each service listens to.
+fn listens(service: Component) -> &'static [(Domain, &'static [&'static str])] {
+    match service {
+        Component::Order => OrderService::LISTENS,
+        Component::Payment => PaymentService::LISTENS,
+        Component::Inventory => InventoryService::LISTENS,
+        Component::Store => StoreService::LISTENS,
+        Component::Shipment => ShipmentService::LISTENS,
+        Component::Recommendation => RecommendationService::LISTENS,
+        Component::Projection | Component::Gateway | Component::Simulators => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allows(patterns: &[String], subject: &str) -> bool {
+        let subject: Vec<&str> = subject.split('.').collect();
+        patterns.iter().any(|pattern| {
+            let pattern: Vec<&str> = pattern.split('.').collect();
+            let mut i = 0;
+            for (j, token) in pattern.iter().enumerate() {
+                if *token == ">" {
+                    return subject.len() > j;
+                }
+                match subject.get(j) {
+                    Some(s) if *token == "*" || token == s => i = j + 1,
+                    _ => return false,
+                }
+            }
+            i == subject.len()
+        })
+    }
+
+    #[test]
+    fn a_service_publishes_only_its_own_events() {
+        let payment = permissions(BusUser::Component(Component::Payment));
+        assert!(allows(&payment.publish, "payments.payment_approved.o1"));
+        assert!(!allows(&payment.publish, "shipments.shipment_failed.o1"));
+        assert!(!allows(&payment.publish, "orders.order_created.o1"));
+        assert!(!allows(&payment.publish, "$JS.API.STREAM.DELETE.SHIPMENTS"));
+        assert!(!allows(&payment.publish, "commerce.order.cancel"));
+        // Its own durable consumer on what it listens to, no one else's.
+        assert!(allows(
+            &payment.publish,
+            "$JS.API.CONSUMER.MSG.NEXT.ORDERS.payment"
+        ));
+        assert!(!allows(
+            &payment.publish,
+            "$JS.API.CONSUMER.DELETE.ORDERS.inventory"
+        ));
+        assert!(!allows(&payment.subscribe, "_INBOX_gateway.x"));
+    }
+
+    #[test]
+    fn the_gateway_calls_endpoints_and_publishes_no_event() {
+        let gateway = permissions(BusUser::Component(Component::Gateway));
+        assert!(allows(&gateway.publish, "commerce.order.place"));
+        assert!(!allows(&gateway.publish, "commerce.projection.rebuild"));
+        assert!(!allows(&gateway.publish, "commerce.payment.slow"));
+        for domain in Domain::ALL {
+            let event = format!("{}.anything.o1", domain.subject_prefix());
+            assert!(!allows(&gateway.publish, &event), "{event}");
+        }
+    }
+
+    #[test]
+    fn the_projection_reads_everything_and_publishes_no_event() {
+        let projection = permissions(BusUser::Component(Component::Projection));
+        for domain in Domain::ALL {
+            let next = format!("$JS.API.CONSUMER.MSG.NEXT.{}.projection", domain.stream());
+            assert!(allows(&projection.publish, &next));
+            let event = format!("{}.anything.o1", domain.subject_prefix());
+            assert!(!allows(&projection.publish, &event), "{event}");
+        }
+    }
+}

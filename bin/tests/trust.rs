@@ -1,0 +1,242 @@
+//! The trust boundary, tried as an attacker on the same host would: a NATS client without
+//! credentials or with a component's own, and an HTTP client without the right token.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{connect_as, wait_until, Api, Proc};
+use tokio::sync::mpsc;
+
+fn up(data: &tempfile::TempDir) -> (Proc, String, Api) {
+    support::up(data.path())
+}
+
+/// A connection as `identity` and what the server said it refused.
+async fn watched(
+    nats: &str,
+    data: &std::path::Path,
+    identity: &str,
+) -> (async_nats::Client, mpsc::UnboundedReceiver<String>) {
+    let seed = std::fs::read_to_string(data.join(format!("credentials/{identity}.nk"))).unwrap();
+    let (tx, refusals) = mpsc::unbounded_channel();
+    let client = async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
+        .custom_inbox_prefix(bus::inbox_prefix(identity))
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        })
+        .connect(nats)
+        .await
+        .unwrap();
+    (client, refusals)
+}
+
+/// Wait for the server's permission error naming `subject`.
+async fn refused(refusals: &mut mpsc::UnboundedReceiver<String>, subject: &str) {
+    let wanted = format!("Permissions Violation for Publish to \"{subject}\"");
+    loop {
+        let said = tokio::time::timeout(support::WAIT, refusals.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no permission error for {subject}"))
+            .expect("connection open");
+        if said.contains(&wanted) {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_bus_admits_only_known_identities_each_to_its_own_subjects() {
+    let data = tempfile::tempdir().unwrap();
+    let (_up, nats, _api) = up(&data);
+
+    // No credentials: refused at connect.
+    let anonymous = async_nats::ConnectOptions::new()
+        .connect(&nats)
+        .await
+        .expect_err("an anonymous client is refused");
+    assert_eq!(
+        anonymous.kind(),
+        async_nats::ConnectErrorKind::AuthorizationViolation,
+        "{anonymous}"
+    );
+
+    // The payment service's identity cannot forge a shipment event nor delete a stream.
+    let (payment, mut refusals) = watched(&nats, data.path(), "payment").await;
+    let forged = "shipments.shipment_failed.01939a6e-0000-7000-8000-000000000001";
+    payment.publish(forged, "{}".into()).await.unwrap();
+    payment.flush().await.unwrap();
+    refused(&mut refusals, forged).await;
+    let js = async_nats::jetstream::new(payment.clone());
+    let _ = tokio::time::timeout(Duration::from_secs(2), js.delete_stream("SHIPMENTS")).await;
+    refused(&mut refusals, "$JS.API.STREAM.DELETE.SHIPMENTS").await;
+    // Nor call another service's endpoint.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        payment.request("commerce.order.cancel", "x".into()),
+    )
+    .await;
+    refused(&mut refusals, "commerce.order.cancel").await;
+
+    // The gateway's identity publishes no event.
+    let (gateway, mut refusals) = watched(&nats, data.path(), "gateway").await;
+    let event = "orders.order_created.01939a6e-0000-7000-8000-000000000001";
+    gateway.publish(event, "{}".into()).await.unwrap();
+    gateway.flush().await.unwrap();
+    refused(&mut refusals, event).await;
+
+    // Nothing of it reached a stream: the operator sees SHIPMENTS and ORDERS as they were.
+    let operator = support::operator(&nats, data.path()).await;
+    let js = async_nats::jetstream::new(operator);
+    for stream in ["SHIPMENTS", "ORDERS"] {
+        let mut stream = js
+            .get_stream(stream)
+            .await
+            .expect("the stream is still there");
+        assert_eq!(stream.info().await.unwrap().state.messages, 0);
+    }
+    // And the payment service's own publishing still works.
+    let own = connect_as(&nats, data.path(), "payment").await;
+    let own = async_nats::jetstream::new(own);
+    let ack = own
+        .publish(
+            "payments.probe.01939a6e-0000-7000-8000-000000000001",
+            "{}".into(),
+        )
+        .await
+        .unwrap();
+    ack.await.expect("stored");
+    wait_until("the probe is stored", || async {
+        let mut stream = js.get_stream("PAYMENTS").await.unwrap();
+        stream.info().await.unwrap().state.messages >= 1
+    })
+    .await;
+}
+
+/// Publish `envelope` on `subject` as the broker's `identity` would (with its message id).
+async fn publish_as(js: &async_nats::jetstream::Context, subject: &str, envelope: &bus::Envelope) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", envelope.id.to_string().as_str());
+    let payload = envelope.to_json().unwrap();
+    js.publish_with_headers(subject.to_string(), headers, payload.into())
+        .await
+        .unwrap()
+        .await
+        .expect("stored");
+}
+
+/// The dead letters on `subject`: original message id → reason.
+async fn dead_letters(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+) -> std::collections::BTreeMap<String, String> {
+    use futures::StreamExt;
+    let mut reasons = std::collections::BTreeMap::new();
+    let config = async_nats::jetstream::consumer::pull::OrderedConfig {
+        filter_subject: subject.to_string(),
+        ..Default::default()
+    };
+    let Ok(consumer) = js.create_consumer_on_stream(config, "DLQ").await else {
+        return reasons;
+    };
+    let Ok(mut messages) = consumer.messages().await else {
+        return reasons;
+    };
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_millis(500), messages.next()).await
+    {
+        let headers = message.headers.clone().unwrap_or_default();
+        let header = |name: &str| headers.get(name).map(|v| v.to_string()).unwrap_or_default();
+        reasons.insert(
+            header(bus::consumer::DLQ_ORIGINAL_MSG_ID),
+            header(bus::consumer::DLQ_REASON),
+        );
+    }
+    reasons
+}
+
+#[tokio::test]
+async fn an_event_is_believed_only_where_it_belongs_and_when_it_is_possible() {
+    use actors::events::{PaymentEvent, ShipmentEvent};
+    let data = tempfile::tempdir().unwrap();
+    let (_up, nats, api) = up(&data);
+    let id = api
+        .place_ok(&support::order(
+            "olga",
+            "SKU-MUG",
+            1,
+            support::CARD,
+            support::ADDRESS,
+        ))
+        .await;
+    api.wait_status(&id, &["COMPLETED"]).await;
+    let other = api
+        .place_ok(&support::order(
+            "petra",
+            "SKU-MUG",
+            1,
+            support::CARD,
+            support::ADDRESS,
+        ))
+        .await;
+    api.wait_status(&other, &["COMPLETED"]).await;
+    let ledger = api.ledger(&api.payment_gateway).await;
+
+    // Even the shipment service's own identity, on its own stream, is not believed:
+    let shipment = async_nats::jetstream::new(connect_as(&nats, data.path(), "shipment").await);
+    let failed = ShipmentEvent::ShipmentFailed {
+        reason: "forged".into(),
+        booking_unknown: false,
+    };
+    let subject = format!("shipments.shipment_failed.{id}");
+    // 1. impossible in the order's state (its parcel has left);
+    let impossible = actors::codec::encode(&failed, &id, None).unwrap();
+    publish_as(&shipment, &subject, &impossible).await;
+    // 2. naming another order than its subject does;
+    let mismatched = actors::codec::encode(&failed, &other, None).unwrap();
+    publish_as(&shipment, &subject, &mismatched).await;
+    // 3. from another domain than the stream it is on.
+    let declined = PaymentEvent::PaymentDeclined {
+        amount_cents: 200,
+        reason: "forged".into(),
+    };
+    let mut cross = actors::codec::encode(&declined, &id, None).unwrap();
+    cross.event_type = "ShipmentFailed".into();
+    cross.data = serde_json::json!({ "reason": "forged", "booking_unknown": false });
+    publish_as(&shipment, &subject, &cross).await;
+
+    // Each lands in DLQ from the order service, with its reason.
+    let operator = support::operator(&nats, data.path()).await;
+    let js = async_nats::jetstream::new(operator);
+    let dead = format!("dlq.order.{subject}");
+    let deadline = std::time::Instant::now() + support::WAIT;
+    let reasons = loop {
+        let reasons = dead_letters(&js, &dead).await;
+        if reasons.len() >= 3 {
+            break reasons;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dead-lettered: {reasons:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let reason = |envelope: &bus::Envelope| reasons[&envelope.id.to_string()].clone();
+    assert!(reason(&impossible).contains("impossible"), "{reasons:?}");
+    assert!(reason(&impossible).contains("COMPLETED"), "{reasons:?}");
+    assert!(reason(&mismatched).contains("misplaced"), "{reasons:?}");
+    assert!(reason(&cross).contains("misplaced"), "{reasons:?}");
+
+    // The orders are unchanged and no money moved.
+    for order in [&id, &other] {
+        let (status, row) = api.get(order).await;
+        assert_eq!(status, 200);
+        assert_eq!(row["order_status"], "COMPLETED", "{row}");
+    }
+    assert_eq!(api.ledger(&api.payment_gateway).await, ledger);
+}
