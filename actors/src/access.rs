@@ -128,7 +128,8 @@ impl Keyring {
     }
 }
 
-fn private_dir(dir: &Path) -> Result<(), BusError> {
+/// `dir`, made if needed, open to its owner only (0700).
+pub fn private_dir(dir: &Path) -> Result<(), BusError> {
     use std::os::unix::fs::PermissionsExt;
     let failed = |e: std::io::Error| BusError::Credentials {
         path: dir.to_path_buf(),

@@ -102,7 +102,9 @@ pub struct Line {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrderForm {
-    pub customer: String,
+    /// Whose order: a customer's token says it (this may then be left out); an operator names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
     pub lines: Vec<LineRequest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_token: Option<String>,
@@ -112,10 +114,10 @@ pub struct OrderForm {
 }
 
 impl OrderForm {
-    /// The order service's request, paid with `payment`.
-    pub fn paid_with(self, payment: PaymentMethod) -> OrderRequest {
+    /// The order service's request: `customer`'s, paid with `payment`.
+    pub fn paid_with(self, customer: String, payment: PaymentMethod) -> OrderRequest {
         OrderRequest {
-            customer: self.customer,
+            customer,
             lines: self.lines,
             payment,
             shipping_address: self.shipping_address,

@@ -9,7 +9,7 @@
 //! | every service | `part` | order id | the service's `Part` of the order |
 //! | every service | `slow` | [`SlowRequest`] | [`SlowRequest`] |
 //! | order | `place` | [`PlaceRequest`] | [`Placed`] |
-//! | order | `cancel` | order id | [`Cancelled`] |
+//! | order | `cancel` | [`CancelRequest`] | [`Cancelled`] |
 //! | projection | `get` | order id | [`OrderReadModel`] |
 //! | projection | `rebuild` | nothing | [`RebuildStarted`] |
 //!
@@ -22,7 +22,7 @@ pub use crate::engine::api::{
 };
 pub use crate::order::aggregate::CancelOutcome;
 pub use crate::order::api::{
-    Cancel, Cancelled, IdempotencyKey, OrderView, Place, PlaceRequest, Placed,
+    Cancel, CancelRequest, Cancelled, IdempotencyKey, OrderView, Place, PlaceRequest, Placed,
 };
 pub use crate::projection::api::{ReadOrder, Rebuild, RebuildStarted};
 pub use crate::projection::model::OrderReadModel;

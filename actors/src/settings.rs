@@ -63,6 +63,8 @@ pub struct Settings {
     pub simulators: SimulatorSettings,
     /// Bulkhead and circuit breaker of every external and fan-out dependency.
     pub resilience: ResilienceSettings,
+    /// How the HTTP API checks its callers' tokens.
+    pub api: ApiSettings,
     /// Rebuild the service's database from its stream at start (`commerce run <service> --rebuild`).
     /// An empty database is rebuilt anyway.
     pub rebuild: bool,
@@ -93,6 +95,7 @@ impl Default for Settings {
             tracking_poll_ms: 200,
             simulators: SimulatorSettings::default(),
             resilience: ResilienceSettings::default(),
+            api: ApiSettings::default(),
             rebuild: false,
             streams: StreamSettings::default(),
             store: StoreConfig::default(),
@@ -133,6 +136,19 @@ impl SimulatorSettings {
     pub fn carrier_delivery(&self) -> Duration {
         Duration::from_millis(self.carrier_delivery_ms)
     }
+}
+
+/// The HTTP API's bearer tokens (JWTs). By default the gateway signs its own (HS256, key under
+/// `<data-dir>/credentials/`); with an identity provider, give its RS256 public key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// PEM file of the identity provider's RS256 public key.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Accept only tokens with this `iss`.
+    pub issuer: Option<String>,
+    /// Accept only tokens with this `aud`.
+    pub audience: Option<String>,
 }
 
 /// Flag values given on the command line (`None`: not given).

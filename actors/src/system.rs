@@ -13,6 +13,7 @@ use bus::Login;
 use crate::access::BusUser;
 use crate::engine::host::{self, RunningComponent};
 use crate::engine::EngineError;
+use crate::gateway::auth::ApiAuth;
 use crate::inventory::InventoryService;
 use crate::order::OrderService;
 use crate::payment::PaymentService;
@@ -31,6 +32,8 @@ pub enum SystemError {
     Engine(#[from] EngineError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] crate::gateway::auth::AuthError),
     /// Only the services and the projection run on an Arbiter of their own.
     #[error("{0} does not run on an Arbiter of its own")]
     NotOnArbiter(Component),
@@ -154,6 +157,7 @@ impl System {
                     client,
                     &settings.payment_gateway_url(),
                     &ops,
+                    ApiAuth::from_settings(settings)?,
                 )?);
             }
             Component::Simulators => {

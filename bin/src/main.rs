@@ -3,7 +3,7 @@
 //! # Layout
 //! - `launch`: `up` and `run <component>`: start, print where things are, stop cleanly.
 //! - `client`: how the client commands reach the broker.
-//! - `status`, `order`, `projection`, `faults`: the commands for people.
+//! - `status`, `order`, `projection`, `faults`, `token`: the commands for people.
 //! - `bench`: measurements against their limits (bus, saga, read side).
 
 mod bench;
@@ -13,6 +13,7 @@ mod launch;
 mod order;
 mod projection;
 mod status;
+mod token;
 
 use std::path::PathBuf;
 
@@ -94,6 +95,10 @@ enum Command {
     /// The read model: `rebuild` replays every stream into a new generation, then switches.
     #[command(subcommand)]
     Projection(ProjectionCommand),
+    /// Print a bearer token for the HTTP API (`Authorization: Bearer <token>`), signed with
+    /// the data dir's key.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Measure the bus and the saga against their limits, in one run.
     Bench(bench::BenchArgs),
 }
@@ -151,6 +156,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 faults::run(&simulator, change, settings).await
             }
+            Command::Token(command) => token::run(command, &settings),
             Command::Bench(args) => bench::run(args, settings).await,
         }
     })

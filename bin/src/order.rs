@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use actors::catalog::{LineRequest, OrderRequest, PaymentMethod};
-use actors::contract::{Cancel, IdempotencyKey, OrderReadModel, Place, PlaceRequest, ReadOrder};
+use actors::contract::{
+    Cancel, CancelRequest, IdempotencyKey, OrderReadModel, Place, PlaceRequest, ReadOrder,
+};
 use actors::external::payment_gateway::CardToken;
 use actors::rpc::{call, DomainError};
 use actors::{Component, Settings};
@@ -86,9 +88,16 @@ pub async fn run(command: OrderCommand, settings: Settings) -> anyhow::Result<()
             print(&call::<ReadOrder>(&client, Component::Projection, &order_id).await?)
         }
         OrderCommand::Cancel { order_id } => print(
-            &call::<Cancel>(&client, Component::Order, &order_id)
-                .await?
-                .order,
+            &call::<Cancel>(
+                &client,
+                Component::Order,
+                &CancelRequest {
+                    order_id,
+                    customer: None,
+                },
+            )
+            .await?
+            .order,
         ),
     }
 }

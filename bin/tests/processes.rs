@@ -70,7 +70,12 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
     let mut projection = cluster.run("projection");
     let gateway = cluster.run("gateway");
     let http = gateway.line_starting("http: ");
-    let api = Api::new(&http, &cluster.payment_gateway, &cluster.carrier);
+    let api = Api::new(
+        &http,
+        &cluster.payment_gateway,
+        &cluster.carrier,
+        cluster.data.path(),
+    );
 
     let mut placed = scenario::place(&api, 20).await;
 

@@ -23,7 +23,7 @@ fn up(data: &tempfile::TempDir) -> (Proc, String, Api) {
         .env("COMMERCE_MAX_DELIVER", "100")
         .args(["up", "--data-dir"])
         .arg(data.path());
-    support::started(Proc::spawn(cmd))
+    support::started(Proc::spawn(cmd), data.path())
 }
 
 /// The next transition published on the subscription, as (from, to).
@@ -172,7 +172,7 @@ fn up_with_deadline(data: &tempfile::TempDir) -> (Proc, Api) {
         .args(["up", "--data-dir"])
         .arg(data.path());
     let up = Proc::spawn(cmd);
-    let api = Api::of(&up);
+    let api = Api::of(&up, data.path());
     (up, api)
 }
 

@@ -21,7 +21,7 @@ async fn every_path_ends_right_and_a_poison_event_does_not_stop_the_saga() {
     let mut up = Proc::up_logging(&["--data-dir", data.path().to_str().unwrap()], &log);
     let nats = up.line_starting("nats: ");
     let nats = nats.split_whitespace().next().unwrap().to_string();
-    let api = Api::of(&up);
+    let api = Api::of(&up, data.path());
 
     // An undecodable event where the payment service listens: it goes to DLQ with a reason.
     let client = support::operator(&nats, data.path()).await;
@@ -433,7 +433,7 @@ async fn a_recovered_service_does_not_retry_what_it_dead_lettered() {
     let mut first = start();
     let nats = first.line_starting("nats: ");
     let nats = nats.split_whitespace().next().unwrap().to_string();
-    let api = Api::of(&first);
+    let api = Api::of(&first, data.path());
     // The gateway is down for good: OrderCreated is dead-lettered after 2 deliveries.
     api.set_faults(&api.payment_gateway, json!({ "outage": true }))
         .await;
@@ -454,7 +454,7 @@ async fn a_recovered_service_does_not_retry_what_it_dead_lettered() {
     // Lose the payment database; the next start rebuilds it from the stream.
     std::fs::remove_dir_all(data.path().join("payment")).unwrap();
     let mut second = start();
-    let api = Api::of(&second);
+    let api = Api::of(&second, data.path());
     let fine = api
         .place_ok(&order("vera", "SKU-MUG", 1, CARD, ADDRESS))
         .await;

@@ -89,6 +89,13 @@ async fn the_bus_admits_only_known_identities_each_to_its_own_subjects() {
     gateway.publish(event, "{}".into()).await.unwrap();
     gateway.flush().await.unwrap();
     refused(&mut refusals, event).await;
+    // Nor calls an operator endpoint.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        gateway.request("commerce.projection.rebuild", "".into()),
+    )
+    .await;
+    refused(&mut refusals, "commerce.projection.rebuild").await;
 
     // Nothing of it reached a stream: the operator sees SHIPMENTS and ORDERS as they were.
     let operator = support::operator(&nats, data.path()).await;
@@ -239,4 +246,102 @@ async fn an_event_is_believed_only_where_it_belongs_and_when_it_is_possible() {
         assert_eq!(row["order_status"], "COMPLETED", "{row}");
     }
     assert_eq!(api.ledger(&api.payment_gateway).await, ledger);
+}
+
+#[tokio::test]
+async fn a_customer_sees_only_their_own_orders_and_operator_surfaces_need_an_operator() {
+    use reqwest::Method;
+    let data = tempfile::tempdir().unwrap();
+    let (_up, _nats, api) = up(&data);
+    let (ann, bob) = (api.customer("ann"), api.customer("bob"));
+    let json =
+        |value: serde_json::Value| Some(("application/json", value.to_string().into_bytes()));
+    let form = serde_json::json!({
+        "lines": [{ "sku": "SKU-MUG", "quantity": 1 }],
+        "card_number": support::CARD,
+        "shipping_address": support::ADDRESS,
+    });
+
+    // No token, or one this system did not sign: 401, and nothing placed.
+    let (status, body) = api
+        .raw_as(None, Method::POST, "/orders", json(form.clone()))
+        .await;
+    assert_eq!(status, 401, "{body}");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let forged = Api::new(&api.base, "", "", elsewhere.path()).operator();
+    let (status, body) = api
+        .raw_as(Some(&forged), Method::POST, "/orders", json(form.clone()))
+        .await;
+    assert_eq!(status, 401, "{body}");
+
+    // Ann's token places Ann's order; Bob's cannot place one for Ann.
+    let (status, placed) = api
+        .raw_as(Some(&ann), Method::POST, "/orders", json(form.clone()))
+        .await;
+    assert_eq!(status, 201, "{placed}");
+    assert_eq!(placed["customer"], "ann");
+    let id = placed["order_id"].as_str().unwrap().to_string();
+    let mut as_ann = form.clone();
+    as_ann["customer"] = "ann".into();
+    let (status, body) = api
+        .raw_as(Some(&bob), Method::POST, "/orders", json(as_ann))
+        .await;
+    assert_eq!(status, 403, "{body}");
+
+    // Ann reads her order; to Bob it does not exist, read, composed or cancelled.
+    let path = format!("/orders/{id}");
+    support::wait_until("Ann sees her order", || async {
+        api.raw_as(Some(&ann), Method::GET, &path, None).await.0 == 200
+    })
+    .await;
+    let composed = format!("/orders/{id}/composed");
+    let cancel = format!("/orders/{id}/cancel");
+    for (method, path) in [
+        (Method::GET, &path),
+        (Method::GET, &composed),
+        (Method::POST, &cancel),
+    ] {
+        let (status, body) = api.raw_as(Some(&bob), method.clone(), path, None).await;
+        assert_eq!(status, 404, "{method} {path} as Bob: {body}");
+        let (status, body) = api.raw_as(None, method.clone(), path, None).await;
+        assert_eq!(status, 401, "{method} {path} without a token: {body}");
+    }
+    let (status, body) = api.raw_as(Some(&ann), Method::GET, &composed, None).await;
+    assert_eq!(status, 200, "{body}");
+
+    // The operator surface of the API: guards=false, for an operator only.
+    let unguarded = format!("{composed}?guards=false");
+    let (status, body) = api.raw_as(Some(&ann), Method::GET, &unguarded, None).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = api.raw(Method::GET, &unguarded, None).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Bob's cancel changed nothing (the order service's own state says so); Ann's goes through.
+    let (_, composed) = api.raw(Method::GET, &composed, None).await;
+    let state = composed["order"]["status"].as_str().unwrap();
+    assert!(!["CANCELLING", "CANCELLED"].contains(&state), "{composed}");
+    let (status, body) = api.raw_as(Some(&ann), Method::POST, &cancel, None).await;
+    assert!(status == 202 || status == 409, "{body}");
+
+    // No CORS grant to any origin; JSON bodies only.
+    let response = reqwest::Client::new()
+        .get(format!("{}{path}", api.base))
+        .header("Origin", "https://evil.example")
+        .bearer_auth(&ann)
+        .send()
+        .await
+        .unwrap();
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    let (status, body) = api
+        .raw_as(
+            Some(&ann),
+            Method::POST,
+            "/orders",
+            Some(("text/plain", form.to_string().into_bytes())),
+        )
+        .await;
+    assert_eq!(status, 415, "{body}");
 }

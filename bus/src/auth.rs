@@ -89,28 +89,32 @@ pub fn public_key(credentials: &Credentials) -> Option<String> {
 
 /// Write `seed` to `path`, readable and writable by its owner only (0600), atomically.
 pub fn write_seed(path: &Path, credentials: &Credentials) -> Result<(), BusError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let Credentials::Nkey(seed) = credentials else {
         return Err(BusError::Credentials {
             path: path.to_path_buf(),
             why: "only nkey seeds are written".into(),
         });
     };
-    let failed = |e: std::io::Error| BusError::Credentials {
+    write_private(path, seed.as_bytes()).map_err(|e| BusError::Credentials {
         path: path.to_path_buf(),
         why: e.to_string(),
-    };
+    })
+}
+
+/// Write a secret to `path`, readable and writable by its owner only (0600), atomically: it
+/// is never seen half-written nor with wider permissions.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let partial = path.with_extension("partial");
     let _ = std::fs::remove_file(&partial);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&partial)
-        .map_err(failed)?;
-    file.write_all(seed.as_bytes()).map_err(failed)?;
-    file.sync_all().map_err(failed)?;
-    std::fs::rename(&partial, path).map_err(failed)
+        .open(&partial)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&partial, path)
 }
 
 /// What one identity may publish and subscribe to. Anything not allowed is denied.

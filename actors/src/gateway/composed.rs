@@ -2,16 +2,20 @@
 //! part of the order (compare with the read model's one lookup), each through its own bulkhead
 //! and breaker on its own Arbiter, with a 2 s limit. A service that cannot answer makes it a 503
 //! that still carries the parts it has and names the missing ones; with its breaker open, that
-//! is immediate. `?guards=false` skips the guards: the baseline for `commerce bench reads`.
+//! is immediate. `?guards=false` skips the guards: the baseline for `commerce bench reads`, for
+//! operators only. A customer sees only their own order, and nothing when the order service
+//! cannot say whose it is.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::{error, failed, order_id};
+use super::auth::Caller;
+use super::{error, failed, may_see, not_theirs, order_id};
 use crate::contract::{
     InventoryPart, InventoryService, OrderService, OrderView, Part, Payment, PaymentService,
     RecommendationPart, RecommendationService, Service, Shipment, ShipmentService, StorePart,
@@ -84,9 +88,13 @@ struct Missing {
 pub async fn composed_order(
     client: web::Data<async_nats::Client>,
     fan_out: web::Data<FanOut>,
+    caller: Caller,
     id: web::Path<String>,
     query: web::Query<ComposedQuery>,
 ) -> HttpResponse {
+    if !query.guards && caller != Caller::Operator {
+        return error(StatusCode::FORBIDDEN, "guards=false is for operators only");
+    }
     let id = match order_id(&id) {
         Ok(id) => id,
         Err(e) => return failed(e),
@@ -117,11 +125,17 @@ pub async fn composed_order(
         error: None,
         missing,
     };
-    if matches!(composed.order, Some(None)) {
-        return error(
-            actix_web::http::StatusCode::NOT_FOUND,
-            &format!("no order {id:?}"),
-        );
+    match (&composed.order, &caller) {
+        (Some(None), _) => return not_theirs(&id),
+        (Some(Some(order)), caller) if !may_see(caller, Some(&order.customer)) => {
+            return not_theirs(&id)
+        }
+        (None, Caller::Customer(_)) => {
+            return failed(DomainError::unavailable(
+                "the order service cannot say now whose order this is; retry",
+            ))
+        }
+        _ => {}
     }
     if composed.missing.is_empty() {
         return HttpResponse::Ok().json(composed);

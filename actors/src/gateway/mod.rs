@@ -9,8 +9,13 @@
 //! - `GET /orders/{id}/composed`: the fan-out baseline, asking all six services
 //! - `GET /products` (catalog with warehouse and store stock), `GET /health`
 //!
+//! The order routes need a bearer token ([`auth`]): a customer places, reads and cancels only
+//! their own orders (another's is a 404, as if it did not exist); an operator, any. No CORS
+//! headers are sent (browsers keep other origins out) and bodies are JSON only.
+//!
 //! Every error is JSON: `{"error": "..."}` with a 4xx/5xx status.
 
+pub mod auth;
 mod composed;
 
 use std::net::SocketAddr;
@@ -23,11 +28,12 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde::Serialize;
 use serde_json::json;
 
+use self::auth::{ApiAuth, Caller};
 use self::composed::FanOut;
 use crate::catalog::{card_digits, OrderForm, PaymentMethod, PRODUCTS};
 use crate::contract::{
-    Cancel, CancelOutcome, Get, IdempotencyKey, InventoryService, Place, PlaceRequest, ReadOrder,
-    Status, StoreService,
+    Cancel, CancelOutcome, CancelRequest, Get, IdempotencyKey, InventoryService, Place,
+    PlaceRequest, ReadOrder, Status, StoreService,
 };
 use crate::external::payment_gateway::GatewayClient;
 use crate::external::CallError;
@@ -44,8 +50,10 @@ pub fn start(
     client: async_nats::Client,
     payment_gateway_url: &str,
     ops: &Ops,
+    callers: ApiAuth,
 ) -> std::io::Result<(SocketAddr, ServerHandle)> {
     let client = web::Data::new(client);
+    let callers = web::Data::new(callers);
     let fan_out = web::Data::new(FanOut::new(ops));
     // Card numbers are exchanged for tokens here, at the edge, and go no further.
     let vault = GatewayClient::new(payment_gateway_url, ops.guard("payment-gateway-vault"))
@@ -56,6 +64,7 @@ pub fn start(
             .app_data(client.clone())
             .app_data(fan_out.clone())
             .app_data(vault.clone())
+            .app_data(callers.clone())
             .app_data(
                 web::JsonConfig::default()
                     .limit(MAX_BODY)
@@ -94,6 +103,19 @@ fn order_id(raw: &str) -> Result<String, DomainError> {
 
 fn error(status: StatusCode, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(json!({ "error": message }))
+}
+
+/// An order `caller` may not see is one that does not exist, for them.
+fn not_theirs(id: &str) -> HttpResponse {
+    failed(DomainError::not_found(format!("no order {id:?}")))
+}
+
+/// Whether `caller` may see an order of `owner`'s.
+fn may_see(caller: &Caller, owner: Option<&str>) -> bool {
+    match caller {
+        Caller::Operator => true,
+        Caller::Customer(me) => owner == Some(me.as_str()),
+    }
 }
 
 /// The HTTP status for each kind of domain error: the one place the domain meets HTTP.
@@ -206,6 +228,7 @@ fn redact_card_numbers(text: &str) -> String {
 async fn place_order(
     client: web::Data<async_nats::Client>,
     vault: web::Data<GatewayClient>,
+    caller: Caller,
     req: HttpRequest,
     body: web::Json<OrderForm>,
 ) -> HttpResponse {
@@ -226,13 +249,27 @@ async fn place_order(
         },
     };
     let mut form = body.into_inner();
+    let customer = match (caller, form.customer.take()) {
+        (Caller::Customer(me), None) => me,
+        (Caller::Customer(me), Some(named)) if named.trim() == me => me,
+        (Caller::Customer(_), Some(_)) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "a customer places orders only as themselves",
+            )
+        }
+        (Caller::Operator, Some(named)) => named,
+        (Caller::Operator, None) => {
+            return failed(DomainError::rejected("customer: whose order is it?"))
+        }
+    };
     let payment = match payment_method(&vault, &mut form).await {
         Ok(payment) => payment,
         Err(e) => return failed(e),
     };
     let request = PlaceRequest {
         idempotency_key,
-        order: form.paid_with(payment),
+        order: form.paid_with(customer, payment),
     };
     match call::<Place>(&client, Component::Order, &request).await {
         Ok(placed) => {
@@ -250,24 +287,39 @@ async fn place_order(
     }
 }
 
-async fn get_order(client: web::Data<async_nats::Client>, id: web::Path<String>) -> HttpResponse {
-    let id = match order_id(&id) {
-        Ok(id) => id,
-        Err(e) => return failed(e),
-    };
-    // The read model: one lookup.
-    answer(call::<ReadOrder>(&client, Component::Projection, &id).await)
-}
-
-async fn cancel_order(
+async fn get_order(
     client: web::Data<async_nats::Client>,
+    caller: Caller,
     id: web::Path<String>,
 ) -> HttpResponse {
     let id = match order_id(&id) {
         Ok(id) => id,
         Err(e) => return failed(e),
     };
-    match call::<Cancel>(&client, Component::Order, &id).await {
+    // The read model: one lookup.
+    match call::<ReadOrder>(&client, Component::Projection, &id).await {
+        Ok(row) if !may_see(&caller, row.customer.as_deref()) => not_theirs(&id),
+        other => answer(other),
+    }
+}
+
+async fn cancel_order(
+    client: web::Data<async_nats::Client>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> HttpResponse {
+    let id = match order_id(&id) {
+        Ok(id) => id,
+        Err(e) => return failed(e),
+    };
+    let request = CancelRequest {
+        order_id: id,
+        customer: match caller {
+            Caller::Customer(me) => Some(me),
+            Caller::Operator => None,
+        },
+    };
+    match call::<Cancel>(&client, Component::Order, &request).await {
         Ok(cancelled) => {
             let status = match cancelled.outcome {
                 CancelOutcome::AlreadyCancelled => StatusCode::OK,

@@ -68,8 +68,8 @@ pub enum OrderCommand {
         fingerprint: String,
         placed_at: DateTime<Utc>,
     },
-    /// A customer's cancel.
-    Cancel,
+    /// A cancel, by `customer` (`None`: an operator). Another customer's order is not found.
+    Cancel { customer: Option<String> },
 }
 
 impl Aggregate for Order {
@@ -125,7 +125,7 @@ impl Aggregate for Order {
                 fingerprint,
                 placed_at,
             } => self.place(&order_id, &order, &fingerprint, placed_at),
-            OrderCommand::Cancel => self.cancel(),
+            OrderCommand::Cancel { customer } => self.cancel(customer.as_deref()),
         }
     }
 
@@ -201,7 +201,10 @@ impl Order {
 
     /// A customer's cancel: allowed until the parcel has left. A cancel already requested or
     /// done records nothing.
-    fn cancel(&self) -> Result<Vec<OrderEvent>, DomainError> {
+    fn cancel(&self, customer: Option<&str>) -> Result<Vec<OrderEvent>, DomainError> {
+        if customer.is_some_and(|c| c != self.customer) {
+            return Err(DomainError::not_found("no such order"));
+        }
         match self.status {
             OrderStatus::New => Err(DomainError::not_found("no such order")),
             OrderStatus::Cancelled => Ok(Vec::new()),

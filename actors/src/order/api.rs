@@ -3,7 +3,7 @@
 //! | endpoint | request | reply |
 //! |---|---|---|
 //! | `commerce.order.place` | [`PlaceRequest`] | [`Placed`] (422: invalid, or the key was used for another order) |
-//! | `commerce.order.cancel` | the order id | [`Cancelled`] (409 once the parcel has left; 404) |
+//! | `commerce.order.cancel` | [`CancelRequest`] | [`Cancelled`] (409 once the parcel has left; 404, also for another customer's order) |
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -21,13 +21,23 @@ impl Endpoint for Place {
     type Reply = Placed;
 }
 
-/// Ask to cancel an order (the order id).
+/// Ask to cancel an order.
 pub struct Cancel;
 
 impl Endpoint for Cancel {
     const NAME: &'static str = "cancel";
-    type Request = String;
+    type Request = CancelRequest;
     type Reply = Cancelled;
+}
+
+/// Which order to cancel, on whose behalf.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    pub order_id: String,
+    /// The customer asking: another customer's order is "not found". `None`: an operator.
+    #[serde(default)]
+    pub customer: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,9 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use self::aggregate::{CancelOutcome, Order, OrderCommand, OrderStatus};
-use self::api::{Cancel, Cancelled, IdempotencyKey, OrderView, Place, PlaceRequest, Placed};
+use self::api::{
+    Cancel, CancelRequest, Cancelled, IdempotencyKey, OrderView, Place, PlaceRequest, Placed,
+};
 use crate::catalog::PlaceOrder;
 use crate::engine::{Command, EngineError, Executed, Handle, Placement, Service};
 use crate::rpc::server::ServeError;
@@ -149,7 +151,8 @@ fn place(request: PlaceRequest) -> Result<Command<Order>, DomainError> {
     })
 }
 
-fn cancel(order_id: String) -> Result<Command<Order>, DomainError> {
+fn cancel(request: CancelRequest) -> Result<Command<Order>, DomainError> {
+    let CancelRequest { order_id, customer } = request;
     let order_id = Uuid::parse_str(order_id.trim())
         .map_err(|_| {
             DomainError::not_found(format!("no order {order_id:?} (order ids are UUIDs)"))
@@ -157,7 +160,7 @@ fn cancel(order_id: String) -> Result<Command<Order>, DomainError> {
         .to_string();
     Ok(Command {
         aggregate_id: order_id,
-        command: OrderCommand::Cancel,
+        command: OrderCommand::Cancel { customer },
     })
 }
 

@@ -103,15 +103,28 @@ fn given_placed_when_placed_again_then_nothing_or_refused_for_another_request() 
 fn given_pending_or_confirmed_when_cancelled_then_cancel_requested_once() {
     for history in [vec![placed()], vec![placed(), confirmed()]] {
         given::<Order>(history.clone())
-            .when(OrderCommand::Cancel)
+            .when(OrderCommand::Cancel { customer: None })
             .then(vec![OrderEvent::OrderCancelRequested {}]);
         let requested = history
             .into_iter()
             .chain([OrderEvent::OrderCancelRequested {}]);
         given::<Order>(requested)
-            .when(OrderCommand::Cancel)
+            .when(OrderCommand::Cancel { customer: None })
             .then(vec![]);
     }
+}
+
+#[test]
+fn given_another_customers_order_when_cancelled_then_not_found() {
+    let mine = Some("alice".to_string());
+    given::<Order>([placed()])
+        .when(OrderCommand::Cancel { customer: mine })
+        .then(vec![OrderEvent::OrderCancelRequested {}]);
+    given::<Order>([placed()])
+        .when(OrderCommand::Cancel {
+            customer: Some("mallory".into()),
+        })
+        .then_err(|e| matches!(e, DomainError::NotFound(_)));
 }
 
 #[test]
@@ -119,17 +132,17 @@ fn given_shipped_or_completed_when_cancelled_then_conflict() {
     let shipped = [placed(), confirmed(), OrderEvent::OrderShipped {}];
     let conflict = |e: &DomainError| matches!(e, DomainError::Conflict(_));
     given::<Order>(shipped.clone())
-        .when(OrderCommand::Cancel)
+        .when(OrderCommand::Cancel { customer: None })
         .then_err(conflict);
     let completed = shipped.into_iter().chain([OrderEvent::OrderCompleted {}]);
     given::<Order>(completed)
-        .when(OrderCommand::Cancel)
+        .when(OrderCommand::Cancel { customer: None })
         .then_err(conflict);
     given::<Order>([])
-        .when(OrderCommand::Cancel)
+        .when(OrderCommand::Cancel { customer: None })
         .then_err(|e| matches!(e, DomainError::NotFound(_)));
     given::<Order>([placed(), OrderEvent::OrderCancelled { reason: "x".into() }])
-        .when(OrderCommand::Cancel)
+        .when(OrderCommand::Cancel { customer: None })
         .then(vec![]);
 }
 

@@ -34,6 +34,8 @@ pub struct TimelineEntry {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OrderReadModel {
     pub order_id: String,
+    /// Whose order it is: the API shows it to that customer only.
+    pub customer: Option<String>,
     pub order_date: Option<DateTime<Utc>>,
     pub order_status: Option<String>,
     pub cancel_reason: Option<String>,
@@ -115,10 +117,12 @@ impl OrderReadModel {
         match event {
             Inbound::Order(e) => match e {
                 OrderEvent::OrderCreated {
+                    customer,
                     total_cents,
                     placed_at,
                     ..
                 } => {
+                    self.customer = Some(customer.clone());
                     self.order_date = Some(*placed_at);
                     self.total_amount = Some(*total_cents);
                     self.order_status = status("PENDING");

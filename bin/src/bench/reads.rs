@@ -19,7 +19,9 @@ pub async fn run(orders: usize, requests: usize, mut settings: Settings) -> anyh
     let (system, http, _dir) = super::saga::system(settings).await?;
     let client = super::saga::operator(&system)?;
     let js = jetstream::new(client.clone());
-    let web = reqwest::Client::new();
+    let web = reqwest::Client::builder()
+        .default_headers(super::saga::operator_token(&system)?)
+        .build()?;
 
     // Orders, each saga to completion.
     let bar = super::bus::progress("placing orders", orders);
@@ -27,7 +29,7 @@ pub async fn run(orders: usize, requests: usize, mut settings: Settings) -> anyh
     for chunk in (0..orders).collect::<Vec<_>>().chunks(50) {
         let sends = chunk.iter().map(|i| {
             let order = OrderForm {
-                customer: format!("reads-{i}"),
+                customer: Some(format!("reads-{i}")),
                 lines: vec![LineRequest {
                     sku: "SKU-MUG".into(),
                     quantity: 1,

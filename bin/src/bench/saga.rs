@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use actors::catalog::{LineRequest, OrderForm};
 use actors::contract::OrderView;
+use actors::gateway::auth::{mint, Caller};
 use actors::{Settings, System};
 use anyhow::Context;
 use futures::StreamExt;
@@ -35,6 +36,22 @@ pub(super) async fn system(
     let http = endpoints.http.clone().context("the gateway is not up")?;
     eprintln!("bench: system up at {http} (nats {})", endpoints.nats);
     Ok((system, http, dir))
+}
+
+/// The API's operator token of a system this bench started (none with `auth` off), as the
+/// header every bench request carries: each request is checked as a real one is.
+pub fn operator_token(system: &System) -> anyhow::Result<reqwest::header::HeaderMap> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let settings = &system.runtime.settings;
+    if settings.auth {
+        let day = Duration::from_secs(24 * 3600);
+        let token = mint(&settings.data_dir, &Caller::Operator, day)?;
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+    }
+    Ok(headers)
 }
 
 /// The operator's connection of a system this bench started.
@@ -80,6 +97,7 @@ pub async fn run(orders: usize, rates: &[u32], settings: Settings) -> anyhow::Re
 
     let web = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
+        .default_headers(operator_token(&system)?)
         .build()?;
     let mut results = Vec::new();
     for (round, &rate) in rates.iter().enumerate() {
@@ -140,7 +158,7 @@ async fn offer(
             tokio::time::sleep_until(due.into()).await;
         }
         let order = OrderForm {
-            customer: format!("bench-{round}-{i}"),
+            customer: Some(format!("bench-{round}-{i}")),
             lines: vec![LineRequest {
                 sku: skus[i % skus.len()].into(),
                 quantity: 1,

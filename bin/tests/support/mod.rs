@@ -132,46 +132,63 @@ impl Drop for Proc {
 /// `commerce up` on `data` (default settings but free ports): the process, its broker's URL and
 /// its API.
 pub fn up(data: &std::path::Path) -> (Proc, String, Api) {
-    started(Proc::up(&["--data-dir", data.to_str().unwrap()]))
+    started(Proc::up(&["--data-dir", data.to_str().unwrap()]), data)
 }
 
-/// A `commerce up` that is starting: the process, its broker's URL and its API, once it is up.
-pub fn started(up: Proc) -> (Proc, String, Api) {
+/// A `commerce up` on `data` that is starting: the process, its broker's URL and its API, once
+/// it is up.
+pub fn started(up: Proc, data: &std::path::Path) -> (Proc, String, Api) {
     let nats = up.line_starting("nats: ");
     let nats = nats.split_whitespace().next().unwrap().to_string();
-    let api = Api::of(&up);
+    let api = Api::of(&up, data);
     (up, nats, api)
 }
 
-/// The HTTP gateway and the simulators' ledgers.
+/// The HTTP gateway and the simulators' ledgers. Orders are placed with their customer's
+/// token, everything else is asked with an operator's (minted with the data dir's key).
 #[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
     pub base: String,
     pub payment_gateway: String,
     pub carrier: String,
+    /// The data dir whose key signs the tokens.
+    data: std::path::PathBuf,
     /// Every body the HTTP gateway answered, as sent.
     pub answers: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Api {
-    pub fn new(base: &str, payment_gateway: &str, carrier: &str) -> Api {
+    pub fn new(base: &str, payment_gateway: &str, carrier: &str, data: &std::path::Path) -> Api {
         Api {
             http: reqwest::Client::new(),
             base: base.to_string(),
             payment_gateway: payment_gateway.to_string(),
             carrier: carrier.to_string(),
+            data: data.to_path_buf(),
             answers: Default::default(),
         }
     }
 
-    /// The API of a `commerce up` process (from the lines it printed).
-    pub fn of(up: &Proc) -> Api {
+    /// The API of a `commerce up` process on `data` (from the lines it printed).
+    pub fn of(up: &Proc, data: &std::path::Path) -> Api {
         let http = up.line_starting("http: ");
         let payment_gateway = up.line_starting("payment gateway: ");
         let carrier = up.line_starting("carrier: ");
         up.line_starting("Press Ctrl-C");
-        Api::new(&http, &payment_gateway, &carrier)
+        Api::new(&http, &payment_gateway, &carrier, data)
+    }
+
+    /// A token for customer `id`.
+    pub fn customer(&self, id: &str) -> String {
+        let caller = actors::gateway::auth::Caller::Customer(id.to_string());
+        actors::gateway::auth::mint(&self.data, &caller, Duration::from_secs(3600)).unwrap()
+    }
+
+    /// An operator's token.
+    pub fn operator(&self) -> String {
+        let caller = actors::gateway::auth::Caller::Operator;
+        actors::gateway::auth::mint(&self.data, &caller, Duration::from_secs(3600)).unwrap()
     }
 
     async fn read(&self, response: reqwest::Response) -> (u16, Value) {
@@ -186,8 +203,17 @@ impl Api {
         (status, body)
     }
 
+    /// Place `order` as its customer (as an operator when it names none).
     pub async fn place(&self, order: &Value, key: Option<&str>) -> (u16, Value) {
-        let mut request = self.http.post(format!("{}/orders", self.base)).json(order);
+        let token = match order["customer"].as_str() {
+            Some(customer) if !customer.trim().is_empty() => self.customer(customer.trim()),
+            _ => self.operator(),
+        };
+        let mut request = self
+            .http
+            .post(format!("{}/orders", self.base))
+            .bearer_auth(token)
+            .json(order);
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
         }
@@ -201,13 +227,29 @@ impl Api {
         body["order_id"].as_str().expect("order_id").to_string()
     }
 
+    /// `method path` with `body`, as an operator.
     pub async fn raw(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> (u16, Value) {
+        let token = self.operator();
+        self.raw_as(Some(&token), method, path, body).await
+    }
+
+    /// `method path` with `body`, with `token` (or none).
+    pub async fn raw_as(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> (u16, Value) {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
         if let Some((content_type, bytes)) = body {
             request = request.header("content-type", content_type).body(bytes);
         }
