@@ -3,11 +3,12 @@
 //! # Layout
 //! - `launch`: `up` and `run <component>`: start, print where things are, stop cleanly.
 //! - `client`: how the client commands reach the broker.
-//! - `status`, `order`, `projection`, `faults`, `token`: the commands for people.
+//! - `status`, `order`, `projection`, `faults`, `token`, `credentials`: the commands for people.
 //! - `bench`: measurements against their limits (bus, saga, read side).
 
 mod bench;
 mod client;
+mod credentials;
 mod faults;
 mod launch;
 mod order;
@@ -99,6 +100,9 @@ enum Command {
     /// the data dir's key.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Make the broker identities under <data-dir>/credentials/ (kept if there) and print the
+    /// nats-server `authorization` block that admits them: for a server someone else runs.
+    Credentials,
     /// Measure the bus and the saga against their limits, in one run.
     Bench(bench::BenchArgs),
 }
@@ -157,6 +161,7 @@ fn main() -> anyhow::Result<()> {
                 faults::run(&simulator, change, settings).await
             }
             Command::Token(command) => token::run(command, &settings),
+            Command::Credentials => credentials::run(&settings),
             Command::Bench(args) => bench::run(args, settings).await,
         }
     })

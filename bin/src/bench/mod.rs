@@ -31,6 +31,9 @@ enum BenchWhat {
         /// Offered rates in orders/s, comma-separated; 0 sends all at once.
         #[arg(long, value_delimiter = ',', default_value = "50,100,200,0")]
         rates: Vec<u32>,
+        /// Measure again with authentication and permissions off, and print the ratio.
+        #[arg(long)]
+        compare_auth: bool,
     },
     /// The read side: projection rebuild rate vs raw JetStream consume, and `GET /orders/{id}`
     /// (read model) vs `/composed` (fan-out), healthy and with one service slowed by 50 ms.
@@ -50,7 +53,11 @@ pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<()> {
             events,
             single_flush_events,
         } => bus::run(events, single_flush_events, settings).await,
-        BenchWhat::Saga { orders, rates } => saga::run(orders as usize, &rates, settings).await,
+        BenchWhat::Saga {
+            orders,
+            rates,
+            compare_auth,
+        } => saga::run(orders as usize, &rates, settings, compare_auth).await,
         BenchWhat::Reads { orders, requests } => {
             reads::run(orders as usize, requests as usize, settings).await
         }

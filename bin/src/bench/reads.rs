@@ -23,6 +23,7 @@ pub async fn run(orders: usize, requests: usize, mut settings: Settings) -> anyh
         .default_headers(super::saga::operator_token(&system)?)
         .build()?;
 
+    let token = super::saga::card_token(&system).await?;
     // Orders, each saga to completion.
     let bar = super::bus::progress("placing orders", orders);
     let mut ids = Vec::with_capacity(orders);
@@ -34,8 +35,8 @@ pub async fn run(orders: usize, requests: usize, mut settings: Settings) -> anyh
                     sku: "SKU-MUG".into(),
                     quantity: 1,
                 }],
-                card_number: Some("4242424242424242".into()),
-                payment_token: None,
+                card_number: None,
+                payment_token: Some(token.clone()),
                 shipping_address: "1 Bench Street".into(),
             };
             web.post(format!("{http}/orders")).json(&order).send()

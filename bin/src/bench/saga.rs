@@ -54,6 +54,28 @@ pub fn operator_token(system: &System) -> anyhow::Result<reqwest::header::Header
     Ok(headers)
 }
 
+/// A payment token for the test card, from the system's payment gateway, as a card form gets
+/// one in the browser: the bench's orders carry it, so the gateway's card exchange (a call to
+/// the payment gateway per order) is not what is measured.
+pub async fn card_token(system: &System) -> anyhow::Result<String> {
+    let url = system
+        .endpoints()
+        .payment_gateway
+        .context("the bench's system has no payment gateway")?;
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("{url}/v1/tokens"))
+        .json(&serde_json::json!({ "card_number": "4242424242424242" }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    answer["token"]
+        .as_str()
+        .map(str::to_string)
+        .context("the payment gateway gave no token")
+}
+
 /// The operator's connection of a system this bench started.
 pub fn operator(system: &System) -> anyhow::Result<async_nats::Client> {
     system
@@ -63,7 +85,80 @@ pub fn operator(system: &System) -> anyhow::Result<async_nats::Client> {
         .context("the bench's system has no operator connection")
 }
 
-pub async fn run(orders: usize, rates: &[u32], settings: Settings) -> anyhow::Result<()> {
+/// Measure at each rate; with `compare_auth`, again on a system with authentication and
+/// permissions off, and print what they cost.
+pub async fn run(
+    orders: usize,
+    rates: &[u32],
+    settings: Settings,
+    compare_auth: bool,
+) -> anyhow::Result<()> {
+    let label = |auth: bool| if auth { "auth on" } else { "auth off" };
+    let first = measure(orders, rates, settings.clone()).await?;
+    print_table(label(settings.auth), orders, &first);
+    if !compare_auth {
+        return Ok(());
+    }
+    let other = Settings {
+        auth: !settings.auth,
+        ..settings.clone()
+    };
+    let second = measure(orders, rates, other).await?;
+    print_table(label(!settings.auth), orders, &second);
+    let (on, off) = if settings.auth {
+        (&first, &second)
+    } else {
+        (&second, &first)
+    };
+    println!();
+    println!("Auth on as a ratio to auth off:");
+    println!("{:>14} {:>14} {:>10}", "offered/s", "achieved", "p99");
+    for (on, off) in on.iter().zip(off) {
+        println!(
+            "{:>14} {:>14.3} {:>10.3}",
+            offered(on.rate),
+            on.achieved / off.achieved,
+            on.p99 / off.p99
+        );
+    }
+    Ok(())
+}
+
+fn offered(rate: u32) -> String {
+    if rate == 0 {
+        "all at once".to_string()
+    } else {
+        rate.to_string()
+    }
+}
+
+fn print_table(label: &str, orders: usize, results: &[RoundResult]) {
+    println!();
+    println!(
+        "End to end ({label}), POST /orders → OrderConfirmed, {orders} orders per offered rate:"
+    );
+    println!(
+        "{:>14} {:>14} {:>10} {:>10} {:>10}",
+        "offered/s", "achieved/s", "p50 ms", "p99 ms", "max ms"
+    );
+    for r in results {
+        println!(
+            "{:>14} {:>14.1} {:>10.1} {:>10.1} {:>10.1}",
+            offered(r.rate),
+            r.achieved,
+            r.p50,
+            r.p99,
+            r.max
+        );
+    }
+}
+
+/// One fresh system, each rate offered in turn.
+async fn measure(
+    orders: usize,
+    rates: &[u32],
+    settings: Settings,
+) -> anyhow::Result<Vec<RoundResult>> {
     let (system, http, _dir) = system(settings).await?;
 
     let outcomes = Arc::new(Mutex::new(Outcomes::default()));
@@ -99,31 +194,14 @@ pub async fn run(orders: usize, rates: &[u32], settings: Settings) -> anyhow::Re
         .pool_max_idle_per_host(256)
         .default_headers(operator_token(&system)?)
         .build()?;
+    let token = card_token(&system).await?;
     let mut results = Vec::new();
     for (round, &rate) in rates.iter().enumerate() {
-        results.push(offer(&web, &http, &outcomes, round, orders, rate).await?);
+        results.push(offer(&web, &http, &token, &outcomes, round, orders, rate).await?);
     }
     watch.abort();
     system.shutdown().await;
-
-    println!();
-    println!("End to end, POST /orders → OrderConfirmed, {orders} orders per offered rate:");
-    println!(
-        "{:>14} {:>14} {:>10} {:>10} {:>10}",
-        "offered/s", "achieved/s", "p50 ms", "p99 ms", "max ms"
-    );
-    for r in &results {
-        let offered = if r.rate == 0 {
-            "all at once".to_string()
-        } else {
-            r.rate.to_string()
-        };
-        println!(
-            "{offered:>14} {:>14.1} {:>10.1} {:>10.1} {:>10.1}",
-            r.achieved, r.p50, r.p99, r.max
-        );
-    }
-    Ok(())
+    Ok(results)
 }
 
 struct RoundResult {
@@ -138,6 +216,7 @@ struct RoundResult {
 async fn offer(
     web: &reqwest::Client,
     http: &str,
+    token: &str,
     outcomes: &Arc<Mutex<Outcomes>>,
     round: usize,
     orders: usize,
@@ -163,8 +242,8 @@ async fn offer(
                 sku: skus[i % skus.len()].into(),
                 quantity: 1,
             }],
-            card_number: Some("4242424242424242".into()),
-            payment_token: None,
+            card_number: None,
+            payment_token: Some(token.to_string()),
             shipping_address: "1 Bench Street [hold]".into(),
         };
         let request = web.post(format!("{http}/orders")).json(&order);
@@ -172,7 +251,9 @@ async fn offer(
             let sent = Instant::now();
             let response = request.send().await.map_err(|e| e.to_string())?;
             if response.status() != 201 {
-                return Err(format!("POST /orders answered {}", response.status()));
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                return Err(format!("POST /orders answered {status}: {body}"));
             }
             let order: OrderView = response.json().await.map_err(|e| e.to_string())?;
             Ok::<_, String>((order.order_id, sent))

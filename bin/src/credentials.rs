@@ -1,0 +1,17 @@
+//! `commerce credentials`: the broker identities for a server someone else runs. Makes (or
+//! keeps) one nkey per component and the operator under `<data-dir>/credentials/` (0600), and
+//! prints the nats-server `authorization` block that admits them with their permissions: the
+//! block holds public keys only, so it may be shown and copied into the server's config.
+
+use actors::access::Keyring;
+use actors::Settings;
+
+pub fn run(settings: &Settings) -> anyhow::Result<()> {
+    let (_, authorization) = Keyring::prepare(&settings.data_dir)?;
+    eprintln!(
+        "credentials: {} (give each process its file: --nats-creds or NATS_CREDS)",
+        actors::access::credentials_dir(&settings.data_dir).display()
+    );
+    print!("{authorization}");
+    Ok(())
+}
