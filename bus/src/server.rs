@@ -159,7 +159,9 @@ impl NatsServer {
             mon = self.monitor_port,
             store = dir.join("jetstream").display().to_string(),
         );
-        write_private(&conf, &text)?;
+        // It names who may connect: its owner only may read it.
+        crate::auth::write_private(&conf, text.as_bytes())
+            .map_err(|e| BusError::Server(format!("cannot write {}: {e}", conf.display())))?;
         let child = Command::new(&self.binary)
             .arg("-c")
             .arg(&conf)
@@ -267,22 +269,6 @@ pub fn find_binary() -> Result<PathBuf, BusError> {
              or pass --nats URL to use a running server"
         ))
     })
-}
-
-/// The server's configuration names who may connect: its owner only may read it.
-fn write_private(path: &Path, text: &str) -> Result<(), BusError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let failed =
-        |e: std::io::Error| BusError::Server(format!("cannot write {}: {e}", path.display()));
-    let _ = std::fs::remove_file(path);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(failed)?;
-    file.write_all(text.as_bytes()).map_err(failed)
 }
 
 /// Is `port` free on loopback right now?
