@@ -388,3 +388,110 @@ async fn a_broker_restart_mid_consume_loses_nothing_and_applies_nothing_twice() 
         "no event applied twice"
     );
 }
+
+/// Work that outlives AckWait threefold, with more messages delivered behind the batch: the
+/// in-progress acks keep every one of them from being redelivered, so each is delivered once.
+#[tokio::test]
+async fn work_longer_than_ack_wait_is_never_redelivered() {
+    init_logs();
+    let broker = TestBroker::start().await;
+    let (_dir, store) = temp_store();
+    let mut spec = spec();
+    spec.batch = 5;
+    let mut consumer = DurableConsumer::bind(&broker.js, spec).await.unwrap();
+    let events = publish_orders(&broker, 20).await;
+    let mut handled = 0;
+    let deadline = Deadline::after(WAIT, "every event handled");
+    while handled < events.len() {
+        deadline.check();
+        let batch = consumer
+            .next_batch(Duration::from_millis(200))
+            .await
+            .unwrap();
+        for delivery in &batch {
+            assert_eq!(delivery.delivered, 1, "{delivery:?} was redelivered");
+        }
+        // The slow dependency: three AckWaits for the batch.
+        let slow = tokio::time::sleep(Duration::from_secs(3));
+        consumer.working(bus::InHand::of(&batch), slow).await;
+        let mut verdicts = Vec::new();
+        for delivery in batch {
+            let (verdict, _) = apply(&store, &delivery);
+            verdicts.push((verdict, delivery));
+        }
+        handled += verdicts.len();
+        let flushed = store.flush().await.unwrap();
+        consumer.settle(verdicts, flushed).await;
+    }
+    assert_eq!(handled, events.len(), "nothing handled twice");
+    applied_once(&store, &events);
+}
+
+/// The broker loses the tail of a stream (its last block cut short, as an OS crash before fsync
+/// leaves it) while the consumer's state survives past the new end: the consumer is recreated
+/// from there, so what is published again at the reused sequences is not skipped.
+#[tokio::test]
+async fn a_consumer_past_the_end_of_a_stream_that_lost_its_tail_is_recreated() {
+    init_logs();
+    let mut broker = TestBroker::start().await;
+    let (_dir, store) = temp_store();
+    let mut consumer = DurableConsumer::bind(&broker.js, spec()).await.unwrap();
+    let events = publish_orders(&broker, 40).await;
+    let mut handled = 0;
+    let deadline = Deadline::after(WAIT, "every event handled");
+    while handled < events.len() {
+        deadline.check();
+        handled += consume_batch(&mut consumer, &store).await.len();
+    }
+
+    broker.server.kill();
+    let blocks = broker
+        .server
+        .store_dir()
+        .join("jetstream/jetstream/$G/streams/ORDERS/msgs");
+    let block = std::fs::read_dir(&blocks)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "blk"))
+        .max()
+        .expect("a message block");
+    let len = std::fs::metadata(&block).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&block)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    broker.server.restart().await.unwrap();
+    let survived = wait_for_stream(&broker).await;
+    assert!(survived < 40, "the tail is lost: {survived} messages left");
+
+    // Published again (as the owning relay would), at sequences the consumer had passed.
+    let again = publish_orders(&broker, 5).await;
+    assert!(consumer.realign(Duration::ZERO).await.unwrap(), "recreated");
+    let deadline = Deadline::after(WAIT, "the new events handled");
+    while !again.iter().all(|e| store.is_processed(e.id).unwrap()) {
+        deadline.check();
+        consume_batch(&mut consumer, &store).await;
+    }
+    applied_once(&store, &events[..survived as usize]);
+    applied_once(&store, &again);
+    assert!(
+        !consumer.realign(Duration::ZERO).await.unwrap(),
+        "aligned now"
+    );
+}
+
+/// The stream's message count once the restarted broker answers.
+async fn wait_for_stream(broker: &TestBroker) -> u64 {
+    let deadline = Deadline::after(WAIT, "the restarted broker answers");
+    loop {
+        if let Ok(mut stream) = broker.js.get_stream("ORDERS").await {
+            if let Ok(info) = stream.info().await {
+                return info.state.messages;
+            }
+        }
+        deadline.check();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -4,7 +4,8 @@
 //! - A service publishes its own domain's events (`orders.>` for order), its dead letters
 //!   (`dlq.<service>.>`) and circuit transitions (`ops.circuit.>`); it drives only its own durable
 //!   consumers on the streams it listens to, replays only its own stream and its dead letters,
-//!   and answers its own micro endpoints.
+//!   reads one dead letter by sequence (to re-handle it: `replay`), and answers its own micro
+//!   endpoints. Deleting a dead letter is the operator's.
 //! - The projection reads every domain stream and publishes no event.
 //! - The HTTP gateway may only call the endpoints it uses.
 //! - The operator (`commerce up` itself and the CLI) may do anything.
@@ -187,6 +188,7 @@ pub fn permissions(user: BusUser) -> Permissions {
                 reads(&mut p, domain.stream(), name);
             }
             replays(&mut p, bus::streams::DLQ_STREAM);
+            reads_one(&mut p, bus::streams::DLQ_STREAM);
             p.publish
                 .extend([format!("dlq.{name}.>"), "ops.circuit.>".into()]);
         }
@@ -219,6 +221,12 @@ fn replays(p: &mut Permissions, stream: &str) {
         format!("$JS.API.CONSUMER.CREATE.{stream}"),
         format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"),
     ]);
+}
+
+/// Read one message of `stream` by sequence (`commerce dlq replay`: a service reads the dead
+/// letter it is asked to re-handle). Reading, not deleting: the operator deletes.
+fn reads_one(p: &mut Permissions, stream: &str) {
+    p.publish.push(format!("$JS.API.STREAM.MSG.GET.{stream}"));
 }
 
 /// The endpoints the HTTP gateway calls, and nothing else.
@@ -292,6 +300,36 @@ mod tests {
             "$JS.API.CONSUMER.DELETE.ORDERS.inventory"
         ));
         assert!(!allows(&payment.subscribe, "_INBOX_gateway.x"));
+    }
+
+    #[test]
+    fn a_service_reads_a_dead_letter_to_replay_it_but_only_the_operator_deletes_or_asks() {
+        for service in Component::SERVICES {
+            let p = permissions(BusUser::Component(service));
+            let name = service.name();
+            assert!(allows(&p.publish, "$JS.API.STREAM.MSG.GET.DLQ"), "{name}");
+            assert!(
+                !allows(&p.publish, "$JS.API.STREAM.MSG.GET.ORDERS"),
+                "{name}"
+            );
+            assert!(
+                !allows(&p.publish, "$JS.API.STREAM.MSG.DELETE.DLQ"),
+                "{name}"
+            );
+            assert!(!allows(&p.publish, "$JS.API.STREAM.PURGE.DLQ"), "{name}");
+            assert!(!allows(&p.publish, "$JS.API.DIRECT.GET.DLQ"), "{name}");
+            // It answers its own `replay`, and asks no one's.
+            assert!(allows(&p.subscribe, &format!("commerce.{name}.replay")));
+            assert!(!allows(&p.publish, "commerce.payment.replay"), "{name}");
+        }
+        let gateway = permissions(BusUser::Component(Component::Gateway));
+        assert!(!allows(&gateway.publish, "commerce.payment.replay"));
+        assert!(!allows(&gateway.publish, "$JS.API.STREAM.MSG.GET.DLQ"));
+        let projection = permissions(BusUser::Component(Component::Projection));
+        assert!(!allows(&projection.publish, "$JS.API.STREAM.MSG.GET.DLQ"));
+        let operator = permissions(BusUser::Operator);
+        assert!(allows(&operator.publish, "$JS.API.STREAM.MSG.DELETE.DLQ"));
+        assert!(allows(&operator.publish, "commerce.payment.replay"));
     }
 
     #[test]

@@ -49,8 +49,12 @@ pub struct Settings {
     /// (`retry_backoff_ms`) this many times, then moved to `DLQ` (at least 1).
     pub max_deliver: i64,
     /// A saga step whose dependency stays unavailable this long (seconds, from when the order
-    /// was placed) is given up: the failure event is emitted and compensation runs.
+    /// was placed) is given up: payment abandons (and voids by key); shipment stops booking and
+    /// asks the carrier what it booked, compensating only on its word (`ShipmentBookingOverdue`).
     pub saga_deadline_secs: u64,
+    /// A saga still open this long (seconds) after its last event is stuck: `commerce status`
+    /// names it.
+    pub stuck_after_secs: u64,
     /// Delay before the n-th redelivery of a failed event, in ms (the last one repeats).
     pub retry_backoff_ms: Vec<u64>,
     /// Sent outbox rows are kept this long (seconds) for inspection, then deleted.
@@ -89,6 +93,7 @@ impl Default for Settings {
             // dependency: about 4 hours at the 30 s backoff.
             max_deliver: 500,
             saga_deadline_secs: 120,
+            stuck_after_secs: 300,
             retry_backoff_ms: vec![500, 2_000, 10_000, 30_000],
             outbox_retention_secs: 24 * 3600,
             inbox_retention_secs: 7 * 24 * 3600,
@@ -166,6 +171,8 @@ pub struct Overrides {
     pub http_addr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_sync_always: Option<bool>,
 }
 
 /// Why settings were refused. Fix the named file, key or value and start again.
@@ -316,6 +323,13 @@ impl Settings {
     /// A value too large for a date-time duration means "never".
     pub fn saga_deadline(&self) -> chrono::Duration {
         i64::try_from(self.saga_deadline_secs)
+            .ok()
+            .and_then(chrono::Duration::try_seconds)
+            .unwrap_or(chrono::Duration::MAX)
+    }
+
+    pub fn stuck_after(&self) -> chrono::Duration {
+        i64::try_from(self.stuck_after_secs)
             .ok()
             .and_then(chrono::Duration::try_seconds)
             .unwrap_or(chrono::Duration::MAX)

@@ -73,6 +73,9 @@ async fn spawn_service(
     })
 }
 
+/// How often streams are checked (and provisioned again if the broker lost them).
+const KEEP_STREAMS_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A running system (or part of one).
 pub struct System {
     pub runtime: Runtime,
@@ -86,6 +89,7 @@ impl System {
     /// Everything: broker (embedded unless a URL is set), simulators, all six services, gateway.
     pub async fn up(settings: Settings) -> Result<System, SystemError> {
         let mut system = System::new(Runtime::start(settings.clone()).await?);
+        system.keep_streams();
         match system.start_all(settings).await {
             Ok(()) => Ok(system),
             Err(e) => {
@@ -99,12 +103,25 @@ impl System {
     /// One component, on a broker that someone else runs (`settings.nats_url`).
     pub async fn run(component: Component, settings: Settings) -> Result<System, SystemError> {
         let mut system = System::new(Runtime::join(settings.clone(), component).await?);
+        system.keep_streams();
         match system.start(component, &settings).await {
             Ok(()) => Ok(system),
             Err(e) => {
                 system.shutdown().await;
                 Err(e)
             }
+        }
+    }
+
+    /// Where this process provisions the streams, it keeps them provisioned.
+    fn keep_streams(&self) {
+        if let Some(operator) = &self.runtime.operator {
+            actix_rt::spawn(bus::streams::keep_provisioned(
+                async_nats::jetstream::new(operator.clone()),
+                self.runtime.settings.streams.clone(),
+                KEEP_STREAMS_EVERY,
+                self.shutdown.clone(),
+            ));
         }
     }
 

@@ -3,12 +3,14 @@
 //! # Layout
 //! - `launch`: `up` and `run <component>`: start, print where things are, stop cleanly.
 //! - `client`: how the client commands reach the broker.
-//! - `status`, `order`, `projection`, `faults`, `token`, `credentials`: the commands for people.
+//! - `status`, `order`, `projection`, `dlq`, `faults`, `token`, `credentials`: the commands for
+//!   people.
 //! - `bench`: measurements against their limits (bus, saga, read side).
 
 mod bench;
 mod client;
 mod credentials;
+mod dlq;
 mod faults;
 mod launch;
 mod order;
@@ -57,6 +59,11 @@ enum Command {
         /// Where the HTTP gateway listens (port 0: any free port).
         #[arg(long, value_name = "ADDR")]
         http: Option<String>,
+        /// The durable profile: the embedded nats-server fsyncs every write before it
+        /// acknowledges it (`nats_sync_always`), so an OS crash or power loss loses nothing it
+        /// acknowledged. Costs throughput (see `commerce bench saga --compare-durable`).
+        #[arg(long)]
+        durable: bool,
     },
     /// Run one component in this process, on a running broker (--nats, NATS_URL, or the one a
     /// `commerce up` in the same --data-dir uses): order, payment, inventory, store, shipment,
@@ -96,6 +103,10 @@ enum Command {
     /// The read model: `rebuild` replays every stream into a new generation, then switches.
     #[command(subcommand)]
     Projection(ProjectionCommand),
+    /// The dead-letter queue: list, show, replay (the service handles the event again) or
+    /// discard what consumers gave up on.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Print a bearer token for the HTTP API (`Authorization: Bearer <token>`), signed with
     /// the data dir's key.
     #[command(subcommand)]
@@ -124,7 +135,9 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let (nats_port, http_addr, rebuild_flag) = match &cli.command {
-        Command::Up { nats_port, http } => (*nats_port, http.clone(), None),
+        Command::Up {
+            nats_port, http, ..
+        } => (*nats_port, http.clone(), None),
         Command::Run { http, rebuild, .. } => (None, http.clone(), rebuild.then_some(true)),
         _ => (None, None, None),
     };
@@ -135,6 +148,7 @@ fn main() -> anyhow::Result<()> {
         nats_port,
         http_addr,
         rebuild: rebuild_flag,
+        nats_sync_always: matches!(cli.command, Command::Up { durable: true, .. }).then_some(true),
     };
     let settings = Settings::load(cli.config.as_deref(), &flags)?;
     // actix's System: every service runs on its own Arbiter under it.
@@ -145,6 +159,7 @@ fn main() -> anyhow::Result<()> {
             Command::Status => status::run(settings).await,
             Command::Order(command) => order::run(command, settings).await,
             Command::Projection(ProjectionCommand::Rebuild) => projection::rebuild(settings).await,
+            Command::Dlq(command) => dlq::run(command, settings).await,
             Command::Faults {
                 simulator,
                 latency_ms,

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use actors::contract::Status;
+use actors::projection::api::Sagas;
 use actors::rpc::call;
 use actors::{Component, Settings};
 
@@ -15,6 +16,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for stream in bus::status::streams(&js).await? {
         print!("{stream}");
     }
+    sagas(&client).await;
     println!("services:");
     for component in Component::with_status() {
         let answer = tokio::time::timeout(
@@ -53,4 +55,31 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Open sagas, and the stuck ones by name (the projection keeps them).
+async fn sagas(client: &async_nats::Client) {
+    let answer = tokio::time::timeout(
+        Duration::from_secs(2),
+        call::<Sagas>(client, Component::Projection, &()),
+    )
+    .await;
+    let Ok(Ok(sagas)) = answer else {
+        println!("sagas: unknown (the projection does not answer)");
+        return;
+    };
+    println!(
+        "sagas: {} open, {} stuck (open over {} s after their last event)",
+        sagas.open, sagas.stuck, sagas.stuck_after_secs
+    );
+    for s in &sagas.oldest {
+        println!(
+            "  stuck {}  order {:<10} shipment {:<10} payment {:<9} last event {}",
+            s.order_id,
+            s.order_status,
+            s.shipment_status.as_deref().unwrap_or("-"),
+            s.payment_status.as_deref().unwrap_or("-"),
+            s.last_event.format("%Y-%m-%dT%H:%M:%SZ"),
+        );
+    }
 }

@@ -3,8 +3,6 @@
 
 mod support;
 
-use actors::access::{BusUser, Keyring};
-use bus::server::{NatsServer, ServerConfig};
 use serde_json::json;
 use support::{commerce, order, scenario, wait_until, Api, Proc, ADDRESS, CARD};
 
@@ -42,13 +40,7 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
     let data = tempfile::tempdir().unwrap();
     // A broker that admits only the system's identities, as `commerce up` makes it; each
     // `commerce run` finds its own credentials under the data dir.
-    let (keyring, authorization) = Keyring::prepare(data.path()).unwrap();
-    let mut config = ServerConfig::new(data.path().join("nats"));
-    config.authorization = Some((
-        authorization,
-        keyring.get(BusUser::Operator).unwrap().clone(),
-    ));
-    let server = NatsServer::start(config).await.unwrap();
+    let server = support::authenticated_broker(data.path()).await;
     let operator = support::operator(&server.url(), data.path()).await;
     let js = async_nats::jetstream::new(operator);
     bus::provision(&js, &bus::StreamSettings::default())

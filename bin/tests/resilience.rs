@@ -205,8 +205,12 @@ async fn past_the_saga_deadline_an_order_is_cancelled_and_any_charge_voided() {
     up.stop();
 }
 
+/// Slow is not down: past the deadline with the carrier unreachable nothing is compensated (the
+/// carrier may have booked); once it answers that it booked nothing (the key now cancelled
+/// there), the order is refunded and its stock released, and no parcel exists.
 #[tokio::test]
-async fn past_the_deadline_without_a_carrier_the_order_is_compensated_and_any_booking_cancelled() {
+async fn past_the_deadline_without_a_carrier_nothing_is_compensated_until_it_says_it_booked_nothing(
+) {
     let data = tempfile::tempdir().unwrap();
     let (mut up, api) = up_with_deadline(&data);
     api.set_faults(&api.carrier, json!({ "outage": true }))
@@ -214,29 +218,74 @@ async fn past_the_deadline_without_a_carrier_the_order_is_compensated_and_any_bo
     let id = api
         .place_ok(&order("xena", "SKU-SOCKS", 2, CARD, ADDRESS))
         .await;
-    let cancelled = api.wait_status(&id, &["CANCELLED"]).await;
-    let reason = cancelled["cancel_reason"].as_str().unwrap();
-    assert!(reason.contains("past the deadline"), "{reason}");
-    // Compensated: refunded, stock back.
-    api.wait_refunded(&id).await;
-    assert_eq!(
-        support::warehouse(&api.products().await, "SKU-SOCKS"),
-        10_000
-    );
-
-    // The carrier comes back: whatever it may have booked for the order is cancelled.
-    api.set_faults(&api.carrier, json!({})).await;
-    support::wait_until("no live booking is left", || async {
-        let ledger = api.ledger(&api.carrier).await;
-        let bookings: Vec<_> = ledger["bookings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|b| b["order_id"] == id.as_str())
-            .cloned()
-            .collect();
-        bookings.len() == 1 && bookings[0]["status"] == "cancelled"
+    support::wait_until("the booking is overdue", || async {
+        api.get(&id).await.1["shipment_status"] == "OVERDUE"
     })
     .await;
+    // Overdue, still unanswered: nothing compensated, the stock still held.
+    let (_, row) = api.get(&id).await;
+    assert_eq!(row["order_status"], "PENDING", "{row}");
+    assert_eq!(row["payment_status"], "APPROVED", "{row}");
+    assert_eq!(
+        support::warehouse(&api.products().await, "SKU-SOCKS"),
+        9_998
+    );
+
+    api.set_faults(&api.carrier, json!({})).await;
+    let cancelled = api.wait_status(&id, &["CANCELLED"]).await;
+    let reason = cancelled["cancel_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("booked nothing by the deadline"),
+        "{reason}"
+    );
+    api.wait_refunded(&id).await;
+    support::wait_until("the stock is back", || async {
+        support::warehouse(&api.products().await, "SKU-SOCKS") == 10_000
+    })
+    .await;
+    let ledger = api.ledger(&api.carrier).await;
+    let bookings: Vec<_> = ledger["bookings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["order_id"] == id.as_str())
+        .collect();
+    assert_eq!(bookings.len(), 1, "{ledger}");
+    assert_eq!(bookings[0]["status"], "cancelled", "{ledger}");
+    up.stop();
+}
+
+/// A carrier that books but answers after the client gave up (slower than its timeout) past
+/// the deadline: the booking it made stands, the order completes, nothing is refunded.
+#[tokio::test]
+async fn past_the_deadline_a_carrier_that_booked_slowly_is_believed_and_the_order_completes() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut up, api) = up_with_deadline(&data);
+    // Over the carrier client's 5 s timeout: every answer is lost.
+    api.set_faults(&api.carrier, json!({ "latency_ms": 6000 }))
+        .await;
+    let id = api
+        .place_ok(&order("yuri", "SKU-MUG", 1, CARD, ADDRESS))
+        .await;
+    support::wait_until("the carrier booked it, unheard", || async {
+        let ledger = api.ledger(&api.carrier).await;
+        ledger["bookings"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|b| b["order_id"] == id.as_str()))
+    })
+    .await;
+    support::wait_until("the booking is overdue", || async {
+        api.get(&id).await.1["shipment_status"] == "OVERDUE"
+    })
+    .await;
+    api.set_faults(&api.carrier, json!({})).await;
+    let done = api.wait_status(&id, &["COMPLETED", "CANCELLED"]).await;
+    assert_eq!(done["order_status"], "COMPLETED", "{done}");
+    let ledger = api.ledger(&api.payment_gateway).await;
+    let refunds = ledger["refunds"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !refunds.iter().any(|r| r["order_id"] == id.as_str()),
+        "{ledger}"
+    );
     up.stop();
 }

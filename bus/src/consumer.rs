@@ -10,7 +10,16 @@
 //! ```
 //! `settle` cannot be called without the [`Flushed`] proof, so acking before durability does not
 //! compile. A crash anywhere before `settle` means redelivery, and the inbox makes it a no-op.
+//!
+//! Work may outlive AckWait (a batch whose external calls are slow): [`DurableConsumer::working`]
+//! tells the broker every third of AckWait that each message it has handed out, in the batch or
+//! waiting behind it, is in progress (`+WPI`). So a live handler never races its own redelivery;
+//! only a dead one is redelivered. The server delivers at most `max_ack_pending` unacked
+//! messages, and every one that arrives meanwhile is taken in hand, so none expires unseen.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::{self, Stream as MessageStream};
@@ -48,6 +57,10 @@ pub struct ConsumerSpec {
     /// Most messages handed out per batch (and so per flush).
     pub batch: usize,
 }
+
+/// Messages the server may have delivered and not seen settled, per batch size: one batch in
+/// hand and one waiting behind it.
+const IN_FLIGHT_BATCHES: usize = 2;
 
 impl ConsumerSpec {
     pub fn new(stream: impl Into<String>, durable: impl Into<String>) -> Self {
@@ -97,6 +110,15 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
+/// The messages of a batch being handled (see [`DurableConsumer::working`]).
+pub struct InHand(Vec<Message>);
+
+impl InHand {
+    pub fn of(batch: &[Delivery]) -> InHand {
+        InHand(batch.iter().map(|d| d.message.clone()).collect())
+    }
+}
+
 /// What the handler decided about a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -111,13 +133,29 @@ pub enum Verdict {
 /// A bound durable consumer.
 pub struct DurableConsumer {
     spec: ConsumerSpec,
+    js: jetstream::Context,
+    /// When the consumer's position was last checked against its stream, and the connection
+    /// count then.
+    checked: Option<(std::time::Instant, u64)>,
     messages: MessageStream,
+    /// Delivered while a batch was being handled; handed out first by the next `next_batch`.
+    waiting: VecDeque<Message>,
+    /// The message stream ended while a batch was being handled.
+    ended: bool,
     dlq: Publisher,
 }
 
 impl DurableConsumer {
     /// Create (or update to `spec`) the durable consumer and start pulling from it.
     pub async fn bind(js: &jetstream::Context, spec: ConsumerSpec) -> Result<Self, BusError> {
+        Self::bind_from(js, spec, DeliverPolicy::All).await
+    }
+
+    async fn bind_from(
+        js: &jetstream::Context,
+        spec: ConsumerSpec,
+        deliver_policy: DeliverPolicy,
+    ) -> Result<Self, BusError> {
         let what = || format!("consumer {} on {}", spec.durable, spec.stream);
         let stream = js
             .get_stream(&spec.stream)
@@ -130,12 +168,14 @@ impl DurableConsumer {
         let config = pull::Config {
             durable_name: Some(spec.durable.clone()),
             description: Some(format!("{} reading {}", spec.durable, spec.stream)),
-            deliver_policy: DeliverPolicy::All,
+            deliver_policy,
             ack_policy: AckPolicy::Explicit,
             ack_wait: spec.ack_wait,
             // Unlimited on the server; `spec.max_deliver` is enforced here. A server-side limit
             // would strand a message whose last delivery could not reach the DLQ.
             max_deliver: -1,
+            // Bounds what `working` must keep alive.
+            max_ack_pending: i64::try_from(spec.batch * IN_FLIGHT_BATCHES).unwrap_or(i64::MAX),
             filter_subject,
             filter_subjects,
             ..Default::default()
@@ -154,7 +194,11 @@ impl DurableConsumer {
             .map_err(|e| BusError::jetstream(what())(e))?;
         Ok(DurableConsumer {
             spec,
+            js: js.clone(),
+            checked: None,
             messages,
+            waiting: VecDeque::new(),
+            ended: false,
             dlq: Publisher::new(js.clone()),
         })
     }
@@ -167,16 +211,22 @@ impl DurableConsumer {
     /// to the batch size. Messages that are not events, or were delivered more than `max_deliver`
     /// times, are moved to DLQ here and never handed out. An empty batch means `wait` passed.
     pub async fn next_batch(&mut self, wait: Duration) -> Result<Vec<Delivery>, BusError> {
-        let mut raw = Vec::with_capacity(self.spec.batch);
-        match tokio::time::timeout(wait, self.messages.next()).await {
-            Err(_elapsed) => return Ok(Vec::new()),
-            Ok(None) => return Err(self.ended()),
-            Ok(Some(item)) => raw.extend(self.keep(item)),
+        let waited = self.waiting.len().min(self.spec.batch);
+        let mut raw: Vec<Message> = self.waiting.drain(..waited).collect();
+        if raw.is_empty() {
+            if self.ended {
+                return Err(self.ended());
+            }
+            match tokio::time::timeout(wait, self.messages.next()).await {
+                Err(_elapsed) => return Ok(Vec::new()),
+                Ok(None) => return Err(self.ended()),
+                Ok(Some(item)) => raw.extend(keep(&self.spec.durable, item)),
+            }
         }
-        while raw.len() < self.spec.batch {
+        while raw.len() < self.spec.batch && !self.ended {
             match self.messages.next().now_or_never() {
-                Some(Some(item)) => raw.extend(self.keep(item)),
-                Some(None) => return Err(self.ended()),
+                Some(Some(item)) => raw.extend(keep(&self.spec.durable, item)),
+                Some(None) => self.ended = true,
                 None => break,
             }
         }
@@ -187,6 +237,83 @@ impl DurableConsumer {
             }
         }
         Ok(batch)
+    }
+
+    /// After a reconnect, and every `every`: does the durable consumer still exist, and does it
+    /// still point inside its stream? A broker that lost its store lost the consumer too; one
+    /// that lost a stream's tail leaves the consumer past the end, where it would skip what the
+    /// outbox relays publish there again. Either way it is created again: from its ack floor,
+    /// or from the stream's end if that is lower (what it sees twice, the inbox absorbs).
+    /// Returns whether it was.
+    pub async fn realign(&mut self, every: Duration) -> Result<bool, BusError> {
+        let connects = self.js.client().statistics().connects.load(Relaxed);
+        if let Some((at, seen)) = self.checked {
+            if seen == connects && at.elapsed() < every {
+                return Ok(false);
+            }
+        }
+        let what = || format!("consumer {} on {}", self.spec.durable, self.spec.stream);
+        let stream = self
+            .js
+            .get_stream(&self.spec.stream)
+            .await
+            .map_err(|e| BusError::jetstream(what())(e))?;
+        let last = stream.cached_info().state.last_sequence;
+        let start = match stream.consumer_info(&self.spec.durable).await {
+            Ok(info) if info.delivered.stream_sequence <= last => None,
+            Ok(info) => {
+                let start = (info.ack_floor.stream_sequence + 1).min(last + 1);
+                tracing::warn!(consumer = %self.spec.durable, stream = %self.spec.stream,
+                    delivered = info.delivered.stream_sequence, last, start,
+                    "the stream lost messages past this consumer's position; recreating it");
+                stream
+                    .delete_consumer(&self.spec.durable)
+                    .await
+                    .map_err(|e| BusError::jetstream(what())(e))?;
+                Some(DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                })
+            }
+            Err(e) if consumer_not_found(&e) => {
+                tracing::warn!(consumer = %self.spec.durable, stream = %self.spec.stream,
+                    "the durable consumer is gone (broker store lost?); creating it again");
+                Some(DeliverPolicy::All)
+            }
+            Err(e) => return Err(BusError::jetstream(what())(e)),
+        };
+        if let Some(policy) = start {
+            *self = Self::bind_from(&self.js.clone(), self.spec.clone(), policy).await?;
+        }
+        self.checked = Some((std::time::Instant::now(), connects));
+        Ok(start.is_some())
+    }
+
+    /// Run `work` (the handling of `batch`) while telling the broker, every third of AckWait, that
+    /// the batch and every message delivered behind it are in progress; messages arriving
+    /// meanwhile wait for the next batch. Returns `work`'s output.
+    pub async fn working<F: Future>(&mut self, batch: InHand, work: F) -> F::Output {
+        let every = (self.spec.ack_wait / 3).max(Duration::from_millis(100));
+        let handled = batch.0;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                output = &mut work => return output,
+                _ = tick.tick() => {
+                    for message in handled.iter().chain(self.waiting.iter()) {
+                        if let Err(e) = message.ack_with(AckKind::Progress).await {
+                            tracing::debug!(consumer = %self.spec.durable, error = %e,
+                                "in-progress ack not sent");
+                        }
+                    }
+                }
+                item = self.messages.next(), if !self.ended => match item {
+                    Some(item) => self.waiting.extend(keep(&self.spec.durable, item)),
+                    None => self.ended = true,
+                },
+            }
+        }
     }
 
     /// Settle a batch whose effects are durable: ack the done, nak the failed with backoff, move
@@ -343,23 +470,32 @@ impl DurableConsumer {
             .map_err(|e| BusError::jetstream("terminate after DLQ")(e))
     }
 
-    fn keep(&self, item: Result<Message, impl std::fmt::Display>) -> Option<Message> {
-        match item {
-            Ok(message) => Some(message),
-            Err(e) => {
-                // Missed heartbeats and pull errors while the broker restarts: the stream
-                // re-issues its pulls by itself, so log and go on.
-                tracing::debug!(consumer = %self.spec.durable, error = %e, "pull interrupted");
-                None
-            }
-        }
-    }
-
     fn ended(&self) -> BusError {
         BusError::jetstream(format!(
             "consumer {} on {}",
             self.spec.durable, self.spec.stream
         ))("message stream ended (consumer deleted?)")
+    }
+}
+
+fn consumer_not_found(e: &async_nats::jetstream::context::ConsumerInfoError) -> bool {
+    use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
+    match e.kind() {
+        Kind::NotFound => true,
+        Kind::JetStream(j) => j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND,
+        _ => false,
+    }
+}
+
+/// A pulled message, or `None` for a pull error: missed heartbeats and pull errors while the
+/// broker restarts, after which the stream re-issues its pulls by itself.
+fn keep(durable: &str, item: Result<Message, impl std::fmt::Display>) -> Option<Message> {
+    match item {
+        Ok(message) => Some(message),
+        Err(e) => {
+            tracing::debug!(consumer = %durable, error = %e, "pull interrupted");
+            None
+        }
     }
 }
 

@@ -6,7 +6,9 @@
 //! - [`publisher`]: pipelined publishing (send a batch, then await its PubAcks).
 //! - [`consumer`]: durable pull consumers: explicit ack only with a flush proof, nak with backoff,
 //!   poison and exhausted messages to `DLQ` with the reason.
-//! - [`relay`]: the outbox relay: publishes durable outbox rows and marks them sent after PubAck.
+//! - [`relay`]: the outbox relay: publishes durable outbox rows and marks them sent after PubAck;
+//!   publishes again what a broker acknowledged and then lost.
+//! - [`dlq`]: typed access to the DLQ stream: list, get, delete, discard.
 //! - [`status`]: streams and consumer lag, for `commerce status`.
 //! - [`server`]: a real nats-server as a child process (embedded mode and tests).
 //! - [`auth`]: nkey identities, their permissions as server config, credentials files.
@@ -15,6 +17,7 @@
 
 pub mod auth;
 pub mod consumer;
+pub mod dlq;
 pub mod envelope;
 pub mod error;
 pub mod publisher;
@@ -24,7 +27,7 @@ pub mod status;
 pub mod streams;
 
 pub use auth::{Credentials, Permissions};
-pub use consumer::{ConsumerSpec, Delivery, DurableConsumer, Verdict};
+pub use consumer::{ConsumerSpec, Delivery, DurableConsumer, InHand, Verdict};
 pub use envelope::{Domain, Envelope};
 pub use error::BusError;
 pub use publisher::Publisher;

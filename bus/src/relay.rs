@@ -4,12 +4,20 @@
 //! the rows whose PubAck came back. Rows that failed stay pending and are retried with backoff
 //! while the broker is down; a re-publish of a row whose ack was lost is dropped by the broker
 //! (`Nats-Msg-Id`). Woken by every flush that releases rows, with a timer as a fallback.
+//!
+//! Healing the broker: a PubAck is not forever (the broker syncs to disk every few minutes by
+//! default, and a lost store loses everything). Sent rows keep their message and the stream
+//! sequence of their PubAck, and the outbox remembers the highest sequence acked. The relay is
+//! its stream's only writer, so a stream whose last sequence is lower than that, or a PubAck that
+//! goes back, means the broker lost its tail: every kept row past what survived is published
+//! again, in outbox order, under its own `Nats-Msg-Id`. The relay checks at start, after every
+//! reconnect (before publishing anything new) and every `verify_interval`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use storage::Store;
+use storage::{PendingRow, SentMessage, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::{BusError, Publisher};
@@ -23,6 +31,9 @@ pub struct RelayConfig {
     /// First and longest wait after a failed pass.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Check that the stream still holds what the broker acknowledged this often (and after
+    /// every reconnect).
+    pub verify_interval: Duration,
 }
 
 impl Default for RelayConfig {
@@ -32,6 +43,7 @@ impl Default for RelayConfig {
             poll_interval: Duration::from_secs(1),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
+            verify_interval: Duration::from_secs(10),
         }
     }
 }
@@ -45,6 +57,8 @@ pub struct RelayStats {
     pub duplicates: AtomicU64,
     /// Publish attempts that failed (and will be retried).
     pub failures: AtomicU64,
+    /// Rows published again because the broker lost them after acknowledging them.
+    pub healed: AtomicU64,
 }
 
 pub struct OutboxRelay {
@@ -52,6 +66,8 @@ pub struct OutboxRelay {
     publisher: Publisher,
     config: RelayConfig,
     stats: Arc<RelayStats>,
+    /// When the stream was last found whole, and the connection count then.
+    verified: Mutex<Option<(Instant, u64)>>,
 }
 
 impl OutboxRelay {
@@ -61,6 +77,7 @@ impl OutboxRelay {
             publisher,
             config,
             stats: Arc::default(),
+            verified: Mutex::new(None),
         }
     }
 
@@ -71,13 +88,16 @@ impl OutboxRelay {
     /// One pass: publish up to one batch of durable rows. Returns how many were marked sent;
     /// an error means some rows are still pending (broker trouble) and the pass should be retried.
     pub async fn relay_once(&self) -> Result<usize, BusError> {
+        self.verify_if_due().await?;
         let rows = self.store.pending(self.config.batch)?;
-        if rows.is_empty() {
+        let Some(first) = rows.first().map(|r| r.seq) else {
             return Ok(0);
-        }
+        };
+        let known = self.store.stream_position()?;
         let messages: Vec<_> = rows.iter().map(|r| r.message.clone()).collect();
         let outcomes = self.publisher.publish_all(&messages).await;
-        let mut acked = Vec::with_capacity(rows.len());
+        let mut acked: Vec<(PendingRow, u64)> = Vec::with_capacity(rows.len());
+        let mut stream = None;
         let mut first_error = None;
         for (row, outcome) in rows.into_iter().zip(outcomes) {
             match outcome {
@@ -85,7 +105,8 @@ impl OutboxRelay {
                     if stored.duplicate {
                         self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                     }
-                    acked.push(row);
+                    stream.get_or_insert(stored.stream);
+                    acked.push((row, stored.sequence));
                 }
                 Err(e) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -93,14 +114,104 @@ impl OutboxRelay {
                 }
             }
         }
-        self.store.mark_sent(&acked)?;
+        if let Some(stream) = stream {
+            self.store.mark_sent(&stream, &acked)?;
+            // A new message stored at or below a sequence acked before: the stream went back.
+            let reused = known.filter(|k| k.stream == stream).and_then(|k| {
+                acked
+                    .iter()
+                    .map(|(_, seq)| *seq)
+                    .filter(|seq| *seq <= k.last_seq)
+                    .min()
+            });
+            if let Some(reused) = reused {
+                tracing::warn!(%stream, reused, "the broker acknowledged a sequence it had given before: it lost messages");
+                let newest = acked.iter().map(|(_, seq)| *seq).max().unwrap_or(reused);
+                self.heal(&stream, reused - 1, first, newest).await?;
+            }
+        }
         self.stats
             .sent
             .fetch_add(acked.len() as u64, Ordering::Relaxed);
         match first_error {
-            Some(e) => Err(e),
+            Some(e) => {
+                // Broker trouble: look at the stream again before the next publish.
+                *self.verified.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Err(e)
+            }
             None => Ok(acked.len()),
         }
+    }
+
+    /// Before publishing after a start or a reconnect, and every `verify_interval`: is every
+    /// message the broker acknowledged still in the stream? Heal it if not.
+    async fn verify_if_due(&self) -> Result<(), BusError> {
+        let connects = self
+            .publisher
+            .context()
+            .client()
+            .statistics()
+            .connects
+            .load(Ordering::Relaxed);
+        let due = match *self.verified.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((at, seen)) => seen != connects || at.elapsed() >= self.config.verify_interval,
+            None => true,
+        };
+        if !due {
+            return Ok(());
+        }
+        if let Some(known) = self.store.stream_position()? {
+            let what = || format!("outbox stream {}", known.stream);
+            let stream = self
+                .publisher
+                .context()
+                .get_stream(&known.stream)
+                .await
+                .map_err(|e| BusError::jetstream(what())(e))?;
+            let last = stream.cached_info().state.last_sequence;
+            if last < known.last_seq {
+                tracing::warn!(stream = %known.stream, last, acknowledged = known.last_seq,
+                    "the stream lost messages it had acknowledged; publishing them again");
+                self.heal(&known.stream, last, u64::MAX, last).await?;
+            }
+        }
+        *self.verified.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), connects));
+        Ok(())
+    }
+
+    /// Publish again, in outbox order, every kept row sent before outbox position `before` that
+    /// the stream stored past `survived`; then the stream's position is the highest of
+    /// `newest` and theirs.
+    async fn heal(
+        &self,
+        stream: &str,
+        survived: u64,
+        before: u64,
+        newest: u64,
+    ) -> Result<(), BusError> {
+        let lost: Vec<SentMessage> = self.store.sent_after(survived, before)?;
+        let mut highest = newest.max(survived);
+        for chunk in lost.chunks(self.config.batch.max(1)) {
+            let messages: Vec<_> = chunk.iter().map(|r| r.message.clone()).collect();
+            let mut resent = Vec::with_capacity(chunk.len());
+            for (row, outcome) in chunk
+                .iter()
+                .zip(self.publisher.publish_all(&messages).await)
+            {
+                let stored = outcome?;
+                highest = highest.max(stored.sequence);
+                resent.push((row.seq, stored.sequence));
+            }
+            self.store.mark_resent(&resent)?;
+            self.stats
+                .healed
+                .fetch_add(resent.len() as u64, Ordering::Relaxed);
+        }
+        self.store.set_stream_position(stream, highest)?;
+        if !lost.is_empty() {
+            tracing::warn!(%stream, healed = lost.len(), "published again what the broker lost");
+        }
+        Ok(())
     }
 
     /// Relay until `shutdown`. Never gives up: while the broker is down rows wait, durable.

@@ -136,6 +136,35 @@ pub async fn provision(
     Ok(report)
 }
 
+/// Provision every `every` until `shutdown`: a stream the broker lost with its store comes back
+/// at once, so the outbox relays can publish into it again what it had acknowledged.
+pub async fn keep_provisioned(
+    js: jetstream::Context,
+    settings: StreamSettings,
+    every: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match provision(&js, &settings).await {
+            Ok(report) => {
+                for (stream, outcome) in report {
+                    if outcome == Provisioned::Created {
+                        tracing::warn!(
+                            stream,
+                            "stream was missing (broker store lost?); created again"
+                        );
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "streams not checked (broker unreachable?)"),
+        }
+    }
+}
+
 fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
     matches!(
         e.kind(),

@@ -41,6 +41,15 @@ pub enum StorageError {
         source: serde_json::Error,
     },
 
+    /// The disk did not confirm a flush (fsync failed): nothing that depends on it is
+    /// acknowledged. Check the disk; the process should be restarted.
+    #[error("cannot make database {path} durable (fsync failed): {source}")]
+    Sync {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// sled failed to read or write.
     #[error("database i/o failed: {0}")]
     Sled(#[from] sled::Error),

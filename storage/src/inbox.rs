@@ -2,6 +2,14 @@
 //! skipped. Marks are written by [`crate::Commit::caused_by`] in the same transaction as the
 //! effects; they must outlive the broker's duplicate window (and any redelivery), so the
 //! retention given to [`Store::cleanup_inbox`] should be far longer than that window.
+//!
+//! Beside it, the dead-letter marks (tree `dead_letters`): ids of inbound events this service
+//! dead-lettered, restored by a recovery from `DLQ`. Live consumers skip them like applied events
+//! (a recovery re-reads every stream from the start, and must not charge weeks later), but they
+//! are not applied: an operator's `commerce dlq replay` still re-drives them, and its commit
+//! writes the real inbox mark. Keeping them out of the inbox tree leaves the inbox's meaning
+//! ("applied", what [`crate::Commit::caused_by`] deduplicates on) untouched, and inbox rows
+//! written before dead-letter marks existed read as they always did.
 
 use std::time::Duration;
 
@@ -10,10 +18,52 @@ use uuid::Uuid;
 use crate::store::decode_u64;
 use crate::{now_millis, StorageError, Store};
 
+/// The tree of dead-letter marks: event id → when it was marked (ms since the epoch).
+const DEAD_LETTERS: &str = "dead_letters";
+
 impl Store {
     /// Has the event with this id been applied?
     pub fn is_processed(&self, event_id: Uuid) -> Result<bool, StorageError> {
         Ok(self.inner.inbox.contains_key(event_id.as_bytes())?)
+    }
+
+    /// Was the event with this id dead-lettered by this service, as a recovery restored it
+    /// from `DLQ`? (Not applied: a replay may still apply it.)
+    pub fn is_dead_lettered(&self, event_id: Uuid) -> Result<bool, StorageError> {
+        Ok(self.dead_letters()?.contains_key(event_id.as_bytes())?)
+    }
+
+    /// Should a live delivery of this event be skipped (acknowledged without effect)? Yes when
+    /// it was applied, or when it was dead-lettered (only a replay re-drives those).
+    pub fn is_settled(&self, event_id: Uuid) -> Result<bool, StorageError> {
+        Ok(self.is_processed(event_id)? || self.is_dead_lettered(event_id)?)
+    }
+
+    /// Mark events as dead-lettered (recovery). Not durable until the next flush.
+    pub fn mark_dead_lettered(
+        &self,
+        event_ids: impl IntoIterator<Item = Uuid>,
+    ) -> Result<usize, StorageError> {
+        let at = now_millis().to_be_bytes();
+        let mut batch = sled::Batch::default();
+        let mut marked = 0;
+        for id in event_ids {
+            batch.insert(id.as_bytes(), &at);
+            marked += 1;
+        }
+        self.dead_letters()?.apply_batch(batch)?;
+        Ok(marked)
+    }
+
+    /// Forget an event's dead-letter mark (once a replay applied it, its inbox mark says more).
+    /// Returns whether there was one.
+    pub fn forget_dead_letter(&self, event_id: Uuid) -> Result<bool, StorageError> {
+        Ok(self.dead_letters()?.remove(event_id.as_bytes())?.is_some())
+    }
+
+    /// Number of dead-letter marks.
+    pub fn dead_lettered_len(&self) -> Result<usize, StorageError> {
+        Ok(self.dead_letters()?.len())
     }
 
     /// Nothing was ever written here (a new or lost database).
@@ -21,6 +71,7 @@ impl Store {
         self.inner.heads.is_empty()
             && self.inner.inbox.is_empty()
             && self.inner.outbox_sent.is_empty()
+            && self.dead_letters().map(|t| t.is_empty()).unwrap_or(true)
     }
 
     /// Number of inbound events remembered.
@@ -28,17 +79,98 @@ impl Store {
         self.inner.inbox.len()
     }
 
-    /// Forget marks at least `retention` old. Returns how many were removed.
+    /// Forget inbox and dead-letter marks at least `retention` old. Returns how many were removed.
     pub fn cleanup_inbox(&self, retention: Duration) -> Result<usize, StorageError> {
         let cutoff = now_millis().saturating_sub(retention.as_millis() as u64);
         let mut removed = 0;
-        for item in self.inner.inbox.iter() {
-            let (key, value) = item?;
-            if decode_u64(&value).is_some_and(|at| at <= cutoff) {
-                self.inner.inbox.remove(key)?;
-                removed += 1;
+        for tree in [self.inner.inbox.clone(), self.dead_letters()?] {
+            for item in tree.iter() {
+                let (key, value) = item?;
+                if decode_u64(&value).is_some_and(|at| at <= cutoff) {
+                    tree.remove(key)?;
+                    removed += 1;
+                }
             }
         }
         Ok(removed)
+    }
+
+    /// The dead-letter marks' tree (sled keeps opened trees, so this is a lookup).
+    fn dead_letters(&self) -> Result<sled::Tree, StorageError> {
+        Ok(self.inner.db.open_tree(DEAD_LETTERS)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Commit, CommitOutcome, Store, StoreConfig};
+    use std::time::Duration;
+    use uuid::Uuid;
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("svc"), &StoreConfig::default()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn a_dead_lettered_event_is_settled_for_live_consumers_but_not_applied() {
+        let (_dir, store) = open();
+        let (dead, other) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(store.mark_dead_lettered([dead]).unwrap(), 1);
+        assert!(store.is_dead_lettered(dead).unwrap());
+        assert!(store.is_settled(dead).unwrap());
+        assert!(!store.is_processed(dead).unwrap(), "not applied");
+        assert!(!store.is_settled(other).unwrap());
+        assert!(
+            !store.is_empty(),
+            "a recovered dead letter is something written"
+        );
+    }
+
+    #[test]
+    fn a_replay_of_a_dead_lettered_event_commits_and_then_it_is_applied_once() {
+        let (_dir, store) = open();
+        let dead = Uuid::now_v7();
+        store.mark_dead_lettered([dead]).unwrap();
+        // The mark does not make the replay's commit a duplicate.
+        let commit = Commit::caused_by(dead);
+        assert!(matches!(
+            store.commit(&commit).unwrap(),
+            CommitOutcome::Committed { .. }
+        ));
+        assert!(store.is_processed(dead).unwrap());
+        assert!(store.forget_dead_letter(dead).unwrap());
+        assert!(!store.is_dead_lettered(dead).unwrap());
+        assert!(store.is_settled(dead).unwrap(), "applied now");
+        // A second replay is a duplicate.
+        assert_eq!(store.commit(&commit).unwrap(), CommitOutcome::Duplicate);
+    }
+
+    #[test]
+    fn dead_letter_marks_survive_a_reopen_and_are_cleaned_up_with_the_inbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc");
+        let dead = Uuid::now_v7();
+        {
+            let store = Store::open(&path, &StoreConfig::default()).unwrap();
+            store.mark_dead_lettered([dead]).unwrap();
+            let _durable = store.flush_blocking().unwrap();
+        }
+        // sled's background flusher may hold its file lock a moment after the drop.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let store = loop {
+            match Store::open(&path, &StoreConfig::default()) {
+                Ok(store) => break store,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
+        assert!(store.is_dead_lettered(dead).unwrap());
+        assert_eq!(store.cleanup_inbox(Duration::from_secs(3600)).unwrap(), 0);
+        assert_eq!(store.cleanup_inbox(Duration::ZERO).unwrap(), 1);
+        assert_eq!(store.dead_lettered_len().unwrap(), 0);
     }
 }

@@ -7,12 +7,14 @@
 //!   that makes "ack only after flush" the natural way to write a consumer).
 //! - [`events`]: reading an aggregate's append-only log, and snapshots.
 //! - [`outbox`]: rows waiting for the relay; visible to it only once flushed; pending → sent.
-//! - [`inbox`]: ids of inbound events already applied, kept longer than the broker's duplicate window.
+//! - [`inbox`]: ids of inbound events already applied, kept longer than the broker's duplicate window;
+//!   beside them, ids of events the service dead-lettered (skipped live, re-driven by a replay).
 //! - [`models`]: read-model tables (denormalized rows, one lookup each), in generations so a
 //!   rebuild can be switched to atomically.
 //! - [`error`]: the [`StorageError`] type.
 #![forbid(unsafe_code)]
 
+mod durable;
 pub mod error;
 pub mod events;
 pub mod inbox;
@@ -22,7 +24,7 @@ pub mod store;
 
 pub use error::StorageError;
 pub use events::{RecordedEvent, Snapshot};
-pub use outbox::{OutboxMessage, PendingRow};
+pub use outbox::{OutboxMessage, PendingRow, SentMessage, StreamPosition};
 pub use store::{Commit, CommitOutcome, Flushed, NewEvent, Store, StoreConfig};
 
 /// Milliseconds since the Unix epoch, the clock every stored timestamp uses.

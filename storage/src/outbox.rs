@@ -1,6 +1,7 @@
 //! The transactional outbox: rows written in the same transaction as the state change, published
-//! by the relay, then moved from `outbox_pending` to `outbox_sent` (kept for a retention period
-//! as an audit trail of what left the service, then cleaned up).
+//! by the relay, then moved from `outbox_pending` to `outbox_sent`. A sent row keeps its whole
+//! message and where the broker stored it for the retention period (longer than the broker's
+//! sync interval), so a message the broker acked and then lost can be published again.
 
 use std::time::Duration;
 
@@ -36,7 +37,33 @@ struct SentRow {
     event_id: Uuid,
     subject: String,
     sent_at: u64,
+    /// The stream sequence from the broker's PubAck (0 in rows written before it was kept).
+    #[serde(default)]
+    stream_seq: u64,
+    /// The message as published (absent in rows written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<OutboxMessage>,
 }
+
+/// A row the broker acknowledged, with where it stored it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentMessage {
+    /// Position in the outbox.
+    pub seq: u64,
+    pub stream_seq: u64,
+    pub message: OutboxMessage,
+}
+
+/// Where this outbox's messages go, and the highest sequence a PubAck gave there. A stream whose
+/// last sequence is lower has lost messages (this outbox is its only writer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    pub stream: String,
+    pub last_seq: u64,
+}
+
+/// `meta` key of the [`StreamPosition`].
+const STREAM_POSITION: &[u8] = b"outbox_stream_position";
 
 impl Store {
     /// Up to `limit` pending rows that are durable, in commit order. Rows committed but not yet
@@ -59,17 +86,20 @@ impl Store {
             .collect()
     }
 
-    /// Mark rows sent. Call only after the broker acknowledged them (PubAck). If this write is
-    /// lost in a crash the rows are published again, and the broker drops them by `Nats-Msg-Id`.
-    pub fn mark_sent(&self, rows: &[PendingRow]) -> Result<(), StorageError> {
+    /// Mark rows sent, each with the stream sequence its PubAck gave. Call only after the broker
+    /// acknowledged them. If this write is lost in a crash the rows are published again, and the
+    /// broker drops them by `Nats-Msg-Id`.
+    pub fn mark_sent(&self, stream: &str, rows: &[(PendingRow, u64)]) -> Result<(), StorageError> {
         let sent_at = now_millis();
         let sent: Vec<(u64, Vec<u8>)> = rows
             .iter()
-            .map(|r| {
+            .map(|(r, stream_seq)| {
                 let row = SentRow {
                     event_id: r.message.event_id,
                     subject: r.message.subject.clone(),
                     sent_at,
+                    stream_seq: *stream_seq,
+                    message: Some(r.message.clone()),
                 };
                 Ok((
                     r.seq,
@@ -77,14 +107,76 @@ impl Store {
                 ))
             })
             .collect::<Result<_, StorageError>>()?;
+        let highest = rows.iter().map(|(_, seq)| *seq).max().unwrap_or(0);
+        let position = match self.stream_position()? {
+            Some(p) if p.stream == stream && p.last_seq >= highest => None,
+            _ => Some(encode_position(stream, highest)?),
+        };
         let s = &*self.inner;
-        (&s.outbox_pending, &s.outbox_sent).transaction(|(pending, done)| {
+        (&s.outbox_pending, &s.outbox_sent, &s.meta).transaction(|(pending, done, meta)| {
             for (seq, row) in &sent {
                 pending.remove(&seq.to_be_bytes())?;
                 done.insert(&seq.to_be_bytes(), row.as_slice())?;
             }
+            if let Some(position) = &position {
+                meta.insert(STREAM_POSITION, position.as_slice())?;
+            }
             Ok::<_, ConflictableTransactionError<StorageError>>(())
         })?;
+        Ok(())
+    }
+
+    /// Where this outbox publishes, and the highest sequence the broker acknowledged there.
+    pub fn stream_position(&self) -> Result<Option<StreamPosition>, StorageError> {
+        match self.inner.meta.get(STREAM_POSITION)? {
+            Some(v) => Ok(Some(
+                serde_json::from_slice(&v).map_err(StorageError::codec("stream position"))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Set the position after the stream was found shorter and its lost rows were re-published.
+    pub fn set_stream_position(&self, stream: &str, last_seq: u64) -> Result<(), StorageError> {
+        self.inner
+            .meta
+            .insert(STREAM_POSITION, encode_position(stream, last_seq)?)?;
+        Ok(())
+    }
+
+    /// Sent rows still kept whose stream sequence is above `survived` (the stream's last sequence
+    /// after it lost its tail), among those sent before outbox position `before`: the messages
+    /// the broker lost, in outbox order.
+    pub fn sent_after(&self, survived: u64, before: u64) -> Result<Vec<SentMessage>, StorageError> {
+        let mut lost = Vec::new();
+        for item in self.inner.outbox_sent.range(..before.to_be_bytes()) {
+            let (key, value) = item?;
+            let row: SentRow =
+                serde_json::from_slice(&value).map_err(StorageError::codec("sent row"))?;
+            if let (true, Some(message)) = (row.stream_seq > survived, row.message) {
+                lost.push(SentMessage {
+                    seq: decode_u64(&key).unwrap_or(0),
+                    stream_seq: row.stream_seq,
+                    message,
+                });
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Record where re-published rows are stored now.
+    pub fn mark_resent(&self, rows: &[(u64, u64)]) -> Result<(), StorageError> {
+        let s = &*self.inner;
+        for (seq, stream_seq) in rows {
+            let Some(value) = s.outbox_sent.get(seq.to_be_bytes())? else {
+                continue; // cleaned up meanwhile
+            };
+            let mut row: SentRow =
+                serde_json::from_slice(&value).map_err(StorageError::codec("sent row"))?;
+            row.stream_seq = *stream_seq;
+            let value = serde_json::to_vec(&row).map_err(StorageError::codec("sent row"))?;
+            s.outbox_sent.insert(seq.to_be_bytes(), value)?;
+        }
         Ok(())
     }
 
@@ -134,4 +226,12 @@ impl Store {
         }
         Ok(removed)
     }
+}
+
+fn encode_position(stream: &str, last_seq: u64) -> Result<Vec<u8>, StorageError> {
+    serde_json::to_vec(&StreamPosition {
+        stream: stream.to_string(),
+        last_seq,
+    })
+    .map_err(StorageError::codec("stream position"))
 }

@@ -11,6 +11,7 @@ use sled::{Transactional, Tree};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::durable::DurableFiles;
 use crate::events::{event_key, RecordedEvent, MAX_AGGREGATE_ID_BYTES};
 use crate::outbox::OutboxMessage;
 use crate::{now_millis, StorageError};
@@ -61,6 +62,8 @@ pub(crate) struct Inner {
     /// Highest outbox sequence known to be on disk; the relay publishes nothing above it, so no
     /// event ever leaves a service whose state could still be lost by a crash.
     pub(crate) durable_seq: watch::Sender<u64>,
+    /// What makes a flush survive a power loss (sled's alone does not).
+    durable_files: DurableFiles,
     /// Held for the life of the store: a second opener gets [`StorageError::Locked`].
     _lock: File,
 }
@@ -182,6 +185,33 @@ pub enum CommitOutcome {
     Duplicate,
 }
 
+/// How long to wait for sled's own lock: a store of this process that was just dropped may
+/// still be closing (its flusher thread holds the file for a moment).
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Open sled, waiting out a previous instance of this database that is still closing. (Another
+/// process cannot hold it: [`LOCK_FILE`] is taken first.)
+fn open_sled(path: &Path, config: &StoreConfig) -> sled::Result<sled::Db> {
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(config.cache_bytes)
+            .flush_every_ms(config.flush_every_ms)
+            .mode(sled::Mode::HighThroughput)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < SLED_LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Proof that everything committed before [`Store::flush`] was called is on disk.
 /// Only `flush` makes one; acknowledging a message takes one (see the bus consumer).
 #[derive(Debug)]
@@ -206,22 +236,16 @@ impl Store {
             Err(TryLockError::WouldBlock) => return Err(StorageError::Locked { path }),
             Err(TryLockError::Error(e)) => return Err(open_err(e)),
         }
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(config.cache_bytes)
-            .flush_every_ms(config.flush_every_ms)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(source) => StorageError::Open {
-                    path: path.clone(),
-                    source,
-                },
-                other => StorageError::Corrupt {
-                    path: path.clone(),
-                    reason: other.to_string(),
-                },
-            })?;
+        let db = open_sled(&path, config).map_err(|e| match e {
+            sled::Error::Io(source) => StorageError::Open {
+                path: path.clone(),
+                source,
+            },
+            other => StorageError::Corrupt {
+                path: path.clone(),
+                reason: other.to_string(),
+            },
+        })?;
         let tree = |name: &str| {
             db.open_tree(name).map_err(|e| StorageError::Corrupt {
                 path: path.clone(),
@@ -231,6 +255,10 @@ impl Store {
         // A crash may have left writes in the OS cache that were never fsynced; make them durable
         // before treating what is on disk as publishable.
         db.flush()?;
+        let durable_files = DurableFiles::open(&path).map_err(|source| StorageError::Sync {
+            path: path.clone(),
+            source,
+        })?;
         let meta = tree("meta")?;
         let last_seq = match meta.get(OUTBOX_SEQ)? {
             Some(v) => decode_u64(&v).ok_or_else(|| StorageError::Corrupt {
@@ -253,6 +281,7 @@ impl Store {
             durable_seq: watch::Sender::new(last_seq),
             path,
             db,
+            durable_files,
             _lock: lock,
         };
         Ok(Store {
@@ -360,6 +389,13 @@ impl Store {
         // Read before flushing: everything up to here is covered by the flush below.
         let upto = s.committed_seq.load(Ordering::Acquire);
         s.db.flush_async().await?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.sync())
+            .await
+            .map_err(|e| StorageError::Sync {
+                path: self.inner.path.clone(),
+                source: std::io::Error::other(e),
+            })??;
         Ok(self.released_up_to(upto))
     }
 
@@ -368,6 +404,7 @@ impl Store {
         let s = &*self.inner;
         let upto = s.committed_seq.load(Ordering::Acquire);
         s.db.flush()?;
+        s.sync()?;
         Ok(self.released_up_to(upto))
     }
 
@@ -381,6 +418,18 @@ impl Store {
             advanced
         });
         Flushed { _private: () }
+    }
+}
+
+impl Inner {
+    /// After sled's flush: make it durable.
+    fn sync(&self) -> Result<(), StorageError> {
+        self.durable_files
+            .sync()
+            .map_err(|source| StorageError::Sync {
+                path: self.path.clone(),
+                source,
+            })
     }
 }
 
@@ -600,7 +649,8 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["a.b.1", "a.b.2"]
         );
-        store.mark_sent(&rows[..1]).unwrap();
+        store.mark_sent("S", &[(rows[0].clone(), 1)]).unwrap();
+        assert_eq!(store.stream_position().unwrap().unwrap().last_seq, 1);
         assert_eq!(store.pending(10).unwrap(), rows[1..].to_vec());
         assert_eq!(store.outbox_sent_count(), 1);
         assert_eq!(store.cleanup_sent(Duration::from_secs(3600)).unwrap(), 0);

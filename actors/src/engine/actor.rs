@@ -1,7 +1,7 @@
 //! The actor around a service's [`Engine`]: its mailbox serializes every change to the service's
-//! database (event batches from each consumer, commands from clients), so the engine is the
-//! single writer. Handlers are atomic: a batch's external calls and flush finish before the next
-//! message is looked at.
+//! database (event batches from each consumer, commands from clients, replays of dead letters),
+//! so the engine is the single writer. Handlers are atomic: a batch's external calls and flush
+//! finish before the next message is looked at.
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use bus::{Delivery, Envelope};
 use storage::Store;
 
 use super::api::ComponentStatus;
+use super::api::ReplayOutcome;
 use super::core::{Engine, Settled};
 use super::{Command, DomainError, EngineError, Executed, Service};
 
@@ -117,6 +118,25 @@ async fn deliver<S: Service>(
     })
 }
 
+/// One dead-lettered event, re-driven by an operator (`commerce dlq replay`).
+pub struct Replay(pub Envelope);
+
+impl Message for Replay {
+    type Result = Result<ReplayOutcome, EngineError>;
+}
+
+impl<S: Service> Handler<Replay> for ServiceActor<S> {
+    type Result = AtomicResponse<Self, Result<ReplayOutcome, EngineError>>;
+
+    fn handle(&mut self, msg: Replay, _ctx: &mut Context<Self>) -> Self::Result {
+        let busy = Err(EngineError::Stopped(S::name()));
+        with_engine(self, busy, |mut engine| async move {
+            let result = engine.replay(&msg.0).await;
+            (engine, result)
+        })
+    }
+}
+
 impl<S: Service> Handler<Execute<S>> for ServiceActor<S> {
     type Result = AtomicResponse<Self, Vec<Result<Executed<S::State>, DomainError>>>;
 
@@ -172,6 +192,14 @@ impl<S: Service> Handle<S> {
     pub async fn deliver(&self, batch: Vec<Delivery>) -> Result<Settled, EngineError> {
         self.addr
             .send(Deliver(batch))
+            .await
+            .map_err(|_| EngineError::Stopped(S::name()))?
+    }
+
+    /// Re-drive a dead-lettered event through the engine (between batches, like any message).
+    pub async fn replay(&self, envelope: Envelope) -> Result<ReplayOutcome, EngineError> {
+        self.addr
+            .send(Replay(envelope))
             .await
             .map_err(|_| EngineError::Stopped(S::name()))?
     }

@@ -6,6 +6,7 @@
 //! | `get` | the order id (`null` for services with one aggregate) | the service's `View` |
 //! | `part` | the order id | the service's `Part` of that order (404: it knows nothing of it) |
 //! | `slow` | [`SlowRequest`] | [`SlowRequest`]: a knob delaying `get`/`part` (benchmarks, demos) |
+//! | `replay` | [`ReplayRequest`] | [`Replayed`]: the service re-handles one of its dead letters |
 
 use std::marker::PhantomData;
 
@@ -89,4 +90,56 @@ impl Endpoint for Slow {
 #[serde(deny_unknown_fields)]
 pub struct SlowRequest {
     pub delay_ms: u64,
+}
+
+/// `replay`: re-handle one of this service's dead letters (`commerce dlq replay`), the way a live
+/// delivery goes (react, commit, flush), unless it was applied already. The service reads the
+/// entry from `DLQ` itself (only its own: `dlq.<service>.>`), checks the event against the
+/// subject it was published on, and publishes nothing but its own reactions (through its
+/// outbox). Deleting the entry is the caller's, once the outcome is `applied` or
+/// `already_applied`. Errors: 404 (no such entry of this service's), 503 (broker or storage).
+pub struct Replay;
+
+impl Endpoint for Replay {
+    const NAME: &'static str = "replay";
+    type Request = ReplayRequest;
+    type Reply = Replayed;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// The entry's sequence in `DLQ`.
+    pub seq: u64,
+}
+
+/// What a replay came to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replayed {
+    pub seq: u64,
+    /// The event's id, type and order.
+    pub event_id: uuid::Uuid,
+    pub event_type: String,
+    pub order_id: String,
+    pub outcome: ReplayOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ReplayOutcome {
+    /// Reacted to and durable now: the entry may go.
+    Applied,
+    /// It had been applied before; nothing was done: the entry may go.
+    AlreadyApplied,
+    /// Not now (its dependency is still down); nothing was done: the entry stays.
+    Retry { reason: String },
+    /// It can never be applied (not an event, misplaced, impossible); nothing was done.
+    Rejected { reason: String },
+}
+
+impl ReplayOutcome {
+    /// Is the event applied now (so its dead letter may be deleted)?
+    pub fn is_done(&self) -> bool {
+        matches!(self, ReplayOutcome::Applied | ReplayOutcome::AlreadyApplied)
+    }
 }

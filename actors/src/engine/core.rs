@@ -18,6 +18,7 @@ use bus::{Delivery, Envelope, Verdict};
 use futures::StreamExt;
 use storage::{Commit, CommitOutcome, Flushed, NewEvent, StorageError, Store};
 
+use super::api::ReplayOutcome;
 use super::{
     decode, encode, reaction, Aggregate, Command, DomainError, DomainEvent, EngineError, Executed,
     Service,
@@ -69,6 +70,15 @@ pub struct Settled {
 pub struct Applied {
     pub verdicts: Vec<Verdict>,
     pub flushed: Flushed,
+}
+
+/// How a batch came in: from a live consumer, or replayed from `DLQ` by an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// Skips what was applied and what this service dead-lettered.
+    Live,
+    /// Skips only what was applied.
+    Replay,
 }
 
 /// An admitted inbound event: its place in the batch, and what it says.
@@ -238,9 +248,42 @@ impl<S: Service> Engine<S> {
     /// flush once. Events of an aggregate after one that must be retried are retried too, so an
     /// aggregate never sees its events out of order. An error means nothing may be acked.
     pub async fn deliver(&mut self, batch: &[&Envelope]) -> Result<Applied, EngineError> {
+        self.apply(batch, Admission::Live).await
+    }
+
+    /// Re-drive one event this service dead-lettered (`commerce dlq replay`) the way a live
+    /// delivery goes (react, commit, flush), except that its dead-letter mark (a recovery's "do
+    /// not retry") does not skip it. An event already applied is not applied again.
+    pub async fn replay(&mut self, envelope: &Envelope) -> Result<ReplayOutcome, EngineError> {
+        if self.store.is_processed(envelope.id)? {
+            return Ok(ReplayOutcome::AlreadyApplied);
+        }
+        let applied = self.apply(&[envelope], Admission::Replay).await?;
+        let replayed = match applied.verdicts.into_iter().next() {
+            Some(Verdict::Done) => {
+                // Its inbox mark is durable now; the dead-letter mark says nothing more.
+                if let Err(e) = self.store.forget_dead_letter(envelope.id) {
+                    tracing::debug!(event = %envelope.id, error = %e, "dead-letter mark kept");
+                }
+                ReplayOutcome::Applied
+            }
+            Some(Verdict::Retry(reason)) => ReplayOutcome::Retry { reason },
+            Some(Verdict::Reject(reason)) => ReplayOutcome::Rejected { reason },
+            None => ReplayOutcome::Retry {
+                reason: "the event was not handled".into(),
+            },
+        };
+        Ok(replayed)
+    }
+
+    async fn apply(
+        &mut self,
+        batch: &[&Envelope],
+        admission: Admission,
+    ) -> Result<Applied, EngineError> {
         self.make_room();
         let mut verdicts = vec![Verdict::Done; batch.len()];
-        let groups = self.admit(batch, &mut verdicts)?;
+        let groups = self.admit(batch, admission, &mut verdicts)?;
         let ready = self.load(groups, &mut verdicts);
         let reacted = self.react(batch, ready).await;
         let writes = record(batch, reacted, &mut verdicts);
@@ -255,19 +298,24 @@ impl<S: Service> Engine<S> {
     }
 
     /// The batch's new events, grouped by aggregate. Left `Done` without effect: copies of an
-    /// event earlier in the batch, events already applied (in the inbox), events this service
-    /// ignores. Rejected: events that do not decode.
+    /// event earlier in the batch, events already applied (in the inbox) or, live, dead-lettered
+    /// (marked by a recovery), events this service ignores. Rejected: events that do not decode.
     fn admit(
         &self,
         batch: &[&Envelope],
+        admission: Admission,
         verdicts: &mut [Verdict],
     ) -> Result<Vec<Group>, EngineError> {
         let mut groups: Vec<Group> = Vec::new();
         let mut group_of: HashMap<String, usize> = HashMap::new();
         let mut seen = HashSet::new();
         for (index, envelope) in batch.iter().enumerate() {
-            if !seen.insert(envelope.id) || self.store.is_processed(envelope.id)? {
-                continue; // already applied: acknowledge again
+            let settled = match admission {
+                Admission::Live => self.store.is_settled(envelope.id)?,
+                Admission::Replay => self.store.is_processed(envelope.id)?,
+            };
+            if !seen.insert(envelope.id) || settled {
+                continue; // already applied (or given up on): acknowledge again
             }
             let inbound = match Inbound::decode(envelope) {
                 Ok(inbound) => inbound,

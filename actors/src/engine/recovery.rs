@@ -7,6 +7,10 @@
 //! reacted to are skipped by the rebuilt inbox, and any whose reaction was lost with the old
 //! database (committed, acked, but not yet published) are reacted to again. External calls are
 //! keyed by the order, so nothing is booked or charged twice.
+//!
+//! Events the service had dead-lettered are marked as such (not as applied): the recreated
+//! consumers skip them (no charge weeks later), and `commerce dlq replay` can still re-drive
+//! them (a refund that reached `DLQ` is never lost to a recovery).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -81,7 +85,8 @@ fn own<S: Service>() -> Domain {
 }
 
 /// Rebuild `store` (which must be empty) from the service's stream, and mark the events it
-/// dead-lettered as done (so they are not tried again). Returns the events restored.
+/// dead-lettered (so live consumers do not try them again; a replay still may). Returns the
+/// events restored.
 pub async fn recover<S: Service>(
     store: &Store,
     js: &jetstream::Context,
@@ -193,26 +198,30 @@ async fn restore_events<S: Service>(
     Ok(restored)
 }
 
-/// Events this service dead-lettered are done for it: mark them, so the consumers recreated from
-/// the start of their streams do not try them again (a charge weeks later).
+/// Events this service dead-lettered are given up on for its live consumers: mark them, so the
+/// consumers recreated from the start of their streams do not try them again (a charge weeks
+/// later). The mark is not the inbox's "applied": an operator's replay still re-drives them.
 async fn restore_dead_letters<S: Service>(
     store: &Store,
     js: &jetstream::Context,
 ) -> Result<(), EngineError> {
-    let mut stream = js.get_stream("DLQ").await.map_err(failed)?;
+    let mut stream = js
+        .get_stream(bus::streams::DLQ_STREAM)
+        .await
+        .map_err(failed)?;
     if stream.info().await.map_err(failed)?.state.messages == 0 {
         return Ok(());
     }
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: format!("dlq.{}.>", S::name()),
+            filter_subject: format!("{}.{}.>", bus::dlq::PREFIX, S::name()),
             ..Default::default()
         })
         .await
         .map_err(failed)?;
     let pending = consumer.cached_info().num_pending;
     let mut messages = consumer.messages().await.map_err(failed)?;
-    let mut commits = Vec::new();
+    let mut ids = Vec::new();
     for _ in 0..pending {
         let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
             .await
@@ -221,17 +230,17 @@ async fn restore_dead_letters<S: Service>(
             .map_err(failed)?;
         // Undecodable ones would be dead-lettered again; nothing to mark.
         if let Ok(envelope) = Envelope::from_slice(&message.payload) {
-            commits.push(Commit::caused_by(envelope.id));
+            ids.push(envelope.id);
         }
-        if commits.len() >= 256 {
-            write(store, &mut commits)?;
+        if ids.len() >= 256 {
+            store.mark_dead_lettered(ids.drain(..))?;
         }
     }
-    write(store, &mut commits)
+    store.mark_dead_lettered(ids)?;
+    Ok(())
 }
 
 fn write(store: &Store, commits: &mut Vec<Commit>) -> Result<(), EngineError> {
-    // A dead letter already marked (reacted to, then redelivered and rejected) is a Duplicate.
     for outcome in store.commit_all(commits)? {
         outcome?;
     }

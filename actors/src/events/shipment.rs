@@ -26,12 +26,19 @@ pub enum ShipmentEvent {
         /// `warehouse` or the store id (ship-from-store).
         ship_from: String,
     },
-    /// The carrier refused the parcel, or stayed unavailable past the saga's deadline: the saga
-    /// fails and compensates.
+    /// The booking's outcome is still unknown at the saga's deadline (the carrier is down or too
+    /// slow to answer): from now on the shipment asks the carrier what it booked instead of
+    /// booking. Nothing is compensated for this: the carrier may have booked the parcel.
+    ShipmentBookingOverdue {
+        reason: String,
+    },
+    /// The carrier refused the parcel, or had booked nothing by the deadline (and the key is now
+    /// cancelled at the carrier, so a booking still in flight books nothing): the saga fails and
+    /// compensates.
     ShipmentFailed {
         reason: String,
-        /// Given up at the deadline: a booking may exist; this service cancels it by key once
-        /// the carrier is back.
+        /// Only in streams written before `ShipmentBookingOverdue` existed: failed at the
+        /// deadline with a booking possibly made; this service cancels it by key.
         #[serde(default)]
         booking_unknown: bool,
     },

@@ -59,6 +59,11 @@ pub enum Cancellation {
     AlreadyPickedUp,
 }
 
+/// The idempotency key of an order's booking: one booking per order, however often asked.
+fn booking_key(order_id: &str) -> String {
+    format!("book:{order_id}")
+}
+
 /// The carrier's client. A failure it may recover from (timeout, 5xx, outage) is
 /// [`CallError::Unavailable`]; any other refusal is [`CallError::Refused`].
 pub struct CarrierClient {
@@ -81,7 +86,7 @@ impl CarrierClient {
         items: u32,
     ) -> Result<Booking, CallError> {
         let body = BookingRequest {
-            idempotency_key: format!("book:{order_id}"),
+            idempotency_key: booking_key(order_id),
             order_id: order_id.to_string(),
             shipping_address: shipping_address.to_string(),
             ship_from: ship_from.to_string(),
@@ -93,6 +98,20 @@ impl CarrierClient {
                 status: 422,
                 message,
             }) => Ok(Booking::Refused { reason: message }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The booking made under the order's key, if the carrier made one.
+    pub async fn find(&self, order_id: &str) -> Result<Option<BookingReply>, CallError> {
+        let key = booking_key(order_id);
+        match self
+            .client
+            .get("/v1/bookings", &[("idempotency_key", key)])
+            .await
+        {
+            Ok(reply) => Ok(Some(reply)),
+            Err(CallError::Refused { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }

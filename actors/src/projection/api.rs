@@ -5,7 +5,9 @@
 //! |---|---|---|
 //! | `commerce.projection.get` | the order id | [`OrderReadModel`] (404: not seen yet) |
 //! | `commerce.projection.rebuild` | nothing | [`RebuildStarted`] (409: one is running) |
+//! | `commerce.projection.sagas` | nothing | [`OpenSagas`]: open ones, and the stuck |
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::model::OrderReadModel;
@@ -35,4 +37,32 @@ pub struct RebuildStarted {
     pub generation: u32,
     /// Events it will read.
     pub events: u64,
+}
+
+/// Sagas that have not ended, and the ones stuck (open past `stuck_after_secs` after their last
+/// event).
+pub struct Sagas;
+
+impl Endpoint for Sagas {
+    const NAME: &'static str = "sagas";
+    type Request = ();
+    type Reply = OpenSagas;
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenSagas {
+    pub open: u64,
+    pub stuck_after_secs: u64,
+    pub stuck: u64,
+    /// The oldest stuck ones (at most 20), oldest first.
+    pub oldest: Vec<StuckSaga>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StuckSaga {
+    pub order_id: String,
+    pub order_status: String,
+    pub shipment_status: Option<String>,
+    pub payment_status: Option<String>,
+    pub last_event: DateTime<Utc>,
 }

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod model;
+pub mod sagas;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -22,8 +23,9 @@ use storage::Store;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use self::api::{ReadOrder, Rebuild, RebuildStarted};
+use self::api::{ReadOrder, Rebuild, RebuildStarted, Sagas};
 use self::model::OrderReadModel;
+use self::sagas::OpenSagas;
 use crate::engine::actor::Deliver;
 use crate::engine::api::{ComponentStatus, ReadModelStatus, Status};
 use crate::engine::core::Settled;
@@ -51,6 +53,8 @@ pub struct ProjectionActor {
     active: Arc<AtomicU32>,
     /// The generation a rebuild is filling, if one runs.
     building: Option<u32>,
+    /// The active generation's open sagas.
+    sagas: Arc<OpenSagas>,
 }
 
 impl Actor for ProjectionActor {
@@ -95,22 +99,28 @@ impl ProjectionActor {
             }
         }
         // Each changed row is refolded once per batch, however many of its events came.
-        let writes = changed
+        let refolded: Vec<OrderReadModel> = changed
             .into_iter()
-            .filter_map(|id| rows.remove(id).map(|row| (id.to_string(), row)))
-            .map(|(id, mut row)| {
+            .filter_map(|id| rows.remove(id))
+            .map(|mut row| {
                 row.refold();
-                (id, row)
+                row
             })
-            .map(|(id, row)| match serde_json::to_vec(&row) {
-                Ok(bytes) => Ok((id, bytes)),
+            .collect();
+        let writes = refolded
+            .iter()
+            .map(|row| match serde_json::to_vec(row) {
+                Ok(bytes) => Ok((row.order_id.clone(), bytes)),
                 Err(source) => Err(EngineError::Unreadable {
-                    what: format!("read model row {id} (encoding)"),
+                    what: format!("read model row {} (encoding)", row.order_id),
                     source,
                 }),
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.store.write_models(generation, &writes)?;
+        if generation == self.active.load(Ordering::Acquire) {
+            refolded.iter().for_each(|row| self.sagas.update(row));
+        }
         Ok(())
     }
 
@@ -207,6 +217,7 @@ impl Handler<EndRebuild> for ProjectionActor {
         let store = self.store.clone();
         let built = self.building.take();
         let active = self.active.clone();
+        let sagas = self.sagas.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 let Some(built) = built else { return Ok(()) };
@@ -219,7 +230,7 @@ impl Handler<EndRebuild> for ProjectionActor {
                 store.switch_models(built)?;
                 let _ = store.flush().await?;
                 active.store(built, Ordering::Release);
-                Ok(())
+                load_sagas(&sagas, &store, built)
             }
             .into_actor(self),
         ))
@@ -262,10 +273,13 @@ async fn run(
     let store = Store::open(settings.service_dir(COMPONENT.name()), &settings.store)?;
     let active = Arc::new(AtomicU32::new(store.active_models()?));
     let mut host = Host::connect(COMPONENT, settings, store, &login, shutdown).await?;
+    let sagas = Arc::new(OpenSagas::default());
+    load_sagas(&sagas, &host.store, active.load(Ordering::Acquire))?;
     let actor = ProjectionActor {
         store: host.store.clone(),
         active: active.clone(),
         building: None,
+        sagas: sagas.clone(),
     }
     .start();
     let progress = Arc::new(Progress::default());
@@ -293,6 +307,12 @@ async fn run(
             }))
         })
         .await?;
+    let stuck_after = host.settings.stuck_after();
+    server
+        .each::<Sagas, _, _>(move |()| {
+            std::future::ready(Ok(sagas.report(stuck_after, chrono::Utc::now())))
+        })
+        .await?;
     let js = host.js.clone();
     server
         .each::<Rebuild, _, _>(move |()| {
@@ -301,6 +321,18 @@ async fn run(
         })
         .await?;
     host.serve_until_shutdown(server, ready).await
+}
+
+/// Track the open sagas of `generation`'s rows (rows that do not decode are skipped: the
+/// query endpoint reports them).
+fn load_sagas(sagas: &OpenSagas, store: &Store, generation: u32) -> Result<(), EngineError> {
+    let rows: Vec<OrderReadModel> = store
+        .models(generation)?
+        .into_iter()
+        .filter_map(|(_, bytes)| serde_json::from_slice(&bytes).ok())
+        .collect();
+    sagas.reload(&rows);
+    Ok(())
 }
 
 /// One lookup.

@@ -55,6 +55,21 @@ pub struct OrderReadModel {
 }
 
 impl OrderReadModel {
+    /// The saga has not ended: the order is neither completed nor cancelled, or it is cancelled
+    /// with the customer's money still taken (the refund has not happened yet).
+    pub fn saga_open(&self) -> bool {
+        match self.order_status.as_deref() {
+            Some("COMPLETED") => false,
+            Some("CANCELLED") => self.payment_status.as_deref() == Some("APPROVED"),
+            _ => true,
+        }
+    }
+
+    /// When its newest event happened.
+    pub fn last_event(&self) -> Option<DateTime<Utc>> {
+        self.timeline.iter().map(|e| e.time).max()
+    }
+
     pub fn new(order_id: &str) -> Self {
         OrderReadModel {
             order_id: order_id.to_string(),
@@ -176,6 +191,9 @@ impl OrderReadModel {
                 } => {
                     self.shipment_status = status("SCHEDULED");
                     self.estimated_delivery = Some(estimated_delivery.clone());
+                }
+                ShipmentEvent::ShipmentBookingOverdue { .. } => {
+                    self.shipment_status = status("OVERDUE")
                 }
                 ShipmentEvent::ShipmentFailed { .. } => self.shipment_status = status("FAILED"),
                 ShipmentEvent::ShipmentStarted {} => self.shipment_status = status("IN_TRANSIT"),

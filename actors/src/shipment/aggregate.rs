@@ -17,6 +17,8 @@ pub enum ShipmentStatus {
     None,
     /// `ShipmentBookingRequested` recorded; the carrier's answer is not (yet).
     Requested,
+    /// Past the deadline with the booking's outcome unknown: the carrier is asked what it did.
+    Overdue,
     Scheduled,
     Started,
     Delivered,
@@ -51,6 +53,10 @@ pub enum CarrierCall {
     /// A booking may exist but its answer was never recorded: book again (the carrier finds the
     /// booking by its key, or makes it), then cancel it unless it has left.
     BookThenCancel(BookingRequest),
+    /// Past the deadline: keep the booking the carrier made, if it made one (found by key);
+    /// if it made none, `BookThenCancel`, which leaves a cancelled booking under the key so a
+    /// booking request still in flight books nothing.
+    Resolve(BookingRequest),
 }
 
 /// The carrier's answer.
@@ -115,6 +121,7 @@ impl Aggregate for Shipment {
                 self.estimated_delivery = Some(estimated_delivery.clone());
                 self.ship_from = Some(ship_from.clone());
             }
+            ShipmentEvent::ShipmentBookingOverdue { .. } => self.status = ShipmentStatus::Overdue,
             ShipmentEvent::ShipmentFailed { .. } => self.status = ShipmentStatus::Failed,
             ShipmentEvent::ShipmentStarted {} => self.status = ShipmentStatus::Started,
             ShipmentEvent::ShipmentDelivered {} => self.status = ShipmentStatus::Delivered,
@@ -172,7 +179,17 @@ impl Aggregate for Shipment {
                     _ => Plan::Emit(Vec::new()),
                 }
             }
-            // Our own: given up at the deadline, a booking may exist; cancel it by key.
+            // Our own: the deadline passed with the booking unknown; ask the carrier.
+            Inbound::Shipment(ShipmentEvent::ShipmentBookingOverdue { .. }) => {
+                match (&self.status, &self.request) {
+                    (ShipmentStatus::Overdue, Some(request)) => {
+                        Plan::Call(CarrierCall::Resolve(request.clone()))
+                    }
+                    _ => Plan::Emit(Vec::new()),
+                }
+            }
+            // Our own, from streams written before `ShipmentBookingOverdue`: failed at the
+            // deadline, a booking may exist; cancel it by key.
             Inbound::Shipment(ShipmentEvent::ShipmentFailed {
                 booking_unknown: true,
                 ..
@@ -186,7 +203,7 @@ impl Aggregate for Shipment {
                 ShipmentStatus::None => Plan::Emit(vec![ShipmentEvent::ShipmentCancelled {
                     reason: "cancelled before the carrier was booked".into(),
                 }]),
-                ShipmentStatus::Requested => match &self.request {
+                ShipmentStatus::Requested | ShipmentStatus::Overdue => match &self.request {
                     Some(request) => Plan::Call(CarrierCall::BookThenCancel(request.clone())),
                     None => Plan::Emit(Vec::new()),
                 },
@@ -216,8 +233,9 @@ impl Aggregate for Shipment {
         answered(call, answer)
     }
 
-    /// The booking could not be made before the saga's deadline, counted from its own request:
-    /// give the step up.
+    /// The booking's outcome is still unknown at the saga's deadline, counted from its own
+    /// request: stop booking and ask the carrier what it did. Nothing is compensated here; the
+    /// carrier's answer decides (see [`CarrierCall::Resolve`]).
     fn give_up(
         &self,
         event: &Inbound,
@@ -233,9 +251,8 @@ impl Aggregate for Shipment {
             }) if self.status == ShipmentStatus::Requested
                 && at.checked_add_signed(deadline).is_some_and(|end| now > end) =>
             {
-                Some(ShipmentEvent::ShipmentFailed {
-                    reason: format!("carrier unavailable past the deadline: {reason}"),
-                    booking_unknown: true,
+                Some(ShipmentEvent::ShipmentBookingOverdue {
+                    reason: format!("no answer from the carrier by the deadline: {reason}"),
                 })
             }
             _ => None,
@@ -306,6 +323,44 @@ fn answered(call: CarrierCall, answer: CarrierAnswer) -> Vec<ShipmentEvent> {
                 _ => {}
             }
             events
+        }
+        (CarrierCall::Resolve(request), answer) => resolved(request, answer),
+        _ => Vec::new(),
+    }
+}
+
+/// The events for what the carrier did with an overdue booking: a booking it made stands (the
+/// order goes on); only its word that there is none fails the step.
+fn resolved(request: BookingRequest, answer: CarrierAnswer) -> Vec<ShipmentEvent> {
+    let failed = |reason: &str| {
+        vec![ShipmentEvent::ShipmentFailed {
+            reason: reason.to_string(),
+            booking_unknown: false,
+        }]
+    };
+    match answer {
+        CarrierAnswer::Booked { ref status, .. } if status == "cancelled" => {
+            failed("the carrier's booking was cancelled")
+        }
+        found @ CarrierAnswer::Booked { .. } => answered(CarrierCall::Book(request), found),
+        CarrierAnswer::BookedThenCancel { booking, cancel } => {
+            match (*booking, cancel.map(|c| *c)) {
+                (CarrierAnswer::Refused { reason }, _) => failed(&reason),
+                (_, Some(CarrierAnswer::Cancelled)) => failed(
+                    "the carrier had booked nothing by the deadline (the booking key is now \
+                     cancelled there)",
+                ),
+                // Booked by a request still in flight, and picked up before the cancel.
+                (booking, Some(CarrierAnswer::AlreadyPickedUp)) => {
+                    let mut events = answered(CarrierCall::Book(request), booking);
+                    if !events.contains(&ShipmentEvent::ShipmentStarted {}) {
+                        events.push(ShipmentEvent::ShipmentStarted {});
+                    }
+                    events
+                }
+                // Booked by a request still in flight, and already moved on: it stands.
+                (booking, _) => answered(CarrierCall::Book(request), booking),
+            }
         }
         _ => Vec::new(),
     }

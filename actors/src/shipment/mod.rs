@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::aggregate::{BookingRequest, CarrierAnswer, CarrierCall, CarrierUpdate, Shipment};
 use crate::engine::{Command, EngineError, Handle, Placement, Service};
-use crate::external::carrier::{Booking, Cancellation, CarrierClient};
+use crate::external::carrier::{Booking, BookingReply, Cancellation, CarrierClient};
 use crate::Settings;
 
 pub struct ShipmentService {
@@ -27,11 +27,15 @@ impl Service for ShipmentService {
         (Domain::Inventory, &["InventoryReserved"]),
         (Domain::Stores, &["StoreStockReserved"]),
         (Domain::Orders, &["OrderCancelRequested"]),
-        // Its own: the carrier is called only once the request is recorded, and a booking given
-        // up at the deadline is cancelled once the carrier is back.
+        // Its own: the carrier is called only once the request is recorded, and asked what it
+        // booked once the deadline passed (`ShipmentFailed`: the same, from older streams).
         (
             Domain::Shipments,
-            &["ShipmentBookingRequested", "ShipmentFailed"],
+            &[
+                "ShipmentBookingRequested",
+                "ShipmentBookingOverdue",
+                "ShipmentFailed",
+            ],
         ),
     ];
     const PLACEMENT: Placement = Placement::PerOrder;
@@ -132,23 +136,33 @@ async fn call_carrier(
     match call {
         CarrierCall::Book(request) => book(carrier, order_id, request).await,
         CarrierCall::Cancel { booking_id } => cancel(carrier, booking_id).await,
-        CarrierCall::BookThenCancel(request) => {
-            let booking = book(carrier, order_id, request).await?;
-            let cancel = match &booking {
-                CarrierAnswer::Booked {
-                    booking_id, status, ..
-                // Already cancelled (an earlier answer was lost): the carrier confirms it again.
-                } if status == "booked" || status == "cancelled" => {
-                    Some(Box::new(cancel(carrier, booking_id).await?))
-                }
-                _ => None,
-            };
-            Ok(CarrierAnswer::BookedThenCancel {
-                booking: Box::new(booking),
-                cancel,
-            })
-        }
+        CarrierCall::BookThenCancel(request) => book_then_cancel(carrier, order_id, request).await,
+        CarrierCall::Resolve(request) => match carrier.find(order_id).await? {
+            Some(reply) => Ok(booked(reply)),
+            None => book_then_cancel(carrier, order_id, request).await,
+        },
     }
+}
+
+async fn book_then_cancel(
+    carrier: &CarrierClient,
+    order_id: &str,
+    request: &BookingRequest,
+) -> Result<CarrierAnswer, Verdict> {
+    let booking = book(carrier, order_id, request).await?;
+    let cancel = match &booking {
+        CarrierAnswer::Booked {
+            booking_id, status, ..
+        // Already cancelled (an earlier answer was lost): the carrier confirms it again.
+        } if status == "booked" || status == "cancelled" => {
+            Some(Box::new(cancel(carrier, booking_id).await?))
+        }
+        _ => None,
+    };
+    Ok(CarrierAnswer::BookedThenCancel {
+        booking: Box::new(booking),
+        cancel,
+    })
 }
 
 /// Book, idempotent by the order's key: a second call returns the first booking.
@@ -167,14 +181,18 @@ async fn book(
         )
         .await?;
     Ok(match booking {
-        Booking::Booked(reply) => CarrierAnswer::Booked {
-            booking_id: reply.id,
-            estimated_delivery: reply.estimated_delivery,
-            status: reply.status,
-        },
+        Booking::Booked(reply) => booked(reply),
         // The carrier refusing this parcel is an answer, not a broken event.
         Booking::Refused { reason } => CarrierAnswer::Refused { reason },
     })
+}
+
+fn booked(reply: BookingReply) -> CarrierAnswer {
+    CarrierAnswer::Booked {
+        booking_id: reply.id,
+        estimated_delivery: reply.estimated_delivery,
+        status: reply.status,
+    }
 }
 
 async fn cancel(carrier: &CarrierClient, booking_id: &str) -> Result<CarrierAnswer, Verdict> {

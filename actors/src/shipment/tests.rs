@@ -52,6 +52,15 @@ fn booked(status: &str) -> CarrierAnswer {
     }
 }
 
+fn scheduled_as(booking_id: &str, estimated_delivery: &str) -> ShipmentEvent {
+    ShipmentEvent::ShipmentScheduled {
+        booking_id: booking_id.into(),
+        carrier: super::aggregate::CARRIER.into(),
+        estimated_delivery: estimated_delivery.into(),
+        ship_from: "warehouse".into(),
+    }
+}
+
 /// The carrier reports the parcel `status`.
 fn update(status: &str) -> CarrierUpdate {
     CarrierUpdate {
@@ -252,7 +261,7 @@ fn given_booked_when_the_carrier_reports_progress_then_started_then_delivered() 
 }
 
 #[test]
-fn given_requested_when_the_carrier_stays_down_past_the_deadline_then_failed_and_cancelled_by_key_later(
+fn given_requested_when_the_carrier_stays_unanswered_past_the_deadline_then_overdue_and_nothing_compensated(
 ) {
     let shipment = given::<Shipment>([requested()]);
     let deadline = chrono::Duration::seconds(60);
@@ -263,18 +272,90 @@ fn given_requested_when_the_carrier_stays_down_past_the_deadline_then_failed_and
         shipment.give_up(&event, &call, "down", after(59), deadline),
         None
     );
-    let failed = shipment
-        .give_up(&event, &call, "down", after(61), deadline)
+    let overdue = shipment
+        .give_up(&event, &call, "timed out", after(61), deadline)
         .unwrap();
-    assert!(matches!(
-        failed,
-        ShipmentEvent::ShipmentFailed {
-            booking_unknown: true,
-            ..
-        }
-    ));
+    assert!(
+        matches!(overdue, ShipmentEvent::ShipmentBookingOverdue { .. }),
+        "{overdue:?}: not a failure, which would compensate"
+    );
+    let shipment = given::<Shipment>([requested(), overdue.clone()]);
+    assert_eq!(shipment.status, ShipmentStatus::Overdue);
+    // Its own overdue event comes back: ask the carrier what it did.
+    let call = shipment
+        .when_event("o1", &Inbound::Shipment(overdue))
+        .call();
+    assert_eq!(call, CarrierCall::Resolve(request()));
+    // A customer's cancel meanwhile cancels whatever the carrier may have booked, by key.
+    assert_eq!(
+        shipment.when_event("o1", &cancel_requested()).call(),
+        CarrierCall::BookThenCancel(request())
+    );
+}
+
+#[test]
+fn an_overdue_booking_the_carrier_made_stands_and_only_the_carriers_no_fails_the_step() {
+    let overdue = ShipmentEvent::ShipmentBookingOverdue { reason: "x".into() };
+    let shipment = given::<Shipment>([requested(), overdue]);
+    let resolve = || CarrierCall::Resolve(request());
+    // Found, booked slowly: the order goes on.
+    assert_eq!(
+        shipment.outcome(resolve(), booked("booked"), now()),
+        vec![scheduled_as("bk1", "d")]
+    );
+    // Found, already picked up: it left.
+    assert_eq!(
+        shipment.outcome(resolve(), booked("picked_up"), now()),
+        vec![scheduled_as("bk1", "d"), ShipmentEvent::ShipmentStarted {}]
+    );
+    // None found: booked-then-cancelled under the key, the step fails (and compensates).
+    let none = CarrierAnswer::BookedThenCancel {
+        booking: Box::new(booked("booked")),
+        cancel: Some(Box::new(CarrierAnswer::Cancelled)),
+    };
+    let events = shipment.outcome(resolve(), none, now());
+    assert!(
+        matches!(
+            events.as_slice(),
+            [ShipmentEvent::ShipmentFailed {
+                booking_unknown: false,
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+    // A booking in flight landed and was picked up before the cancel: it stands.
+    let raced = CarrierAnswer::BookedThenCancel {
+        booking: Box::new(booked("booked")),
+        cancel: Some(Box::new(CarrierAnswer::AlreadyPickedUp)),
+    };
+    assert_eq!(
+        shipment.outcome(resolve(), raced, now()),
+        vec![scheduled_as("bk1", "d"), ShipmentEvent::ShipmentStarted {}]
+    );
+    // The carrier refuses the parcel: it fails.
+    let refused = CarrierAnswer::BookedThenCancel {
+        booking: Box::new(CarrierAnswer::Refused {
+            reason: "undeliverable".into(),
+        }),
+        cancel: None,
+    };
+    assert_eq!(
+        shipment.outcome(resolve(), refused, now()),
+        vec![ShipmentEvent::ShipmentFailed {
+            reason: "undeliverable".into(),
+            booking_unknown: false
+        }]
+    );
+}
+
+#[test]
+fn a_failure_from_an_older_stream_with_the_booking_unknown_is_cancelled_by_key() {
+    let failed = ShipmentEvent::ShipmentFailed {
+        reason: "carrier unavailable past the deadline".into(),
+        booking_unknown: true,
+    };
     let shipment = given::<Shipment>([requested(), failed.clone()]);
-    // Its own ShipmentFailed comes back: cancel whatever booking the carrier may have made.
     let call = shipment.when_event("o1", &Inbound::Shipment(failed)).call();
     assert_eq!(call, CarrierCall::BookThenCancel(request()));
     let refused = ShipmentEvent::ShipmentFailed {

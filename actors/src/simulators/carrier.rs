@@ -1,7 +1,10 @@
 //! The carrier simulator: bookings (idempotent by key) that progress on their own, booked →
 //! picked_up → delivered, published as a tracking feed (`GET /v1/tracking?after=N`).
 //! An address containing [`UNDELIVERABLE`] is refused (422); one containing [`HOLD`] is booked
-//! but never picked up; a picked-up parcel cannot be cancelled (409).
+//! but never picked up; a picked-up parcel cannot be cancelled (409). `GET /v1/bookings?
+//! idempotency_key=K` finds a booking by its key.
+//! Its latency fault is a slow answer: a booking or cancel is done when the call arrives and
+//! answered late, so a caller that gives up waiting does not know what the carrier did.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -79,6 +82,7 @@ impl Carrier {
 
     pub fn routes(cfg: &mut web::ServiceConfig) {
         cfg.route("/v1/bookings", web::post().to(book))
+            .route("/v1/bookings", web::get().to(find))
             .route("/v1/bookings/{id}/cancel", web::post().to(cancel))
             .route("/v1/tracking", web::get().to(tracking))
             .route("/v1/ledger", web::get().to(ledger));
@@ -101,10 +105,15 @@ impl Carrier {
 }
 
 async fn book(carrier: web::Data<Carrier>, req: web::Json<BookingRequest>) -> HttpResponse {
-    if let Some(failure) = carrier.faults.inject().await {
+    if let Some(failure) = carrier.faults.refuse() {
         return failure;
     }
-    let req = req.into_inner();
+    let answer = booked(&carrier, req.into_inner());
+    carrier.faults.answer_late().await;
+    answer
+}
+
+fn booked(carrier: &Carrier, req: BookingRequest) -> HttpResponse {
     let mut books = lock(&carrier.books);
     if let Some(&i) = books.by_key.get(&req.idempotency_key) {
         return HttpResponse::Ok().json(&books.ledger.bookings[i]);
@@ -135,12 +144,35 @@ async fn book(carrier: web::Data<Carrier>, req: web::Json<BookingRequest>) -> Ht
     HttpResponse::Ok().json(reply)
 }
 
-async fn cancel(carrier: web::Data<Carrier>, id: web::Path<String>) -> HttpResponse {
+#[derive(Deserialize)]
+struct ByKey {
+    idempotency_key: String,
+}
+
+/// `GET /v1/bookings?idempotency_key=K`: the booking made under a key, or 404.
+async fn find(carrier: web::Data<Carrier>, query: web::Query<ByKey>) -> HttpResponse {
     if let Some(failure) = carrier.faults.inject().await {
         return failure;
     }
+    let books = lock(&carrier.books);
+    match books.by_key.get(&query.idempotency_key) {
+        Some(&i) => HttpResponse::Ok().json(&books.ledger.bookings[i]),
+        None => HttpResponse::NotFound().json(json!({ "error": "no booking under this key" })),
+    }
+}
+
+async fn cancel(carrier: web::Data<Carrier>, id: web::Path<String>) -> HttpResponse {
+    if let Some(failure) = carrier.faults.refuse() {
+        return failure;
+    }
+    let answer = cancelled(&carrier, &id);
+    carrier.faults.answer_late().await;
+    answer
+}
+
+fn cancelled(carrier: &Carrier, id: &str) -> HttpResponse {
     let mut books = lock(&carrier.books);
-    let Some(&i) = books.by_id.get(id.as_str()) else {
+    let Some(&i) = books.by_id.get(id) else {
         return HttpResponse::NotFound().json(json!({ "error": "no such booking" }));
     };
     match books.ledger.bookings[i].status.as_str() {

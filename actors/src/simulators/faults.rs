@@ -40,13 +40,19 @@ impl FaultState {
         self.calls.load(Ordering::Relaxed)
     }
 
-    /// Count the call, wait the latency, then maybe fail it: `Some(response)` is the failure.
+    /// Wait the latency, then count the call and maybe fail it: `Some(response)` is the failure.
+    /// A slow decision: nothing is done before the latency has passed.
     pub async fn inject(&self) -> Option<HttpResponse> {
+        self.answer_late().await;
+        self.refuse()
+    }
+
+    /// Count the call and maybe fail it, at once: `Some(response)` is the failure. A handler that
+    /// then does its work and awaits [`FaultState::answer_late`] is a slow answer: the work is
+    /// done even if the caller gives up waiting (its outcome is unknown to the caller).
+    pub fn refuse(&self) -> Option<HttpResponse> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let faults = self.get();
-        if faults.latency_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
-        }
         if faults.outage {
             return Some(
                 HttpResponse::ServiceUnavailable().json(json!({ "error": "simulated outage" })),
@@ -58,6 +64,14 @@ impl FaultState {
             );
         }
         None
+    }
+
+    /// Wait the latency.
+    pub async fn answer_late(&self) {
+        let latency = self.get().latency_ms;
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
     }
 }
 

@@ -32,8 +32,12 @@ enum BenchWhat {
         #[arg(long, value_delimiter = ',', default_value = "50,100,200,0")]
         rates: Vec<u32>,
         /// Measure again with authentication and permissions off, and print the ratio.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "compare_durable")]
         compare_auth: bool,
+        /// Measure again with the broker fsyncing every write (`--durable`), and print the
+        /// ratio.
+        #[arg(long)]
+        compare_durable: bool,
     },
     /// The read side: projection rebuild rate vs raw JetStream consume, and `GET /orders/{id}`
     /// (read model) vs `/composed` (fan-out), healthy and with one service slowed by 50 ms.
@@ -57,7 +61,15 @@ pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<()> {
             orders,
             rates,
             compare_auth,
-        } => saga::run(orders as usize, &rates, settings, compare_auth).await,
+            compare_durable,
+        } => {
+            let compare = match (compare_auth, compare_durable) {
+                (true, _) => Some(saga::Compare::Auth),
+                (_, true) => Some(saga::Compare::Durable),
+                _ => None,
+            };
+            saga::run(orders as usize, &rates, settings, compare).await
+        }
         BenchWhat::Reads { orders, requests } => {
             reads::run(orders as usize, requests as usize, settings).await
         }

@@ -85,33 +85,68 @@ pub fn operator(system: &System) -> anyhow::Result<async_nats::Client> {
         .context("the bench's system has no operator connection")
 }
 
-/// Measure at each rate; with `compare_auth`, again on a system with authentication and
-/// permissions off, and print what they cost.
+/// What a second measurement turns off, to show what it costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    /// Authentication and permissions.
+    Auth,
+    /// The broker's fsync of every write (`--durable`).
+    Durable,
+}
+
+impl Compare {
+    fn name(self) -> &'static str {
+        match self {
+            Compare::Auth => "auth",
+            Compare::Durable => "durable",
+        }
+    }
+
+    fn is_on(self, settings: &Settings) -> bool {
+        match self {
+            Compare::Auth => settings.auth,
+            Compare::Durable => settings.nats_sync_always,
+        }
+    }
+
+    fn toggled(self, settings: &Settings) -> Settings {
+        let mut other = settings.clone();
+        match self {
+            Compare::Auth => other.auth = !other.auth,
+            Compare::Durable => other.nats_sync_always = !other.nats_sync_always,
+        }
+        other
+    }
+}
+
+/// Measure at each rate; with `compare`, again on a system with that turned the other way, and
+/// print the first as a ratio to the second (on to off).
 pub async fn run(
     orders: usize,
     rates: &[u32],
     settings: Settings,
-    compare_auth: bool,
+    compare: Option<Compare>,
 ) -> anyhow::Result<()> {
-    let label = |auth: bool| if auth { "auth on" } else { "auth off" };
-    let first = measure(orders, rates, settings.clone()).await?;
-    print_table(label(settings.auth), orders, &first);
-    if !compare_auth {
-        return Ok(());
-    }
-    let other = Settings {
-        auth: !settings.auth,
-        ..settings.clone()
+    let label = |settings: &Settings| match compare {
+        Some(c) if c.is_on(settings) => format!("{} on", c.name()),
+        Some(c) => format!("{} off", c.name()),
+        None => "default".to_string(),
     };
-    let second = measure(orders, rates, other).await?;
-    print_table(label(!settings.auth), orders, &second);
-    let (on, off) = if settings.auth {
+    let first = measure(orders, rates, settings.clone()).await?;
+    print_table(&label(&settings), orders, &first);
+    let Some(compare) = compare else {
+        return Ok(());
+    };
+    let other = compare.toggled(&settings);
+    let second = measure(orders, rates, other.clone()).await?;
+    print_table(&label(&other), orders, &second);
+    let (on, off) = if compare.is_on(&settings) {
         (&first, &second)
     } else {
         (&second, &first)
     };
     println!();
-    println!("Auth on as a ratio to auth off:");
+    println!("{} on as a ratio to off:", compare.name());
     println!("{:>14} {:>14} {:>10}", "offered/s", "achieved", "p99");
     for (on, off) in on.iter().zip(off) {
         println!(

@@ -502,3 +502,137 @@ pub fn assert_no_permission_violations(data: &std::path::Path) {
         "refused by the broker: {violations:#?}"
     );
 }
+
+/// What one `commerce <args> --data-dir <data>` run printed (stdout, then stderr), and whether
+/// it succeeded.
+pub fn cli(data: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = commerce()
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .expect("run commerce");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Wait until `consumer`'s dead letter about order `order_id` is in `DLQ`; returns it.
+pub async fn dead_letter(
+    js: &async_nats::jetstream::Context,
+    consumer: &str,
+    order_id: &str,
+) -> bus::dlq::DeadLetter {
+    let dlq = bus::dlq::DeadLetters::new(js.clone());
+    let filter = bus::dlq::Filter {
+        consumer: Some(consumer.to_string()),
+        order_id: Some(order_id.to_string()),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(page) = dlq.list(&filter, 1, 10).await {
+            if let Some(letter) = page.letters.into_iter().next() {
+                return letter;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no dead letter of {consumer} about {order_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait until durable consumer `durable` on `stream` has been handed everything and has
+/// settled it (nothing pending, nothing unacknowledged).
+pub async fn consumer_settled(js: &async_nats::jetstream::Context, stream: &str, durable: &str) {
+    wait_until(
+        &format!("{durable} on {stream} has settled everything"),
+        || async {
+            let Ok(mut consumer) = js
+                .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                    durable, stream,
+                )
+                .await
+            else {
+                return false;
+            };
+            matches!(consumer.info().await,
+            Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0)
+        },
+    )
+    .await;
+}
+
+/// A broker and simulators that outlive `commerce up`: a nats-server the test runs (admitting
+/// only the identities under the data dir, as `up`'s own does) and `commerce run simulators`,
+/// so `up --nats` can be stopped, a database lost, and `up` started again with the broker's
+/// streams and the simulators' ledgers intact.
+pub struct Outside {
+    pub data: tempfile::TempDir,
+    pub server: bus::NatsServer,
+    pub simulators: Proc,
+    pub payment_gateway: String,
+    pub carrier: String,
+}
+
+impl Outside {
+    pub async fn start() -> Outside {
+        use actors::access::{BusUser, Keyring};
+        let data = tempfile::tempdir().unwrap();
+        let (keyring, authorization) = Keyring::prepare(data.path()).unwrap();
+        let mut config = bus::server::ServerConfig::new(data.path().join("nats"));
+        config.authorization = Some((
+            authorization,
+            keyring.get(BusUser::Operator).unwrap().clone(),
+        ));
+        let server = bus::NatsServer::start(config).await.unwrap();
+        let mut cmd = commerce();
+        cmd.args(["run", "simulators", "--data-dir"])
+            .arg(data.path())
+            .args(["--nats", &server.url()]);
+        let simulators = Proc::spawn(cmd);
+        simulators.line_starting("commerce simulators is up");
+        let payment_gateway = simulators.line_starting("payment gateway: ");
+        let carrier = simulators.line_starting("carrier: ");
+        Outside {
+            data,
+            server,
+            simulators,
+            payment_gateway,
+            carrier,
+        }
+    }
+
+    /// `commerce up --nats <this broker>` calling these simulators, with `env` set; its API.
+    pub fn up(&self, env: &[(&str, &str)]) -> (Proc, Api) {
+        let mut cmd = commerce();
+        cmd.envs(env.iter().copied())
+            .env("COMMERCE_PAYMENT_GATEWAY_URL", &self.payment_gateway)
+            .env("COMMERCE_CARRIER_URL", &self.carrier)
+            .args(["up", "--nats", &self.server.url(), "--data-dir"])
+            .arg(self.data.path());
+        let up = Proc::spawn(cmd);
+        let mut api = Api::of(&up, self.data.path());
+        api.payment_gateway = self.payment_gateway.clone();
+        api.carrier = self.carrier.clone();
+        (up, api)
+    }
+}
+
+/// A nats-server of the test's own that admits only the system's identities, as `commerce up`
+/// makes it (their credentials under `data`, where `commerce up`/`run` find them).
+pub async fn authenticated_broker(data: &std::path::Path) -> bus::server::NatsServer {
+    use actors::access::{BusUser, Keyring};
+    let (keyring, authorization) = Keyring::prepare(data).unwrap();
+    let mut config = bus::server::ServerConfig::new(data.join("nats"));
+    config.authorization = Some((
+        authorization,
+        keyring.get(BusUser::Operator).unwrap().clone(),
+    ));
+    bus::server::NatsServer::start(config).await.unwrap()
+}

@@ -3,12 +3,16 @@
 
 use std::time::Duration;
 
-use bus::{ConsumerSpec, Delivery, DurableConsumer};
+use bus::{ConsumerSpec, Delivery, DurableConsumer, InHand};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::core::Settled;
 use crate::engine::{EngineError, Handle, Service};
 use crate::Settings;
+
+/// How often a consumer checks it still exists and points inside its stream (and after every
+/// reconnect): a broker that lost data may have lost both.
+const REALIGN_EVERY: Duration = Duration::from_secs(10);
 
 /// Where a consumer hands its batches: commits and flushes them, then says how to settle each.
 pub trait Sink: Clone + 'static {
@@ -46,13 +50,22 @@ pub async fn consume<K: Sink>(
     shutdown: CancellationToken,
 ) {
     loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            realigned = consumer.realign(REALIGN_EVERY) => if let Err(e) = realigned {
+                tracing::debug!(component = sink.name(), error = %e, "consumer position not checked");
+            },
+        }
         let batch = tokio::select! {
             _ = shutdown.cancelled() => return,
             batch = consumer.next_batch(Duration::from_secs(1)) => batch,
         };
         match batch {
             Ok(batch) if batch.is_empty() => {}
-            Ok(batch) => match sink.deliver(batch).await {
+            Ok(batch) => match consumer
+                .working(InHand::of(&batch), sink.deliver(batch))
+                .await
+            {
                 Ok(settled) => consumer.settle(settled.verdicts, settled.flushed).await,
                 Err(e) => tracing::warn!(component = sink.name(), error = %e,
                     "batch not applied; the broker redelivers it after AckWait"),

@@ -1,12 +1,13 @@
 //! Running one [`Service`]: its database (rebuilt from its stream when lost), the outbox relay,
 //! one durable consumer per upstream stream, and its micro service: `status`, `get`, `part`,
-//! `slow` ([`crate::engine::api`]) plus the service's own endpoints.
+//! `slow`, `replay` ([`crate::engine::api`]) plus the service's own endpoints.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Actor;
+use bus::dlq::DeadLetters;
 use bus::envelope::snake_case;
 use bus::{Login, OutboxRelay, Publisher, RelayConfig};
 use futures::FutureExt;
@@ -15,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Host, RunningComponent};
 use crate::engine::actor::{Handle, ServiceActor};
-use crate::engine::api::{Get, Part, Slow, SlowRequest, Status};
+use crate::engine::api::{
+    Get, Part, Replay, ReplayOutcome, ReplayRequest, Replayed, Slow, SlowRequest, Status,
+};
 use crate::engine::core::Engine;
 use crate::engine::{recovery, EngineError, Service};
 use crate::rpc::{DomainError, Server};
@@ -74,7 +77,7 @@ async fn run<S: Service>(
 
     let description = format!("commerce {} service", S::name());
     let mut server = host.server(&description).await?;
-    serve_common(&mut server, &handle).await?;
+    serve_common(&mut server, &handle, DeadLetters::new(host.js.clone())).await?;
     S::endpoints(&mut server, handle.clone()).await?;
     if let Some(work) = S::background(&host.settings, &ops, handle, host.shutdown.clone()) {
         host.spawn(work);
@@ -83,10 +86,11 @@ async fn run<S: Service>(
 }
 
 /// The endpoints every service answers. `slow` delays `get` and `part` answers: a knob for
-/// benchmarks and demos of a slow dependency.
+/// benchmarks and demos of a slow dependency. `replay` re-handles one of its dead letters.
 async fn serve_common<S: Service>(
     server: &mut Server,
     handle: &Handle<S>,
+    dead_letters: DeadLetters,
 ) -> Result<(), EngineError> {
     let slow = Arc::new(AtomicU64::new(0));
     let h = handle.clone();
@@ -141,12 +145,226 @@ async fn serve_common<S: Service>(
             }
         })
         .await?;
+    let h = handle.clone();
+    server
+        .each::<Replay, _, _>(move |request: ReplayRequest| {
+            let (h, dead_letters) = (h.clone(), dead_letters.clone());
+            async move { replay(&h, &dead_letters, request.seq).await }
+        })
+        .await?;
     Ok(())
+}
+
+/// Re-handle this service's dead letter at DLQ sequence `seq`: read it (only its own), check
+/// that it is an event this service listens to, on the subject it belongs on, then run it
+/// through the engine like a live delivery. Nothing is published but the service's own
+/// reactions, through its outbox; the entry stays in `DLQ` (the caller deletes it).
+async fn replay<S: Service>(
+    handle: &Handle<S>,
+    dead_letters: &DeadLetters,
+    seq: u64,
+) -> Result<Replayed, DomainError> {
+    let name = S::name();
+    let letter = dead_letters
+        .get_own(name, seq)
+        .await
+        .map_err(|e| DomainError::unavailable(e.to_string()))?
+        .ok_or_else(|| {
+            DomainError::not_found(format!(
+                "DLQ #{seq} is not a dead letter of the {name} service \
+                 (no such entry, discarded, or another consumer's)"
+            ))
+        })?;
+    let envelope = letter.envelope().map_err(|e| {
+        DomainError::rejected(format!("DLQ #{seq} is not an event ({e}); discard it"))
+    })?;
+    let checked = check_replayable::<S>(&letter, &envelope);
+    let reply = |outcome| Replayed {
+        seq,
+        event_id: envelope.id,
+        event_type: envelope.event_type.clone(),
+        order_id: envelope.subject.clone(),
+        outcome,
+    };
+    if let Err(reason) = checked {
+        return Ok(reply(ReplayOutcome::Rejected { reason }));
+    }
+    let outcome = handle.replay(envelope.clone()).await?;
+    tracing::info!(service = name, seq, event = %envelope.id, ?outcome, "dead letter replayed");
+    Ok(reply(outcome))
+}
+
+/// A dead letter is re-handled only as what it was: an event on its own subject, one this
+/// service listens to, dead-lettered by this service.
+fn check_replayable<S: Service>(
+    letter: &bus::dlq::DeadLetter,
+    envelope: &bus::Envelope,
+) -> Result<(), String> {
+    let name = S::name();
+    if let Some(other) = letter.consumer_header().filter(|c| *c != name) {
+        return Err(format!(
+            "its {} header names {other:?}, not {name}",
+            bus::consumer::DLQ_CONSUMER
+        ));
+    }
+    if let Some(other) = letter.subject_header().filter(|s| *s != letter.subject) {
+        return Err(format!(
+            "its {} header names {other:?}, but it is filed under {}",
+            bus::consumer::DLQ_SUBJECT,
+            letter.subject
+        ));
+    }
+    envelope
+        .check_arrived_on(&letter.subject)
+        .map_err(|e| e.to_string())?;
+    if !listens_to::<S>(&letter.subject) {
+        return Err(format!(
+            "the {name} service does not listen to {}",
+            letter.subject
+        ));
+    }
+    Ok(())
+}
+
+/// Is `subject` (`<domain>.<event_name>.<order_id>`) one of the service's consumers' filters?
+fn listens_to<S: Service>(subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    let (Some(prefix), Some(event), Some(_order), None) =
+        (tokens.next(), tokens.next(), tokens.next(), tokens.next())
+    else {
+        return false;
+    };
+    S::LISTENS.iter().any(|(domain, events)| {
+        domain.subject_prefix() == prefix && events.iter().any(|e| snake_case(e) == event)
+    })
 }
 
 async fn pause(delay_ms: &AtomicU64) {
     let delay = Duration::from_millis(delay_ms.load(Ordering::Relaxed));
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::encode;
+    use crate::engine::testing::lines;
+    use crate::events::PaymentEvent;
+    use crate::inventory::aggregate::WAREHOUSE;
+    use crate::inventory::InventoryService;
+    use crate::payment::PaymentService;
+    use bus::consumer::{DLQ_CONSUMER, DLQ_SUBJECT};
+    use bus::dlq::DeadLetter;
+    use bus::{Domain, Envelope, Verdict};
+    use chrono::Utc;
+    use storage::Store;
+
+    fn paid(order: &str) -> Envelope {
+        let approved = PaymentEvent::PaymentApproved {
+            amount_cents: 100,
+            payment_method: "card".into(),
+            authorization_id: format!("auth-{order}"),
+            approved_at: Utc::now(),
+            lines: lines(&[("SKU-MUG", 1)]),
+            shipping_address: "x".into(),
+        };
+        encode(&approved, order, None).unwrap()
+    }
+
+    fn mugs(engine: &mut Engine<InventoryService>) -> i64 {
+        engine
+            .query(WAREHOUSE, |_, state| state.available["SKU-MUG"])
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_dead_lettered_event_is_skipped_live_and_applied_once_by_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &Default::default()).unwrap();
+        let mut engine = Engine::new(InventoryService, store.clone());
+        let before = mugs(&mut engine);
+        let event = paid("o1");
+        store.mark_dead_lettered([event.id]).unwrap();
+
+        // Live (a recovered consumer re-reading its stream): acknowledged, nothing reserved.
+        let applied = engine.deliver(&[&event]).await.unwrap();
+        assert_eq!(applied.verdicts, [Verdict::Done]);
+        assert_eq!(mugs(&mut engine), before);
+        assert!(!store.is_processed(event.id).unwrap());
+
+        // Replayed: reserved, once, and then it is applied (no longer only dead-lettered).
+        let replayed = engine.replay(&event).await.unwrap();
+        assert_eq!(replayed, ReplayOutcome::Applied);
+        assert_eq!(mugs(&mut engine), before - 1);
+        assert!(store.is_processed(event.id).unwrap());
+        assert!(!store.is_dead_lettered(event.id).unwrap());
+
+        // Again, by replay or live: nothing more.
+        let again = engine.replay(&event).await.unwrap();
+        assert_eq!(again, ReplayOutcome::AlreadyApplied);
+        let applied = engine.deliver(&[&event]).await.unwrap();
+        assert_eq!(applied.verdicts, [Verdict::Done]);
+        assert_eq!(mugs(&mut engine), before - 1);
+    }
+
+    fn cancelled(order: &str) -> Envelope {
+        let data = serde_json::json!({ "reason": "cancelled by the customer" });
+        Envelope::new(Domain::Orders, "OrderCancelled", order, data).unwrap()
+    }
+
+    fn letter(dlq_subject: &str, envelope: &Envelope, headers: &[(&str, &str)]) -> DeadLetter {
+        let mut map = async_nats::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, *value);
+        }
+        let payload = envelope.to_json().unwrap().into_bytes().into();
+        DeadLetter::from_parts(9, dlq_subject, Some(&map), payload, None).unwrap()
+    }
+
+    #[test]
+    fn a_service_replays_only_events_it_listens_to_on_their_own_subject() {
+        assert!(listens_to::<PaymentService>("orders.order_cancelled.o1"));
+        assert!(listens_to::<PaymentService>(
+            "payments.payment_abandoned.o1"
+        ));
+        assert!(!listens_to::<PaymentService>(
+            "shipments.shipment_failed.o1"
+        ));
+        assert!(!listens_to::<PaymentService>("orders.order_cancelled"));
+        assert!(!listens_to::<PaymentService>("orders.order_cancelled.o1.x"));
+
+        let event = cancelled("o1");
+        let own = letter(
+            "dlq.payment.orders.order_cancelled.o1",
+            &event,
+            &[
+                (DLQ_CONSUMER, "payment"),
+                (DLQ_SUBJECT, "orders.order_cancelled.o1"),
+            ],
+        );
+        assert_eq!(check_replayable::<PaymentService>(&own, &event), Ok(()));
+
+        // About another order than the subject it was filed under: misplaced, not replayed.
+        let other = cancelled("o2");
+        let misplaced = letter("dlq.payment.orders.order_cancelled.o1", &other, &[]);
+        let why = check_replayable::<PaymentService>(&misplaced, &other).unwrap_err();
+        assert!(why.contains("belongs on"), "{why}");
+
+        // Headers that contradict where it is filed.
+        let forged = letter(
+            "dlq.payment.orders.order_cancelled.o1",
+            &event,
+            &[(DLQ_CONSUMER, "inventory")],
+        );
+        let why = check_replayable::<PaymentService>(&forged, &event).unwrap_err();
+        assert!(why.contains("inventory"), "{why}");
+        let moved = letter(
+            "dlq.payment.orders.order_cancelled.o1",
+            &event,
+            &[(DLQ_SUBJECT, "orders.order_cancelled.o9")],
+        );
+        assert!(check_replayable::<PaymentService>(&moved, &event).is_err());
     }
 }

@@ -1,0 +1,220 @@
+//! Liveness and durability: every saga ends after any fault heals. Work that outlives AckWait is
+//! not redelivered under its own feet; a broker that loses acknowledged messages (its whole
+//! store, or a stream's tail) gets them back from the outboxes, exactly once, and the consumers
+//! find their place again.
+
+mod support;
+
+use std::collections::HashSet;
+
+use bus::server::NatsServer;
+use serde_json::json;
+use support::{commerce, order, scenario, wait_until, Api, Proc, ADDRESS, CARD};
+
+/// `commerce up` on a broker the test owns (authenticated, as `up` makes it), so the test can
+/// crash it and take its data away.
+struct System {
+    data: tempfile::TempDir,
+    server: NatsServer,
+    up: Proc,
+    api: Api,
+}
+
+impl System {
+    async fn start(env: &[(&str, &str)]) -> System {
+        let data = tempfile::tempdir().unwrap();
+        let server = support::authenticated_broker(data.path()).await;
+        let mut cmd = commerce();
+        cmd.args(["up", "--data-dir"])
+            .arg(data.path())
+            .args(["--nats", &server.url()]);
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        let up = Proc::spawn(cmd);
+        let api = Api::of(&up, data.path());
+        System {
+            data,
+            server,
+            up,
+            api,
+        }
+    }
+
+    /// The broker dies (as an OS crash takes it), `lose` happens to its files, and it starts
+    /// again on the same port.
+    async fn crash_broker(&mut self, lose: impl FnOnce(&std::path::Path)) {
+        self.server.kill();
+        lose(&self.server.store_dir().join("jetstream/jetstream"));
+        self.server.restart().await.unwrap();
+    }
+
+    async fn js(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(support::operator(&self.server.url(), self.data.path()).await)
+    }
+}
+
+/// Five more orders after the crash: new sagas go on too.
+async fn place_more(system: &System, mut placed: scenario::Placed) -> scenario::Placed {
+    for i in 0..5 {
+        let late = order(&format!("after-{i}"), "SKU-MUG", 1, CARD, ADDRESS);
+        placed.completed.push(system.api.place_ok(&late).await);
+        placed.bulk += 1;
+    }
+    placed
+}
+
+/// Cut a stream's last message block in half, as an OS crash before its fsync leaves it.
+fn cut_last_block(stream_dir: &std::path::Path) {
+    let block = std::fs::read_dir(stream_dir.join("msgs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "blk"))
+        .max()
+        .expect("a message block");
+    let len = std::fs::metadata(&block).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&block)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+}
+
+/// Every domain stream holds each event once (by `Nats-Msg-Id`).
+async fn assert_each_event_once(js: &async_nats::jetstream::Context) {
+    for domain in bus::Domain::ALL {
+        let stream = js.get_stream(domain.stream()).await.unwrap();
+        let info = stream.cached_info().state.clone();
+        let mut ids = HashSet::new();
+        for seq in info.first_sequence..=info.last_sequence {
+            let Ok(message) = stream.get_raw_message(seq).await else {
+                continue; // deleted
+            };
+            let id = message.headers.get("Nats-Msg-Id").unwrap().to_string();
+            assert!(ids.insert(id.clone()), "{id} twice in {}", domain.stream());
+        }
+    }
+}
+
+/// The sagas of `placed` all end right (money and stock exact); nothing applied twice; the
+/// live read model equals one rebuilt from the streams, so every event is in them.
+async fn assert_all_ended_right(system: &System, placed: &scenario::Placed) {
+    scenario::check(&system.api, placed).await;
+    let js = system.js().await;
+    support::projection_caught_up(&js).await;
+    let ids = placed.all();
+    let live = support::rows(&system.api, &ids).await;
+    support::assert_no_double_apply(&live);
+    assert_each_event_once(&js).await;
+    let out = commerce()
+        .args(["projection", "rebuild", "--data-dir"])
+        .arg(system.data.path())
+        .args(["--nats", &system.server.url()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rebuilt = support::rows(&system.api, &ids).await;
+    assert_eq!(rebuilt, live, "rebuilt rows equal the live ones");
+    support::assert_no_permission_violations(system.data.path());
+}
+
+#[tokio::test]
+async fn a_broker_that_loses_its_whole_store_mid_saga_gets_every_event_back_once() {
+    let mut system = System::start(&[]).await;
+    let placed = scenario::place(&system.api, 20).await;
+    system
+        .crash_broker(|jetstream| std::fs::remove_dir_all(jetstream).unwrap())
+        .await;
+    let placed = place_more(&system, placed).await;
+    assert_all_ended_right(&system, &placed).await;
+    system.up.stop();
+}
+
+#[tokio::test]
+async fn a_broker_that_loses_the_tail_of_a_stream_gets_it_back_once() {
+    let mut system = System::start(&[]).await;
+    let placed = scenario::place(&system.api, 20).await;
+    // Their shipments are in the stream whose tail is lost.
+    for id in &placed.completed {
+        system
+            .api
+            .wait_status(id, &["CONFIRMED", "SHIPPED", "COMPLETED"])
+            .await;
+    }
+    system
+        .crash_broker(|jetstream| cut_last_block(&jetstream.join("$G/streams/SHIPMENTS")))
+        .await;
+    let placed = place_more(&system, placed).await;
+    assert_all_ended_right(&system, &placed).await;
+    system.up.stop();
+}
+
+/// A carrier slower than its client's timeout, with AckWait shorter than a call: in-progress
+/// acks keep every delivery alive, and once the carrier is quick again every order completes;
+/// no order is both refunded and picked up, and none is stuck.
+#[tokio::test]
+async fn work_slower_than_ack_wait_ends_every_saga_once_the_carrier_heals() {
+    let system = System::start(&[
+        ("COMMERCE_ACK_WAIT_MS", "1000"),
+        ("COMMERCE_STUCK_AFTER_SECS", "1"),
+    ])
+    .await;
+    let api = &system.api;
+    api.set_faults(&api.carrier, json!({ "latency_ms": 6000 }))
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let o = order(&format!("slow-{i}"), "SKU-MUG", 1, CARD, ADDRESS);
+        ids.push(api.place_ok(&o).await);
+    }
+    wait_until("the carrier has seen every booking", || async {
+        api.ledger(&api.carrier).await["bookings"]
+            .as_array()
+            .is_some_and(|b| b.len() >= 20)
+    })
+    .await;
+    // Stuck meanwhile: `commerce status` names them.
+    let status = commerce_status(&system);
+    assert!(stuck(&status) > 0, "{status}");
+    api.set_faults(&api.carrier, json!({})).await;
+    for id in &ids {
+        let done = api.wait_status(id, &["COMPLETED", "CANCELLED"]).await;
+        assert_eq!(done["order_status"], "COMPLETED", "{done}");
+    }
+    let refunds = api.ledger(&api.payment_gateway).await["refunds"].clone();
+    assert_eq!(refunds, json!([]), "nothing refunded");
+    wait_until("no saga is open", || async {
+        commerce_status(&system).contains("sagas: 0 open, 0 stuck")
+    })
+    .await;
+}
+
+/// `M` of `sagas: N open, M stuck` in `commerce status`.
+fn stuck(status: &str) -> u64 {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("sagas: "))
+        .unwrap_or_else(|| panic!("no sagas line in {status}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words[3].parse().unwrap_or_else(|_| panic!("{line}"))
+}
+
+fn commerce_status(system: &System) -> String {
+    let out = commerce()
+        .args(["status", "--data-dir"])
+        .arg(system.data.path())
+        .args(["--nats", &system.server.url()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
