@@ -466,8 +466,9 @@ async fn a_consumer_past_the_end_of_a_stream_that_lost_its_tail_is_recreated() {
     let survived = wait_for_stream(&broker).await;
     assert!(survived < 40, "the tail is lost: {survived} messages left");
 
-    // Published again (as the owning relay would), at sequences the consumer had passed.
-    let again = publish_orders(&broker, 5).await;
+    // Published again (as the owning relay would), at the sequences the consumer had passed
+    // and beyond them, before the consumer looks: its position is inside the stream again.
+    let again = publish_orders(&broker, 45).await;
     assert!(consumer.realign(Duration::ZERO).await.unwrap(), "recreated");
     let deadline = Deadline::after(WAIT, "the new events handled");
     while !again.iter().all(|e| store.is_processed(e.id).unwrap()) {

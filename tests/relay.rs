@@ -274,3 +274,37 @@ async fn a_lost_stream_tail_is_healed_even_when_new_rows_get_there_first() {
     exactly_once(&broker, &ids).await;
     assert_eq!(relay.stats().healed.load(Ordering::Relaxed), 40);
 }
+
+/// Of two rows published together, the first one's ack was lost and the second was marked sent:
+/// the first is acked again as a duplicate, below the known end. That is no sign of loss, and
+/// nothing is published again.
+#[tokio::test]
+async fn a_duplicate_ack_below_the_known_end_is_not_a_loss() {
+    init_logs();
+    let broker = TestBroker::start().await;
+    let (_dir, store) = temp_store();
+    let mut ids = commit_orders(&store, 5);
+    let relay = OutboxRelay::new(
+        store.clone(),
+        Publisher::new(broker.js.clone()),
+        RelayConfig::default(),
+    );
+    relay_all(&relay).await;
+    ids.extend(commit_orders(&store, 2));
+    let rows = store.pending(10).unwrap();
+    let messages: Vec<_> = rows.iter().map(|r| r.message.clone()).collect();
+    let acks = Publisher::new(broker.js.clone())
+        .publish_all(&messages)
+        .await;
+    let second = acks[1].as_ref().unwrap().sequence;
+    store
+        .mark_sent("ORDERS", &[(rows[1].clone(), second)], None)
+        .unwrap();
+    ids.extend(commit_orders(&store, 3));
+    relay_all(&relay).await;
+    assert_eq!(relay.stats().duplicates.load(Ordering::Relaxed), 1);
+    assert_eq!(relay.stats().healed.load(Ordering::Relaxed), 0);
+    exactly_once(&broker, &ids).await;
+    let position = store.stream_position().unwrap().unwrap();
+    assert_eq!((position.last_seq, position.heal), (10, None));
+}

@@ -210,6 +210,8 @@ fn reads(p: &mut Permissions, stream: &str, durable: &str) {
         format!("{api}.CONSUMER.DELETE.{stream}.{durable}"),
         format!("{api}.CONSUMER.MSG.NEXT.{stream}.{durable}"),
         format!("$JS.ACK.{stream}.{durable}.>"),
+        // Is the newest message it was given still there (a broker that lost the tail)?
+        format!("{api}.STREAM.MSG.GET.{stream}"),
     ]);
 }
 
@@ -308,8 +310,9 @@ mod tests {
             let p = permissions(BusUser::Component(service));
             let name = service.name();
             assert!(allows(&p.publish, "$JS.API.STREAM.MSG.GET.DLQ"), "{name}");
+            // Single messages only of the streams it reads (the newest it was given).
             assert!(
-                !allows(&p.publish, "$JS.API.STREAM.MSG.GET.ORDERS"),
+                !allows(&p.publish, "$JS.API.STREAM.MSG.GET.RECOMMENDATIONS"),
                 "{name}"
             );
             assert!(

@@ -13,11 +13,12 @@ use support::{commerce, order, scenario, wait_until, Api, Proc, ADDRESS, CARD};
 
 /// `commerce up` on a broker the test owns (authenticated, as `up` makes it), so the test can
 /// crash it and take its data away.
+/// Fields drop in order: the system stops before its broker, and both before their data.
 struct System {
-    data: tempfile::TempDir,
-    server: NatsServer,
     up: Proc,
     api: Api,
+    server: NatsServer,
+    data: tempfile::TempDir,
 }
 
 impl System {
@@ -34,10 +35,10 @@ impl System {
         let up = Proc::spawn(cmd);
         let api = Api::of(&up, data.path());
         System {
-            data,
-            server,
             up,
             api,
+            server,
+            data,
         }
     }
 

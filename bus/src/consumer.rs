@@ -58,9 +58,10 @@ pub struct ConsumerSpec {
     pub batch: usize,
 }
 
-/// Messages the server may have delivered and not seen settled, per batch size: one batch in
-/// hand and one waiting behind it.
-const IN_FLIGHT_BATCHES: usize = 2;
+/// Messages the server may have delivered and not seen settled, in batches: the one in hand,
+/// those taken in hand behind it (`working` keeps them alive), and those waiting out a nak's
+/// backoff (a dependency that is down), which count too.
+const IN_FLIGHT_BATCHES: usize = 20;
 
 impl ConsumerSpec {
     pub fn new(stream: impl Into<String>, durable: impl Into<String>) -> Self {
@@ -110,6 +111,14 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
+/// A message as the stream held it when it was handed out.
+#[derive(Debug, Clone)]
+struct Seen {
+    seq: u64,
+    msg_id: Option<String>,
+    stored: async_nats::datetime::DateTime,
+}
+
 /// The messages of a batch being handled (see [`DurableConsumer::working`]).
 pub struct InHand(Vec<Message>);
 
@@ -137,6 +146,11 @@ pub struct DurableConsumer {
     /// When the consumer's position was last checked against its stream, and the connection
     /// count then.
     checked: Option<(std::time::Instant, u64)>,
+    /// Where a consumer `realign` deleted is to be created again from.
+    recreate_from: Option<DeliverPolicy>,
+    /// The newest message handed out: if the stream no longer holds it at its sequence, the
+    /// stream lost its tail, even once new messages have filled it past this consumer again.
+    newest: Option<Seen>,
     messages: MessageStream,
     /// Delivered while a batch was being handled; handed out first by the next `next_batch`.
     waiting: VecDeque<Message>,
@@ -146,21 +160,31 @@ pub struct DurableConsumer {
 }
 
 impl DurableConsumer {
-    /// Create (or update to `spec`) the durable consumer and start pulling from it.
+    /// Create (or update to `spec`) the durable consumer and start pulling from it. A new one
+    /// starts at the beginning of the stream; an existing one keeps where it started (the server
+    /// refuses to change that, e.g. after [`DurableConsumer::realign`]).
     pub async fn bind(js: &jetstream::Context, spec: ConsumerSpec) -> Result<Self, BusError> {
-        Self::bind_from(js, spec, DeliverPolicy::All).await
+        Self::bind_from(js, spec, None).await
     }
 
     async fn bind_from(
         js: &jetstream::Context,
         spec: ConsumerSpec,
-        deliver_policy: DeliverPolicy,
+        deliver_policy: Option<DeliverPolicy>,
     ) -> Result<Self, BusError> {
         let what = || format!("consumer {} on {}", spec.durable, spec.stream);
         let stream = js
             .get_stream(&spec.stream)
             .await
             .map_err(|e| BusError::jetstream(what())(e))?;
+        let deliver_policy = match deliver_policy {
+            Some(policy) => policy,
+            None => match stream.consumer_info(&spec.durable).await {
+                Ok(existing) => existing.config.deliver_policy,
+                Err(e) if consumer_not_found(&e) => DeliverPolicy::All,
+                Err(e) => return Err(BusError::jetstream(what())(e)),
+            },
+        };
         let (filter_subject, filter_subjects) = match spec.filter_subjects.as_slice() {
             [one] => (one.clone(), Vec::new()),
             many => (String::new(), many.to_vec()),
@@ -174,7 +198,7 @@ impl DurableConsumer {
             // Unlimited on the server; `spec.max_deliver` is enforced here. A server-side limit
             // would strand a message whose last delivery could not reach the DLQ.
             max_deliver: -1,
-            // Bounds what `working` must keep alive.
+            // Bounds what `working` keeps alive, with room for messages in backoff.
             max_ack_pending: i64::try_from(spec.batch * IN_FLIGHT_BATCHES).unwrap_or(i64::MAX),
             filter_subject,
             filter_subjects,
@@ -196,6 +220,8 @@ impl DurableConsumer {
             spec,
             js: js.clone(),
             checked: None,
+            recreate_from: None,
+            newest: None,
             messages,
             waiting: VecDeque::new(),
             ended: false,
@@ -230,6 +256,11 @@ impl DurableConsumer {
                 None => break,
             }
         }
+        if let Some(seen) = raw.iter().filter_map(seen).max_by_key(|s| s.seq) {
+            if self.newest.as_ref().is_none_or(|n| seen.seq >= n.seq) {
+                self.newest = Some(seen);
+            }
+        }
         let mut batch = Vec::with_capacity(raw.len());
         for message in raw {
             if let Some(delivery) = self.admit(message).await {
@@ -253,39 +284,82 @@ impl DurableConsumer {
             }
         }
         let what = || format!("consumer {} on {}", self.spec.durable, self.spec.stream);
-        let stream = self
+        let mut stream = self
             .js
             .get_stream(&self.spec.stream)
             .await
             .map_err(|e| BusError::jetstream(what())(e))?;
-        let last = stream.cached_info().state.last_sequence;
-        let start = match stream.consumer_info(&self.spec.durable).await {
-            Ok(info) if info.delivered.stream_sequence <= last => None,
+        // The consumer first, then the stream's end: messages delivered in between are then
+        // inside the end read, never past it.
+        let consumer = stream.consumer_info(&self.spec.durable).await;
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| BusError::jetstream(what())(e))?
+            .state
+            .last_sequence;
+        let start = match consumer {
+            Ok(info)
+                if info.delivered.stream_sequence <= last && !self.newest_lost(&stream).await? =>
+            {
+                None
+            }
             Ok(info) => {
-                let start = (info.ack_floor.stream_sequence + 1).min(last + 1);
+                let survived = match &self.newest {
+                    Some(newest) => survived(&stream, newest, last).await?,
+                    None => last,
+                };
+                let start = (info.ack_floor.stream_sequence + 1).min(survived + 1);
                 tracing::warn!(consumer = %self.spec.durable, stream = %self.spec.stream,
-                    delivered = info.delivered.stream_sequence, last, start,
-                    "the stream lost messages past this consumer's position; recreating it");
+                    delivered = info.delivered.stream_sequence, last, survived, start,
+                    "the stream lost messages this consumer had been given; recreating it");
+                self.newest = None;
+                let policy = DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                };
+                // If creating it again fails, the next check creates it from here, not from
+                // the start of the stream.
+                self.recreate_from = Some(policy);
                 stream
                     .delete_consumer(&self.spec.durable)
                     .await
                     .map_err(|e| BusError::jetstream(what())(e))?;
-                Some(DeliverPolicy::ByStartSequence {
-                    start_sequence: start,
-                })
+                Some(policy)
             }
             Err(e) if consumer_not_found(&e) => {
                 tracing::warn!(consumer = %self.spec.durable, stream = %self.spec.stream,
                     "the durable consumer is gone (broker store lost?); creating it again");
-                Some(DeliverPolicy::All)
+                Some(self.recreate_from.unwrap_or(DeliverPolicy::All))
             }
             Err(e) => return Err(BusError::jetstream(what())(e)),
         };
         if let Some(policy) = start {
-            *self = Self::bind_from(&self.js.clone(), self.spec.clone(), policy).await?;
+            let bound = Self::bind_from(&self.js.clone(), self.spec.clone(), Some(policy)).await?;
+            *self = bound;
         }
         self.checked = Some((std::time::Instant::now(), connects));
         Ok(start.is_some())
+    }
+
+    /// Does the stream still hold the newest message handed out, at its sequence?
+    async fn newest_lost(&self, stream: &jetstream::stream::Stream) -> Result<bool, BusError> {
+        let Some(newest) = &self.newest else {
+            return Ok(false);
+        };
+        Ok(match stream.get_raw_message(newest.seq).await {
+            Ok(held) => match &newest.msg_id {
+                Some(id) => msg_id(&held.headers).as_ref() != Some(id),
+                None => held.time != newest.stored,
+            },
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                true
+            }
+            Err(e) => {
+                return Err(BusError::jetstream(format!("stream {}", self.spec.stream))(
+                    e,
+                ))
+            }
+        })
     }
 
     /// Run `work` (the handling of `batch`) while telling the broker, every third of AckWait, that
@@ -476,6 +550,42 @@ impl DurableConsumer {
             self.spec.durable, self.spec.stream
         ))("message stream ended (consumer deleted?)")
     }
+}
+
+/// The last sequence that survived a loss: the stream's messages up to it were stored before
+/// `newest` was handed out, the ones after it since (sequences are in time order). Found by
+/// bisection over `1..=min(newest, last)`.
+async fn survived(
+    stream: &jetstream::stream::Stream,
+    newest: &Seen,
+    last: u64,
+) -> Result<u64, BusError> {
+    let (mut before, mut after) = (0, newest.seq.min(last) + 1);
+    while after - before > 1 {
+        let mid = before + (after - before) / 2;
+        match stream.get_raw_message(mid).await {
+            Ok(held) if held.time <= newest.stored => before = mid,
+            Ok(_) => after = mid,
+            // Gone (deleted or lost): look lower.
+            Err(_) => after = mid,
+        }
+    }
+    Ok(before)
+}
+
+fn seen(message: &Message) -> Option<Seen> {
+    let info = message.info().ok()?;
+    Some(Seen {
+        seq: info.stream_sequence,
+        msg_id: message.headers.as_ref().and_then(msg_id),
+        stored: info.published,
+    })
+}
+
+fn msg_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(async_nats::header::NATS_MESSAGE_ID)
+        .map(|v| v.to_string())
 }
 
 fn consumer_not_found(e: &async_nats::jetstream::context::ConsumerInfoError) -> bool {

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use storage::{PendingRow, SentMessage, Store};
+use storage::{Heal, PendingRow, SentMessage, Store, StreamPosition};
 use tokio_util::sync::CancellationToken;
 
 use crate::{BusError, Publisher};
@@ -88,6 +88,15 @@ impl OutboxRelay {
     /// One pass: publish up to one batch of durable rows. Returns how many were marked sent;
     /// an error means some rows are still pending (broker trouble) and the pass should be retried.
     pub async fn relay_once(&self) -> Result<usize, BusError> {
+        let passed = self.pass().await;
+        if passed.is_err() {
+            // Broker trouble: look at the stream again before the next publish.
+            *self.verified.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        passed
+    }
+
+    async fn pass(&self) -> Result<usize, BusError> {
         self.verify_if_due().await?;
         let rows = self.store.pending(self.config.batch)?;
         let Some(first) = rows.first().map(|r| r.seq) else {
@@ -97,13 +106,17 @@ impl OutboxRelay {
         let messages: Vec<_> = rows.iter().map(|r| r.message.clone()).collect();
         let outcomes = self.publisher.publish_all(&messages).await;
         let mut acked: Vec<(PendingRow, u64)> = Vec::with_capacity(rows.len());
+        let mut stored_new = Vec::new();
         let mut stream = None;
         let mut first_error = None;
         for (row, outcome) in rows.into_iter().zip(outcomes) {
             match outcome {
                 Ok(stored) => {
                     if stored.duplicate {
+                        // Stored before, at its first sequence: says nothing of the stream's end.
                         self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        stored_new.push(stored.sequence);
                     }
                     stream.get_or_insert(stored.stream);
                     acked.push((row, stored.sequence));
@@ -115,36 +128,40 @@ impl OutboxRelay {
             }
         }
         if let Some(stream) = stream {
-            self.store.mark_sent(&stream, &acked)?;
             // A new message stored at or below a sequence acked before: the stream went back.
-            let reused = known.filter(|k| k.stream == stream).and_then(|k| {
-                acked
-                    .iter()
-                    .map(|(_, seq)| *seq)
-                    .filter(|seq| *seq <= k.last_seq)
-                    .min()
-            });
-            if let Some(reused) = reused {
-                tracing::warn!(%stream, reused, "the broker acknowledged a sequence it had given before: it lost messages");
-                let newest = acked.iter().map(|(_, seq)| *seq).max().unwrap_or(reused);
-                self.heal(&stream, reused - 1, first, newest).await?;
+            // What survived ends below the first such; it is recorded with the acks.
+            let heal = known
+                .filter(|k| k.stream == stream)
+                .and_then(|k| {
+                    stored_new
+                        .iter()
+                        .filter(|seq| **seq <= k.last_seq)
+                        .min()
+                        .copied()
+                })
+                .map(|reused| Heal {
+                    survived: reused - 1,
+                    before: first,
+                });
+            self.store.mark_sent(&stream, &acked, heal)?;
+            if let Some(heal) = heal {
+                tracing::warn!(%stream, reused = heal.survived + 1,
+                    "the broker acknowledged a sequence it had given before: it lost messages");
+                self.heal(&stream, heal).await?;
             }
         }
         self.stats
             .sent
             .fetch_add(acked.len() as u64, Ordering::Relaxed);
         match first_error {
-            Some(e) => {
-                // Broker trouble: look at the stream again before the next publish.
-                *self.verified.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                Err(e)
-            }
+            Some(e) => Err(e),
             None => Ok(acked.len()),
         }
     }
 
     /// Before publishing after a start or a reconnect, and every `verify_interval`: is every
-    /// message the broker acknowledged still in the stream? Heal it if not.
+    /// message the broker acknowledged still in the stream? Heal it if not (and finish a heal
+    /// that a crash or an error cut short).
     async fn verify_if_due(&self) -> Result<(), BusError> {
         let connects = self
             .publisher
@@ -161,57 +178,82 @@ impl OutboxRelay {
             return Ok(());
         }
         if let Some(known) = self.store.stream_position()? {
-            let what = || format!("outbox stream {}", known.stream);
-            let stream = self
-                .publisher
-                .context()
-                .get_stream(&known.stream)
-                .await
-                .map_err(|e| BusError::jetstream(what())(e))?;
-            let last = stream.cached_info().state.last_sequence;
-            if last < known.last_seq {
-                tracing::warn!(stream = %known.stream, last, acknowledged = known.last_seq,
-                    "the stream lost messages it had acknowledged; publishing them again");
-                self.heal(&known.stream, last, u64::MAX, last).await?;
+            let heal = match known.heal {
+                Some(heal) => Some(heal),
+                None => {
+                    let last = self.stream_end(&known.stream).await?;
+                    (last < known.last_seq).then(|| {
+                        tracing::warn!(stream = %known.stream, last, acknowledged = known.last_seq,
+                            "the stream lost messages it had acknowledged; publishing them again");
+                        Heal {
+                            survived: last,
+                            before: u64::MAX,
+                        }
+                    })
+                }
+            };
+            if let Some(heal) = heal {
+                self.store.set_stream_position(&StreamPosition {
+                    heal: Some(heal),
+                    ..known.clone()
+                })?;
+                self.heal(&known.stream, heal).await?;
             }
         }
         *self.verified.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), connects));
         Ok(())
     }
 
-    /// Publish again, in outbox order, every kept row sent before outbox position `before` that
-    /// the stream stored past `survived`; then the stream's position is the highest of
-    /// `newest` and theirs.
-    async fn heal(
-        &self,
-        stream: &str,
-        survived: u64,
-        before: u64,
-        newest: u64,
-    ) -> Result<(), BusError> {
-        let lost: Vec<SentMessage> = self.store.sent_after(survived, before)?;
-        let mut highest = newest.max(survived);
+    /// Publish again, in outbox order, every kept row `heal` names; then the position is the
+    /// stream's end and the heal is done. Cut short, it is redone from the same survivor (what
+    /// it had published again the broker drops as duplicates).
+    async fn heal(&self, stream: &str, heal: Heal) -> Result<(), BusError> {
+        let lost: Vec<SentMessage> = self.store.sent_after(heal.survived, heal.before)?;
         for chunk in lost.chunks(self.config.batch.max(1)) {
             let messages: Vec<_> = chunk.iter().map(|r| r.message.clone()).collect();
             let mut resent = Vec::with_capacity(chunk.len());
+            let mut failed = None;
             for (row, outcome) in chunk
                 .iter()
                 .zip(self.publisher.publish_all(&messages).await)
             {
-                let stored = outcome?;
-                highest = highest.max(stored.sequence);
-                resent.push((row.seq, stored.sequence));
+                match outcome {
+                    Ok(stored) => resent.push((row.seq, stored.sequence)),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
             }
             self.store.mark_resent(&resent)?;
             self.stats
                 .healed
                 .fetch_add(resent.len() as u64, Ordering::Relaxed);
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
-        self.store.set_stream_position(stream, highest)?;
+        let last_seq = self.stream_end(stream).await?;
+        self.store.set_stream_position(&StreamPosition {
+            stream: stream.to_string(),
+            last_seq,
+            heal: None,
+        })?;
         if !lost.is_empty() {
             tracing::warn!(%stream, healed = lost.len(), "published again what the broker lost");
         }
         Ok(())
+    }
+
+    /// The stream's last sequence now.
+    async fn stream_end(&self, stream: &str) -> Result<u64, BusError> {
+        let what = || format!("outbox stream {stream}");
+        let stream = self
+            .publisher
+            .context()
+            .get_stream(stream)
+            .await
+            .map_err(|e| BusError::jetstream(what())(e))?;
+        Ok(stream.cached_info().state.last_sequence)
     }
 
     /// Relay until `shutdown`. Never gives up: while the broker is down rows wait, durable.

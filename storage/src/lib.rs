@@ -24,7 +24,7 @@ pub mod store;
 
 pub use error::StorageError;
 pub use events::{RecordedEvent, Snapshot};
-pub use outbox::{OutboxMessage, PendingRow, SentMessage, StreamPosition};
+pub use outbox::{Heal, OutboxMessage, PendingRow, SentMessage, StreamPosition};
 pub use store::{Commit, CommitOutcome, Flushed, NewEvent, Store, StoreConfig};
 
 /// Milliseconds since the Unix epoch, the clock every stored timestamp uses.

@@ -60,6 +60,17 @@ pub struct SentMessage {
 pub struct StreamPosition {
     pub stream: String,
     pub last_seq: u64,
+    /// A loss found and not yet healed: it survives a crash or a failed heal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heal: Option<Heal>,
+}
+
+/// What a heal publishes again: kept rows stored past `survived`, among those sent before
+/// outbox position `before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heal {
+    pub survived: u64,
+    pub before: u64,
 }
 
 /// `meta` key of the [`StreamPosition`].
@@ -89,7 +100,13 @@ impl Store {
     /// Mark rows sent, each with the stream sequence its PubAck gave. Call only after the broker
     /// acknowledged them. If this write is lost in a crash the rows are published again, and the
     /// broker drops them by `Nats-Msg-Id`.
-    pub fn mark_sent(&self, stream: &str, rows: &[(PendingRow, u64)]) -> Result<(), StorageError> {
+    /// `heal`, when the acks show the stream lost messages, is recorded with them.
+    pub fn mark_sent(
+        &self,
+        stream: &str,
+        rows: &[(PendingRow, u64)],
+        heal: Option<Heal>,
+    ) -> Result<(), StorageError> {
         let sent_at = now_millis();
         let sent: Vec<(u64, Vec<u8>)> = rows
             .iter()
@@ -109,8 +126,17 @@ impl Store {
             .collect::<Result<_, StorageError>>()?;
         let highest = rows.iter().map(|(_, seq)| *seq).max().unwrap_or(0);
         let position = match self.stream_position()? {
-            Some(p) if p.stream == stream && p.last_seq >= highest => None,
-            _ => Some(encode_position(stream, highest)?),
+            Some(p) if p.stream == stream && p.last_seq >= highest && heal.is_none() => None,
+            Some(p) if p.stream == stream => Some(encode_position(&StreamPosition {
+                stream: stream.to_string(),
+                last_seq: p.last_seq.max(highest),
+                heal: heal.or(p.heal),
+            })?),
+            _ => Some(encode_position(&StreamPosition {
+                stream: stream.to_string(),
+                last_seq: highest,
+                heal,
+            })?),
         };
         let s = &*self.inner;
         (&s.outbox_pending, &s.outbox_sent, &s.meta).transaction(|(pending, done, meta)| {
@@ -136,11 +162,11 @@ impl Store {
         }
     }
 
-    /// Set the position after the stream was found shorter and its lost rows were re-published.
-    pub fn set_stream_position(&self, stream: &str, last_seq: u64) -> Result<(), StorageError> {
+    /// Set the position: a loss found (with its `heal`), or healed (the stream's end now).
+    pub fn set_stream_position(&self, position: &StreamPosition) -> Result<(), StorageError> {
         self.inner
             .meta
-            .insert(STREAM_POSITION, encode_position(stream, last_seq)?)?;
+            .insert(STREAM_POSITION, encode_position(position)?)?;
         Ok(())
     }
 
@@ -174,6 +200,8 @@ impl Store {
             let mut row: SentRow =
                 serde_json::from_slice(&value).map_err(StorageError::codec("sent row"))?;
             row.stream_seq = *stream_seq;
+            // Kept for the retention period from now: the broker may lose it again.
+            row.sent_at = now_millis();
             let value = serde_json::to_vec(&row).map_err(StorageError::codec("sent row"))?;
             s.outbox_sent.insert(seq.to_be_bytes(), value)?;
         }
@@ -228,10 +256,6 @@ impl Store {
     }
 }
 
-fn encode_position(stream: &str, last_seq: u64) -> Result<Vec<u8>, StorageError> {
-    serde_json::to_vec(&StreamPosition {
-        stream: stream.to_string(),
-        last_seq,
-    })
-    .map_err(StorageError::codec("stream position"))
+fn encode_position(position: &StreamPosition) -> Result<Vec<u8>, StorageError> {
+    serde_json::to_vec(position).map_err(StorageError::codec("stream position"))
 }
