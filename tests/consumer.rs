@@ -445,23 +445,7 @@ async fn a_consumer_past_the_end_of_a_stream_that_lost_its_tail_is_recreated() {
     }
 
     broker.server.kill();
-    let blocks = broker
-        .server
-        .store_dir()
-        .join("jetstream/jetstream/$G/streams/ORDERS/msgs");
-    let block = std::fs::read_dir(&blocks)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "blk"))
-        .max()
-        .expect("a message block");
-    let len = std::fs::metadata(&block).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&block)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    commerce_tests::cut_last_block(broker.server.store_dir(), "ORDERS");
     broker.server.restart().await.unwrap();
     let survived = wait_for_stream(&broker).await;
     assert!(survived < 40, "the tail is lost: {survived} messages left");

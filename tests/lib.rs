@@ -100,3 +100,21 @@ impl Deadline {
         );
     }
 }
+
+/// Cut the last message block of a stream in half, as an OS crash before nats-server's fsync
+/// leaves it: the stream loses its tail. `store_dir` is the server's (`NatsServer::store_dir`).
+pub fn cut_last_block(store_dir: &std::path::Path, stream: &str) {
+    let blocks = store_dir.join(format!("jetstream/jetstream/$G/streams/{stream}/msgs"));
+    let block = std::fs::read_dir(&blocks)
+        .expect("the stream's blocks")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "blk"))
+        .max()
+        .expect("a message block");
+    let len = std::fs::metadata(&block).expect("block metadata").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&block)
+        .and_then(|f| f.set_len(len / 2))
+        .expect("cut the block");
+}

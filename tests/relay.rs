@@ -298,7 +298,14 @@ async fn a_duplicate_ack_below_the_known_end_is_not_a_loss() {
         .await;
     let second = acks[1].as_ref().unwrap().sequence;
     store
-        .mark_sent("ORDERS", &[(rows[1].clone(), second)], None)
+        .mark_sent(
+            &[(rows[1].clone(), second)],
+            Some(&storage::StreamPosition {
+                stream: "ORDERS".into(),
+                last_seq: second,
+                heal: None,
+            }),
+        )
         .unwrap();
     ids.extend(commit_orders(&store, 3));
     relay_all(&relay).await;

@@ -42,12 +42,20 @@ impl System {
         }
     }
 
-    /// The broker dies (as an OS crash takes it), `lose` happens to its files, and it starts
+    /// The broker dies (as an OS crash takes it), `lose` happens to its store, and it starts
     /// again on the same port.
     async fn crash_broker(&mut self, lose: impl FnOnce(&std::path::Path)) {
         self.server.kill();
-        lose(&self.server.store_dir().join("jetstream/jetstream"));
+        lose(self.server.store_dir());
         self.server.restart().await.unwrap();
+    }
+
+    /// A `commerce` command against this system (as its operator).
+    fn cli(&self, args: &[&str]) -> (bool, String) {
+        let url = self.server.url();
+        let mut args = args.to_vec();
+        args.extend(["--nats", url.as_str()]);
+        support::cli(self.data.path(), &args)
     }
 
     async fn js(&self) -> async_nats::jetstream::Context {
@@ -63,23 +71,6 @@ async fn place_more(system: &System, mut placed: scenario::Placed) -> scenario::
         placed.bulk += 1;
     }
     placed
-}
-
-/// Cut a stream's last message block in half, as an OS crash before its fsync leaves it.
-fn cut_last_block(stream_dir: &std::path::Path) {
-    let block = std::fs::read_dir(stream_dir.join("msgs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "blk"))
-        .max()
-        .expect("a message block");
-    let len = std::fs::metadata(&block).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&block)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
 }
 
 /// Every domain stream holds each event once (by `Nats-Msg-Id`).
@@ -108,17 +99,8 @@ async fn assert_all_ended_right(system: &System, placed: &scenario::Placed) {
     let live = support::rows(&system.api, &ids).await;
     support::assert_no_double_apply(&live);
     assert_each_event_once(&js).await;
-    let out = commerce()
-        .args(["projection", "rebuild", "--data-dir"])
-        .arg(system.data.path())
-        .args(["--nats", &system.server.url()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, said) = system.cli(&["projection", "rebuild"]);
+    assert!(ok, "{said}");
     let rebuilt = support::rows(&system.api, &ids).await;
     assert_eq!(rebuilt, live, "rebuilt rows equal the live ones");
     support::assert_no_permission_violations(system.data.path());
@@ -129,7 +111,7 @@ async fn a_broker_that_loses_its_whole_store_mid_saga_gets_every_event_back_once
     let mut system = System::start(&[]).await;
     let placed = scenario::place(&system.api, 20).await;
     system
-        .crash_broker(|jetstream| std::fs::remove_dir_all(jetstream).unwrap())
+        .crash_broker(|store| std::fs::remove_dir_all(store.join("jetstream")).unwrap())
         .await;
     let placed = place_more(&system, placed).await;
     assert_all_ended_right(&system, &placed).await;
@@ -148,7 +130,7 @@ async fn a_broker_that_loses_the_tail_of_a_stream_gets_it_back_once() {
             .await;
     }
     system
-        .crash_broker(|jetstream| cut_last_block(&jetstream.join("$G/streams/SHIPMENTS")))
+        .crash_broker(|store| commerce_tests::cut_last_block(store, "SHIPMENTS"))
         .await;
     let placed = place_more(&system, placed).await;
     assert_all_ended_right(&system, &placed).await;
@@ -206,16 +188,7 @@ fn stuck(status: &str) -> u64 {
 }
 
 fn commerce_status(system: &System) -> String {
-    let out = commerce()
-        .args(["status", "--data-dir"])
-        .arg(system.data.path())
-        .args(["--nats", &system.server.url()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let (ok, said) = system.cli(&["status"]);
+    assert!(ok, "{said}");
+    said
 }

@@ -48,6 +48,42 @@ impl Default for RelayConfig {
     }
 }
 
+/// Where a pass's acks leave the outbox's stream position (`None`: where it was). A new message
+/// stored at or below a sequence acked before means the stream went back: what survived ends
+/// below the first such, and the heal is recorded with the acks. Duplicates are stored at their
+/// first sequence, which says nothing of the stream's end.
+fn moved_to(
+    known: Option<StreamPosition>,
+    stream: String,
+    first: u64,
+    acked: &[(PendingRow, u64)],
+    stored_new: &[u64],
+) -> Option<StreamPosition> {
+    let highest = acked.iter().map(|(_, seq)| *seq).max().unwrap_or(0);
+    match known {
+        Some(known) if known.stream == stream => {
+            let heal = stored_new
+                .iter()
+                .filter(|seq| **seq <= known.last_seq)
+                .min()
+                .map(|reused| Heal {
+                    survived: reused - 1,
+                    before: first,
+                });
+            (highest > known.last_seq || heal.is_some()).then(|| StreamPosition {
+                last_seq: known.last_seq.max(highest),
+                heal: heal.or(known.heal),
+                stream,
+            })
+        }
+        _ => Some(StreamPosition {
+            stream,
+            last_seq: highest,
+            heal: None,
+        }),
+    }
+}
+
 /// Counters a person (or `commerce status`) can read.
 #[derive(Debug, Default)]
 pub struct RelayStats {
@@ -91,7 +127,7 @@ impl OutboxRelay {
         let passed = self.pass().await;
         if passed.is_err() {
             // Broker trouble: look at the stream again before the next publish.
-            *self.verified.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.set_verified(None);
         }
         passed
     }
@@ -128,23 +164,14 @@ impl OutboxRelay {
             }
         }
         if let Some(stream) = stream {
-            // A new message stored at or below a sequence acked before: the stream went back.
-            // What survived ends below the first such; it is recorded with the acks.
-            let heal = known
-                .filter(|k| k.stream == stream)
-                .and_then(|k| {
-                    stored_new
-                        .iter()
-                        .filter(|seq| **seq <= k.last_seq)
-                        .min()
-                        .copied()
-                })
-                .map(|reused| Heal {
-                    survived: reused - 1,
-                    before: first,
-                });
-            self.store.mark_sent(&stream, &acked, heal)?;
-            if let Some(heal) = heal {
+            let moved = moved_to(known, stream, first, &acked, &stored_new);
+            self.store.mark_sent(&acked, moved.as_ref())?;
+            if let Some(StreamPosition {
+                stream,
+                heal: Some(heal),
+                ..
+            }) = moved
+            {
                 tracing::warn!(%stream, reused = heal.survived + 1,
                     "the broker acknowledged a sequence it had given before: it lost messages");
                 self.heal(&stream, heal).await?;
@@ -170,7 +197,8 @@ impl OutboxRelay {
             .statistics()
             .connects
             .load(Ordering::Relaxed);
-        let due = match *self.verified.lock().unwrap_or_else(|p| p.into_inner()) {
+        let verified = *self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        let due = match verified {
             Some((at, seen)) => seen != connects || at.elapsed() >= self.config.verify_interval,
             None => true,
         };
@@ -200,8 +228,12 @@ impl OutboxRelay {
                 self.heal(&known.stream, heal).await?;
             }
         }
-        *self.verified.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), connects));
+        self.set_verified(Some((Instant::now(), connects)));
         Ok(())
+    }
+
+    fn set_verified(&self, verified: Option<(Instant, u64)>) {
+        *self.verified.lock().unwrap_or_else(|p| p.into_inner()) = verified;
     }
 
     /// Publish again, in outbox order, every kept row `heal` names; then the position is the

@@ -100,12 +100,11 @@ impl Store {
     /// Mark rows sent, each with the stream sequence its PubAck gave. Call only after the broker
     /// acknowledged them. If this write is lost in a crash the rows are published again, and the
     /// broker drops them by `Nats-Msg-Id`.
-    /// `heal`, when the acks show the stream lost messages, is recorded with them.
+    /// `position`, when the acks moved it (or showed a loss to heal), is recorded with them.
     pub fn mark_sent(
         &self,
-        stream: &str,
         rows: &[(PendingRow, u64)],
-        heal: Option<Heal>,
+        position: Option<&StreamPosition>,
     ) -> Result<(), StorageError> {
         let sent_at = now_millis();
         let sent: Vec<(u64, Vec<u8>)> = rows
@@ -124,20 +123,7 @@ impl Store {
                 ))
             })
             .collect::<Result<_, StorageError>>()?;
-        let highest = rows.iter().map(|(_, seq)| *seq).max().unwrap_or(0);
-        let position = match self.stream_position()? {
-            Some(p) if p.stream == stream && p.last_seq >= highest && heal.is_none() => None,
-            Some(p) if p.stream == stream => Some(encode_position(&StreamPosition {
-                stream: stream.to_string(),
-                last_seq: p.last_seq.max(highest),
-                heal: heal.or(p.heal),
-            })?),
-            _ => Some(encode_position(&StreamPosition {
-                stream: stream.to_string(),
-                last_seq: highest,
-                heal,
-            })?),
-        };
+        let position = position.map(encode_position).transpose()?;
         let s = &*self.inner;
         (&s.outbox_pending, &s.outbox_sent, &s.meta).transaction(|(pending, done, meta)| {
             for (seq, row) in &sent {

@@ -649,7 +649,14 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["a.b.1", "a.b.2"]
         );
-        store.mark_sent("S", &[(rows[0].clone(), 1)], None).unwrap();
+        let position = crate::StreamPosition {
+            stream: "S".into(),
+            last_seq: 1,
+            heal: None,
+        };
+        store
+            .mark_sent(&[(rows[0].clone(), 1)], Some(&position))
+            .unwrap();
         assert_eq!(store.stream_position().unwrap().unwrap().last_seq, 1);
         assert_eq!(store.pending(10).unwrap(), rows[1..].to_vec());
         assert_eq!(store.outbox_sent_count(), 1);
