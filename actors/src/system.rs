@@ -51,6 +51,21 @@ pub struct Endpoints {
     pub carrier: Option<String>,
 }
 
+/// How `domain`'s owner places what concerns one order: in the order's own aggregate, or in one
+/// for everything (the chaos harness checks event versions per aggregate).
+pub fn placement(domain: bus::Domain) -> crate::engine::Placement {
+    use crate::engine::Service;
+    use bus::Domain;
+    match domain {
+        Domain::Orders => OrderService::PLACEMENT,
+        Domain::Payments => PaymentService::PLACEMENT,
+        Domain::Inventory => InventoryService::PLACEMENT,
+        Domain::Stores => StoreService::PLACEMENT,
+        Domain::Shipments => ShipmentService::PLACEMENT,
+        Domain::Recommendations => RecommendationService::PLACEMENT,
+    }
+}
+
 /// Start service `service` on its own Arbiter.
 async fn spawn_service(
     service: Component,

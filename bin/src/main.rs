@@ -6,8 +6,10 @@
 //! - `status`, `order`, `projection`, `dlq`, `faults`, `token`, `credentials`: the commands for
 //!   people.
 //! - `bench`: measurements against their limits (bus, saga, read side).
+//! - `chaos`: the chaos harness: seeded faults against the system, invariants checked at the end.
 
 mod bench;
+mod chaos;
 mod client;
 mod credentials;
 mod dlq;
@@ -116,6 +118,10 @@ enum Command {
     Credentials,
     /// Measure the bus and the saga against their limits, in one run.
     Bench(bench::BenchArgs),
+    /// The chaos harness: the whole system as separate processes on its own broker, a seeded
+    /// mix of orders, seeded faults (kills, pauses, broker crashes, lost databases, slow and
+    /// failing simulators, network faults), then nine invariants and a report.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(Subcommand)]
@@ -133,6 +139,8 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Test builds only: the seams FAILPOINTS arms (the chaos harness's crash points).
+    bus::failpoints::setup().map_err(anyhow::Error::msg)?;
     let cli = Cli::parse();
     let (nats_port, http_addr, rebuild_flag) = match &cli.command {
         Command::Up {
@@ -178,6 +186,7 @@ fn main() -> anyhow::Result<()> {
             Command::Token(command) => token::run(command, &settings),
             Command::Credentials => credentials::run(&settings),
             Command::Bench(args) => bench::run(args, settings).await,
+            Command::Chaos(args) => chaos::run(args, settings).await,
         }
     })
 }

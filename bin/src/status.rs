@@ -32,6 +32,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             "  {component:<15} outbox depth {:>6}  relayed {:>8}  inbox {:>8}  relay failures {}",
             s.outbox_depth, s.outbox_sent, s.inbox, s.relay_failures
         );
+        println!(
+            "    since start: {} redelivered, {} duplicates dropped by the inbox, {} duplicate \
+             publishes dropped by the broker",
+            s.redelivered, s.duplicates_dropped, s.relay_duplicates
+        );
         for circuit in &s.circuits {
             println!(
                 "    circuit {:<18} {:<9} calls {:>7}  refused {:>6}  in flight {}",

@@ -101,6 +101,18 @@ pub struct Delivery {
     message: Message,
 }
 
+impl Delivery {
+    /// Acknowledge without a proof that the effect is durable: only the deliberate bug
+    /// `broken.ack_before_flush` does this ([`crate::failpoints`], test builds). Waits for the
+    /// broker to confirm, so a crash right after cannot save the message by losing the ack.
+    #[cfg(feature = "failpoints")]
+    pub async fn ack_unproven(&self) {
+        if let Err(e) = self.message.double_ack().await {
+            tracing::debug!(error = %e, "unproven ack failed");
+        }
+    }
+}
+
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Delivery")

@@ -27,7 +27,7 @@ pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 pub const MAX_TOKEN_BYTES: usize = 128;
 
 /// The services that own a stream; each publishes only under its own subject prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Domain {
     Orders,
     Payments,

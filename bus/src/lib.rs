@@ -33,6 +33,8 @@ pub use error::BusError;
 pub use publisher::Publisher;
 pub use relay::{OutboxRelay, RelayConfig};
 pub use server::NatsServer;
+/// Re-exported from the storage layer, the lowest that has seams.
+pub use storage::failpoints;
 pub use streams::{provision, StreamSettings};
 
 /// How one identity reaches the broker.

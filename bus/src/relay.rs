@@ -164,6 +164,7 @@ impl OutboxRelay {
             }
         }
         if let Some(stream) = stream {
+            crate::failpoints::crash("relay.after_puback");
             let moved = moved_to(known, stream, first, &acked, &stored_new);
             self.store.mark_sent(&acked, moved.as_ref())?;
             if let Some(StreamPosition {

@@ -94,6 +94,11 @@ impl NatsServer {
         &self.config.store_dir
     }
 
+    /// The process id while it runs (to SIGSTOP it, as a chaos test does).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }

@@ -11,12 +11,15 @@
 //!   beside them, ids of events the service dead-lettered (skipped live, re-driven by a replay).
 //! - [`models`]: read-model tables (denormalized rows, one lookup each), in generations so a
 //!   rebuild can be switched to atomically.
+//! - [`failpoints`]: seams where a test build crashes or misbehaves on purpose (the chaos
+//!   harness); nothing without the `failpoints` feature.
 //! - [`error`]: the [`StorageError`] type.
 #![forbid(unsafe_code)]
 
 mod durable;
 pub mod error;
 pub mod events;
+pub mod failpoints;
 pub mod inbox;
 pub mod models;
 pub mod outbox;

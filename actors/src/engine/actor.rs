@@ -12,7 +12,7 @@ use storage::Store;
 
 use super::api::ComponentStatus;
 use super::api::ReplayOutcome;
-use super::core::{Engine, Settled};
+use super::core::{DeliveryCounts, Engine, Settled};
 use super::{Command, DomainError, EngineError, Executed, Service};
 
 pub struct ServiceActor<S: Service> {
@@ -157,6 +157,7 @@ pub struct Handle<S: Service> {
     store: Store,
     relay: Arc<RelayStats>,
     ops: crate::resilience::Ops,
+    counts: Arc<DeliveryCounts>,
 }
 
 impl<S: Service> Clone for Handle<S> {
@@ -166,6 +167,7 @@ impl<S: Service> Clone for Handle<S> {
             store: self.store.clone(),
             relay: self.relay.clone(),
             ops: self.ops.clone(),
+            counts: self.counts.clone(),
         }
     }
 }
@@ -176,12 +178,14 @@ impl<S: Service> Handle<S> {
         store: Store,
         relay: Arc<RelayStats>,
         ops: crate::resilience::Ops,
+        counts: Arc<DeliveryCounts>,
     ) -> Self {
         Handle {
             addr,
             store,
             relay,
             ops,
+            counts,
         }
     }
 
@@ -190,6 +194,10 @@ impl<S: Service> Handle<S> {
     }
 
     pub async fn deliver(&self, batch: Vec<Delivery>) -> Result<Settled, EngineError> {
+        let again = batch.iter().filter(|d| d.delivered > 1).count() as u64;
+        self.counts
+            .redelivered
+            .fetch_add(again, std::sync::atomic::Ordering::Relaxed);
         self.addr
             .send(Deliver(batch))
             .await
@@ -249,6 +257,8 @@ impl<S: Service> Handle<S> {
             relay_duplicates: self.relay.duplicates.load(Relaxed),
             relay_failures: self.relay.failures.load(Relaxed),
             inbox: self.store.inbox_len() as u64,
+            redelivered: self.counts.redelivered.load(Relaxed),
+            duplicates_dropped: self.counts.duplicates_dropped.load(Relaxed),
             circuits: self.ops.status(),
             read_model: None,
         }

@@ -37,6 +37,12 @@ pub struct ComponentStatus {
     pub relay_failures: u64,
     /// Ids of applied events kept for deduplication.
     pub inbox: u64,
+    /// Events delivered again since this process started (a consumer died or was slow).
+    #[serde(default)]
+    pub redelivered: u64,
+    /// Events the inbox had already applied, acknowledged without effect, since start.
+    #[serde(default)]
+    pub duplicates_dropped: u64,
     /// Each external dependency's bulkhead and breaker.
     #[serde(default)]
     pub circuits: Vec<GuardStatus>,

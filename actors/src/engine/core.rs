@@ -13,6 +13,8 @@
 //! `commit_and_flush`, the tail it shares with client commands ([`Engine::execute`]).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bus::{Delivery, Envelope, Verdict};
 use futures::StreamExt;
@@ -224,6 +226,15 @@ pub struct Engine<S: Service> {
     service: S,
     store: Store,
     cache: HashMap<String, Loaded<S::State>>,
+    counts: Arc<DeliveryCounts>,
+}
+
+/// How often the dedup paths ran since the process started (`commerce status`, the chaos
+/// report): events delivered again, and events the inbox had already applied.
+#[derive(Debug, Default)]
+pub struct DeliveryCounts {
+    pub redelivered: AtomicU64,
+    pub duplicates_dropped: AtomicU64,
 }
 
 impl<S: Service> Engine<S> {
@@ -232,7 +243,12 @@ impl<S: Service> Engine<S> {
             service,
             store,
             cache: HashMap::new(),
+            counts: Arc::default(),
         }
+    }
+
+    pub fn counts(&self) -> Arc<DeliveryCounts> {
+        self.counts.clone()
     }
 
     pub fn store(&self) -> &Store {
@@ -286,6 +302,7 @@ impl<S: Service> Engine<S> {
         let groups = self.admit(batch, admission, &mut verdicts)?;
         let ready = self.load(groups, &mut verdicts);
         let reacted = self.react(batch, ready).await;
+        bus::failpoints::crash("engine.before_commit");
         let writes = record(batch, reacted, &mut verdicts);
         let durable = self.commit_and_flush(writes).await;
         for (index, why) in durable.not_recorded {
@@ -313,8 +330,11 @@ impl<S: Service> Engine<S> {
             let settled = match admission {
                 Admission::Live => self.store.is_settled(envelope.id)?,
                 Admission::Replay => self.store.is_processed(envelope.id)?,
-            };
+            } && !bus::failpoints::broken("broken.skip_inbox");
             if !seen.insert(envelope.id) || settled {
+                self.counts
+                    .duplicates_dropped
+                    .fetch_add(1, Ordering::Relaxed);
                 continue; // already applied (or given up on): acknowledge again
             }
             let inbound = match Inbound::decode(envelope) {

@@ -196,11 +196,15 @@ impl Aggregate for Payment {
                     ..
                 },
                 GatewayAnswer::Refunded { refund_id },
-            ) => vec![PaymentEvent::PaymentRefunded {
-                amount_cents,
-                refund_id,
-                reason,
-            }],
+            ) => {
+                // Mid-compensation: the gateway refunded, nothing here records it yet.
+                bus::failpoints::crash("payment.refunded_before_commit");
+                vec![PaymentEvent::PaymentRefunded {
+                    amount_cents,
+                    refund_id,
+                    reason,
+                }]
+            }
             // An answer that does not fit the call: record nothing; the client reports it.
             _ => Vec::new(),
         }

@@ -62,14 +62,20 @@ pub async fn consume<K: Sink>(
         };
         match batch {
             Ok(batch) if batch.is_empty() => {}
-            Ok(batch) => match consumer
-                .working(InHand::of(&batch), sink.deliver(batch))
-                .await
-            {
-                Ok(settled) => consumer.settle(settled.verdicts, settled.flushed).await,
-                Err(e) => tracing::warn!(component = sink.name(), error = %e,
-                    "batch not applied; the broker redelivers it after AckWait"),
-            },
+            Ok(batch) => {
+                ack_before_flush_if_broken(&batch).await;
+                match consumer
+                    .working(InHand::of(&batch), sink.deliver(batch))
+                    .await
+                {
+                    Ok(settled) => {
+                        bus::failpoints::crash("consume.after_commit");
+                        consumer.settle(settled.verdicts, settled.flushed).await
+                    }
+                    Err(e) => tracing::warn!(component = sink.name(), error = %e,
+                        "batch not applied; the broker redelivers it after AckWait"),
+                }
+            }
             Err(e) => {
                 tracing::warn!(component = sink.name(), error = %e, "consumer lost; binding again");
                 tokio::select! {
@@ -83,4 +89,17 @@ pub async fn consume<K: Sink>(
             }
         }
     }
+}
+
+/// The deliberate bug `broken.ack_before_flush` (test builds): acknowledge a batch before it is
+/// applied, so a crash in between loses it.
+async fn ack_before_flush_if_broken(batch: &[Delivery]) {
+    #[cfg(feature = "failpoints")]
+    if bus::failpoints::broken("broken.ack_before_flush") {
+        for delivery in batch {
+            delivery.ack_unproven().await;
+        }
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = batch;
 }

@@ -54,11 +54,14 @@ async fn run<S: Service>(
         Publisher::new(host.js.clone()),
         RelayConfig::default(),
     );
+    let engine = Engine::new(service, host.store.clone());
+    let counts = engine.counts();
     let handle = Handle::new(
-        ServiceActor::new(Engine::new(service, host.store.clone())).start(),
+        ServiceActor::new(engine).start(),
         host.store.clone(),
         relay.stats(),
         ops.clone(),
+        counts,
     );
     host.spawn(relay.run(host.shutdown.clone()));
     // Ends when every guard (and so `ops`) is gone.

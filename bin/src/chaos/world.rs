@@ -1,0 +1,422 @@
+//! The system under test, as the harness holds it: its own nats-server (admitting only the
+//! system's identities), the simulators (in this process: they are the outside world and keep
+//! the ledgers), a TCP fault proxy on every link, and every component as its own OS process
+//! (`commerce run <component>`), with its log under `<dir>/logs/`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use actors::access::{BusUser, Keyring};
+use actors::simulators::Simulators;
+use actors::Settings;
+use anyhow::Context;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::plan::{components, links, NetMode, SimFaults};
+use super::proxy::{Mode, Proxy, ProxyStats};
+
+/// One component's process and what the harness did to it.
+#[derive(Default)]
+struct Proc {
+    child: Option<Child>,
+    /// Started with this crash seam armed.
+    armed: Option<&'static str>,
+    /// When it exited by itself (a seam, or a crash the harness did not cause).
+    exited_at: Option<Instant>,
+}
+
+/// What happened to the processes, for the report.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ProcessCounts {
+    pub starts: u64,
+    /// Processes that died at an armed seam.
+    pub seam_crashes: u64,
+    /// Processes that died otherwise (a signal the harness did not send, or a panic): a bug,
+    /// which fails the run.
+    pub crashes: Vec<String>,
+    /// Processes that stopped with an error (e.g. no broker to start on while it was down).
+    pub error_exits: Vec<String>,
+}
+
+pub struct World {
+    pub dir: PathBuf,
+    exe: PathBuf,
+    config: PathBuf,
+    pub broker: bus::NatsServer,
+    simulators: Option<Simulators>,
+    pub payment_gateway: String,
+    pub carrier: String,
+    /// The HTTP gateway's base URL (the same port across its restarts).
+    pub http: String,
+    links: BTreeMap<String, Proxy>,
+    procs: BTreeMap<&'static str, Proc>,
+    /// A deliberate bug every component runs with (`--break`).
+    broken: Option<&'static str>,
+    /// The operator's own connection, straight to the broker.
+    pub operator: async_nats::Client,
+    pub counts: ProcessCounts,
+}
+
+impl World {
+    /// Start everything and wait until every component is up.
+    pub async fn up(
+        dir: &Path,
+        settings: &Settings,
+        config: PathBuf,
+        broken: Option<&'static str>,
+    ) -> anyhow::Result<World> {
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let (keyring, authorization) = Keyring::prepare(dir)?;
+        let operator_login = keyring
+            .get(BusUser::Operator)
+            .context("no operator credentials")?
+            .clone();
+        let mut server = bus::server::ServerConfig::new(dir.join("nats"));
+        server.authorization = Some((authorization, operator_login));
+        let broker = bus::NatsServer::start(server).await?;
+        let operator = super::super::client::connect(&Settings {
+            data_dir: dir.to_path_buf(),
+            nats_url: Some(broker.url()),
+            ..settings.clone()
+        })
+        .await?;
+        let js = async_nats::jetstream::new(operator.clone());
+        bus::provision(&js, &settings.streams).await?;
+
+        let simulators = Simulators::start(&settings.simulators).await?;
+        let payment_gateway = simulators.payment_gateway_url.clone();
+        let carrier = simulators.carrier_url.clone();
+        let mut proxies = BTreeMap::new();
+        for link in links() {
+            let upstream = match link.split_once('>').map(|(_, to)| to) {
+                Some("payment-gateway") => socket_of(&payment_gateway)?,
+                Some("carrier") => socket_of(&carrier)?,
+                _ => socket_of(&broker.url())?,
+            };
+            proxies.insert(link.clone(), Proxy::start(&link, upstream).await?);
+        }
+        let http_port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut world = World {
+            dir: dir.to_path_buf(),
+            exe: std::env::current_exe()?,
+            config,
+            broker,
+            simulators: Some(simulators),
+            payment_gateway,
+            carrier,
+            http: format!("http://127.0.0.1:{http_port}"),
+            links: proxies,
+            procs: components()
+                .into_iter()
+                .map(|c| (c, Proc::default()))
+                .collect(),
+            broken,
+            operator,
+            counts: ProcessCounts::default(),
+        };
+        for component in components() {
+            world.start_component(component, None)?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for component in components() {
+            while !world
+                .log(component)
+                .contains(&format!("commerce {component} is up"))
+            {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "{component} did not start within 60 s; see {}",
+                    world.log_path(component).display()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(world)
+    }
+
+    pub fn log_path(&self, component: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{component}.log"))
+    }
+
+    fn log(&self, component: &str) -> String {
+        std::fs::read_to_string(self.log_path(component)).unwrap_or_default()
+    }
+
+    /// `commerce run <component>` through its proxies, unless it runs already.
+    fn start_component(
+        &mut self,
+        component: &'static str,
+        seam: Option<&'static str>,
+    ) -> anyhow::Result<()> {
+        let running = self
+            .procs
+            .get_mut(component)
+            .is_some_and(|p| matches!(p.child.as_mut().map(Child::try_wait), Some(Ok(None))));
+        if running {
+            return Ok(());
+        }
+        let failpoints: Vec<String> = self
+            .broken
+            .iter()
+            .map(|b| format!("{b}=return"))
+            .chain(seam.map(|s| format!("{s}=1*return")))
+            .collect();
+        let path = self.log_path(component);
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        use std::io::Write;
+        writeln!(
+            log,
+            "--- chaos: start (FAILPOINTS={:?})",
+            failpoints.join(";")
+        )?;
+        let nats = format!("nats://{}", self.links[&format!("{component}>nats")].addr());
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["run", component, "--config"])
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--nats", &nats])
+            .env("COMMERCE_PAYMENT_GATEWAY_URL", &self.payment_gateway)
+            .env("COMMERCE_CARRIER_URL", &self.carrier)
+            .env("FAILPOINTS", failpoints.join(";"))
+            .env_remove("NATS_CREDS")
+            .env_remove("NATS_URL")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(proxy) = self.links.get(&format!("{component}>payment-gateway")) {
+            cmd.env(
+                "COMMERCE_PAYMENT_GATEWAY_URL",
+                format!("http://{}", proxy.addr()),
+            );
+        }
+        if let Some(proxy) = self.links.get(&format!("{component}>carrier")) {
+            cmd.env("COMMERCE_CARRIER_URL", format!("http://{}", proxy.addr()));
+        }
+        if component == "gateway" {
+            cmd.args(["--http", self.http.trim_start_matches("http://")]);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {component}"))?;
+        self.counts.starts += 1;
+        if let Some(proc) = self.procs.get_mut(component) {
+            *proc = Proc {
+                child: Some(child),
+                armed: seam,
+                ..Proc::default()
+            };
+        }
+        Ok(())
+    }
+
+    pub fn kill(&mut self, component: &str) {
+        if let Some(proc) = self.procs.get_mut(component) {
+            if let Some(mut child) = proc.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            // Down by plan now: not the supervisor's to start again.
+            proc.exited_at = None;
+        }
+    }
+
+    pub fn start(&mut self, component: &'static str) -> anyhow::Result<()> {
+        self.start_component(component, None)
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`).
+    pub fn pause(&mut self, component: &str, stop: bool) {
+        if let Some(proc) = self.procs.get_mut(component) {
+            if let Some(pid) = proc.child.as_ref().map(Child::id) {
+                signal(pid, pausing(stop));
+            }
+        }
+    }
+
+    /// SIGKILL the service and delete its database; it rebuilds from its stream on start.
+    pub fn lose_database(&mut self, service: &str) -> anyhow::Result<()> {
+        self.kill(service);
+        let db = self.dir.join(service);
+        if db.exists() {
+            std::fs::remove_dir_all(&db)
+                .with_context(|| format!("cannot delete {}", db.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Restart `component` with `seam` armed: it dies the first time it gets there.
+    pub fn arm(&mut self, component: &'static str, seam: &'static str) -> anyhow::Result<()> {
+        self.kill(component);
+        self.start_component(component, Some(seam))
+    }
+
+    pub fn pause_broker(&mut self, stop: bool) {
+        if let Some(pid) = self.broker.pid() {
+            signal(pid, pausing(stop));
+        }
+    }
+
+    pub async fn set_simulator(&self, simulator: &str, faults: SimFaults) -> anyhow::Result<()> {
+        let base = match simulator {
+            "carrier" => &self.carrier,
+            _ => &self.payment_gateway,
+        };
+        reqwest::Client::new()
+            .put(format!("{base}/v1/faults"))
+            .json(&faults)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    pub fn set_link(&self, link: &str, mode: Option<NetMode>) {
+        if let Some(proxy) = self.links.get(link) {
+            proxy.set(match mode {
+                None => Mode::Pass,
+                Some(NetMode::Latency { ms }) => Mode::Latency(Duration::from_millis(ms)),
+                Some(NetMode::Reset) => Mode::Reset,
+                Some(NetMode::BlackHole) => Mode::BlackHole,
+            });
+        }
+    }
+
+    /// Each link's connections and resets so far.
+    pub fn link_stats(&self) -> BTreeMap<String, ProxyStats> {
+        self.links
+            .iter()
+            .map(|(link, proxy)| (link.clone(), proxy.stats()))
+            .collect()
+    }
+
+    /// Start again what exited by itself (an armed seam fired, or it crashed), a second after.
+    pub fn tend(&mut self) -> anyhow::Result<()> {
+        let mut restart = Vec::new();
+        for (component, proc) in &mut self.procs {
+            if let Some(Ok(Some(status))) = proc.child.as_mut().map(Child::try_wait) {
+                proc.child = None;
+                proc.exited_at = Some(Instant::now());
+                use std::os::unix::process::ExitStatusExt;
+                let what = format!("{component}: {status}");
+                match proc.armed.take() {
+                    Some(_) => self.counts.seam_crashes += 1,
+                    None if status.signal().is_some() || status.code() == Some(101) => {
+                        self.counts.crashes.push(what)
+                    }
+                    None => self.counts.error_exits.push(what),
+                }
+            }
+            if proc
+                .exited_at
+                .is_some_and(|at| at.elapsed() >= Duration::from_secs(1))
+            {
+                restart.push(*component);
+            }
+        }
+        for component in restart {
+            self.start_component(component, None)?;
+        }
+        Ok(())
+    }
+
+    /// Undo every fault: simulators calm, links pass, broker and every component running, no
+    /// seam armed.
+    pub async fn heal(&mut self) -> anyhow::Result<()> {
+        let calm = SimFaults {
+            latency_ms: 0,
+            error_rate: 0.0,
+            outage: false,
+        };
+        for simulator in super::plan::SIMULATORS {
+            self.set_simulator(simulator, calm).await?;
+        }
+        for proxy in self.links.values() {
+            proxy.set(Mode::Pass);
+        }
+        self.pause_broker(false);
+        if !self.broker.is_running() {
+            self.broker.restart().await?;
+        }
+        for component in components() {
+            self.pause(component, false);
+            let armed = self.procs.get(component).is_some_and(|p| p.armed.is_some());
+            if armed {
+                self.kill(component);
+            }
+            self.start_component(component, None)?;
+        }
+        Ok(())
+    }
+
+    /// Stop everything: components (SIGTERM, then SIGKILL), simulators, proxies, broker.
+    pub async fn stop(mut self) {
+        for proc in self.procs.values_mut() {
+            if let Some(pid) = proc.child.as_ref().map(Child::id) {
+                signal(pid, Signal::SIGCONT);
+                signal(pid, Signal::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for proc in self.procs.values_mut() {
+            if let Some(mut child) = proc.child.take() {
+                while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if let Some(simulators) = self.simulators.take() {
+            simulators.stop().await;
+        }
+        self.links.clear();
+        self.pause_broker(false);
+        self.broker.stop().await;
+    }
+}
+
+impl Drop for World {
+    /// No process outlives the harness, whatever way it ends.
+    fn drop(&mut self) {
+        for proc in self.procs.values_mut() {
+            if let Some(mut child) = proc.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// SIGSTOP to pause, SIGCONT to resume.
+fn pausing(stop: bool) -> Signal {
+    if stop {
+        Signal::SIGSTOP
+    } else {
+        Signal::SIGCONT
+    }
+}
+
+fn signal(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
+}
+
+/// `http://127.0.0.1:7701` or `nats://127.0.0.1:4222` → the socket address.
+fn socket_of(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    host_port
+        .parse()
+        .with_context(|| format!("{url} is not a loopback address with a port"))
+}
