@@ -40,7 +40,8 @@ pub struct ComponentStatus {
     /// Events delivered again since this process started (a consumer died or was slow).
     #[serde(default)]
     pub redelivered: u64,
-    /// Events the inbox had already applied, acknowledged without effect, since start.
+    /// Events acknowledged without effect since start: the inbox had them (applied or
+    /// dead-lettered), or the batch held them twice.
     #[serde(default)]
     pub duplicates_dropped: u64,
     /// Each external dependency's bulkhead and breaker.

@@ -230,7 +230,8 @@ pub struct Engine<S: Service> {
 }
 
 /// How often the dedup paths ran since the process started (`commerce status`, the chaos
-/// report): events delivered again, and events the inbox had already applied.
+/// report): events delivered again, and events acknowledged without effect because the inbox
+/// had them (applied, or dead-lettered) or the batch held them twice.
 #[derive(Debug, Default)]
 pub struct DeliveryCounts {
     pub redelivered: AtomicU64,
