@@ -12,7 +12,9 @@
 pub const COMPILED: bool = cfg!(feature = "failpoints");
 
 /// The crash seams, in the order a message meets them.
-pub const CRASH_SEAMS: [&str; 4] = [
+pub const CRASH_SEAMS: [&str; 5] = [
+    // A batch fetched, not yet applied.
+    "consume.before_apply",
     // A service's external call answered, its effect not yet committed.
     "engine.before_commit",
     // A batch committed and flushed, not yet acknowledged.

@@ -339,7 +339,7 @@ fn fault(rng: &mut fastrand::Rng, kind: Kind, t: Timings) -> Fault {
                 "payment.refunded_before_commit" => "payment",
                 // After an external call: only these two make one.
                 "engine.before_commit" => pick(rng, &["payment", "shipment"]),
-                "consume.after_commit" => pick(rng, &consumers()),
+                "consume.before_apply" | "consume.after_commit" => pick(rng, &consumers()),
                 _ => pick(rng, &services()),
             };
             Fault::Seam { component, seam }

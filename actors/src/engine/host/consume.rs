@@ -64,6 +64,7 @@ pub async fn consume<K: Sink>(
             Ok(batch) if batch.is_empty() => {}
             Ok(batch) => {
                 ack_before_flush_if_broken(&batch).await;
+                bus::failpoints::crash("consume.before_apply");
                 match consumer
                     .working(InHand::of(&batch), sink.deliver(batch))
                     .await
