@@ -97,6 +97,20 @@ impl Keyring {
         Ok((keyring, auth::authorization_config(&users)))
     }
 
+    /// [`Keyring::prepare`] for a broker this process starts: the identities, and the server's
+    /// side of them (the `authorization` block, with the operator's credentials to check it is
+    /// ready), as [`bus::server::ServerConfig::authorization`] takes it.
+    pub fn prepare_broker(
+        data_dir: &Path,
+    ) -> Result<(Keyring, Option<(String, Credentials)>), BusError> {
+        let (keyring, authorization) = Keyring::prepare(data_dir)?;
+        let operator = keyring.get(BusUser::Operator).cloned();
+        Ok((
+            keyring,
+            operator.map(|credentials| (authorization, credentials)),
+        ))
+    }
+
     /// The credentials for `users` of a process on a broker someone else runs: the
     /// `nats_creds` setting for the first (this process's own identity), else each one's file
     /// under the data dir, else none (the broker lets anyone in).

@@ -49,9 +49,7 @@ impl Runtime {
                 (Broker::External(url.clone()), keyring)
             }
             None if settings.auth => {
-                let (keyring, authorization) = Keyring::prepare(&settings.data_dir)?;
-                let operator = keyring.get(BusUser::Operator).cloned();
-                let access = operator.map(|credentials| (authorization, credentials));
+                let (keyring, access) = Keyring::prepare_broker(&settings.data_dir)?;
                 (embedded(&settings, access).await?, keyring)
             }
             None => (embedded(&settings, None).await?, Keyring::default()),

@@ -337,12 +337,9 @@ async fn apply(world: &mut World, fault: &Fault, begins: bool) -> anyhow::Result
             true,
         ) => world.set_simulator(simulator, *faults).await?,
         (Fault::Simulator { simulator, .. }, false) => {
-            let calm = plan::SimFaults {
-                latency_ms: 0,
-                error_rate: 0.0,
-                outage: false,
-            };
-            world.set_simulator(simulator, calm).await?
+            world
+                .set_simulator(simulator, plan::SimFaults::CALM)
+                .await?
         }
         (Fault::Network { link, mode, .. }, true) => world.set_link(link, Some(*mode)),
         (Fault::Network { link, .. }, false) => world.set_link(link, None),

@@ -73,6 +73,15 @@ pub struct SimFaults {
     pub outage: bool,
 }
 
+impl SimFaults {
+    /// No fault at all.
+    pub const CALM: SimFaults = SimFaults {
+        latency_ms: 0,
+        error_rate: 0.0,
+        outage: false,
+    };
+}
+
 /// One fault: what it does at its start; [`Fault::lasts_ms`] says when it is undone.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "fault", rename_all = "snake_case")]
@@ -259,37 +268,32 @@ fn fault(rng: &mut fastrand::Rng, kind: Kind, t: Timings) -> Fault {
         },
         Kind::Simulators => {
             let simulator = pick(rng, &SIMULATORS);
-            let calm = SimFaults {
-                latency_ms: 0,
-                error_rate: 0.0,
-                outage: false,
-            };
             let (faults, ms) = match rng.u8(0..6) {
                 0 => (
                     SimFaults {
                         latency_ms: rng.u64(200..=t.client_timeout_ms / 2),
-                        ..calm
+                        ..SimFaults::CALM
                     },
                     rng.u64(3_000..=10_000),
                 ),
                 1 => (
                     SimFaults {
                         latency_ms: t.client_timeout_ms + rng.u64(1_000..=3_000),
-                        ..calm
+                        ..SimFaults::CALM
                     },
                     rng.u64(5_000..=15_000),
                 ),
                 2 => (
                     SimFaults {
                         error_rate: 0.3 + rng.f64() * 0.6,
-                        ..calm
+                        ..SimFaults::CALM
                     },
                     rng.u64(3_000..=10_000),
                 ),
                 3 => (
                     SimFaults {
                         outage: true,
-                        ..calm
+                        ..SimFaults::CALM
                     },
                     rng.u64(2_000..=8_000),
                 ),
@@ -298,7 +302,7 @@ fn fault(rng: &mut fastrand::Rng, kind: Kind, t: Timings) -> Fault {
                 4 => (
                     SimFaults {
                         latency_ms: t.client_timeout_ms + rng.u64(1_000..=3_000),
-                        ..calm
+                        ..SimFaults::CALM
                     },
                     t.saga_deadline_ms + rng.u64(5_000..=15_000),
                 ),
@@ -306,7 +310,7 @@ fn fault(rng: &mut fastrand::Rng, kind: Kind, t: Timings) -> Fault {
                 _ => (
                     SimFaults {
                         outage: true,
-                        ..calm
+                        ..SimFaults::CALM
                     },
                     t.saga_deadline_ms + rng.u64(2_000..=5_000),
                 ),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use actors::access::{BusUser, Keyring};
+use actors::access::Keyring;
 use actors::simulators::Simulators;
 use actors::Settings;
 use anyhow::Context;
@@ -70,13 +70,9 @@ impl World {
         broken: Option<&'static str>,
     ) -> anyhow::Result<World> {
         std::fs::create_dir_all(dir.join("logs"))?;
-        let (keyring, authorization) = Keyring::prepare(dir)?;
-        let operator_login = keyring
-            .get(BusUser::Operator)
-            .context("no operator credentials")?
-            .clone();
+        let (_, access) = Keyring::prepare_broker(dir)?;
         let mut server = bus::server::ServerConfig::new(dir.join("nats"));
-        server.authorization = Some((authorization, operator_login));
+        server.authorization = access;
         let broker = bus::NatsServer::start(server).await?;
         let operator = super::super::client::connect(&Settings {
             data_dir: dir.to_path_buf(),
@@ -332,13 +328,8 @@ impl World {
     /// Undo every fault: simulators calm, links pass, broker and every component running, no
     /// seam armed.
     pub async fn heal(&mut self) -> anyhow::Result<()> {
-        let calm = SimFaults {
-            latency_ms: 0,
-            error_rate: 0.0,
-            outage: false,
-        };
         for simulator in super::plan::SIMULATORS {
-            self.set_simulator(simulator, calm).await?;
+            self.set_simulator(simulator, SimFaults::CALM).await?;
         }
         for proxy in self.links.values() {
             proxy.set(Mode::Pass);

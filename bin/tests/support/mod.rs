@@ -582,15 +582,8 @@ pub struct Outside {
 
 impl Outside {
     pub async fn start() -> Outside {
-        use actors::access::{BusUser, Keyring};
         let data = tempfile::tempdir().unwrap();
-        let (keyring, authorization) = Keyring::prepare(data.path()).unwrap();
-        let mut config = bus::server::ServerConfig::new(data.path().join("nats"));
-        config.authorization = Some((
-            authorization,
-            keyring.get(BusUser::Operator).unwrap().clone(),
-        ));
-        let server = bus::NatsServer::start(config).await.unwrap();
+        let server = authenticated_broker(data.path()).await;
         let mut cmd = commerce();
         cmd.args(["run", "simulators", "--data-dir"])
             .arg(data.path())
@@ -627,12 +620,8 @@ impl Outside {
 /// A nats-server of the test's own that admits only the system's identities, as `commerce up`
 /// makes it (their credentials under `data`, where `commerce up`/`run` find them).
 pub async fn authenticated_broker(data: &std::path::Path) -> bus::server::NatsServer {
-    use actors::access::{BusUser, Keyring};
-    let (keyring, authorization) = Keyring::prepare(data).unwrap();
+    let (_, access) = actors::access::Keyring::prepare_broker(data).unwrap();
     let mut config = bus::server::ServerConfig::new(data.join("nats"));
-    config.authorization = Some((
-        authorization,
-        keyring.get(BusUser::Operator).unwrap().clone(),
-    ));
+    config.authorization = access;
     bus::server::NatsServer::start(config).await.unwrap()
 }
