@@ -2,12 +2,15 @@
 //! allowed only what its work needs.
 //!
 //! - A service publishes its own domain's events (`orders.>` for order), its dead letters
-//!   (`dlq.<service>.>`) and circuit transitions (`ops.circuit.>`); it drives only its own durable
+//!   (`dlq.<service>.>`), circuit transitions (`ops.circuit.>`) and the handlings it put off
+//!   (`ops.retry.<service>.>`, its own name in the subject); it drives only its own durable
 //!   consumers on the streams it listens to, replays only its own stream and its dead letters,
 //!   reads one dead letter by sequence (to re-handle it: `replay`), and answers its own micro
 //!   endpoints. Deleting a dead letter is the operator's.
-//! - The projection reads every domain stream and publishes no event.
-//! - The HTTP gateway may only call the endpoints it uses.
+//! - The projection reads every domain stream and publishes no event (only its dead letters
+//!   and put-off handlings).
+//! - The HTTP gateway may only call the endpoints it uses; its admin side (the dashboard) reads
+//!   stream and consumer info and messages, and changes nothing.
 //! - The operator (`commerce up` itself and the CLI) may do anything.
 //!
 //! Everyone's replies come to their own inbox (`_INBOX_<name>.>`), which nobody else may read.
@@ -27,6 +30,7 @@ use crate::contract::{
     Cancel, Get, InventoryService, OrderService, Part, PaymentService, Place, ReadOrder,
     RecommendationService, Service, ShipmentService, Status, StoreService,
 };
+use crate::projection::api::Sagas;
 use crate::rpc::{endpoint_subject, Component, Endpoint};
 use crate::Settings;
 
@@ -179,6 +183,7 @@ pub fn permissions(user: BusUser) -> Permissions {
         Component::Gateway => {
             p.publish = gateway_calls();
             p.publish.push("ops.circuit.>".into());
+            observes(&mut p);
         }
         Component::Projection => {
             answers(&mut p);
@@ -186,7 +191,8 @@ pub fn permissions(user: BusUser) -> Permissions {
                 reads(&mut p, domain.stream(), name);
                 replays(&mut p, domain.stream());
             }
-            p.publish.push(format!("dlq.{name}.>"));
+            p.publish
+                .extend([format!("dlq.{name}.>"), format!("ops.retry.{name}.>")]);
         }
         Component::Simulators => {}
         service => {
@@ -203,8 +209,11 @@ pub fn permissions(user: BusUser) -> Permissions {
             }
             replays(&mut p, bus::streams::DLQ_STREAM);
             reads_one(&mut p, bus::streams::DLQ_STREAM);
-            p.publish
-                .extend([format!("dlq.{name}.>"), "ops.circuit.>".into()]);
+            p.publish.extend([
+                format!("dlq.{name}.>"),
+                format!("ops.retry.{name}.>"),
+                "ops.circuit.>".into(),
+            ]);
         }
     }
     p.publish.sort();
@@ -243,6 +252,20 @@ fn replays(p: &mut Permissions, stream: &str) {
 /// letter it is asked to re-handle). Reading, not deleting: the operator deletes.
 fn reads_one(p: &mut Permissions, stream: &str) {
     p.publish.push(format!("$JS.API.STREAM.MSG.GET.{stream}"));
+}
+
+/// The dashboard on the gateway's admin side reads every stream's info, its consumers, and
+/// messages by subject (one order's events, dead letters, retry records): reading only.
+fn observes(p: &mut Permissions) {
+    for (stream, _, _) in bus::streams::stream_specs() {
+        p.publish.extend([
+            format!("$JS.API.STREAM.INFO.{stream}"),
+            format!("$JS.API.CONSUMER.LIST.{stream}"),
+            format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        ]);
+    }
+    p.publish
+        .push(endpoint_subject(Component::Projection, Sagas::NAME));
 }
 
 /// The endpoints the HTTP gateway calls, and nothing else.

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! Bottom to top (each module uses only those above it in this list):
+//! - [`telemetry`]: Prometheus metrics and OpenTelemetry traces; every module may record.
 //! - [`rpc`]: [`Component`] (the one list of components), [`rpc::DomainError`], the typed
 //!   [`rpc::Endpoint`] and its generic [`rpc::call`] / [`rpc::Server`] pair over NATS micro.
 //! - [`codec`]: events in and out of their CloudEvents envelopes.
@@ -24,10 +25,13 @@
 //! - [`http`], [`simulators`]: running an actix-web server; the simulated external systems.
 //! - [`gateway`]: the HTTP API (actix-web): typed calls to the components, the only place
 //!   that knows HTTP status codes.
+//! - [`admin`]: the operators' listener: `/metrics`, the live dashboard, one order's history.
 //! - [`system`]: starting everything in one process, or one component per process.
+
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod admin;
 pub mod catalog;
 pub mod codec;
 pub mod contract;
@@ -49,6 +53,7 @@ pub mod shipment;
 pub mod simulators;
 pub mod store;
 pub mod system;
+pub mod telemetry;
 
 pub use rpc::Component;
 pub use runtime::Runtime;

@@ -38,6 +38,12 @@ pub struct Settings {
     pub nats_sync_always: bool,
     /// Where the HTTP gateway listens (port 0: any free port).
     pub http_addr: String,
+    /// The gateway's admin side (`/metrics` of its process, the `/dashboard`): an operators'
+    /// listener, unauthenticated, so keep it on a private interface (port 0: any free port).
+    pub admin_addr: String,
+    /// Where a component other than the gateway serves its own `/metrics` when it runs in its own
+    /// process (`commerce run <component> --metrics ADDR`); none by default.
+    pub metrics_addr: Option<String>,
     /// The payment gateway's base URL (default: the simulator's address).
     pub payment_gateway_url: Option<String>,
     /// The carrier's base URL (default: the simulator's address).
@@ -86,6 +92,8 @@ impl Default for Settings {
             nats_port: 4222,
             nats_sync_always: false,
             http_addr: "127.0.0.1:8080".into(),
+            admin_addr: "127.0.0.1:9464".into(),
+            metrics_addr: None,
             payment_gateway_url: None,
             carrier_url: None,
             ack_wait_ms: 30_000,
@@ -169,6 +177,10 @@ pub struct Overrides {
     pub nats_port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]

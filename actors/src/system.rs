@@ -46,6 +46,8 @@ pub struct Endpoints {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub payment_gateway: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub carrier: Option<String>,
@@ -97,6 +99,8 @@ pub struct System {
     pub simulators: Option<Simulators>,
     pub components: Vec<RunningComponent>,
     pub http: Option<(SocketAddr, ServerHandle)>,
+    /// The admin listener: `/metrics` (and the dashboard, beside the gateway).
+    pub admin: Option<(SocketAddr, ServerHandle)>,
     shutdown: CancellationToken,
 }
 
@@ -105,6 +109,8 @@ impl System {
     pub async fn up(settings: Settings) -> Result<System, SystemError> {
         let mut system = System::new(Runtime::start(settings.clone()).await?);
         system.keep_streams();
+        // One process: every component records into the recorder the admin side serves.
+        crate::telemetry::metrics::install().map_err(std::io::Error::other)?;
         match system.start_all(settings).await {
             Ok(()) => Ok(system),
             Err(e) => {
@@ -119,7 +125,14 @@ impl System {
     pub async fn run(component: Component, settings: Settings) -> Result<System, SystemError> {
         let mut system = System::new(Runtime::join(settings.clone(), component).await?);
         system.keep_streams();
-        match system.start(component, &settings).await {
+        if component == Component::Gateway || settings.metrics_addr.is_some() {
+            crate::telemetry::metrics::install().map_err(std::io::Error::other)?;
+        }
+        let started = match system.start(component, &settings).await {
+            Ok(()) => system.serve_metrics(&settings),
+            Err(e) => Err(e),
+        };
+        match started {
             Ok(()) => Ok(system),
             Err(e) => {
                 system.shutdown().await;
@@ -146,6 +159,7 @@ impl System {
             simulators: None,
             components: Vec::new(),
             http: None,
+            admin: None,
             shutdown: CancellationToken::new(),
         }
     }
@@ -184,6 +198,12 @@ impl System {
                     async_nats::jetstream::new(client.clone()),
                     transitions,
                 ));
+                // The gateway's admin side: this process's metrics and the dashboard.
+                crate::telemetry::metrics::install().map_err(std::io::Error::other)?;
+                self.admin = Some(crate::admin::start(
+                    &settings.admin_addr,
+                    Some(client.clone()),
+                )?);
                 self.http = Some(gateway::start(
                     &settings.http_addr,
                     client,
@@ -206,10 +226,23 @@ impl System {
         Ok(())
     }
 
+    /// A component in its own process serves its own `/metrics` where the settings say.
+    fn serve_metrics(&mut self, settings: &Settings) -> Result<(), SystemError> {
+        if let (None, Some(addr)) = (&self.admin, &settings.metrics_addr) {
+            crate::telemetry::metrics::install().map_err(std::io::Error::other)?;
+            self.admin = Some(crate::admin::start(addr, None)?);
+        }
+        Ok(())
+    }
+
     pub fn endpoints(&self) -> Endpoints {
         Endpoints {
             nats: self.runtime.broker.url(),
             http: self.http.as_ref().map(|(addr, _)| format!("http://{addr}")),
+            admin: self
+                .admin
+                .as_ref()
+                .map(|(addr, _)| format!("http://{addr}")),
             payment_gateway: self
                 .simulators
                 .as_ref()
@@ -222,6 +255,9 @@ impl System {
     pub async fn shutdown(self) {
         if let Some((_, http)) = self.http {
             http.stop(true).await;
+        }
+        if let Some((_, admin)) = self.admin {
+            admin.stop(true).await;
         }
         self.shutdown.cancel();
         for running in self.components {

@@ -98,6 +98,9 @@ fn print_endpoints(endpoints: &actors::system::Endpoints) {
     if let Some(http) = &endpoints.http {
         println!("  http: {http}");
     }
+    if let Some(admin) = &endpoints.admin {
+        println!("  admin: {admin} (/metrics, /dashboard)");
+    }
     if let Some(url) = &endpoints.payment_gateway {
         println!("  payment gateway: {url}");
     }

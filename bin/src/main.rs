@@ -18,6 +18,7 @@ mod launch;
 mod order;
 mod projection;
 mod status;
+mod telemetry;
 mod token;
 
 use std::path::PathBuf;
@@ -61,6 +62,10 @@ enum Command {
         /// Where the HTTP gateway listens (port 0: any free port).
         #[arg(long, value_name = "ADDR")]
         http: Option<String>,
+        /// Where the admin side listens: /metrics and the live /dashboard (default
+        /// 127.0.0.1:9464; keep it private, it has no authentication).
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<String>,
         /// The durable profile: the embedded nats-server fsyncs every write before it
         /// acknowledges it (`nats_sync_always`), so an OS crash or power loss loses nothing it
         /// acknowledged. Costs throughput (see `commerce bench saga --compare-durable`).
@@ -75,6 +80,13 @@ enum Command {
         /// Where the HTTP gateway listens (component `gateway`).
         #[arg(long, value_name = "ADDR")]
         http: Option<String>,
+        /// Where the gateway's admin side listens: /metrics and /dashboard (component `gateway`).
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<String>,
+        /// Serve this component's /metrics here (any component but the gateway, whose admin
+        /// side has them).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
         /// Throw the service's database away and rebuild it from its own stream (an empty or
         /// missing database is rebuilt anyway).
         #[arg(long)]
@@ -132,22 +144,31 @@ enum ProjectionCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,async_nats=warn,actix_server=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    telemetry::logs();
     // Test builds only: the seams FAILPOINTS arms (the chaos harness's crash points).
     bus::failpoints::setup().map_err(anyhow::Error::msg)?;
     let cli = Cli::parse();
-    let (nats_port, http_addr, rebuild_flag) = match &cli.command {
+    let (nats_port, http_addr, admin_addr, metrics_addr, rebuild_flag) = match &cli.command {
         Command::Up {
-            nats_port, http, ..
-        } => (*nats_port, http.clone(), None),
-        Command::Run { http, rebuild, .. } => (None, http.clone(), rebuild.then_some(true)),
-        _ => (None, None, None),
+            nats_port,
+            http,
+            admin,
+            ..
+        } => (*nats_port, http.clone(), admin.clone(), None, None),
+        Command::Run {
+            http,
+            admin,
+            metrics,
+            rebuild,
+            ..
+        } => (
+            None,
+            http.clone(),
+            admin.clone(),
+            metrics.clone(),
+            rebuild.then_some(true),
+        ),
+        _ => (None, None, None, None, None),
     };
     let flags = Overrides {
         data_dir: cli.data_dir.clone(),
@@ -155,12 +176,22 @@ fn main() -> anyhow::Result<()> {
         nats_creds: cli.nats_creds.clone(),
         nats_port,
         http_addr,
+        admin_addr,
+        metrics_addr,
         rebuild: rebuild_flag,
         nats_sync_always: matches!(cli.command, Command::Up { durable: true, .. }).then_some(true),
     };
     let settings = Settings::load(cli.config.as_deref(), &flags)?;
+    let process = match &cli.command {
+        Command::Run { component, .. } => component.name(),
+        _ => "up",
+    };
+    let traces = match &cli.command {
+        Command::Up { .. } | Command::Run { .. } => telemetry::traces(process)?,
+        _ => None,
+    };
     // actix's System: every service runs on its own Arbiter under it.
-    actix_rt::System::new().block_on(async move {
+    let result = actix_rt::System::new().block_on(async move {
         match cli.command {
             Command::Up { .. } => launch::up(settings).await,
             Command::Run { component, .. } => launch::run(component, settings).await,
@@ -188,5 +219,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(args) => bench::run(args, settings).await,
             Command::Chaos(args) => chaos::run(args, settings).await,
         }
-    })
+    });
+    telemetry::shut_down(traces);
+    result
 }

@@ -1,4 +1,5 @@
-//! `commerce order place|show|cancel`: the order service's commands, over NATS.
+//! `commerce order place|show|cancel|trace`: the order service's commands, over NATS, and one
+//! saga's history from the streams.
 
 use std::time::Duration;
 
@@ -41,6 +42,15 @@ pub enum OrderCommand {
     Show { order_id: String },
     /// Ask to cancel an order (refused once the parcel has left).
     Cancel { order_id: String },
+    /// Follow one saga: the order's events as a causation tree (service, time, latency of each
+    /// hop), the handlings put off (breaker refusals, timeouts) and its dead letters, read from
+    /// the streams.
+    Trace {
+        order_id: String,
+        /// The same as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(command: OrderCommand, settings: Settings) -> anyhow::Result<()> {
@@ -86,6 +96,18 @@ pub async fn run(command: OrderCommand, settings: Settings) -> anyhow::Result<()
         }
         OrderCommand::Show { order_id } => {
             print(&call::<ReadOrder>(&client, Component::Projection, &order_id).await?)
+        }
+        OrderCommand::Trace { order_id, json } => {
+            let js = async_nats::jetstream::new(client);
+            let history = actors::admin::history::read(&js, &order_id)
+                .await?
+                .with_context(|| format!("no stream holds an event about order {order_id}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&history)?);
+            } else {
+                print!("{}", actors::admin::history::render(&history));
+            }
+            Ok(())
         }
         OrderCommand::Cancel { order_id } => print(
             &call::<Cancel>(

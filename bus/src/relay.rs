@@ -181,6 +181,9 @@ impl OutboxRelay {
         self.stats
             .sent
             .fetch_add(acked.len() as u64, Ordering::Relaxed);
+        for (row, _) in &acked {
+            count_published(&row.message.subject);
+        }
         match first_error {
             Some(e) => Err(e),
             None => Ok(acked.len()),
@@ -319,5 +322,16 @@ impl OutboxRelay {
                 }
             }
         }
+    }
+}
+
+/// `commerce_events_published_total{stream, event}`, from the subject
+/// (`<stream prefix>.<event name>.<order id>`).
+fn count_published(subject: &str) {
+    let mut tokens = subject.split('.');
+    if let (Some(prefix), Some(event)) = (tokens.next(), tokens.next()) {
+        metrics::counter!("commerce_events_published_total",
+            "stream" => prefix.to_string(), "event" => event.to_string())
+        .increment(1);
     }
 }

@@ -198,6 +198,7 @@ impl<S: Service> Handle<S> {
         self.counts
             .redelivered
             .fetch_add(again, std::sync::atomic::Ordering::Relaxed);
+        crate::telemetry::metrics::redelivered(S::name(), again);
         self.addr
             .send(Deliver(batch))
             .await
@@ -247,6 +248,13 @@ impl<S: Service> Handle<S> {
     }
 
     /// What `commerce status` shows about this service.
+    /// How long the oldest unpublished outbox row has waited (from its event's time).
+    pub fn oldest_pending(&self) -> Option<std::time::Duration> {
+        let row = self.store.pending(1).ok()?.into_iter().next()?;
+        let envelope = Envelope::from_slice(row.message.payload.as_bytes()).ok()?;
+        (chrono::Utc::now() - envelope.time).to_std().ok()
+    }
+
     pub fn status(&self) -> ComponentStatus {
         use std::sync::atomic::Ordering::Relaxed;
         ComponentStatus {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use bus::{Delivery, Envelope, Verdict};
 use futures::StreamExt;
+use opentelemetry::context::FutureExt as _;
 use storage::{Commit, CommitOutcome, Flushed, NewEvent, StorageError, Store};
 
 use super::api::ReplayOutcome;
@@ -26,6 +27,7 @@ use super::{
     Service,
 };
 use crate::events::Inbound;
+use crate::telemetry::{metrics, trace};
 
 /// Aggregates kept in memory at most; past this the cache starts over (a reload is a snapshot
 /// plus a few events).
@@ -107,6 +109,8 @@ struct Step<E> {
     index: usize,
     verdict: Verdict,
     events: Vec<E>,
+    /// The span of this handling: the parent of the events it emits.
+    span: opentelemetry::Context,
 }
 
 /// What one aggregate's reactions in a batch came to.
@@ -304,10 +308,15 @@ impl<S: Service> Engine<S> {
         let ready = self.load(groups, &mut verdicts);
         let reacted = self.react(batch, ready).await;
         bus::failpoints::crash("engine.before_commit");
-        let writes = record(batch, reacted, &mut verdicts);
+        let writes = record::<S>(batch, reacted, &mut verdicts);
+        let committing = std::time::Instant::now();
         let durable = self.commit_and_flush(writes).await;
+        metrics::batch(S::name(), batch.len(), committing.elapsed().as_secs_f64());
         for (index, why) in durable.not_recorded {
             verdicts[index] = why.verdict();
+        }
+        for (envelope, verdict) in batch.iter().zip(&verdicts) {
+            metrics::handled(S::name(), &envelope.event_type, verdict);
         }
         Ok(Applied {
             verdicts,
@@ -336,6 +345,7 @@ impl<S: Service> Engine<S> {
                 self.counts
                     .duplicates_dropped
                     .fetch_add(1, Ordering::Relaxed);
+                metrics::duplicates(S::name(), 1);
                 continue; // already applied (or given up on): acknowledge again
             }
             let inbound = match Inbound::decode(envelope) {
@@ -446,6 +456,7 @@ impl<S: Service> Engine<S> {
         let events = after.state.handle(command)?;
         if !events.is_empty() {
             let commit = append_events(
+                S::name(),
                 Commit::new(),
                 aggregate_id,
                 version,
@@ -685,33 +696,38 @@ async fn react_in_order<S: Service>(
                 index,
                 verdict: Verdict::Retry(reason),
                 events: Vec::new(),
+                span: opentelemetry::Context::new(),
             });
             continue;
         }
-        let saga = &batch[index].subject;
-        let step = match reaction(service, &state, saga, &inbound).await {
+        let envelope = batch[index];
+        let span = trace::handling(S::name(), envelope);
+        let started = std::time::Instant::now();
+        let reacted = reaction(service, &state, &envelope.subject, &inbound)
+            .with_context(span.clone())
+            .await;
+        metrics::handle_latency(S::name(), started.elapsed().as_secs_f64());
+        let (verdict, events) = match reacted {
             Ok(events) => {
                 for event in &events {
                     state.apply(event);
                 }
-                Step {
-                    index,
-                    verdict: Verdict::Done,
-                    events,
-                }
+                (Verdict::Done, events)
             }
             Err(verdict) => {
                 if let Verdict::Retry(reason) = &verdict {
                     blocked = Some(reason.clone());
                 }
-                Step {
-                    index,
-                    verdict,
-                    events: Vec::new(),
-                }
+                (verdict, Vec::new())
             }
         };
-        steps.push(step);
+        trace::finish_handling(&span, &verdict);
+        steps.push(Step {
+            index,
+            verdict,
+            events,
+            span,
+        });
     }
     Reacted {
         aggregate_id,
@@ -722,14 +738,14 @@ async fn react_in_order<S: Service>(
 }
 
 /// Turn the reactions into commits, and give every step its verdict.
-fn record<A: Aggregate>(
+fn record<S: Service>(
     batch: &[&Envelope],
-    reacted: Vec<Reacted<A>>,
+    reacted: Vec<Reacted<S::State>>,
     verdicts: &mut [Verdict],
-) -> Writes<A> {
+) -> Writes<S::State> {
     let mut writes = Writes::default();
     for aggregate in reacted {
-        record_aggregate(batch, aggregate, verdicts, &mut writes);
+        record_aggregate::<S>(batch, aggregate, verdicts, &mut writes);
     }
     writes
 }
@@ -737,11 +753,11 @@ fn record<A: Aggregate>(
 /// One commit per step that is Done (with or without events), each on top of the one before.
 /// Events that cannot be encoded can never be applied: that step is rejected, and the
 /// aggregate's later steps, decided on state that will not land, wait for a retry.
-fn record_aggregate<A: Aggregate>(
+fn record_aggregate<S: Service>(
     batch: &[&Envelope],
-    reacted: Reacted<A>,
+    reacted: Reacted<S::State>,
     verdicts: &mut [Verdict],
-    writes: &mut Writes<A>,
+    writes: &mut Writes<S::State>,
 ) {
     let Reacted {
         aggregate_id,
@@ -760,6 +776,7 @@ fn record_aggregate<A: Aggregate>(
         index,
         verdict,
         events,
+        span,
     } in steps
     {
         if verdict != Verdict::Done {
@@ -773,7 +790,16 @@ fn record_aggregate<A: Aggregate>(
         }
         let cause = batch[index];
         let (commit, saga) = (Commit::caused_by(cause.id), &cause.subject);
-        match append_events(commit, &aggregate_id, version, &events, saga, Some(cause)) {
+        let cause = Some((cause, &span));
+        match append_events(
+            S::name(),
+            commit,
+            &aggregate_id,
+            version,
+            &events,
+            saga,
+            cause,
+        ) {
             Ok(commit) => {
                 version += events.len() as u64;
                 let slot = Slot {
@@ -792,13 +818,15 @@ fn record_aggregate<A: Aggregate>(
 
 /// Add `events` (as envelopes of saga `saga`) and their outbox rows to `commit`. Each event is
 /// serialized once: the log and the outbox hold the same JSON.
+/// `cause` is the event reacted to, and the span of that handling; none for a client's command.
 fn append_events<E: DomainEvent>(
+    service: &'static str,
     commit: Commit,
     aggregate_id: &str,
     version: u64,
     events: &[E],
     saga: &str,
-    cause: Option<&Envelope>,
+    cause: Option<(&Envelope, &opentelemetry::Context)>,
 ) -> Result<Commit, EngineError> {
     if events.is_empty() {
         // No events, but still the version check: a step decided on state that did not land
@@ -808,8 +836,9 @@ fn append_events<E: DomainEvent>(
     let mut new_events = Vec::with_capacity(events.len());
     let mut outbox = Vec::with_capacity(events.len());
     for (event, event_version) in events.iter().zip(version + 1..) {
-        let mut envelope = encode(event, saga, cause)?;
+        let mut envelope = encode(event, saga, cause.map(|(envelope, _)| envelope))?;
         envelope.aggregateversion = Some(event_version);
+        trace::emitted(service, &envelope, cause.map(|(_, span)| span));
         let json = envelope.to_json()?;
         outbox.push(envelope.to_outbox_message_from_json(json.clone())?);
         new_events.push(NewEvent {

@@ -19,6 +19,7 @@ use std::time::Duration;
 use bus::Verdict;
 
 use crate::resilience::{Guard, Guarded};
+use crate::telemetry::trace;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
@@ -79,7 +80,7 @@ impl Client {
     {
         let url = format!("{}{path}", self.base);
         let request = self.http.post(&url).json(body);
-        self.guarded(&url, request).await
+        self.guarded("POST", &url, request).await
     }
 
     pub async fn get<R: serde::de::DeserializeOwned>(
@@ -89,11 +90,24 @@ impl Client {
     ) -> Result<R, CallError> {
         let url = format!("{}{path}", self.base);
         let request = self.http.get(&url).query(query);
-        self.guarded(&url, request).await
+        self.guarded("GET", &url, request).await
     }
 
     /// Only "may succeed later" failures count against the dependency: a refusal is an answer.
+    /// Each call is a span, child of the handling it serves.
     async fn guarded<R: serde::de::DeserializeOwned>(
+        &self,
+        method: &'static str,
+        url: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<R, CallError> {
+        let span = trace::calling(self.guard.dependency(), method, url);
+        let answer = self.guarded_call(url, request).await;
+        trace::finish_call(&span, answer.as_ref().map(|_| ()));
+        answer
+    }
+
+    async fn guarded_call<R: serde::de::DeserializeOwned>(
         &self,
         url: &str,
         request: reqwest::RequestBuilder,

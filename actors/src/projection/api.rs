@@ -56,6 +56,21 @@ pub struct OpenSagas {
     pub stuck: u64,
     /// The oldest stuck ones (at most 20), oldest first.
     pub oldest: Vec<StuckSaga>,
+    /// Every order the read model knows, and how many are in each order status.
+    #[serde(default)]
+    pub total: u64,
+    #[serde(default)]
+    pub by_status: std::collections::BTreeMap<String, u64>,
+    /// The orders changed last (at most 20), newest first.
+    #[serde(default)]
+    pub recent: Vec<RecentOrder>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentOrder {
+    pub order_id: String,
+    pub status: String,
+    pub last_event: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -33,6 +33,7 @@ use crate::engine::host::consume::Sink;
 use crate::engine::host::{self, Host, RunningComponent};
 use crate::engine::EngineError;
 use crate::rpc::{Component, DomainError};
+use crate::telemetry::{metrics, trace};
 use crate::Settings;
 
 const COMPONENT: Component = Component::Projection;
@@ -244,11 +245,22 @@ impl Sink for ProjectionSink {
     fn name(&self) -> &'static str {
         COMPONENT.name()
     }
+    /// Each event is a span of the projection's (the batch's time: it is applied as one).
     async fn deliver(&self, batch: Vec<Delivery>) -> Result<Settled, EngineError> {
-        self.0
+        let spans: Vec<_> = batch
+            .iter()
+            .map(|d| trace::handling(COMPONENT.name(), &d.envelope))
+            .collect();
+        let settled = self
+            .0
             .send(Deliver(batch))
             .await
-            .map_err(|_| EngineError::Stopped(COMPONENT.name()))?
+            .map_err(|_| EngineError::Stopped(COMPONENT.name()))??;
+        for (span, (verdict, delivery)) in spans.iter().zip(&settled.verdicts) {
+            trace::finish_handling(span, verdict);
+            metrics::handled(COMPONENT.name(), &delivery.envelope.event_type, verdict);
+        }
+        Ok(settled)
     }
 }
 

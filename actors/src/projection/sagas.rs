@@ -1,46 +1,81 @@
 //! Sagas that have not ended, each with its newest event: one saga "stuck" is one still open
 //! past a bound after its last event. Kept in memory from the active generation's rows (one
 //! scan at start and after a rebuild's switch, then every batch), so asking costs nothing.
+//! Ended sagas are only counted, by outcome; the newest changes are kept for the dashboard.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 
-use super::api::{OpenSagas as Report, StuckSaga};
+use super::api::{OpenSagas as Report, RecentOrder, StuckSaga};
 use super::model::OrderReadModel;
+use crate::telemetry::metrics;
 
-/// How many of the oldest stuck sagas a report names.
+/// How many of the oldest stuck sagas a report names, and of the newest changed orders.
 const NAMED: usize = 20;
 
 #[derive(Default)]
-pub struct OpenSagas(Mutex<HashMap<String, StuckSaga>>);
+pub struct OpenSagas(Mutex<Sagas>);
+
+#[derive(Default)]
+struct Sagas {
+    open: HashMap<String, StuckSaga>,
+    /// Ended sagas by final order status.
+    ended: BTreeMap<String, u64>,
+    /// The orders changed last, newest first (one entry per order).
+    recent: VecDeque<RecentOrder>,
+}
 
 impl OpenSagas {
     /// Start over from every row of a generation.
     pub fn reload<'a>(&self, rows: impl IntoIterator<Item = &'a OrderReadModel>) {
-        let mut open = self.lock();
-        open.clear();
+        let mut sagas = self.lock();
+        *sagas = Sagas::default();
         for row in rows {
-            if let Some(saga) = open_saga(row) {
-                open.insert(row.order_id.clone(), saga);
+            match open_saga(row) {
+                Some(saga) => {
+                    sagas.open.insert(row.order_id.clone(), saga);
+                }
+                None => *sagas.ended.entry(status(row)).or_default() += 1,
             }
         }
     }
 
-    /// A row of the active generation changed.
+    /// A row of the active generation changed. A saga that ends here is counted (and measured,
+    /// from its order's date to its last event) once: a row that ended before never reopens.
     pub fn update(&self, row: &OrderReadModel) {
-        let mut open = self.lock();
+        let mut sagas = self.lock();
         match open_saga(row) {
-            Some(saga) => open.insert(row.order_id.clone(), saga),
-            None => open.remove(&row.order_id),
-        };
+            Some(saga) => {
+                sagas.open.insert(row.order_id.clone(), saga);
+            }
+            None => {
+                if sagas.open.remove(&row.order_id).is_some() {
+                    *sagas.ended.entry(status(row)).or_default() += 1;
+                    if let (Some(from), Some(to)) = (row.order_date, row.last_event()) {
+                        let seconds = (to - from).num_milliseconds().max(0) as f64 / 1000.0;
+                        metrics::saga_ended(&status(row), seconds);
+                    }
+                }
+            }
+        }
+        sagas.recent.retain(|r| r.order_id != row.order_id);
+        if let Some(last_event) = row.last_event() {
+            sagas.recent.push_front(RecentOrder {
+                order_id: row.order_id.clone(),
+                status: status(row),
+                last_event,
+            });
+            sagas.recent.truncate(NAMED);
+        }
     }
 
     /// The open sagas, and the ones whose last event is older than `stuck_after`, oldest first.
     pub fn report(&self, stuck_after: chrono::Duration, now: DateTime<Utc>) -> Report {
-        let open = self.lock();
-        let mut stuck: Vec<StuckSaga> = open
+        let sagas = self.lock();
+        let mut stuck: Vec<StuckSaga> = sagas
+            .open
             .values()
             .filter(|s| now - s.last_event > stuck_after)
             .cloned()
@@ -48,17 +83,28 @@ impl OpenSagas {
         stuck.sort_by_key(|s| s.last_event);
         let count = stuck.len() as u64;
         stuck.truncate(NAMED);
+        let mut by_status = sagas.ended.clone();
+        for saga in sagas.open.values() {
+            *by_status.entry(saga.order_status.clone()).or_default() += 1;
+        }
         Report {
-            open: open.len() as u64,
+            open: sagas.open.len() as u64,
             stuck_after_secs: stuck_after.num_seconds().max(0) as u64,
             stuck: count,
             oldest: stuck,
+            total: by_status.values().sum(),
+            by_status,
+            recent: sagas.recent.iter().cloned().collect(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, StuckSaga>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sagas> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+fn status(row: &OrderReadModel) -> String {
+    row.order_status.clone().unwrap_or_else(|| "UNKNOWN".into())
 }
 
 fn open_saga(row: &OrderReadModel) -> Option<StuckSaga> {
@@ -109,8 +155,16 @@ mod tests {
         assert_eq!(report.stuck, 2);
         let names: Vec<_> = report.oldest.iter().map(|s| s.order_id.as_str()).collect();
         assert_eq!(names, ["old", "unrefunded"]);
-        // It completes: no longer open.
+        assert_eq!(report.total, 5);
+        assert_eq!(report.by_status["CANCELLED"], 2, "{:?}", report.by_status);
+        // It completes: no longer open, counted once however often its row changes again.
         sagas.update(&row("old", Some("COMPLETED"), None, 1000));
-        assert_eq!(sagas.report(chrono::Duration::seconds(60), now).stuck, 1);
+        sagas.update(&row("old", Some("COMPLETED"), None, 1001));
+        let report = sagas.report(chrono::Duration::seconds(60), now);
+        assert_eq!(report.stuck, 1);
+        assert_eq!(report.by_status["COMPLETED"], 2);
+        assert_eq!(report.by_status.get("PENDING"), None);
+        assert_eq!(report.recent.len(), 1, "one entry per order");
+        assert_eq!(report.recent[0].order_id, "old");
     }
 }

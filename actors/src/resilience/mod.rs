@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::telemetry::metrics;
+
 pub use self::breaker::{Breaker, BreakerConfig, State, Transition};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,6 +126,7 @@ impl Guard {
         let Ok(Ok(_permit)) = tokio::time::timeout(self.max_wait, self.permits.acquire()).await
         else {
             self.refused.fetch_add(1, Ordering::Relaxed);
+            metrics::guard_refused(&self.dependency, "full");
             return Err(Guarded::Full {
                 dependency: self.dependency.clone(),
                 limit: self.limit,
@@ -136,6 +139,7 @@ impl Guard {
             Ok(permit) => permit,
             Err(refused) => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
+                metrics::guard_refused(&self.dependency, "open");
                 return Err(Guarded::Open {
                     dependency: self.dependency.clone(),
                     state: refused.state,
@@ -147,6 +151,16 @@ impl Guard {
         let started = Instant::now();
         let outcome = call().await;
         let failed = failed(&outcome);
+        let outcome_name = match (&outcome, failed) {
+            (Ok(_), _) => "ok",
+            (Err(_), true) => "failed",
+            (Err(_), false) => "refused",
+        };
+        metrics::external_call(
+            &self.dependency,
+            outcome_name,
+            started.elapsed().as_secs_f64(),
+        );
         let moved = self
             .lock()
             .record(permit, Instant::now(), started.elapsed(), failed);
@@ -179,6 +193,7 @@ impl Guard {
     fn publish(&self, moved: Option<Transition>) {
         if let Some(t) = moved {
             self.transitions.fetch_add(1, Ordering::Relaxed);
+            metrics::breaker_transition(&self.dependency, t.from.name(), t.to.name());
             tracing::warn!(dependency = %self.dependency, from = ?t.from, to = ?t.to,
                 reason = %t.reason, "circuit transition");
             let _ = self.ops.send(CircuitEvent {

@@ -29,6 +29,7 @@ pub(super) async fn system(
     settings.nats_url = None;
     settings.nats_port = 0;
     settings.http_addr = "127.0.0.1:0".into();
+    settings.admin_addr = "127.0.0.1:0".into();
     settings.simulators.payment_gateway_addr = "127.0.0.1:0".into();
     settings.simulators.carrier_addr = "127.0.0.1:0".into();
     let system = System::up(settings).await?;

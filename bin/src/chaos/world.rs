@@ -184,6 +184,7 @@ impl World {
             .env("COMMERCE_PAYMENT_GATEWAY_URL", &self.payment_gateway)
             .env("COMMERCE_CARRIER_URL", &self.carrier)
             .env("FAILPOINTS", failpoints.join(";"))
+            .env("COMMERCE_ADMIN_ADDR", "127.0.0.1:0")
             .env_remove("NATS_CREDS")
             .env_remove("NATS_URL")
             .stdin(Stdio::null())

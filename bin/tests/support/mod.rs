@@ -21,6 +21,7 @@ pub fn commerce() -> Command {
     cmd.env_remove("NATS_URL")
         .env("RUST_LOG", "warn")
         .env("COMMERCE_HTTP_ADDR", "127.0.0.1:0")
+        .env("COMMERCE_ADMIN_ADDR", "127.0.0.1:0")
         .env("COMMERCE_NATS_PORT", "0")
         .env("COMMERCE_SIMULATORS__PAYMENT_GATEWAY_ADDR", "127.0.0.1:0")
         .env("COMMERCE_SIMULATORS__CARRIER_ADDR", "127.0.0.1:0")

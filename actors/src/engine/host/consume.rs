@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use bus::{ConsumerSpec, Delivery, DurableConsumer, InHand};
+use bus::{ConsumerSpec, Delivery, DurableConsumer, InHand, Verdict};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::core::Settled;
@@ -71,6 +73,7 @@ pub async fn consume<K: Sink>(
                 {
                     Ok(settled) => {
                         bus::failpoints::crash("consume.after_commit");
+                        record_retries(&js, sink.name(), &settled.verdicts).await;
                         consumer.settle(settled.verdicts, settled.flushed).await
                     }
                     Err(e) => tracing::warn!(component = sink.name(), error = %e,
@@ -88,6 +91,60 @@ pub async fn consume<K: Sink>(
                     Err(e) => tracing::warn!(component = sink.name(), error = %e, "bind failed"),
                 }
             }
+        }
+    }
+}
+
+/// A handling put off (redelivered later): a breaker's refusal, a timeout, an outage. Recorded
+/// on [`retry_subject`] in the `OPS` stream, so `commerce order trace` shows what held an
+/// order up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryRecord {
+    pub service: String,
+    pub event_id: uuid::Uuid,
+    pub event_type: String,
+    pub order_id: String,
+    /// Which delivery this was (1: the first).
+    pub attempt: i64,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+/// `ops.retry.<service>.<order id>`: one service's put-off handlings of one order.
+pub fn retry_subject(service: &str, order_id: &str) -> String {
+    format!("ops.retry.{service}.{order_id}")
+}
+
+/// Record every Retry verdict of a batch. Best effort, not awaited to the broker's ack: the
+/// record informs people, the redelivery itself does not depend on it.
+async fn record_retries(
+    js: &async_nats::jetstream::Context,
+    service: &str,
+    verdicts: &[(Verdict, Delivery)],
+) {
+    for (verdict, delivery) in verdicts {
+        let Verdict::Retry(reason) = verdict else {
+            continue;
+        };
+        let envelope = &delivery.envelope;
+        let record = RetryRecord {
+            service: service.to_string(),
+            event_id: envelope.id,
+            event_type: envelope.event_type.clone(),
+            order_id: envelope.subject.clone(),
+            attempt: delivery.delivered,
+            reason: reason.clone(),
+            at: Utc::now(),
+        };
+        let Ok(body) = serde_json::to_vec(&record) else {
+            continue;
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        let id = format!("retry-{service}-{}-{}", envelope.id, delivery.delivered);
+        headers.insert("Nats-Msg-Id", id.as_str());
+        let subject = retry_subject(service, &envelope.subject);
+        if let Err(e) = js.publish_with_headers(subject, headers, body.into()).await {
+            tracing::debug!(service, error = %e, "retry record not published");
         }
     }
 }

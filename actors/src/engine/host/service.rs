@@ -22,6 +22,7 @@ use crate::engine::api::{
 use crate::engine::core::Engine;
 use crate::engine::{recovery, EngineError, Service};
 use crate::rpc::{DomainError, Server};
+use crate::telemetry::metrics;
 use crate::Settings;
 
 /// Start service `S` on a new Arbiter; returns once it consumes and answers requests.
@@ -82,10 +83,31 @@ async fn run<S: Service>(
     let mut server = host.server(&description).await?;
     serve_common(&mut server, &handle, DeadLetters::new(host.js.clone())).await?;
     S::endpoints(&mut server, handle.clone()).await?;
+    if metrics::on() {
+        host.spawn(sample(handle.clone(), host.shutdown.clone()));
+    }
     if let Some(work) = S::background(&host.settings, &ops, handle, host.shutdown.clone()) {
         host.spawn(work);
     }
     host.serve_until_shutdown(server, ready).await
+}
+
+/// This service's gauges (outbox, inbox, breakers, bulkheads), every few seconds, where metrics
+/// are served.
+async fn sample<S: Service>(handle: Handle<S>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(metrics::SAMPLE_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let status = handle.status();
+        let oldest = handle.oldest_pending().unwrap_or_default();
+        metrics::component(S::name(), status.outbox_depth, oldest, status.inbox);
+        for circuit in &status.circuits {
+            metrics::circuit(&circuit.dependency, circuit.state.name(), circuit.in_flight);
+        }
+    }
 }
 
 /// The endpoints every service answers. `slow` delays `get` and `part` answers: a knob for
