@@ -2,7 +2,7 @@
 //! `scripts/install-chromium`) opens the gateway's admin side during a run, and the page shows
 //! the live numbers (orders by status, each component's row, the dead-letter count) and one
 //! order's timeline across services, drawn from the Server-Sent Events and the order's history.
-//! The screenshot it takes is the README's (`target/dashboard.png`).
+//! The screenshot it takes (`<target dir>/tmp/dashboard.png`) is the README's.
 
 mod support;
 
@@ -153,7 +153,7 @@ async fn the_dashboard_shows_the_live_numbers_and_an_orders_timeline_in_a_browse
         );
         let lanes: Value = serde_json::from_str(lanes.as_str().unwrap_or("[]")).unwrap();
         let dlq = eval(&tab, &text_of("#dlq-count"));
-        let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard.png");
+        let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
         let png = tab
             .capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
             .expect("screenshot");
