@@ -107,12 +107,7 @@ fn number(v: &Value) -> f64 {
 async fn the_dashboard_shows_the_live_numbers_and_an_orders_timeline_in_a_browser() {
     let data = tempfile::tempdir().unwrap();
     let (mut up, _nats, api) = support::up(data.path());
-    let endpoints = std::fs::read_to_string(data.path().join("endpoints.json")).unwrap();
-    let endpoints: Value = serde_json::from_str(&endpoints).unwrap();
-    let admin = endpoints["admin"]
-        .as_str()
-        .expect("admin address")
-        .to_string();
+    let admin = support::admin_url(data.path());
 
     let refunded = api
         .place_ok(&order("carol", "SKU-VINYL", 1, CARD, ADDRESS))

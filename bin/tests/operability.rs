@@ -85,12 +85,7 @@ async fn scrape(admin: &str) -> HashMap<String, f64> {
 async fn metrics_move_during_a_saga_run_in_valid_prometheus_text() {
     let data = tempfile::tempdir().unwrap();
     let (mut up, _nats, api) = support::up(data.path());
-    let endpoints = std::fs::read_to_string(data.path().join("endpoints.json")).unwrap();
-    let endpoints: Value = serde_json::from_str(&endpoints).unwrap();
-    let admin = endpoints["admin"]
-        .as_str()
-        .expect("the admin address")
-        .to_string();
+    let admin = support::admin_url(data.path());
 
     let first = api
         .place_ok(&order("ann", "SKU-MUG", 1, CARD, ADDRESS))

@@ -105,14 +105,7 @@ pub fn handling(service: &'static str, envelope: &Envelope) -> Context {
     let span = tracer
         .span_builder(format!("{} process", envelope.event_type))
         .with_kind(SpanKind::Consumer)
-        .with_attributes([
-            KeyValue::new("messaging.system", "nats"),
-            KeyValue::new("messaging.operation.type", "process"),
-            KeyValue::new("messaging.message.id", envelope.id.to_string()),
-            KeyValue::new("commerce.service", service),
-            KeyValue::new("commerce.event_type", envelope.event_type.clone()),
-            KeyValue::new("commerce.order_id", envelope.correlationid.clone()),
-        ])
+        .with_attributes(event_attributes("process", service, envelope))
         .start_with_context(&tracer, &parent);
     parent.with_span(span)
 }
@@ -154,17 +147,26 @@ pub fn emitted(service: &'static str, envelope: &Envelope, handling: Option<&Con
         tracer
             .span_builder(format!("{} publish", envelope.event_type))
             .with_kind(SpanKind::Producer)
-            .with_attributes([
-                KeyValue::new("messaging.system", "nats"),
-                KeyValue::new("messaging.operation.type", "publish"),
-                KeyValue::new("messaging.message.id", envelope.id.to_string()),
-                KeyValue::new("commerce.service", service),
-                KeyValue::new("commerce.event_type", envelope.event_type.clone()),
-                KeyValue::new("commerce.order_id", envelope.correlationid.clone()),
-            ])
+            .with_attributes(event_attributes("publish", service, envelope))
             .start_with_context(&tracer, &parent)
     });
     span.end();
+}
+
+/// What every event span says: the messaging operation, the event, its service and its order.
+fn event_attributes(
+    operation: &'static str,
+    service: &'static str,
+    envelope: &Envelope,
+) -> [KeyValue; 6] {
+    [
+        KeyValue::new("messaging.system", "nats"),
+        KeyValue::new("messaging.operation.type", operation),
+        KeyValue::new("messaging.message.id", envelope.id.to_string()),
+        KeyValue::new("commerce.service", service),
+        KeyValue::new("commerce.event_type", envelope.event_type.clone()),
+        KeyValue::new("commerce.order_id", envelope.correlationid.clone()),
+    ]
 }
 
 /// The span of one call to an external system, child of the handling it serves (the current

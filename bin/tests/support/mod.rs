@@ -145,6 +145,17 @@ pub fn started(up: Proc, data: &std::path::Path) -> (Proc, String, Api) {
     (up, nats, api)
 }
 
+/// The admin side (`/metrics`, `/dashboard`) of the `commerce up` running on `data`, from the
+/// endpoints file it writes.
+pub fn admin_url(data: &std::path::Path) -> String {
+    let endpoints = std::fs::read_to_string(data.join("endpoints.json")).expect("endpoints.json");
+    let endpoints: Value = serde_json::from_str(&endpoints).expect("endpoints.json is JSON");
+    endpoints["admin"]
+        .as_str()
+        .expect("the admin address")
+        .to_string()
+}
+
 /// The HTTP gateway and the simulators' ledgers. Orders are placed with their customer's
 /// token, everything else is asked with an operator's (minted with the data dir's key).
 #[derive(Clone)]
