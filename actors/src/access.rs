@@ -9,8 +9,7 @@
 //!   endpoints. Deleting a dead letter is the operator's.
 //! - The projection reads every domain stream and publishes no event (only its dead letters
 //!   and put-off handlings).
-//! - The HTTP gateway may only call the endpoints it uses; its admin side (the dashboard) reads
-//!   stream and consumer info and messages, and changes nothing.
+//! - The HTTP gateway may only call the endpoints it uses.
 //! - The operator (`commerce up` itself and the CLI) may do anything.
 //!
 //! Everyone's replies come to their own inbox (`_INBOX_<name>.>`), which nobody else may read.
@@ -30,7 +29,6 @@ use crate::contract::{
     Cancel, Get, InventoryService, OrderService, Part, PaymentService, Place, ReadOrder,
     RecommendationService, Service, ShipmentService, Status, StoreService,
 };
-use crate::projection::api::Sagas;
 use crate::rpc::{endpoint_subject, Component, Endpoint};
 use crate::Settings;
 
@@ -183,7 +181,6 @@ pub fn permissions(user: BusUser) -> Permissions {
         Component::Gateway => {
             p.publish = gateway_calls();
             p.publish.push("ops.circuit.>".into());
-            observes(&mut p);
         }
         Component::Projection => {
             answers(&mut p);
@@ -252,20 +249,6 @@ fn replays(p: &mut Permissions, stream: &str) {
 /// letter it is asked to re-handle). Reading, not deleting: the operator deletes.
 fn reads_one(p: &mut Permissions, stream: &str) {
     p.publish.push(format!("$JS.API.STREAM.MSG.GET.{stream}"));
-}
-
-/// The dashboard on the gateway's admin side reads every stream's info, its consumers, and
-/// messages by subject (one order's events, dead letters, retry records): reading only.
-fn observes(p: &mut Permissions) {
-    for (stream, _, _) in bus::streams::stream_specs() {
-        p.publish.extend([
-            format!("$JS.API.STREAM.INFO.{stream}"),
-            format!("$JS.API.CONSUMER.LIST.{stream}"),
-            format!("$JS.API.STREAM.MSG.GET.{stream}"),
-        ]);
-    }
-    p.publish
-        .push(endpoint_subject(Component::Projection, Sagas::NAME));
 }
 
 /// The endpoints the HTTP gateway calls, and nothing else.

@@ -198,11 +198,13 @@ impl System {
                     async_nats::jetstream::new(client.clone()),
                     transitions,
                 ));
-                // The gateway's admin side: this process's metrics and the dashboard.
+                // The gateway's admin side: this process's metrics, and the dashboard where this
+                // process holds the operator's connection (it reads DLQ and every stream, which
+                // the internet-facing gateway's identity may not).
                 crate::telemetry::metrics::install().map_err(std::io::Error::other)?;
                 self.admin = Some(crate::admin::start(
                     &settings.admin_addr,
-                    Some(client.clone()),
+                    self.runtime.operator.clone(),
                 )?);
                 self.http = Some(gateway::start(
                     &settings.http_addr,

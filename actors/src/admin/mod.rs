@@ -5,7 +5,7 @@
 //! - `GET /dashboard`: a live page (plain HTML and JS, [`dashboard.html`]) fed by
 //!   `GET /dashboard/events` (Server-Sent Events: the current [`Snapshot`] at once, then one per
 //!   second) and `GET /dashboard/orders/{id}` (one order's [`OrderHistory`]). Only where an
-//!   observer is given: the gateway's admin side.
+//!   observer is given: the operator's connection (`commerce up`), which may read every stream.
 //!
 //! One gatherer per listener reads the system every second, whatever the number of pages open.
 
@@ -31,8 +31,8 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 /// How often the dashboard's numbers are gathered.
 const GATHER_EVERY: Duration = Duration::from_secs(1);
 
-/// What the dashboard reads the system with: a connection allowed to read stream and consumer
-/// info, dead letters and the components' status.
+/// What the dashboard reads the system with: the operator's connection (stream and consumer
+/// info, dead letters, the components' status).
 #[derive(Clone)]
 struct Observer {
     js: async_nats::jetstream::Context,
