@@ -16,6 +16,7 @@
 //! - [`engine`]: what every service shares: event-sourced aggregates, the engine's batch phases
 //!   (one commit, one flush), the service actor, the endpoints every service answers, and the
 //!   host (start-up, consumers, relay, micro service, retention).
+//! - [`recent`]: what one-aggregate services keep of closed orders (bounded, not the history).
 //! - [`order`], [`payment`], [`inventory`], [`store`], [`shipment`], [`recommendation`]: the
 //!   services, each with its `aggregate` (decide and apply) and its `Service`.
 //! - [`projection`]: the CQRS read model (`order_read_model`), rebuilt by replay on demand.
@@ -44,6 +45,7 @@ pub mod inventory;
 pub mod order;
 pub mod payment;
 pub mod projection;
+pub mod recent;
 pub mod recommendation;
 pub mod resilience;
 pub mod rpc;

@@ -1,4 +1,5 @@
 use bus::Domain;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Line;
@@ -26,7 +27,16 @@ pub enum InventoryEvent {
         reason: String,
     },
     /// The order was cancelled before anything was reserved: a later approval reserves nothing.
-    InventoryCancellationNoted { order_id: String },
+    InventoryCancellationNoted {
+        order_id: String,
+        /// When: the note is forgotten after `recent::FORGET_AFTER` (absent in old events).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        noted_at: Option<DateTime<Utc>>,
+    },
+    /// Nothing more to do for the order: it shipped (its reserved units left with it), it was
+    /// cancelled after a shortage, or its payment was approved after the cancellation was noted.
+    /// The warehouse stops tracking it.
+    InventoryOrderClosed { order_id: String },
 }
 
 impl DomainEvent for InventoryEvent {

@@ -1,4 +1,5 @@
 use bus::Domain;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Line;
@@ -24,7 +25,16 @@ pub enum StoreEvent {
         reason: String,
     },
     /// The order was cancelled before any store reserved for it.
-    StoreCancellationNoted { order_id: String },
+    StoreCancellationNoted {
+        order_id: String,
+        /// When: the note is forgotten after `recent::FORGET_AFTER` (absent in old events).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        noted_at: Option<DateTime<Utc>>,
+    },
+    /// Nothing more to do for the order: it shipped from the store, it was cancelled after no
+    /// store had it, or the warehouse's shortage came after the cancellation was noted. The
+    /// stores stop tracking it.
+    StoreOrderClosed { order_id: String },
 }
 
 impl DomainEvent for StoreEvent {

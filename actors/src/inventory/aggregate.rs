@@ -1,6 +1,8 @@
-//! The warehouse: ONE aggregate holding every SKU's available units and every order's
+//! The warehouse: ONE aggregate holding every SKU's available units and every open order's
 //! reservation. One aggregate is the consistency boundary that makes overselling impossible:
 //! every reservation is decided on the latest stock, in order, and committed with a version check.
+//! It tracks an order only while it may still act on it (see [`crate::recent`]), so its state is
+//! the SKUs plus the open orders, whatever the history.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -12,11 +14,15 @@ use crate::catalog::{Line, PRODUCTS};
 use crate::engine::{Aggregate, Plan};
 use crate::events::InventoryEvent;
 use crate::events::{Inbound, OrderEvent, PaymentEvent};
+use crate::recent::{Notes, Recent};
 use crate::rpc::DomainError;
 
 /// The aggregate id of the warehouse.
 pub const WAREHOUSE: &str = "warehouse";
 
+/// The warehouse's part in an order. Open while the order may still need it: `Reserved` until
+/// the order ships or is cancelled (released), `Short` until it ships from a store or is
+/// cancelled, `Cancelled` until its payment's approval arrives (or it is forgotten).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reservation {
     Reserved(Vec<Line>),
@@ -31,7 +37,15 @@ pub enum Reservation {
 pub struct Warehouse {
     /// Available units per SKU (reserved units are not available).
     pub available: BTreeMap<String, i64>,
-    pub orders: HashMap<String, Reservation>,
+    /// The orders the warehouse may still act on.
+    #[serde(alias = "orders")]
+    pub open: HashMap<String, Reservation>,
+    /// The newest closed orders, for `part` only.
+    #[serde(default)]
+    pub closed: Recent<Reservation>,
+    /// The open `Cancelled` orders, by when they were noted.
+    #[serde(default)]
+    pub notes: Notes,
 }
 
 impl Default for Warehouse {
@@ -42,7 +56,9 @@ impl Default for Warehouse {
                 .iter()
                 .map(|p| (p.sku.to_string(), i64::from(p.warehouse)))
                 .collect(),
-            orders: HashMap::new(),
+            open: HashMap::new(),
+            closed: Recent::default(),
+            notes: Notes::default(),
         }
     }
 }
@@ -62,11 +78,11 @@ impl Aggregate for Warehouse {
                     *self.available.entry(line.sku.clone()).or_default() -=
                         i64::from(line.quantity);
                 }
-                self.orders
+                self.open
                     .insert(order_id.clone(), Reservation::Reserved(lines.clone()));
             }
             InventoryEvent::InventoryShortage { order_id, .. } => {
-                self.orders.insert(order_id.clone(), Reservation::Short);
+                self.open.insert(order_id.clone(), Reservation::Short);
             }
             InventoryEvent::InventoryReleased {
                 order_id, lines, ..
@@ -75,10 +91,23 @@ impl Aggregate for Warehouse {
                     *self.available.entry(line.sku.clone()).or_default() +=
                         i64::from(line.quantity);
                 }
-                self.orders.insert(order_id.clone(), Reservation::Released);
+                self.open.remove(order_id);
+                self.closed.push(order_id.clone(), Reservation::Released);
             }
-            InventoryEvent::InventoryCancellationNoted { order_id } => {
-                self.orders.insert(order_id.clone(), Reservation::Cancelled);
+            InventoryEvent::InventoryCancellationNoted { order_id, noted_at } => {
+                self.open.insert(order_id.clone(), Reservation::Cancelled);
+                if let Some(at) = noted_at {
+                    for forgotten in self.notes.note(order_id.clone(), *at) {
+                        if self.open.get(&forgotten) == Some(&Reservation::Cancelled) {
+                            self.open.remove(&forgotten);
+                        }
+                    }
+                }
+            }
+            InventoryEvent::InventoryOrderClosed { order_id } => {
+                if let Some(last) = self.open.remove(order_id) {
+                    self.closed.push(order_id.clone(), last);
+                }
             }
         }
     }
@@ -91,37 +120,25 @@ impl Aggregate for Warehouse {
         &self,
         order_id: &str,
         event: &Inbound,
-        _now: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> Plan<InventoryEvent, Infallible> {
-        let current = self.orders.get(order_id);
+        let current = self.open.get(order_id);
+        let closed = || {
+            vec![InventoryEvent::InventoryOrderClosed {
+                order_id: order_id.to_string(),
+            }]
+        };
         Plan::Emit(match event {
             Inbound::Payment(PaymentEvent::PaymentApproved {
                 lines,
                 shipping_address,
                 ..
-            }) if current.is_none() => {
-                let missing: Vec<String> = lines
-                    .iter()
-                    .filter(|l| {
-                        self.available.get(&l.sku).copied().unwrap_or(0) < i64::from(l.quantity)
-                    })
-                    .map(|l| l.sku.clone())
-                    .collect();
-                if missing.is_empty() {
-                    vec![InventoryEvent::InventoryReserved {
-                        order_id: order_id.to_string(),
-                        lines: lines.clone(),
-                        shipping_address: shipping_address.clone(),
-                    }]
-                } else {
-                    vec![InventoryEvent::InventoryShortage {
-                        order_id: order_id.to_string(),
-                        lines: lines.clone(),
-                        shipping_address: shipping_address.clone(),
-                        missing,
-                    }]
-                }
-            }
+            }) => match current {
+                None => vec![self.reserve(order_id, lines, shipping_address)],
+                // The cancellation came first: nothing to reserve, and nothing left to wait for.
+                Some(Reservation::Cancelled) => closed(),
+                Some(_) => Vec::new(),
+            },
             Inbound::Order(OrderEvent::OrderCancelled { .. })
                 if bus::failpoints::broken("broken.skip_compensation") =>
             {
@@ -133,10 +150,16 @@ impl Aggregate for Warehouse {
                     lines: lines.clone(),
                     reason: reason.clone(),
                 }],
+                Some(Reservation::Short) => closed(),
                 None => vec![InventoryEvent::InventoryCancellationNoted {
                     order_id: order_id.to_string(),
+                    noted_at: Some(now),
                 }],
                 Some(_) => Vec::new(),
+            },
+            Inbound::Order(OrderEvent::OrderShipped {}) => match current {
+                Some(Reservation::Reserved(_) | Reservation::Short) => closed(),
+                _ => Vec::new(),
             },
             _ => Vec::new(),
         })
@@ -144,5 +167,37 @@ impl Aggregate for Warehouse {
 
     fn outcome(&self, call: Infallible, _: Infallible, _: DateTime<Utc>) -> Vec<InventoryEvent> {
         match call {}
+    }
+}
+
+impl Warehouse {
+    /// Reserve every line, or report what is short.
+    fn reserve(&self, order_id: &str, lines: &[Line], shipping_address: &str) -> InventoryEvent {
+        let missing: Vec<String> = lines
+            .iter()
+            .filter(|l| self.available.get(&l.sku).copied().unwrap_or(0) < i64::from(l.quantity))
+            .map(|l| l.sku.clone())
+            .collect();
+        if missing.is_empty() {
+            InventoryEvent::InventoryReserved {
+                order_id: order_id.to_string(),
+                lines: lines.to_vec(),
+                shipping_address: shipping_address.to_string(),
+            }
+        } else {
+            InventoryEvent::InventoryShortage {
+                order_id: order_id.to_string(),
+                lines: lines.to_vec(),
+                shipping_address: shipping_address.to_string(),
+                missing,
+            }
+        }
+    }
+
+    /// What the warehouse did for an order: open, or among the newest closed.
+    pub fn reservation(&self, order_id: &str) -> Option<&Reservation> {
+        self.open
+            .get(order_id)
+            .or_else(|| self.closed.get(order_id))
     }
 }

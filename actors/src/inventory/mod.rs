@@ -31,7 +31,7 @@ impl Service for InventoryService {
     type State = Warehouse;
     const LISTENS: &'static [(Domain, &'static [&'static str])] = &[
         (Domain::Payments, &["PaymentApproved"]),
-        (Domain::Orders, &["OrderCancelled"]),
+        (Domain::Orders, &["OrderCancelled", "OrderShipped"]),
     ];
     const PLACEMENT: Placement = Placement::One(WAREHOUSE);
     type View = WarehouseStock;
@@ -53,7 +53,7 @@ impl Service for InventoryService {
     }
 
     fn part(order_id: &str, _version: u64, state: &Warehouse) -> Option<InventoryPart> {
-        state.orders.get(order_id).map(|r| InventoryPart {
+        state.reservation(order_id).map(|r| InventoryPart {
             reservation: r.clone(),
         })
     }

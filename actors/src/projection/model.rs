@@ -172,7 +172,8 @@ impl OrderReadModel {
                 InventoryEvent::InventoryReserved { .. } => self.inventory_available = Some(true),
                 InventoryEvent::InventoryShortage { .. } => self.inventory_available = Some(false),
                 InventoryEvent::InventoryReleased { .. }
-                | InventoryEvent::InventoryCancellationNoted { .. } => {}
+                | InventoryEvent::InventoryCancellationNoted { .. }
+                | InventoryEvent::InventoryOrderClosed { .. } => {}
             },
             Inbound::Store(e) => match e {
                 StoreEvent::StoreStockReserved { .. } => self.store_stock_available = Some(true),
@@ -180,7 +181,8 @@ impl OrderReadModel {
                     self.store_stock_available = Some(false)
                 }
                 StoreEvent::StoreStockReleased { .. }
-                | StoreEvent::StoreCancellationNoted { .. } => {}
+                | StoreEvent::StoreCancellationNoted { .. }
+                | StoreEvent::StoreOrderClosed { .. } => {}
             },
             Inbound::Shipment(e) => match e {
                 ShipmentEvent::ShipmentBookingRequested { .. } => {

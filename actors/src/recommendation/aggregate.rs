@@ -1,4 +1,5 @@
-//! Co-purchase counts over confirmed orders: ONE aggregate.
+//! Co-purchase counts over confirmed orders: ONE aggregate, as big as the catalog (SKU pairs)
+//! plus the newest orders' recommendations, whatever the history.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{Aggregate, Plan};
 use crate::events::RecommendationEvent;
 use crate::events::{Inbound, OrderEvent};
+use crate::recent::Recent;
 use crate::rpc::DomainError;
 
 pub const CO_PURCHASES: &str = "co-purchases";
@@ -19,8 +21,9 @@ pub const TOP: usize = 3;
 pub struct CoPurchases {
     /// sku → sku bought with it → how many confirmed orders had both.
     pub counts: BTreeMap<String, BTreeMap<String, u64>>,
-    /// What was recommended with each confirmed order.
-    pub by_order: BTreeMap<String, Vec<String>>,
+    /// What was recommended with the newest confirmed orders (for `part` only).
+    #[serde(default)]
+    pub recent: Recent<Vec<String>>,
 }
 
 impl Aggregate for CoPurchases {
@@ -35,7 +38,7 @@ impl Aggregate for CoPurchases {
             skus,
             recommended,
         } = event;
-        self.by_order.insert(order_id.clone(), recommended.clone());
+        self.recent.push(order_id.clone(), recommended.clone());
         for a in skus {
             for b in skus {
                 if a != b {

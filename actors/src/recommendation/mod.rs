@@ -42,12 +42,9 @@ impl Service for RecommendationService {
     }
 
     fn part(order_id: &str, _version: u64, state: &CoPurchases) -> Option<RecommendationPart> {
-        state
-            .by_order
-            .get(order_id)
-            .map(|items| RecommendationPart {
-                recommended_items: items.clone(),
-            })
+        state.recent.get(order_id).map(|items| RecommendationPart {
+            recommended_items: items.clone(),
+        })
     }
 }
 

@@ -1,4 +1,5 @@
 //! The offline stores' stock: ONE aggregate (like the warehouse) so no unit is promised twice.
+//! Like the warehouse, it tracks an order only while it may still act on it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -10,11 +11,15 @@ use crate::catalog::{Line, PRODUCTS, STORES};
 use crate::engine::{Aggregate, Plan};
 use crate::events::StoreEvent;
 use crate::events::{Inbound, InventoryEvent, OrderEvent};
+use crate::recent::{Notes, Recent};
 use crate::rpc::DomainError;
 
 /// The aggregate id of all stores' stock.
 pub const STORES_ID: &str = "stores";
 
+/// The stores' part in an order. Open while the order may still need it: `Reserved` until the
+/// order ships or is cancelled (released), `Unavailable` until it is cancelled, `Cancelled` until
+/// the warehouse's shortage arrives (or it is forgotten).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreReservation {
     Reserved { store_id: String, lines: Vec<Line> },
@@ -27,7 +32,15 @@ pub enum StoreReservation {
 pub struct Stores {
     /// store id → SKU → available units.
     pub available: BTreeMap<String, BTreeMap<String, i64>>,
-    pub orders: HashMap<String, StoreReservation>,
+    /// The orders the stores may still act on.
+    #[serde(alias = "orders")]
+    pub open: HashMap<String, StoreReservation>,
+    /// The newest closed orders, for `part` only.
+    #[serde(default)]
+    pub closed: Recent<StoreReservation>,
+    /// The open `Cancelled` orders, by when they were noted.
+    #[serde(default)]
+    pub notes: Notes,
 }
 
 impl Default for Stores {
@@ -47,7 +60,9 @@ impl Default for Stores {
         }
         Stores {
             available,
-            orders: HashMap::new(),
+            open: HashMap::new(),
+            closed: Recent::default(),
+            notes: Notes::default(),
         }
     }
 }
@@ -67,7 +82,7 @@ impl Aggregate for Stores {
                 ..
             } => {
                 self.adjust(store_id, lines, -1);
-                self.orders.insert(
+                self.open.insert(
                     order_id.clone(),
                     StoreReservation::Reserved {
                         store_id: store_id.clone(),
@@ -76,7 +91,7 @@ impl Aggregate for Stores {
                 );
             }
             StoreEvent::StoreStockUnavailable { order_id, .. } => {
-                self.orders
+                self.open
                     .insert(order_id.clone(), StoreReservation::Unavailable);
             }
             StoreEvent::StoreStockReleased {
@@ -86,12 +101,25 @@ impl Aggregate for Stores {
                 ..
             } => {
                 self.adjust(store_id, lines, 1);
-                self.orders
-                    .insert(order_id.clone(), StoreReservation::Released);
+                self.open.remove(order_id);
+                self.closed
+                    .push(order_id.clone(), StoreReservation::Released);
             }
-            StoreEvent::StoreCancellationNoted { order_id } => {
-                self.orders
+            StoreEvent::StoreCancellationNoted { order_id, noted_at } => {
+                self.open
                     .insert(order_id.clone(), StoreReservation::Cancelled);
+                if let Some(at) = noted_at {
+                    for forgotten in self.notes.note(order_id.clone(), *at) {
+                        if self.open.get(&forgotten) == Some(&StoreReservation::Cancelled) {
+                            self.open.remove(&forgotten);
+                        }
+                    }
+                }
+            }
+            StoreEvent::StoreOrderClosed { order_id } => {
+                if let Some(last) = self.open.remove(order_id) {
+                    self.closed.push(order_id.clone(), last);
+                }
             }
         }
     }
@@ -104,42 +132,55 @@ impl Aggregate for Stores {
         &self,
         order_id: &str,
         event: &Inbound,
-        _now: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> Plan<StoreEvent, Infallible> {
-        let current = self.orders.get(order_id);
-        let release = |reason: String| match current {
-            Some(StoreReservation::Reserved { store_id, lines }) => {
-                vec![StoreEvent::StoreStockReleased {
-                    order_id: order_id.to_string(),
-                    store_id: store_id.clone(),
-                    lines: lines.clone(),
-                    reason,
-                }]
-            }
-            _ => Vec::new(),
+        let current = self.open.get(order_id);
+        let closed = || {
+            vec![StoreEvent::StoreOrderClosed {
+                order_id: order_id.to_string(),
+            }]
         };
         Plan::Emit(match event {
             Inbound::Inventory(InventoryEvent::InventoryShortage {
                 lines,
                 shipping_address,
                 ..
-            }) if current.is_none() => match self.store_for(lines) {
-                Some(store_id) => vec![StoreEvent::StoreStockReserved {
-                    order_id: order_id.to_string(),
-                    store_id: store_id.to_string(),
-                    lines: lines.clone(),
-                    shipping_address: shipping_address.clone(),
-                }],
-                None => vec![StoreEvent::StoreStockUnavailable {
-                    order_id: order_id.to_string(),
-                    lines: lines.clone(),
-                }],
+            }) => match current {
+                None => match self.store_for(lines) {
+                    Some(store_id) => vec![StoreEvent::StoreStockReserved {
+                        order_id: order_id.to_string(),
+                        store_id: store_id.to_string(),
+                        lines: lines.clone(),
+                        shipping_address: shipping_address.clone(),
+                    }],
+                    None => vec![StoreEvent::StoreStockUnavailable {
+                        order_id: order_id.to_string(),
+                        lines: lines.clone(),
+                    }],
+                },
+                // The cancellation came first: nothing to reserve, and nothing left to wait for.
+                Some(StoreReservation::Cancelled) => closed(),
+                Some(_) => Vec::new(),
             },
             Inbound::Order(OrderEvent::OrderCancelled { reason }) => match current {
+                Some(StoreReservation::Reserved { store_id, lines }) => {
+                    vec![StoreEvent::StoreStockReleased {
+                        order_id: order_id.to_string(),
+                        store_id: store_id.clone(),
+                        lines: lines.clone(),
+                        reason: reason.clone(),
+                    }]
+                }
+                Some(StoreReservation::Unavailable) => closed(),
                 None => vec![StoreEvent::StoreCancellationNoted {
                     order_id: order_id.to_string(),
+                    noted_at: Some(now),
                 }],
-                Some(_) => release(reason.clone()),
+                Some(_) => Vec::new(),
+            },
+            Inbound::Order(OrderEvent::OrderShipped {}) => match current {
+                Some(StoreReservation::Reserved { .. }) => closed(),
+                _ => Vec::new(),
             },
             _ => Vec::new(),
         })
@@ -151,6 +192,13 @@ impl Aggregate for Stores {
 }
 
 impl Stores {
+    /// What the stores did for an order: open, or among the newest closed.
+    pub fn reservation(&self, order_id: &str) -> Option<&StoreReservation> {
+        self.open
+            .get(order_id)
+            .or_else(|| self.closed.get(order_id))
+    }
+
     fn adjust(&mut self, store_id: &str, lines: &[Line], sign: i64) {
         let stock = self.available.entry(store_id.to_string()).or_default();
         for line in lines {

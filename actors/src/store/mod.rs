@@ -31,7 +31,7 @@ impl Service for StoreService {
     type State = Stores;
     const LISTENS: &'static [(Domain, &'static [&'static str])] = &[
         (Domain::Inventory, &["InventoryShortage"]),
-        (Domain::Orders, &["OrderCancelled"]),
+        (Domain::Orders, &["OrderCancelled", "OrderShipped"]),
     ];
     const PLACEMENT: Placement = Placement::One(STORES_ID);
     type View = StoreStock;
@@ -53,7 +53,7 @@ impl Service for StoreService {
     }
 
     fn part(order_id: &str, _version: u64, state: &Stores) -> Option<StorePart> {
-        state.orders.get(order_id).map(|r| StorePart {
+        state.reservation(order_id).map(|r| StorePart {
             reservation: r.clone(),
         })
     }

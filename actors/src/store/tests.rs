@@ -46,7 +46,16 @@ fn given_no_store_with_everything_when_shortage_then_unavailable() {
         events.as_slice(),
         [StoreEvent::StoreStockUnavailable { .. }]
     ));
-    assert_eq!(s.orders["o1"], StoreReservation::Unavailable);
+    assert_eq!(s.open["o1"], StoreReservation::Unavailable);
+    let cancelled = Inbound::Order(OrderEvent::OrderCancelled {
+        reason: "no stock".into(),
+    });
+    assert!(matches!(
+        step(&mut s, &cancelled).as_slice(),
+        [StoreEvent::StoreOrderClosed { .. }]
+    ));
+    assert!(s.open.is_empty(), "nothing left to do for it");
+    assert_eq!(s.reservation("o1"), Some(&StoreReservation::Unavailable));
     let events = Stores::default()
         .when_event("o1", &shortage(&[("SKU-VINYL", 1)]))
         .events();
@@ -90,5 +99,28 @@ fn given_cancelled_first_when_shortage_arrives_late_then_nothing_is_reserved() {
         step(&mut s, &cancelled).as_slice(),
         [StoreEvent::StoreCancellationNoted { .. }]
     ));
-    assert!(step(&mut s, &shortage(&[("SKU-POSTER", 1)])).is_empty());
+    let before = s.available.clone();
+    assert!(matches!(
+        step(&mut s, &shortage(&[("SKU-POSTER", 1)])).as_slice(),
+        [StoreEvent::StoreOrderClosed { .. }]
+    ));
+    assert_eq!(s.available, before, "nothing reserved");
+    assert!(s.open.is_empty(), "nothing left to wait for");
+}
+
+#[test]
+fn given_reserved_when_shipped_then_no_longer_held_and_units_stay_gone() {
+    let mut s = Stores::default();
+    let before = s.available["store-busan"]["SKU-POSTER"];
+    step(&mut s, &shortage(&[("SKU-POSTER", 1)]));
+    assert!(matches!(
+        step(&mut s, &Inbound::Order(OrderEvent::OrderShipped {})).as_slice(),
+        [StoreEvent::StoreOrderClosed { .. }]
+    ));
+    assert!(s.open.is_empty());
+    assert_eq!(s.available["store-busan"]["SKU-POSTER"], before - 1);
+    assert!(matches!(
+        s.reservation("o1"),
+        Some(StoreReservation::Reserved { .. })
+    ));
 }
