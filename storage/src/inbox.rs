@@ -11,6 +11,7 @@
 //! ("applied", what [`crate::Commit::caused_by`] deduplicates on) untouched, and inbox rows
 //! written before dead-letter marks existed read as they always did.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -20,6 +21,18 @@ use crate::{now_millis, StorageError, Store};
 
 /// The tree of dead-letter marks: event id → when it was marked (ms since the epoch).
 const DEAD_LETTERS: &str = "dead_letters";
+
+/// `meta` key set once every inbox mark is in `inbox_by_age` (databases from before it existed
+/// are indexed once, at open).
+const INBOX_INDEXED: &[u8] = b"inbox_indexed_by_age";
+
+/// The `inbox_by_age` key of a mark: when, then which, so keys sort by age.
+pub(crate) fn age_key(at_millis: u64, event_id: Uuid) -> [u8; 24] {
+    let mut key = [0; 24];
+    key[..8].copy_from_slice(&at_millis.to_be_bytes());
+    key[8..].copy_from_slice(event_id.as_bytes());
+    key
+}
 
 impl Store {
     /// Has the event with this id been applied?
@@ -76,23 +89,52 @@ impl Store {
 
     /// Number of inbound events remembered.
     pub fn inbox_len(&self) -> usize {
-        self.inner.inbox.len()
+        self.inner.inbox_marks.load(Ordering::Relaxed) as usize
     }
 
     /// Forget inbox and dead-letter marks at least `retention` old. Returns how many were removed.
+    /// Reads only the old inbox marks (by age), so its cost follows what expires, not the
+    /// inbox's size; dead-letter marks are few and read whole.
     pub fn cleanup_inbox(&self, retention: Duration) -> Result<usize, StorageError> {
         let cutoff = now_millis().saturating_sub(retention.as_millis() as u64);
+        let (inbox, by_age) = (&self.inner.inbox, &self.inner.inbox_by_age);
         let mut removed = 0;
-        for tree in [self.inner.inbox.clone(), self.dead_letters()?] {
-            for item in tree.iter() {
-                let (key, value) = item?;
-                if decode_u64(&value).is_some_and(|at| at <= cutoff) {
-                    tree.remove(key)?;
-                    removed += 1;
+        for item in by_age.range(..age_key(cutoff.saturating_add(1), Uuid::nil())) {
+            let (key, _) = item?;
+            if let Some(id) = key.get(8..).and_then(|id| Uuid::from_slice(id).ok()) {
+                if inbox.remove(id.as_bytes())?.is_some() {
+                    self.inner.inbox_marks.fetch_sub(1, Ordering::Relaxed);
                 }
+                removed += 1;
+            }
+            by_age.remove(key)?;
+        }
+        let dead_letters = self.dead_letters()?;
+        for item in dead_letters.iter() {
+            let (key, value) = item?;
+            if decode_u64(&value).is_some_and(|at| at <= cutoff) {
+                dead_letters.remove(key)?;
+                removed += 1;
             }
         }
         Ok(removed)
+    }
+
+    /// Put every inbox mark in `inbox_by_age`, once (a database from before it existed).
+    pub(crate) fn index_inbox_by_age(&self) -> Result<(), StorageError> {
+        let (inbox, meta) = (&self.inner.inbox, &self.inner.meta);
+        if meta.contains_key(INBOX_INDEXED)? {
+            return Ok(());
+        }
+        for item in inbox.iter() {
+            let (key, value) = item?;
+            if let (Ok(id), Some(at)) = (Uuid::from_slice(&key), decode_u64(&value)) {
+                self.inner.inbox_by_age.insert(age_key(at, id), &[])?;
+            }
+        }
+        meta.insert(INBOX_INDEXED, &[])?;
+        self.inner.db.flush()?;
+        Ok(())
     }
 
     /// The dead-letter marks' tree (sled keeps opened trees, so this is a lookup).
@@ -106,6 +148,20 @@ mod tests {
     use crate::{Commit, CommitOutcome, Store, StoreConfig};
     use std::time::Duration;
     use uuid::Uuid;
+
+    /// Open `path` again: sled's background flusher may hold its file lock a moment after a drop.
+    fn reopen(path: &std::path::Path) -> Store {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Store::open(path, &StoreConfig::default()) {
+                Ok(store) => return store,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        }
+    }
 
     fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -157,20 +213,45 @@ mod tests {
             store.mark_dead_lettered([dead]).unwrap();
             let _durable = store.flush_blocking().unwrap();
         }
-        // sled's background flusher may hold its file lock a moment after the drop.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let store = loop {
-            match Store::open(&path, &StoreConfig::default()) {
-                Ok(store) => break store,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => panic!("reopen: {e}"),
-            }
-        };
+        let store = reopen(&path);
         assert!(store.is_dead_lettered(dead).unwrap());
         assert_eq!(store.cleanup_inbox(Duration::from_secs(3600)).unwrap(), 0);
         assert_eq!(store.cleanup_inbox(Duration::ZERO).unwrap(), 1);
         assert_eq!(store.dead_lettered_len().unwrap(), 0);
+    }
+
+    #[test]
+    fn cleanup_reads_the_old_marks_only_and_an_old_database_is_indexed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc");
+        let (applied, legacy) = (Uuid::now_v7(), Uuid::now_v7());
+        {
+            let store = Store::open(&path, &StoreConfig::default()).unwrap();
+            store.commit(&Commit::caused_by(applied)).unwrap();
+            assert_eq!(store.inner.inbox_by_age.len(), 1, "indexed with its commit");
+            // A mark as a database from before the index has it: no index entry, no flag.
+            let an_hour_ago = crate::now_millis() - 3_600_000;
+            store
+                .inner
+                .inbox
+                .insert(legacy.as_bytes(), &an_hour_ago.to_be_bytes())
+                .unwrap();
+            store.inner.meta.remove(super::INBOX_INDEXED).unwrap();
+            let _durable = store.flush_blocking().unwrap();
+        }
+        let store = reopen(&path);
+        assert_eq!(
+            store.inner.inbox_by_age.len(),
+            2,
+            "the old mark was indexed"
+        );
+        assert_eq!(store.cleanup_inbox(Duration::from_secs(60)).unwrap(), 1);
+        assert!(
+            !store.is_processed(legacy).unwrap(),
+            "the hour-old mark is gone"
+        );
+        assert!(store.is_processed(applied).unwrap(), "the young one stays");
+        assert_eq!(store.cleanup_inbox(Duration::ZERO).unwrap(), 1);
+        assert_eq!((store.inbox_len(), store.inner.inbox_by_age.len()), (0, 0));
     }
 }

@@ -54,6 +54,12 @@ pub(crate) struct Inner {
     pub(crate) outbox_pending: Tree,
     pub(crate) outbox_sent: Tree,
     pub(crate) inbox: Tree,
+    /// The inbox by age: `(recorded at, event id)` → nothing, so retention removes the old
+    /// marks without reading the young ones.
+    pub(crate) inbox_by_age: Tree,
+    /// Marks in `inbox`, kept as they are written and removed: sled's `len` reads the whole tree,
+    /// and status is asked every few seconds.
+    pub(crate) inbox_marks: AtomicU64,
     pub(crate) models: Tree,
     pub(crate) meta: Tree,
     /// Highest outbox sequence committed. Sequences are assigned inside the transaction from one
@@ -267,13 +273,17 @@ impl Store {
             })?,
             None => 0,
         };
+        let inbox = tree("inbox")?;
+        let inbox_marks = AtomicU64::new(inbox.len() as u64);
         let inner = Inner {
             events: tree("events")?,
             heads: tree("heads")?,
             snapshots: tree("snapshots")?,
             outbox_pending: tree("outbox_pending")?,
             outbox_sent: tree("outbox_sent")?,
-            inbox: tree("inbox")?,
+            inbox,
+            inbox_by_age: tree("inbox_by_age")?,
+            inbox_marks,
             models: tree("models")?,
             meta,
             committed_seq: AtomicU64::new(last_seq),
@@ -284,9 +294,11 @@ impl Store {
             durable_files,
             _lock: lock,
         };
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(inner),
-        })
+        };
+        store.index_inbox_by_age()?;
+        Ok(store)
     }
 
     /// Where this database lives.
@@ -321,9 +333,16 @@ impl Store {
                 Err(e) => invalid.push((i, e)),
             }
         }
-        let trees = (&s.events, &s.heads, &s.outbox_pending, &s.inbox, &s.meta);
-        let (outcomes, last_seq) =
-            trees.transaction(|(events_t, heads_t, pending_t, inbox_t, meta_t)| {
+        let trees = (
+            &s.events,
+            &s.heads,
+            &s.outbox_pending,
+            &s.inbox,
+            &s.inbox_by_age,
+            &s.meta,
+        );
+        let (outcomes, last_seq) = trees.transaction(
+            |(events_t, heads_t, pending_t, inbox_t, by_age_t, meta_t)| {
                 let mut seq = meta_t
                     .get(OUTBOX_SEQ)?
                     .and_then(|v| decode_u64(&v))
@@ -367,6 +386,7 @@ impl Store {
                     }
                     if let Some(id) = commit.caused_by {
                         inbox_t.insert(id.as_bytes(), &recorded_at.to_be_bytes())?;
+                        by_age_t.insert(&crate::inbox::age_key(recorded_at, id), &[])?;
                     }
                     outcomes.push(Ok(CommitOutcome::Committed { version }));
                 }
@@ -374,8 +394,17 @@ impl Store {
                     meta_t.insert(OUTBOX_SEQ, &seq.to_be_bytes())?;
                 }
                 Ok::<_, ConflictableTransactionError<StorageError>>((outcomes, seq))
-            })?;
+            },
+        )?;
         s.committed_seq.fetch_max(last_seq, Ordering::AcqRel);
+        let marked = valid
+            .iter()
+            .zip(&outcomes)
+            .filter(|((commit, _), outcome)| {
+                commit.caused_by.is_some() && matches!(outcome, Ok(CommitOutcome::Committed { .. }))
+            })
+            .count();
+        s.inbox_marks.fetch_add(marked as u64, Ordering::Relaxed);
         // Put the invalid commits' errors back in their slots.
         let mut outcomes: Vec<_> = outcomes.into_iter().map(Some).collect();
         for (i, e) in invalid {

@@ -39,6 +39,10 @@ pub enum OrderEvent {
     },
     OrderCancelled {
         reason: String,
+        /// The order was confirmed when cancelled: its stock was settled (the warehouse, and
+        /// the stores if it was short, had answered), so no stock decision is still on its way.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        confirmed: bool,
     },
 }
 

@@ -144,13 +144,15 @@ impl Aggregate for Warehouse {
             {
                 Vec::new()
             }
-            Inbound::Order(OrderEvent::OrderCancelled { reason }) => match current {
+            Inbound::Order(OrderEvent::OrderCancelled { reason, confirmed }) => match current {
                 Some(Reservation::Reserved(lines)) => vec![InventoryEvent::InventoryReleased {
                     order_id: order_id.to_string(),
                     lines: lines.clone(),
                     reason: reason.clone(),
                 }],
                 Some(Reservation::Short) => closed(),
+                // Confirmed: the approval was seen long ago, nothing is on its way.
+                None if *confirmed => Vec::new(),
                 None => vec![InventoryEvent::InventoryCancellationNoted {
                     order_id: order_id.to_string(),
                     noted_at: Some(now),

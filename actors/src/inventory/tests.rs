@@ -19,6 +19,7 @@ fn approved(items: &[(&str, u32)]) -> Inbound {
 fn cancelled() -> Inbound {
     Inbound::Order(OrderEvent::OrderCancelled {
         reason: "customer".into(),
+        confirmed: false,
     })
 }
 

@@ -109,7 +109,7 @@ impl Aggregate for Order {
             OrderEvent::OrderCompleted {} => self.status = OrderStatus::Completed,
             OrderEvent::OrderCancelRequested {} => self.cancel_requested = true,
             OrderEvent::OrderCancelRejected { .. } => self.cancel_requested = false,
-            OrderEvent::OrderCancelled { reason } => {
+            OrderEvent::OrderCancelled { reason, .. } => {
                 self.status = OrderStatus::Cancelled;
                 self.cancel_requested = false;
                 self.cancel_reason = Some(reason.clone());
@@ -248,6 +248,7 @@ impl Order {
         let cancel = |reason: &str| {
             vec![OrderEvent::OrderCancelled {
                 reason: reason.to_string(),
+                confirmed: self.status == OrderStatus::Confirmed,
             }]
         };
         let status = self.status;

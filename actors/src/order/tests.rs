@@ -64,7 +64,7 @@ fn place(fingerprint: &str) -> OrderCommand {
 
 fn cancelled_with(events: Vec<OrderEvent>, reason: &str) {
     match events.as_slice() {
-        [OrderEvent::OrderCancelled { reason: r }] => assert!(r.contains(reason), "{r}"),
+        [OrderEvent::OrderCancelled { reason: r, .. }] => assert!(r.contains(reason), "{r}"),
         other => panic!("expected OrderCancelled({reason}), got {other:?}"),
     }
 }
@@ -141,9 +141,15 @@ fn given_shipped_or_completed_when_cancelled_then_conflict() {
     given::<Order>([])
         .when(OrderCommand::Cancel { customer: None })
         .then_err(|e| matches!(e, DomainError::NotFound(_)));
-    given::<Order>([placed(), OrderEvent::OrderCancelled { reason: "x".into() }])
-        .when(OrderCommand::Cancel { customer: None })
-        .then(vec![]);
+    given::<Order>([
+        placed(),
+        OrderEvent::OrderCancelled {
+            reason: "x".into(),
+            confirmed: false,
+        },
+    ])
+    .when(OrderCommand::Cancel { customer: None })
+    .then(vec![]);
 }
 
 #[test]
@@ -244,6 +250,16 @@ fn given_cancel_requested_when_shipment_answers_then_cancelled_or_rejected() {
         order.when_event("o1", &cancelled).events(),
         "by the customer",
     );
+    assert!(
+        matches!(
+            order.when_event("o1", &cancelled).events().as_slice(),
+            [OrderEvent::OrderCancelled {
+                confirmed: true,
+                ..
+            }]
+        ),
+        "a confirmed order's cancel says its stock was settled"
+    );
     let rejected = Inbound::Shipment(ShipmentEvent::ShipmentCancelRejected {
         reason: "left".into(),
     });
@@ -269,6 +285,7 @@ fn given_cancelled_when_anything_arrives_then_nothing() {
         placed(),
         OrderEvent::OrderCancelled {
             reason: "declined".into(),
+            confirmed: false,
         },
     ]);
     for event in [
@@ -322,7 +339,10 @@ fn the_cancel_reply_says_what_the_cancel_did() {
         outcome(vec![placed(), requested], vec![]),
         CancelOutcome::AlreadyRequested
     );
-    let cancelled = OrderEvent::OrderCancelled { reason: "x".into() };
+    let cancelled = OrderEvent::OrderCancelled {
+        reason: "x".into(),
+        confirmed: false,
+    };
     assert_eq!(
         outcome(vec![placed(), cancelled], vec![]),
         CancelOutcome::AlreadyCancelled

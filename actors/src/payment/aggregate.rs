@@ -138,14 +138,14 @@ impl Aggregate for Payment {
                 payment_token: payment_token.clone(),
                 reason: "given up at the saga deadline".into(),
             }),
-            Inbound::Order(OrderEvent::OrderCancelled { reason })
+            Inbound::Order(OrderEvent::OrderCancelled { reason, .. })
                 if !self.attempted() && !self.voided =>
             {
                 return Plan::Emit(vec![PaymentEvent::PaymentVoided {
                     reason: reason.clone(),
                 }]);
             }
-            Inbound::Order(OrderEvent::OrderCancelled { reason }) => self.refund(reason),
+            Inbound::Order(OrderEvent::OrderCancelled { reason, .. }) => self.refund(reason),
             _ => None,
         };
         match call {

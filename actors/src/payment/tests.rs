@@ -39,6 +39,7 @@ fn approved() -> PaymentEvent {
 fn cancelled() -> Inbound {
     Inbound::Order(OrderEvent::OrderCancelled {
         reason: "customer".into(),
+        confirmed: false,
     })
 }
 
@@ -181,6 +182,7 @@ fn given_nothing_when_the_cancel_overtakes_order_created_then_voided_and_the_lat
     // OrderCreated waits for a retry (gateway down); the cancel is processed first.
     let cancelled = Inbound::Order(OrderEvent::OrderCancelled {
         reason: "customer".into(),
+        confirmed: false,
     });
     let events = Payment::default().when_event("o1", &cancelled).events();
     assert!(matches!(

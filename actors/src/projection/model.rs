@@ -147,7 +147,7 @@ impl OrderReadModel {
                 OrderEvent::OrderCompleted {} => self.order_status = status("COMPLETED"),
                 OrderEvent::OrderCancelRequested {} => *cancel_requested = true,
                 OrderEvent::OrderCancelRejected { .. } => *cancel_requested = false,
-                OrderEvent::OrderCancelled { reason } => {
+                OrderEvent::OrderCancelled { reason, .. } => {
                     *cancel_requested = false;
                     self.order_status = status("CANCELLED");
                     self.cancel_reason = Some(reason.clone());

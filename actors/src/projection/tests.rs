@@ -157,6 +157,7 @@ fn given_a_cancel_request_then_cancelling_until_the_answer() {
     events.push(event(
         OrderEvent::OrderCancelled {
             reason: "cancelled by the customer".into(),
+            confirmed: false,
         },
         4,
         7,

@@ -35,13 +35,14 @@ pub struct Pace {
 
 struct Parcel {
     since: Instant,
-    hold: bool,
 }
 
 #[derive(Default)]
 struct Books {
     ledger: CarrierLedger,
     parcels: Vec<Parcel>,
+    /// Parcels that may still move (not held, not delivered or cancelled): what `advance` scans.
+    moving: Vec<usize>,
     by_key: HashMap<String, usize>,
     by_id: HashMap<String, usize>,
     updates: Vec<TrackingUpdate>,
@@ -91,16 +92,19 @@ impl Carrier {
     /// Move parcels along: booked → picked up → delivered, each after its pace.
     pub fn advance(&self) {
         let mut books = lock(&self.books);
-        for i in 0..books.parcels.len() {
-            let parcel = &books.parcels[i];
-            let elapsed = parcel.since.elapsed();
+        let mut moving = std::mem::take(&mut books.moving);
+        moving.retain(|&i| {
+            let elapsed = books.parcels[i].since.elapsed();
             let next = match books.ledger.bookings[i].status.as_str() {
-                "booked" if !parcel.hold && elapsed >= self.pace.pickup_after => "picked_up",
+                "booked" if elapsed >= self.pace.pickup_after => "picked_up",
                 "picked_up" if elapsed >= self.pace.deliver_after => "delivered",
-                _ => continue,
+                "booked" | "picked_up" => return true,
+                _ => return false,
             };
             books.set_status(i, next);
-        }
+            next != "delivered"
+        });
+        books.moving = moving;
     }
 }
 
@@ -137,8 +141,11 @@ fn booked(carrier: &Carrier, req: BookingRequest) -> HttpResponse {
     books.ledger.bookings.push(reply.clone());
     books.parcels.push(Parcel {
         since: Instant::now(),
-        hold: address.contains(HOLD),
     });
+    // A held parcel is never picked up.
+    if !address.contains(HOLD) {
+        books.moving.push(i);
+    }
     books.by_key.insert(req.idempotency_key, i);
     books.by_id.insert(reply.id.clone(), i);
     HttpResponse::Ok().json(reply)

@@ -4,7 +4,7 @@
 //! Card [`DECLINED_CARD`](crate::catalog::DECLINED_CARD) tokenizes, then is always declined.
 //! Faults apply to authorizations and refunds; the vault (a card form's tokenization) stays up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use actix_web::{web, HttpResponse};
@@ -34,7 +34,10 @@ struct Books {
     vault: HashMap<String, String>,
     ledger: PaymentLedger,
     authorization_by_key: HashMap<String, usize>,
+    authorization_by_id: HashMap<String, usize>,
     refund_by_key: HashMap<String, usize>,
+    /// Authorization ids refunded (under whatever key).
+    refunded: HashSet<String>,
 }
 
 #[derive(Clone)]
@@ -134,6 +137,7 @@ async fn authorize(
     let i = books.ledger.authorizations.len();
     books.ledger.authorizations.push(reply.clone());
     books.authorization_by_key.insert(req.idempotency_key, i);
+    books.authorization_by_id.insert(reply.id.clone(), i);
     HttpResponse::Ok().json(reply)
 }
 
@@ -147,10 +151,9 @@ async fn refund(gw: web::Data<PaymentGateway>, req: web::Json<RefundRequest>) ->
         return HttpResponse::Ok().json(&books.ledger.refunds[i]);
     }
     let Some(auth) = books
-        .ledger
-        .authorizations
-        .iter()
-        .find(|a| a.id == req.authorization_id)
+        .authorization_by_id
+        .get(&req.authorization_id)
+        .map(|&i| &books.ledger.authorizations[i])
     else {
         return HttpResponse::NotFound().json(json!({ "error": "no such authorization" }));
     };
@@ -158,12 +161,7 @@ async fn refund(gw: web::Data<PaymentGateway>, req: web::Json<RefundRequest>) ->
         return HttpResponse::UnprocessableEntity()
             .json(json!({ "error": "refund exceeds the approved amount" }));
     }
-    if books
-        .ledger
-        .refunds
-        .iter()
-        .any(|r| r.authorization_id == req.authorization_id)
-    {
+    if books.refunded.contains(&req.authorization_id) {
         return HttpResponse::Conflict()
             .json(json!({ "error": "authorization already refunded under another key" }));
     }
@@ -177,6 +175,7 @@ async fn refund(gw: web::Data<PaymentGateway>, req: web::Json<RefundRequest>) ->
     let i = books.ledger.refunds.len();
     books.ledger.refunds.push(reply.clone());
     books.refund_by_key.insert(req.idempotency_key, i);
+    books.refunded.insert(reply.authorization_id.clone());
     HttpResponse::Ok().json(reply)
 }
 

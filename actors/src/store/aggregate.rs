@@ -162,7 +162,7 @@ impl Aggregate for Stores {
                 Some(StoreReservation::Cancelled) => closed(),
                 Some(_) => Vec::new(),
             },
-            Inbound::Order(OrderEvent::OrderCancelled { reason }) => match current {
+            Inbound::Order(OrderEvent::OrderCancelled { reason, confirmed }) => match current {
                 Some(StoreReservation::Reserved { store_id, lines }) => {
                     vec![StoreEvent::StoreStockReleased {
                         order_id: order_id.to_string(),
@@ -172,6 +172,8 @@ impl Aggregate for Stores {
                     }]
                 }
                 Some(StoreReservation::Unavailable) => closed(),
+                // Confirmed with nothing here: the warehouse reserved it, no shortage will come.
+                None if *confirmed => Vec::new(),
                 None => vec![StoreEvent::StoreCancellationNoted {
                     order_id: order_id.to_string(),
                     noted_at: Some(now),

@@ -49,6 +49,7 @@ fn given_no_store_with_everything_when_shortage_then_unavailable() {
     assert_eq!(s.open["o1"], StoreReservation::Unavailable);
     let cancelled = Inbound::Order(OrderEvent::OrderCancelled {
         reason: "no stock".into(),
+        confirmed: false,
     });
     assert!(matches!(
         step(&mut s, &cancelled).as_slice(),
@@ -73,6 +74,7 @@ fn given_reserved_when_cancelled_then_released_and_never_on_a_failure_alone() {
     });
     let cancelled = Inbound::Order(OrderEvent::OrderCancelled {
         reason: "customer".into(),
+        confirmed: false,
     });
     {
         let mut s = Stores::default();
@@ -94,6 +96,7 @@ fn given_cancelled_first_when_shortage_arrives_late_then_nothing_is_reserved() {
     let mut s = Stores::default();
     let cancelled = Inbound::Order(OrderEvent::OrderCancelled {
         reason: "customer".into(),
+        confirmed: false,
     });
     assert!(matches!(
         step(&mut s, &cancelled).as_slice(),
@@ -123,4 +126,18 @@ fn given_reserved_when_shipped_then_no_longer_held_and_units_stay_gone() {
         s.reservation("o1"),
         Some(StoreReservation::Reserved { .. })
     ));
+}
+
+#[test]
+fn given_nothing_here_when_a_confirmed_order_is_cancelled_then_nothing_is_noted() {
+    let mut s = Stores::default();
+    let cancelled = Inbound::Order(OrderEvent::OrderCancelled {
+        reason: "customer".into(),
+        confirmed: true,
+    });
+    assert!(
+        step(&mut s, &cancelled).is_empty(),
+        "the warehouse reserved it: no shortage will come, nothing to wait for"
+    );
+    assert!(s.open.is_empty());
 }

@@ -69,7 +69,7 @@ pub async fn run(
     let store = Store::open(dir.path().join("relay-db"), &settings.store)?;
     for i in 0..events {
         let e = event(Domain::Orders, "OrderCreated", i);
-        store.commit(&commit_for(&e, None)?)?;
+        store.commit(&commit_for(&e, &e.subject, None)?)?;
     }
     let _ = store.flush().await?;
     let relay = OutboxRelay::new(store.clone(), publisher.clone(), RelayConfig::default());
@@ -162,7 +162,11 @@ pub async fn run(
                     json!({}),
                 )?
                 .caused_by(&delivery.envelope);
-                commits.push(commit_for(&reaction, Some(delivery.envelope.id))?);
+                commits.push(commit_for(
+                    &reaction,
+                    &reaction.subject,
+                    Some(delivery.envelope.id),
+                )?);
             }
             let mut verdicts = Vec::with_capacity(batch.len());
             for (outcome, delivery) in store.commit_all(&commits)?.into_iter().zip(batch) {
@@ -205,14 +209,18 @@ fn event(domain: Domain, event_type: &str, i: usize) -> Envelope {
 
 /// What a service commits for one event: the event in its aggregate's log, its outbox row, and
 /// the inbox mark of the event that caused it.
-fn commit_for(e: &Envelope, cause: Option<uuid::Uuid>) -> anyhow::Result<Commit> {
+pub(super) fn commit_for(
+    e: &Envelope,
+    aggregate_id: &str,
+    cause: Option<uuid::Uuid>,
+) -> anyhow::Result<Commit> {
     let commit = match cause {
         Some(id) => Commit::caused_by(id),
         None => Commit::new(),
     };
     Ok(commit
         .append(
-            e.subject.as_str(),
+            aggregate_id,
             0,
             vec![NewEvent {
                 event_id: e.id,

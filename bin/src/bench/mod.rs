@@ -1,8 +1,10 @@
 //! `commerce bench`: measurements as ratios to limits measured in the same run.
 
 mod bus;
+mod null;
 mod reads;
 mod saga;
+mod soak;
 
 use actors::Settings;
 
@@ -39,6 +41,27 @@ enum BenchWhat {
         #[arg(long)]
         compare_durable: bool,
     },
+    /// The saga's pipeline with no domain logic (its ceiling), then the saga, as a ratio.
+    Null {
+        /// Orders for each.
+        #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..))]
+        orders: u64,
+        /// The rate the saga is offered, in orders/s: above its saturation, so it queues.
+        #[arg(long, default_value_t = 2000)]
+        saga_rate: u32,
+    },
+    /// A long steady run: orders/s, p99, RSS and disk bytes per order, per window of orders.
+    Soak {
+        /// Orders in all.
+        #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+        orders: u64,
+        /// Orders per reported window.
+        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+        window: u64,
+        /// Offered orders/s (about half of `bench null`'s saga saturation on 2 cores).
+        #[arg(long, default_value_t = 400)]
+        rate: u32,
+    },
     /// The read side: projection rebuild rate vs raw JetStream consume, and `GET /orders/{id}`
     /// (read model) vs `/composed` (fan-out), healthy and with one service slowed by 50 ms.
     Reads {
@@ -70,6 +93,14 @@ pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<()> {
             };
             saga::run(orders as usize, &rates, settings, compare).await
         }
+        BenchWhat::Null { orders, saga_rate } => {
+            null::run(orders as usize, saga_rate, settings).await
+        }
+        BenchWhat::Soak {
+            orders,
+            window,
+            rate,
+        } => soak::run(orders as usize, window as usize, rate, settings).await,
         BenchWhat::Reads { orders, requests } => {
             reads::run(orders as usize, requests as usize, settings).await
         }

@@ -190,161 +190,256 @@ fn print_table(label: &str, orders: usize, results: &[RoundResult]) {
 }
 
 /// One fresh system, each rate offered in turn.
-async fn measure(
+pub(super) async fn measure(
     orders: usize,
     rates: &[u32],
     settings: Settings,
 ) -> anyhow::Result<Vec<RoundResult>> {
-    let (system, http, _dir) = system(settings).await?;
-
-    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
-    let client = operator(&system)?;
-    let mut confirmed = client.subscribe("orders.order_confirmed.*").await?;
-    let mut cancelled = client.subscribe("orders.order_cancelled.*").await?;
-    let watch = {
-        let outcomes = outcomes.clone();
-        actix_rt::spawn(async move {
-            loop {
-                let (message, ok) = tokio::select! {
-                    Some(m) = confirmed.next() => (m, true),
-                    Some(m) = cancelled.next() => (m, false),
-                    else => return,
-                };
-                let order_id = message
-                    .subject
-                    .rsplit('.')
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                let mut o = outcomes.lock().unwrap_or_else(|e| e.into_inner());
-                if ok {
-                    o.confirmed.entry(order_id).or_insert_with(Instant::now);
-                } else {
-                    o.cancelled += 1;
-                }
-            }
-        })
-    };
-
-    let web = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .default_headers(operator_token(&system)?)
-        .build()?;
-    let token = card_token(&system).await?;
+    let running = Running::start(settings).await?;
     let mut results = Vec::new();
     for (round, &rate) in rates.iter().enumerate() {
-        results.push(offer(&web, &http, &token, &outcomes, round, orders, rate).await?);
+        results.push(running.offer(round, orders, rate, HELD).await?);
     }
-    watch.abort();
-    system.shutdown().await;
+    running.stop().await;
     Ok(results)
 }
 
-struct RoundResult {
-    rate: u32,
-    achieved: f64,
-    p50: f64,
-    p99: f64,
-    max: f64,
+/// A bench order's address: the carrier books it and never picks it up, so the saga ends at
+/// `OrderConfirmed` and tracking is not measured.
+pub(super) const HELD: &str = "1 Bench Street [hold]";
+
+/// A system this bench started, watched for each order's outcome, with a client for its API.
+pub(super) struct Running {
+    pub system: System,
+    http: String,
+    web: reqwest::Client,
+    token: String,
+    outcomes: Arc<Mutex<Outcomes>>,
+    watch: actix_rt::task::JoinHandle<()>,
+    /// Sends answered 503 ("retry") or not answered, and sent again.
+    pub retries: Arc<std::sync::atomic::AtomicU64>,
+    pub dir: tempfile::TempDir,
 }
 
-/// Offer `orders` orders at `rate`/s and wait until every one is confirmed.
-async fn offer(
-    web: &reqwest::Client,
-    http: &str,
-    token: &str,
-    outcomes: &Arc<Mutex<Outcomes>>,
-    round: usize,
-    orders: usize,
-    rate: u32,
-) -> anyhow::Result<RoundResult> {
-    let label = if rate == 0 {
-        "all at once".to_string()
-    } else {
-        format!("{rate} orders/s")
-    };
-    let bar = super::bus::progress(&format!("saga at {label}"), orders);
-    let skus = ["SKU-MUG", "SKU-SOCKS", "SKU-TSHIRT"];
-    let started = Instant::now();
-    let mut sends = Vec::with_capacity(orders);
-    for i in 0..orders {
-        if rate > 0 {
-            let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
-            tokio::time::sleep_until(due.into()).await;
-        }
-        let order = OrderForm {
-            customer: Some(format!("bench-{round}-{i}")),
-            lines: vec![LineRequest {
-                sku: skus[i % skus.len()].into(),
-                quantity: 1,
-            }],
-            card_number: None,
-            payment_token: Some(token.to_string()),
-            shipping_address: "1 Bench Street [hold]".into(),
-        };
-        let request = web.post(format!("{http}/orders")).json(&order);
-        sends.push(actix_rt::spawn(async move {
-            let sent = Instant::now();
-            let response = request.send().await.map_err(|e| e.to_string())?;
-            if response.status() != 201 {
-                let status = response.status();
-                let body = response.text().await.unwrap_or_default();
-                return Err(format!("POST /orders answered {status}: {body}"));
-            }
-            let order: OrderView = response.json().await.map_err(|e| e.to_string())?;
-            Ok::<_, String>((order.order_id, sent))
-        }));
-    }
-    let mut sent = Vec::with_capacity(orders);
-    for send in sends {
-        sent.push(
-            send.await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .map_err(|e| anyhow::anyhow!(e))?,
-        );
+impl Running {
+    pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+        Running::start_with(settings, false).await
     }
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let latencies = loop {
-        let done: Vec<Option<Duration>> = {
-            let o = outcomes.lock().unwrap_or_else(|e| e.into_inner());
-            anyhow::ensure!(
-                o.cancelled == 0,
-                "{} bench orders were cancelled",
-                o.cancelled
-            );
-            sent.iter()
-                .map(|(id, at)| o.confirmed.get(id).map(|c| c.duration_since(*at)))
-                .collect()
+    /// With `cancel_confirmed`, the customer cancels each order as soon as it is confirmed (a
+    /// held parcel is never picked up, so the cancel succeeds: refund and release), so stock
+    /// stays flat however many orders a long run places.
+    pub async fn start_with(settings: Settings, cancel_confirmed: bool) -> anyhow::Result<Running> {
+        let (system, http, dir) = system(settings).await?;
+        let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+        let client = operator(&system)?;
+        let web = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .default_headers(operator_token(&system)?)
+            .build()?;
+        let mut confirmed = client.subscribe("orders.order_confirmed.*").await?;
+        let mut cancelled = client.subscribe("orders.order_cancelled.*").await?;
+        let watch = {
+            let outcomes = outcomes.clone();
+            let (web, http) = (web.clone(), http.clone());
+            actix_rt::spawn(async move {
+                loop {
+                    let (message, ok) = tokio::select! {
+                        Some(m) = confirmed.next() => (m, true),
+                        Some(m) = cancelled.next() => (m, false),
+                        else => return,
+                    };
+                    let order_id = message
+                        .subject
+                        .rsplit('.')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    if ok && cancel_confirmed {
+                        let cancel = web.post(format!("{http}/orders/{order_id}/cancel"));
+                        actix_rt::spawn(async move {
+                            if let Err(e) = cancel.send().await {
+                                tracing::warn!(error = %e, "bench cancel not sent");
+                            }
+                        });
+                    }
+                    let mut o = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+                    if ok {
+                        o.confirmed.entry(order_id).or_insert_with(Instant::now);
+                    } else if !cancel_confirmed {
+                        o.cancelled += 1;
+                    }
+                }
+            })
         };
-        let confirmed = done.iter().flatten().count();
-        bar.set_position(confirmed as u64);
-        if confirmed == orders {
-            break done.into_iter().flatten().collect::<Vec<_>>();
+        let token = card_token(&system).await?;
+        Ok(Running {
+            system,
+            http,
+            web,
+            token,
+            outcomes,
+            watch,
+            retries: Arc::default(),
+            dir,
+        })
+    }
+
+    pub async fn stop(self) {
+        self.watch.abort();
+        self.system.shutdown().await;
+    }
+}
+
+pub(super) struct RoundResult {
+    pub rate: u32,
+    pub achieved: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl RoundResult {
+    /// `orders` done in `elapsed`, each taking one of `latencies`.
+    pub fn of(rate: u32, orders: usize, elapsed: Duration, latencies: &[Duration]) -> RoundResult {
+        let mut ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| match ms.len() {
+            0 => f64::NAN,
+            n => ms[((n as f64 * q).ceil() as usize).clamp(1, n) - 1],
+        };
+        RoundResult {
+            rate,
+            achieved: orders as f64 / elapsed.as_secs_f64(),
+            p50: at(0.50),
+            p99: at(0.99),
+            max: at(1.0),
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {confirmed}/{orders} orders confirmed after 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    bar.finish();
-    let last = {
-        let o = outcomes.lock().unwrap_or_else(|e| e.into_inner());
-        sent.iter()
-            .filter_map(|(id, _)| o.confirmed.get(id))
-            .max()
-            .copied()
-    };
-    let elapsed = last.map_or(started.elapsed(), |l| l.duration_since(started));
-    let mut ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    ms.sort_by(f64::total_cmp);
-    let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
-    Ok(RoundResult {
-        rate,
-        achieved: orders as f64 / elapsed.as_secs_f64(),
-        p50: at(0.50),
-        p99: at(0.99),
-        max: at(1.0),
-    })
+    }
+}
+
+impl Running {
+    /// Offer `orders` orders shipping to `address` at `rate`/s (0: all at once) and wait until
+    /// every one is confirmed; then forget them, so a long run's bookkeeping stays flat.
+    pub async fn offer(
+        &self,
+        round: usize,
+        orders: usize,
+        rate: u32,
+        address: &str,
+    ) -> anyhow::Result<RoundResult> {
+        let (web, http, token, outcomes) = (&self.web, &self.http, &self.token, &self.outcomes);
+        let label = if rate == 0 {
+            "all at once".to_string()
+        } else {
+            format!("{rate} orders/s")
+        };
+        let bar = super::bus::progress(&format!("saga at {label}"), orders);
+        let skus = ["SKU-MUG", "SKU-SOCKS", "SKU-TSHIRT"];
+        let started = Instant::now();
+        let mut sends = Vec::with_capacity(orders);
+        for i in 0..orders {
+            if rate > 0 {
+                let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let order = OrderForm {
+                customer: Some(format!("bench-{round}-{i}")),
+                lines: vec![LineRequest {
+                    sku: skus[i % skus.len()].into(),
+                    quantity: 1,
+                }],
+                card_number: None,
+                payment_token: Some(token.to_string()),
+                shipping_address: address.into(),
+            };
+            // As a client does: one key per order, retried while the answer is "not now".
+            let request = web
+                .post(format!("{http}/orders"))
+                .header("Idempotency-Key", format!("bench-{}", uuid::Uuid::now_v7()))
+                .json(&order);
+            let retries = self.retries.clone();
+            sends.push(actix_rt::spawn(async move {
+                let sent = Instant::now();
+                let mut attempt = 0u32;
+                let response = loop {
+                    let Some(again) = request.try_clone() else {
+                        return Err("the request cannot be sent twice".to_string());
+                    };
+                    let retry = match again.send().await {
+                        Ok(response) if response.status() == 503 => {
+                            response.text().await.unwrap_or_default()
+                        }
+                        Ok(response) => break response,
+                        Err(e) => e.to_string(),
+                    };
+                    attempt += 1;
+                    if attempt > 40 {
+                        return Err(format!(
+                            "POST /orders: gave up after {attempt} tries: {retry}"
+                        ));
+                    }
+                    retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(10))))
+                        .await;
+                };
+                if response.status() != 201 {
+                    let status = response.status();
+                    let body = response.text().await.unwrap_or_default();
+                    return Err(format!("POST /orders answered {status}: {body}"));
+                }
+                let order: OrderView = response.json().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((order.order_id, sent))
+            }));
+        }
+        let mut sent = Vec::with_capacity(orders);
+        for send in sends {
+            sent.push(
+                send.await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            );
+        }
+
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let latencies = loop {
+            let done: Vec<Option<Duration>> = {
+                let o = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+                anyhow::ensure!(
+                    o.cancelled == 0,
+                    "{} bench orders were cancelled",
+                    o.cancelled
+                );
+                sent.iter()
+                    .map(|(id, at)| o.confirmed.get(id).map(|c| c.duration_since(*at)))
+                    .collect()
+            };
+            let confirmed = done.iter().flatten().count();
+            bar.set_position(confirmed as u64);
+            if confirmed == orders {
+                break done.into_iter().flatten().collect::<Vec<_>>();
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {confirmed}/{orders} orders confirmed after 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        bar.finish();
+        let last = {
+            let o = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+            sent.iter()
+                .filter_map(|(id, _)| o.confirmed.get(id))
+                .max()
+                .copied()
+        };
+        let elapsed = last.map_or(started.elapsed(), |l| l.duration_since(started));
+        {
+            let mut o = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, _) in &sent {
+                o.confirmed.remove(id);
+            }
+        }
+        Ok(RoundResult::of(rate, orders, elapsed, &latencies))
+    }
 }

@@ -49,7 +49,7 @@ impl Aggregate for Tally {
 
     fn react(&self, _: &str, event: &Inbound, _: DateTime<Utc>) -> Plan<TallyEvent, Script> {
         match event {
-            Inbound::Order(OrderEvent::OrderCancelled { reason }) => Plan::Call(reason.clone()),
+            Inbound::Order(OrderEvent::OrderCancelled { reason, .. }) => Plan::Call(reason.clone()),
             _ => Plan::Emit(Vec::new()),
         }
     }

@@ -1,0 +1,114 @@
+//! `commerce bench soak`: a long run at a steady rate, to show cost stays flat as history grows.
+//! Per window of orders: orders/s, latency (`POST /orders` → `OrderConfirmed`), the RSS of this
+//! process (every component, the gateway and the simulators) and of nats-server, and disk bytes
+//! per order so far (streams, each component's sled database). The customer cancels each order
+//! once it is confirmed (its parcel is held, so the cancel wins: refund, release), so the seeded
+//! stock lasts any number of orders and every order closes in every service; retention trims
+//! outbox and inbox rows after minutes, not days, so trimming runs during the soak.
+
+use std::path::Path;
+
+use actors::runtime::Broker;
+use actors::Settings;
+
+use super::saga::{Running, HELD};
+
+pub async fn run(
+    orders: usize,
+    window: usize,
+    rate: u32,
+    mut settings: Settings,
+) -> anyhow::Result<()> {
+    settings.outbox_retention_secs = 60;
+    settings.inbox_retention_secs = 300;
+    let running = Running::start_with(settings, true).await?;
+    let broker_pid = match &running.system.runtime.broker {
+        Broker::Embedded(server) => server.pid(),
+        Broker::External(_) => None,
+    };
+    let data = running.dir.path().to_path_buf();
+    println!(
+        "Soak: {orders} orders at {rate}/s, each cancelled once confirmed, reported per {window} \
+         (latency: POST /orders → OrderConfirmed)"
+    );
+    println!(
+        "{:>9} {:>10} {:>8} {:>8} {:>12} {:>12} {:>12}",
+        "orders", "orders/s", "p50 ms", "p99 ms", "RSS MiB", "nats MiB", "disk B/order"
+    );
+    let mut rows = Vec::new();
+    let mut done = 0;
+    for round in 0.. {
+        if done >= orders {
+            break;
+        }
+        let n = window.min(orders - done);
+        let result = running.offer(round, n, rate, HELD).await?;
+        done += n;
+        let rss = rss_mib("self");
+        let nats = broker_pid.map_or(f64::NAN, |pid| rss_mib(&pid.to_string()));
+        let disk = dir_bytes(&data) as f64 / done as f64;
+        println!(
+            "{:>9} {:>10.1} {:>8.1} {:>8.1} {:>12.1} {:>12.1} {:>12.0}",
+            done, result.achieved, result.p50, result.p99, rss, nats, disk
+        );
+        rows.push((result, rss));
+    }
+    println!();
+    println!("disk after {done} orders, bytes per order:");
+    let mut parts: Vec<(String, u64)> = std::fs::read_dir(&data)?
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                dir_bytes(&e.path()),
+            )
+        })
+        .collect();
+    parts.sort();
+    for (name, bytes) in parts {
+        println!("  {name:<16} {:>10.0}", bytes as f64 / done as f64);
+    }
+    if let (Some((first, _)), Some((last, last_rss))) = (rows.first(), rows.last()) {
+        // The first window warms up (caches, allocator); growth is measured after it.
+        let warm_rss = rows.get(1).map_or(f64::NAN, |(_, rss)| *rss);
+        println!();
+        println!(
+            "last window / first: orders/s {:.3}, p99 {:.3}; RSS last / second window {:.3}",
+            last.achieved / first.achieved,
+            last.p99 / first.p99,
+            last_rss / warm_rss
+        );
+    }
+    println!(
+        "client retries (503 or no answer, sent again under the same Idempotency-Key): {}",
+        running.retries.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    running.stop().await;
+    Ok(())
+}
+
+/// The resident set of process `pid` (`self` for this one) in MiB, from `/proc`.
+fn rss_mib(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// Bytes of every file under `path`.
+fn dir_bytes(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| dir_bytes(&e.path())).sum())
+        .unwrap_or(0)
+}

@@ -1,0 +1,66 @@
+//! The benchmarks a person runs keep working: a small `bench null` and `bench soak` end to end,
+//! their reports complete and their numbers readable. (What they measure is for the README, not
+//! for assertions: the machines are shared.)
+
+mod support;
+
+use support::commerce;
+
+/// Run `commerce bench <args>`, insisting it succeeds; its report.
+fn bench(args: &[&str]) -> String {
+    let out = commerce().arg("bench").args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "bench {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The numbers on the report line that starts with `label`.
+fn numbers(report: &str, label: &str) -> Vec<f64> {
+    let line = report
+        .lines()
+        .find(|l| l.trim_start().starts_with(label))
+        .unwrap_or_else(|| panic!("no line {label:?} in:\n{report}"));
+    line.split_whitespace()
+        .filter_map(|w| w.trim_end_matches('/').parse().ok())
+        .collect()
+}
+
+#[test]
+fn bench_null_measures_the_pipeline_and_the_saga_and_their_ratio() {
+    let report = bench(&["null", "--orders", "40", "--saga-rate", "200"]);
+    let null = numbers(&report, "null pipeline");
+    let saga = numbers(&report, "saga, offered");
+    assert!(null[0] > 0.0 && saga[0] > 0.0, "{report}");
+    let ratio = numbers(&report, "saga / null:")[0];
+    assert!((ratio - saga[0] / null[0]).abs() < 0.01, "{report}");
+}
+
+#[test]
+fn bench_soak_reports_every_window_and_where_the_disk_went() {
+    let report = bench(&["soak", "--orders", "60", "--window", "20", "--rate", "60"]);
+    for done in ["20", "40", "60"] {
+        let row = report
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(done))
+            .unwrap_or_else(|| panic!("no window ending at {done}:\n{report}"));
+        let values: Vec<f64> = row.split_whitespace().map(|w| w.parse().unwrap()).collect();
+        assert_eq!(values.len(), 7, "{row}");
+        assert!(
+            values.iter().all(|v| *v > 0.0),
+            "orders/s, latency, RSS, disk: {row}"
+        );
+    }
+    for part in ["nats", "order", "payment", "inventory", "projection"] {
+        let bytes = report
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(part))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|b| b.parse::<f64>().ok());
+        assert!(bytes.is_some_and(|b| b > 0.0), "{part}:\n{report}");
+    }
+    assert!(report.contains("last window / first"), "{report}");
+}
