@@ -6,7 +6,7 @@
 //! few stay, for display; a cancellation noted before the step it cancels is forgotten by
 //! [`Notes`] once it is older than [`FORGET_AFTER`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,13 @@ impl<V> Recent<V> {
             self.entries.pop_front();
         }
         self.entries.push_back((order_id, value));
+    }
+
+    /// Move `order_id` from the open orders to here, as it last stood (nothing if not open).
+    pub fn close(&mut self, open: &mut HashMap<String, V>, order_id: &str) {
+        if let Some(last) = open.remove(order_id) {
+            self.push(order_id.to_string(), last);
+        }
     }
 
     /// The newest entry for `order_id`, if still remembered.
@@ -86,6 +93,27 @@ impl Notes {
             }
         }
         expired
+    }
+
+    /// Open `order_id` as `cancelled`, noted at `at` (`None`: an old event without the time,
+    /// kept), and forget the open orders noted past the horizon that are still only noted.
+    pub fn note_cancelled<R: PartialEq>(
+        &mut self,
+        open: &mut HashMap<String, R>,
+        order_id: &str,
+        at: Option<DateTime<Utc>>,
+        cancelled: R,
+    ) {
+        let Some(at) = at else {
+            open.insert(order_id.to_string(), cancelled);
+            return;
+        };
+        for forgotten in self.note(order_id.to_string(), at) {
+            if open.get(&forgotten) == Some(&cancelled) {
+                open.remove(&forgotten);
+            }
+        }
+        open.insert(order_id.to_string(), cancelled);
     }
 
     pub fn len(&self) -> usize {

@@ -94,20 +94,11 @@ impl Aggregate for Warehouse {
                 self.open.remove(order_id);
                 self.closed.push(order_id.clone(), Reservation::Released);
             }
-            InventoryEvent::InventoryCancellationNoted { order_id, noted_at } => {
-                self.open.insert(order_id.clone(), Reservation::Cancelled);
-                if let Some(at) = noted_at {
-                    for forgotten in self.notes.note(order_id.clone(), *at) {
-                        if self.open.get(&forgotten) == Some(&Reservation::Cancelled) {
-                            self.open.remove(&forgotten);
-                        }
-                    }
-                }
-            }
+            InventoryEvent::InventoryCancellationNoted { order_id, noted_at } => self
+                .notes
+                .note_cancelled(&mut self.open, order_id, *noted_at, Reservation::Cancelled),
             InventoryEvent::InventoryOrderClosed { order_id } => {
-                if let Some(last) = self.open.remove(order_id) {
-                    self.closed.push(order_id.clone(), last);
-                }
+                self.closed.close(&mut self.open, order_id)
             }
         }
     }

@@ -105,21 +105,14 @@ impl Aggregate for Stores {
                 self.closed
                     .push(order_id.clone(), StoreReservation::Released);
             }
-            StoreEvent::StoreCancellationNoted { order_id, noted_at } => {
-                self.open
-                    .insert(order_id.clone(), StoreReservation::Cancelled);
-                if let Some(at) = noted_at {
-                    for forgotten in self.notes.note(order_id.clone(), *at) {
-                        if self.open.get(&forgotten) == Some(&StoreReservation::Cancelled) {
-                            self.open.remove(&forgotten);
-                        }
-                    }
-                }
-            }
+            StoreEvent::StoreCancellationNoted { order_id, noted_at } => self.notes.note_cancelled(
+                &mut self.open,
+                order_id,
+                *noted_at,
+                StoreReservation::Cancelled,
+            ),
             StoreEvent::StoreOrderClosed { order_id } => {
-                if let Some(last) = self.open.remove(order_id) {
-                    self.closed.push(order_id.clone(), last);
-                }
+                self.closed.close(&mut self.open, order_id)
             }
         }
     }
