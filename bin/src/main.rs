@@ -27,6 +27,11 @@ use actors::settings::Overrides;
 use actors::{Component, Settings};
 use clap::{Parser, Subcommand};
 
+/// Every component allocates on every event (sled's copy-on-write nodes, JSON); glibc's malloc
+/// spent a quarter of the saga's CPU in its own bookkeeping (`bench soak`, README: Performance).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "commerce",

@@ -48,10 +48,10 @@ fn bench_soak_reports_every_window_and_where_the_disk_went() {
             .find(|l| l.split_whitespace().next() == Some(done))
             .unwrap_or_else(|| panic!("no window ending at {done}:\n{report}"));
         let values: Vec<f64> = row.split_whitespace().map(|w| w.parse().unwrap()).collect();
-        assert_eq!(values.len(), 7, "{row}");
+        assert_eq!(values.len(), 9, "{row}");
         assert!(
             values.iter().all(|v| *v > 0.0),
-            "orders/s, latency, RSS, disk: {row}"
+            "orders/s, latency, RSS, CPU per order, disk: {row}"
         );
     }
     for part in ["nats", "order", "payment", "inventory", "projection"] {

@@ -2,8 +2,11 @@
 //!
 //! Keys: `events` = len(id) u8 ‖ id ‖ version u64 BE, so one aggregate's events are one
 //! contiguous, version-ordered range; `heads` = id → current version; `snapshots` = id → [`Snapshot`].
+//! A snapshot replaces the events it covers ([`Store::compact`]).
 
 use serde::{Deserialize, Serialize};
+use sled::transaction::ConflictableTransactionError;
+use sled::Transactional;
 use uuid::Uuid;
 
 use crate::store::decode_u64;
@@ -80,8 +83,10 @@ impl Store {
             .collect()
     }
 
-    /// Save the aggregate's state at `version`. Snapshots are a cache: losing one costs a replay.
-    pub fn save_snapshot(
+    /// Save the aggregate's state at `version` and drop its events up to it, in one transaction:
+    /// the log here only loads the aggregate (its history is in its stream), so it stays as big
+    /// as what happened since the last snapshot. Call only with state that is durable.
+    pub fn compact(
         &self,
         aggregate_id: &str,
         version: u64,
@@ -94,9 +99,19 @@ impl Store {
             taken_at: now_millis(),
         };
         let bytes = serde_json::to_vec(&snapshot).map_err(StorageError::codec("snapshot"))?;
-        self.inner
-            .snapshots
-            .insert(aggregate_id.as_bytes(), bytes)?;
+        let (snapshots, events) = (&self.inner.snapshots, &self.inner.events);
+        // One writer per aggregate (its engine), so the keys cannot change before the transaction.
+        let compacted = events
+            .range(event_key(aggregate_id, 1)..=event_key(aggregate_id, version))
+            .keys()
+            .collect::<Result<Vec<_>, _>>()?;
+        (snapshots, events).transaction(|(snapshots, events)| {
+            snapshots.insert(aggregate_id.as_bytes(), bytes.as_slice())?;
+            for key in &compacted {
+                events.remove(key)?;
+            }
+            Ok::<_, ConflictableTransactionError<StorageError>>(())
+        })?;
         Ok(())
     }
 

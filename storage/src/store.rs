@@ -419,14 +419,19 @@ impl Store {
         let s = &*self.inner;
         // Read before flushing: everything up to here is covered by the flush below.
         let upto = s.committed_seq.load(Ordering::Acquire);
-        s.db.flush_async().await?;
+        // sled's own `flush_async` deadlocks under concurrent use (sled issue #1308, open for
+        // 0.34.x): every thread of the process ends up waiting on sled's global lock. A
+        // blocking flush on tokio's blocking pool does the same work without it.
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.sync())
-            .await
-            .map_err(|e| StorageError::Sync {
-                path: self.inner.path.clone(),
-                source: std::io::Error::other(e),
-            })??;
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            inner.db.flush()?;
+            inner.sync()
+        })
+        .await
+        .map_err(|e| StorageError::Sync {
+            path: self.inner.path.clone(),
+            source: std::io::Error::other(e),
+        })??;
         Ok(self.released_up_to(upto))
     }
 
@@ -743,15 +748,81 @@ mod tests {
         );
     }
 
+    /// sled's `flush_async` deadlocked the whole process when several databases flushed while
+    /// others committed and read (sled issue #1308): every thread waited on sled's global lock,
+    /// for good. Found by `bench soak` after about 14,000 orders.
     #[test]
-    fn snapshots_shorten_loading() {
+    fn stores_committing_and_flushing_at_once_all_make_progress() {
+        const WRITERS: usize = 12;
+        const ROUNDS: u64 = 100;
+        let dir = tempfile::tempdir().unwrap();
+        let stores: Vec<Store> = (0..6)
+            .map(|i| Store::open(dir.path().join(format!("s{i}")), &StoreConfig::default()))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        for w in 0..WRITERS {
+            let (store, done) = (stores[w % stores.len()].clone(), done.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let aggregate = format!("writer-{w}");
+                    for round in 0..ROUNDS {
+                        let commit = Commit::new()
+                            .append(&aggregate, round, vec![event(round)])
+                            .publish(message("t.x"));
+                        store.commit(&commit).unwrap();
+                        let _durable = store.flush().await.unwrap();
+                        let sent: Vec<_> = store
+                            .pending(10)
+                            .unwrap()
+                            .into_iter()
+                            .map(|row| (row, round))
+                            .collect();
+                        store.mark_sent(&sent, None).unwrap();
+                    }
+                });
+                done.send(w).unwrap();
+            });
+        }
+        for _ in 0..WRITERS {
+            finished
+                .recv_timeout(Duration::from_secs(120))
+                .expect("every writer finishes (none is stuck on sled's lock)");
+        }
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_events_it_covers() {
         let (_dir, store) = open();
         let events: Vec<_> = (1..=5).map(event).collect();
         store.commit(&Commit::new().append("a", 0, events)).unwrap();
-        store.save_snapshot("a", 4, "{\"sum\":10}".into()).unwrap();
+        store
+            .commit(&Commit::new().append("b", 0, vec![event(6)]))
+            .unwrap();
+        store.compact("a", 4, "{\"sum\":10}".into()).unwrap();
         let (snapshot, rest) = store.load("a").unwrap();
         assert_eq!(snapshot.unwrap().version, 4);
         assert_eq!(rest.iter().map(|e| e.version).collect::<Vec<_>>(), [5]);
+        assert_eq!(
+            store.events_after("a", 0).unwrap().len(),
+            1,
+            "1..=4 dropped"
+        );
+        assert_eq!(store.version("a").unwrap(), 5, "the head stays");
+        assert_eq!(
+            store.events_after("b", 0).unwrap().len(),
+            1,
+            "others untouched"
+        );
+        // Appending goes on after the snapshot.
+        store
+            .commit(&Commit::new().append("a", 5, vec![event(7)]))
+            .unwrap();
+        let (_, rest) = store.load("a").unwrap();
+        assert_eq!(rest.iter().map(|e| e.version).collect::<Vec<_>>(), [5, 6]);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::telemetry::{metrics, trace};
 /// Aggregates kept in memory at most; past this the cache starts over (a reload is a snapshot
 /// plus a few events).
 const CACHE_LIMIT: usize = 50_000;
-/// Snapshot an aggregate after this many new events (the singletons grow long histories).
+/// Compact an aggregate after this many new events (the singletons grow long histories).
 const SNAPSHOT_EVERY: u64 = 256;
 /// Aggregates reacting at once within a batch (their external calls overlap).
 const CONCURRENCY: usize = 64;
@@ -551,9 +551,9 @@ impl<S: Service> Engine<S> {
         not_recorded
     }
 
-    /// Put aggregates whose state is durable back in the cache, snapshotting those that grew.
-    /// Not the stale ones, nor those that do not exist (version 0: lookups of random ids must
-    /// not fill the cache).
+    /// Put aggregates whose state is durable back in the cache, compacting those that grew or
+    /// closed. Not the stale ones, nor the closed ones, nor those that do not exist (version 0:
+    /// lookups of random ids must not fill the cache).
     fn put_back(&mut self, touched: Vec<Touched<S::State>>) {
         for Touched {
             aggregate_id,
@@ -564,8 +564,10 @@ impl<S: Service> Engine<S> {
             if stale || after.head.version == 0 {
                 continue;
             }
-            self.maybe_snapshot(&aggregate_id, &mut after);
-            self.cache.insert(aggregate_id, after);
+            self.maybe_compact(&aggregate_id, &mut after);
+            if !after.state.is_closed() {
+                self.cache.insert(aggregate_id, after);
+            }
         }
     }
 
@@ -594,34 +596,31 @@ impl<S: Service> Engine<S> {
         }
     }
 
-    /// Do not keep aggregates that do not exist (lookups of random ids must not fill the cache).
+    /// Keep only open aggregates (lookups of random ids, or of closed orders, must not fill the
+    /// cache).
     fn forget_if_absent(&mut self, aggregate_id: &str) {
         if self
             .cache
             .get(aggregate_id)
-            .is_some_and(|loaded| loaded.head.version == 0)
+            .is_some_and(|loaded| loaded.head.version == 0 || loaded.state.is_closed())
         {
             self.cache.remove(aggregate_id);
         }
     }
 
-    /// Save a snapshot of an aggregate if it has grown enough since the last one. Only for
-    /// durable state: call after the flush that covers it.
-    fn maybe_snapshot(&self, aggregate_id: &str, loaded: &mut Loaded<S::State>) {
-        if loaded.head.since_snapshot < SNAPSHOT_EVERY {
+    /// Replace an aggregate's events by a snapshot once it grew enough since the last one, or
+    /// closed. Only for durable state: call after the flush that covers it. A compaction that
+    /// fails changes nothing (snapshot and deletions are one transaction): the events stay.
+    fn maybe_compact(&self, aggregate_id: &str, loaded: &mut Loaded<S::State>) {
+        let since = loaded.head.since_snapshot;
+        if since < SNAPSHOT_EVERY && !(since > 0 && loaded.state.is_closed()) {
             return;
         }
         match serde_json::to_string(&loaded.state) {
-            Ok(json) => {
-                // A snapshot is a cache of committed state; losing it costs a replay.
-                match self
-                    .store
-                    .save_snapshot(aggregate_id, loaded.head.version, json)
-                {
-                    Ok(()) => loaded.head.since_snapshot = 0,
-                    Err(e) => tracing::warn!(%aggregate_id, error = %e, "snapshot not saved"),
-                }
-            }
+            Ok(json) => match self.store.compact(aggregate_id, loaded.head.version, json) {
+                Ok(()) => loaded.head.since_snapshot = 0,
+                Err(e) => tracing::warn!(%aggregate_id, error = %e, "not compacted"),
+            },
             Err(e) => tracing::warn!(%aggregate_id, error = %e, "snapshot not encoded"),
         }
     }

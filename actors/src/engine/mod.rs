@@ -91,6 +91,13 @@ pub trait Aggregate:
 
     /// Fold an event into the state. Cannot fail.
     fn apply(&mut self, event: &Self::Event);
+
+    /// Its saga is over here: no event is expected in the normal course. A closed aggregate is
+    /// snapshotted in place of its events and not kept in memory, so both stay as big as what is
+    /// open. Only a hint: a late event still loads it from the snapshot and is applied.
+    fn is_closed(&self) -> bool {
+        false
+    }
 }
 
 /// What a service does about an inbound event: new events (maybe none), or a verdict for the

@@ -78,6 +78,10 @@ impl Aggregate for Order {
     type Call = Infallible;
     type Answer = Infallible;
 
+    fn is_closed(&self) -> bool {
+        matches!(self.status, OrderStatus::Completed | OrderStatus::Cancelled)
+    }
+
     fn apply(&mut self, event: &OrderEvent) {
         match event {
             OrderEvent::OrderCreated {

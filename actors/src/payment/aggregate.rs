@@ -63,6 +63,11 @@ impl Aggregate for Payment {
     type Call = GatewayCall;
     type Answer = GatewayAnswer;
 
+    /// Approved stays open: a cancel may still refund it.
+    fn is_closed(&self) -> bool {
+        self.declined || self.refunded || self.voided || self.abandoned
+    }
+
     fn apply(&mut self, event: &PaymentEvent) {
         match event {
             PaymentEvent::PaymentApproved {

@@ -95,6 +95,13 @@ impl Aggregate for Shipment {
     type Call = CarrierCall;
     type Answer = CarrierAnswer;
 
+    fn is_closed(&self) -> bool {
+        matches!(
+            self.status,
+            ShipmentStatus::Delivered | ShipmentStatus::Failed | ShipmentStatus::Cancelled
+        )
+    }
+
     fn apply(&mut self, event: &ShipmentEvent) {
         match event {
             ShipmentEvent::ShipmentBookingRequested {

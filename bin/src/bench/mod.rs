@@ -58,8 +58,9 @@ enum BenchWhat {
         /// Orders per reported window.
         #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
         window: u64,
-        /// Offered orders/s (about half of `bench null`'s saga saturation on 2 cores).
-        #[arg(long, default_value_t = 400)]
+        /// Offered orders/s. A soak order is placed and then cancelled (two sagas' work): 100/s
+        /// is about half of what 2 cores carry (README: Performance).
+        #[arg(long, default_value_t = 100)]
         rate: u32,
     },
     /// The read side: projection rebuild rate vs raw JetStream consume, and `GET /orders/{id}`

@@ -1,10 +1,12 @@
 //! `commerce bench soak`: a long run at a steady rate, to show cost stays flat as history grows.
 //! Per window of orders: orders/s, latency (`POST /orders` → `OrderConfirmed`), the RSS of this
 //! process (every component, the gateway and the simulators) and of nats-server, and disk bytes
-//! per order so far (streams, each component's sled database). The customer cancels each order
-//! once it is confirmed (its parcel is held, so the cancel wins: refund, release), so the seeded
-//! stock lasts any number of orders and every order closes in every service; retention trims
-//! outbox and inbox rows after minutes, not days, so trimming runs during the soak.
+//! per order so far (streams, each component's sled database), and the CPU time each process
+//! spent per order in the window (the cost per order, however loaded the machine). The customer
+//! cancels each order once it is confirmed (its parcel is held, so the cancel wins: refund,
+//! release), so the seeded stock lasts any number of orders and every order closes in every
+//! service; retention trims outbox and inbox rows after minutes, not days, so trimming runs
+//! during the soak.
 
 use std::path::Path;
 
@@ -32,11 +34,21 @@ pub async fn run(
          (latency: POST /orders → OrderConfirmed)"
     );
     println!(
-        "{:>9} {:>10} {:>8} {:>8} {:>12} {:>12} {:>12}",
-        "orders", "orders/s", "p50 ms", "p99 ms", "RSS MiB", "nats MiB", "disk B/order"
+        "{:>9} {:>10} {:>8} {:>8} {:>10} {:>10} {:>9} {:>9} {:>12}",
+        "orders",
+        "orders/s",
+        "p50 ms",
+        "p99 ms",
+        "RSS MiB",
+        "nats MiB",
+        "CPU ms/o",
+        "nats ms/o",
+        "disk B/order"
     );
     let mut rows = Vec::new();
     let mut done = 0;
+    let nats_pid = broker_pid.map(|pid| pid.to_string());
+    let mut cpu_before = (cpu_ms("self"), nats_pid.as_deref().map_or(f64::NAN, cpu_ms));
     for round in 0.. {
         if done >= orders {
             break;
@@ -47,9 +59,15 @@ pub async fn run(
         let rss = rss_mib("self");
         let nats = broker_pid.map_or(f64::NAN, |pid| rss_mib(&pid.to_string()));
         let disk = dir_bytes(&data) as f64 / done as f64;
+        let cpu = (cpu_ms("self"), nats_pid.as_deref().map_or(f64::NAN, cpu_ms));
+        let (cpu_self, cpu_nats) = (
+            (cpu.0 - cpu_before.0) / n as f64,
+            (cpu.1 - cpu_before.1) / n as f64,
+        );
+        cpu_before = cpu;
         println!(
-            "{:>9} {:>10.1} {:>8.1} {:>8.1} {:>12.1} {:>12.1} {:>12.0}",
-            done, result.achieved, result.p50, result.p99, rss, nats, disk
+            "{:>9} {:>10.1} {:>8.1} {:>8.1} {:>10.1} {:>10.1} {:>9.2} {:>9.2} {:>12.0}",
+            done, result.achieved, result.p50, result.p99, rss, nats, cpu_self, cpu_nats, disk
         );
         rows.push((result, rss));
     }
@@ -98,6 +116,21 @@ fn rss_mib(pid: &str) -> f64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// CPU time (user + system) process `pid` (`self` for this one) used so far, in ms, from
+/// `/proc` (fields 14 and 15 of `stat`, in clock ticks of 10 ms).
+fn cpu_ms(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The command name may hold spaces: count fields after its closing parenthesis.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+            Some((ticks(11)? + ticks(12)?) * 10.0)
+        })
+        .unwrap_or(f64::NAN)
 }
 
 /// Bytes of every file under `path`.

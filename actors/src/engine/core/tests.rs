@@ -43,6 +43,11 @@ impl Aggregate for Tally {
     type Call = Script;
     type Answer = ();
 
+    /// Counting "close" closes it.
+    fn is_closed(&self) -> bool {
+        self.counted.last().is_some_and(|what| what == "close")
+    }
+
     fn handle(&self, what: String) -> Result<Vec<TallyEvent>, DomainError> {
         Ok(vec![TallyEvent::Counted { what }])
     }
@@ -385,6 +390,38 @@ async fn a_command_whose_commit_conflicts_is_answered_409_and_the_next_sees_the_
     assert_eq!(executed.version, 3);
     assert_eq!(executed.state.counted, ["c1", "elsewhere", "c2"]);
     assert_eq!(counted_on_disk(&store, "a"), ["c1", "elsewhere", "c2"]);
+}
+
+#[tokio::test]
+async fn a_closed_aggregate_is_kept_as_a_snapshot_not_as_events_nor_in_memory() {
+    let (_dir, store, mut engine) = open();
+    engine.execute(vec![count("a", "c1")]).await;
+    engine
+        .execute(vec![count("a", "close"), count("b", "c1")])
+        .await;
+
+    let (snapshot, tail) = store.load("a").unwrap();
+    assert_eq!(snapshot.map(|s| s.version), Some(2), "snapshotted at close");
+    assert!(tail.is_empty(), "its events are dropped: {tail:?}");
+    assert!(!engine.cache.contains_key("a"), "not kept in memory");
+    assert_eq!(
+        counted_on_disk(&store, "b"),
+        ["c1"],
+        "an open one keeps its log"
+    );
+    assert!(engine.cache.contains_key("b"));
+
+    // A late command loads it from the snapshot and goes on from there.
+    let late = engine.execute(vec![count("a", "late")]).await;
+    let executed = late[0].as_ref().unwrap();
+    assert_eq!(executed.version, 3);
+    assert_eq!(executed.state.counted, ["c1", "close", "late"]);
+    let mut fresh = Engine::new(Tallier::default(), store.clone());
+    let reloaded = fresh.query("a", |v, s| (v, s.counted.clone())).unwrap();
+    assert_eq!(
+        reloaded,
+        (3, vec!["c1".into(), "close".into(), "late".into()])
+    );
 }
 
 /// Order `o{i}` paid for one mug: the warehouse reserves it.
