@@ -35,6 +35,18 @@ pub struct Snapshot {
     pub taken_at: u64,
 }
 
+impl Snapshot {
+    /// The aggregate's serialized `state` at `version`, taken now.
+    pub fn new(aggregate_id: impl Into<String>, version: u64, state: String) -> Snapshot {
+        Snapshot {
+            aggregate_id: aggregate_id.into(),
+            version,
+            state,
+            taken_at: now_millis(),
+        }
+    }
+}
+
 /// Longest aggregate id accepted, in bytes (ids are order ids and SKUs: far shorter).
 pub const MAX_AGGREGATE_ID_BYTES: usize = 255;
 
@@ -83,30 +95,35 @@ impl Store {
             .collect()
     }
 
-    /// Save the aggregate's state at `version` and drop its events up to it, in one transaction:
-    /// the log here only loads the aggregate (its history is in its stream), so it stays as big
-    /// as what happened since the last snapshot. Call only with state that is durable.
-    pub fn compact(
-        &self,
-        aggregate_id: &str,
-        version: u64,
-        state: String,
-    ) -> Result<(), StorageError> {
-        let snapshot = Snapshot {
-            aggregate_id: aggregate_id.to_string(),
-            version,
-            state,
-            taken_at: now_millis(),
-        };
-        let bytes = serde_json::to_vec(&snapshot).map_err(StorageError::codec("snapshot"))?;
-        let (snapshots, events) = (&self.inner.snapshots, &self.inner.events);
-        // One writer per aggregate (its engine), so the keys cannot change before the transaction.
-        let compacted = events
-            .range(event_key(aggregate_id, 1)..=event_key(aggregate_id, version))
-            .keys()
-            .collect::<Result<Vec<_>, _>>()?;
-        (snapshots, events).transaction(|(snapshots, events)| {
-            snapshots.insert(aggregate_id.as_bytes(), bytes.as_slice())?;
+    /// Save each snapshot and drop its aggregate's events up to its version, all in one
+    /// transaction (sled serializes transactions process-wide, so one per batch, not one per
+    /// aggregate): the log here only loads an aggregate (its history is in its stream), so it
+    /// stays as big as what happened since the last snapshot. Call only with durable state.
+    pub fn compact(&self, snapshots: &[Snapshot]) -> Result<(), StorageError> {
+        if snapshots.is_empty() {
+            return Ok(());
+        }
+        let mut rows = Vec::with_capacity(snapshots.len());
+        let mut compacted = Vec::new();
+        for snapshot in snapshots {
+            let (id, version) = (&snapshot.aggregate_id, snapshot.version);
+            let bytes = serde_json::to_vec(snapshot).map_err(StorageError::codec("snapshot"))?;
+            rows.push((id.as_bytes(), bytes));
+            // One writer per aggregate (its engine): the keys cannot change before the commit.
+            for key in self
+                .inner
+                .events
+                .range(event_key(id, 1)..=event_key(id, version))
+                .keys()
+            {
+                compacted.push(key?);
+            }
+        }
+        let trees = (&self.inner.snapshots, &self.inner.events);
+        trees.transaction(|(snapshots, events)| {
+            for (id, bytes) in &rows {
+                snapshots.insert(*id, bytes.as_slice())?;
+            }
             for key in &compacted {
                 events.remove(key)?;
             }

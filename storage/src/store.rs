@@ -787,10 +787,11 @@ mod tests {
                 done.send(w).unwrap();
             });
         }
+        drop(done); // a writer that fails drops its sender: no wait for it
         for _ in 0..WRITERS {
             finished
                 .recv_timeout(Duration::from_secs(120))
-                .expect("every writer finishes (none is stuck on sled's lock)");
+                .expect("every writer finishes: none failed, none is stuck on sled's lock");
         }
     }
 
@@ -802,7 +803,9 @@ mod tests {
         store
             .commit(&Commit::new().append("b", 0, vec![event(6)]))
             .unwrap();
-        store.compact("a", 4, "{\"sum\":10}".into()).unwrap();
+        store
+            .compact(&[crate::Snapshot::new("a", 4, "{\"sum\":10}".into())])
+            .unwrap();
         let (snapshot, rest) = store.load("a").unwrap();
         assert_eq!(snapshot.unwrap().version, 4);
         assert_eq!(rest.iter().map(|e| e.version).collect::<Vec<_>>(), [5]);

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use bus::{Delivery, Envelope, Verdict};
 use futures::StreamExt;
 use opentelemetry::context::FutureExt as _;
-use storage::{Commit, CommitOutcome, Flushed, NewEvent, StorageError, Store};
+use storage::{Commit, CommitOutcome, Flushed, NewEvent, Snapshot, StorageError, Store};
 
 use super::api::ReplayOutcome;
 use super::{
@@ -418,7 +418,7 @@ impl<S: Service> Engine<S> {
             results.push(self.decide(command, answer, &mut writes));
         }
         if writes.commits.is_empty() {
-            self.put_back(writes.touched); // nothing changed: nothing to flush
+            self.put_back(writes.touched, false); // nothing changed: nothing to flush
             return results;
         }
         let written = writes.answers();
@@ -506,7 +506,7 @@ impl<S: Service> Engine<S> {
         let not_recorded = self.commit(&commits, &slots, &mut touched);
         let flushed = self.store.flush().await;
         if flushed.is_ok() {
-            self.put_back(touched);
+            self.put_back(touched, true);
         }
         Durable {
             not_recorded,
@@ -551,23 +551,50 @@ impl<S: Service> Engine<S> {
         not_recorded
     }
 
-    /// Put aggregates whose state is durable back in the cache, compacting those that grew or
-    /// closed. Not the stale ones, nor the closed ones, nor those that do not exist (version 0:
-    /// lookups of random ids must not fill the cache).
-    fn put_back(&mut self, touched: Vec<Touched<S::State>>) {
-        for Touched {
-            aggregate_id,
-            mut after,
-            stale,
-        } in touched
-        {
-            if stale || after.head.version == 0 {
+    /// Put aggregates whose state is durable back in the cache, compacting (when `flushed` says
+    /// this operation's flush covers them) those that grew or closed. Not the stale ones, nor the
+    /// closed ones, nor those that do not exist (version 0: lookups of random ids must not fill
+    /// the cache).
+    fn put_back(&mut self, touched: Vec<Touched<S::State>>, flushed: bool) {
+        let mut kept: Vec<(String, Loaded<S::State>)> = touched
+            .into_iter()
+            .filter(|t| !t.stale && t.after.head.version > 0)
+            .map(|t| (t.aggregate_id, t.after))
+            .collect();
+        if flushed {
+            self.compact(&mut kept);
+        }
+        for (aggregate_id, loaded) in kept {
+            if !loaded.state.is_closed() {
+                self.cache.insert(aggregate_id, loaded);
+            }
+        }
+    }
+
+    /// Replace by snapshots the events of the aggregates that grew enough since their last one,
+    /// or closed: all in one transaction (sled serializes transactions process-wide). One that
+    /// fails changes nothing: the events stay, and the next operation tries again.
+    fn compact(&self, kept: &mut [(String, Loaded<S::State>)]) {
+        let mut due = Vec::new();
+        let mut snapshots = Vec::new();
+        for (i, (aggregate_id, loaded)) in kept.iter().enumerate() {
+            let since = loaded.head.since_snapshot;
+            if since < SNAPSHOT_EVERY && !(since > 0 && loaded.state.is_closed()) {
                 continue;
             }
-            self.maybe_compact(&aggregate_id, &mut after);
-            if !after.state.is_closed() {
-                self.cache.insert(aggregate_id, after);
+            match serde_json::to_string(&loaded.state) {
+                Ok(json) => {
+                    snapshots.push(Snapshot::new(aggregate_id, loaded.head.version, json));
+                    due.push(i);
+                }
+                Err(e) => tracing::warn!(%aggregate_id, error = %e, "snapshot not encoded"),
             }
+        }
+        match self.store.compact(&snapshots) {
+            Ok(()) => due
+                .into_iter()
+                .for_each(|i| kept[i].1.head.since_snapshot = 0),
+            Err(e) => tracing::warn!(error = %e, aggregates = due.len(), "not compacted"),
         }
     }
 
@@ -605,23 +632,6 @@ impl<S: Service> Engine<S> {
             .is_some_and(|loaded| loaded.head.version == 0 || loaded.state.is_closed())
         {
             self.cache.remove(aggregate_id);
-        }
-    }
-
-    /// Replace an aggregate's events by a snapshot once it grew enough since the last one, or
-    /// closed. Only for durable state: call after the flush that covers it. A compaction that
-    /// fails changes nothing (snapshot and deletions are one transaction): the events stay.
-    fn maybe_compact(&self, aggregate_id: &str, loaded: &mut Loaded<S::State>) {
-        let since = loaded.head.since_snapshot;
-        if since < SNAPSHOT_EVERY && !(since > 0 && loaded.state.is_closed()) {
-            return;
-        }
-        match serde_json::to_string(&loaded.state) {
-            Ok(json) => match self.store.compact(aggregate_id, loaded.head.version, json) {
-                Ok(()) => loaded.head.since_snapshot = 0,
-                Err(e) => tracing::warn!(%aggregate_id, error = %e, "not compacted"),
-            },
-            Err(e) => tracing::warn!(%aggregate_id, error = %e, "snapshot not encoded"),
         }
     }
 

@@ -43,6 +43,8 @@ impl OrderStatus {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// A snapshot is the only local copy of a closed one: fields added later read as their default.
+#[serde(default)]
 pub struct Order {
     pub order_id: String,
     pub status: OrderStatus,

@@ -14,6 +14,8 @@ use crate::events::{Inbound, OrderEvent};
 use crate::rpc::DomainError;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// A snapshot is the only local copy of a closed one: fields added later read as their default.
+#[serde(default)]
 pub struct Payment {
     pub amount_cents: u64,
     pub authorization_id: Option<String>,

@@ -27,6 +27,8 @@ pub enum ShipmentStatus {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// A snapshot is the only local copy of a closed one: fields added later read as their default.
+#[serde(default)]
 pub struct Shipment {
     pub status: ShipmentStatus,
     /// What to book (kept from `ShipmentBookingRequested`).

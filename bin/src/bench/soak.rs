@@ -119,8 +119,12 @@ fn rss_mib(pid: &str) -> f64 {
 }
 
 /// CPU time (user + system) process `pid` (`self` for this one) used so far, in ms, from
-/// `/proc` (fields 14 and 15 of `stat`, in clock ticks of 10 ms).
+/// `/proc` (fields 14 and 15 of `stat`, in clock ticks).
 fn cpu_ms(pid: &str) -> f64 {
+    let ticks_per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |t| t as f64);
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
@@ -128,7 +132,7 @@ fn cpu_ms(pid: &str) -> f64 {
             let rest = stat.rsplit_once(')')?.1;
             let fields: Vec<&str> = rest.split_whitespace().collect();
             let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
-            Some((ticks(11)? + ticks(12)?) * 10.0)
+            Some((ticks(11)? + ticks(12)?) * 1000.0 / ticks_per_s)
         })
         .unwrap_or(f64::NAN)
 }
