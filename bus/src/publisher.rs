@@ -34,10 +34,14 @@ impl Publisher {
 
     /// Publish every message, `Nats-Msg-Id` = event id; return each one's outcome, in order.
     /// A message counts as stored only when its own PubAck says so.
-    pub async fn publish_all(&self, messages: &[OutboxMessage]) -> Vec<Result<Stored, BusError>> {
+    pub async fn publish_all<'a>(
+        &self,
+        messages: impl IntoIterator<Item = &'a OutboxMessage>,
+    ) -> Vec<Result<Stored, BusError>> {
+        let messages: Vec<&OutboxMessage> = messages.into_iter().collect();
         let mut pending: Vec<Result<PublishAckFuture, BusError>> =
             Vec::with_capacity(messages.len());
-        for m in messages {
+        for m in messages.iter().copied() {
             let mut headers = HeaderMap::new();
             for (name, value) in &m.headers {
                 headers.insert(name.as_str(), value.as_str());

@@ -139,8 +139,10 @@ impl OutboxRelay {
             return Ok(0);
         };
         let known = self.store.stream_position()?;
-        let messages: Vec<_> = rows.iter().map(|r| r.message.clone()).collect();
-        let outcomes = self.publisher.publish_all(&messages).await;
+        let outcomes = self
+            .publisher
+            .publish_all(rows.iter().map(|r| &r.message))
+            .await;
         let mut acked: Vec<(PendingRow, u64)> = Vec::with_capacity(rows.len());
         let mut stored_new = Vec::new();
         let mut stream = None;
@@ -246,13 +248,13 @@ impl OutboxRelay {
     async fn heal(&self, stream: &str, heal: Heal) -> Result<(), BusError> {
         let lost: Vec<SentMessage> = self.store.sent_after(heal.survived, heal.before)?;
         for chunk in lost.chunks(self.config.batch.max(1)) {
-            let messages: Vec<_> = chunk.iter().map(|r| r.message.clone()).collect();
             let mut resent = Vec::with_capacity(chunk.len());
             let mut failed = None;
-            for (row, outcome) in chunk
-                .iter()
-                .zip(self.publisher.publish_all(&messages).await)
-            {
+            let outcomes = self
+                .publisher
+                .publish_all(chunk.iter().map(|r| &r.message))
+                .await;
+            for (row, outcome) in chunk.iter().zip(outcomes) {
                 match outcome {
                     Ok(stored) => resent.push((row.seq, stored.sequence)),
                     Err(e) => {

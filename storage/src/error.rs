@@ -41,6 +41,10 @@ pub enum StorageError {
         source: serde_json::Error,
     },
 
+    /// A binary value on disk did not decode (truncated, or not what it should be).
+    #[error("undecodable {what} in the database: {reason}")]
+    Malformed { what: &'static str, reason: String },
+
     /// The disk did not confirm a flush (fsync failed): nothing that depends on it is
     /// acknowledged. Check the disk; the process should be restarted.
     #[error("cannot make database {path} durable (fsync failed): {source}")]

@@ -83,7 +83,8 @@ impl Store {
     pub fn is_empty(&self) -> bool {
         self.inner.heads.is_empty()
             && self.inner.inbox.is_empty()
-            && self.inner.outbox_sent.is_empty()
+            && self.inner.outbox_acks.is_empty()
+            && self.inner.outbox_pending.is_empty()
             && self.dead_letters().map(|t| t.is_empty()).unwrap_or(true)
     }
 

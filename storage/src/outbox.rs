@@ -1,12 +1,22 @@
 //! The transactional outbox: rows written in the same transaction as the state change, published
-//! by the relay, then moved from `outbox_pending` to `outbox_sent`. A sent row keeps its whole
-//! message and where the broker stored it for the retention period (longer than the broker's
-//! sync interval), so a message the broker acked and then lost can be published again.
+//! by the relay in sequence order, and kept after they are sent, with where the broker stored
+//! them, for the retention period (longer than the broker's sync interval), so a message the
+//! broker acked and then lost can be published again.
+//!
+//! The rows are a log that the relay never rewrites: `outbox_pending` holds every row by its
+//! sequence; the rows up to a watermark are sent. Marking a pass's rows sent writes one
+//! `outbox_acks` entry for each run of consecutive rows (when it was sent, and each row's stream
+//! sequence) and moves the watermark, a few small writes per pass however many rows it sent
+//! (moving each row from one tree to another cost two sled writes of the whole message per row,
+//! half of the relay's time). Retention deletes a sent run's rows and its entry together.
+//!
+//! A row is stored as a small binary record (its payload as it is, not escaped inside JSON);
+//! rows written as JSON by earlier versions still read.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::ConflictableTransactionError;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -30,19 +40,6 @@ pub struct OutboxMessage {
 pub struct PendingRow {
     pub seq: u64,
     pub message: OutboxMessage,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct SentRow {
-    event_id: Uuid,
-    subject: String,
-    sent_at: u64,
-    /// The stream sequence from the broker's PubAck (0 in rows written before it was kept).
-    #[serde(default)]
-    stream_seq: u64,
-    /// The message as published (absent in rows written before it was kept).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    message: Option<OutboxMessage>,
 }
 
 /// A row the broker acknowledged, with where it stored it.
@@ -75,26 +72,182 @@ pub struct Heal {
 
 /// `meta` key of the [`StreamPosition`].
 const STREAM_POSITION: &[u8] = b"outbox_stream_position";
+/// `meta` key of the watermark: every row at or below it is sent.
+pub(crate) const SENT_UPTO: &[u8] = b"outbox_sent_upto";
+/// Where earlier versions moved sent rows (one JSON row each); read once, at open.
+pub(crate) const LEGACY_SENT: &[u8] = b"outbox_sent";
+
+/// A run of consecutive rows marked sent together: `outbox_acks` key = its first row's
+/// sequence, value = when, then one stream sequence per row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Run {
+    first: u64,
+    sent_at: u64,
+    stream_seqs: Vec<u64>,
+}
+
+impl Run {
+    fn last(&self) -> u64 {
+        self.first + self.stream_seqs.len() as u64 - 1
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(8 * (1 + self.stream_seqs.len()));
+        bytes.extend_from_slice(&self.sent_at.to_be_bytes());
+        for seq in &self.stream_seqs {
+            bytes.extend_from_slice(&seq.to_be_bytes());
+        }
+        bytes
+    }
+
+    fn decode(key: &[u8], value: &[u8]) -> Result<Run, StorageError> {
+        let malformed = || StorageError::Malformed {
+            what: "outbox ack run",
+            reason: format!("{} bytes", value.len()),
+        };
+        let first = decode_u64(key).ok_or_else(malformed)?;
+        let mut words = value
+            .chunks_exact(8)
+            .map(|w| u64::from_be_bytes(w.try_into().unwrap_or_default()));
+        if !value.len().is_multiple_of(8) || value.len() < 16 {
+            return Err(malformed());
+        }
+        let sent_at = words.next().ok_or_else(malformed)?;
+        Ok(Run {
+            first,
+            sent_at,
+            stream_seqs: words.collect(),
+        })
+    }
+}
+
+/// The marker of a binary row (a JSON row starts with `{`).
+const BINARY_ROW: u8 = 0xB1;
+
+/// A message as an outbox row: marker, event id, subject, headers, then the payload as it is.
+pub(crate) fn encode_message(m: &OutboxMessage) -> Result<Vec<u8>, StorageError> {
+    let fits = |s: &str| u16::try_from(s.len()).is_ok();
+    let binary = fits(&m.subject)
+        && u8::try_from(m.headers.len()).is_ok()
+        && m.headers.iter().all(|(n, v)| fits(n) && fits(v));
+    if !binary {
+        // Too long for the binary record's lengths: JSON reads as well.
+        return serde_json::to_vec(m).map_err(StorageError::codec("outbox row"));
+    }
+    let mut row = Vec::with_capacity(
+        20 + m.subject.len()
+            + m.payload.len()
+            + m.headers
+                .iter()
+                .map(|(n, v)| 4 + n.len() + v.len())
+                .sum::<usize>(),
+    );
+    row.push(BINARY_ROW);
+    row.extend_from_slice(m.event_id.as_bytes());
+    let text = |row: &mut Vec<u8>, s: &str| {
+        row.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        row.extend_from_slice(s.as_bytes());
+    };
+    text(&mut row, &m.subject);
+    row.push(m.headers.len() as u8);
+    for (name, value) in &m.headers {
+        text(&mut row, name);
+        text(&mut row, value);
+    }
+    row.extend_from_slice(m.payload.as_bytes());
+    Ok(row)
+}
+
+/// An outbox row back as its message (binary, or JSON from an earlier version).
+pub(crate) fn decode_message(row: &[u8]) -> Result<OutboxMessage, StorageError> {
+    match row.first() {
+        Some(&BINARY_ROW) => Reader(&row[1..]).message().ok_or(StorageError::Malformed {
+            what: "outbox row",
+            reason: "truncated".into(),
+        }),
+        _ => serde_json::from_slice(row).map_err(StorageError::codec("outbox row")),
+    }
+}
+
+/// Reads a binary row from the front.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn text(&mut self) -> Option<String> {
+        let len = u16::from_be_bytes(self.take(2)?.try_into().ok()?) as usize;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+
+    fn message(mut self) -> Option<OutboxMessage> {
+        let event_id = Uuid::from_slice(self.take(16)?).ok()?;
+        let subject = self.text()?;
+        let count = *self.take(1)?.first()?;
+        let headers = (0..count)
+            .map(|_| Some((self.text()?, self.text()?)))
+            .collect::<Option<_>>()?;
+        let payload = String::from_utf8(self.0.to_vec()).ok()?;
+        Some(OutboxMessage {
+            event_id,
+            subject,
+            payload,
+            headers,
+        })
+    }
+}
+
+/// The sent row of an earlier version (`outbox_sent`), read once to carry it over.
+#[derive(Debug, Deserialize)]
+struct LegacySentRow {
+    sent_at: u64,
+    #[serde(default)]
+    stream_seq: u64,
+    #[serde(default)]
+    message: Option<OutboxMessage>,
+}
 
 impl Store {
     /// Up to `limit` pending rows that are durable, in commit order. Rows committed but not yet
     /// flushed are never returned: publishing them could announce state a crash then loses.
     pub fn pending(&self, limit: usize) -> Result<Vec<PendingRow>, StorageError> {
         let durable = *self.inner.durable_seq.borrow();
-        self.inner
+        let upto = self.sent_upto()?;
+        if upto >= durable {
+            return Ok(Vec::new());
+        }
+        let above = self.runs_from(upto + 1)?;
+        let mut rows = Vec::with_capacity(limit.min(1024));
+        for item in self
+            .inner
             .outbox_pending
-            .range(..=durable.to_be_bytes())
-            .take(limit)
-            .map(|item| {
-                let (key, value) = item?;
-                let message =
-                    serde_json::from_slice(&value).map_err(StorageError::codec("outbox row"))?;
-                Ok(PendingRow {
-                    seq: decode_u64(&key).unwrap_or(0),
-                    message,
-                })
-            })
-            .collect()
+            .range((upto + 1).to_be_bytes()..=durable.to_be_bytes())
+        {
+            if rows.len() >= limit {
+                break;
+            }
+            let (key, value) = item?;
+            let seq = decode_u64(&key).unwrap_or(0);
+            // Sent out of order (a row before it failed): not again.
+            if above
+                .iter()
+                .any(|run| (run.first..=run.last()).contains(&seq))
+            {
+                continue;
+            }
+            rows.push(PendingRow {
+                seq,
+                message: decode_message(&value)?,
+            });
+        }
+        Ok(rows)
     }
 
     /// Mark rows sent, each with the stream sequence its PubAck gave. Call only after the broker
@@ -107,29 +260,28 @@ impl Store {
         position: Option<&StreamPosition>,
     ) -> Result<(), StorageError> {
         let sent_at = now_millis();
-        let sent: Vec<(u64, Vec<u8>)> = rows
-            .iter()
-            .map(|(r, stream_seq)| {
-                let row = SentRow {
-                    event_id: r.message.event_id,
-                    subject: r.message.subject.clone(),
+        let mut rows: Vec<(u64, u64)> = rows.iter().map(|(r, s)| (r.seq, *s)).collect();
+        rows.sort_unstable();
+        let mut runs: Vec<Run> = Vec::new();
+        for (seq, stream_seq) in rows {
+            match runs.last_mut() {
+                Some(run) if run.last() + 1 == seq => run.stream_seqs.push(stream_seq),
+                Some(run) if run.last() >= seq => {} // the same row twice
+                _ => runs.push(Run {
+                    first: seq,
                     sent_at,
-                    stream_seq: *stream_seq,
-                    message: Some(r.message.clone()),
-                };
-                Ok((
-                    r.seq,
-                    serde_json::to_vec(&row).map_err(StorageError::codec("sent row"))?,
-                ))
-            })
-            .collect::<Result<_, StorageError>>()?;
+                    stream_seqs: vec![stream_seq],
+                }),
+            }
+        }
+        let runs: Vec<(u64, Vec<u8>)> = runs.iter().map(|r| (r.first, r.encode())).collect();
         let position = position.map(encode_position).transpose()?;
         let s = &*self.inner;
-        (&s.outbox_pending, &s.outbox_sent, &s.meta).transaction(|(pending, done, meta)| {
-            for (seq, row) in &sent {
-                pending.remove(&seq.to_be_bytes())?;
-                done.insert(&seq.to_be_bytes(), row.as_slice())?;
+        (&s.outbox_acks, &s.meta).transaction(|(acks, meta)| {
+            for (first, run) in &runs {
+                acks.insert(&first.to_be_bytes(), run.as_slice())?;
             }
+            advance_watermark(acks, meta)?;
             if let Some(position) = &position {
                 meta.insert(STREAM_POSITION, position.as_slice())?;
             }
@@ -161,61 +313,72 @@ impl Store {
     /// the broker lost, in outbox order.
     pub fn sent_after(&self, survived: u64, before: u64) -> Result<Vec<SentMessage>, StorageError> {
         let mut lost = Vec::new();
-        for item in self.inner.outbox_sent.range(..before.to_be_bytes()) {
-            let (key, value) = item?;
-            let row: SentRow =
-                serde_json::from_slice(&value).map_err(StorageError::codec("sent row"))?;
-            if let (true, Some(message)) = (row.stream_seq > survived, row.message) {
-                lost.push(SentMessage {
-                    seq: decode_u64(&key).unwrap_or(0),
-                    stream_seq: row.stream_seq,
-                    message,
-                });
+        for run in self.runs_from(0)? {
+            for (seq, stream_seq) in (run.first..).zip(run.stream_seqs) {
+                if seq >= before || stream_seq <= survived {
+                    continue;
+                }
+                if let Some(row) = self.inner.outbox_pending.get(seq.to_be_bytes())? {
+                    lost.push(SentMessage {
+                        seq,
+                        stream_seq,
+                        message: decode_message(&row)?,
+                    });
+                }
             }
         }
         Ok(lost)
     }
 
-    /// Record where re-published rows are stored now.
+    /// Record where re-published rows are stored now. They are kept for the retention period
+    /// from now: the broker may lose them again.
     pub fn mark_resent(&self, rows: &[(u64, u64)]) -> Result<(), StorageError> {
-        let s = &*self.inner;
+        let acks = &self.inner.outbox_acks;
         for (seq, stream_seq) in rows {
-            let Some(value) = s.outbox_sent.get(seq.to_be_bytes())? else {
+            let Some(item) = acks.range(..=seq.to_be_bytes()).next_back() else {
                 continue; // cleaned up meanwhile
             };
-            let mut row: SentRow =
-                serde_json::from_slice(&value).map_err(StorageError::codec("sent row"))?;
-            row.stream_seq = *stream_seq;
-            // Kept for the retention period from now: the broker may lose it again.
-            row.sent_at = now_millis();
-            let value = serde_json::to_vec(&row).map_err(StorageError::codec("sent row"))?;
-            s.outbox_sent.insert(seq.to_be_bytes(), value)?;
+            let (key, value) = item?;
+            let mut run = Run::decode(&key, &value)?;
+            if let Some(slot) = run.stream_seqs.get_mut((seq - run.first) as usize) {
+                *slot = *stream_seq;
+                run.sent_at = now_millis();
+                acks.insert(key, run.encode())?;
+            }
         }
         Ok(())
     }
 
-    /// Rows waiting to be published (durable or not).
+    /// Rows waiting to be published (durable or not). Sequences have no gaps, so this is a
+    /// subtraction (and the rare rows sent out of order).
     pub fn outbox_depth(&self) -> usize {
-        self.inner.outbox_pending.len()
+        let committed = self.committed_seq();
+        let upto = self.sent_upto().unwrap_or(committed);
+        let sent_above: u64 = self
+            .runs_from(upto + 1)
+            .unwrap_or_default()
+            .iter()
+            .map(|run| run.stream_seqs.len() as u64)
+            .sum();
+        committed.saturating_sub(upto).saturating_sub(sent_above) as usize
     }
 
     /// Rows published and kept for audit.
     pub fn outbox_sent_count(&self) -> usize {
-        self.inner.outbox_sent.len()
+        self.runs_from(0)
+            .unwrap_or_default()
+            .iter()
+            .map(|run| run.stream_seqs.len())
+            .sum()
     }
 
     /// Ids of the events marked sent and still kept, in outbox order (the audit trail).
     pub fn sent_event_ids(&self) -> Result<Vec<Uuid>, StorageError> {
-        self.inner
-            .outbox_sent
-            .iter()
-            .values()
-            .map(|value| {
-                let row: SentRow =
-                    serde_json::from_slice(&value?).map_err(StorageError::codec("sent row"))?;
-                Ok(row.event_id)
-            })
-            .collect()
+        Ok(self
+            .sent_after(0, u64::MAX)?
+            .into_iter()
+            .map(|sent| sent.message.event_id)
+            .collect())
     }
 
     /// Changes whenever more outbox rows become durable: the relay's wake-up call.
@@ -226,22 +389,279 @@ impl Store {
     /// Delete sent rows older than `retention`. Returns how many were deleted.
     pub fn cleanup_sent(&self, retention: Duration) -> Result<usize, StorageError> {
         let cutoff = now_millis().saturating_sub(retention.as_millis() as u64);
+        let upto = self.sent_upto()?;
+        let (acks, rows) = (&self.inner.outbox_acks, &self.inner.outbox_pending);
         let mut removed = 0;
-        // Sent rows are in sequence order, which is time order: stop at the first young one.
-        for item in self.inner.outbox_sent.iter() {
+        // Runs are in sequence order, which is time order: stop at the first young one.
+        for item in acks.iter() {
             let (key, value) = item?;
-            let row: SentRow =
-                serde_json::from_slice(&value).map_err(StorageError::codec("sent row"))?;
-            if row.sent_at > cutoff {
+            let run = Run::decode(&key, &value)?;
+            if run.sent_at > cutoff || run.last() > upto {
                 break;
             }
-            self.inner.outbox_sent.remove(key)?;
-            removed += 1;
+            let mut batch = sled::Batch::default();
+            (run.first..=run.last()).for_each(|seq| batch.remove(&seq.to_be_bytes()));
+            rows.apply_batch(batch)?;
+            acks.remove(key)?;
+            removed += run.stream_seqs.len();
         }
         Ok(removed)
     }
+
+    /// Every row at or below this is sent.
+    fn sent_upto(&self) -> Result<u64, StorageError> {
+        Ok(self
+            .inner
+            .meta
+            .get(SENT_UPTO)?
+            .and_then(|v| decode_u64(&v))
+            .unwrap_or(0))
+    }
+
+    /// The runs starting at or after `first`, in order.
+    fn runs_from(&self, first: u64) -> Result<Vec<Run>, StorageError> {
+        self.inner
+            .outbox_acks
+            .range(first.to_be_bytes()..)
+            .map(|item| {
+                let (key, value) = item?;
+                Run::decode(&key, &value)
+            })
+            .collect()
+    }
+
+    /// Carry an earlier version's outbox over, once: its sent rows (moved to `outbox_sent`,
+    /// message included) go back into the log as runs of one, and the watermark starts below
+    /// the oldest row still pending. Rows it had not kept the message of are forgotten (they
+    /// were only an audit trail).
+    pub(crate) fn carry_outbox_over(&self) -> Result<(), StorageError> {
+        let s = &*self.inner;
+        if s.meta.contains_key(SENT_UPTO)? {
+            return Ok(());
+        }
+        let upto = match s.outbox_pending.first()? {
+            Some((key, _)) => decode_u64(&key).unwrap_or(1).saturating_sub(1),
+            None => self.committed_seq(),
+        };
+        if s.db.tree_names().iter().any(|name| name == LEGACY_SENT) {
+            let legacy = s.db.open_tree(LEGACY_SENT)?;
+            for item in legacy.iter() {
+                let (key, value) = item?;
+                let (Some(seq), Ok(row)) = (
+                    decode_u64(&key),
+                    serde_json::from_slice::<LegacySentRow>(&value),
+                ) else {
+                    continue;
+                };
+                let Some(message) = row.message else { continue };
+                s.outbox_pending.insert(key, encode_message(&message)?)?;
+                let run = Run {
+                    first: seq,
+                    sent_at: row.sent_at,
+                    stream_seqs: vec![row.stream_seq],
+                };
+                s.outbox_acks.insert(seq.to_be_bytes(), run.encode())?;
+            }
+        }
+        (&s.outbox_acks, &s.meta).transaction(|(acks, meta)| {
+            meta.insert(SENT_UPTO, &upto.to_be_bytes())?;
+            advance_watermark(acks, meta)?;
+            Ok::<_, ConflictableTransactionError<StorageError>>(())
+        })?;
+        s.db.drop_tree(LEGACY_SENT)?;
+        s.db.flush()?;
+        Ok(())
+    }
+}
+
+/// Move the watermark over the runs that start right after it.
+fn advance_watermark(
+    acks: &TransactionalTree,
+    meta: &TransactionalTree,
+) -> Result<(), ConflictableTransactionError<StorageError>> {
+    let mut upto = meta
+        .get(SENT_UPTO)?
+        .and_then(|v| decode_u64(&v))
+        .unwrap_or(0);
+    let start = upto;
+    while let Some(value) = acks.get((upto + 1).to_be_bytes())? {
+        let run = Run::decode(&(upto + 1).to_be_bytes(), &value)
+            .map_err(ConflictableTransactionError::Abort)?;
+        upto = run.last();
+    }
+    if upto != start {
+        meta.insert(SENT_UPTO, &upto.to_be_bytes())?;
+    }
+    Ok(())
 }
 
 fn encode_position(position: &StreamPosition) -> Result<Vec<u8>, StorageError> {
     serde_json::to_vec(position).map_err(StorageError::codec("stream position"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(headers: Vec<(String, String)>) -> OutboxMessage {
+        OutboxMessage {
+            event_id: Uuid::now_v7(),
+            subject: "orders.order_created.o-1".into(),
+            payload: r#"{"data":{"note":"quotes \" and ünïcode"}}"#.into(),
+            headers,
+        }
+    }
+
+    #[test]
+    fn a_row_reads_back_as_its_message_binary_or_json() {
+        let with = message(vec![("traceparent".into(), "00-ab-cd-01".into())]);
+        for m in [message(vec![]), with] {
+            let row = encode_message(&m).unwrap();
+            assert_eq!(row[0], BINARY_ROW);
+            assert_eq!(decode_message(&row).unwrap(), m);
+            let json = serde_json::to_vec(&m).unwrap();
+            assert_eq!(
+                decode_message(&json).unwrap(),
+                m,
+                "rows of earlier versions"
+            );
+        }
+    }
+
+    #[test]
+    fn a_truncated_or_foreign_row_is_an_error_not_a_panic() {
+        let row = encode_message(&message(vec![("a".into(), "b".into())])).unwrap();
+        for cut in 1..30 {
+            assert!(decode_message(&row[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(decode_message(b"").is_err());
+        assert!(decode_message(b"garbage").is_err());
+    }
+
+    #[test]
+    fn a_run_reads_back_and_a_bad_one_is_an_error() {
+        let run = Run {
+            first: 7,
+            sent_at: 1_700_000_000_000,
+            stream_seqs: vec![10, 11, 3],
+        };
+        assert_eq!(
+            Run::decode(&7u64.to_be_bytes(), &run.encode()).unwrap(),
+            run
+        );
+        assert_eq!(run.last(), 9);
+        assert!(Run::decode(&7u64.to_be_bytes(), &[0; 8]).is_err());
+        assert!(Run::decode(&7u64.to_be_bytes(), &[0; 17]).is_err());
+        assert!(Run::decode(b"short", &run.encode()).is_err());
+    }
+
+    fn store_with_rows(n: usize) -> (tempfile::TempDir, Store, Vec<PendingRow>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("svc"), &crate::StoreConfig::default()).unwrap();
+        for _ in 0..n {
+            let commit = crate::Commit::new().publish(message(vec![]));
+            store.commit(&commit).unwrap();
+        }
+        let _ = store.flush_blocking().unwrap();
+        let rows = store.pending(100).unwrap();
+        assert_eq!(rows.len(), n);
+        (dir, store, rows)
+    }
+
+    #[test]
+    fn a_row_sent_out_of_order_is_not_sent_again_and_the_watermark_waits_for_the_gap() {
+        let (_dir, store, rows) = store_with_rows(4);
+        store
+            .mark_sent(&[(rows[1].clone(), 11), (rows[2].clone(), 12)], None)
+            .unwrap();
+        assert_eq!(
+            store.pending(10).unwrap(),
+            vec![rows[0].clone(), rows[3].clone()]
+        );
+        assert_eq!(store.outbox_depth(), 2);
+        store.mark_sent(&[(rows[0].clone(), 10)], None).unwrap();
+        assert_eq!(store.sent_upto().unwrap(), 3, "the gap closed: 1..=3 sent");
+        assert_eq!(store.pending(10).unwrap(), vec![rows[3].clone()]);
+        store.mark_sent(&[(rows[3].clone(), 13)], None).unwrap();
+        assert_eq!(store.outbox_depth(), 0);
+        let kept: Vec<_> = store
+            .sent_after(0, u64::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.seq, s.stream_seq))
+            .collect();
+        assert_eq!(kept, [(1, 10), (2, 11), (3, 12), (4, 13)]);
+        assert_eq!(store.sent_after(11, 4).unwrap().len(), 1, "only row 3");
+    }
+
+    #[test]
+    fn resent_rows_record_their_new_place_and_cleanup_removes_rows_with_their_run() {
+        let (_dir, store, rows) = store_with_rows(3);
+        let sent: Vec<_> = rows.iter().cloned().zip([5, 6, 7]).collect();
+        store.mark_sent(&sent, None).unwrap();
+        store.mark_resent(&[(2, 40)]).unwrap();
+        let places: Vec<_> = store
+            .sent_after(0, u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|s| s.stream_seq)
+            .collect();
+        assert_eq!(places, [5, 40, 7]);
+        assert_eq!(store.cleanup_sent(Duration::from_secs(3600)).unwrap(), 0);
+        assert_eq!(store.cleanup_sent(Duration::ZERO).unwrap(), 3);
+        assert_eq!(store.outbox_sent_count(), 0);
+        assert!(
+            store.inner.outbox_pending.is_empty(),
+            "the rows went with their run"
+        );
+        assert_eq!(store.outbox_depth(), 0);
+    }
+
+    /// A database of the version that moved each sent row to `outbox_sent` (JSON, message
+    /// included) opens with its sent rows kept for healing and its pending rows still pending.
+    #[test]
+    fn an_outbox_of_the_earlier_layout_is_carried_over_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc");
+        let (sent, pending) = (message(vec![]), message(vec![]));
+        {
+            let store = Store::open(&path, &crate::StoreConfig::default()).unwrap();
+            let s = &*store.inner;
+            let legacy = s.db.open_tree(LEGACY_SENT).unwrap();
+            let row = serde_json::json!({
+                "event_id": sent.event_id, "subject": sent.subject, "sent_at": 1,
+                "stream_seq": 9, "message": sent,
+            });
+            legacy
+                .insert(1u64.to_be_bytes(), serde_json::to_vec(&row).unwrap())
+                .unwrap();
+            let old_row =
+                serde_json::json!({"event_id": Uuid::now_v7(), "subject": "x", "sent_at": 1});
+            legacy
+                .insert(0u64.to_be_bytes(), serde_json::to_vec(&old_row).unwrap())
+                .unwrap();
+            s.outbox_pending
+                .insert(2u64.to_be_bytes(), serde_json::to_vec(&pending).unwrap())
+                .unwrap();
+            s.meta.insert(b"outbox_seq", &2u64.to_be_bytes()).unwrap();
+            s.meta.remove(SENT_UPTO).unwrap();
+            s.db.flush().unwrap();
+        }
+        let store = Store::open(&path, &crate::StoreConfig::default()).unwrap();
+        assert_eq!(store.sent_upto().unwrap(), 1);
+        let pending_now: Vec<_> = store
+            .pending(10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.message)
+            .collect();
+        assert_eq!(pending_now, [pending]);
+        let kept = store.sent_after(0, u64::MAX).unwrap();
+        assert_eq!(
+            (kept[0].seq, kept[0].stream_seq, &kept[0].message),
+            (1, 9, &sent)
+        );
+        assert_eq!(kept.len(), 1, "a row without its message is forgotten");
+        assert!(!store.inner.db.tree_names().iter().any(|n| n == LEGACY_SENT));
+    }
 }

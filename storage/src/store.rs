@@ -51,8 +51,10 @@ pub(crate) struct Inner {
     pub(crate) events: Tree,
     pub(crate) heads: Tree,
     pub(crate) snapshots: Tree,
+    /// Every outbox row by its sequence, sent or not (see [`crate::outbox`]).
     pub(crate) outbox_pending: Tree,
-    pub(crate) outbox_sent: Tree,
+    /// Runs of sent rows: when, and where the broker stored each.
+    pub(crate) outbox_acks: Tree,
     pub(crate) inbox: Tree,
     /// The inbox by age: `(recorded at, event id)` → nothing, so retention removes the old
     /// marks without reading the young ones.
@@ -176,7 +178,7 @@ impl Encoded {
         let outbox = commit
             .outbox
             .iter()
-            .map(|m| serde_json::to_vec(m).map_err(StorageError::codec("outbox row")))
+            .map(crate::outbox::encode_message)
             .collect::<Result<_, _>>()?;
         Ok(Encoded { events, outbox })
     }
@@ -280,7 +282,7 @@ impl Store {
             heads: tree("heads")?,
             snapshots: tree("snapshots")?,
             outbox_pending: tree("outbox_pending")?,
-            outbox_sent: tree("outbox_sent")?,
+            outbox_acks: tree("outbox_acks")?,
             inbox,
             inbox_by_age: tree("inbox_by_age")?,
             inbox_marks,
@@ -298,7 +300,13 @@ impl Store {
             inner: Arc::new(inner),
         };
         store.index_inbox_by_age()?;
+        store.carry_outbox_over()?;
         Ok(store)
+    }
+
+    /// The highest outbox sequence committed.
+    pub(crate) fn committed_seq(&self) -> u64 {
+        self.inner.committed_seq.load(Ordering::Acquire)
     }
 
     /// Where this database lives.

@@ -7,7 +7,8 @@ use actors::Settings;
 use anyhow::Context;
 use bus::server::{NatsServer, ServerConfig};
 use bus::{
-    ConsumerSpec, Domain, DurableConsumer, Envelope, OutboxRelay, Publisher, RelayConfig, Verdict,
+    ConsumerSpec, Domain, DurableConsumer, Envelope, InHand, OutboxRelay, Publisher, RelayConfig,
+    Verdict,
 };
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -148,9 +149,12 @@ pub async fn run(
         let started = Instant::now();
         let mut done = 0;
         let mut batches = 0usize;
+        let mut split = Split::default();
         while done < count {
             batches += 1;
+            let mut lap = Instant::now();
             let batch = consumer.next_batch(Duration::from_secs(5)).await?;
+            split.fetch += lap_time(&mut lap);
             anyhow::ensure!(!batch.is_empty(), "{phase}: no messages within 5s");
             let batch: Vec<_> = batch.into_iter().take(count - done).collect();
             let mut commits = Vec::with_capacity(batch.len());
@@ -168,18 +172,25 @@ pub async fn run(
                     Some(delivery.envelope.id),
                 )?);
             }
+            split.build += lap_time(&mut lap);
+            let in_hand = InHand::of(&batch);
             let mut verdicts = Vec::with_capacity(batch.len());
             for (outcome, delivery) in store.commit_all(&commits)?.into_iter().zip(batch) {
                 outcome?;
                 verdicts.push((Verdict::Done, delivery));
             }
+            split.commit += lap_time(&mut lap);
             done += verdicts.len();
             bar.inc(verdicts.len() as u64);
-            let flushed = store.flush().await?;
+            // As a service does: what arrives while the flush runs is taken in hand for the
+            // next batch.
+            let flushed = consumer.working(in_hand, store.flush()).await?;
+            split.flush += lap_time(&mut lap);
             consumer.settle(verdicts, flushed).await;
+            split.ack += lap_time(&mut lap);
         }
         eprintln!(
-            "{phase}: {batches} batches, {:.1} events per flush",
+            "{phase}: {batches} batches, {:.1} events per flush; {split}",
             count as f64 / batches as f64
         );
         rows.push(Row {
@@ -193,6 +204,40 @@ pub async fn run(
 
     print_report(&rows);
     Ok(())
+}
+
+/// Where a consumer's time went, per step of its loop.
+#[derive(Default)]
+struct Split {
+    fetch: Duration,
+    build: Duration,
+    commit: Duration,
+    flush: Duration,
+    ack: Duration,
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let steps = [
+            ("fetch+decode", self.fetch),
+            ("build commits", self.build),
+            ("sled commit", self.commit),
+            ("flush", self.flush),
+            ("ack", self.ack),
+        ];
+        let total: f64 = steps.iter().map(|(_, d)| d.as_secs_f64()).sum();
+        let parts: Vec<String> = steps
+            .iter()
+            .map(|(name, d)| format!("{name} {:.0}%", 100.0 * d.as_secs_f64() / total))
+            .collect();
+        write!(f, "{}", parts.join(", "))
+    }
+}
+
+/// The time since `lap`, which then starts again.
+fn lap_time(lap: &mut Instant) -> Duration {
+    let now = Instant::now();
+    now - std::mem::replace(lap, now)
 }
 
 fn event(domain: Domain, event_type: &str, i: usize) -> Envelope {
