@@ -3,7 +3,8 @@
 //! and its fields are `data`.
 
 use bus::{BusError, Domain, Envelope};
-use serde::de::DeserializeOwned;
+use serde::de::value::{BorrowedStrDeserializer, MapAccessDeserializer};
+use serde::de::{DeserializeOwned, DeserializeSeed, MapAccess};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -77,10 +78,52 @@ pub fn decode_data<E: DomainEvent>(
     event_type: &str,
     data: &Value,
 ) -> Result<E, CodecError> {
-    let value = serde_json::json!({ "type": event_type, "data": data });
-    serde_json::from_value(value).map_err(|error| CodecError::Undecodable {
+    let tagged = MapAccessDeserializer::new(Tagged {
+        event_type,
+        data,
+        read: 0,
+    });
+    E::deserialize(tagged).map_err(|error| CodecError::Undecodable {
         source_service: source.to_string(),
         event_type: event_type.to_string(),
         error,
     })
+}
+
+/// `{"type": event_type, "data": data}` for serde, without building (and copying `data` into)
+/// that object: the tag comes first, so serde decodes `data` straight into the variant. The
+/// projection decodes every event of an order's timeline each time it refolds the row.
+struct Tagged<'a> {
+    event_type: &'a str,
+    data: &'a Value,
+    /// Entries read so far.
+    read: u8,
+}
+
+impl<'de> MapAccess<'de> for Tagged<'de> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        let key = match self.read {
+            0 => "type",
+            1 => "data",
+            _ => return Ok(None),
+        };
+        seed.deserialize(BorrowedStrDeserializer::new(key))
+            .map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.read += 1;
+        match self.read {
+            1 => seed.deserialize(BorrowedStrDeserializer::new(self.event_type)),
+            _ => seed.deserialize(self.data),
+        }
+    }
 }

@@ -126,13 +126,20 @@ impl Client {
     }
 }
 
+/// 5xx, 429, and 408: the server did not take the request in time (a busy server's HTTP layer
+/// answers it before the handler ever sees the request), so the same call may succeed later.
+fn may_succeed_later(status: reqwest::StatusCode) -> bool {
+    use reqwest::StatusCode as S;
+    status.is_server_error() || matches!(status, S::TOO_MANY_REQUESTS | S::REQUEST_TIMEOUT)
+}
+
 async fn read<R: serde::de::DeserializeOwned>(
     url: &str,
     sent: Result<reqwest::Response, reqwest::Error>,
 ) -> Result<R, CallError> {
     let response = sent.map_err(|e| CallError::Unavailable(format!("{url}: {e}")))?;
     let status = response.status();
-    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+    if may_succeed_later(status) {
         return Err(CallError::Unavailable(format!("{url}: {status}")));
     }
     if !status.is_success() {
@@ -146,4 +153,30 @@ async fn read<R: serde::de::DeserializeOwned>(
         .json()
         .await
         .map_err(|e| CallError::Unavailable(format!("{url}: unreadable answer: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::StatusCode as S;
+
+    /// A busy server's 408 once dead-lettered an order's payment (found by `bench soak`).
+    #[test]
+    fn a_request_timeout_is_retried_and_a_refusal_is_not() {
+        for status in [
+            S::REQUEST_TIMEOUT,
+            S::TOO_MANY_REQUESTS,
+            S::SERVICE_UNAVAILABLE,
+        ] {
+            assert!(may_succeed_later(status), "{status}");
+        }
+        for status in [
+            S::BAD_REQUEST,
+            S::PAYMENT_REQUIRED,
+            S::NOT_FOUND,
+            S::CONFLICT,
+        ] {
+            assert!(!may_succeed_later(status), "{status}");
+        }
+    }
 }

@@ -2,28 +2,26 @@
 //! database, from durable consumers on every domain stream. Group commit: a batch's rows are
 //! written together, flushed once, then acked. `GET /orders/{id}` is one lookup here.
 //!
-//! Rebuild (`commerce projection rebuild`): replay every stream from sequence 1 into a new
-//! generation of rows while queries keep reading the old one; live events go to both meanwhile;
-//! when the replay has reached where the streams were when it began, switch (one write).
+//! Rebuild (`commerce projection rebuild`, [`rebuild`]): replay every stream into a new
+//! generation of rows while queries keep reading the old one, then switch.
 
 pub mod api;
 pub mod model;
+mod rebuild;
 pub mod sagas;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
-use async_nats::jetstream;
-use bus::{BusError, Delivery, Domain, Envelope, Login, Verdict};
-use futures::{FutureExt, StreamExt};
+use bus::{Delivery, Domain, Envelope, Login, Verdict};
+use futures::FutureExt;
 use storage::Store;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use self::api::{ReadOrder, Rebuild, RebuildStarted, Sagas};
+use self::api::{ReadOrder, Rebuild, Sagas};
 use self::model::OrderReadModel;
 use self::sagas::OpenSagas;
 use crate::engine::actor::Deliver;
@@ -82,15 +80,9 @@ impl ProjectionActor {
         for envelope in envelopes {
             let id = envelope.subject.as_str();
             if !rows.contains_key(id) {
-                let row = match self.store.model(generation, id)? {
-                    Some(bytes) => serde_json::from_slice(&bytes).map_err(|source| {
-                        EngineError::Unreadable {
-                            what: format!("read model row {id}"),
-                            source,
-                        }
-                    })?,
-                    None => OrderReadModel::new(id),
-                };
+                let row = self
+                    .row(generation, id)?
+                    .unwrap_or_else(|| OrderReadModel::new(id));
                 rows.insert(id, row);
             }
             if let Some(row) = rows.get_mut(id) {
@@ -108,7 +100,25 @@ impl ProjectionActor {
                 row
             })
             .collect();
-        let writes = refolded
+        self.write(generation, &refolded)
+    }
+
+    /// The row of order `id` in `generation`, if there is one.
+    fn row(&self, generation: u32, id: &str) -> Result<Option<OrderReadModel>, EngineError> {
+        let Some(bytes) = self.store.model(generation, id)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| EngineError::Unreadable {
+                what: format!("read model row {id}"),
+                source,
+            })
+    }
+
+    /// Write folded rows to `generation` in one batch (durable at the next flush).
+    fn write(&self, generation: u32, rows: &[OrderReadModel]) -> Result<(), EngineError> {
+        let writes = rows
             .iter()
             .map(|row| match serde_json::to_vec(row) {
                 Ok(bytes) => Ok((row.order_id.clone(), bytes)),
@@ -118,9 +128,18 @@ impl ProjectionActor {
                 }),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let t = std::time::Instant::now();
         self.store.write_models(generation, &writes)?;
+        if rows.len() > 100 {
+            eprintln!(
+                "WRITE_MODELS {} rows {:?} bytes {}",
+                rows.len(),
+                t.elapsed(),
+                writes.iter().map(|w| w.1.len()).sum::<usize>()
+            );
+        }
         if generation == self.active.load(Ordering::Acquire) {
-            refolded.iter().for_each(|row| self.sagas.update(row));
+            rows.iter().for_each(|row| self.sagas.update(row));
         }
         Ok(())
     }
@@ -148,90 +167,6 @@ impl Handler<Deliver> for ProjectionActor {
                 let flushed = store.flush().await?;
                 let verdicts = msg.0.into_iter().map(|d| (Verdict::Done, d)).collect();
                 Ok(Settled { verdicts, flushed })
-            }
-            .into_actor(self),
-        ))
-    }
-}
-
-/// Why a rebuild step was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum RebuildError {
-    #[error("a rebuild is already running")]
-    AlreadyRunning,
-    #[error("no rebuild is running")]
-    NotRunning,
-    #[error(transparent)]
-    Storage(#[from] storage::StorageError),
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-}
-
-/// Start filling a new generation; answers it, and where each stream's replay must reach.
-struct BeginRebuild;
-impl Message for BeginRebuild {
-    type Result = Result<u32, RebuildError>;
-}
-
-impl Handler<BeginRebuild> for ProjectionActor {
-    type Result = Result<u32, RebuildError>;
-    fn handle(&mut self, _: BeginRebuild, _: &mut Context<Self>) -> Self::Result {
-        if self.building.is_some() {
-            return Err(RebuildError::AlreadyRunning);
-        }
-        let active = self.active.load(Ordering::Acquire);
-        let next = active + 1;
-        // Leftovers: an interrupted rebuild's rows, and the generation the last switch replaced
-        // (kept until now so queries that had already picked it could still finish).
-        self.store.drop_models(next)?;
-        if let Some(previous) = active.checked_sub(1) {
-            self.store.drop_models(previous)?;
-        }
-        self.building = Some(next);
-        Ok(next)
-    }
-}
-
-/// Replayed events for the generation being built.
-struct Replay(Vec<Envelope>);
-impl Message for Replay {
-    type Result = Result<(), RebuildError>;
-}
-
-impl Handler<Replay> for ProjectionActor {
-    type Result = Result<(), RebuildError>;
-    fn handle(&mut self, msg: Replay, _: &mut Context<Self>) -> Self::Result {
-        let generation = self.building.ok_or(RebuildError::NotRunning)?;
-        Ok(self.apply(generation, &msg.0.iter().collect::<Vec<_>>())?)
-    }
-}
-
-/// Switch queries to the rebuilt generation (`Some`), or abandon it (`None`).
-struct EndRebuild(bool);
-impl Message for EndRebuild {
-    type Result = Result<(), EngineError>;
-}
-
-impl Handler<EndRebuild> for ProjectionActor {
-    type Result = AtomicResponse<Self, Result<(), EngineError>>;
-    fn handle(&mut self, msg: EndRebuild, _: &mut Context<Self>) -> Self::Result {
-        let store = self.store.clone();
-        let built = self.building.take();
-        let active = self.active.clone();
-        let sagas = self.sagas.clone();
-        AtomicResponse::new(Box::pin(
-            async move {
-                let Some(built) = built else { return Ok(()) };
-                if !msg.0 {
-                    store.drop_models(built)?;
-                    return Ok(());
-                }
-                // Make the new rows durable, then switch in one write.
-                let _ = store.flush().await?;
-                store.switch_models(built)?;
-                let _ = store.flush().await?;
-                active.store(built, Ordering::Release);
-                load_sagas(&sagas, &store, built)
             }
             .into_actor(self),
         ))
@@ -329,7 +264,7 @@ async fn run(
     server
         .each::<Rebuild, _, _>(move |()| {
             let (js, actor, progress) = (js.clone(), actor.clone(), progress.clone());
-            async move { start_rebuild(&js, &actor, &progress).await }
+            async move { rebuild::start(&js, &actor, &progress).await }
         })
         .await?;
     host.serve_until_shutdown(server, ready).await
@@ -355,125 +290,6 @@ fn lookup(store: &Store, generation: u32, id: &str) -> Result<OrderReadModel, Do
         Ok(None) => Err(DomainError::not_found(format!("no order {id:?}"))),
         Err(e) => Err(DomainError::unavailable(e.to_string())),
     }
-}
-
-/// Begin a rebuild in the background; answers at once with what it will read.
-async fn start_rebuild(
-    js: &jetstream::Context,
-    actor: &Addr<ProjectionActor>,
-    progress: &Arc<Progress>,
-) -> Result<RebuildStarted, DomainError> {
-    let generation = actor
-        .send(BeginRebuild)
-        .await
-        .map_err(|_| DomainError::unavailable("the projection is stopping"))?
-        .map_err(|e| match e {
-            RebuildError::AlreadyRunning => DomainError::conflict(e.to_string()),
-            other => DomainError::unavailable(other.to_string()),
-        })?;
-    // Live events from here on go to the new generation too; the replay covers everything before.
-    let targets = match replay_targets(js).await {
-        Ok(targets) => targets,
-        Err(e) => {
-            let _ = actor.send(EndRebuild(false)).await;
-            return Err(e);
-        }
-    };
-    let total: u64 = targets.iter().map(|(_, last)| *last).sum();
-    progress.read.store(0, Ordering::Release);
-    progress.total.store(total, Ordering::Release);
-    progress.running.store(true, Ordering::Release);
-    let (js, actor, progress) = (js.clone(), actor.clone(), progress.clone());
-    actix_rt::spawn(async move {
-        let result = replay(&js, &actor, &progress, &targets).await;
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "projection rebuild failed; the old model stays");
-        }
-        let _ = actor.send(EndRebuild(result.is_ok())).await;
-        progress.running.store(false, Ordering::Release);
-        if result.is_ok() {
-            progress.rebuilds.fetch_add(1, Ordering::AcqRel);
-        }
-    });
-    Ok(RebuildStarted {
-        generation,
-        events: total,
-    })
-}
-
-/// Where each stream ends now: what the replay must reach.
-async fn replay_targets(js: &jetstream::Context) -> Result<Vec<(Domain, u64)>, DomainError> {
-    let mut targets = Vec::new();
-    for domain in Domain::ALL {
-        let mut stream = js
-            .get_stream(domain.stream())
-            .await
-            .map_err(|e| DomainError::unavailable(e.to_string()))?;
-        let state = &stream
-            .info()
-            .await
-            .map_err(|e| DomainError::unavailable(e.to_string()))?
-            .state;
-        if state.first_sequence > 1 {
-            return Err(DomainError::conflict(format!(
-                "{} no longer holds its first events (retention): a rebuild would lose orders",
-                domain.stream()
-            )));
-        }
-        targets.push((domain, state.last_sequence));
-    }
-    Ok(targets)
-}
-
-/// Read every stream from sequence 1 up to its target into the new generation.
-async fn replay(
-    js: &jetstream::Context,
-    actor: &Addr<ProjectionActor>,
-    progress: &Progress,
-    targets: &[(Domain, u64)],
-) -> Result<(), RebuildError> {
-    let failed = |cause: async_nats::Error| {
-        RebuildError::Engine(EngineError::Bus(BusError::jetstream("rebuild")(cause)))
-    };
-    for (domain, last) in targets {
-        if *last == 0 {
-            continue;
-        }
-        let stream = js
-            .get_stream(domain.stream())
-            .await
-            .map_err(|e| failed(e.into()))?;
-        let consumer = stream
-            .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| failed(e.into()))?;
-        let mut messages = consumer.messages().await.map_err(|e| failed(e.into()))?;
-        let mut batch = Vec::with_capacity(512);
-        let mut seen = 0;
-        while seen < *last {
-            let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
-                .await
-                .map_err(|_| failed(format!("{} stopped answering", domain.stream()).into()))?
-                .ok_or_else(|| failed("stream ended".into()))?
-                .map_err(|e| failed(e.into()))?;
-            seen = message.info().map_err(failed)?.stream_sequence;
-            // Not an event of ours: the live consumer has sent it to DLQ already.
-            if let Ok(envelope) = Envelope::from_slice(&message.payload) {
-                batch.push(envelope);
-            }
-            progress.read.fetch_add(1, Ordering::AcqRel);
-            if batch.len() >= 512 || seen >= *last {
-                actor
-                    .send(Replay(std::mem::take(&mut batch)))
-                    .await
-                    .map_err(|_| EngineError::Stopped(COMPONENT.name()))??;
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -31,6 +31,33 @@ pub struct TimelineEntry {
     pub data: serde_json::Value,
 }
 
+impl TimelineEntry {
+    fn of(envelope: &Envelope) -> TimelineEntry {
+        TimelineEntry {
+            event_id: envelope.id,
+            source: envelope.source.clone(),
+            event_type: envelope.event_type.clone(),
+            time: envelope.time,
+            version: envelope.aggregateversion.unwrap_or(0),
+            data: envelope.data.clone(),
+        }
+    }
+}
+
+/// An event becomes an entry without copying its data.
+impl From<Envelope> for TimelineEntry {
+    fn from(envelope: Envelope) -> TimelineEntry {
+        TimelineEntry {
+            event_id: envelope.id,
+            source: envelope.source,
+            event_type: envelope.event_type,
+            time: envelope.time,
+            version: envelope.aggregateversion.unwrap_or(0),
+            data: envelope.data,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OrderReadModel {
     pub order_id: String,
@@ -90,18 +117,20 @@ impl OrderReadModel {
     /// Add an event to the timeline without recomputing the fields: for a batch, insert every
     /// event, then [`OrderReadModel::refold`] once.
     pub fn insert(&mut self, envelope: &Envelope) -> bool {
-        if self.timeline.iter().any(|e| e.event_id == envelope.id) {
+        !self.has(envelope.id) && self.insert_entry(TimelineEntry::of(envelope))
+    }
+
+    /// [`OrderReadModel::insert`] for an entry already made. Returns false if it was there.
+    pub fn insert_entry(&mut self, entry: TimelineEntry) -> bool {
+        if self.has(entry.event_id) {
             return false;
         }
-        self.timeline.push(TimelineEntry {
-            event_id: envelope.id,
-            source: envelope.source.clone(),
-            event_type: envelope.event_type.clone(),
-            time: envelope.time,
-            version: envelope.aggregateversion.unwrap_or(0),
-            data: envelope.data.clone(),
-        });
+        self.timeline.push(entry);
         true
+    }
+
+    fn has(&self, event_id: Uuid) -> bool {
+        self.timeline.iter().any(|e| e.event_id == event_id)
     }
 
     /// Recompute every field from the timeline, each source's events in version order.

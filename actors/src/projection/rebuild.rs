@@ -1,0 +1,403 @@
+//! Rebuild (`commerce projection rebuild`): replay every stream from sequence 1 into a new
+//! generation of rows while queries keep reading the old one; live events go to both meanwhile;
+//! when the replay has reached where the streams were when it began, switch (one write).
+//!
+//! The replay reads the six streams at once, merged by the time the broker stored each message.
+//! One order's events sit close together in that order, so its row is folded in memory from all
+//! of them and written once. A row not touched for [`ROWS_IN_MEMORY`] other rows is written out
+//! (memory stays bounded however long the history); should an event of it come after all, the
+//! row is merged with its written self. The write merges with what live events wrote meanwhile
+//! too, so nothing depends on which came first: a row is the fold of its timeline.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use async_nats::jetstream;
+use bus::{BusError, Domain, Envelope};
+use futures::StreamExt;
+
+use super::api::RebuildStarted;
+use super::model::OrderReadModel;
+use super::{load_sagas, Progress, ProjectionActor, COMPONENT};
+use crate::engine::EngineError;
+use crate::rpc::DomainError;
+
+/// Rows folded in memory before the least recently touched are written out (twice this at most).
+const ROWS_IN_MEMORY: usize = 10_000;
+/// Rows per write to the new generation: live batches get their turn in between.
+const ROWS_PER_WRITE: usize = 1_024;
+
+/// Why a rebuild step was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("a rebuild is already running")]
+    AlreadyRunning,
+    #[error("no rebuild is running")]
+    NotRunning,
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Start filling a new generation; answers it.
+struct BeginRebuild;
+impl Message for BeginRebuild {
+    type Result = Result<u32, RebuildError>;
+}
+
+impl Handler<BeginRebuild> for ProjectionActor {
+    type Result = Result<u32, RebuildError>;
+    fn handle(&mut self, _: BeginRebuild, _: &mut Context<Self>) -> Self::Result {
+        if self.building.is_some() {
+            return Err(RebuildError::AlreadyRunning);
+        }
+        let active = self.active.load(Ordering::Acquire);
+        let next = active + 1;
+        // Leftovers: an interrupted rebuild's rows, and the generation the last switch replaced
+        // (kept until now so queries that had already picked it could still finish).
+        self.store.drop_models(next)?;
+        if let Some(previous) = active.checked_sub(1) {
+            self.store.drop_models(previous)?;
+        }
+        self.building = Some(next);
+        Ok(next)
+    }
+}
+
+/// Rows folded from replayed events (timelines filled, fields not yet folded), for the
+/// generation being built.
+struct Replayed(Vec<OrderReadModel>);
+impl Message for Replayed {
+    type Result = Result<(), RebuildError>;
+}
+
+impl Handler<Replayed> for ProjectionActor {
+    type Result = Result<(), RebuildError>;
+    fn handle(&mut self, msg: Replayed, _: &mut Context<Self>) -> Self::Result {
+        let generation = self.building.ok_or(RebuildError::NotRunning)?;
+        let mut rows = msg.0;
+        for row in &mut rows {
+            // What live events (or an earlier write-out of this row) put there meanwhile.
+            if let Some(written) = self.row(generation, &row.order_id)? {
+                written.timeline.into_iter().for_each(|e| {
+                    row.insert_entry(e);
+                });
+            }
+            row.refold();
+        }
+        Ok(self.write(generation, &rows)?)
+    }
+}
+
+/// Switch queries to the rebuilt generation (`true`), or abandon it (`false`).
+struct EndRebuild(bool);
+impl Message for EndRebuild {
+    type Result = Result<(), EngineError>;
+}
+
+impl Handler<EndRebuild> for ProjectionActor {
+    type Result = AtomicResponse<Self, Result<(), EngineError>>;
+    fn handle(&mut self, msg: EndRebuild, _: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        let built = self.building.take();
+        let active = self.active.clone();
+        let sagas = self.sagas.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let Some(built) = built else { return Ok(()) };
+                if !msg.0 {
+                    store.drop_models(built)?;
+                    return Ok(());
+                }
+                // Make the new rows durable, then switch in one write.
+                let _ = store.flush().await?;
+                store.switch_models(built)?;
+                let _ = store.flush().await?;
+                active.store(built, Ordering::Release);
+                load_sagas(&sagas, &store, built)
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+/// Begin a rebuild in the background; answers at once with what it will read.
+pub(super) async fn start(
+    js: &jetstream::Context,
+    actor: &Addr<ProjectionActor>,
+    progress: &Arc<Progress>,
+) -> Result<RebuildStarted, DomainError> {
+    let generation = actor
+        .send(BeginRebuild)
+        .await
+        .map_err(|_| DomainError::unavailable("the projection is stopping"))?
+        .map_err(|e| match e {
+            RebuildError::AlreadyRunning => DomainError::conflict(e.to_string()),
+            other => DomainError::unavailable(other.to_string()),
+        })?;
+    // Live events from here on go to the new generation too; the replay covers everything before.
+    let targets = match replay_targets(js).await {
+        Ok(targets) => targets,
+        Err(e) => {
+            let _ = actor.send(EndRebuild(false)).await;
+            return Err(e);
+        }
+    };
+    let total: u64 = targets.iter().map(|(_, last)| *last).sum();
+    progress.read.store(0, Ordering::Release);
+    progress.total.store(total, Ordering::Release);
+    progress.running.store(true, Ordering::Release);
+    let (js, actor, progress) = (js.clone(), actor.clone(), progress.clone());
+    actix_rt::spawn(async move {
+        let result = replay(&js, &actor, &progress, &targets).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "projection rebuild failed; the old model stays");
+        }
+        let _ = actor.send(EndRebuild(result.is_ok())).await;
+        progress.running.store(false, Ordering::Release);
+        if result.is_ok() {
+            progress.rebuilds.fetch_add(1, Ordering::AcqRel);
+        }
+    });
+    Ok(RebuildStarted {
+        generation,
+        events: total,
+    })
+}
+
+/// Where each stream ends now: what the replay must reach.
+async fn replay_targets(js: &jetstream::Context) -> Result<Vec<(Domain, u64)>, DomainError> {
+    let mut targets = Vec::new();
+    for domain in Domain::ALL {
+        let mut stream = js
+            .get_stream(domain.stream())
+            .await
+            .map_err(|e| DomainError::unavailable(e.to_string()))?;
+        let state = &stream
+            .info()
+            .await
+            .map_err(|e| DomainError::unavailable(e.to_string()))?
+            .state;
+        if state.first_sequence > 1 {
+            return Err(DomainError::conflict(format!(
+                "{} no longer holds its first events (retention): a rebuild would lose orders",
+                domain.stream()
+            )));
+        }
+        targets.push((domain, state.last_sequence));
+    }
+    Ok(targets)
+}
+
+fn failed(cause: async_nats::Error) -> RebuildError {
+    RebuildError::Engine(EngineError::Bus(BusError::jetstream("rebuild")(cause)))
+}
+
+/// One stream being read up to its target, with its next message.
+struct Reader {
+    domain: Domain,
+    last: u64,
+    messages: jetstream::consumer::pull::Ordered,
+    next: Option<jetstream::Message>,
+}
+
+impl Reader {
+    async fn open(
+        js: &jetstream::Context,
+        domain: Domain,
+        last: u64,
+    ) -> Result<Reader, RebuildError> {
+        let stream = js
+            .get_stream(domain.stream())
+            .await
+            .map_err(|e| failed(e.into()))?;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed(e.into()))?;
+        let messages = consumer.messages().await.map_err(|e| failed(e.into()))?;
+        let mut reader = Reader {
+            domain,
+            last,
+            messages,
+            next: None,
+        };
+        reader.advance(0).await?;
+        Ok(reader)
+    }
+
+    /// Fetch the message after the one at `seen`, unless that one was the target.
+    async fn advance(&mut self, seen: u64) -> Result<(), RebuildError> {
+        self.next = None;
+        if seen >= self.last {
+            return Ok(());
+        }
+        let stream = self.domain.stream();
+        let message = tokio::time::timeout(Duration::from_secs(30), self.messages.next())
+            .await
+            .map_err(|_| failed(format!("{stream} stopped answering").into()))?
+            .ok_or_else(|| failed(format!("{stream} ended").into()))?
+            .map_err(|e| failed(e.into()))?;
+        self.next = Some(message);
+        Ok(())
+    }
+}
+
+/// Read every stream from sequence 1 up to its target into the new generation, the streams
+/// merged by the time each message was stored.
+async fn replay(
+    js: &jetstream::Context,
+    actor: &Addr<ProjectionActor>,
+    progress: &Progress,
+    targets: &[(Domain, u64)],
+) -> Result<(), RebuildError> {
+    let mut readers = Vec::new();
+    for (domain, last) in targets.iter().filter(|(_, last)| *last > 0) {
+        readers.push(Reader::open(js, *domain, *last).await?);
+    }
+    let mut folding = Folding::default();
+    // The next message of all: the one stored first (one without metadata goes at once).
+    while let Some(reader) = readers
+        .iter_mut()
+        .filter(|r| r.next.is_some())
+        .min_by_key(|r| {
+            r.next
+                .as_ref()
+                .and_then(|m| m.info().ok())
+                .map(|i| i.published)
+        })
+    {
+        let Some(message) = reader.next.take() else {
+            break;
+        };
+        let seen = message.info().map_err(failed)?.stream_sequence;
+        // Not an event of ours: the live consumer has sent it to DLQ already.
+        if let Ok(envelope) = Envelope::from_slice(&message.payload) {
+            if let Some(written_out) = folding.insert(envelope) {
+                write(actor, written_out).await?;
+            }
+        }
+        progress.read.fetch_add(1, Ordering::AcqRel);
+        reader.advance(seen).await?;
+    }
+    write(actor, folding.finish()).await
+}
+
+async fn write(
+    actor: &Addr<ProjectionActor>,
+    rows: Vec<OrderReadModel>,
+) -> Result<(), RebuildError> {
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<_> = rows.by_ref().take(ROWS_PER_WRITE).collect();
+        actor
+            .send(Replayed(chunk))
+            .await
+            .map_err(|_| EngineError::Stopped(COMPONENT.name()))??;
+    }
+    Ok(())
+}
+
+/// Rows being folded in memory: `young` were touched since `old` was, by age, the young ones.
+/// When `young` is full, `old` is written out and `young` becomes old: a row is written out
+/// after at least [`ROWS_IN_MEMORY`] other rows were touched and it was not.
+#[derive(Default)]
+struct Folding {
+    young: HashMap<String, OrderReadModel>,
+    old: HashMap<String, OrderReadModel>,
+}
+
+impl Folding {
+    /// Add an event to its order's row; answers the rows to write out, if it is time.
+    fn insert(&mut self, envelope: Envelope) -> Option<Vec<OrderReadModel>> {
+        let row = match self.young.get_mut(&envelope.subject) {
+            Some(row) => row,
+            None => {
+                let id = envelope.subject.clone();
+                let row = self
+                    .old
+                    .remove(&id)
+                    .unwrap_or_else(|| OrderReadModel::new(&id));
+                self.young.entry(id).or_insert(row)
+            }
+        };
+        row.insert_entry(envelope.into());
+        if self.young.len() < ROWS_IN_MEMORY {
+            return None;
+        }
+        let old = std::mem::replace(&mut self.old, std::mem::take(&mut self.young));
+        Some(old.into_values().collect())
+    }
+
+    fn finish(self) -> Vec<OrderReadModel> {
+        self.old
+            .into_values()
+            .chain(self.young.into_values())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(order: &str, n: u64) -> Envelope {
+        let mut e = Envelope::new(Domain::Orders, "OrderShipped", order, json!({})).unwrap();
+        e.aggregateversion = Some(n);
+        e
+    }
+
+    #[test]
+    fn rows_wait_in_memory_until_others_push_them_out() {
+        let mut folding = Folding::default();
+        folding.insert(event("first", 1));
+        folding.insert(event("first", 2));
+        let mut written = Vec::new();
+        for n in 0..ROWS_IN_MEMORY * 2 {
+            written.extend(
+                folding
+                    .insert(event(&format!("o{n}"), 1))
+                    .unwrap_or_default(),
+            );
+        }
+        // "first" went old when the first young set filled, out when the second did.
+        let first: Vec<_> = written.iter().filter(|r| r.order_id == "first").collect();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].timeline.len(), 2);
+        let rest = folding.finish();
+        assert_eq!(written.len() + rest.len(), ROWS_IN_MEMORY * 2 + 1);
+        assert!(rest.iter().all(|r| r.order_id != "first"));
+    }
+
+    #[test]
+    fn a_row_touched_again_stays_young() {
+        let mut folding = Folding::default();
+        folding.insert(event("kept", 1));
+        let mut written = Vec::new();
+        for n in 0..ROWS_IN_MEMORY * 3 {
+            if n % 100 == 0 {
+                folding.insert(event("kept", n as u64 + 2));
+            }
+            written.extend(
+                folding
+                    .insert(event(&format!("o{n}"), 1))
+                    .unwrap_or_default(),
+            );
+        }
+        assert!(written.iter().all(|r| r.order_id != "kept"));
+        let kept = folding
+            .finish()
+            .into_iter()
+            .find(|r| r.order_id == "kept")
+            .unwrap();
+        assert_eq!(kept.timeline.len(), 1 + ROWS_IN_MEMORY * 3 / 100);
+    }
+}
