@@ -274,12 +274,24 @@ impl Store {
                 }),
             }
         }
-        let runs: Vec<(u64, Vec<u8>)> = runs.iter().map(|r| (r.first, r.encode())).collect();
         let position = position.map(encode_position).transpose()?;
         let s = &*self.inner;
         (&s.outbox_acks, &s.meta).transaction(|(acks, meta)| {
-            for (first, run) in &runs {
-                acks.insert(&first.to_be_bytes(), run.as_slice())?;
+            let upto = match meta.get(SENT_UPTO)? {
+                Some(v) => watermark(&v).map_err(ConflictableTransactionError::Abort)?,
+                None => 0,
+            };
+            for run in &runs {
+                // Marked by someone else meanwhile (two relays on one store): keep theirs.
+                let known = match acks.get(run.first.to_be_bytes())? {
+                    Some(v) => Run::decode(&run.first.to_be_bytes(), &v)
+                        .map_err(ConflictableTransactionError::Abort)?
+                        .last(),
+                    None => 0,
+                };
+                if run.last() > upto.max(known) {
+                    acks.insert(&run.first.to_be_bytes(), run.encode())?;
+                }
             }
             advance_watermark(acks, meta)?;
             if let Some(position) = &position {
@@ -353,7 +365,8 @@ impl Store {
     /// subtraction (and the rare rows sent out of order).
     pub fn outbox_depth(&self) -> usize {
         let committed = self.committed_seq();
-        let upto = self.sent_upto().unwrap_or(committed);
+        // Unreadable: count every row as waiting, rather than none.
+        let upto = self.sent_upto().unwrap_or(0);
         let sent_above: u64 = self
             .runs_from(upto + 1)
             .unwrap_or_default()
@@ -410,12 +423,10 @@ impl Store {
 
     /// Every row at or below this is sent.
     fn sent_upto(&self) -> Result<u64, StorageError> {
-        Ok(self
-            .inner
-            .meta
-            .get(SENT_UPTO)?
-            .and_then(|v| decode_u64(&v))
-            .unwrap_or(0))
+        match self.inner.meta.get(SENT_UPTO)? {
+            Some(v) => watermark(&v),
+            None => Ok(0),
+        }
     }
 
     /// The runs starting at or after `first`, in order.
@@ -432,8 +443,8 @@ impl Store {
 
     /// Carry an earlier version's outbox over, once: its sent rows (moved to `outbox_sent`,
     /// message included) go back into the log as runs of one, and the watermark starts below
-    /// the oldest row still pending. Rows it had not kept the message of are forgotten (they
-    /// were only an audit trail).
+    /// the oldest row still pending. Rows it had not kept the message of, or had trimmed, are
+    /// runs with nothing to heal, so the watermark moves past them.
     pub(crate) fn carry_outbox_over(&self) -> Result<(), StorageError> {
         let s = &*self.inner;
         if s.meta.contains_key(SENT_UPTO)? {
@@ -463,6 +474,26 @@ impl Store {
                 s.outbox_acks.insert(seq.to_be_bytes(), run.encode())?;
             }
         }
+        // A row missing above the watermark was sent and trimmed (or kept without its message):
+        // a run of its own, nothing to heal (stream sequence 0), already past retention.
+        let mut present = s.outbox_pending.range((upto + 1).to_be_bytes()..).keys();
+        let mut next_present = || -> Result<Option<u64>, StorageError> {
+            Ok(present.next().transpose()?.and_then(|k| decode_u64(&k)))
+        };
+        let mut present_seq = next_present()?;
+        for seq in upto + 1..=self.committed_seq() {
+            while present_seq.is_some_and(|p| p < seq) {
+                present_seq = next_present()?;
+            }
+            if present_seq != Some(seq) {
+                let gone = Run {
+                    first: seq,
+                    sent_at: 0,
+                    stream_seqs: vec![0],
+                };
+                s.outbox_acks.insert(seq.to_be_bytes(), gone.encode())?;
+            }
+        }
         (&s.outbox_acks, &s.meta).transaction(|(acks, meta)| {
             meta.insert(SENT_UPTO, &upto.to_be_bytes())?;
             advance_watermark(acks, meta)?;
@@ -479,10 +510,10 @@ fn advance_watermark(
     acks: &TransactionalTree,
     meta: &TransactionalTree,
 ) -> Result<(), ConflictableTransactionError<StorageError>> {
-    let mut upto = meta
-        .get(SENT_UPTO)?
-        .and_then(|v| decode_u64(&v))
-        .unwrap_or(0);
+    let mut upto = match meta.get(SENT_UPTO)? {
+        Some(v) => watermark(&v).map_err(ConflictableTransactionError::Abort)?,
+        None => 0,
+    };
     let start = upto;
     while let Some(value) = acks.get((upto + 1).to_be_bytes())? {
         let run = Run::decode(&(upto + 1).to_be_bytes(), &value)
@@ -493,6 +524,14 @@ fn advance_watermark(
         meta.insert(SENT_UPTO, &upto.to_be_bytes())?;
     }
     Ok(())
+}
+
+/// The watermark's value: a wrong one would publish every kept row again, so it is an error.
+fn watermark(value: &[u8]) -> Result<u64, StorageError> {
+    decode_u64(value).ok_or_else(|| StorageError::Malformed {
+        what: "outbox watermark",
+        reason: format!("{} bytes", value.len()),
+    })
 }
 
 fn encode_position(position: &StreamPosition) -> Result<Vec<u8>, StorageError> {
@@ -663,5 +702,59 @@ mod tests {
         );
         assert_eq!(kept.len(), 1, "a row without its message is forgotten");
         assert!(!store.inner.db.tree_names().iter().any(|n| n == LEGACY_SENT));
+    }
+
+    /// Row 1 failed while 2 and 3 were sent, and 2 was trimmed since: once 1 is sent the
+    /// watermark passes all three, and retention goes on.
+    #[test]
+    fn a_trimmed_row_of_the_earlier_layout_does_not_hold_the_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc");
+        let (first, third) = (message(vec![]), message(vec![]));
+        {
+            let store = Store::open(&path, &crate::StoreConfig::default()).unwrap();
+            let s = &*store.inner;
+            let legacy = s.db.open_tree(LEGACY_SENT).unwrap();
+            let row = serde_json::json!({"event_id": third.event_id, "subject": third.subject,
+                "sent_at": 1, "stream_seq": 7, "message": third});
+            legacy
+                .insert(3u64.to_be_bytes(), serde_json::to_vec(&row).unwrap())
+                .unwrap();
+            s.outbox_pending
+                .insert(1u64.to_be_bytes(), serde_json::to_vec(&first).unwrap())
+                .unwrap();
+            s.meta.insert(b"outbox_seq", &3u64.to_be_bytes()).unwrap();
+            s.meta.remove(SENT_UPTO).unwrap();
+            s.db.flush().unwrap();
+        }
+        let store = Store::open(&path, &crate::StoreConfig::default()).unwrap();
+        let rows = store.pending(10).unwrap();
+        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [1]);
+        assert_eq!(store.outbox_depth(), 1);
+        store.mark_sent(&[(rows[0].clone(), 8)], None).unwrap();
+        assert_eq!(store.sent_upto().unwrap(), 3);
+        assert_eq!(store.outbox_depth(), 0);
+        assert_eq!(store.cleanup_sent(Duration::ZERO).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_stale_mark_does_not_shorten_a_run_or_move_below_the_watermark() {
+        let (_dir, store, rows) = store_with_rows(3);
+        let all: Vec<_> = rows.iter().cloned().zip([1, 2, 3]).collect();
+        store.mark_sent(&all, None).unwrap();
+        store.mark_sent(&all[..1], None).unwrap();
+        assert_eq!(store.outbox_sent_count(), 3);
+        assert_eq!(store.sent_upto().unwrap(), 3);
+        assert!(store.pending(10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_malformed_watermark_is_an_error_not_a_resend_of_everything() {
+        let (_dir, store, _rows) = store_with_rows(1);
+        store.inner.meta.insert(SENT_UPTO, &[1, 2, 3]).unwrap();
+        assert!(matches!(
+            store.pending(10),
+            Err(StorageError::Malformed { .. })
+        ));
     }
 }

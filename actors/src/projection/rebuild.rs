@@ -68,9 +68,8 @@ impl Handler<BeginRebuild> for ProjectionActor {
     }
 }
 
-/// Rows folded from replayed events (timelines filled, fields not yet folded), for the
-/// generation being built.
-struct Replayed(Vec<OrderReadModel>);
+/// Rows folded from replayed events, with their encoding, for the generation being built.
+struct Replayed(Vec<(OrderReadModel, Vec<u8>)>);
 impl Message for Replayed {
     type Result = Result<(), RebuildError>;
 }
@@ -79,18 +78,29 @@ impl Handler<Replayed> for ProjectionActor {
     type Result = Result<(), RebuildError>;
     fn handle(&mut self, msg: Replayed, _: &mut Context<Self>) -> Self::Result {
         let generation = self.building.ok_or(RebuildError::NotRunning)?;
-        let mut rows = msg.0;
-        for row in &mut rows {
-            // What live events (or an earlier write-out of this row) put there meanwhile.
+        let mut writes = Vec::with_capacity(msg.0.len());
+        for (mut row, mut bytes) in msg.0 {
+            // What live events (or an earlier write-out of this row) put there meanwhile: fold
+            // it in, and encode the row again.
             if let Some(written) = self.row(generation, &row.order_id)? {
                 written.timeline.into_iter().for_each(|e| {
                     row.insert_entry(e);
                 });
+                row.refold();
+                bytes = encode(&row)?;
             }
-            row.refold();
+            writes.push((row.order_id, bytes));
         }
-        Ok(self.write(generation, &rows)?)
+        self.store.write_models(generation, &writes)?;
+        Ok(())
     }
+}
+
+fn encode(row: &OrderReadModel) -> Result<Vec<u8>, EngineError> {
+    serde_json::to_vec(row).map_err(|source| EngineError::Unreadable {
+        what: format!("read model row {} (encoding)", row.order_id),
+        source,
+    })
 }
 
 /// Switch queries to the rebuilt generation (`true`), or abandon it (`false`).
@@ -250,8 +260,13 @@ impl Reader {
     }
 }
 
+/// Messages handed to the folding thread at a time.
+const MESSAGES_PER_HANDOVER: usize = 256;
+
 /// Read every stream from sequence 1 up to its target into the new generation, the streams
-/// merged by the time each message was stored.
+/// merged by the time each message was stored. This task only reads; a thread of its own
+/// decodes and folds (the CPU work), so both cores work while the broker streams, and the
+/// rows it folds come back here to be written by the actor.
 async fn replay(
     js: &jetstream::Context,
     actor: &Addr<ProjectionActor>,
@@ -262,7 +277,11 @@ async fn replay(
     for (domain, last) in targets.iter().filter(|(_, last)| *last > 0) {
         readers.push(Reader::open(js, *domain, *last).await?);
     }
-    let mut folding = Folding::default();
+    let (hand_over, messages) = tokio::sync::mpsc::channel(16);
+    // Unbounded, yet small: this task writes what came back after every message it reads.
+    let (folded, mut rows) = tokio::sync::mpsc::unbounded_channel();
+    let folder = tokio::task::spawn_blocking(move || fold(messages, folded));
+    let mut chunk = Vec::with_capacity(MESSAGES_PER_HANDOVER);
     // The next message of all: the one stored first (one without metadata goes at once).
     while let Some(reader) = readers
         .iter_mut()
@@ -278,31 +297,83 @@ async fn replay(
             break;
         };
         let seen = message.info().map_err(failed)?.stream_sequence;
-        // Not an event of ours: the live consumer has sent it to DLQ already.
-        if let Ok(envelope) = Envelope::from_slice(&message.payload) {
-            if let Some(written_out) = folding.insert(envelope) {
-                write(actor, written_out).await?;
+        chunk.push(message);
+        if chunk.len() == MESSAGES_PER_HANDOVER {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(MESSAGES_PER_HANDOVER));
+            // Gone only if the folding thread stopped: its error is reported below.
+            if hand_over.send(full).await.is_err() {
+                break;
             }
+        }
+        while let Ok(ready) = rows.try_recv() {
+            write(actor, ready).await?;
         }
         progress.read.fetch_add(1, Ordering::AcqRel);
         reader.advance(seen).await?;
     }
-    write(actor, folding.finish()).await
+    if !chunk.is_empty() {
+        let _ = hand_over.send(chunk).await;
+    }
+    drop(hand_over);
+    while let Some(ready) = rows.recv().await {
+        write(actor, ready).await?;
+    }
+    folder.await.map_err(|e| {
+        EngineError::Stopped(if e.is_panic() {
+            "rebuild (panicked)"
+        } else {
+            "rebuild"
+        })
+    })?
+}
+
+/// The folding thread: decode each message and fold it into its row; hand back the rows
+/// written out of memory on the way, then all the others, each refolded and encoded.
+fn fold(
+    mut messages: tokio::sync::mpsc::Receiver<Vec<jetstream::Message>>,
+    folded: tokio::sync::mpsc::UnboundedSender<Vec<(OrderReadModel, Vec<u8>)>>,
+) -> Result<(), RebuildError> {
+    let finish = |rows: Vec<OrderReadModel>| -> Result<(), RebuildError> {
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let chunk = rows
+                .by_ref()
+                .take(ROWS_PER_WRITE)
+                .map(|mut row| {
+                    row.refold();
+                    let bytes = encode(&row)?;
+                    Ok((row, bytes))
+                })
+                .collect::<Result<Vec<_>, EngineError>>()?;
+            // The reader stopped (it failed): nothing more to do.
+            if folded.send(chunk).is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    };
+    let mut folding = Folding::default();
+    while let Some(chunk) = messages.blocking_recv() {
+        for message in chunk {
+            // Not an event of ours: the live consumer has sent it to DLQ already.
+            if let Ok(envelope) = Envelope::from_slice(&message.payload) {
+                if let Some(written_out) = folding.insert(envelope) {
+                    finish(written_out)?;
+                }
+            }
+        }
+    }
+    finish(folding.finish())
 }
 
 async fn write(
     actor: &Addr<ProjectionActor>,
-    rows: Vec<OrderReadModel>,
+    rows: Vec<(OrderReadModel, Vec<u8>)>,
 ) -> Result<(), RebuildError> {
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<_> = rows.by_ref().take(ROWS_PER_WRITE).collect();
-        actor
-            .send(Replayed(chunk))
-            .await
-            .map_err(|_| EngineError::Stopped(COMPONENT.name()))??;
-    }
-    Ok(())
+    actor
+        .send(Replayed(rows))
+        .await
+        .map_err(|_| EngineError::Stopped(COMPONENT.name()))?
 }
 
 /// Rows being folded in memory: `young` were touched since `old` was, by age, the young ones.
