@@ -6,7 +6,8 @@
 //!   (events + outbox rows + inbox mark, atomically) and [`Store::flush`] (the [`Flushed`] proof
 //!   that makes "ack only after flush" the natural way to write a consumer).
 //! - [`events`]: reading an aggregate's append-only log, and snapshots.
-//! - [`outbox`]: rows waiting for the relay; visible to it only once flushed; pending → sent.
+//! - [`outbox`]: a log of rows for the relay, visible to it only once flushed; sent up to a
+//!   watermark, kept (with where the broker stored them) until retention trims them.
 //! - [`inbox`]: ids of inbound events already applied, kept longer than the broker's duplicate window;
 //!   beside them, ids of events the service dead-lettered (skipped live, re-driven by a replay).
 //! - [`models`]: read-model tables (denormalized rows, one lookup each), in generations so a

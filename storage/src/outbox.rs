@@ -656,36 +656,45 @@ mod tests {
         assert_eq!(store.outbox_depth(), 0);
     }
 
-    /// A database of the version that moved each sent row to `outbox_sent` (JSON, message
-    /// included) opens with its sent rows kept for healing and its pending rows still pending.
+    /// A database as the version that moved each sent row to `outbox_sent` left it: `sent`
+    /// rows there (JSON; `None`: without its message), `pending` rows (JSON) in the log, and the
+    /// outbox sequence at `last`. Opened again by the caller.
+    fn earlier_layout(
+        path: &std::path::Path,
+        sent: &[(u64, Option<&OutboxMessage>, u64)],
+        pending: &[(u64, &OutboxMessage)],
+        last: u64,
+    ) {
+        let store = Store::open(path, &crate::StoreConfig::default()).unwrap();
+        let s = &*store.inner;
+        let legacy = s.db.open_tree(LEGACY_SENT).unwrap();
+        for (seq, message, stream_seq) in sent {
+            let row = serde_json::json!({"event_id": Uuid::now_v7(), "subject": "x",
+                "sent_at": 1, "stream_seq": stream_seq, "message": message});
+            let row = serde_json::to_vec(&row).unwrap();
+            legacy.insert(seq.to_be_bytes(), row).unwrap();
+        }
+        for (seq, message) in pending {
+            let row = serde_json::to_vec(message).unwrap();
+            s.outbox_pending.insert(seq.to_be_bytes(), row).unwrap();
+        }
+        s.meta.insert(b"outbox_seq", &last.to_be_bytes()).unwrap();
+        s.meta.remove(SENT_UPTO).unwrap();
+        s.db.flush().unwrap();
+    }
+
+    /// Sent rows are kept for healing, pending rows stay pending.
     #[test]
     fn an_outbox_of_the_earlier_layout_is_carried_over_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("svc");
         let (sent, pending) = (message(vec![]), message(vec![]));
-        {
-            let store = Store::open(&path, &crate::StoreConfig::default()).unwrap();
-            let s = &*store.inner;
-            let legacy = s.db.open_tree(LEGACY_SENT).unwrap();
-            let row = serde_json::json!({
-                "event_id": sent.event_id, "subject": sent.subject, "sent_at": 1,
-                "stream_seq": 9, "message": sent,
-            });
-            legacy
-                .insert(1u64.to_be_bytes(), serde_json::to_vec(&row).unwrap())
-                .unwrap();
-            let old_row =
-                serde_json::json!({"event_id": Uuid::now_v7(), "subject": "x", "sent_at": 1});
-            legacy
-                .insert(0u64.to_be_bytes(), serde_json::to_vec(&old_row).unwrap())
-                .unwrap();
-            s.outbox_pending
-                .insert(2u64.to_be_bytes(), serde_json::to_vec(&pending).unwrap())
-                .unwrap();
-            s.meta.insert(b"outbox_seq", &2u64.to_be_bytes()).unwrap();
-            s.meta.remove(SENT_UPTO).unwrap();
-            s.db.flush().unwrap();
-        }
+        earlier_layout(
+            &path,
+            &[(0, None, 3), (1, Some(&sent), 9)],
+            &[(2, &pending)],
+            2,
+        );
         let store = Store::open(&path, &crate::StoreConfig::default()).unwrap();
         assert_eq!(store.sent_upto().unwrap(), 1);
         let pending_now: Vec<_> = store
@@ -711,22 +720,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("svc");
         let (first, third) = (message(vec![]), message(vec![]));
-        {
-            let store = Store::open(&path, &crate::StoreConfig::default()).unwrap();
-            let s = &*store.inner;
-            let legacy = s.db.open_tree(LEGACY_SENT).unwrap();
-            let row = serde_json::json!({"event_id": third.event_id, "subject": third.subject,
-                "sent_at": 1, "stream_seq": 7, "message": third});
-            legacy
-                .insert(3u64.to_be_bytes(), serde_json::to_vec(&row).unwrap())
-                .unwrap();
-            s.outbox_pending
-                .insert(1u64.to_be_bytes(), serde_json::to_vec(&first).unwrap())
-                .unwrap();
-            s.meta.insert(b"outbox_seq", &3u64.to_be_bytes()).unwrap();
-            s.meta.remove(SENT_UPTO).unwrap();
-            s.db.flush().unwrap();
-        }
+        earlier_layout(&path, &[(3, Some(&third), 7)], &[(1, &first)], 3);
         let store = Store::open(&path, &crate::StoreConfig::default()).unwrap();
         let rows = store.pending(10).unwrap();
         assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [1]);
