@@ -120,24 +120,9 @@ impl ProjectionActor {
     fn write(&self, generation: u32, rows: &[OrderReadModel]) -> Result<(), EngineError> {
         let writes = rows
             .iter()
-            .map(|row| match serde_json::to_vec(row) {
-                Ok(bytes) => Ok((row.order_id.clone(), bytes)),
-                Err(source) => Err(EngineError::Unreadable {
-                    what: format!("read model row {} (encoding)", row.order_id),
-                    source,
-                }),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let t = std::time::Instant::now();
+            .map(|row| Ok((row.order_id.clone(), encode(row)?)))
+            .collect::<Result<Vec<_>, EngineError>>()?;
         self.store.write_models(generation, &writes)?;
-        if rows.len() > 100 {
-            eprintln!(
-                "WRITE_MODELS {} rows {:?} bytes {}",
-                rows.len(),
-                t.elapsed(),
-                writes.iter().map(|w| w.1.len()).sum::<usize>()
-            );
-        }
         if generation == self.active.load(Ordering::Acquire) {
             rows.iter().for_each(|row| self.sagas.update(row));
         }
@@ -268,6 +253,14 @@ async fn run(
         })
         .await?;
     host.serve_until_shutdown(server, ready).await
+}
+
+/// A row as it is stored.
+fn encode(row: &OrderReadModel) -> Result<Vec<u8>, EngineError> {
+    serde_json::to_vec(row).map_err(|source| EngineError::Unreadable {
+        what: format!("read model row {} (encoding)", row.order_id),
+        source,
+    })
 }
 
 /// Track the open sagas of `generation`'s rows (rows that do not decode are skipped: the

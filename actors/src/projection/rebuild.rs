@@ -21,7 +21,7 @@ use futures::StreamExt;
 
 use super::api::RebuildStarted;
 use super::model::OrderReadModel;
-use super::{load_sagas, Progress, ProjectionActor, COMPONENT};
+use super::{encode, load_sagas, Progress, ProjectionActor, COMPONENT};
 use crate::engine::EngineError;
 use crate::rpc::DomainError;
 
@@ -83,24 +83,20 @@ impl Handler<Replayed> for ProjectionActor {
             // What live events (or an earlier write-out of this row) put there meanwhile: fold
             // it in, and encode the row again.
             if let Some(written) = self.row(generation, &row.order_id)? {
-                written.timeline.into_iter().for_each(|e| {
-                    row.insert_entry(e);
-                });
-                row.refold();
-                bytes = encode(&row)?;
+                let mut added = false;
+                for entry in written.timeline {
+                    added |= row.insert_entry(entry);
+                }
+                if added {
+                    row.refold();
+                    bytes = encode(&row)?;
+                }
             }
             writes.push((row.order_id, bytes));
         }
         self.store.write_models(generation, &writes)?;
         Ok(())
     }
-}
-
-fn encode(row: &OrderReadModel) -> Result<Vec<u8>, EngineError> {
-    serde_json::to_vec(row).map_err(|source| EngineError::Unreadable {
-        what: format!("read model row {} (encoding)", row.order_id),
-        source,
-    })
 }
 
 /// Switch queries to the rebuilt generation (`true`), or abandon it (`false`).
@@ -126,9 +122,12 @@ impl Handler<EndRebuild> for ProjectionActor {
                 // Make the new rows durable, then switch in one write.
                 let _ = store.flush().await?;
                 store.switch_models(built)?;
-                let _ = store.flush().await?;
+                // Queries and live events follow the switch at once, even should its flush
+                // fail: sled may still write it, and live events must not miss the new rows.
                 active.store(built, Ordering::Release);
-                load_sagas(&sagas, &store, built)
+                let flushed = store.flush().await;
+                load_sagas(&sagas, &store, built)?;
+                flushed.map(|_| ()).map_err(EngineError::from)
             }
             .into_actor(self),
         ))
@@ -167,9 +166,16 @@ pub(super) async fn start(
         if let Err(e) = &result {
             tracing::error!(error = %e, "projection rebuild failed; the old model stays");
         }
-        let _ = actor.send(EndRebuild(result.is_ok())).await;
+        let switched = match actor.send(EndRebuild(result.is_ok())).await {
+            Ok(Ok(())) => result.is_ok(),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "projection rebuild: switching generations failed");
+                false
+            }
+            Err(_) => false, // the projection is stopping
+        };
         progress.running.store(false, Ordering::Release);
-        if result.is_ok() {
+        if switched {
             progress.rebuilds.fetch_add(1, Ordering::AcqRel);
         }
     });
