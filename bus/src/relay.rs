@@ -52,10 +52,13 @@ impl Default for RelayConfig {
 /// stored at or below a sequence acked before means the stream went back: what survived ends
 /// below the first such, and the heal is recorded with the acks. Duplicates are stored at their
 /// first sequence, which says nothing of the stream's end.
+///
+/// The heal takes every kept row stored past what survived, this pass's own too (the broker
+/// drops those as duplicates): rows sent in an earlier pass while one before them failed sit
+/// after this pass's first row in the outbox, and were lost as well.
 fn moved_to(
     known: Option<StreamPosition>,
     stream: String,
-    first: u64,
     acked: &[(PendingRow, u64)],
     stored_new: &[u64],
 ) -> Option<StreamPosition> {
@@ -68,7 +71,7 @@ fn moved_to(
                 .min()
                 .map(|reused| Heal {
                     survived: reused - 1,
-                    before: first,
+                    before: u64::MAX,
                 });
             (highest > known.last_seq || heal.is_some()).then(|| StreamPosition {
                 last_seq: known.last_seq.max(highest),
@@ -135,9 +138,9 @@ impl OutboxRelay {
     async fn pass(&self) -> Result<usize, BusError> {
         self.verify_if_due().await?;
         let rows = self.store.pending(self.config.batch)?;
-        let Some(first) = rows.first().map(|r| r.seq) else {
+        if rows.is_empty() {
             return Ok(0);
-        };
+        }
         let known = self.store.stream_position()?;
         let outcomes = self
             .publisher
@@ -167,7 +170,7 @@ impl OutboxRelay {
         }
         if let Some(stream) = stream {
             crate::failpoints::crash("relay.after_puback");
-            let moved = moved_to(known, stream, first, &acked, &stored_new);
+            let moved = moved_to(known, stream, &acked, &stored_new);
             self.store.mark_sent(&acked, moved.as_ref())?;
             if let Some(StreamPosition {
                 stream,
