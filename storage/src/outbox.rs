@@ -277,10 +277,7 @@ impl Store {
         let position = position.map(encode_position).transpose()?;
         let s = &*self.inner;
         (&s.outbox_acks, &s.meta).transaction(|(acks, meta)| {
-            let upto = match meta.get(SENT_UPTO)? {
-                Some(v) => watermark(&v).map_err(ConflictableTransactionError::Abort)?,
-                None => 0,
-            };
+            let upto = watermark_in(meta)?;
             for run in &runs {
                 // Marked by someone else meanwhile (two relays on one store): keep theirs.
                 let known = match acks.get(run.first.to_be_bytes())? {
@@ -510,10 +507,7 @@ fn advance_watermark(
     acks: &TransactionalTree,
     meta: &TransactionalTree,
 ) -> Result<(), ConflictableTransactionError<StorageError>> {
-    let mut upto = match meta.get(SENT_UPTO)? {
-        Some(v) => watermark(&v).map_err(ConflictableTransactionError::Abort)?,
-        None => 0,
-    };
+    let mut upto = watermark_in(meta)?;
     let start = upto;
     while let Some(value) = acks.get((upto + 1).to_be_bytes())? {
         let run = Run::decode(&(upto + 1).to_be_bytes(), &value)
@@ -524,6 +518,16 @@ fn advance_watermark(
         meta.insert(SENT_UPTO, &upto.to_be_bytes())?;
     }
     Ok(())
+}
+
+/// The watermark, read inside a transaction.
+fn watermark_in(
+    meta: &TransactionalTree,
+) -> Result<u64, ConflictableTransactionError<StorageError>> {
+    match meta.get(SENT_UPTO)? {
+        Some(v) => watermark(&v).map_err(ConflictableTransactionError::Abort),
+        None => Ok(0),
+    }
 }
 
 /// The watermark's value: a wrong one would publish every kept row again, so it is an error.

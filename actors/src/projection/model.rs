@@ -31,19 +31,6 @@ pub struct TimelineEntry {
     pub data: serde_json::Value,
 }
 
-impl TimelineEntry {
-    fn of(envelope: &Envelope) -> TimelineEntry {
-        TimelineEntry {
-            event_id: envelope.id,
-            source: envelope.source.clone(),
-            event_type: envelope.event_type.clone(),
-            time: envelope.time,
-            version: envelope.aggregateversion.unwrap_or(0),
-            data: envelope.data.clone(),
-        }
-    }
-}
-
 /// An event becomes an entry without copying its data.
 impl From<Envelope> for TimelineEntry {
     fn from(envelope: Envelope) -> TimelineEntry {
@@ -117,7 +104,7 @@ impl OrderReadModel {
     /// Add an event to the timeline without recomputing the fields: for a batch, insert every
     /// event, then [`OrderReadModel::refold`] once.
     pub fn insert(&mut self, envelope: &Envelope) -> bool {
-        !self.has(envelope.id) && self.insert_entry(TimelineEntry::of(envelope))
+        !self.has(envelope.id) && self.insert_entry(envelope.clone().into())
     }
 
     /// [`OrderReadModel::insert`] for an entry already made. Returns false if it was there.

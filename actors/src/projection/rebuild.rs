@@ -218,7 +218,14 @@ struct Reader {
     domain: Domain,
     last: u64,
     messages: jetstream::consumer::pull::Ordered,
-    next: Option<jetstream::Message>,
+    next: Option<Next>,
+}
+
+/// A fetched message, with when the broker stored it (ns since the epoch) and where.
+struct Next {
+    stored: i128,
+    seq: u64,
+    message: jetstream::Message,
 }
 
 impl Reader {
@@ -261,7 +268,12 @@ impl Reader {
             .map_err(|_| failed(format!("{stream} stopped answering").into()))?
             .ok_or_else(|| failed(format!("{stream} ended").into()))?
             .map_err(|e| failed(e.into()))?;
-        self.next = Some(message);
+        let info = message.info().map_err(failed)?;
+        self.next = Some(Next {
+            stored: info.published.unix_timestamp_nanos(),
+            seq: info.stream_sequence,
+            message,
+        });
         Ok(())
     }
 }
@@ -288,21 +300,18 @@ async fn replay(
     let (folded, mut rows) = tokio::sync::mpsc::unbounded_channel();
     let folder = tokio::task::spawn_blocking(move || fold(messages, folded));
     let mut chunk = Vec::with_capacity(MESSAGES_PER_HANDOVER);
-    // The next message of all: the one stored first (one without metadata goes at once).
+    // The next message of all: the one stored first.
     while let Some(reader) = readers
         .iter_mut()
         .filter(|r| r.next.is_some())
-        .min_by_key(|r| {
-            r.next
-                .as_ref()
-                .and_then(|m| m.info().ok())
-                .map(|i| i.published)
-        })
+        .min_by_key(|r| r.next.as_ref().map(|n| n.stored))
     {
-        let Some(message) = reader.next.take() else {
+        let Some(Next {
+            seq: seen, message, ..
+        }) = reader.next.take()
+        else {
             break;
         };
-        let seen = message.info().map_err(failed)?.stream_sequence;
         chunk.push(message);
         if chunk.len() == MESSAGES_PER_HANDOVER {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(MESSAGES_PER_HANDOVER));
