@@ -221,10 +221,12 @@ struct Reader {
     next: Option<Next>,
 }
 
-/// A fetched message, with when the broker stored it (ns since the epoch) and where.
+/// A fetched message, with when the broker stored it (ns since the epoch), where, and how many
+/// messages the stream held after it then.
 struct Next {
     stored: i128,
     seq: u64,
+    pending: u64,
     message: jetstream::Message,
 }
 
@@ -252,14 +254,15 @@ impl Reader {
             messages,
             next: None,
         };
-        reader.advance(0).await?;
+        reader.advance(0, 1).await?;
         Ok(reader)
     }
 
-    /// Fetch the message after the one at `seen`, unless that one was the target.
-    async fn advance(&mut self, seen: u64) -> Result<(), RebuildError> {
+    /// Fetch the message after the one at `seen`, unless that one was the target or the stream
+    /// held nothing after it (`pending`): the target itself may have been deleted since.
+    async fn advance(&mut self, seen: u64, pending: u64) -> Result<(), RebuildError> {
         self.next = None;
-        if seen >= self.last {
+        if seen >= self.last || pending == 0 {
             return Ok(());
         }
         let stream = self.domain.stream();
@@ -272,6 +275,7 @@ impl Reader {
         self.next = Some(Next {
             stored: info.published.unix_timestamp_nanos(),
             seq: info.stream_sequence,
+            pending: info.pending,
             message,
         });
         Ok(())
@@ -307,7 +311,10 @@ async fn replay(
         .min_by_key(|r| r.next.as_ref().map(|n| n.stored))
     {
         let Some(Next {
-            seq: seen, message, ..
+            seq: seen,
+            pending,
+            message,
+            ..
         }) = reader.next.take()
         else {
             break;
@@ -324,7 +331,7 @@ async fn replay(
             write(actor, ready).await?;
         }
         progress.read.fetch_add(1, Ordering::AcqRel);
-        reader.advance(seen).await?;
+        reader.advance(seen, pending).await?;
     }
     if !chunk.is_empty() {
         let _ = hand_over.send(chunk).await;
