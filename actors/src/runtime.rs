@@ -1,6 +1,6 @@
 //! Bringing the system up and down: the broker, who may connect to it, and the streams.
 
-use bus::server::{port_is_free, NatsServer, ServerConfig};
+use bus::server::{port_is_free, NatsCluster, NatsServer, ServerConfig};
 use bus::streams::Provisioned;
 use bus::{BusError, Login};
 
@@ -8,9 +8,12 @@ use crate::access::{BusUser, Keyring};
 use crate::{Component, Settings};
 
 /// Where the broker comes from.
+#[allow(clippy::large_enum_variant)] // one per process
 pub enum Broker {
     /// A nats-server child process of ours, storing under `<data-dir>/nats`.
     Embedded(NatsServer),
+    /// nats-server child processes of ours in a cluster, storing under `<data-dir>/nats/node-<i>`.
+    Cluster(NatsCluster),
     /// A server someone else runs.
     External(String),
 }
@@ -19,6 +22,7 @@ impl Broker {
     pub fn url(&self) -> String {
         match self {
             Broker::Embedded(server) => server.url(),
+            Broker::Cluster(cluster) => cluster.url(),
             Broker::External(url) => url.clone(),
         }
     }
@@ -41,7 +45,12 @@ impl Runtime {
     /// `commerce up`: start (or reach) the broker, as the operator, and provision every stream.
     /// The embedded broker (with `auth` on) admits only the identities of
     /// [`Keyring::prepare`].
-    pub async fn start(settings: Settings) -> Result<Runtime, BusError> {
+    pub async fn start(mut settings: Settings) -> Result<Runtime, BusError> {
+        if settings.nats_url.is_none() && settings.nats_cluster > 1 {
+            // A cluster's streams are replicated; three copies survive the loss of any one.
+            let replicas = settings.nats_cluster.min(3);
+            settings.streams.replicas = settings.streams.replicas.max(replicas);
+        }
         let (broker, keyring) = match &settings.nats_url {
             Some(url) => {
                 let users: Vec<BusUser> = BusUser::all().collect();
@@ -109,8 +118,10 @@ impl Runtime {
                 tracing::warn!(error = %e, "draining the NATS connection failed");
             }
         }
-        if let Broker::Embedded(mut server) = self.broker {
-            server.stop().await;
+        match self.broker {
+            Broker::Embedded(mut server) => server.stop().await,
+            Broker::Cluster(mut cluster) => cluster.stop().await,
+            Broker::External(_) => {}
         }
     }
 }
@@ -120,10 +131,31 @@ async fn embedded(
     settings: &Settings,
     authorization: Option<(String, bus::Credentials)>,
 ) -> Result<Broker, BusError> {
-    let mut config = ServerConfig::new(settings.data_dir.join("nats"));
+    let dir = settings.data_dir.join("nats");
+    let mut config = ServerConfig::new(&dir);
     config.sync_always = settings.nats_sync_always;
     config.authorization = authorization;
+    let clustered = settings.nats_cluster > 1;
+    // A store holds one kind of broker: the events and their sequences the services' databases
+    // point at are in it, so changing kind would start from an empty broker.
+    let (other_store, other_kind) = if clustered {
+        (dir.join("jetstream"), "a single nats-server")
+    } else {
+        (dir.join("node-1"), "a cluster (--cluster N)")
+    };
+    if other_store.exists() {
+        return Err(BusError::Server(format!(
+            "{} holds the store of {other_kind}: start it that way, or use another --data-dir",
+            dir.display()
+        )));
+    }
     let preferred = settings.nats_port;
+    if clustered {
+        config.port = Some(preferred).filter(|p| *p != 0 && port_is_free(*p));
+        return Ok(Broker::Cluster(
+            NatsCluster::start(settings.nats_cluster, config).await?,
+        ));
+    }
     if preferred != 0 && port_is_free(preferred) {
         config.port = Some(preferred);
         match NatsServer::start(config.clone()).await {

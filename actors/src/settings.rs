@@ -36,6 +36,10 @@ pub struct Settings {
     pub nats_port: u16,
     /// Run the embedded nats-server with `sync_interval: always` (fsync every write).
     pub nats_sync_always: bool,
+    /// Nodes of the embedded broker: 1 is one nats-server; more is a cluster on loopback
+    /// (`<data-dir>/nats/node-<i>`) whose streams keep `min(nodes, 3)` replicas, so the broker
+    /// rides through the loss of a minority of its nodes.
+    pub nats_cluster: usize,
     /// Where the HTTP gateway listens (port 0: any free port).
     pub http_addr: String,
     /// The gateway's admin side (`/metrics` of its process, the `/dashboard`): an operators'
@@ -91,6 +95,7 @@ impl Default for Settings {
             auth: true,
             nats_port: 4222,
             nats_sync_always: false,
+            nats_cluster: 1,
             http_addr: "127.0.0.1:8080".into(),
             admin_addr: "127.0.0.1:9464".into(),
             metrics_addr: None,
@@ -185,6 +190,8 @@ pub struct Overrides {
     pub rebuild: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_sync_always: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_cluster: Option<usize>,
 }
 
 /// Why settings were refused. Fix the named file, key or value and start again.
@@ -237,6 +244,12 @@ impl Settings {
             self.max_deliver,
             self.max_deliver >= 1,
             "must be at least 1",
+        )?;
+        check(
+            "nats_cluster",
+            self.nats_cluster,
+            (1..=7).contains(&self.nats_cluster),
+            "must be within 1..=7 (nodes of the embedded broker)",
         )?;
         check(
             "tracking_poll_ms",

@@ -27,15 +27,18 @@ pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<async_nats::C
     if let Some(credentials) = keyring.get(BusUser::Operator) {
         options = credentials.apply(options).await?;
     }
-    tokio::time::timeout(std::time::Duration::from_secs(5), options.connect(&url))
-        .await
-        .map_err(|_| anyhow::anyhow!("no NATS server answers at {url}; is `commerce up` running?"))?
-        .with_context(|| {
-            format!(
-                "cannot connect to {url} (is `commerce up` running? with another --data-dir, \
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        options.connect(bus::server_urls(&url).as_slice()),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no NATS server answers at {url}; is `commerce up` running?"))?
+    .with_context(|| {
+        format!(
+            "cannot connect to {url} (is `commerce up` running? with another --data-dir, \
                  give the operator's credentials: --nats-creds FILE or NATS_CREDS)"
-            )
-        })
+        )
+    })
 }
 
 /// A simulator's address: from the running `commerce up` (`endpoints.json`), else settings.

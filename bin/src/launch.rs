@@ -41,9 +41,12 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", url_file.display()))?;
     std::fs::write(&endpoints_file, serde_json::to_string_pretty(&endpoints)?)
         .with_context(|| format!("cannot write {}", endpoints_file.display()))?;
-    let kind = match system.runtime.broker {
-        actors::runtime::Broker::Embedded(_) => "embedded nats-server",
-        actors::runtime::Broker::External(_) => "external",
+    let kind = match &system.runtime.broker {
+        actors::runtime::Broker::Embedded(_) => "embedded nats-server".to_string(),
+        actors::runtime::Broker::Cluster(cluster) => {
+            format!("embedded cluster of {} nats-servers", cluster.nodes().len())
+        }
+        actors::runtime::Broker::External(_) => "external".to_string(),
     };
     println!("commerce is up");
     println!("  nats: {} ({kind})", endpoints.nats);

@@ -76,6 +76,10 @@ enum Command {
         /// acknowledged. Costs throughput (see `commerce bench saga --compare-durable`).
         #[arg(long)]
         durable: bool,
+        /// Run the embedded broker as a cluster of N nats-servers on loopback (3: each stream
+        /// kept on all three, so the loss of any one node loses nothing and stops nothing).
+        #[arg(long, value_name = "N")]
+        cluster: Option<usize>,
     },
     /// Run one component in this process, on a running broker (--nats, NATS_URL, or the one a
     /// `commerce up` in the same --data-dir uses): order, payment, inventory, store, shipment,
@@ -153,6 +157,12 @@ fn main() -> anyhow::Result<()> {
     // Test builds only: the seams FAILPOINTS arms (the chaos harness's crash points).
     bus::failpoints::setup().map_err(anyhow::Error::msg)?;
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Command::Up { .. } | Command::Run { .. } | Command::Bench(_) | Command::Chaos(_)
+    ) {
+        end_quietly_on_closed_pipe();
+    }
     let (nats_port, http_addr, admin_addr, metrics_addr, rebuild_flag) = match &cli.command {
         Command::Up {
             nats_port,
@@ -185,6 +195,10 @@ fn main() -> anyhow::Result<()> {
         metrics_addr,
         rebuild: rebuild_flag,
         nats_sync_always: matches!(cli.command, Command::Up { durable: true, .. }).then_some(true),
+        nats_cluster: match &cli.command {
+            Command::Up { cluster, .. } => *cluster,
+            _ => None,
+        },
     };
     let settings = Settings::load(cli.config.as_deref(), &flags)?;
     let process = match &cli.command {
@@ -227,4 +241,13 @@ fn main() -> anyhow::Result<()> {
     });
     telemetry::shut_down(traces);
     result
+}
+
+/// A report piped into `head` ends quietly when the pipe closes, as other command-line tools do,
+/// instead of panicking in `println!`. Only the short commands: the long-running ones write to
+/// sockets, where a peer gone must be an error to handle, not a signal that ends the process.
+fn end_quietly_on_closed_pipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: the default disposition runs no handler code in this process.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }

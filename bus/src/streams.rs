@@ -23,7 +23,8 @@ pub struct StreamSettings {
     /// Window in which the broker drops a second message with the same `Nats-Msg-Id`, in
     /// seconds (at most `max_age_secs` when that is set: the broker refuses more).
     pub duplicate_window_secs: u64,
-    /// Replicas (1 on a single server).
+    /// Replicas (1 on a single server; `commerce up --cluster 3` makes it 3). Provisioning
+    /// raises a stream's replicas to this, never lowers them.
     pub replicas: usize,
 }
 
@@ -106,6 +107,12 @@ pub async fn provision(
                     .await
                     .map_err(|e| BusError::jetstream(format!("stream info {name}"))(e))?;
                 let have = &info.config;
+                // Never fewer replicas than it has: a process started with the defaults must
+                // not shrink a cluster's streams (lower them by hand, with the NATS CLI).
+                let wanted = stream::Config {
+                    num_replicas: wanted.num_replicas.max(have.num_replicas),
+                    ..wanted
+                };
                 if have.subjects == wanted.subjects
                     && have.max_age == wanted.max_age
                     && have.duplicate_window == wanted.duplicate_window

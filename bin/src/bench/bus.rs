@@ -1,11 +1,13 @@
 //! `commerce bench bus`: outbox relay and consumer throughput as ratios to raw JetStream,
-//! all measured in one run against one fresh nats-server.
+//! all measured in one run against one fresh nats-server (or, with `COMMERCE_NATS_CLUSTER=3`, a
+//! fresh cluster of three with every stream on all three: what replication costs).
 
 use std::time::{Duration, Instant};
 
+use actors::runtime::Broker;
 use actors::Settings;
 use anyhow::Context;
-use bus::server::{NatsServer, ServerConfig};
+use bus::server::{NatsCluster, NatsServer, ServerConfig};
 use bus::{
     ConsumerSpec, Domain, DurableConsumer, Envelope, InHand, OutboxRelay, Publisher, RelayConfig,
     Verdict,
@@ -31,17 +33,24 @@ impl Row {
 pub async fn run(
     events: usize,
     single_flush_events: usize,
-    settings: Settings,
+    mut settings: Settings,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = NatsServer::start(ServerConfig::new(dir.path().join("nats"))).await?;
+    let config = ServerConfig::new(dir.path().join("nats"));
+    let server = if settings.nats_cluster > 1 {
+        settings.streams.replicas = settings.nats_cluster.min(3);
+        Broker::Cluster(NatsCluster::start(settings.nats_cluster, config).await?)
+    } else {
+        Broker::Embedded(NatsServer::start(config).await?)
+    };
     let client = bus::connect(&server.url(), "bench", None).await?;
     let js = async_nats::jetstream::new(client);
     bus::provision(&js, &settings.streams).await?;
     let publisher = Publisher::new(js.clone());
     eprintln!(
-        "bench: nats-server at {}, {events} events per phase",
-        server.url()
+        "bench: nats-server at {}, {events} events per phase, streams with {} replica(s)",
+        server.url(),
+        settings.streams.replicas
     );
 
     let mut rows = Vec::new();

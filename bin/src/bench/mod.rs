@@ -34,12 +34,16 @@ enum BenchWhat {
         #[arg(long, value_delimiter = ',', default_value = "50,100,200,0")]
         rates: Vec<u32>,
         /// Measure again with authentication and permissions off, and print the ratio.
-        #[arg(long, conflicts_with = "compare_durable")]
+        #[arg(long, conflicts_with_all = ["compare_durable", "compare_cluster"])]
         compare_auth: bool,
         /// Measure again with the broker fsyncing every write (`--durable`), and print the
         /// ratio.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "compare_cluster")]
         compare_durable: bool,
+        /// Measure again on a broker of three nodes with every stream replicated on all three
+        /// (`up --cluster 3`), and print the ratio.
+        #[arg(long)]
+        compare_cluster: bool,
     },
     /// The saga's pipeline with no domain logic (its ceiling), then the saga, as a ratio.
     Null {
@@ -86,10 +90,12 @@ pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<()> {
             rates,
             compare_auth,
             compare_durable,
+            compare_cluster,
         } => {
-            let compare = match (compare_auth, compare_durable) {
-                (true, _) => Some(saga::Compare::Auth),
-                (_, true) => Some(saga::Compare::Durable),
+            let compare = match (compare_auth, compare_durable, compare_cluster) {
+                (true, _, _) => Some(saga::Compare::Auth),
+                (_, true, _) => Some(saga::Compare::Durable),
+                (_, _, true) => Some(saga::Compare::Cluster),
                 _ => None,
             };
             saga::run(orders as usize, &rates, settings, compare).await

@@ -93,6 +93,8 @@ pub enum Compare {
     Auth,
     /// The broker's fsync of every write (`--durable`).
     Durable,
+    /// The broker as a cluster of three nodes with every stream on all three (`--cluster 3`).
+    Cluster,
 }
 
 impl Compare {
@@ -100,6 +102,7 @@ impl Compare {
         match self {
             Compare::Auth => "auth",
             Compare::Durable => "durable",
+            Compare::Cluster => "cluster of 3",
         }
     }
 
@@ -107,6 +110,7 @@ impl Compare {
         match self {
             Compare::Auth => settings.auth,
             Compare::Durable => settings.nats_sync_always,
+            Compare::Cluster => settings.nats_cluster > 1,
         }
     }
 
@@ -115,6 +119,7 @@ impl Compare {
         match self {
             Compare::Auth => other.auth = !other.auth,
             Compare::Durable => other.nats_sync_always = !other.nats_sync_always,
+            Compare::Cluster => other.nats_cluster = if other.nats_cluster > 1 { 1 } else { 3 },
         }
         other
     }

@@ -26,7 +26,7 @@ pub async fn run(
     let running = Running::start_with(settings, true).await?;
     let broker_pid = match &running.system.runtime.broker {
         Broker::Embedded(server) => server.pid(),
-        Broker::External(_) => None,
+        Broker::Cluster(_) | Broker::External(_) => None,
     };
     let data = running.dir.path().to_path_buf();
     println!(
