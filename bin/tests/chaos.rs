@@ -149,3 +149,41 @@ fn skipping_a_compensation_is_caught_as_stock_held() {
         "{held:?}"
     );
 }
+
+#[test]
+fn a_short_run_on_a_cluster_loses_nothing_when_its_nodes_die_or_stall() {
+    // Seed 4 pauses node 2, kills node 1, then node 2 (drawn with --cluster 3 --dry-run).
+    let (passed, report) = chaos(&[
+        "--seed",
+        "4",
+        "--duration",
+        "40s",
+        "--rate",
+        "3",
+        "--cluster",
+        "3",
+        "--faults",
+        "broker,kill",
+    ]);
+    assert!(passed, "{:#}", report["checks"]);
+    assert_eq!(failed(&report), Vec::<u64>::new());
+    let nodes_hit: std::collections::BTreeSet<u64> = report["plan"]["faults"]
+        .as_array()
+        .expect("plan")
+        .iter()
+        .filter_map(|f| f["node"].as_u64())
+        .collect();
+    assert!(
+        nodes_hit.len() >= 2,
+        "faults on several nodes: {nodes_hit:?}"
+    );
+    assert!(
+        report["orders"]["accepted"].as_u64() > Some(60),
+        "orders went through: {:#}",
+        report["orders"]
+    );
+    assert!(report["replay"]
+        .as_str()
+        .is_some_and(|r| r.contains("--cluster 3")));
+    assert_eq!(report["processes"]["crashes"], serde_json::json!([]));
+}

@@ -325,6 +325,11 @@ impl NatsCluster {
         self.nodes.get_mut(i)
     }
 
+    /// The nodes, each on its own from here (a chaos run kills and restarts them one by one).
+    pub fn into_nodes(self) -> Vec<NatsServer> {
+        self.nodes
+    }
+
     /// Stop every node cleanly.
     pub async fn stop(&mut self) {
         for node in &mut self.nodes {

@@ -243,7 +243,7 @@ async fn rebuild(world: &World, config: &Path) -> Result<(), String> {
         .arg(config)
         .arg("--data-dir")
         .arg(&world.dir)
-        .args(["--nats", &world.broker.url()])
+        .args(["--nats", &world.broker_url()])
         .env_remove("FAILPOINTS")
         .kill_on_drop(true)
         .output();

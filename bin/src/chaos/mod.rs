@@ -67,6 +67,10 @@ pub struct ChaosArgs {
     /// skip-inbox, skip-compensation), to show the invariants catch it.
     #[arg(long, value_name = "BUG")]
     r#break: Option<String>,
+    /// The broker as a cluster of N nodes with every stream on min(N, 3) of them: broker
+    /// faults then kill or pause one node at a time.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cluster: usize,
 }
 
 /// The settings every component of a chaos run starts with: short enough that a run of a
@@ -128,7 +132,17 @@ pub async fn run(args: ChaosArgs, _settings: Settings) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("chaos.toml");
-    std::fs::write(&config, CHAOS_SETTINGS)?;
+    let settings_text = if args.cluster > 1 {
+        // Top-level keys before the tables.
+        format!(
+            "nats_cluster = {}\n{CHAOS_SETTINGS}\n[streams]\nreplicas = {}\n",
+            args.cluster,
+            args.cluster.min(3)
+        )
+    } else {
+        CHAOS_SETTINGS.to_string()
+    };
+    std::fs::write(&config, settings_text)?;
     let settings = Settings::load(
         Some(&config),
         &actors::settings::Overrides {
@@ -141,6 +155,7 @@ pub async fn run(args: ChaosArgs, _settings: Settings) -> anyhow::Result<()> {
         ack_wait_ms: settings.ack_wait_ms,
         saga_deadline_ms: settings.saga_deadline_secs * 1_000,
         client_timeout_ms: CLIENT_TIMEOUT_MS,
+        nodes: settings.nats_cluster,
     };
     let plan = plan::draw(seed, &kinds, timings);
     if args.dry_run {
@@ -325,9 +340,9 @@ async fn apply(world: &mut World, fault: &Fault, begins: bool) -> anyhow::Result
         (Fault::Kill { component, .. }, true) => world.kill(component),
         (Fault::Kill { component, .. }, false) => world.start(component)?,
         (Fault::Pause { component, .. }, stop) => world.pause(component, stop),
-        (Fault::KillBroker { .. }, true) => world.broker.kill(),
-        (Fault::KillBroker { .. }, false) => world.broker.restart().await?,
-        (Fault::PauseBroker { .. }, stop) => world.pause_broker(stop),
+        (Fault::KillBroker { node, .. }, true) => world.kill_broker(*node),
+        (Fault::KillBroker { node, .. }, false) => world.restart_broker(*node).await?,
+        (Fault::PauseBroker { node, .. }, stop) => world.pause_broker(*node, stop),
         (Fault::LoseDatabase { service, .. }, true) => world.lose_database(service)?,
         (Fault::LoseDatabase { service, .. }, false) => world.start(service)?,
         (
@@ -352,8 +367,10 @@ fn describe(fault: &Fault) -> String {
     match fault {
         Fault::Kill { component, down_ms } => format!("SIGKILL {component}, down {down_ms} ms"),
         Fault::Pause { component, ms } => format!("SIGSTOP {component} for {ms} ms"),
-        Fault::KillBroker { down_ms } => format!("SIGKILL nats-server, down {down_ms} ms"),
-        Fault::PauseBroker { ms } => format!("SIGSTOP nats-server for {ms} ms"),
+        Fault::KillBroker { node, down_ms } => {
+            format!("SIGKILL nats-server (node {node}), down {down_ms} ms")
+        }
+        Fault::PauseBroker { node, ms } => format!("SIGSTOP nats-server (node {node}) for {ms} ms"),
         Fault::LoseDatabase { service, down_ms } => {
             format!("SIGKILL {service} and delete its database, down {down_ms} ms")
         }

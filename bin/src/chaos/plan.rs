@@ -94,10 +94,13 @@ pub enum Fault {
         component: &'static str,
         ms: u64,
     },
+    /// `node`: which of a cluster's nodes (0 on a single server).
     KillBroker {
+        node: usize,
         down_ms: u64,
     },
     PauseBroker {
+        node: usize,
         ms: u64,
     },
     LoseDatabase {
@@ -146,10 +149,10 @@ impl Fault {
     pub fn lasts_ms(&self) -> u64 {
         match self {
             Fault::Kill { down_ms, .. }
-            | Fault::KillBroker { down_ms }
+            | Fault::KillBroker { down_ms, .. }
             | Fault::LoseDatabase { down_ms, .. } => *down_ms,
             Fault::Pause { ms, .. }
-            | Fault::PauseBroker { ms }
+            | Fault::PauseBroker { ms, .. }
             | Fault::Simulator { ms, .. }
             | Fault::Network { ms, .. } => *ms,
             Fault::Seam { .. } => 0,
@@ -173,6 +176,8 @@ pub struct Timings {
     pub saga_deadline_ms: u64,
     /// A call to a simulator slower than this has an unknown outcome.
     pub client_timeout_ms: u64,
+    /// The broker's nodes (1: a single server).
+    pub nodes: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -245,6 +250,16 @@ pub fn draw(seed: u64, kinds: &[Kind], t: Timings) -> Plan {
     }
 }
 
+/// Which node a broker fault hits. Drawn only on a cluster, so a seed draws the same plan on a
+/// single server as it always did.
+fn node(rng: &mut fastrand::Rng, t: Timings) -> usize {
+    if t.nodes > 1 {
+        rng.usize(..t.nodes)
+    } else {
+        0
+    }
+}
+
 fn fault(rng: &mut fastrand::Rng, kind: Kind, t: Timings) -> Fault {
     let pick = |rng: &mut fastrand::Rng, from: &[&'static str]| from[rng.usize(..from.len())];
     match kind {
@@ -257,9 +272,11 @@ fn fault(rng: &mut fastrand::Rng, kind: Kind, t: Timings) -> Fault {
             ms: t.ack_wait_ms + rng.u64(500..=3_000),
         },
         Kind::Broker if rng.bool() => Fault::KillBroker {
+            node: node(rng, t),
             down_ms: rng.u64(300..=3_000),
         },
         Kind::Broker => Fault::PauseBroker {
+            node: node(rng, t),
             ms: rng.u64(1_000..=4_000),
         },
         Kind::DbLoss => Fault::LoseDatabase {
@@ -360,7 +377,26 @@ mod tests {
         ack_wait_ms: 2_000,
         saga_deadline_ms: 20_000,
         client_timeout_ms: 5_000,
+        nodes: 1,
     };
+
+    /// The broker faults' nodes in the plans of seeds 0..50.
+    fn broker_nodes(nodes: usize) -> Vec<usize> {
+        (0..50)
+            .flat_map(|seed| draw(seed, &[Kind::Broker], Timings { nodes, ..T }).faults)
+            .filter_map(|s| match s.fault {
+                Fault::KillBroker { node, .. } | Fault::PauseBroker { node, .. } => Some(node),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn broker_faults_hit_every_node_of_a_cluster_and_the_one_of_a_single_server() {
+        assert!(broker_nodes(1).iter().all(|n| *n == 0));
+        let hit: std::collections::BTreeSet<usize> = broker_nodes(3).into_iter().collect();
+        assert_eq!(hit, [0, 1, 2].into());
+    }
 
     #[test]
     fn the_seed_decides_the_plan() {

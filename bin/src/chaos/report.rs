@@ -115,6 +115,9 @@ impl Report {
             run.args.rate,
             kinds.join(",")
         );
+        if run.args.cluster > 1 {
+            let _ = write!(replay, " --cluster {}", run.args.cluster);
+        }
         if let Some(drain) = run.args.drain {
             let _ = write!(replay, " --drain {}", humantime::format_duration(drain));
         }

@@ -1,5 +1,5 @@
-//! The system under test, as the harness holds it: its own nats-server (admitting only the
-//! system's identities), the simulators (in this process: they are the outside world and keep
+//! The system under test, as the harness holds it: its own nats-server, or cluster of them
+//! (admitting only the system's identities), the simulators (in this process: they are the outside world and keep
 //! the ledgers), a TCP fault proxy on every link, and every component as its own OS process
 //! (`commerce run <component>`), with its log under `<dir>/logs/`.
 
@@ -46,7 +46,8 @@ pub struct World {
     pub dir: PathBuf,
     exe: PathBuf,
     config: PathBuf,
-    pub broker: bus::NatsServer,
+    /// The broker's nodes: one, or a cluster's.
+    brokers: Vec<bus::NatsServer>,
     simulators: Option<Simulators>,
     pub payment_gateway: String,
     pub carrier: String,
@@ -73,10 +74,17 @@ impl World {
         let (_, access) = Keyring::prepare_broker(dir)?;
         let mut server = bus::server::ServerConfig::new(dir.join("nats"));
         server.authorization = access;
-        let broker = bus::NatsServer::start(server).await?;
+        let brokers = if settings.nats_cluster > 1 {
+            bus::NatsCluster::start(settings.nats_cluster, server)
+                .await?
+                .into_nodes()
+        } else {
+            vec![bus::NatsServer::start(server).await?]
+        };
+        let broker_url = urls(&brokers);
         let operator = super::super::client::connect(&Settings {
             data_dir: dir.to_path_buf(),
-            nats_url: Some(broker.url()),
+            nats_url: Some(broker_url),
             ..settings.clone()
         })
         .await?;
@@ -91,7 +99,8 @@ impl World {
             let upstream = match link.split_once('>').map(|(_, to)| to) {
                 Some("payment-gateway") => socket_of(&payment_gateway)?,
                 Some("carrier") => socket_of(&carrier)?,
-                _ => socket_of(&broker.url())?,
+                // The first node; a cluster's others are reached directly (see start_component).
+                _ => socket_of(&brokers.first().context("no broker node")?.url())?,
             };
             proxies.insert(link.clone(), Proxy::start(&link, upstream).await?);
         }
@@ -102,7 +111,7 @@ impl World {
             dir: dir.to_path_buf(),
             exe: std::env::current_exe()?,
             config,
-            broker,
+            brokers,
             simulators: Some(simulators),
             payment_gateway,
             carrier,
@@ -174,7 +183,15 @@ impl World {
             "--- chaos: start (FAILPOINTS={:?})",
             failpoints.join(";")
         )?;
-        let nats = format!("nats://{}", self.links[&format!("{component}>nats")].addr());
+        // Through its proxy to the first node, and straight to a cluster's others: a fault on
+        // the link is then one node out of reach, and the client fails over.
+        let nats = std::iter::once(format!(
+            "nats://{}",
+            self.links[&format!("{component}>nats")].addr()
+        ))
+        .chain(self.brokers.iter().skip(1).map(bus::NatsServer::url))
+        .collect::<Vec<_>>()
+        .join(",");
         let mut cmd = Command::new(&self.exe);
         cmd.args(["run", component, "--config"])
             .arg(&self.config)
@@ -257,8 +274,29 @@ impl World {
         self.start_component(component, Some(seam))
     }
 
-    pub fn pause_broker(&mut self, stop: bool) {
-        if let Some(pid) = self.broker.pid() {
+    /// Every node's URL, comma-separated.
+    pub fn broker_url(&self) -> String {
+        urls(&self.brokers)
+    }
+
+    /// SIGKILL broker node `node`.
+    pub fn kill_broker(&mut self, node: usize) {
+        if let Some(broker) = self.brokers.get_mut(node) {
+            broker.kill();
+        }
+    }
+
+    /// Start broker node `node` again on its port and store.
+    pub async fn restart_broker(&mut self, node: usize) -> anyhow::Result<()> {
+        if let Some(broker) = self.brokers.get_mut(node) {
+            broker.restart().await?;
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`) broker node `node`.
+    pub fn pause_broker(&mut self, node: usize, stop: bool) {
+        if let Some(pid) = self.brokers.get(node).and_then(bus::NatsServer::pid) {
             signal(pid, pausing(stop));
         }
     }
@@ -335,9 +373,13 @@ impl World {
         for proxy in self.links.values() {
             proxy.set(Mode::Pass);
         }
-        self.pause_broker(false);
-        if !self.broker.is_running() {
-            self.broker.restart().await?;
+        for broker in &mut self.brokers {
+            if let Some(pid) = broker.pid() {
+                signal(pid, Signal::SIGCONT);
+            }
+            if !broker.is_running() {
+                broker.restart().await?;
+            }
         }
         for component in components() {
             self.pause(component, false);
@@ -372,8 +414,12 @@ impl World {
             simulators.stop().await;
         }
         self.links.clear();
-        self.pause_broker(false);
-        self.broker.stop().await;
+        for broker in &mut self.brokers {
+            if let Some(pid) = broker.pid() {
+                signal(pid, Signal::SIGCONT);
+            }
+            broker.stop().await;
+        }
     }
 }
 
@@ -402,6 +448,11 @@ fn signal(pid: u32, signal: Signal) {
     if let Ok(pid) = i32::try_from(pid) {
         let _ = kill(Pid::from_raw(pid), signal);
     }
+}
+
+fn urls(brokers: &[bus::NatsServer]) -> String {
+    let urls: Vec<String> = brokers.iter().map(bus::NatsServer::url).collect();
+    urls.join(",")
 }
 
 /// `http://127.0.0.1:7701` or `nats://127.0.0.1:4222` → the socket address.
