@@ -36,7 +36,7 @@ pub struct Settings {
     pub nats_port: u16,
     /// Run the embedded nats-server with `sync_interval: always` (fsync every write).
     pub nats_sync_always: bool,
-    /// Nodes of the embedded broker: 1 is one nats-server; more is a cluster on loopback
+    /// Nodes of the embedded broker: 1 is one nats-server; 3 to 7 a cluster on loopback
     /// (`<data-dir>/nats/node-<i>`) whose streams keep `min(nodes, 3)` replicas, so the broker
     /// rides through the loss of a minority of its nodes.
     pub nats_cluster: usize,
@@ -248,8 +248,8 @@ impl Settings {
         check(
             "nats_cluster",
             self.nats_cluster,
-            (1..=7).contains(&self.nats_cluster),
-            "must be within 1..=7 (nodes of the embedded broker)",
+            self.nats_cluster == 1 || (3..=7).contains(&self.nats_cluster),
+            "must be 1, or within 3..=7 (two nodes cannot lose either one)",
         )?;
         check(
             "tracking_poll_ms",

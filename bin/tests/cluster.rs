@@ -8,22 +8,57 @@ use std::process::{Child, Command, Stdio};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::{commerce, order, Proc, ADDRESS, CARD};
+use support::{commerce, order, Api, Proc, ADDRESS, CARD};
 
-/// `commerce status` on `data`: its report.
-fn status(data: &Path) -> String {
+/// `commerce status` on `data`: its report, or `None` if it failed (while a leader is elected).
+fn try_status(data: &Path) -> Option<String> {
     let out = commerce()
         .args(["status", "--data-dir"])
         .arg(data)
         .output()
         .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{report}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    report
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// Each of the 8 streams has a leader and two replicas, both current.
+fn all_current(report: &str) -> bool {
+    let replication: Vec<&str> = report
+        .lines()
+        .filter(|l| l.trim_start().starts_with("leader node-"))
+        .collect();
+    replication.len() == 8
+        && replication
+            .iter()
+            .all(|l| l.matches(" current lag 0").count() == 2)
+}
+
+/// Place an order as a client does: sent again under its key while the answer is a 503 (a
+/// request that met a leader election).
+async fn place(api: &Api, customer: &str) -> String {
+    let order = order(customer, "SKU-MUG", 1, CARD, ADDRESS);
+    let key = format!("cluster-{customer}");
+    let mut last = (0, serde_json::Value::Null);
+    for _ in 0..20 {
+        last = api.place(&order, Some(&key)).await;
+        if last.0 == 201 {
+            return last.1["order_id"].as_str().unwrap().to_string();
+        }
+        assert_eq!(last.0, 503, "{}", last.1);
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    panic!("no order placed: {last:?}");
+}
+
+/// A nats-server the test started; killed when the test ends, however it ends.
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The pid a node wrote into its store.
@@ -34,8 +69,8 @@ fn node_pid(node: &Path) -> i32 {
 
 /// Start a node again from the config `commerce up` wrote for it, as an operator's supervisor
 /// would.
-fn restart(node: &Path) -> Child {
-    Command::new(bus::server::find_binary().unwrap())
+fn restart(node: &Path) -> Node {
+    let child = Command::new(bus::server::find_binary().unwrap())
         .arg("-c")
         .arg(node.join("nats-server.conf"))
         .arg("-l")
@@ -44,7 +79,8 @@ fn restart(node: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Node(child)
 }
 
 #[tokio::test]
@@ -57,52 +93,40 @@ async fn a_cluster_keeps_every_order_through_a_nodes_death_and_return() {
     );
     assert_eq!(nats.split(',').count(), 3, "every node's URL: {nats}");
 
-    // Every stream is led by one node and replicated on the two others.
-    let report = status(data.path());
-    let orders = report
-        .lines()
-        .skip_while(|l| !l.starts_with("ORDERS"))
-        .nth(1)
-        .unwrap_or_default();
-    assert!(orders.contains("leader node-"), "{report}");
-    assert_eq!(orders.matches("replica node-").count(), 2, "{report}");
+    // Every stream is led by one node and replicated, current, on the two others.
+    support::wait_until(
+        "8 streams, each with a leader and two current replicas",
+        || async { try_status(data.path()).is_some_and(|report| all_current(&report)) },
+    )
+    .await;
 
-    let before = api
-        .place_ok(&order("una", "SKU-MUG", 1, CARD, ADDRESS))
-        .await;
+    let before = place(&api, "una").await;
     api.wait_status(&before, &["COMPLETED"]).await;
 
-    // The first node (where every client connected first) dies; orders go on on the others.
+    // A node dies (clients connected to any of the three: a third of them to this one, which
+    // fail over); orders go on on the others.
     let node = data.path().join("nats/node-1");
     kill(Pid::from_raw(node_pid(&node)), Signal::SIGKILL).unwrap();
     let mut during = Vec::new();
     for customer in ["vera", "wim", "xia"] {
-        during.push(
-            api.place_ok(&order(customer, "SKU-MUG", 1, CARD, ADDRESS))
-                .await,
-        );
+        during.push(place(&api, customer).await);
     }
     for id in &during {
         api.wait_status(id, &["COMPLETED"]).await;
     }
     support::wait_until("the dead node shows as not current", || async {
-        let report = status(data.path());
-        report.contains("offline") || report.contains("behind")
+        try_status(data.path())
+            .is_some_and(|report| report.contains("offline") || report.contains("behind"))
     })
     .await;
 
     // It returns and catches up: every replica of every stream is current again.
-    let mut returned = restart(&node);
+    let returned = restart(&node);
     support::wait_until("every replica is current again", || async {
-        let report = status(data.path());
-        report.matches("replica node-").count() == 2 * 8
-            && !report.contains("offline")
-            && !report.contains("behind")
+        try_status(data.path()).is_some_and(|report| all_current(&report))
     })
     .await;
-    let after = api
-        .place_ok(&order("yan", "SKU-MUG", 1, CARD, ADDRESS))
-        .await;
+    let after = place(&api, "yan").await;
     api.wait_status(&after, &["COMPLETED"]).await;
 
     // Each order charged once: nothing was lost or applied twice across the failover.
@@ -113,8 +137,7 @@ async fn a_cluster_keeps_every_order_through_a_nodes_death_and_return() {
         "{ledger}"
     );
     up.stop();
-    let _ = returned.kill();
-    let _ = returned.wait();
+    drop(returned);
 }
 
 #[test]

@@ -22,6 +22,7 @@ pub mod envelope;
 pub mod error;
 pub mod publisher;
 pub mod relay;
+pub mod replay;
 pub mod server;
 pub mod status;
 pub mod streams;

@@ -35,10 +35,12 @@ pub struct ServerConfig {
     pub authorization: Option<(String, Credentials)>,
     /// This node's routes to the others of a cluster; `None`: a server on its own.
     pub cluster: Option<Routes>,
+    /// Monitoring port; `None` picks a free one.
+    pub monitor_port: Option<u16>,
 }
 
 /// One node's place in a cluster of nats-servers on loopback.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Routes {
     /// Where this node listens for the others.
     pub port: u16,
@@ -46,6 +48,16 @@ pub struct Routes {
     pub ports: Vec<u16>,
     /// The password the nodes give each other: routes are not open to whoever is on the host.
     pub secret: String,
+}
+
+impl std::fmt::Debug for Routes {
+    /// Without the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routes")
+            .field("port", &self.port)
+            .field("ports", &self.ports)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The cluster's name, the same on every node.
@@ -60,6 +72,7 @@ impl ServerConfig {
             ready_timeout: Duration::from_secs(30),
             authorization: None,
             cluster: None,
+            monitor_port: None,
         }
     }
 }
@@ -96,7 +109,7 @@ impl NatsServer {
             binary,
             name: server_name(dir)?,
             port: config.port.unwrap_or(free_client),
-            monitor_port,
+            monitor_port: config.monitor_port.unwrap_or(monitor_port),
             config,
             child: None,
         };
@@ -191,7 +204,7 @@ impl NatsServer {
             .as_ref()
             .map_or(String::new(), cluster_block);
         let text = format!(
-            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{mon}\nserver_name: {name}\n\
+            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{mon}\nserver_name: \"{name}\"\n\
              pid_file: {pid:?}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n{cluster}\
              {authorization}",
             pid = pid_file.display().to_string(),
@@ -290,16 +303,19 @@ impl NatsCluster {
             )));
         }
         let dir = config.store_dir.clone();
-        let ports = free_ports(size)?;
+        // Every node's route, client and monitoring port, chosen together so none collide.
+        let free = free_ports(3 * size)?;
+        let (ports, others) = free.split_at(size);
         let secret = random_hex()?;
         let mut nodes = Vec::with_capacity(size);
-        for (i, port) in ports.iter().enumerate() {
+        for (i, (port, own)) in ports.iter().zip(others.chunks(2)).enumerate() {
             let mut node = config.clone();
             node.store_dir = dir.join(format!("node-{}", i + 1));
-            node.port = config.port.filter(|_| i == 0);
+            node.port = config.port.filter(|_| i == 0).or(own.first().copied());
+            node.monitor_port = own.get(1).copied();
             node.cluster = Some(Routes {
                 port: *port,
-                ports: ports.clone(),
+                ports: ports.to_vec(),
                 secret: secret.clone(),
             });
             nodes.push(NatsServer::launch(node)?);

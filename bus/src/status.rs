@@ -62,11 +62,11 @@ pub async fn streams(js: &jetstream::Context) -> Result<Vec<StreamStatus>, BusEr
             .await
             .map_err(|e| BusError::jetstream(what())(e))?;
         let state = info.state.clone();
-        // A single server answers with a cluster block too, but no replicas and no leader.
+        // A single server answers with a cluster block too (itself the leader), but no replicas.
         let cluster = info
             .cluster
             .as_ref()
-            .filter(|c| c.leader.is_some() || !c.replicas.is_empty())
+            .filter(|c| !c.replicas.is_empty())
             .map(|c| Replication {
                 leader: c.leader.clone(),
                 replicas: c

@@ -14,11 +14,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use async_nats::jetstream;
 use bus::{Domain, Envelope};
-use futures::StreamExt;
 use storage::{Commit, NewEvent, Store};
 
 use super::{Aggregate, DomainEvent, EngineError, Service};
@@ -116,22 +114,16 @@ async fn restore_events<S: Service>(
     }
     // Own events only (a stream holds only its owner's events, but be strict).
     let mut by_aggregate: BTreeMap<String, BTreeMap<u64, Envelope>> = BTreeMap::new();
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            deliver_policy: jetstream::consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(failed)?;
-    let mut messages = consumer.messages().await.map_err(failed)?;
+    let mut messages = bus::replay::Replay::open(js, domain.stream(), "").await?;
     let mut seen = 0;
     while seen < last {
-        let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
-            .await
-            .map_err(|_| failed(format!("{} stopped answering", domain.stream())))?
-            .ok_or_else(|| failed("stream ended"))?
-            .map_err(failed)?;
-        seen = message.info().map_err(failed)?.stream_sequence;
+        let message = messages.next().await?;
+        let info = message.info().map_err(failed)?;
+        seen = info.stream_sequence;
+        // Nothing stored after it: the last one was deleted since (its number stays the last).
+        if info.pending == 0 {
+            seen = last;
+        }
         let Ok(envelope) = Envelope::from_slice(&message.payload) else {
             continue;
         };
@@ -212,22 +204,11 @@ async fn restore_dead_letters<S: Service>(
     if stream.info().await.map_err(failed)?.state.messages == 0 {
         return Ok(());
     }
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: format!("{}.{}.>", bus::dlq::PREFIX, S::name()),
-            ..Default::default()
-        })
-        .await
-        .map_err(failed)?;
-    let pending = consumer.cached_info().num_pending;
-    let mut messages = consumer.messages().await.map_err(failed)?;
+    let filter = format!("{}.{}.>", bus::dlq::PREFIX, S::name());
+    let mut messages = bus::replay::Replay::open(js, bus::streams::DLQ_STREAM, &filter).await?;
     let mut ids = Vec::new();
-    for _ in 0..pending {
-        let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
-            .await
-            .map_err(|_| failed("DLQ stopped answering"))?
-            .ok_or_else(|| failed("DLQ ended"))?
-            .map_err(failed)?;
+    for _ in 0..messages.pending() {
+        let message = messages.next().await?;
         // Undecodable ones would be dead-lettered again; nothing to mark.
         if let Ok(envelope) = Envelope::from_slice(&message.payload) {
             ids.push(envelope.id);

@@ -12,12 +12,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
 use async_nats::jetstream;
 use bus::{BusError, Domain, Envelope};
-use futures::StreamExt;
 
 use super::api::RebuildStarted;
 use super::model::OrderReadModel;
@@ -215,9 +213,8 @@ fn failed(cause: async_nats::Error) -> RebuildError {
 
 /// One stream being read up to its target, with its next message.
 struct Reader {
-    domain: Domain,
     last: u64,
-    messages: jetstream::consumer::pull::Ordered,
+    messages: bus::replay::Replay,
     next: Option<Next>,
 }
 
@@ -236,20 +233,10 @@ impl Reader {
         domain: Domain,
         last: u64,
     ) -> Result<Reader, RebuildError> {
-        let stream = js
-            .get_stream(domain.stream())
+        let messages = bus::replay::Replay::open(js, domain.stream(), "")
             .await
-            .map_err(|e| failed(e.into()))?;
-        let consumer = stream
-            .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| failed(e.into()))?;
-        let messages = consumer.messages().await.map_err(|e| failed(e.into()))?;
+            .map_err(EngineError::Bus)?;
         let mut reader = Reader {
-            domain,
             last,
             messages,
             next: None,
@@ -265,12 +252,7 @@ impl Reader {
         if seen >= self.last || pending == 0 {
             return Ok(());
         }
-        let stream = self.domain.stream();
-        let message = tokio::time::timeout(Duration::from_secs(30), self.messages.next())
-            .await
-            .map_err(|_| failed(format!("{stream} stopped answering").into()))?
-            .ok_or_else(|| failed(format!("{stream} ended").into()))?
-            .map_err(|e| failed(e.into()))?;
+        let message = self.messages.next().await.map_err(EngineError::Bus)?;
         let info = message.info().map_err(failed)?;
         self.next = Some(Next {
             stored: info.published.unix_timestamp_nanos(),

@@ -1,0 +1,133 @@
+//! Reading a stream from a sequence on (a projection rebuild, a service's recovery): an
+//! ephemeral pull consumer whose name the server picks, started again by us from just after the
+//! last message read when it stops answering (a cluster's leader moved, a node paused).
+//!
+//! Not async-nats' ordered consumer: that one starts itself again under a name of its own
+//! (`<name>_1`), which a component's permissions rightly refuse (a named create could change
+//! another component's consumer), so on a cluster its replay stalled for good.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+
+use crate::BusError;
+
+/// How long a consumer may be silent before it is started again.
+const SILENCE: Duration = Duration::from_secs(10);
+/// Consumers started in a row without a message before the replay gives up.
+const ATTEMPTS: u32 = 4;
+
+pub struct Replay {
+    stream: jetstream::stream::Stream,
+    name: String,
+    filter: String,
+    /// The sequence of the next message wanted.
+    next: u64,
+    /// Messages the first consumer had to deliver when it was created.
+    pending: u64,
+    messages: Option<consumer::pull::Stream>,
+}
+
+impl Replay {
+    /// Read `stream` (only `filter`'s subjects, if not empty) from its first message.
+    pub async fn open(
+        js: &jetstream::Context,
+        stream: &str,
+        filter: &str,
+    ) -> Result<Replay, BusError> {
+        let handle = js
+            .get_stream(stream)
+            .await
+            .map_err(|e| BusError::jetstream(format!("replay of {stream}"))(e))?;
+        let mut replay = Replay {
+            stream: handle,
+            name: stream.to_string(),
+            filter: filter.to_string(),
+            next: 1,
+            pending: 0,
+            messages: None,
+        };
+        replay.pending = replay.start().await?;
+        Ok(replay)
+    }
+
+    /// How many messages there were to read when the replay opened.
+    pub fn pending(&self) -> u64 {
+        self.pending
+    }
+
+    /// The next message. Its `info()` says its sequence and how many were stored after it.
+    pub async fn next(&mut self) -> Result<jetstream::Message, BusError> {
+        let mut silent = 0;
+        loop {
+            let answer = match self.messages.as_mut() {
+                Some(messages) => tokio::time::timeout(SILENCE, messages.next()).await,
+                None => Ok(None),
+            };
+            match answer {
+                Ok(Some(Ok(message))) => {
+                    let seq = message
+                        .info()
+                        .map_err(|e| self.failed(e.to_string()))?
+                        .stream_sequence;
+                    // A message a consumer before this one already gave.
+                    if seq < self.next {
+                        continue;
+                    }
+                    self.next = seq + 1;
+                    return Ok(message);
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::info!(stream = %self.name, error = %e, "replay: starting its consumer again");
+                }
+                Ok(None) | Err(_) => {
+                    tracing::info!(stream = %self.name, "replay: its consumer fell silent; starting it again");
+                }
+            }
+            silent += 1;
+            if silent >= ATTEMPTS {
+                return Err(self.failed(format!(
+                    "no message after {silent} consumers of {:?} each",
+                    SILENCE
+                )));
+            }
+            self.messages = None;
+            if let Err(e) = self.start().await {
+                tracing::info!(stream = %self.name, error = %e, "replay: its consumer could not start");
+            }
+        }
+    }
+
+    /// A consumer from `self.next` on; answers how many messages it has to deliver.
+    async fn start(&mut self) -> Result<u64, BusError> {
+        let config = consumer::pull::Config {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: self.next,
+            },
+            ack_policy: consumer::AckPolicy::None,
+            filter_subject: self.filter.clone(),
+            // Ours only while we read it; the server removes it when we move on.
+            inactive_threshold: Duration::from_secs(30),
+            memory_storage: true,
+            num_replicas: 1,
+            ..Default::default()
+        };
+        let consumer = self
+            .stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| self.failed(e.to_string()))?;
+        let pending = consumer.cached_info().num_pending;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| self.failed(e.to_string()))?;
+        self.messages = Some(messages);
+        Ok(pending)
+    }
+
+    fn failed(&self, why: String) -> BusError {
+        BusError::jetstream(format!("replay of {}", self.name))(why)
+    }
+}
