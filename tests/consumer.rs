@@ -432,39 +432,123 @@ async fn work_longer_than_ack_wait_is_never_redelivered() {
 /// from there, so what is published again at the reused sequences is not skipped.
 #[tokio::test]
 async fn a_consumer_past_the_end_of_a_stream_that_lost_its_tail_is_recreated() {
+    consumer_survives_a_lost_tail(false).await;
+}
+
+/// The same when the consumer was bound again after its message stream failed (as a
+/// service's loop does on an error) and the stream was filled past it before it looked.
+#[tokio::test]
+async fn a_consumer_bound_again_after_a_lost_tail_still_notices_it() {
+    consumer_survives_a_lost_tail(true).await;
+}
+
+async fn consumer_survives_a_lost_tail(bound_again: bool) {
     init_logs();
     let mut broker = TestBroker::start().await;
     let (_dir, store) = temp_store();
     let mut consumer = DurableConsumer::bind(&broker.js, spec()).await.unwrap();
     let events = publish_orders(&broker, 40).await;
-    let mut handled = 0;
-    let deadline = Deadline::after(WAIT, "every event handled");
-    while handled < events.len() {
-        deadline.check();
-        handled += consume_batch(&mut consumer, &store).await.len();
-    }
+    handle_all(&mut consumer, &store, &events).await;
 
-    broker.server.kill();
-    commerce_tests::cut_last_block(broker.server.store_dir(), "ORDERS");
-    broker.server.restart().await.unwrap();
-    let survived = wait_for_stream(&broker).await;
+    let survived = lose_the_tail(&mut broker).await;
     assert!(survived < 40, "the tail is lost: {survived} messages left");
 
     // Published again (as the owning relay would), at the sequences the consumer had passed
     // and beyond them, before the consumer looks: its position is inside the stream again.
     let again = publish_orders(&broker, 45).await;
-    assert!(consumer.realign(Duration::ZERO).await.unwrap(), "recreated");
-    let deadline = Deadline::after(WAIT, "the new events handled");
-    while !again.iter().all(|e| store.is_processed(e.id).unwrap()) {
-        deadline.check();
-        consume_batch(&mut consumer, &store).await;
+    if bound_again {
+        consumer.rebind().await.unwrap();
     }
+    assert!(consumer.realign(Duration::ZERO).await.unwrap(), "recreated");
+    handle_all(&mut consumer, &store, &again).await;
     applied_once(&store, &events[..survived as usize]);
     applied_once(&store, &again);
     assert!(
         !consumer.realign(Duration::ZERO).await.unwrap(),
         "aligned now"
     );
+}
+
+/// The broker had delivered messages this consumer never received (still in flight when it
+/// died) and lost them with the tail; the stream is refilled past them before the consumer
+/// looks, its newest message survived. After the reconnect it is recreated all the same, so
+/// nothing at the reused sequences is skipped.
+#[tokio::test]
+async fn messages_delivered_but_never_received_before_a_lost_tail_are_not_skipped() {
+    init_logs();
+    let mut broker = TestBroker::start().await;
+    let (_dir, store) = temp_store();
+    let mut consumer = DurableConsumer::bind(&broker.js, spec()).await.unwrap();
+    assert!(!consumer.realign(Duration::ZERO).await.unwrap(), "new");
+    let first = publish_orders(&broker, 10).await;
+    handle_all(&mut consumer, &store, &first).await;
+    // Thirty more reach the consumer's buffer, none handed out.
+    publish_orders(&broker, 30).await;
+    let deadline = Deadline::after(WAIT, "the broker delivers them");
+    loop {
+        let stream = broker.js.get_stream("ORDERS").await.unwrap();
+        let info = stream.consumer_info("payment").await.unwrap();
+        if info.delivered.stream_sequence == 40 {
+            break;
+        }
+        deadline.check();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let survived = lose_the_tail(&mut broker).await;
+    assert!(
+        (10..40).contains(&survived),
+        "the tail past the handled is lost: {survived} left"
+    );
+    let again = publish_orders(&broker, 45).await;
+    assert!(consumer.realign(Duration::ZERO).await.unwrap(), "recreated");
+    handle_all(&mut consumer, &store, &again).await;
+    applied_once(&store, &first);
+    applied_once(&store, &again);
+}
+
+/// The broker comes back without the tail and the consumer is handed what the relays publish
+/// past its old position before it looks: those do not hide the loss, so it is recreated and
+/// what sits at the reused sequences below them is handled too.
+#[tokio::test]
+async fn messages_handed_out_after_a_reconnect_do_not_hide_a_lost_tail() {
+    init_logs();
+    let mut broker = TestBroker::start().await;
+    let (_dir, store) = temp_store();
+    let mut consumer = DurableConsumer::bind(&broker.js, spec()).await.unwrap();
+    assert!(!consumer.realign(Duration::ZERO).await.unwrap(), "new");
+    let events = publish_orders(&broker, 40).await;
+    handle_all(&mut consumer, &store, &events).await;
+
+    let survived = lose_the_tail(&mut broker).await;
+    assert!(survived < 40, "the tail is lost: {survived} messages left");
+    let again = publish_orders(&broker, 45).await;
+    // The broker goes on past the old position: what it hands out is past sequence 40.
+    let deadline = Deadline::after(WAIT, "messages past the old position");
+    while consume_batch(&mut consumer, &store).await.is_empty() {
+        deadline.check();
+    }
+    assert!(consumer.realign(Duration::ZERO).await.unwrap(), "recreated");
+    handle_all(&mut consumer, &store, &again).await;
+    applied_once(&store, &again);
+}
+
+/// Handle batches until every one of `events` is applied.
+async fn handle_all(consumer: &mut DurableConsumer, store: &Store, events: &[Envelope]) {
+    let deadline = Deadline::after(WAIT, "every event handled");
+    while !events.iter().all(|e| store.is_processed(e.id).unwrap()) {
+        deadline.check();
+        consume_batch(consumer, store).await;
+    }
+}
+
+/// Kill the broker, cut the last block of ORDERS short (as an OS crash before fsync leaves
+/// it), start it again; answers how many messages survived.
+async fn lose_the_tail(broker: &mut TestBroker) -> u64 {
+    broker.server.kill();
+    commerce_tests::cut_last_block(broker.server.store_dir(), "ORDERS");
+    broker.server.restart().await.unwrap();
+    wait_for_stream(broker).await
 }
 
 /// The stream's message count once the restarted broker answers.

@@ -34,21 +34,11 @@ fn all_current(report: &str) -> bool {
             .all(|l| l.matches(" current lag 0").count() == 2)
 }
 
-/// Place an order as a client does: sent again under its key while the answer is a 503 (a
-/// request that met a leader election).
+/// Place an order as a client does, retrying a 503 under its key.
 async fn place(api: &Api, customer: &str) -> String {
     let order = order(customer, "SKU-MUG", 1, CARD, ADDRESS);
-    let key = format!("cluster-{customer}");
-    let mut last = (0, serde_json::Value::Null);
-    for _ in 0..20 {
-        last = api.place(&order, Some(&key)).await;
-        if last.0 == 201 {
-            return last.1["order_id"].as_str().unwrap().to_string();
-        }
-        assert_eq!(last.0, 503, "{}", last.1);
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-    panic!("no order placed: {last:?}");
+    api.place_retrying(&order, &format!("cluster-{customer}"))
+        .await
 }
 
 /// A nats-server the test started; killed when the test ends, however it ends.

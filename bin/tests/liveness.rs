@@ -66,8 +66,11 @@ impl System {
 /// Five more orders after the crash: new sagas go on too.
 async fn place_more(system: &System, mut placed: scenario::Placed) -> scenario::Placed {
     for i in 0..5 {
-        let late = order(&format!("after-{i}"), "SKU-MUG", 1, CARD, ADDRESS);
-        placed.completed.push(system.api.place_ok(&late).await);
+        let customer = format!("after-{i}");
+        let late = order(&customer, "SKU-MUG", 1, CARD, ADDRESS);
+        // The services may still be reconnecting: a 503 is retried, as a client does.
+        let id = system.api.place_retrying(&late, &customer).await;
+        placed.completed.push(id);
         placed.bulk += 1;
     }
     placed

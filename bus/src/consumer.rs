@@ -160,8 +160,9 @@ pub struct DurableConsumer {
     checked: Option<(std::time::Instant, u64)>,
     /// Where a consumer `realign` deleted is to be created again from.
     recreate_from: Option<DeliverPolicy>,
-    /// The newest message handed out: if the stream no longer holds it at its sequence, the
-    /// stream lost its tail, even once new messages have filled it past this consumer again.
+    /// The newest message handed out (before any reconnect not checked yet): if the stream no
+    /// longer holds it at its sequence, the stream lost its tail, even once new messages have
+    /// filled it past this consumer again.
     newest: Option<Seen>,
     messages: MessageStream,
     /// Delivered while a batch was being handled; handed out first by the next `next_batch`.
@@ -176,26 +177,24 @@ impl DurableConsumer {
     /// starts at the beginning of the stream; an existing one keeps where it started (the server
     /// refuses to change that, e.g. after [`DurableConsumer::realign`]).
     pub async fn bind(js: &jetstream::Context, spec: ConsumerSpec) -> Result<Self, BusError> {
-        Self::bind_from(js, spec, None).await
+        Self::bind_from(js, spec, DeliverPolicy::All).await
     }
 
+    /// [`DurableConsumer::bind`], a consumer that does not exist yet starting at `if_new`.
     async fn bind_from(
         js: &jetstream::Context,
         spec: ConsumerSpec,
-        deliver_policy: Option<DeliverPolicy>,
+        if_new: DeliverPolicy,
     ) -> Result<Self, BusError> {
         let what = || format!("consumer {} on {}", spec.durable, spec.stream);
         let stream = js
             .get_stream(&spec.stream)
             .await
             .map_err(|e| BusError::jetstream(what())(e))?;
-        let deliver_policy = match deliver_policy {
-            Some(policy) => policy,
-            None => match stream.consumer_info(&spec.durable).await {
-                Ok(existing) => existing.config.deliver_policy,
-                Err(e) if consumer_not_found(&e) => DeliverPolicy::All,
-                Err(e) => return Err(BusError::jetstream(what())(e)),
-            },
+        let deliver_policy = match stream.consumer_info(&spec.durable).await {
+            Ok(existing) => existing.config.deliver_policy,
+            Err(e) if consumer_not_found(&e) => if_new,
+            Err(e) => return Err(BusError::jetstream(what())(e)),
         };
         let (filter_subject, filter_subjects) = match spec.filter_subjects.as_slice() {
             [one] => (one.clone(), Vec::new()),
@@ -241,6 +240,18 @@ impl DurableConsumer {
         })
     }
 
+    /// Bind again after the message stream failed (a broker restart, say), keeping the newest
+    /// message handed out: if the broker lost that stream's tail meanwhile, the next
+    /// [`DurableConsumer::realign`] still notices, even once the relays have published past it.
+    pub async fn rebind(&mut self) -> Result<(), BusError> {
+        let if_new = self.recreate_from.unwrap_or(DeliverPolicy::All);
+        let mut bound = Self::bind_from(&self.js, self.spec.clone(), if_new).await?;
+        bound.newest = self.newest.take();
+        bound.recreate_from = self.recreate_from;
+        *self = bound;
+        Ok(())
+    }
+
     pub fn spec(&self) -> &ConsumerSpec {
         &self.spec
     }
@@ -268,9 +279,15 @@ impl DurableConsumer {
                 None => break,
             }
         }
-        if let Some(seen) = raw.iter().filter_map(seen).max_by_key(|s| s.seq) {
-            if self.newest.as_ref().is_none_or(|n| seen.seq >= n.seq) {
-                self.newest = Some(seen);
+        // Not past a reconnect that `realign` has not checked yet: a broker that came back
+        // without the tail goes on after the consumer's old position, where the relays' new
+        // messages may sit; the newest from before is what shows the tail was lost.
+        let connects = self.js.client().statistics().connects.load(Relaxed);
+        if self.checked.is_none_or(|(_, checked)| checked == connects) {
+            if let Some(seen) = raw.iter().filter_map(seen).max_by_key(|s| s.seq) {
+                if self.newest.as_ref().is_none_or(|n| seen.seq >= n.seq) {
+                    self.newest = Some(seen);
+                }
             }
         }
         let mut batch = Vec::with_capacity(raw.len());
@@ -288,13 +305,20 @@ impl DurableConsumer {
     /// outbox relays publish there again. Either way it is created again: from its ack floor,
     /// or from the stream's end if that is lower (what it sees twice, the inbox absorbs).
     /// Returns whether it was.
+    ///
+    /// After a reconnect it is also created again when the broker counts messages delivered
+    /// past the newest this consumer received: those may have been lost with a tail (the
+    /// broker forgets they were unacknowledged) and their sequences refilled before this check,
+    /// where the broker would never deliver what now sits there.
     pub async fn realign(&mut self, every: Duration) -> Result<bool, BusError> {
         let connects = self.js.client().statistics().connects.load(Relaxed);
+        let reconnected = self.checked.is_some_and(|(_, seen)| seen != connects);
         if let Some((at, seen)) = self.checked {
             if seen == connects && at.elapsed() < every {
                 return Ok(false);
             }
         }
+        let received = self.newest.as_ref().map_or(0, |n| n.seq);
         let what = || format!("consumer {} on {}", self.spec.durable, self.spec.stream);
         let mut stream = self
             .js
@@ -312,7 +336,9 @@ impl DurableConsumer {
             .last_sequence;
         let start = match consumer {
             Ok(info)
-                if info.delivered.stream_sequence <= last && !self.newest_lost(&stream).await? =>
+                if info.delivered.stream_sequence <= last
+                    && !(reconnected && info.delivered.stream_sequence > received)
+                    && !self.newest_lost(&stream).await? =>
             {
                 None
             }
@@ -324,7 +350,8 @@ impl DurableConsumer {
                 let start = (info.ack_floor.stream_sequence + 1).min(survived + 1);
                 tracing::warn!(consumer = %self.spec.durable, stream = %self.spec.stream,
                     delivered = info.delivered.stream_sequence, last, survived, start,
-                    "the stream lost messages this consumer had been given; recreating it");
+                    reconnected, received,
+                    "the stream may have lost messages this consumer was given; recreating it");
                 self.newest = None;
                 let policy = DeliverPolicy::ByStartSequence {
                     start_sequence: start,
@@ -346,7 +373,7 @@ impl DurableConsumer {
             Err(e) => return Err(BusError::jetstream(what())(e)),
         };
         if let Some(policy) = start {
-            let bound = Self::bind_from(&self.js.clone(), self.spec.clone(), Some(policy)).await?;
+            let bound = Self::bind_from(&self.js.clone(), self.spec.clone(), policy).await?;
             *self = bound;
         }
         self.checked = Some((std::time::Instant::now(), connects));

@@ -239,6 +239,22 @@ impl Api {
         body["order_id"].as_str().expect("order_id").to_string()
     }
 
+    /// Place an order as a client does: sent again under its key while the answer is a 503
+    /// (a request that met a broker restarting or a leader election); returns its id.
+    pub async fn place_retrying(&self, order: &Value, key: &str) -> String {
+        let mut last = (0, Value::Null);
+        for _ in 0..40 {
+            last = self.place(order, Some(key)).await;
+            if last.0 == 201 {
+                return last.1["order_id"].as_str().expect("order_id").to_string();
+            }
+            assert_eq!(last.0, 503, "{}", last.1);
+            // A client's backoff before it tries again, not a wait for a condition.
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        panic!("no order placed: {last:?}");
+    }
+
     /// `method path` with `body`, as an operator.
     pub async fn raw(
         &self,

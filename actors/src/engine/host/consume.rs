@@ -86,9 +86,8 @@ pub async fn consume<K: Sink>(
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
-                match DurableConsumer::bind(&js, consumer.spec().clone()).await {
-                    Ok(bound) => consumer = bound,
-                    Err(e) => tracing::warn!(component = sink.name(), error = %e, "bind failed"),
+                if let Err(e) = consumer.rebind().await {
+                    tracing::warn!(component = sink.name(), error = %e, "bind failed");
                 }
             }
         }
