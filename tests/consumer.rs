@@ -475,6 +475,17 @@ async fn consumer_survives_a_lost_tail(bound_again: bool) {
 /// nothing at the reused sequences is skipped.
 #[tokio::test]
 async fn messages_delivered_but_never_received_before_a_lost_tail_are_not_skipped() {
+    delivered_but_never_received(false).await;
+}
+
+/// The same when the consumer was bound again after the reconnect (its message stream failed
+/// with the broker, as a service's loop rebinds on an error) before it looked.
+#[tokio::test]
+async fn a_consumer_bound_again_across_a_reconnect_still_recovers_what_it_never_received() {
+    delivered_but_never_received(true).await;
+}
+
+async fn delivered_but_never_received(bound_again: bool) {
     init_logs();
     let mut broker = TestBroker::start().await;
     let (_dir, store) = temp_store();
@@ -501,6 +512,9 @@ async fn messages_delivered_but_never_received_before_a_lost_tail_are_not_skippe
         "the tail past the handled is lost: {survived} left"
     );
     let again = publish_orders(&broker, 45).await;
+    if bound_again {
+        consumer.rebind().await.unwrap();
+    }
     assert!(consumer.realign(Duration::ZERO).await.unwrap(), "recreated");
     handle_all(&mut consumer, &store, &again).await;
     applied_once(&store, &first);

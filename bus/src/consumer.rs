@@ -155,9 +155,10 @@ pub enum Verdict {
 pub struct DurableConsumer {
     spec: ConsumerSpec,
     js: jetstream::Context,
-    /// When the consumer's position was last checked against its stream, and the connection
-    /// count then.
-    checked: Option<(std::time::Instant, u64)>,
+    /// When the consumer's position was last checked against its stream.
+    checked_at: Option<std::time::Instant>,
+    /// The client's connection count at that check: a reconnect since calls for a check at once.
+    checked_connects: Option<u64>,
     /// Where a consumer `realign` deleted is to be created again from.
     recreate_from: Option<DeliverPolicy>,
     /// The newest message handed out (before any reconnect not checked yet): if the stream no
@@ -230,7 +231,8 @@ impl DurableConsumer {
         Ok(DurableConsumer {
             spec,
             js: js.clone(),
-            checked: None,
+            checked_at: None,
+            checked_connects: None,
             recreate_from: None,
             newest: None,
             messages,
@@ -248,6 +250,8 @@ impl DurableConsumer {
         let mut bound = Self::bind_from(&self.js, self.spec.clone(), if_new).await?;
         bound.newest = self.newest.take();
         bound.recreate_from = self.recreate_from;
+        // Checked again at once, still knowing whether the connection changed since.
+        bound.checked_connects = self.checked_connects;
         *self = bound;
         Ok(())
     }
@@ -283,7 +287,10 @@ impl DurableConsumer {
         // without the tail goes on after the consumer's old position, where the relays' new
         // messages may sit; the newest from before is what shows the tail was lost.
         let connects = self.js.client().statistics().connects.load(Relaxed);
-        if self.checked.is_none_or(|(_, checked)| checked == connects) {
+        if self
+            .checked_connects
+            .is_none_or(|checked| checked == connects)
+        {
             if let Some(seen) = raw.iter().filter_map(seen).max_by_key(|s| s.seq) {
                 if self.newest.as_ref().is_none_or(|n| seen.seq >= n.seq) {
                     self.newest = Some(seen);
@@ -312,11 +319,9 @@ impl DurableConsumer {
     /// where the broker would never deliver what now sits there.
     pub async fn realign(&mut self, every: Duration) -> Result<bool, BusError> {
         let connects = self.js.client().statistics().connects.load(Relaxed);
-        let reconnected = self.checked.is_some_and(|(_, seen)| seen != connects);
-        if let Some((at, seen)) = self.checked {
-            if seen == connects && at.elapsed() < every {
-                return Ok(false);
-            }
+        let reconnected = self.checked_connects.is_some_and(|seen| seen != connects);
+        if !reconnected && self.checked_at.is_some_and(|at| at.elapsed() < every) {
+            return Ok(false);
         }
         let received = self.newest.as_ref().map_or(0, |n| n.seq);
         let what = || format!("consumer {} on {}", self.spec.durable, self.spec.stream);
@@ -376,7 +381,8 @@ impl DurableConsumer {
             let bound = Self::bind_from(&self.js.clone(), self.spec.clone(), policy).await?;
             *self = bound;
         }
-        self.checked = Some((std::time::Instant::now(), connects));
+        self.checked_at = Some(std::time::Instant::now());
+        self.checked_connects = Some(connects);
         Ok(start.is_some())
     }
 
