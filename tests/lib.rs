@@ -2,12 +2,16 @@
 //! fresh sled store, and polling instead of sleeping.
 #![forbid(unsafe_code)]
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bus::server::{NatsServer, ServerConfig};
-use storage::{Store, StoreConfig};
+use bus::{Domain, Envelope};
+use serde_json::json;
+use storage::{Commit, NewEvent, Store, StoreConfig};
 use tempfile::TempDir;
+use uuid::Uuid;
 
 /// A nats-server of this test's own, with its temp store; killed on drop.
 pub struct TestBroker {
@@ -117,4 +121,29 @@ pub fn cut_last_block(store_dir: &std::path::Path, stream: &str) {
         .open(&block)
         .and_then(|f| f.set_len(len / 2))
         .expect("cut the block");
+}
+
+/// Commit `n` events (one per order, each with its outbox row) and flush them.
+pub fn commit_orders(store: &Store, n: usize) -> HashSet<Uuid> {
+    let mut ids = HashSet::new();
+    for i in 0..n {
+        let order = Uuid::now_v7().to_string();
+        let event =
+            Envelope::new(Domain::Orders, "OrderCreated", &order, json!({ "n": i })).unwrap();
+        let commit = Commit::new()
+            .append(
+                order,
+                0,
+                vec![NewEvent {
+                    event_id: event.id,
+                    event_type: event.event_type.clone(),
+                    payload: event.to_json().unwrap(),
+                }],
+            )
+            .publish(event.to_outbox_message().unwrap());
+        store.commit(&commit).unwrap();
+        ids.insert(event.id);
+    }
+    let _ = store.flush_blocking().unwrap();
+    ids
 }

@@ -5,38 +5,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bus::{Domain, Envelope, OutboxRelay, Publisher, RelayConfig};
-use commerce_tests::{init_logs, temp_store, wait_until, TestBroker};
+use commerce_tests::{commit_orders, init_logs, temp_store, wait_until, TestBroker};
 use serde_json::json;
-use storage::{Commit, NewEvent, Store};
+use storage::Commit;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Commit `n` events (one per order, each with its outbox row) and flush them.
-fn commit_orders(store: &Store, n: usize) -> HashSet<Uuid> {
-    let mut ids = HashSet::new();
-    for i in 0..n {
-        let order = Uuid::now_v7().to_string();
-        let event =
-            Envelope::new(Domain::Orders, "OrderCreated", &order, json!({ "n": i })).unwrap();
-        let commit = Commit::new()
-            .append(
-                order,
-                0,
-                vec![NewEvent {
-                    event_id: event.id,
-                    event_type: event.event_type.clone(),
-                    payload: event.to_json().unwrap(),
-                }],
-            )
-            .publish(event.to_outbox_message().unwrap());
-        store.commit(&commit).unwrap();
-        ids.insert(event.id);
-    }
-    let _ = store.flush_blocking().unwrap();
-    ids
-}
 
 /// Every `Nats-Msg-Id` in the stream, in stream order.
 async fn message_ids(broker: &TestBroker, stream: &str) -> Vec<Uuid> {

@@ -206,6 +206,7 @@ pub fn permissions(user: BusUser) -> Permissions {
             }
             replays(&mut p, bus::streams::DLQ_STREAM);
             reads_one(&mut p, bus::streams::DLQ_STREAM);
+            leases(&mut p, name);
             p.publish.extend([
                 format!("dlq.{name}.>"),
                 format!("ops.retry.{name}.>"),
@@ -242,6 +243,18 @@ fn replays(p: &mut Permissions, stream: &str) {
         format!("$JS.API.STREAM.INFO.{stream}"),
         format!("$JS.API.CONSUMER.CREATE.{stream}"),
         format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"),
+    ]);
+}
+
+/// Take, renew and give back the leases on `service`'s partitions (only its own), and read
+/// who holds any lease.
+fn leases(p: &mut Permissions, service: &str) {
+    let bucket = bus::lease::LEASES_BUCKET;
+    p.publish.extend([
+        format!("$KV.{bucket}.{service}.>"),
+        format!("$JS.API.STREAM.INFO.KV_{bucket}"),
+        format!("$JS.API.STREAM.MSG.GET.KV_{bucket}"),
+        format!("$JS.API.DIRECT.GET.KV_{bucket}.>"),
     ]);
 }
 

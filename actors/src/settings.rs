@@ -82,6 +82,12 @@ pub struct Settings {
     /// Rebuild the service's database from its stream at start (`commerce run <service> --rebuild`).
     /// An empty database is rebuilt anyway.
     pub rebuild: bool,
+    /// This process is instance `instance` of its service (`commerce run payment --instance
+    /// b`): it owns the service's partition only while it holds the lease on it, waits as a
+    /// standby while another instance does, and keeps its database under
+    /// `<data-dir>/<service>@<instance>`, rebuilt from the stream each time it takes over.
+    /// `None`: the only instance, no lease (`commerce up`).
+    pub instance: Option<String>,
     pub streams: StreamSettings,
     pub store: StoreConfig,
 }
@@ -115,6 +121,7 @@ impl Default for Settings {
             resilience: ResilienceSettings::default(),
             api: ApiSettings::default(),
             rebuild: false,
+            instance: None,
             streams: StreamSettings::default(),
             store: StoreConfig::default(),
         }
@@ -188,6 +195,8 @@ pub struct Overrides {
     pub metrics_addr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_sync_always: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -318,7 +327,24 @@ impl Settings {
             "must be at least 1 (at 0 half-open reopens before any trial)",
         )?;
 
+        if let Some(instance) = &self.instance {
+            check(
+                "instance",
+                instance,
+                (1..=32).contains(&instance.len())
+                    && instance
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "must be 1 to 32 letters, digits, '-' or '_'",
+            )?;
+        }
         let streams = &self.streams;
+        check(
+            "streams.lease_ttl_ms",
+            streams.lease_ttl_ms,
+            (400..=600_000).contains(&streams.lease_ttl_ms),
+            "must be within 400..=600000 (renewed every quarter of it)",
+        )?;
         check(
             "streams.duplicate_window_secs",
             streams.duplicate_window_secs,
@@ -384,9 +410,12 @@ impl Settings {
             .unwrap_or_else(|| format!("http://{}", self.simulators.carrier_addr))
     }
 
-    /// The database directory of one service.
+    /// The database directory of one service (of this instance of it).
     pub fn service_dir(&self, service: &str) -> PathBuf {
-        self.data_dir.join(service)
+        match &self.instance {
+            Some(instance) => self.data_dir.join(format!("{service}@{instance}")),
+            None => self.data_dir.join(service),
+        }
     }
 }
 

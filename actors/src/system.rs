@@ -253,6 +253,11 @@ impl System {
         }
     }
 
+    /// Cancelled when shutdown begins, also when a component asks for it (a lost lease).
+    pub fn stopping(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     /// Stop in reverse: gateway, services (each finishes its batch and flushes), simulators, broker.
     pub async fn shutdown(self) {
         if let Some((_, http)) = self.http {

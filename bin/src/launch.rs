@@ -82,6 +82,18 @@ pub async fn run(component: Component, mut settings: Settings) -> anyhow::Result
         })?;
         settings.nats_url = Some(url.trim().to_string());
     }
+    if let Some(instance) = &settings.instance {
+        anyhow::ensure!(
+            Component::SERVICES.contains(&component),
+            "--instance is for the services ({}); {component} runs as one instance",
+            Component::SERVICES.map(Component::name).join(", ")
+        );
+        println!(
+            "commerce {component} instance {instance}: taking the lease on {}, \
+             or waiting as a standby while another instance holds it",
+            bus::lease::key(component.name(), 0)
+        );
+    }
     let mut stop = StopSignals::new()?;
     let system = tokio::select! {
         system = System::run(component, settings) => system?,
@@ -91,8 +103,17 @@ pub async fn run(component: Component, mut settings: Settings) -> anyhow::Result
     println!("commerce {component} is up");
     println!("  nats: {}", endpoints.nats);
     print_endpoints(&endpoints);
-    stop.recv().await;
+    let stopping = system.stopping();
+    let on_its_own = tokio::select! {
+        _ = stop.recv() => false,
+        _ = stopping.cancelled() => true,
+    };
     system.shutdown().await;
+    // A component stops on its own only when it must not go on (its lease was taken).
+    anyhow::ensure!(
+        !on_its_own,
+        "commerce {component} stopped on its own; the reason is logged above"
+    );
     println!("commerce {component} stopped cleanly");
     Ok(())
 }

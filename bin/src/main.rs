@@ -100,6 +100,11 @@ enum Command {
         /// missing database is rebuilt anyway).
         #[arg(long)]
         rebuild: bool,
+        /// Run as instance NAME of a service, one of several: it owns the service only while it
+        /// holds the lease on it (a standby until then), and keeps its database under
+        /// <data-dir>/<service>@NAME, rebuilt from the stream each time it takes over.
+        #[arg(long, value_name = "NAME")]
+        instance: Option<String>,
     },
     /// Show streams, consumer lag, and each service's outbox depth.
     Status,
@@ -163,28 +168,31 @@ fn main() -> anyhow::Result<()> {
     ) {
         end_quietly_on_closed_pipe();
     }
-    let (nats_port, http_addr, admin_addr, metrics_addr, rebuild_flag) = match &cli.command {
-        Command::Up {
-            nats_port,
-            http,
-            admin,
-            ..
-        } => (*nats_port, http.clone(), admin.clone(), None, None),
-        Command::Run {
-            http,
-            admin,
-            metrics,
-            rebuild,
-            ..
-        } => (
-            None,
-            http.clone(),
-            admin.clone(),
-            metrics.clone(),
-            rebuild.then_some(true),
-        ),
-        _ => (None, None, None, None, None),
-    };
+    let (nats_port, http_addr, admin_addr, metrics_addr, rebuild_flag, instance) =
+        match &cli.command {
+            Command::Up {
+                nats_port,
+                http,
+                admin,
+                ..
+            } => (*nats_port, http.clone(), admin.clone(), None, None, None),
+            Command::Run {
+                http,
+                admin,
+                metrics,
+                rebuild,
+                instance,
+                ..
+            } => (
+                None,
+                http.clone(),
+                admin.clone(),
+                metrics.clone(),
+                rebuild.then_some(true),
+                instance.clone(),
+            ),
+            _ => (None, None, None, None, None, None),
+        };
     let flags = Overrides {
         data_dir: cli.data_dir.clone(),
         nats_url: cli.nats_url.clone(),
@@ -194,6 +202,7 @@ fn main() -> anyhow::Result<()> {
         admin_addr,
         metrics_addr,
         rebuild: rebuild_flag,
+        instance,
         nats_sync_always: matches!(cli.command, Command::Up { durable: true, .. }).then_some(true),
         nats_cluster: match &cli.command {
             Command::Up { cluster, .. } => *cluster,

@@ -59,7 +59,36 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             );
         }
     }
+    leases(&js).await;
     Ok(())
+}
+
+/// Which instance owns each service run as several (`commerce run <service> --instance`).
+async fn leases(js: &async_nats::jetstream::Context) {
+    let held = match bus::lease::held(js).await {
+        Ok(held) => held,
+        Err(e) => return println!("leases: unknown ({e})"),
+    };
+    if held.is_empty() {
+        return;
+    }
+    println!("leases:");
+    for lease in held {
+        let holder = match &lease.holder {
+            Some(h) => format!(
+                "instance {} (pid {}) since {}",
+                h.instance,
+                h.pid,
+                chrono::DateTime::from_timestamp_millis(h.since_ms)
+                    .map_or_else(|| "?".into(), |t| t.format("%H:%M:%S UTC").to_string())
+            ),
+            None => "an unreadable holder".into(),
+        };
+        println!(
+            "  {:<18} held by {holder}, revision {}",
+            lease.key, lease.revision
+        );
+    }
 }
 
 /// Open sagas, and the stuck ones by name (the projection keeps them).

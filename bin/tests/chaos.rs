@@ -11,10 +11,14 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Run `commerce chaos <args>`; whether it passed, and its JSON report.
 fn chaos(args: &[&str]) -> (bool, Value) {
+    chaos_in(&tempfile::tempdir().expect("temp dir"), args)
+}
+
+/// [`chaos`] with its report, databases and logs under `dir` (the run's in `dir/run`).
+fn chaos_in(dir: &tempfile::TempDir, args: &[&str]) -> (bool, Value) {
     let _one = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().expect("temp dir");
     let report = dir.path().join("report.json");
     let out = Command::new(env!("CARGO_BIN_EXE_commerce"))
         .arg("chaos")
@@ -186,4 +190,43 @@ fn a_short_run_on_a_cluster_loses_nothing_when_its_nodes_die_or_stall() {
         .as_str()
         .is_some_and(|r| r.contains("--cluster 3")));
     assert_eq!(report["processes"]["crashes"], serde_json::json!([]));
+}
+
+#[test]
+fn a_short_run_with_two_instances_of_every_service_fails_over_and_loses_nothing() {
+    // Seed 9 pauses shipment, kills shipment twice, order and payment, and loses payment's
+    // database (drawn with --instances 2 --dry-run); each hits the instance that owns it.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (passed, report) = chaos_in(
+        &dir,
+        &[
+            "--seed",
+            "9",
+            "--duration",
+            "40s",
+            "--rate",
+            "3",
+            "--faults",
+            "kill,pause,db-loss",
+            "--instances",
+            "2",
+        ],
+    );
+    assert!(passed, "{:#}", report["checks"]);
+    assert_eq!(failed(&report), Vec::<u64>::new());
+    assert!(report["replay"]
+        .as_str()
+        .is_some_and(|r| r.contains("--instances 2")));
+    assert_eq!(report["processes"]["crashes"], serde_json::json!([]));
+    // An instance says it is up once it owns its service: six at the start, and once more at
+    // every takeover by a standby.
+    let mut owned = 0;
+    for log in std::fs::read_dir(dir.path().join("run/logs")).expect("logs") {
+        let log = log.expect("log").path();
+        if log.to_string_lossy().contains('@') {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            owned += text.matches(" is up").count();
+        }
+    }
+    assert!(owned > 6, "standbys took over ({owned} terms began)");
 }

@@ -114,9 +114,12 @@ async fn after_a_saga_the_micro_services_and_the_monitoring_endpoint_show_it() {
     let http = reqwest::Client::new();
     let jsz = fetch_jsz(&http, &monitor).await;
     let listed = streams(&jsz);
+    // And the leases' bucket, a stream too.
+    let leases = format!("KV_{}", bus::lease::LEASES_BUCKET);
     let specified: BTreeSet<&str> = bus::streams::stream_specs()
         .into_iter()
         .map(|(name, _, _)| name)
+        .chain([leases.as_str()])
         .collect();
     assert_eq!(
         listed.keys().map(String::as_str).collect::<BTreeSet<_>>(),

@@ -4,28 +4,7 @@
 mod support;
 
 use serde_json::json;
-use support::{commerce, order, scenario, wait_until, Api, Proc, ADDRESS, CARD};
-
-struct Cluster {
-    data: tempfile::TempDir,
-    nats: String,
-    payment_gateway: String,
-    carrier: String,
-}
-
-impl Cluster {
-    fn run(&self, component: &str) -> Proc {
-        let mut cmd = commerce();
-        cmd.args(["run", component, "--data-dir"])
-            .arg(self.data.path())
-            .args(["--nats", &self.nats])
-            .env("COMMERCE_PAYMENT_GATEWAY_URL", &self.payment_gateway)
-            .env("COMMERCE_CARRIER_URL", &self.carrier);
-        let proc = Proc::spawn(cmd);
-        proc.line_starting(&format!("commerce {component} is up"));
-        proc
-    }
-}
+use support::{commerce, order, scenario, wait_until, Api, Cluster, Proc, ADDRESS, CARD};
 
 /// SIGKILL one of `services`; returns its slot, to start it again.
 fn sigkill<'a>(services: &'a mut [(&str, Proc)], name: &str) -> &'a mut Proc {
@@ -37,24 +16,7 @@ fn sigkill<'a>(services: &'a mut [(&str, Proc)], name: &str) -> &'a mut Proc {
 
 #[tokio::test]
 async fn one_process_per_service_loses_nothing_when_one_is_killed() {
-    let data = tempfile::tempdir().unwrap();
-    // A broker that admits only the system's identities, as `commerce up` makes it; each
-    // `commerce run` finds its own credentials under the data dir.
-    let server = support::authenticated_broker(data.path()).await;
-    let operator = support::operator(&server.url(), data.path()).await;
-    let js = async_nats::jetstream::new(operator);
-    bus::provision(&js, &bus::StreamSettings::default())
-        .await
-        .unwrap();
-    let mut cluster = Cluster {
-        data,
-        nats: server.url(),
-        payment_gateway: String::new(),
-        carrier: String::new(),
-    };
-    let simulators = cluster.run("simulators");
-    cluster.payment_gateway = simulators.line_starting("payment gateway: ");
-    cluster.carrier = simulators.line_starting("carrier: ");
+    let (cluster, _broker, js, simulators) = Cluster::start(&bus::StreamSettings::default()).await;
     let mut services: Vec<(&str, Proc)> = actors::Component::SERVICES
         .iter()
         .map(|c| (c.name(), cluster.run(c.name())))
@@ -101,8 +63,6 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
     scenario::check(&api, &placed).await;
 
     // The live read model equals one rebuilt from the streams.
-    let client = support::operator(&cluster.nats, cluster.data.path()).await;
-    let js = async_nats::jetstream::new(client);
     let ids = placed.all();
     support::projection_caught_up(&js).await;
     let live = support::rows(&api, &ids).await;

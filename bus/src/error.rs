@@ -47,6 +47,10 @@ pub enum BusError {
         why: String,
     },
 
+    /// Another instance took the lease on this partition: this one stops.
+    #[error("lease {key} (token {token}) was taken by another instance")]
+    LeaseLost { key: String, token: u64 },
+
     /// The nats-server process could not be found, started or stopped.
     #[error("nats-server: {0}")]
     Server(String),

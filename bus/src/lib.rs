@@ -8,6 +8,8 @@
 //!   poison and exhausted messages to `DLQ` with the reason.
 //! - [`relay`]: the outbox relay: publishes durable outbox rows and marks them sent after PubAck;
 //!   publishes again what a broker acknowledged and then lost.
+//! - [`lease`]: one owner at a time per partition of a service (a JetStream KV lease whose
+//!   revision fences its store).
 //! - [`dlq`]: typed access to the DLQ stream: list, get, delete, discard.
 //! - [`status`]: streams and consumer lag, for `commerce status`.
 //! - [`server`]: a real nats-server as a child process (embedded mode and tests).
@@ -20,6 +22,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod envelope;
 pub mod error;
+pub mod lease;
 pub mod publisher;
 pub mod relay;
 pub mod replay;

@@ -142,6 +142,8 @@ impl OutboxRelay {
             return Ok(0);
         }
         let known = self.store.stream_position()?;
+        // An instance whose lease lapsed publishes nothing: its successor reacts instead.
+        self.store.check_fence()?;
         let outcomes = self
             .publisher
             .publish_all(rows.iter().map(|r| &r.message))
@@ -253,6 +255,7 @@ impl OutboxRelay {
         for chunk in lost.chunks(self.config.batch.max(1)) {
             let mut resent = Vec::with_capacity(chunk.len());
             let mut failed = None;
+            self.store.check_fence()?;
             let outcomes = self
                 .publisher
                 .publish_all(chunk.iter().map(|r| &r.message))

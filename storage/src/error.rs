@@ -54,6 +54,11 @@ pub enum StorageError {
         source: std::io::Error,
     },
 
+    /// The store belongs to a partition whose lease this instance does not hold now: nothing
+    /// is written, flushed or published (see [`crate::fence`]).
+    #[error("refused by the fence: {0}")]
+    Fenced(#[from] crate::fence::Fenced),
+
     /// sled failed to read or write.
     #[error("database i/o failed: {0}")]
     Sled(#[from] sled::Error),

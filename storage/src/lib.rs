@@ -21,6 +21,7 @@ mod durable;
 pub mod error;
 pub mod events;
 pub mod failpoints;
+pub mod fence;
 pub mod inbox;
 pub mod models;
 pub mod outbox;
@@ -28,6 +29,7 @@ pub mod store;
 
 pub use error::StorageError;
 pub use events::{RecordedEvent, Snapshot};
+pub use fence::{Fence, Fenced};
 pub use outbox::{Heal, OutboxMessage, PendingRow, SentMessage, StreamPosition};
 pub use store::{Commit, CommitOutcome, Flushed, NewEvent, Store, StoreConfig};
 

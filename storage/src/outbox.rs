@@ -419,6 +419,11 @@ impl Store {
     }
 
     /// Every row at or below this is sent.
+    /// Whether every outbox row at or below `seq` has been published.
+    pub fn published_through(&self, seq: u64) -> Result<bool, StorageError> {
+        Ok(self.sent_upto()? >= seq)
+    }
+
     fn sent_upto(&self) -> Result<u64, StorageError> {
         match self.inner.meta.get(SENT_UPTO)? {
             Some(v) => watermark(&v),

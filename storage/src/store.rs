@@ -74,6 +74,8 @@ pub(crate) struct Inner {
     durable_files: DurableFiles,
     /// Held for the life of the store: a second opener gets [`StorageError::Locked`].
     _lock: File,
+    /// Set where instances share a partition: writes only while this one holds its lease.
+    fence: std::sync::OnceLock<crate::Fence>,
 }
 
 /// An event to append to an aggregate's log.
@@ -295,6 +297,7 @@ impl Store {
             db,
             durable_files,
             _lock: lock,
+            fence: std::sync::OnceLock::new(),
         };
         let store = Store {
             inner: Arc::new(inner),
@@ -307,6 +310,33 @@ impl Store {
     /// The highest outbox sequence committed.
     pub(crate) fn committed_seq(&self) -> u64 {
         self.inner.committed_seq.load(Ordering::Acquire)
+    }
+
+    /// From now on, commit, flush and publish only while `fence` is open (set once: a second
+    /// fence is ignored, so the first one keeps guarding).
+    pub fn fence_with(&self, fence: crate::Fence) {
+        let _ = self.inner.fence.set(fence);
+    }
+
+    /// Whether a write may go ahead now: always, unless the store is fenced and the fence is
+    /// closed.
+    pub fn check_fence(&self) -> Result<(), StorageError> {
+        match self.inner.fence.get() {
+            Some(fence) => fence.check().map(drop).map_err(StorageError::from),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the store is fenced: one of several instances, whose database a successor never
+    /// reads (it rebuilds from the stream), so only what is published outlives its lease.
+    pub fn is_fenced(&self) -> bool {
+        self.inner.fence.get().is_some()
+    }
+
+    /// The highest outbox sequence committed so far: every commit made until now has its rows
+    /// at or below it.
+    pub fn committed_through(&self) -> u64 {
+        self.committed_seq()
     }
 
     /// Where this database lives.
@@ -330,6 +360,7 @@ impl Store {
         &self,
         commits: &[Commit],
     ) -> Result<Vec<Result<CommitOutcome, StorageError>>, StorageError> {
+        self.check_fence()?;
         let s = &*self.inner;
         let recorded_at = now_millis();
         // Validate and encode outside the transaction closure: sled may run it more than once.
@@ -440,6 +471,8 @@ impl Store {
             path: self.inner.path.clone(),
             source: std::io::Error::other(e),
         })??;
+        // The proof lets a batch be acknowledged: not once the lease has lapsed meanwhile.
+        self.check_fence()?;
         Ok(self.released_up_to(upto))
     }
 
@@ -449,6 +482,7 @@ impl Store {
         let upto = s.committed_seq.load(Ordering::Acquire);
         s.db.flush()?;
         s.sync()?;
+        self.check_fence()?;
         Ok(self.released_up_to(upto))
     }
 

@@ -160,6 +160,11 @@ pub struct Handle<S: Service> {
     counts: Arc<DeliveryCounts>,
 }
 
+/// How long a command's answer waits for its events to be published (instances only).
+const PUBLISHED_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often it looks: the relay publishes as soon as a flush releases the rows.
+const PUBLISHED_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
 impl<S: Service> Clone for Handle<S> {
     fn clone(&self) -> Self {
         Handle {
@@ -218,11 +223,43 @@ impl<S: Service> Handle<S> {
         commands: Vec<Command<S::State>>,
     ) -> Vec<Result<Executed<S::State>, DomainError>> {
         let n = commands.len();
-        match self.addr.send(Execute::<S>(commands)).await {
+        let mut results = match self.addr.send(Execute::<S>(commands)).await {
             Ok(results) => results,
-            Err(_) => (0..n)
-                .map(|_| Err(EngineError::Stopped(S::name()).into()))
-                .collect(),
+            Err(_) => {
+                return (0..n)
+                    .map(|_| Err(EngineError::Stopped(S::name()).into()))
+                    .collect()
+            }
+        };
+        if self.store.is_fenced() && results.iter().any(Result::is_ok) {
+            if let Err(why) = self.published(self.store.committed_through()).await {
+                for result in results.iter_mut().filter(|r| r.is_ok()) {
+                    *result = Err(why.clone());
+                }
+            }
+        }
+        results
+    }
+
+    /// One of several instances answers a command only once its events are published: its
+    /// database is abandoned if it loses its lease, and a successor knows only the stream. An
+    /// answer that cannot wait says so (503): the client sends the command again under its
+    /// Idempotency-Key, and whichever instance owns the service then answers it once.
+    async fn published(&self, seq: u64) -> Result<(), DomainError> {
+        let deadline = tokio::time::Instant::now() + PUBLISHED_WITHIN;
+        loop {
+            match self.store.published_through(seq) {
+                Ok(true) => return Ok(()),
+                Ok(false) if tokio::time::Instant::now() < deadline => {}
+                Ok(false) => {
+                    return Err(DomainError::unavailable(
+                        "accepted here but not yet published; send it again with the same \
+                         Idempotency-Key",
+                    ))
+                }
+                Err(e) => return Err(DomainError::unavailable(e.to_string())),
+            }
+            tokio::time::sleep(PUBLISHED_POLL).await;
         }
     }
 

@@ -78,7 +78,7 @@ fn failed(cause: impl Into<async_nats::Error>) -> EngineError {
 }
 
 /// The service's own domain.
-fn own<S: Service>() -> Domain {
+pub(crate) fn own<S: Service>() -> Domain {
     <<S::State as Aggregate>::Event as DomainEvent>::DOMAIN
 }
 

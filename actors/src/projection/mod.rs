@@ -217,7 +217,9 @@ async fn run(
     let progress = Arc::new(Progress::default());
     for domain in Domain::ALL {
         let sink = ProjectionSink(actor.clone());
-        host.consume(domain.stream(), Vec::new(), sink).await?;
+        // Events only (`<domain>.<event>.<order>`), not the owners' term markers.
+        let events = format!("{}.*.*", domain.subject_prefix());
+        host.consume(domain.stream(), vec![events], sink).await?;
     }
 
     let mut server = host.server("commerce order read model").await?;

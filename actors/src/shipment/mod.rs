@@ -110,11 +110,14 @@ async fn track(
                     .collect();
                 let results = handle.execute_all(commands).await;
                 match results.iter().find_map(|r| r.as_ref().err()) {
-                    // Read the page again next time: updates are idempotent.
+                    // Read the page again after a pause (updates are idempotent), and stop if
+                    // asked: a failing store (a lost lease) must not spin here for ever.
                     Some(e) => tracing::warn!(error = %e, "tracking update not recorded"),
-                    None => after = page.next,
+                    None => {
+                        after = page.next;
+                        continue;
+                    }
                 }
-                continue;
             }
             Ok(_) => {}
             Err(e) => tracing::debug!(error = ?e, "carrier tracking unavailable"),

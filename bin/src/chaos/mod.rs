@@ -71,6 +71,11 @@ pub struct ChaosArgs {
     /// faults then kill or pause one node at a time.
     #[arg(long, value_name = "N", default_value_t = 1)]
     cluster: usize,
+    /// Run every service as N instances (2 or 3), each its own process: one owns the service
+    /// while it holds the lease, the others stand by. Kills, pauses, lost databases and seams
+    /// then hit the owner, so a standby takes over.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    instances: usize,
 }
 
 /// The settings every component of a chaos run starts with: short enough that a run of a
@@ -111,6 +116,11 @@ pub async fn run(args: ChaosArgs, _settings: Settings) -> anyhow::Result<()> {
         "fault kind `seams` needs the failpoints of a test build (`cargo test` builds one)"
     );
     anyhow::ensure!(args.rate > 0.0, "--rate must be above 0");
+    anyhow::ensure!(
+        (1..=world::INSTANCES.len()).contains(&args.instances),
+        "--instances must be within 1..={}",
+        world::INSTANCES.len()
+    );
 
     let (dir, temporary) = match &args.dir {
         Some(dir) => {
@@ -132,16 +142,12 @@ pub async fn run(args: ChaosArgs, _settings: Settings) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("chaos.toml");
-    let settings_text = if args.cluster > 1 {
-        // Top-level keys before the tables.
-        format!(
-            "nats_cluster = {}\n{CHAOS_SETTINGS}\n[streams]\nreplicas = {}\n",
-            args.cluster,
-            args.cluster.min(3)
-        )
-    } else {
-        CHAOS_SETTINGS.to_string()
-    };
+    // Top-level keys before the tables. A standby takes over 3 s after its owner died.
+    let settings_text = format!(
+        "nats_cluster = {}\n{CHAOS_SETTINGS}\n[streams]\nreplicas = {}\nlease_ttl_ms = 3000\n",
+        args.cluster,
+        args.cluster.min(3)
+    );
     std::fs::write(&config, settings_text)?;
     let settings = Settings::load(
         Some(&config),
@@ -225,7 +231,7 @@ async fn execute(setup: Setup<'_>) -> anyhow::Result<report::Report> {
         config,
         settings,
     } = setup;
-    let mut world = World::up(dir, settings, config.to_path_buf(), broken).await?;
+    let mut world = World::up(dir, settings, config.to_path_buf(), broken, args.instances).await?;
     let token = mint(dir, &Caller::Operator, Duration::from_secs(24 * 3600))?;
     let client = load::Client::new(&world.http, &token)?;
     let stock_before = facts::stock(&client).await?.0;
@@ -337,13 +343,13 @@ async fn inject(
 /// Begin (or undo) one fault.
 async fn apply(world: &mut World, fault: &Fault, begins: bool) -> anyhow::Result<()> {
     match (fault, begins) {
-        (Fault::Kill { component, .. }, true) => world.kill(component),
+        (Fault::Kill { component, .. }, true) => world.kill(component).await,
         (Fault::Kill { component, .. }, false) => world.start(component)?,
-        (Fault::Pause { component, .. }, stop) => world.pause(component, stop),
+        (Fault::Pause { component, .. }, stop) => world.pause(component, stop).await,
         (Fault::KillBroker { node, .. }, true) => world.kill_broker(*node),
         (Fault::KillBroker { node, .. }, false) => world.restart_broker(*node).await?,
         (Fault::PauseBroker { node, .. }, stop) => world.pause_broker(*node, stop),
-        (Fault::LoseDatabase { service, .. }, true) => world.lose_database(service)?,
+        (Fault::LoseDatabase { service, .. }, true) => world.lose_database(service).await?,
         (Fault::LoseDatabase { service, .. }, false) => world.start(service)?,
         (
             Fault::Simulator {
@@ -358,7 +364,7 @@ async fn apply(world: &mut World, fault: &Fault, begins: bool) -> anyhow::Result
         }
         (Fault::Network { link, mode, .. }, true) => world.set_link(link, Some(*mode)),
         (Fault::Network { link, .. }, false) => world.set_link(link, None),
-        (Fault::Seam { component, seam }, _) => world.arm(component, seam)?,
+        (Fault::Seam { component, seam }, _) => world.arm(component, seam).await?,
     }
     Ok(())
 }

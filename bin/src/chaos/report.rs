@@ -118,6 +118,9 @@ impl Report {
         if run.args.cluster > 1 {
             let _ = write!(replay, " --cluster {}", run.args.cluster);
         }
+        if run.args.instances > 1 {
+            let _ = write!(replay, " --instances {}", run.args.instances);
+        }
         if let Some(drain) = run.args.drain {
             let _ = write!(replay, " --drain {}", humantime::format_duration(drain));
         }

@@ -54,7 +54,10 @@ pub struct World {
     /// The HTTP gateway's base URL (the same port across its restarts).
     pub http: String,
     links: BTreeMap<String, Proxy>,
-    procs: BTreeMap<&'static str, Proc>,
+    /// By process: a component's name, or `<service>@<instance>` when services run as several.
+    procs: BTreeMap<String, Proc>,
+    /// Instances of each service (`--instances`).
+    instances: usize,
     /// A deliberate bug every component runs with (`--break`).
     broken: Option<&'static str>,
     /// The operator's own connection, straight to the broker.
@@ -69,6 +72,7 @@ impl World {
         settings: &Settings,
         config: PathBuf,
         broken: Option<&'static str>,
+        instances: usize,
     ) -> anyhow::Result<World> {
         std::fs::create_dir_all(dir.join("logs"))?;
         let (_, access) = Keyring::prepare_broker(dir)?;
@@ -117,22 +121,28 @@ impl World {
             carrier,
             http: format!("http://127.0.0.1:{http_port}"),
             links: proxies,
-            procs: components()
-                .into_iter()
-                .map(|c| (c, Proc::default()))
-                .collect(),
+            procs: BTreeMap::new(),
+            instances,
             broken,
             operator,
             counts: ProcessCounts::default(),
         };
-        for component in components() {
-            world.start_component(component, None)?;
+        let all: Vec<String> = components()
+            .into_iter()
+            .flat_map(|c| world.processes(c))
+            .collect();
+        for process in &all {
+            world.procs.insert(process.clone(), Proc::default());
+            world.start_component(process, None)?;
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         for component in components() {
+            // One instance of each is up; the others wait for its lease.
+            let up = format!("commerce {component} is up");
             while !world
-                .log(component)
-                .contains(&format!("commerce {component} is up"))
+                .processes(component)
+                .iter()
+                .any(|p| world.log(p).contains(&up))
             {
                 anyhow::ensure!(
                     Instant::now() < deadline,
@@ -153,15 +163,51 @@ impl World {
         std::fs::read_to_string(self.log_path(component)).unwrap_or_default()
     }
 
-    /// `commerce run <component>` through its proxies, unless it runs already.
-    fn start_component(
-        &mut self,
-        component: &'static str,
-        seam: Option<&'static str>,
-    ) -> anyhow::Result<()> {
+    /// The processes of `component`: itself, or its instances `<service>@a`, `@b`, ….
+    fn processes(&self, component: &str) -> Vec<String> {
+        let service = actors::Component::SERVICES
+            .iter()
+            .any(|s| s.name() == component);
+        if self.instances > 1 && service {
+            INSTANCES[..self.instances]
+                .iter()
+                .map(|i| format!("{component}@{i}"))
+                .collect()
+        } else {
+            vec![component.to_string()]
+        }
+    }
+
+    /// The process a fault on `component` hits: with instances, the one that owns the service
+    /// now (the one whose loss matters), else the first.
+    async fn target(&self, component: &str) -> String {
+        let processes = self.processes(component);
+        if processes.len() > 1 {
+            let js = async_nats::jetstream::new(self.operator.clone());
+            let key = bus::lease::key(component, 0);
+            let owner = bus::lease::held(&js)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .find(|lease| lease.key == key)
+                .and_then(|lease| lease.holder)
+                .map(|holder| format!("{component}@{}", holder.instance));
+            if let Some(owner) = owner.filter(|o| processes.contains(o)) {
+                return owner;
+            }
+        }
+        processes.into_iter().next().unwrap_or_default()
+    }
+
+    /// `commerce run <component> [--instance i]` through its proxies, unless it runs already.
+    fn start_component(&mut self, process: &str, seam: Option<&'static str>) -> anyhow::Result<()> {
+        let (component, instance) = match process.split_once('@') {
+            Some((component, instance)) => (component, Some(instance)),
+            None => (process, None),
+        };
         let running = self
             .procs
-            .get_mut(component)
+            .get_mut(process)
             .is_some_and(|p| matches!(p.child.as_mut().map(Child::try_wait), Some(Ok(None))));
         if running {
             return Ok(());
@@ -172,7 +218,7 @@ impl World {
             .map(|b| format!("{b}=return"))
             .chain(seam.map(|s| format!("{s}=1*return")))
             .collect();
-        let path = self.log_path(component);
+        let path = self.log_path(process);
         let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -198,6 +244,7 @@ impl World {
             .arg("--data-dir")
             .arg(&self.dir)
             .args(["--nats", &nats])
+            .args(instance.map(|i| ["--instance", i]).into_iter().flatten())
             .env("COMMERCE_PAYMENT_GATEWAY_URL", &self.payment_gateway)
             .env("COMMERCE_CARRIER_URL", &self.carrier)
             .env("FAILPOINTS", failpoints.join(";"))
@@ -223,7 +270,7 @@ impl World {
             .spawn()
             .with_context(|| format!("cannot start {component}"))?;
         self.counts.starts += 1;
-        if let Some(proc) = self.procs.get_mut(component) {
+        if let Some(proc) = self.procs.get_mut(process) {
             *proc = Proc {
                 child: Some(child),
                 armed: seam,
@@ -233,8 +280,14 @@ impl World {
         Ok(())
     }
 
-    pub fn kill(&mut self, component: &str) {
-        if let Some(proc) = self.procs.get_mut(component) {
+    /// SIGKILL `component` (with instances: its owner).
+    pub async fn kill(&mut self, component: &str) {
+        let process = self.target(component).await;
+        self.kill_process(&process);
+    }
+
+    fn kill_process(&mut self, process: &str) {
+        if let Some(proc) = self.procs.get_mut(process) {
             if let Some(mut child) = proc.child.take() {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -244,23 +297,34 @@ impl World {
         }
     }
 
-    pub fn start(&mut self, component: &'static str) -> anyhow::Result<()> {
-        self.start_component(component, None)
+    /// Start every process of `component` that is not running.
+    pub fn start(&mut self, component: &str) -> anyhow::Result<()> {
+        for process in self.processes(component) {
+            self.start_component(&process, None)?;
+        }
+        Ok(())
     }
 
-    /// SIGSTOP (`true`) or SIGCONT (`false`).
-    pub fn pause(&mut self, component: &str, stop: bool) {
-        if let Some(proc) = self.procs.get_mut(component) {
-            if let Some(pid) = proc.child.as_ref().map(Child::id) {
-                signal(pid, pausing(stop));
+    /// SIGSTOP (`true`: with instances, its owner) or SIGCONT (`false`: all of them).
+    pub async fn pause(&mut self, component: &str, stop: bool) {
+        let processes = match stop {
+            true => vec![self.target(component).await],
+            false => self.processes(component),
+        };
+        for process in processes {
+            if let Some(pid) = self.procs.get(&process).and_then(|p| p.child.as_ref()) {
+                signal(pid.id(), pausing(stop));
             }
         }
     }
 
-    /// SIGKILL the service and delete its database; it rebuilds from its stream on start.
-    pub fn lose_database(&mut self, service: &str) -> anyhow::Result<()> {
-        self.kill(service);
-        let db = self.dir.join(service);
+    /// SIGKILL the service (its owner) and delete its database; it rebuilds from its stream on
+    /// start.
+    pub async fn lose_database(&mut self, service: &str) -> anyhow::Result<()> {
+        let process = self.target(service).await;
+        self.kill_process(&process);
+        // A process's name is its database's directory (`<service>@<instance>` too).
+        let db = self.dir.join(&process);
         if db.exists() {
             std::fs::remove_dir_all(&db)
                 .with_context(|| format!("cannot delete {}", db.display()))?;
@@ -269,9 +333,10 @@ impl World {
     }
 
     /// Restart `component` with `seam` armed: it dies the first time it gets there.
-    pub fn arm(&mut self, component: &'static str, seam: &'static str) -> anyhow::Result<()> {
-        self.kill(component);
-        self.start_component(component, Some(seam))
+    pub async fn arm(&mut self, component: &str, seam: &'static str) -> anyhow::Result<()> {
+        let process = self.target(component).await;
+        self.kill_process(&process);
+        self.start_component(&process, Some(seam))
     }
 
     /// Every node's URL, comma-separated.
@@ -337,12 +402,12 @@ impl World {
     /// Start again what exited by itself (an armed seam fired, or it crashed), a second after.
     pub fn tend(&mut self) -> anyhow::Result<()> {
         let mut restart = Vec::new();
-        for (component, proc) in &mut self.procs {
+        for (process, proc) in &mut self.procs {
             if let Some(Ok(Some(status))) = proc.child.as_mut().map(Child::try_wait) {
                 proc.child = None;
                 proc.exited_at = Some(Instant::now());
                 use std::os::unix::process::ExitStatusExt;
-                let what = format!("{component}: {status}");
+                let what = format!("{process}: {status}");
                 match proc.armed.take() {
                     Some(_) => self.counts.seam_crashes += 1,
                     None if status.signal().is_some() || status.code() == Some(101) => {
@@ -355,11 +420,11 @@ impl World {
                 .exited_at
                 .is_some_and(|at| at.elapsed() >= Duration::from_secs(1))
             {
-                restart.push(*component);
+                restart.push(process.clone());
             }
         }
-        for component in restart {
-            self.start_component(component, None)?;
+        for process in restart {
+            self.start_component(&process, None)?;
         }
         Ok(())
     }
@@ -381,13 +446,16 @@ impl World {
                 broker.restart().await?;
             }
         }
-        for component in components() {
-            self.pause(component, false);
-            let armed = self.procs.get(component).is_some_and(|p| p.armed.is_some());
-            if armed {
-                self.kill(component);
+        let processes: Vec<String> = self.procs.keys().cloned().collect();
+        for process in processes {
+            if let Some(pid) = self.procs.get(&process).and_then(|p| p.child.as_ref()) {
+                signal(pid.id(), Signal::SIGCONT);
             }
-            self.start_component(component, None)?;
+            let armed = self.procs.get(&process).is_some_and(|p| p.armed.is_some());
+            if armed {
+                self.kill_process(&process);
+            }
+            self.start_component(&process, None)?;
         }
         Ok(())
     }
@@ -434,6 +502,9 @@ impl Drop for World {
         }
     }
 }
+
+/// The names of a service's instances (`--instances`, at most three).
+pub const INSTANCES: [&str; 3] = ["a", "b", "c"];
 
 /// SIGSTOP to pause, SIGCONT to resume.
 fn pausing(stop: bool) -> Signal {

@@ -653,3 +653,60 @@ pub async fn authenticated_broker(data: &std::path::Path) -> bus::server::NatsSe
     config.authorization = access;
     bus::server::NatsServer::start(config).await.unwrap()
 }
+
+/// A system of `commerce run` processes, one per component, on one broker.
+pub struct Cluster {
+    pub data: tempfile::TempDir,
+    pub nats: String,
+    pub payment_gateway: String,
+    pub carrier: String,
+}
+
+impl Cluster {
+    /// A broker that admits only the system's identities, as `commerce up` makes it (each
+    /// `commerce run` finds its own credentials under the data dir), its streams provisioned as
+    /// `streams` says, and the simulators running: the cluster, its broker, the operator's
+    /// JetStream, and the simulators' process.
+    pub async fn start(
+        streams: &bus::StreamSettings,
+    ) -> (
+        Cluster,
+        bus::server::NatsServer,
+        async_nats::jetstream::Context,
+        Proc,
+    ) {
+        let data = tempfile::tempdir().unwrap();
+        let server = authenticated_broker(data.path()).await;
+        let js = async_nats::jetstream::new(operator(&server.url(), data.path()).await);
+        bus::provision(&js, streams).await.unwrap();
+        let mut cluster = Cluster {
+            data,
+            nats: server.url(),
+            payment_gateway: String::new(),
+            carrier: String::new(),
+        };
+        let simulators = cluster.run("simulators");
+        cluster.payment_gateway = simulators.line_starting("payment gateway: ");
+        cluster.carrier = simulators.line_starting("carrier: ");
+        (cluster, server, js, simulators)
+    }
+
+    /// `commerce run <component> <args>`, not waited for.
+    pub fn spawn(&self, component: &str, args: &[&str]) -> Proc {
+        let mut cmd = commerce();
+        cmd.args(["run", component, "--data-dir"])
+            .arg(self.data.path())
+            .args(["--nats", &self.nats])
+            .args(args)
+            .env("COMMERCE_PAYMENT_GATEWAY_URL", &self.payment_gateway)
+            .env("COMMERCE_CARRIER_URL", &self.carrier);
+        Proc::spawn(cmd)
+    }
+
+    /// `commerce run <component>`, once it is up.
+    pub fn run(&self, component: &str) -> Proc {
+        let proc = self.spawn(component, &[]);
+        proc.line_starting(&format!("commerce {component} is up"));
+        proc
+    }
+}

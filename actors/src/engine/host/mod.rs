@@ -101,6 +101,8 @@ pub struct Host {
     pub js: async_nats::jetstream::Context,
     pub shutdown: CancellationToken,
     tasks: Vec<actix_rt::task::JoinHandle<()>>,
+    /// The lease this instance owns its partition by, renewed until the last flush.
+    lease: Option<bus::lease::Keeper>,
 }
 
 impl Host {
@@ -113,8 +115,21 @@ impl Host {
         shutdown: CancellationToken,
     ) -> Result<Host, EngineError> {
         let client = login.connect().await?;
+        Ok(Host::with_client(
+            component, settings, store, client, shutdown,
+        ))
+    }
+
+    /// [`Host::connect`] on a connection made already.
+    pub fn with_client(
+        component: Component,
+        settings: Settings,
+        store: Store,
+        client: async_nats::Client,
+        shutdown: CancellationToken,
+    ) -> Host {
         let js = async_nats::jetstream::new(client.clone());
-        Ok(Host {
+        Host {
             component,
             settings,
             store,
@@ -122,7 +137,14 @@ impl Host {
             js,
             shutdown,
             tasks: Vec::new(),
-        })
+            lease: None,
+        }
+    }
+
+    /// Renew `lease` until the component has stopped and flushed, then give it back; if another
+    /// instance takes it meanwhile, the component stops.
+    pub fn keep_lease(&mut self, lease: bus::lease::Lease) {
+        self.lease = Some(lease.keep(self.shutdown.clone()));
     }
 
     /// Run `task` until shutdown; it is joined before the component stops.
@@ -180,9 +202,19 @@ impl Host {
             let _ = task.await;
         }
         server.stop().await;
-        let _durable = self.store.flush().await?;
+        let flushed = self.store.flush().await;
+        // Given back only now: a successor must not start before our last write.
+        let released = match self.lease.take() {
+            Some(lease) => lease.release().await,
+            None => Ok(()),
+        };
         if let Err(e) = self.client.drain().await {
             tracing::debug!(error = %e, "drain");
+        }
+        released?;
+        if let Err(e) = flushed {
+            // A lapsed lease refuses the last flush; nothing it would cover was acknowledged.
+            tracing::warn!(component = name, error = %e, "last flush refused");
         }
         tracing::info!(component = name, "stopped");
         Ok(())

@@ -9,6 +9,7 @@ use std::time::Duration;
 use actix::Actor;
 use bus::dlq::DeadLetters;
 use bus::envelope::snake_case;
+use bus::lease::{self, Lease};
 use bus::{Login, OutboxRelay, Publisher, RelayConfig};
 use futures::FutureExt;
 use tokio::sync::oneshot;
@@ -38,23 +39,42 @@ pub async fn spawn<S: Service>(
 }
 
 async fn run<S: Service>(
-    settings: Settings,
+    mut settings: Settings,
     login: Login,
     shutdown: CancellationToken,
     ready: oneshot::Sender<()>,
 ) -> Result<(), EngineError> {
+    let client = login.connect().await?;
+    let lease = match settings.instance.clone() {
+        None => None,
+        Some(instance) => {
+            let js = async_nats::jetstream::new(client.clone());
+            let key = lease::key(S::name(), 0);
+            let holder = lease::Holder::this_process(&instance);
+            let Some(lease) = Lease::acquire(&js, &key, &holder, &shutdown).await? else {
+                return Ok(()); // stopped while a standby
+            };
+            let subject = lease::term_subject(recovery::own::<S>(), 0);
+            let marker = lease::begin_term(&js, &subject, &lease, &holder).await?;
+            // Others may have owned the partition since this database was last written.
+            settings.rebuild = true;
+            Some((lease, subject, marker))
+        }
+    };
     let dir = settings.service_dir(S::name());
     let store = recovery::open(&dir, &settings)?;
     let (ops, transitions) = crate::resilience::Ops::new(settings.resilience.clone());
     let service = S::new(&settings, &ops)?;
-    let mut host = Host::connect(S::COMPONENT, settings, store, &login, shutdown).await?;
+    let mut host = Host::with_client(S::COMPONENT, settings, store, client, shutdown);
+    let mut publisher = Publisher::new(host.js.clone());
+    if let Some((lease, subject, marker)) = lease {
+        host.store.fence_with(lease.fence());
+        host.keep_lease(lease);
+        publisher = publisher.within_term(subject, marker);
+    }
     recovery::recover_if_empty::<S>(&dir, &host.store, &host.js).await?;
 
-    let relay = OutboxRelay::new(
-        host.store.clone(),
-        Publisher::new(host.js.clone()),
-        RelayConfig::default(),
-    );
+    let relay = OutboxRelay::new(host.store.clone(), publisher, RelayConfig::default());
     let engine = Engine::new(service, host.store.clone());
     let counts = engine.counts();
     let handle = Handle::new(

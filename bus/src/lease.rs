@@ -1,0 +1,436 @@
+//! Leases: one owner at a time per partition of a service, in a JetStream key-value bucket.
+//!
+//! The lease on partition `p` of service `s` is key `s.p` of bucket [`LEASES_BUCKET`]. Taking
+//! it is a `create` (refused while the key exists); keeping it is an `update` that names the
+//! revision last written (refused once anyone else wrote); the bucket's `max_age` is the lease's
+//! time to live, so the broker itself removes a lease nobody renews. The revision at which it was
+//! taken is the fencing token.
+//!
+//! The owner believes its lease only until three quarters of the time to live after it *sent*
+//! its last successful renewal: the broker counts from when it received it, later, so the owner
+//! always stops believing before anyone else can take over. Its [`Fence`] carries that time, and
+//! its store checks it at every commit, every flush and every publish. A renewal that fails for
+//! broker trouble leaves the fence to lapse by itself and is tried again (a later success proves
+//! nobody took over meanwhile); one the broker refuses means someone else holds the lease: the
+//! fence closes for good and the instance must stop.
+//!
+//! Clocks: the broker's wall clock measures the time to live and ours the belief; a clock
+//! stepped forward on the broker by more than a quarter of the time to live could free a lease
+//! early. Keep the broker's clock slewed, not stepped (NTP's default).
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use storage::Fence;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::BusError;
+
+/// The bucket of every lease.
+pub const LEASES_BUCKET: &str = "LEASES";
+
+/// Who holds a lease: the value of its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// The instance's name (`commerce run payment --instance b`).
+    pub instance: String,
+    pub pid: u32,
+    /// When this holder took the lease, in ms since the epoch.
+    pub since_ms: i64,
+}
+
+impl Holder {
+    /// This process, as instance `instance`.
+    pub fn this_process(instance: &str) -> Holder {
+        Holder {
+            instance: instance.to_string(),
+            pid: std::process::id(),
+            since_ms: chrono::Utc::now().timestamp_millis(),
+        }
+    }
+}
+
+/// The lease key of `partition` of `service`.
+pub fn key(service: &str, partition: u32) -> String {
+    format!("{service}.{partition}")
+}
+
+/// Where an owner marks the start of its term in its service's own stream (four tokens: no
+/// event's subject, `<domain>.<event>.<order>`, looks like it).
+pub fn term_subject(domain: crate::Domain, partition: u32) -> String {
+    format!("{}.term.partition.{partition}", domain.subject_prefix())
+}
+
+/// Whether `subject` is a term marker (see [`term_subject`]).
+pub fn is_term_subject(subject: &str) -> bool {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    matches!(tokens.as_slice(), [_, "term", "partition", _])
+}
+
+/// Begin this owner's term on `subject` (see [`term_subject`]): the sequence of the marker,
+/// which every publish of the term names as the subject's last (`Publisher::within_term`), so
+/// the broker itself refuses an earlier owner's late publishes. Everything that owner published
+/// before is in the stream ahead of the marker, where the new owner's rebuild reads it.
+pub async fn begin_term(
+    js: &jetstream::Context,
+    subject: &str,
+    lease: &Lease,
+    holder: &Holder,
+) -> Result<u64, BusError> {
+    let mut headers = async_nats::HeaderMap::new();
+    let id = format!("term-{}-{}", lease.key, lease.token);
+    headers.insert("Nats-Msg-Id", id.as_str());
+    let body = serde_json::json!({ "lease": lease.key, "token": lease.token, "holder": holder });
+    let ack = js
+        .publish_with_headers(subject.to_string(), headers, body.to_string().into())
+        .await
+        .map_err(BusError::jetstream(format!("begin the term on {subject}")))?
+        .await
+        .map_err(BusError::jetstream(format!("begin the term on {subject}")))?;
+    Ok(ack.sequence)
+}
+
+/// Create the bucket, or bring its time to live and replicas to what is asked (replicas are
+/// never lowered). Safe from every process at once.
+pub async fn provision(
+    js: &jetstream::Context,
+    ttl: Duration,
+    replicas: usize,
+) -> Result<(), BusError> {
+    let stream_name = format!("KV_{LEASES_BUCKET}");
+    match js.get_stream(&stream_name).await {
+        Ok(mut stream) => {
+            let info = stream
+                .info()
+                .await
+                .map_err(BusError::jetstream("lease bucket info"))?;
+            let mut config = info.config.clone();
+            if config.max_age != ttl || config.num_replicas < replicas {
+                config.max_age = ttl;
+                // The broker refuses a deduplication window longer than the entries live.
+                config.duplicate_window = config.duplicate_window.min(ttl);
+                config.num_replicas = config.num_replicas.max(replicas);
+                js.update_stream(&config)
+                    .await
+                    .map_err(BusError::jetstream("update the lease bucket"))?;
+            }
+            Ok(())
+        }
+        Err(_) => {
+            js.create_key_value(kv::Config {
+                bucket: LEASES_BUCKET.to_string(),
+                description: "who owns which partition of which service".into(),
+                history: 1,
+                max_age: ttl,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(BusError::jetstream("create the lease bucket"))?;
+            Ok(())
+        }
+    }
+}
+
+/// The lease bucket, and the leases' time to live (its `max_age`).
+pub async fn bucket(js: &jetstream::Context) -> Result<(kv::Store, Duration), BusError> {
+    let kv = js
+        .get_key_value(LEASES_BUCKET)
+        .await
+        .map_err(BusError::jetstream("open the lease bucket"))?;
+    let ttl = kv
+        .status()
+        .await
+        .map_err(BusError::jetstream("lease bucket status"))?
+        .max_age();
+    if ttl.is_zero() {
+        return Err(BusError::Invalid(format!(
+            "bucket {LEASES_BUCKET} keeps entries forever: a lease in it would never lapse"
+        )));
+    }
+    Ok((kv, ttl))
+}
+
+/// A lease as `commerce status` shows it.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub key: String,
+    pub holder: Option<Holder>,
+    /// The revision of its last renewal.
+    pub revision: u64,
+}
+
+/// Every lease held now, by key; empty when no instance ever took one.
+pub async fn held(js: &jetstream::Context) -> Result<Vec<Held>, BusError> {
+    use futures::TryStreamExt;
+    let Ok(kv) = js.get_key_value(LEASES_BUCKET).await else {
+        return Ok(Vec::new());
+    };
+    let keys: Vec<String> = kv
+        .keys()
+        .await
+        .map_err(BusError::jetstream("list leases"))?
+        .try_collect()
+        .await
+        .map_err(BusError::jetstream("list leases"))?;
+    let mut held = Vec::new();
+    for key in keys {
+        let entry = kv
+            .entry(key.as_str())
+            .await
+            .map_err(BusError::jetstream(format!("read lease {key}")))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            continue;
+        };
+        held.push(Held {
+            key,
+            holder: serde_json::from_slice(&entry.value).ok(),
+            revision: entry.revision,
+        });
+    }
+    held.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(held)
+}
+
+/// The outcome of one try.
+#[derive(Debug)]
+pub enum Attempt {
+    Acquired(Box<Lease>),
+    /// Someone holds it, at `revision` (its holder, if the value reads).
+    Held {
+        holder: Option<Holder>,
+        revision: u64,
+    },
+}
+
+/// A lease this instance holds (or held: see its [`Fence`]).
+#[derive(Debug)]
+pub struct Lease {
+    kv: kv::Store,
+    key: String,
+    value: Bytes,
+    ttl: Duration,
+    /// The revision we last wrote: a renewal names it.
+    revision: u64,
+    /// The revision at which the lease was taken.
+    token: u64,
+    fence: Fence,
+}
+
+impl Lease {
+    /// Take the lease `key` for `holder`, if nobody holds it.
+    pub async fn try_acquire(
+        kv: &kv::Store,
+        ttl: Duration,
+        key: &str,
+        holder: &Holder,
+    ) -> Result<Attempt, BusError> {
+        let value: Bytes = serde_json::to_vec(holder)
+            .map_err(|e| BusError::Invalid(format!("lease holder: {e}")))?
+            .into();
+        let sent = Instant::now();
+        match kv.create(key, value.clone()).await {
+            Ok(revision) => {
+                let fence = Fence::new();
+                fence.open_until(revision, believed_until(sent, ttl));
+                Ok(Attempt::Acquired(Box::new(Lease {
+                    kv: kv.clone(),
+                    key: key.to_string(),
+                    value,
+                    ttl,
+                    revision,
+                    token: revision,
+                    fence,
+                })))
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let entry = kv
+                    .entry(key)
+                    .await
+                    .map_err(BusError::jetstream(format!("read lease {key}")))?;
+                Ok(Attempt::Held {
+                    holder: entry
+                        .as_ref()
+                        .and_then(|e| serde_json::from_slice(&e.value).ok()),
+                    revision: entry.map_or(0, |e| e.revision),
+                })
+            }
+            Err(e) => Err(BusError::jetstream(format!("take lease {key}"))(e)),
+        }
+    }
+
+    /// Wait until the lease `key` is ours (trying every quarter of its time to live), or
+    /// `None` at shutdown. Says once who holds it meanwhile.
+    pub async fn acquire(
+        js: &jetstream::Context,
+        key: &str,
+        holder: &Holder,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Lease>, BusError> {
+        let (kv, ttl) = bucket(js).await?;
+        let mut said = None;
+        loop {
+            match Lease::try_acquire(&kv, ttl, key, holder).await {
+                Ok(Attempt::Acquired(lease)) => {
+                    tracing::info!(lease = key, token = lease.token, instance = %holder.instance,
+                        "lease taken: this instance owns the partition");
+                    return Ok(Some(*lease));
+                }
+                Ok(Attempt::Held { holder: other, .. }) => {
+                    let who = other.map(|h| format!("instance {} (pid {})", h.instance, h.pid));
+                    if said != who {
+                        tracing::info!(
+                            lease = key,
+                            held_by = who.as_deref().unwrap_or("?"),
+                            ?ttl,
+                            "standby: the partition is owned; taking over if its lease lapses"
+                        );
+                        said = who;
+                    }
+                }
+                Err(e) => tracing::warn!(lease = key, error = %e, "lease not taken; trying again"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(ttl / 4) => {}
+            }
+        }
+    }
+
+    /// What the store checks.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
+    }
+
+    /// The fencing token: the revision at which the lease was taken.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Renew once. `Err(LeaseLost)`: someone else holds it, stop. Any other error: broker
+    /// trouble, try again (the fence lapses by itself meanwhile).
+    pub async fn renew(&mut self) -> Result<(), BusError> {
+        if self.fence.is_lost() {
+            return Err(self.lost());
+        }
+        let sent = Instant::now();
+        match self
+            .kv
+            .update(&self.key, self.value.clone(), self.revision)
+            .await
+        {
+            Ok(revision) => {
+                self.revision = revision;
+                self.fence
+                    .open_until(self.token, believed_until(sent, self.ttl));
+                Ok(())
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                self.fence.lose();
+                Err(self.lost())
+            }
+            Err(e) => Err(BusError::jetstream(format!("renew lease {}", self.key))(e)),
+        }
+    }
+
+    fn lost(&self) -> BusError {
+        BusError::LeaseLost {
+            key: self.key.clone(),
+            token: self.token,
+        }
+    }
+
+    /// Give the lease back: nothing is written under it again, and a standby takes over at once.
+    pub async fn release(self) -> Result<(), BusError> {
+        self.fence.lose();
+        self.kv
+            .delete_expect_revision(&self.key, Some(self.revision))
+            .await
+            .map_err(BusError::jetstream(format!("release lease {}", self.key)))
+    }
+
+    /// Renew every quarter of the time to live, in the background, until asked to give the
+    /// lease back. When someone else took it, `on_lost` is cancelled (the instance stops).
+    pub fn keep(self, on_lost: CancellationToken) -> Keeper {
+        let (release, asked) = oneshot::channel();
+        let task = tokio::spawn(self.renew_until(asked, on_lost));
+        Keeper {
+            release: Some(release),
+            task: Some(task),
+        }
+    }
+
+    async fn renew_until(
+        mut self,
+        mut release: oneshot::Receiver<()>,
+        on_lost: CancellationToken,
+    ) -> Result<(), BusError> {
+        let every = self.ttl / 4;
+        loop {
+            tokio::select! {
+                _ = &mut release => {
+                    let (key, token) = (self.key.clone(), self.token);
+                    self.release().await?;
+                    tracing::info!(lease = key, token, "lease given back");
+                    return Ok(());
+                }
+                _ = tokio::time::sleep(every) => {}
+            }
+            match self.renew().await {
+                Ok(()) => {}
+                Err(lost @ BusError::LeaseLost { .. }) => {
+                    tracing::error!(error = %lost, "lease lost: this instance stops writing and stops");
+                    on_lost.cancel();
+                    return Err(lost);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease not renewed; writes wait until it is")
+                }
+            }
+        }
+    }
+}
+
+/// A lease renewed in the background; dropped without [`Keeper::release`] (a component that
+/// failed to start), it stops renewing and the lease lapses.
+pub struct Keeper {
+    release: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), BusError>>>,
+}
+
+impl Keeper {
+    /// Give the lease back (after the last flush); the error says if it had been lost.
+    pub async fn release(mut self) -> Result<(), BusError> {
+        if let Some(release) = self.release.take() {
+            let _ = release.send(());
+        }
+        match self.task.take() {
+            Some(task) => task
+                .await
+                .unwrap_or_else(|e| Err(BusError::Invalid(format!("lease keeper: {e}")))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// The owner believes a lease until three quarters of its time to live after it sent the
+/// request that took or renewed it.
+fn believed_until(sent: Instant, ttl: Duration) -> Instant {
+    sent + ttl * 3 / 4
+}
