@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use bus::lease::{self, Attempt, Holder, Lease};
+use bus::term::Term;
+use bus::Domain::Orders;
 use bus::{OutboxRelay, Publisher, RelayConfig};
 use commerce_tests::{commit_orders, init_logs, temp_store, Deadline, TestBroker};
 use storage::{Fenced, StorageError};
@@ -13,6 +15,12 @@ const WAIT: Duration = Duration::from_secs(30);
 const KEY: &str = "payment.0";
 
 async fn leases(broker: &TestBroker) -> async_nats::jetstream::kv::Store {
+    // Provisioning never lowers a time to live: the broker's start made the default one.
+    broker
+        .js
+        .delete_key_value(lease::LEASES_BUCKET)
+        .await
+        .unwrap();
     lease::provision(&broker.js, TTL, 1).await.unwrap();
     let (kv, ttl) = lease::bucket(&broker.js).await.unwrap();
     assert_eq!(ttl, TTL, "the bucket's max_age is the lease's time to live");
@@ -179,25 +187,24 @@ async fn the_broker_refuses_a_publish_from_an_earlier_term() {
     init_logs();
     let broker = TestBroker::start().await;
     let kv = leases(&broker).await;
-    let subject = lease::term_subject(bus::Domain::Orders, 0);
     let a = acquired(take(&kv, "a").await);
-    let a_term = lease::begin_term(&broker.js, &subject, &a, &Holder::this_process("a"))
+    let a_term = Term::begin(&broker.js, Orders, 0, &a, &Holder::this_process("a"))
         .await
         .unwrap();
     let (_dir, store) = temp_store();
     commit_orders(&store, 3);
     let rows = store.pending(10).unwrap();
-    let from_a = Publisher::new(broker.js.clone()).within_term(subject.clone(), a_term);
+    let from_a = Publisher::new(broker.js.clone()).within_term(a_term.clone());
     let sent = from_a
         .publish_all(rows.iter().take(1).map(|r| &r.message))
         .await;
     assert!(sent[0].is_ok(), "published within its term: {:?}", sent[0]);
 
     let b = take_when_free(&kv, "b").await;
-    let b_term = lease::begin_term(&broker.js, &subject, &b, &Holder::this_process("b"))
+    let b_term = Term::begin(&broker.js, Orders, 0, &b, &Holder::this_process("b"))
         .await
         .unwrap();
-    assert!(b_term > a_term);
+    assert!(b_term.marker() > a_term.marker());
     let late = from_a
         .publish_all(rows.iter().skip(1).map(|r| &r.message))
         .await;
@@ -205,7 +212,7 @@ async fn the_broker_refuses_a_publish_from_an_earlier_term() {
         late.iter().all(Result::is_err),
         "a late publish of an earlier term is refused, and what follows it is not sent: {late:?}"
     );
-    let from_b = Publisher::new(broker.js.clone()).within_term(subject, b_term);
+    let from_b = Publisher::new(broker.js.clone()).within_term(b_term);
     let sent = from_b
         .publish_all(rows.iter().skip(1).map(|r| &r.message))
         .await;
@@ -215,4 +222,143 @@ async fn the_broker_refuses_a_publish_from_an_earlier_term() {
     );
     // a's first event, both term markers, b's two events.
     assert_eq!(broker.stream_len("ORDERS").await, 5);
+}
+
+/// Within a term the relay's messages go as one atomic batch: stored in order at the sequences
+/// the publisher reports (the relay records them to notice a broker that lost its tail). A
+/// batch holding a message the broker already has is refused as a whole, and the publisher
+/// then tells, one at a time, which are duplicates.
+#[tokio::test]
+async fn a_terms_messages_land_as_one_batch_in_order_and_a_duplicate_among_them_is_told_apart() {
+    init_logs();
+    let broker = TestBroker::start().await;
+    let kv = leases(&broker).await;
+    let a = acquired(take(&kv, "a").await);
+    let term = Term::begin(&broker.js, Orders, 0, &a, &Holder::this_process("a"))
+        .await
+        .unwrap();
+    let (_dir, store) = temp_store();
+    commit_orders(&store, 8);
+    let rows = store.pending(10).unwrap();
+    let publisher = Publisher::new(broker.js.clone()).within_term(term);
+    let stream = broker.js.get_stream("ORDERS").await.unwrap();
+    let batch_of = |headers: Option<&async_nats::HeaderMap>| {
+        headers
+            .and_then(|h| h.get("Nats-Batch-Id"))
+            .map(|v| v.to_string())
+    };
+
+    let sent = publisher
+        .publish_all(rows.iter().take(5).map(|r| &r.message))
+        .await;
+    let mut batches = std::collections::HashSet::new();
+    for (row, stored) in rows.iter().zip(&sent) {
+        let stored = stored.as_ref().expect("stored");
+        assert!(!stored.duplicate);
+        let message = stream.get_raw_message(stored.sequence).await.unwrap();
+        let id = message.headers.get("Nats-Msg-Id").map(|v| v.to_string());
+        assert_eq!(id, Some(row.message.event_id.to_string()), "{stored:?}");
+        batches.insert(batch_of(Some(&message.headers)));
+    }
+    assert_eq!(batches.len(), 1, "one batch: {batches:?}");
+    assert!(batches.iter().all(Option::is_some), "sent as a batch");
+
+    // Messages 4 and 5 are stored already; 6 to 8 are not.
+    let again = publisher
+        .publish_all(rows.iter().skip(3).map(|r| &r.message))
+        .await;
+    let duplicates: Vec<bool> = again
+        .iter()
+        .map(|outcome| outcome.as_ref().expect("stored").duplicate)
+        .collect();
+    assert_eq!(duplicates, [true, true, false, false, false]);
+    for (row, stored) in rows.iter().skip(3).zip(&again) {
+        let stored = stored.as_ref().expect("stored");
+        let message = stream.get_raw_message(stored.sequence).await.unwrap();
+        let id = message.headers.get("Nats-Msg-Id").map(|v| v.to_string());
+        assert_eq!(id, Some(row.message.event_id.to_string()), "{stored:?}");
+    }
+    // The marker and eight events, each once.
+    assert_eq!(broker.stream_len("ORDERS").await, 9);
+}
+
+/// An earlier owner's marker that lands late (it paused after its fence check) makes the broker
+/// refuse the rightful owner's next publish; the owner then marks its term again and publishes.
+/// An owner whose fence lapsed cannot mark at all.
+#[tokio::test]
+async fn an_owner_marks_its_term_again_after_a_late_marker_and_a_lapsed_one_cannot_mark() {
+    init_logs();
+    let broker = TestBroker::start().await;
+    let kv = leases(&broker).await;
+    let a = acquired(take(&kv, "a").await);
+    let b = take_when_free(&kv, "b").await;
+    // a's lease lapsed: marking needs an open fence.
+    assert!(matches!(
+        Term::begin(&broker.js, Orders, 0, &a, &Holder::this_process("a")).await,
+        Err(bus::BusError::Storage(StorageError::Fenced(_)))
+    ));
+    let term = Term::begin(&broker.js, Orders, 0, &b, &Holder::this_process("b"))
+        .await
+        .unwrap();
+    let first = term.marker();
+    // A marker of someone else's lands after b's (what a paused earlier owner would send).
+    let subject = bus::term::term_subject(Orders, 0);
+    broker
+        .js
+        .publish(subject, r#"{"term":"an earlier owner's"}"#.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let (_dir, store) = temp_store();
+    commit_orders(&store, 3);
+    let rows = store.pending(10).unwrap();
+    let publisher = Publisher::new(broker.js.clone()).within_term(term.clone());
+    let refused = publisher.publish_all(rows.iter().map(|r| &r.message)).await;
+    assert!(refused.iter().all(Result::is_err), "{refused:?}");
+    assert!(term.marker() > first, "marked again: {}", term.marker());
+    let sent = publisher.publish_all(rows.iter().map(|r| &r.message)).await;
+    assert!(sent.iter().all(Result::is_ok), "{sent:?}");
+    // b's two markers, the late one, three events.
+    assert_eq!(broker.stream_len("ORDERS").await, 6);
+}
+
+/// A renewal that timed out on our side but was written: the next renewal finds our own value
+/// at a revision it did not hear of, and renews from it instead of giving the lease up.
+#[tokio::test]
+async fn a_renewal_written_after_its_owner_gave_up_on_it_is_adopted() {
+    init_logs();
+    let broker = TestBroker::start().await;
+    let kv = leases(&broker).await;
+    let holder = Holder::this_process("a");
+    let Attempt::Acquired(lease) = Lease::try_acquire(&kv, TTL, KEY, &holder).await.unwrap() else {
+        panic!("free lease not taken");
+    };
+    let mut lease = *lease;
+    // The late renewal: our value, written at the revision we hold.
+    let value = serde_json::to_vec(&holder).unwrap();
+    kv.update(KEY, value.into(), lease.token()).await.unwrap();
+    lease.renew().await.expect("renewed from the late renewal");
+    assert!(lease.fence().check().is_ok());
+
+    // Someone else's write is not ours: lost.
+    let other = serde_json::to_vec(&Holder::this_process("b")).unwrap();
+    let revision = kv.entry(KEY).await.unwrap().unwrap().revision;
+    kv.update(KEY, other.into(), revision).await.unwrap();
+    assert!(matches!(
+        lease.renew().await,
+        Err(bus::BusError::LeaseLost { .. })
+    ));
+}
+
+/// Provisioning raises the leases' time to live but never lowers it under running owners.
+#[tokio::test]
+async fn the_lease_time_to_live_is_raised_but_never_lowered() {
+    init_logs();
+    let broker = TestBroker::start().await;
+    leases(&broker).await;
+    lease::provision(&broker.js, TTL / 2, 1).await.unwrap();
+    assert_eq!(lease::bucket(&broker.js).await.unwrap().1, TTL);
+    lease::provision(&broker.js, TTL * 2, 1).await.unwrap();
+    assert_eq!(lease::bucket(&broker.js).await.unwrap().1, TTL * 2);
 }

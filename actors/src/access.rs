@@ -200,6 +200,8 @@ pub fn permissions(user: BusUser) -> Permissions {
             if let Some(own) = own {
                 p.publish.push(format!("{}.>", own.subject_prefix()));
                 replays(&mut p, own.stream());
+                // An owner reads its term's last marker (`bus::term`).
+                reads_one(&mut p, own.stream());
             }
             for (domain, _) in listens(service) {
                 reads(&mut p, domain.stream(), name);
@@ -343,11 +345,21 @@ mod tests {
             let p = permissions(BusUser::Component(service));
             let name = service.name();
             assert!(allows(&p.publish, "$JS.API.STREAM.MSG.GET.DLQ"), "{name}");
-            // Single messages only of the streams it reads (the newest it was given).
-            assert!(
-                !allows(&p.publish, "$JS.API.STREAM.MSG.GET.RECOMMENDATIONS"),
-                "{name}"
-            );
+            // Single messages only of the streams it reads (the newest it was given) and of
+            // its own (its term's last marker).
+            if service != Component::Recommendation {
+                assert!(
+                    !allows(&p.publish, "$JS.API.STREAM.MSG.GET.RECOMMENDATIONS"),
+                    "{name}"
+                );
+            }
+            for own in Domain::ALL
+                .into_iter()
+                .filter(|d| Component::owner(*d) == service)
+            {
+                let get = format!("$JS.API.STREAM.MSG.GET.{}", own.stream());
+                assert!(allows(&p.publish, &get), "{name}");
+            }
             assert!(
                 !allows(&p.publish, "$JS.API.STREAM.MSG.DELETE.DLQ"),
                 "{name}"

@@ -1,6 +1,6 @@
-//! The benchmarks a person runs keep working: a small `bench null` and `bench soak` end to end,
-//! their reports complete and their numbers readable. (What they measure is for the README, not
-//! for assertions: the machines are shared.)
+//! The benchmarks a person runs keep working: a small `bench null`, `bench soak` and `bench scale`
+//! end to end, their reports complete and their numbers readable. (What they measure is for the
+//! README, not for assertions: the machines are shared.)
 
 mod support;
 
@@ -63,4 +63,32 @@ fn bench_soak_reports_every_window_and_where_the_disk_went() {
         assert!(bytes.is_some_and(|b| b > 0.0), "{part}:\n{report}");
     }
     assert!(report.contains("last window / first"), "{report}");
+}
+
+#[test]
+fn bench_scale_measures_each_setup_as_processes_and_their_ratios() {
+    let report = bench(&["scale", "--orders", "20", "--rates", "0"]);
+    for setup in [
+        "1 node, 1 instance",
+        "3 nodes, 1 instance",
+        "3 nodes, 2 instances",
+    ] {
+        assert!(
+            report.contains(&format!("End to end ({setup})")),
+            "{setup}:\n{report}"
+        );
+    }
+    let (_, ratios) = report
+        .split_once("As ratios to 1 node, 1 instance")
+        .unwrap_or_else(|| panic!("no ratios:\n{report}"));
+    let row = ratios
+        .lines()
+        .find(|l| l.trim_start().starts_with("all at once"))
+        .unwrap_or_else(|| panic!("no ratio row:\n{report}"));
+    let values: Vec<f64> = row
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches(',').parse().ok())
+        .collect();
+    assert_eq!(values.len(), 4, "achieved and p99 for two setups: {row}");
+    assert!(values.iter().all(|v| *v > 0.0), "{row}");
 }

@@ -99,7 +99,7 @@ async fn a_second_instance_is_refused_while_the_first_holds_the_lease_and_fenced
     let mut once = BTreeSet::new();
     for seq in 1..=last {
         let message = stream.get_raw_message(seq).await.unwrap();
-        if bus::lease::is_term_subject(&message.subject) {
+        if bus::term::is_term_subject(&message.subject) {
             continue; // an owner's term marker, not an event
         }
         let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();

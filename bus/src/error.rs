@@ -47,8 +47,11 @@ pub enum BusError {
         why: String,
     },
 
-    /// Another instance took the lease on this partition: this one stops.
-    #[error("lease {key} (token {token}) was taken by another instance")]
+    /// The lease on this partition is someone else's now: this instance stops.
+    #[error(
+        "lease {key} (token {token}) is lost: it lapsed or was given up, and another instance \
+         holds it or held it since"
+    )]
     LeaseLost { key: String, token: u64 },
 
     /// The nats-server process could not be found, started or stopped.

@@ -58,43 +58,10 @@ pub fn key(service: &str, partition: u32) -> String {
     format!("{service}.{partition}")
 }
 
-/// Where an owner marks the start of its term in its service's own stream (four tokens: no
-/// event's subject, `<domain>.<event>.<order>`, looks like it).
-pub fn term_subject(domain: crate::Domain, partition: u32) -> String {
-    format!("{}.term.partition.{partition}", domain.subject_prefix())
-}
-
-/// Whether `subject` is a term marker (see [`term_subject`]).
-pub fn is_term_subject(subject: &str) -> bool {
-    let tokens: Vec<&str> = subject.split('.').collect();
-    matches!(tokens.as_slice(), [_, "term", "partition", _])
-}
-
-/// Begin this owner's term on `subject` (see [`term_subject`]): the sequence of the marker,
-/// which every publish of the term names as the subject's last (`Publisher::within_term`), so
-/// the broker itself refuses an earlier owner's late publishes. Everything that owner published
-/// before is in the stream ahead of the marker, where the new owner's rebuild reads it.
-pub async fn begin_term(
-    js: &jetstream::Context,
-    subject: &str,
-    lease: &Lease,
-    holder: &Holder,
-) -> Result<u64, BusError> {
-    let mut headers = async_nats::HeaderMap::new();
-    let id = format!("term-{}-{}", lease.key, lease.token);
-    headers.insert("Nats-Msg-Id", id.as_str());
-    let body = serde_json::json!({ "lease": lease.key, "token": lease.token, "holder": holder });
-    let ack = js
-        .publish_with_headers(subject.to_string(), headers, body.to_string().into())
-        .await
-        .map_err(BusError::jetstream(format!("begin the term on {subject}")))?
-        .await
-        .map_err(BusError::jetstream(format!("begin the term on {subject}")))?;
-    Ok(ack.sequence)
-}
-
-/// Create the bucket, or bring its time to live and replicas to what is asked (replicas are
-/// never lowered). Safe from every process at once.
+/// Create the bucket, or raise its time to live and replicas to what is asked (neither is ever
+/// lowered: an owner believes the time to live it read when it took its lease, so a shorter
+/// one set under it would let a standby take over while the owner still writes; lower it by
+/// hand while no instance runs). Safe from every process at once.
 pub async fn provision(
     js: &jetstream::Context,
     ttl: Duration,
@@ -108,10 +75,12 @@ pub async fn provision(
                 .await
                 .map_err(BusError::jetstream("lease bucket info"))?;
             let mut config = info.config.clone();
-            if config.max_age != ttl || config.num_replicas < replicas {
-                config.max_age = ttl;
-                // The broker refuses a deduplication window longer than the entries live.
-                config.duplicate_window = config.duplicate_window.min(ttl);
+            if config.max_age > ttl {
+                tracing::info!(bucket = LEASES_BUCKET, kept = ?config.max_age, asked = ?ttl,
+                    "the lease bucket keeps its longer time to live");
+            }
+            if config.max_age < ttl || config.num_replicas < replicas {
+                config.max_age = config.max_age.max(ttl);
                 config.num_replicas = config.num_replicas.max(replicas);
                 js.update_stream(&config)
                     .await
@@ -119,7 +88,7 @@ pub async fn provision(
             }
             Ok(())
         }
-        Err(_) => {
+        Err(e) if crate::streams::is_not_found(&e) => {
             js.create_key_value(kv::Config {
                 bucket: LEASES_BUCKET.to_string(),
                 description: "who owns which partition of which service".into(),
@@ -133,6 +102,7 @@ pub async fn provision(
             .map_err(BusError::jetstream("create the lease bucket"))?;
             Ok(())
         }
+        Err(e) => Err(BusError::jetstream("lease bucket")(e)),
     }
 }
 
@@ -306,6 +276,10 @@ impl Lease {
         self.fence.clone()
     }
 
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// The fencing token: the revision at which the lease was taken.
     pub fn token(&self) -> u64 {
         self.token
@@ -318,26 +292,61 @@ impl Lease {
     /// Renew once. `Err(LeaseLost)`: someone else holds it, stop. Any other error: broker
     /// trouble, try again (the fence lapses by itself meanwhile).
     pub async fn renew(&mut self) -> Result<(), BusError> {
-        if self.fence.is_lost() {
-            return Err(self.lost());
+        // Twice at most: once more after adopting a renewal that was written late.
+        for _ in 0..2 {
+            if self.fence.is_lost() {
+                return Err(self.lost());
+            }
+            let sent = Instant::now();
+            match self.update().await {
+                Ok(revision) => {
+                    self.revision = revision;
+                    self.fence
+                        .open_until(self.token, believed_until(sent, self.ttl));
+                    return Ok(());
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    if !self.adopt_late_renewal().await? {
+                        self.fence.lose();
+                        return Err(self.lost());
+                    }
+                }
+                Err(e) => return Err(BusError::jetstream(format!("renew lease {}", self.key))(e)),
+            }
         }
-        let sent = Instant::now();
-        match self
+        Err(BusError::Invalid(format!(
+            "lease {}: its revision changed under two renewals in a row",
+            self.key
+        )))
+    }
+
+    /// A renewal we gave up on may have been written after all: then the key still holds our
+    /// value, at a revision we did not hear of, which the next renewal names. Anyone else's
+    /// write (a successor's create) holds theirs: `false`.
+    async fn adopt_late_renewal(&mut self) -> Result<bool, BusError> {
+        let entry = self
             .kv
-            .update(&self.key, self.value.clone(), self.revision)
+            .entry(self.key.as_str())
             .await
-        {
-            Ok(revision) => {
-                self.revision = revision;
-                self.fence
-                    .open_until(self.token, believed_until(sent, self.ttl));
-                Ok(())
+            .map_err(BusError::jetstream(format!("read lease {}", self.key)))?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put && e.value == self.value => {
+                tracing::info!(lease = %self.key, revision = e.revision,
+                    "a renewal that timed out was written after all: renewing from it");
+                self.revision = e.revision;
+                Ok(true)
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                self.fence.lose();
-                Err(self.lost())
-            }
-            Err(e) => Err(BusError::jetstream(format!("renew lease {}", self.key))(e)),
+            _ => Ok(false),
+        }
+    }
+
+    /// The renewal's write, given up on after a quarter of the time to live (the broker may
+    /// still write it: see [`Lease::renew`]).
+    async fn update(&self) -> Result<u64, kv::UpdateError> {
+        let update = self.kv.update(&self.key, self.value.clone(), self.revision);
+        match tokio::time::timeout(self.ttl / 4, update).await {
+            Ok(written) => written,
+            Err(_) => Err(kv::UpdateError::new(kv::UpdateErrorKind::TimedOut)),
         }
     }
 
@@ -373,7 +382,10 @@ impl Lease {
         mut release: oneshot::Receiver<()>,
         on_lost: CancellationToken,
     ) -> Result<(), BusError> {
+        // Renewals are sent every quarter of the time to live, however long each took.
         let every = self.ttl / 4;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut release => {
@@ -382,7 +394,7 @@ impl Lease {
                     tracing::info!(lease = key, token, "lease given back");
                     return Ok(());
                 }
-                _ = tokio::time::sleep(every) => {}
+                _ = tick.tick() => {}
             }
             match self.renew().await {
                 Ok(()) => {}

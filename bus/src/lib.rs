@@ -29,6 +29,7 @@ pub mod replay;
 pub mod server;
 pub mod status;
 pub mod streams;
+pub mod term;
 
 pub use auth::{Credentials, Permissions};
 pub use consumer::{ConsumerSpec, Delivery, DurableConsumer, InHand, Verdict};

@@ -1,16 +1,24 @@
 //! Publishing with pipelined PubAcks: a whole batch is sent before any ack is awaited, so the
 //! cost is one round trip per batch, not per message.
 
-use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::future::join_all;
 use storage::OutboxMessage;
 
+use crate::term::Term;
 use crate::BusError;
 
 const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
 const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
+const MSG_ID: &str = "Nats-Msg-Id";
+const BATCH_ID: &str = "Nats-Batch-Id";
+const BATCH_SEQUENCE: &str = "Nats-Batch-Sequence";
+const BATCH_COMMIT: &str = "Nats-Batch-Commit";
+/// The most messages nats-server takes in one atomic batch (its default `max_batch_size`).
+const MAX_BATCH: usize = 1000;
 
 /// The broker's answer for one message: where it is stored, and whether it was a duplicate
 /// (already stored under the same `Nats-Msg-Id`).
@@ -24,9 +32,9 @@ pub struct Stored {
 #[derive(Clone)]
 pub struct Publisher {
     js: jetstream::Context,
-    /// A term's marker: every publish expects it to be the last message on its subject, so the
-    /// broker refuses what an owner sends after a successor's term began (`bus::lease`).
-    term: Option<(String, u64)>,
+    /// A term: every publish expects its marker to be the last message on its subject, so the
+    /// broker refuses what an owner sends after a successor's term began (`crate::term`).
+    term: Option<Term>,
 }
 
 impl Publisher {
@@ -34,9 +42,9 @@ impl Publisher {
         Publisher { js, term: None }
     }
 
-    /// Publish only while `marker` is the last message on `subject`.
-    pub fn within_term(mut self, subject: String, marker: u64) -> Self {
-        self.term = Some((subject, marker));
+    /// Publish only while `term`'s marker is the last message on its subject.
+    pub fn within_term(mut self, term: Term) -> Self {
+        self.term = Some(term);
         self
     }
 
@@ -66,50 +74,144 @@ impl Publisher {
         join_all(acks).await
     }
 
-    /// Within a term, one message at a time, stopping at the first refusal. A clustered stream
-    /// checks a message's expected last sequence of the term's subject only while no other
-    /// such check is in flight, and refuses the rest ("wrong last sequence", 10164): pipelined,
-    /// they would land out of order, and a database lost meanwhile would lose the gap for good.
+    /// Within a term: the messages as one atomic batch, or one at a time where a batch cannot
+    /// take them (a message the broker already has, say), stopping at the first refusal. A
+    /// clustered stream checks a message's expected last sequence of the term's subject only
+    /// while no other such check is in flight, and refuses the rest ("wrong last sequence",
+    /// 10164): pipelined, they would land out of order, and a database lost meanwhile would
+    /// lose the gap for good.
     async fn publish_in_turn(&self, messages: &[&OutboxMessage]) -> Vec<Result<Stored, BusError>> {
         let mut outcomes = Vec::with_capacity(messages.len());
-        for m in messages {
-            let outcome = match self.send(m).await {
-                Ok(ack) => stored(m, ack.await),
-                Err(e) => Err(e),
-            };
-            let failed = outcome.is_err();
-            outcomes.push(outcome);
-            if failed {
-                break;
+        for run in messages.chunks(MAX_BATCH) {
+            if let Some(stored) = self.publish_batch(run).await {
+                outcomes.extend(stored.into_iter().map(Ok));
+                continue;
             }
-        }
-        for m in &messages[outcomes.len()..] {
-            outcomes.push(Err(BusError::Publish {
-                subject: m.subject.clone(),
-                source: "not sent: an earlier message of its batch was not stored".into(),
-            }));
+            for m in run {
+                let outcome = match self.send(m).await {
+                    Ok(ack) => ack.await,
+                    Err(e) => {
+                        outcomes.push(Err(e));
+                        return not_sent_after(messages, outcomes);
+                    }
+                };
+                let refused_by_term = matches!(&outcome,
+                    Err(e) if e.kind() == PublishErrorKind::WrongLastSequence);
+                let outcome = stored(m, outcome);
+                let failed = outcome.is_err();
+                outcomes.push(outcome);
+                if refused_by_term {
+                    self.reassert_term().await;
+                }
+                if failed {
+                    return not_sent_after(messages, outcomes);
+                }
+            }
         }
         outcomes
     }
 
+    /// The broker refused a publish for naming a marker that is no longer its subject's last:
+    /// mark the term again if it is still ours (the next pass publishes under it), or lose the
+    /// fence if a successor's is there.
+    async fn reassert_term(&self) {
+        let Some(term) = &self.term else { return };
+        if let Err(e) = term.reassert().await {
+            tracing::warn!(subject = term.subject(), error = %e,
+                "a publish of this term was refused, and the term could not be marked again");
+        }
+    }
+
+    /// `run` as one atomic batch (ADR-50): the broker checks the term once and stores every
+    /// message, contiguous and in order, or none; one round trip for all. `None` when it did
+    /// not store them as a batch (a duplicate among them, broker trouble, a refusal, or
+    /// messages for more than the term's stream): [`Self::publish_in_turn`] then tells which
+    /// are stored, under the same `Nats-Msg-Id`s.
+    async fn publish_batch(&self, run: &[&OutboxMessage]) -> Option<Vec<Stored>> {
+        let term = self.term.as_ref()?.subject();
+        let own = |m: &&OutboxMessage| m.subject.split('.').next() == term.split('.').next();
+        if run.len() < 2 || !run.iter().all(own) {
+            return None;
+        }
+        let batch = uuid::Uuid::now_v7().to_string();
+        let client = self.js.client();
+        let (last, rest) = run.split_last()?;
+        for (i, m) in rest.iter().enumerate() {
+            let mut headers = self.headers(m);
+            headers.insert(BATCH_ID, batch.as_str());
+            headers.insert(BATCH_SEQUENCE, (i + 1).to_string().as_str());
+            // No reply: the broker answers the batch once, at its commit.
+            let payload = Bytes::from(m.payload.clone());
+            if let Err(e) = client
+                .publish_with_headers(m.subject.clone(), headers, payload)
+                .await
+            {
+                tracing::debug!(error = %e, "batch not sent; publishing one at a time");
+                return None;
+            }
+        }
+        let mut headers = self.headers(last);
+        headers.insert(BATCH_ID, batch.as_str());
+        headers.insert(BATCH_SEQUENCE, run.len().to_string().as_str());
+        headers.insert(BATCH_COMMIT, "1");
+        let publish = PublishMessage::build()
+            .payload(Bytes::from(last.payload.clone()))
+            .headers(headers);
+        let ack = match self.js.send_publish(last.subject.clone(), publish).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        let ack = match ack {
+            Ok(ack) if ack.batch_size == Some(run.len() as u64) && !ack.duplicate => ack,
+            Ok(ack) => {
+                tracing::warn!(batch_size = ?ack.batch_size, sent = run.len(),
+                    "the broker's answer does not account for the batch; publishing one at a time");
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "batch not stored; publishing one at a time");
+                return None;
+            }
+        };
+        let first = (ack.sequence + 1).checked_sub(run.len() as u64)?;
+        Some(
+            (first..)
+                .take(run.len())
+                .map(|sequence| Stored {
+                    stream: ack.stream.clone(),
+                    sequence,
+                    duplicate: false,
+                })
+                .collect(),
+        )
+    }
+
     /// Send `m` with `Nats-Msg-Id` = its event id (and the term's check), not awaiting its ack.
     async fn send(&self, m: &OutboxMessage) -> Result<PublishAckFuture, BusError> {
-        let mut headers = HeaderMap::new();
-        for (name, value) in &m.headers {
-            headers.insert(name.as_str(), value.as_str());
-        }
-        if let Some((subject, marker)) = &self.term {
-            headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE, marker.to_string().as_str());
-            headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, subject.as_str());
-        }
         let publish = PublishMessage::build()
             .payload(Bytes::from(m.payload.clone()))
-            .headers(headers)
-            .message_id(m.event_id.to_string());
+            .headers(self.headers(m));
         self.js
             .send_publish(m.subject.clone(), publish)
             .await
             .map_err(|e| publish_error(&m.subject, e))
+    }
+
+    /// `m`'s headers, its `Nats-Msg-Id` (its event id) and the term's check.
+    fn headers(&self, m: &OutboxMessage) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &m.headers {
+            headers.insert(name.as_str(), value.as_str());
+        }
+        headers.insert(MSG_ID, m.event_id.to_string().as_str());
+        if let Some(term) = &self.term {
+            headers.insert(
+                EXPECTED_LAST_SUBJECT_SEQUENCE,
+                term.marker().to_string().as_str(),
+            );
+            headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, term.subject());
+        }
+        headers
     }
 
     /// Publish raw bytes with headers and wait for the PubAck (DLQ and operational events).
@@ -135,6 +237,20 @@ impl Publisher {
             duplicate: ack.duplicate,
         })
     }
+}
+
+/// `outcomes` (ending in a refusal) and, for every later message, "not sent".
+fn not_sent_after(
+    messages: &[&OutboxMessage],
+    mut outcomes: Vec<Result<Stored, BusError>>,
+) -> Vec<Result<Stored, BusError>> {
+    for m in &messages[outcomes.len()..] {
+        outcomes.push(Err(BusError::Publish {
+            subject: m.subject.clone(),
+            source: "not sent: an earlier message of its batch was not stored".into(),
+        }));
+    }
+    outcomes
 }
 
 /// What the broker's answer to `m` says.

@@ -108,6 +108,8 @@ pub async fn provision(
             max_age: settings.max_age(),
             duplicate_window: settings.duplicate_window(),
             num_replicas: settings.replicas,
+            // An instance's relay publishes a term's messages as one atomic batch.
+            allow_atomic_publish: true,
             ..Default::default()
         };
         let outcome = match js.get_stream(name).await {
@@ -128,6 +130,7 @@ pub async fn provision(
                     && have.duplicate_window == wanted.duplicate_window
                     && have.description == wanted.description
                     && have.num_replicas == wanted.num_replicas
+                    && have.allow_atomic_publish == wanted.allow_atomic_publish
                 {
                     Provisioned::Unchanged
                 } else {
@@ -183,7 +186,7 @@ pub async fn keep_provisioned(
     }
 }
 
-fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+pub(crate) fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
     matches!(
         e.kind(),
         jetstream::context::GetStreamErrorKind::JetStream(err)

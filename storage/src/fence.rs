@@ -31,7 +31,10 @@ pub enum Fenced {
     NotHeld,
     #[error("the lease (token {token}) was not renewed in time; writes wait for a renewal")]
     Lapsed { token: u64 },
-    #[error("the lease (token {token}) was taken by another instance; this one must stop")]
+    #[error(
+        "the lease (token {token}) is lost: another instance holds it or held it since; this \
+         one must stop"
+    )]
     Lost { token: u64 },
 }
 

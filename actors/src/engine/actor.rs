@@ -178,6 +178,11 @@ impl<S: Service> Clone for Handle<S> {
 }
 
 impl<S: Service> Handle<S> {
+    /// Whether this service may commit now (see [`storage::Fence`]).
+    pub fn may_write(&self) -> bool {
+        self.store.check_fence().is_ok()
+    }
+
     pub fn new(
         addr: Addr<ServiceActor<S>>,
         store: Store,

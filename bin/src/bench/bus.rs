@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use actors::runtime::Broker;
 use actors::Settings;
 use anyhow::Context;
+use bus::lease::{self, Lease};
 use bus::server::{NatsCluster, NatsServer, ServerConfig};
+use bus::term::Term;
 use bus::{
     ConsumerSpec, Domain, DurableConsumer, Envelope, InHand, OutboxRelay, Publisher, RelayConfig,
     Verdict,
@@ -16,6 +18,7 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use storage::{Commit, NewEvent, OutboxMessage, Store};
+use tokio_util::sync::CancellationToken;
 
 struct Row {
     phase: &'static str,
@@ -76,30 +79,22 @@ pub async fn run(
     bar.finish();
 
     // 2. Outbox relay: rows committed and flushed like a service would, then relayed.
-    let store = Store::open(dir.path().join("relay-db"), &settings.store)?;
-    for i in 0..events {
-        let e = event(Domain::Orders, "OrderCreated", i);
-        store.commit(&commit_for(&e, &e.subject, None)?)?;
-    }
-    let _ = store.flush().await?;
-    let relay = OutboxRelay::new(store.clone(), publisher.clone(), RelayConfig::default());
-    let bar = progress("outbox relay", events);
-    let started = Instant::now();
-    loop {
-        let sent = relay.relay_once().await?;
-        if sent == 0 {
-            break;
-        }
-        bar.inc(sent as u64);
-    }
-    anyhow::ensure!(store.outbox_depth() == 0, "relay left rows pending");
-    rows.push(Row {
-        phase: "outbox relay",
-        events,
-        elapsed: started.elapsed(),
-        baseline: Some("raw JetStream publish"),
-    });
-    bar.finish();
+    let db = dir.path().join("relay-db");
+    rows.push(relay(&db, &settings, publisher.clone(), "outbox relay", events).await?);
+
+    // 2b. The same relay as an instance's (`commerce run … --instance`): within a term, whose
+    // check the broker makes on every publish.
+    let holder = lease::Holder::this_process("bench");
+    let lease = Lease::acquire(&js, "bench.0", &holder, &CancellationToken::new())
+        .await?
+        .context("the bench's lease")?;
+    let term = Term::begin(&js, Domain::Orders, 0, &lease, &holder).await?;
+    let lease = lease.keep(CancellationToken::new());
+    let db = dir.path().join("term-relay-db");
+    let in_term = publisher.clone().within_term(term);
+    let phase = "outbox relay within a term";
+    rows.push(relay(&db, &settings, in_term, phase, events).await?);
+    lease.release().await?;
 
     // 3. Raw consume: a plain pull consumer acking each message, no storage.
     let stream = js.get_stream(Domain::Orders.stream()).await?;
@@ -153,6 +148,8 @@ pub async fn run(
         let store = Store::open(dir.path().join(durable), &settings.store)?;
         let mut spec = ConsumerSpec::new(Domain::Orders.stream(), durable);
         spec.batch = if per_message { 1 } else { 256 };
+        // Events only: not the term's marker.
+        spec.filter_subjects = vec![format!("{}.*.*", Domain::Orders.subject_prefix())];
         let mut consumer = DurableConsumer::bind(&js, spec).await?;
         let bar = progress(phase, count);
         let started = Instant::now();
@@ -213,6 +210,41 @@ pub async fn run(
 
     print_report(&rows);
     Ok(())
+}
+
+/// `events` rows committed and flushed in a store at `db` as a service would, then relayed
+/// through `publisher`.
+async fn relay(
+    db: &std::path::Path,
+    settings: &Settings,
+    publisher: Publisher,
+    phase: &'static str,
+    events: usize,
+) -> anyhow::Result<Row> {
+    let store = Store::open(db, &settings.store)?;
+    for i in 0..events {
+        let e = event(Domain::Orders, "OrderCreated", i);
+        store.commit(&commit_for(&e, &e.subject, None)?)?;
+    }
+    let _ = store.flush().await?;
+    let relay = OutboxRelay::new(store.clone(), publisher, RelayConfig::default());
+    let bar = progress(phase, events);
+    let started = Instant::now();
+    loop {
+        let sent = relay.relay_once().await?;
+        if sent == 0 {
+            break;
+        }
+        bar.inc(sent as u64);
+    }
+    anyhow::ensure!(store.outbox_depth() == 0, "{phase}: rows left pending");
+    bar.finish();
+    Ok(Row {
+        phase,
+        events,
+        elapsed: started.elapsed(),
+        baseline: Some("raw JetStream publish"),
+    })
 }
 
 /// Where a consumer's time went, per step of its loop.

@@ -4,6 +4,7 @@ mod bus;
 mod null;
 mod reads;
 mod saga;
+mod scale;
 mod soak;
 
 use actors::Settings;
@@ -44,6 +45,17 @@ enum BenchWhat {
         /// (`up --cluster 3`), and print the ratio.
         #[arg(long)]
         compare_cluster: bool,
+    },
+    /// The saga with every component its own process, on one broker node, on a cluster of
+    /// three, and on the cluster with every service run twice (`--instance`): orders/s and
+    /// latency as ratios to the single node.
+    Scale {
+        /// Orders per offered rate.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+        orders: u64,
+        /// Offered rates in orders/s, comma-separated; 0 sends all at once.
+        #[arg(long, value_delimiter = ',', default_value = "100,250,0")]
+        rates: Vec<u32>,
     },
     /// The saga's pipeline with no domain logic (its ceiling), then the saga, as a ratio.
     Null {
@@ -100,6 +112,7 @@ pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<()> {
             };
             saga::run(orders as usize, &rates, settings, compare).await
         }
+        BenchWhat::Scale { orders, rates } => scale::run(orders as usize, &rates).await,
         BenchWhat::Null { orders, saga_rate } => {
             null::run(orders as usize, saga_rate, settings).await
         }

@@ -63,6 +63,11 @@ pub async fn card_token(system: &System) -> anyhow::Result<String> {
         .endpoints()
         .payment_gateway
         .context("the bench's system has no payment gateway")?;
+    card_token_at(&url).await
+}
+
+/// A payment token for the test card from the payment gateway at `url`.
+pub async fn card_token_at(url: &str) -> anyhow::Result<String> {
     let answer: serde_json::Value = reqwest::Client::new()
         .post(format!("{url}/v1/tokens"))
         .json(&serde_json::json!({ "card_number": "4242424242424242" }))
@@ -165,7 +170,7 @@ pub async fn run(
     Ok(())
 }
 
-fn offered(rate: u32) -> String {
+pub(super) fn offered(rate: u32) -> String {
     if rate == 0 {
         "all at once".to_string()
     } else {
@@ -173,7 +178,7 @@ fn offered(rate: u32) -> String {
     }
 }
 
-fn print_table(label: &str, orders: usize, results: &[RoundResult]) {
+pub(super) fn print_table(label: &str, orders: usize, results: &[RoundResult]) {
     println!();
     println!(
         "End to end ({label}), POST /orders → OrderConfirmed, {orders} orders per offered rate:"
@@ -203,7 +208,7 @@ pub(super) async fn measure(
     let running = Running::start(settings).await?;
     let mut results = Vec::new();
     for (round, &rate) in rates.iter().enumerate() {
-        results.push(running.offer(round, orders, rate, HELD).await?);
+        results.push(running.load.offer(round, orders, rate, HELD).await?);
     }
     running.stop().await;
     Ok(results)
@@ -213,16 +218,10 @@ pub(super) async fn measure(
 /// `OrderConfirmed` and tracking is not measured.
 pub(super) const HELD: &str = "1 Bench Street [hold]";
 
-/// A system this bench started, watched for each order's outcome, with a client for its API.
+/// A system this bench started, and its load.
 pub(super) struct Running {
     pub system: System,
-    http: String,
-    web: reqwest::Client,
-    token: String,
-    outcomes: Arc<Mutex<Outcomes>>,
-    watch: actix_rt::task::JoinHandle<()>,
-    /// Sends answered 503 ("retry") or not answered, and sent again.
-    pub retries: Arc<std::sync::atomic::AtomicU64>,
+    pub load: Load,
     pub dir: tempfile::TempDir,
 }
 
@@ -236,14 +235,53 @@ impl Running {
     /// stays flat however many orders a long run places.
     pub async fn start_with(settings: Settings, cancel_confirmed: bool) -> anyhow::Result<Running> {
         let (system, http, dir) = system(settings).await?;
+        let load = Load::start(
+            operator(&system)?,
+            http,
+            operator_token(&system)?,
+            card_token(&system).await?,
+            cancel_confirmed,
+        )
+        .await?;
+        Ok(Running { system, load, dir })
+    }
+
+    pub async fn stop(self) {
+        self.load.stop();
+        self.system.shutdown().await;
+    }
+}
+
+/// Orders offered over a system's API, each one's outcome watched on the bus.
+pub(super) struct Load {
+    http: String,
+    web: reqwest::Client,
+    token: String,
+    outcomes: Arc<Mutex<Outcomes>>,
+    watch: actix_rt::task::JoinHandle<()>,
+    /// Sends answered 503 ("retry") or not answered, and sent again.
+    pub retries: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Load {
+    /// Watch `operator`'s bus for outcomes and send to the API at `http` with `headers`,
+    /// paying with card token `token`. With `cancel_confirmed`, see [`Running::start_with`].
+    pub async fn start(
+        operator: async_nats::Client,
+        http: String,
+        headers: reqwest::header::HeaderMap,
+        token: String,
+        cancel_confirmed: bool,
+    ) -> anyhow::Result<Load> {
         let outcomes = Arc::new(Mutex::new(Outcomes::default()));
-        let client = operator(&system)?;
         let web = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
-            .default_headers(operator_token(&system)?)
+            .default_headers(headers)
             .build()?;
-        let mut confirmed = client.subscribe("orders.order_confirmed.*").await?;
-        let mut cancelled = client.subscribe("orders.order_cancelled.*").await?;
+        let mut confirmed = operator.subscribe("orders.order_confirmed.*").await?;
+        let mut cancelled = operator.subscribe("orders.order_cancelled.*").await?;
+        // Subscribed before any order is sent.
+        operator.flush().await?;
         let watch = {
             let outcomes = outcomes.clone();
             let (web, http) = (web.clone(), http.clone());
@@ -277,22 +315,18 @@ impl Running {
                 }
             })
         };
-        let token = card_token(&system).await?;
-        Ok(Running {
-            system,
+        Ok(Load {
             http,
             web,
             token,
             outcomes,
             watch,
             retries: Arc::default(),
-            dir,
         })
     }
 
-    pub async fn stop(self) {
+    pub fn stop(self) {
         self.watch.abort();
-        self.system.shutdown().await;
     }
 }
 
@@ -323,7 +357,7 @@ impl RoundResult {
     }
 }
 
-impl Running {
+impl Load {
     /// Offer `orders` orders shipping to `address` at `rate`/s (0: all at once) and wait until
     /// every one is confirmed; then forget them, so a long run's bookkeeping stays flat.
     pub async fn offer(

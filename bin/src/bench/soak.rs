@@ -54,7 +54,7 @@ pub async fn run(
             break;
         }
         let n = window.min(orders - done);
-        let result = running.offer(round, n, rate, HELD).await?;
+        let result = running.load.offer(round, n, rate, HELD).await?;
         done += n;
         let rss = rss_mib("self");
         let nats = broker_pid.map_or(f64::NAN, |pid| rss_mib(&pid.to_string()));
@@ -99,7 +99,10 @@ pub async fn run(
     }
     println!(
         "client retries (503 or no answer, sent again under the same Idempotency-Key): {}",
-        running.retries.load(std::sync::atomic::Ordering::Relaxed)
+        running
+            .load
+            .retries
+            .load(std::sync::atomic::Ordering::Relaxed)
     );
     running.stop().await;
     Ok(())

@@ -142,7 +142,7 @@ async fn events(
                 .get_raw_message(seq)
                 .await
                 .with_context(|| format!("{} message {seq}", domain.stream()))?;
-            if bus::lease::is_term_subject(&message.subject) {
+            if bus::term::is_term_subject(&message.subject) {
                 continue; // an owner's term marker (`--instances`), not an event
             }
             let envelope = serde_json::from_slice::<Envelope>(&message.payload)

@@ -17,7 +17,7 @@ mod load;
 mod plan;
 mod proxy;
 mod report;
-mod world;
+pub(crate) mod world;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -187,6 +187,13 @@ async fn serve(
             return;
         }
     };
+    // Forward each write at once, as the ends do: with Nagle's algorithm a small write waits
+    // for the last one's ACK, which the other side delays (about 40 ms per hop of the saga).
+    for conn in [&client, &upstream_conn] {
+        if let Err(error) = conn.set_nodelay(true) {
+            debug!(proxy = %name, %error, "TCP_NODELAY not set");
+        }
+    }
 
     let (to_upstream_state, to_client_state) = (state.clone(), state.clone());
     let reset_ordered = {

@@ -15,10 +15,16 @@ use crate::Settings;
 /// How often a consumer checks it still exists and points inside its stream (and after every
 /// reconnect): a broker that lost data may have lost both.
 const REALIGN_EVERY: Duration = Duration::from_secs(10);
+/// How often a consumer whose instance's lease lapsed looks whether it is renewed.
+const FENCED_POLL: Duration = Duration::from_millis(50);
 
 /// Where a consumer hands its batches: commits and flushes them, then says how to settle each.
 pub trait Sink: Clone + 'static {
     fn name(&self) -> &'static str;
+    /// Whether a batch could be committed now: not while an instance's lease has lapsed.
+    fn may_write(&self) -> bool {
+        true
+    }
     fn deliver(
         &self,
         batch: Vec<Delivery>,
@@ -28,6 +34,9 @@ pub trait Sink: Clone + 'static {
 impl<S: Service> Sink for Handle<S> {
     fn name(&self) -> &'static str {
         S::name()
+    }
+    fn may_write(&self) -> bool {
+        self.may_write()
     }
     async fn deliver(&self, batch: Vec<Delivery>) -> Result<Settled, EngineError> {
         Handle::deliver(self, batch).await
@@ -52,6 +61,14 @@ pub async fn consume<K: Sink>(
     shutdown: CancellationToken,
 ) {
     loop {
+        if !sink.may_write() {
+            // A lapsed lease: fetch nothing (it could not be committed, and would wait out its
+            // AckWait), and leave the consumer as it is, for a successor may be reading it.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(FENCED_POLL) => continue,
+            }
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             realigned = consumer.realign(REALIGN_EVERY) => if let Err(e) = realigned {

@@ -141,10 +141,9 @@ impl Host {
         }
     }
 
-    /// Renew `lease` until the component has stopped and flushed, then give it back; if another
-    /// instance takes it meanwhile, the component stops.
-    pub fn keep_lease(&mut self, lease: bus::lease::Lease) {
-        self.lease = Some(lease.keep(self.shutdown.clone()));
+    /// Give `lease` back once the component has stopped and flushed.
+    pub fn keep_lease(&mut self, lease: bus::lease::Keeper) {
+        self.lease = Some(lease);
     }
 
     /// Run `task` until shutdown; it is joined before the component stops.
@@ -211,11 +210,11 @@ impl Host {
         if let Err(e) = self.client.drain().await {
             tracing::debug!(error = %e, "drain");
         }
-        released?;
         if let Err(e) = flushed {
             // A lapsed lease refuses the last flush; nothing it would cover was acknowledged.
             tracing::warn!(component = name, error = %e, "last flush refused");
         }
+        released?;
         tracing::info!(component = name, "stopped");
         Ok(())
     }

@@ -10,6 +10,7 @@ use actix::Actor;
 use bus::dlq::DeadLetters;
 use bus::envelope::snake_case;
 use bus::lease::{self, Lease};
+use bus::term::Term;
 use bus::{Login, OutboxRelay, Publisher, RelayConfig};
 use futures::FutureExt;
 use tokio::sync::oneshot;
@@ -54,11 +55,13 @@ async fn run<S: Service>(
             let Some(lease) = Lease::acquire(&js, &key, &holder, &shutdown).await? else {
                 return Ok(()); // stopped while a standby
             };
-            let subject = lease::term_subject(recovery::own::<S>(), 0);
-            let marker = lease::begin_term(&js, &subject, &lease, &holder).await?;
+            let term = Term::begin(&js, recovery::own::<S>(), 0, &lease, &holder).await?;
+            let fence = lease.fence();
+            // Renewed from now on: the rebuild below may take longer than the lease lives.
+            let keeper = lease.keep(shutdown.clone());
             // Others may have owned the partition since this database was last written.
             settings.rebuild = true;
-            Some((lease, subject, marker))
+            Some((keeper, fence, term))
         }
     };
     let dir = settings.service_dir(S::name());
@@ -67,10 +70,10 @@ async fn run<S: Service>(
     let service = S::new(&settings, &ops)?;
     let mut host = Host::with_client(S::COMPONENT, settings, store, client, shutdown);
     let mut publisher = Publisher::new(host.js.clone());
-    if let Some((lease, subject, marker)) = lease {
-        host.store.fence_with(lease.fence());
-        host.keep_lease(lease);
-        publisher = publisher.within_term(subject, marker);
+    if let Some((keeper, fence, term)) = lease {
+        host.store.fence_with(fence);
+        host.keep_lease(keeper);
+        publisher = publisher.within_term(term);
     }
     recovery::recover_if_empty::<S>(&dir, &host.store, &host.js).await?;
 

@@ -1,0 +1,169 @@
+//! Terms: the broker's own fence between successive owners of a partition.
+//!
+//! An owner begins its term with a marker on `<domain>.term.partition.<p>` in its own stream,
+//! and every event it publishes names that marker as the subject's last message
+//! (`Publisher::within_term`). Once a successor's marker is in the stream, the broker refuses
+//! every publish of the earlier term, however late it arrives; everything the earlier owner
+//! published before is ahead of the marker, where the successor's rebuild reads it.
+//!
+//! A marker is published only while its owner's fence is open, and only if the subject's last
+//! marker is still the one it read before checking the fence: a pause anywhere in between makes
+//! the broker refuse it. An earlier owner's marker that lands late anyway (it paused after its
+//! check), or a stream that lost the current marker, makes the broker refuse the rightful
+//! owner's publishes; the owner then marks its term again ([`Term::reassert`]) under the same
+//! rule. Each term has its own id, so an owner knows its own marker.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, stream::LastRawMessageErrorKind};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use storage::Fence;
+
+use crate::lease::{Holder, Lease};
+use crate::{BusError, Domain};
+
+/// How often marking may find another marker landed meanwhile before it gives up.
+const MARK_TRIES: usize = 5;
+
+/// Where owners of `partition` of `domain`'s service mark their terms, in its own stream (four
+/// tokens: no event's subject, `<domain>.<event>.<order>`, looks like it).
+pub fn term_subject(domain: Domain, partition: u32) -> String {
+    format!("{}.term.partition.{partition}", domain.subject_prefix())
+}
+
+/// Whether `subject` is a term marker (see [`term_subject`]).
+pub fn is_term_subject(subject: &str) -> bool {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    matches!(tokens.as_slice(), [_, "term", "partition", _])
+}
+
+/// This owner's term: the sequence of its marker, shared by every publisher of the term.
+#[derive(Clone)]
+pub struct Term {
+    js: jetstream::Context,
+    stream: String,
+    subject: String,
+    /// This term's own id, in its marker.
+    id: String,
+    body: Bytes,
+    fence: Fence,
+    marker: Arc<AtomicU64>,
+}
+
+impl Term {
+    /// Begin `lease`'s term on `partition` of `domain`'s stream.
+    pub async fn begin(
+        js: &jetstream::Context,
+        domain: Domain,
+        partition: u32,
+        lease: &Lease,
+        holder: &Holder,
+    ) -> Result<Term, BusError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let body = serde_json::json!({
+            "term": id,
+            "lease": lease.key(),
+            "token": lease.token(),
+            "holder": holder,
+        });
+        let term = Term {
+            js: js.clone(),
+            stream: domain.stream().to_string(),
+            subject: term_subject(domain, partition),
+            id,
+            body: body.to_string().into(),
+            fence: lease.fence(),
+            marker: Arc::default(),
+        };
+        let marker = term.mark().await?;
+        term.marker.store(marker, Ordering::SeqCst);
+        Ok(term)
+    }
+
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The sequence every publish of the term names as its subject's last.
+    pub fn marker(&self) -> u64 {
+        self.marker.load(Ordering::SeqCst)
+    }
+
+    /// The broker refused a publish of this term: its marker is no longer the subject's last.
+    /// An earlier owner's marker landed late, or the stream lost ours: mark the term again,
+    /// if the lease is still ours.
+    pub async fn reassert(&self) -> Result<(), BusError> {
+        let marker = self.mark().await?;
+        let was = self.marker.swap(marker, Ordering::SeqCst);
+        if was != marker {
+            tracing::warn!(subject = %self.subject, was, now = marker,
+                "this term's marker was no longer the last (an earlier owner's landed late, or \
+                 the broker lost it): marked the term again");
+        }
+        Ok(())
+    }
+
+    /// The sequence of this term's marker, published unless it is the subject's last already.
+    async fn mark(&self) -> Result<u64, BusError> {
+        let what = || format!("mark the term on {}", self.subject);
+        for _ in 0..MARK_TRIES {
+            let last = self.last().await?;
+            let expected = match last {
+                Some((sequence, id)) if id == self.id => return Ok(sequence),
+                Some((sequence, _)) => sequence,
+                None => 0,
+            };
+            // Checked after reading the last marker, and the publish expects that one: a pause
+            // after either, long enough for a successor to mark, gets this publish refused.
+            self.fence
+                .check()
+                .map_err(|why| BusError::Storage(storage::StorageError::Fenced(why)))?;
+            let mut headers = HeaderMap::new();
+            // Each marking its own id: marking again must not be taken for a duplicate.
+            let msg_id = format!("term-{}-{}", self.id, uuid::Uuid::now_v7());
+            headers.insert("Nats-Msg-Id", msg_id.as_str());
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence",
+                expected.to_string().as_str(),
+            );
+            let sent = self
+                .js
+                .publish_with_headers(self.subject.clone(), headers, self.body.clone())
+                .await
+                .map_err(BusError::jetstream(what()))?;
+            match sent.await {
+                Ok(ack) => return Ok(ack.sequence),
+                // Another marker landed since we looked: look again.
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
+                Err(e) => return Err(BusError::jetstream(what())(e)),
+            }
+        }
+        Err(BusError::Invalid(format!(
+            "{}: other markers kept landing ({MARK_TRIES} tries)",
+            what()
+        )))
+    }
+
+    /// The subject's last marker: its sequence and its term's id.
+    async fn last(&self) -> Result<Option<(u64, String)>, BusError> {
+        let what = || format!("read the last marker on {}", self.subject);
+        let stream = self
+            .js
+            .get_stream_no_info(&self.stream)
+            .await
+            .map_err(BusError::jetstream(what()))?;
+        match stream.get_last_raw_message_by_subject(&self.subject).await {
+            Ok(message) => {
+                let id = serde_json::from_slice::<serde_json::Value>(&message.payload)
+                    .ok()
+                    .and_then(|body| body["term"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                Ok(Some((message.sequence, id)))
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(BusError::jetstream(what())(e)),
+        }
+    }
+}
