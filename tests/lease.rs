@@ -188,9 +188,15 @@ async fn the_broker_refuses_a_publish_from_an_earlier_term() {
     let broker = TestBroker::start().await;
     let kv = leases(&broker).await;
     let a = acquired(take(&kv, "a").await);
-    let a_term = Term::begin(&broker.js, Orders, 0, &a, &Holder::this_process("a"))
-        .await
-        .unwrap();
+    let a_term = Term::begin(
+        &broker.js,
+        Orders,
+        0,
+        &a.claim(),
+        &Holder::this_process("a"),
+    )
+    .await
+    .unwrap();
     let (_dir, store) = temp_store();
     commit_orders(&store, 3);
     let rows = store.pending(10).unwrap();
@@ -201,9 +207,15 @@ async fn the_broker_refuses_a_publish_from_an_earlier_term() {
     assert!(sent[0].is_ok(), "published within its term: {:?}", sent[0]);
 
     let b = take_when_free(&kv, "b").await;
-    let b_term = Term::begin(&broker.js, Orders, 0, &b, &Holder::this_process("b"))
-        .await
-        .unwrap();
+    let b_term = Term::begin(
+        &broker.js,
+        Orders,
+        0,
+        &b.claim(),
+        &Holder::this_process("b"),
+    )
+    .await
+    .unwrap();
     assert!(b_term.marker() > a_term.marker());
     let late = from_a
         .publish_all(rows.iter().skip(1).map(|r| &r.message))
@@ -234,9 +246,15 @@ async fn a_terms_messages_land_as_one_batch_in_order_and_a_duplicate_among_them_
     let broker = TestBroker::start().await;
     let kv = leases(&broker).await;
     let a = acquired(take(&kv, "a").await);
-    let term = Term::begin(&broker.js, Orders, 0, &a, &Holder::this_process("a"))
-        .await
-        .unwrap();
+    let term = Term::begin(
+        &broker.js,
+        Orders,
+        0,
+        &a.claim(),
+        &Holder::this_process("a"),
+    )
+    .await
+    .unwrap();
     let (_dir, store) = temp_store();
     commit_orders(&store, 8);
     let rows = store.pending(10).unwrap();
@@ -284,9 +302,10 @@ async fn a_terms_messages_land_as_one_batch_in_order_and_a_duplicate_among_them_
 
 /// An earlier owner's marker that lands late (it paused after its fence check) makes the broker
 /// refuse the rightful owner's next publish; the owner then marks its term again and publishes.
-/// An owner whose fence lapsed cannot mark at all.
+/// A successor's marker is never marked over: the lease is lost. An owner whose fence lapsed
+/// cannot mark at all.
 #[tokio::test]
-async fn an_owner_marks_its_term_again_after_a_late_marker_and_a_lapsed_one_cannot_mark() {
+async fn an_owner_marks_its_term_again_after_an_earlier_marker_but_not_over_a_successors() {
     init_logs();
     let broker = TestBroker::start().await;
     let kv = leases(&broker).await;
@@ -294,18 +313,31 @@ async fn an_owner_marks_its_term_again_after_a_late_marker_and_a_lapsed_one_cann
     let b = take_when_free(&kv, "b").await;
     // a's lease lapsed: marking needs an open fence.
     assert!(matches!(
-        Term::begin(&broker.js, Orders, 0, &a, &Holder::this_process("a")).await,
+        Term::begin(
+            &broker.js,
+            Orders,
+            0,
+            &a.claim(),
+            &Holder::this_process("a")
+        )
+        .await,
         Err(bus::BusError::Storage(StorageError::Fenced(_)))
     ));
-    let term = Term::begin(&broker.js, Orders, 0, &b, &Holder::this_process("b"))
-        .await
-        .unwrap();
+    let term = Term::begin(
+        &broker.js,
+        Orders,
+        0,
+        &b.claim(),
+        &Holder::this_process("b"),
+    )
+    .await
+    .unwrap();
     let first = term.marker();
     // A marker of someone else's lands after b's (what a paused earlier owner would send).
     let subject = bus::term::term_subject(Orders, 0);
     broker
         .js
-        .publish(subject, r#"{"term":"an earlier owner's"}"#.into())
+        .publish(subject.clone(), r#"{"term":"an earlier owner's"}"#.into())
         .await
         .unwrap()
         .await
@@ -321,6 +353,23 @@ async fn an_owner_marks_its_term_again_after_a_late_marker_and_a_lapsed_one_cann
     assert!(sent.iter().all(Result::is_ok), "{sent:?}");
     // b's two markers, the late one, three events.
     assert_eq!(broker.stream_len("ORDERS").await, 6);
+
+    // A successor's marker (a larger token) is never marked over, whatever b's clock says:
+    // b's lease is lost.
+    let successor = serde_json::json!({"term": "a successor's", "token": b.token() + 1});
+    broker
+        .js
+        .publish(subject, successor.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    commit_orders(&store, 1);
+    let rows = store.pending(10).unwrap();
+    let refused = publisher.publish_all(rows.iter().map(|r| &r.message)).await;
+    assert!(refused.iter().all(Result::is_err), "{refused:?}");
+    assert!(matches!(b.fence().check(), Err(Fenced::Lost { .. })));
+    assert_eq!(broker.stream_len("ORDERS").await, 7);
 }
 
 /// A renewal that timed out on our side but was written: the next renewal finds our own value

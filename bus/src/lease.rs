@@ -177,6 +177,14 @@ pub enum Attempt {
     },
 }
 
+/// A lease's key, fencing token and fence: what its terms are marked under (`crate::term`).
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub key: String,
+    pub token: u64,
+    pub fence: Fence,
+}
+
 /// A lease this instance holds (or held: see its [`Fence`]).
 #[derive(Debug)]
 pub struct Lease {
@@ -278,6 +286,15 @@ impl Lease {
 
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// What a term needs of this lease, kept past [`Lease::keep`].
+    pub fn claim(&self) -> Claim {
+        Claim {
+            key: self.key.clone(),
+            token: self.token,
+            fence: self.fence.clone(),
+        }
     }
 
     /// The fencing token: the revision at which the lease was taken.

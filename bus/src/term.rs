@@ -8,10 +8,11 @@
 //!
 //! A marker is published only while its owner's fence is open, and only if the subject's last
 //! marker is still the one it read before checking the fence: a pause anywhere in between makes
-//! the broker refuse it. An earlier owner's marker that lands late anyway (it paused after its
-//! check), or a stream that lost the current marker, makes the broker refuse the rightful
-//! owner's publishes; the owner then marks its term again ([`Term::reassert`]) under the same
-//! rule. Each term has its own id, so an owner knows its own marker.
+//! the broker refuse it. A stream that lost the current marker makes the broker refuse the
+//! rightful owner's publishes; the owner then marks its term again ([`Term::reassert`]) under
+//! the same rule, unless the last marker is a successor's (a larger fencing token): then its
+//! lease is lost, whatever its clock says. Each term has its own id, so an owner knows its own
+//! marker.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,11 +22,14 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use storage::Fence;
 
-use crate::lease::{Holder, Lease};
+use crate::lease::{Claim, Holder};
 use crate::{BusError, Domain};
 
 /// How often marking may find another marker landed meanwhile before it gives up.
 const MARK_TRIES: usize = 5;
+/// How long to wait before looking again when a clustered stream is still checking another
+/// publish of the term's subject ("wrong last sequence", 10164).
+const CHECK_IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Where owners of `partition` of `domain`'s service mark their terms, in its own stream (four
 /// tokens: no event's subject, `<domain>.<event>.<order>`, looks like it).
@@ -47,25 +51,27 @@ pub struct Term {
     subject: String,
     /// This term's own id, in its marker.
     id: String,
+    key: String,
+    token: u64,
     body: Bytes,
     fence: Fence,
     marker: Arc<AtomicU64>,
 }
 
 impl Term {
-    /// Begin `lease`'s term on `partition` of `domain`'s stream.
+    /// Begin the term of `claim`'s lease on `partition` of `domain`'s stream.
     pub async fn begin(
         js: &jetstream::Context,
         domain: Domain,
         partition: u32,
-        lease: &Lease,
+        claim: &Claim,
         holder: &Holder,
     ) -> Result<Term, BusError> {
         let id = uuid::Uuid::now_v7().to_string();
         let body = serde_json::json!({
             "term": id,
-            "lease": lease.key(),
-            "token": lease.token(),
+            "lease": claim.key,
+            "token": claim.token,
             "holder": holder,
         });
         let term = Term {
@@ -73,11 +79,15 @@ impl Term {
             stream: domain.stream().to_string(),
             subject: term_subject(domain, partition),
             id,
+            key: claim.key.clone(),
+            token: claim.token,
             body: body.to_string().into(),
-            fence: lease.fence(),
+            fence: claim.fence.clone(),
             marker: Arc::default(),
         };
-        let marker = term.mark().await?;
+        // A larger token than ours before our first marker is a bucket the broker lost and
+        // made again (its revisions start over): we hold the lease, so it is an older term.
+        let marker = term.mark(Successors::Ignored).await?;
         term.marker.store(marker, Ordering::SeqCst);
         Ok(term)
     }
@@ -92,27 +102,33 @@ impl Term {
     }
 
     /// The broker refused a publish of this term: its marker is no longer the subject's last.
-    /// An earlier owner's marker landed late, or the stream lost ours: mark the term again,
-    /// if the lease is still ours.
+    /// A successor's (a larger token): the lease is lost, and so is the fence. An earlier one's,
+    /// or none (the stream lost ours): mark the term again, if the lease is still ours.
     pub async fn reassert(&self) -> Result<(), BusError> {
-        let marker = self.mark().await?;
+        let marker = self.mark(Successors::Win).await?;
         let was = self.marker.swap(marker, Ordering::SeqCst);
         if was != marker {
             tracing::warn!(subject = %self.subject, was, now = marker,
-                "this term's marker was no longer the last (an earlier owner's landed late, or \
-                 the broker lost it): marked the term again");
+                "this term's marker was no longer the last (the broker lost it, or an earlier \
+                 owner's landed late): marked the term again");
         }
         Ok(())
     }
 
     /// The sequence of this term's marker, published unless it is the subject's last already.
-    async fn mark(&self) -> Result<u64, BusError> {
+    async fn mark(&self, successors: Successors) -> Result<u64, BusError> {
         let what = || format!("mark the term on {}", self.subject);
         for _ in 0..MARK_TRIES {
-            let last = self.last().await?;
-            let expected = match last {
-                Some((sequence, id)) if id == self.id => return Ok(sequence),
-                Some((sequence, _)) => sequence,
+            let expected = match self.last().await? {
+                Some(last) if last.id == self.id => return Ok(last.sequence),
+                Some(last) if last.token > self.token && successors == Successors::Win => {
+                    self.fence.lose();
+                    return Err(BusError::LeaseLost {
+                        key: self.key.clone(),
+                        token: self.token,
+                    });
+                }
+                Some(last) => last.sequence,
                 None => 0,
             };
             // Checked after reading the last marker, and the publish expects that one: a pause
@@ -137,6 +153,11 @@ impl Term {
                 Ok(ack) => return Ok(ack.sequence),
                 // Another marker landed since we looked: look again.
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
+                // A clustered stream still checking another publish of the subject.
+                Err(e) if is_check_in_flight(&e) => {
+                    tokio::time::sleep(CHECK_IN_FLIGHT_WAIT).await;
+                    continue;
+                }
                 Err(e) => return Err(BusError::jetstream(what())(e)),
             }
         }
@@ -146,8 +167,8 @@ impl Term {
         )))
     }
 
-    /// The subject's last marker: its sequence and its term's id.
-    async fn last(&self) -> Result<Option<(u64, String)>, BusError> {
+    /// The subject's last marker.
+    async fn last(&self) -> Result<Option<Marker>, BusError> {
         let what = || format!("read the last marker on {}", self.subject);
         let stream = self
             .js
@@ -156,14 +177,43 @@ impl Term {
             .map_err(BusError::jetstream(what()))?;
         match stream.get_last_raw_message_by_subject(&self.subject).await {
             Ok(message) => {
-                let id = serde_json::from_slice::<serde_json::Value>(&message.payload)
-                    .ok()
-                    .and_then(|body| body["term"].as_str().map(str::to_string))
+                let body = serde_json::from_slice::<serde_json::Value>(&message.payload)
                     .unwrap_or_default();
-                Ok(Some((message.sequence, id)))
+                Ok(Some(Marker {
+                    sequence: message.sequence,
+                    id: body["term"].as_str().unwrap_or_default().to_string(),
+                    token: body["token"].as_u64().unwrap_or(0),
+                }))
             }
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(BusError::jetstream(what())(e)),
         }
     }
+}
+
+/// A marker as read back.
+struct Marker {
+    sequence: u64,
+    id: String,
+    /// Its lease's fencing token (0 if it has none).
+    token: u64,
+}
+
+/// Whether a marker with a larger token than ours means a successor.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Successors {
+    /// Yes: the lease is lost.
+    Win,
+    /// No: before our first marker, we hold the lease and it can only be an older term.
+    Ignored,
+}
+
+/// "Wrong last sequence" 10164: the stream refused the check because another publish checking
+/// the same subject is still in flight (clustered streams), not because the check failed.
+fn is_check_in_flight(e: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|e| {
+            e.error_code() == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+        })
 }

@@ -88,7 +88,7 @@ pub async fn run(
     let lease = Lease::acquire(&js, "bench.0", &holder, &CancellationToken::new())
         .await?
         .context("the bench's lease")?;
-    let term = Term::begin(&js, Domain::Orders, 0, &lease, &holder).await?;
+    let term = Term::begin(&js, Domain::Orders, 0, &lease.claim(), &holder).await?;
     let lease = lease.keep(CancellationToken::new());
     let db = dir.path().join("term-relay-db");
     let in_term = publisher.clone().within_term(term);

@@ -55,10 +55,11 @@ async fn run<S: Service>(
             let Some(lease) = Lease::acquire(&js, &key, &holder, &shutdown).await? else {
                 return Ok(()); // stopped while a standby
             };
-            let term = Term::begin(&js, recovery::own::<S>(), 0, &lease, &holder).await?;
-            let fence = lease.fence();
-            // Renewed from now on: the rebuild below may take longer than the lease lives.
+            let claim = lease.claim();
+            // Renewed from now on: marking and the rebuild below may outlast the lease.
             let keeper = lease.keep(shutdown.clone());
+            let term = Term::begin(&js, recovery::own::<S>(), 0, &claim, &holder).await?;
+            let fence = claim.fence;
             // Others may have owned the partition since this database was last written.
             settings.rebuild = true;
             Some((keeper, fence, term))
