@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bus::lease::{self, Attempt, Holder, Lease};
 use bus::term::Term;
+use bus::BusError;
 use bus::Domain::Orders;
 use bus::{OutboxRelay, Publisher, RelayConfig};
 use commerce_tests::{commit_orders, init_logs, temp_store, Deadline, TestBroker};
@@ -38,6 +39,12 @@ fn acquired(attempt: Attempt) -> Lease {
         Attempt::Acquired(lease) => *lease,
         Attempt::Held { holder, .. } => panic!("held by {holder:?}"),
     }
+}
+
+/// Begin `lease`'s term on the orders stream's partition 0, as `instance`.
+async fn begin(broker: &TestBroker, lease: &Lease, instance: &str) -> Result<Term, BusError> {
+    let holder = Holder::this_process(instance);
+    Term::begin(&broker.js, Orders, 0, &lease.claim(), &holder).await
 }
 
 /// Try as `instance` until the lease is taken.
@@ -87,10 +94,7 @@ async fn a_second_owner_is_refused_while_the_lease_is_held_and_the_first_is_fenc
     assert_eq!(b.fence().check(), Ok(b.token()));
 
     // a wakes up: its renewal is refused, and its fence stays closed.
-    assert!(matches!(
-        a.renew().await,
-        Err(bus::BusError::LeaseLost { .. })
-    ));
+    assert!(matches!(a.renew().await, Err(BusError::LeaseLost { .. })));
     assert!(matches!(a.fence().check(), Err(Fenced::Lost { .. })));
 }
 
@@ -133,7 +137,7 @@ async fn a_kept_lease_outlives_its_time_to_live_and_a_lost_one_stops_its_instanc
     assert!(matches!(fence.check(), Err(Fenced::Lost { .. })));
     assert!(matches!(
         keeper.release().await,
-        Err(bus::BusError::LeaseLost { .. })
+        Err(BusError::LeaseLost { .. })
     ));
 }
 
@@ -162,7 +166,7 @@ async fn a_store_whose_lease_lapsed_commits_flushes_and_publishes_nothing() {
     let fenced = |e: &StorageError| matches!(e, StorageError::Fenced(Fenced::Lapsed { .. }));
     let refused = relay.relay_once().await.unwrap_err();
     assert!(
-        matches!(&refused, bus::BusError::Storage(e) if fenced(e)),
+        matches!(&refused, BusError::Storage(e) if fenced(e)),
         "{refused}"
     );
     assert_eq!(
@@ -188,15 +192,7 @@ async fn the_broker_refuses_a_publish_from_an_earlier_term() {
     let broker = TestBroker::start().await;
     let kv = leases(&broker).await;
     let a = acquired(take(&kv, "a").await);
-    let a_term = Term::begin(
-        &broker.js,
-        Orders,
-        0,
-        &a.claim(),
-        &Holder::this_process("a"),
-    )
-    .await
-    .unwrap();
+    let a_term = begin(&broker, &a, "a").await.unwrap();
     let (_dir, store) = temp_store();
     commit_orders(&store, 3);
     let rows = store.pending(10).unwrap();
@@ -207,15 +203,7 @@ async fn the_broker_refuses_a_publish_from_an_earlier_term() {
     assert!(sent[0].is_ok(), "published within its term: {:?}", sent[0]);
 
     let b = take_when_free(&kv, "b").await;
-    let b_term = Term::begin(
-        &broker.js,
-        Orders,
-        0,
-        &b.claim(),
-        &Holder::this_process("b"),
-    )
-    .await
-    .unwrap();
+    let b_term = begin(&broker, &b, "b").await.unwrap();
     assert!(b_term.marker() > a_term.marker());
     let late = from_a
         .publish_all(rows.iter().skip(1).map(|r| &r.message))
@@ -246,15 +234,7 @@ async fn a_terms_messages_land_as_one_batch_in_order_and_a_duplicate_among_them_
     let broker = TestBroker::start().await;
     let kv = leases(&broker).await;
     let a = acquired(take(&kv, "a").await);
-    let term = Term::begin(
-        &broker.js,
-        Orders,
-        0,
-        &a.claim(),
-        &Holder::this_process("a"),
-    )
-    .await
-    .unwrap();
+    let term = begin(&broker, &a, "a").await.unwrap();
     let (_dir, store) = temp_store();
     commit_orders(&store, 8);
     let rows = store.pending(10).unwrap();
@@ -313,25 +293,10 @@ async fn an_owner_marks_its_term_again_after_an_earlier_marker_but_not_over_a_su
     let b = take_when_free(&kv, "b").await;
     // a's lease lapsed: marking needs an open fence.
     assert!(matches!(
-        Term::begin(
-            &broker.js,
-            Orders,
-            0,
-            &a.claim(),
-            &Holder::this_process("a")
-        )
-        .await,
-        Err(bus::BusError::Storage(StorageError::Fenced(_)))
+        begin(&broker, &a, "a").await,
+        Err(BusError::Storage(StorageError::Fenced(_)))
     ));
-    let term = Term::begin(
-        &broker.js,
-        Orders,
-        0,
-        &b.claim(),
-        &Holder::this_process("b"),
-    )
-    .await
-    .unwrap();
+    let term = begin(&broker, &b, "b").await.unwrap();
     let first = term.marker();
     // A marker of someone else's lands after b's (what a paused earlier owner would send).
     let subject = bus::term::term_subject(Orders, 0);
@@ -396,7 +361,7 @@ async fn a_renewal_written_after_its_owner_gave_up_on_it_is_adopted() {
     kv.update(KEY, other.into(), revision).await.unwrap();
     assert!(matches!(
         lease.renew().await,
-        Err(bus::BusError::LeaseLost { .. })
+        Err(BusError::LeaseLost { .. })
     ));
 }
 
