@@ -47,6 +47,19 @@ async fn begin(broker: &TestBroker, lease: &Lease, instance: &str) -> Result<Ter
     Term::begin(&broker.js, Orders, 0, &lease.claim(), &holder).await
 }
 
+/// The headers of the message at the sequence `outcome` reports, checked to be `message`.
+async fn stored_as_reported(
+    stream: &async_nats::jetstream::stream::Stream,
+    message: &storage::OutboxMessage,
+    outcome: &Result<bus::publisher::Stored, BusError>,
+) -> async_nats::HeaderMap {
+    let stored = outcome.as_ref().expect("stored");
+    let found = stream.get_raw_message(stored.sequence).await.unwrap();
+    let id = found.headers.get("Nats-Msg-Id").map(|v| v.to_string());
+    assert_eq!(id, Some(message.event_id.to_string()), "{stored:?}");
+    found.headers
+}
+
 /// Try as `instance` until the lease is taken.
 async fn take_when_free(kv: &async_nats::jetstream::kv::Store, instance: &str) -> Lease {
     let deadline = Deadline::after(WAIT, "the lease lapses");
@@ -240,23 +253,15 @@ async fn a_terms_messages_land_as_one_batch_in_order_and_a_duplicate_among_them_
     let rows = store.pending(10).unwrap();
     let publisher = Publisher::new(broker.js.clone()).within_term(term);
     let stream = broker.js.get_stream("ORDERS").await.unwrap();
-    let batch_of = |headers: Option<&async_nats::HeaderMap>| {
-        headers
-            .and_then(|h| h.get("Nats-Batch-Id"))
-            .map(|v| v.to_string())
-    };
 
     let sent = publisher
         .publish_all(rows.iter().take(5).map(|r| &r.message))
         .await;
     let mut batches = std::collections::HashSet::new();
-    for (row, stored) in rows.iter().zip(&sent) {
-        let stored = stored.as_ref().expect("stored");
-        assert!(!stored.duplicate);
-        let message = stream.get_raw_message(stored.sequence).await.unwrap();
-        let id = message.headers.get("Nats-Msg-Id").map(|v| v.to_string());
-        assert_eq!(id, Some(row.message.event_id.to_string()), "{stored:?}");
-        batches.insert(batch_of(Some(&message.headers)));
+    for (row, outcome) in rows.iter().zip(&sent) {
+        assert!(!outcome.as_ref().expect("stored").duplicate);
+        let headers = stored_as_reported(&stream, &row.message, outcome).await;
+        batches.insert(headers.get("Nats-Batch-Id").map(|v| v.to_string()));
     }
     assert_eq!(batches.len(), 1, "one batch: {batches:?}");
     assert!(batches.iter().all(Option::is_some), "sent as a batch");
@@ -270,11 +275,8 @@ async fn a_terms_messages_land_as_one_batch_in_order_and_a_duplicate_among_them_
         .map(|outcome| outcome.as_ref().expect("stored").duplicate)
         .collect();
     assert_eq!(duplicates, [true, true, false, false, false]);
-    for (row, stored) in rows.iter().skip(3).zip(&again) {
-        let stored = stored.as_ref().expect("stored");
-        let message = stream.get_raw_message(stored.sequence).await.unwrap();
-        let id = message.headers.get("Nats-Msg-Id").map(|v| v.to_string());
-        assert_eq!(id, Some(row.message.event_id.to_string()), "{stored:?}");
+    for (row, outcome) in rows.iter().skip(3).zip(&again) {
+        stored_as_reported(&stream, &row.message, outcome).await;
     }
     // The marker and eight events, each once.
     assert_eq!(broker.stream_len("ORDERS").await, 9);

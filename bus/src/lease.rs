@@ -284,10 +284,6 @@ impl Lease {
         self.fence.clone()
     }
 
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
     /// What a term needs of this lease, kept past [`Lease::keep`].
     pub fn claim(&self) -> Claim {
         Claim {

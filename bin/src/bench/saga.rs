@@ -42,8 +42,12 @@ pub(super) async fn system(
 /// The API's operator token of a system this bench started (none with `auth` off), as the
 /// header every bench request carries: each request is checked as a real one is.
 pub fn operator_token(system: &System) -> anyhow::Result<reqwest::header::HeaderMap> {
+    operator_token_for(&system.runtime.settings)
+}
+
+/// [`operator_token`] of the system `settings` describe (its data dir holds the signing key).
+pub fn operator_token_for(settings: &Settings) -> anyhow::Result<reqwest::header::HeaderMap> {
     let mut headers = reqwest::header::HeaderMap::new();
-    let settings = &system.runtime.settings;
     if settings.auth {
         let day = Duration::from_secs(24 * 3600);
         let token = mint(&settings.data_dir, &Caller::Operator, day)?;

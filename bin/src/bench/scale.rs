@@ -4,13 +4,13 @@
 //! owner and one standby each): orders/s and latency as ratios to the single node, in one run.
 
 use std::path::Path;
-use std::time::Duration;
 
-use actors::gateway::auth::{mint, Caller};
 use actors::settings::Overrides;
 use actors::Settings;
 
-use super::saga::{card_token_at, offered, print_table, Load, RoundResult, HELD};
+use super::saga::{
+    card_token_at, offered, operator_token_for, print_table, Load, RoundResult, HELD,
+};
 use crate::chaos::world::World;
 
 /// What the components run with: simulators on free ports, nothing else changed.
@@ -89,18 +89,8 @@ async fn offer_all(
     orders: usize,
     rates: &[u32],
 ) -> anyhow::Result<Vec<RoundResult>> {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if settings.auth {
-        let token = mint(
-            &world.dir,
-            &Caller::Operator,
-            Duration::from_secs(24 * 3600),
-        )?;
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {token}").parse()?,
-        );
-    }
+    // The world's settings name its directory as the data dir, where its signing key is.
+    let headers = operator_token_for(settings)?;
     let token = card_token_at(&world.payment_gateway).await?;
     let load = Load::start(
         world.operator.clone(),
