@@ -195,7 +195,8 @@ async fn a_poison_message_goes_to_dlq_with_its_reason_and_the_rest_are_processed
     let dead = dlq.get_raw_message(1).await.unwrap();
     assert_eq!(
         dead.subject.as_str(),
-        "dlq.payment.orders.order_created.poison"
+        "dlq.payment.orders.order_created.poison.0",
+        "filed under the stored subject, partition appended by the stream"
     );
     assert_eq!(
         &dead.payload[..],

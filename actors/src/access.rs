@@ -198,7 +198,11 @@ pub fn permissions(user: BusUser) -> Permissions {
                 .into_iter()
                 .find(|d| Component::owner(*d) == service);
             if let Some(own) = own {
-                p.publish.push(format!("{}.>", own.subject_prefix()));
+                // Events (the stream appends their partition) and term markers: never a
+                // subject with a partition of the publisher's choosing.
+                let prefix = own.subject_prefix();
+                p.publish
+                    .extend([format!("{prefix}.*.*"), format!("{prefix}.*")]);
                 replays(&mut p, own.stream());
                 // An owner reads its term's last marker (`bus::term`).
                 reads_one(&mut p, own.stream());
@@ -323,6 +327,12 @@ mod tests {
     fn a_service_publishes_only_its_own_events() {
         let payment = permissions(BusUser::Component(Component::Payment));
         assert!(allows(&payment.publish, "payments.payment_approved.o1"));
+        assert!(allows(
+            &payment.publish,
+            &bus::term::term_subject(Domain::Payments, 3)
+        ));
+        // The stream appends the partition: a publisher never picks one.
+        assert!(!allows(&payment.publish, "payments.payment_approved.o1.0"));
         assert!(!allows(&payment.publish, "shipments.shipment_failed.o1"));
         assert!(!allows(&payment.publish, "orders.order_created.o1"));
         assert!(!allows(&payment.publish, "$JS.API.STREAM.DELETE.SHIPMENTS"));

@@ -346,6 +346,12 @@ impl Settings {
             "must be within 400..=600000 (renewed every quarter of it)",
         )?;
         check(
+            "streams.partitions",
+            streams.partitions,
+            (1..=bus::Partitions::MAX).contains(&streams.partitions),
+            &format!("must be within 1..={}", bus::Partitions::MAX),
+        )?;
+        check(
             "streams.duplicate_window_secs",
             streams.duplicate_window_secs,
             streams.max_age_secs == 0 || streams.duplicate_window_secs <= streams.max_age_secs,
@@ -533,6 +539,7 @@ mod tests {
             invalid(|s| s.resilience.breaker.half_open_timeout_ms = 0),
             format!("{breaker}.half_open_timeout_ms")
         );
+        assert_eq!(invalid(|s| s.streams.partitions = 0), "streams.partitions");
     }
 
     #[test]

@@ -58,7 +58,7 @@ async fn refunds_dead_lettered(
         assert_eq!(status, 202, "{body}");
         api.wait_status(&id, &["CANCELLED"]).await;
         let letter = support::dead_letter(js, "payment", &id).await;
-        assert_eq!(letter.subject, format!("orders.order_cancelled.{id}"));
+        assert_eq!(letter.subject, format!("orders.order_cancelled.{id}.0"));
         let event = letter.event.as_ref().expect("the payload is an event");
         assert_eq!(event.event_type, "OrderCancelled");
         assert!(

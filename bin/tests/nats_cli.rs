@@ -118,7 +118,7 @@ async fn after_a_saga_the_micro_services_and_the_monitoring_endpoint_show_it() {
     let leases = format!("KV_{}", bus::lease::LEASES_BUCKET);
     let specified: BTreeSet<&str> = bus::streams::stream_specs()
         .into_iter()
-        .map(|(name, _, _)| name)
+        .map(|(name, ..)| name)
         .chain([leases.as_str()])
         .collect();
     assert_eq!(

@@ -62,8 +62,8 @@ async fn every_path_ends_right_and_a_poison_event_does_not_stop_the_saga() {
     assert_eq!(
         subjects.into_iter().collect::<Vec<_>>(),
         [
-            "dlq.payment.orders.order_created.poison",
-            "dlq.projection.orders.order_created.poison"
+            "dlq.payment.orders.order_created.poison.0",
+            "dlq.projection.orders.order_created.poison.0"
         ]
     );
 
@@ -448,7 +448,7 @@ async fn a_recovered_service_does_not_retry_what_it_dead_lettered() {
         .await;
     let client = support::operator(&nats, data.path()).await;
     let js = async_nats::jetstream::new(client);
-    let subject = format!("dlq.payment.orders.order_created.{stuck}");
+    let subject = format!("dlq.payment.orders.order_created.{stuck}.0");
     support::wait_until("OrderCreated is dead-lettered", || async {
         let mut dlq = js.get_stream("DLQ").await.unwrap();
         dlq.info().await.unwrap().state.messages > 0

@@ -72,6 +72,11 @@ async fn the_bus_admits_only_known_identities_each_to_its_own_subjects() {
     payment.publish(forged, "{}".into()).await.unwrap();
     payment.flush().await.unwrap();
     refused(&mut refusals, forged).await;
+    // Nor pick the partition of one of its own (the stream appends it).
+    let partitioned = "payments.payment_approved.01939a6e-0000-7000-8000-000000000001.0";
+    payment.publish(partitioned, "{}".into()).await.unwrap();
+    payment.flush().await.unwrap();
+    refused(&mut refusals, partitioned).await;
     let js = async_nats::jetstream::new(payment.clone());
     let _ = tokio::time::timeout(Duration::from_secs(2), js.delete_stream("SHIPMENTS")).await;
     refused(&mut refusals, "$JS.API.STREAM.DELETE.SHIPMENTS").await;
@@ -123,6 +128,14 @@ async fn the_bus_admits_only_known_identities_each_to_its_own_subjects() {
         stream.info().await.unwrap().state.messages >= 1
     })
     .await;
+    // Only the probe, in the partition the stream gave it: the forged one never landed.
+    let mut payments = js.get_stream("PAYMENTS").await.unwrap();
+    assert_eq!(payments.info().await.unwrap().state.messages, 1);
+    let probe = payments.get_raw_message(1).await.unwrap();
+    assert_eq!(
+        probe.subject.as_str(),
+        "payments.probe.01939a6e-0000-7000-8000-000000000001.0"
+    );
 }
 
 /// Publish `envelope` on `subject` as the broker's `identity` would (with its message id).
@@ -220,7 +233,8 @@ async fn an_event_is_believed_only_where_it_belongs_and_when_it_is_possible() {
     // Each lands in DLQ from the order service, with its reason.
     let operator = support::operator(&nats, data.path()).await;
     let js = async_nats::jetstream::new(operator);
-    let dead = format!("dlq.order.{subject}");
+    // Filed under the stored subject: the stream appended the order's partition.
+    let dead = format!("dlq.order.{subject}.*");
     let deadline = std::time::Instant::now() + support::WAIT;
     let reasons = loop {
         let reasons = dead_letters(&js, &dead).await;

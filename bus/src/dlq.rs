@@ -190,8 +190,8 @@ impl Filter {
             None => "*",
         };
         Ok(match &self.order_id {
-            // Original subjects are `<domain>.<event_name>.<order_id>`.
-            Some(order) => format!("{PREFIX}.{consumer}.*.*.{}", token("order", order)?),
+            // Original subjects are `<domain>.<event_name>.<order_id>.<partition>`.
+            Some(order) => format!("{PREFIX}.{consumer}.*.*.{}.*", token("order", order)?),
             None => format!("{PREFIX}.{consumer}.>"),
         })
     }
@@ -408,7 +408,7 @@ mod tests {
             order_id: Some("o-1".into()),
             ..Filter::default()
         };
-        assert_eq!(order.subject().unwrap(), "dlq.*.*.*.o-1");
+        assert_eq!(order.subject().unwrap(), "dlq.*.*.*.o-1.*");
         for bad in ["", "a.b", "*", ">", "a b"] {
             let filter = Filter {
                 order_id: Some(bad.into()),

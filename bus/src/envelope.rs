@@ -173,16 +173,19 @@ impl Envelope {
         ))
     }
 
-    /// An event is believed only where it belongs: the subject it arrived on must be the one its
-    /// `source`, `type` and `subject` name (so a payment event on `shipments.>`, or an event about
-    /// one order on another order's subject, is refused with the reason).
+    /// An event is believed only where it belongs: the stream subject it arrived on must be the
+    /// one its `source`, `type` and `subject` name, plus a partition (so a payment event on
+    /// `shipments.>`, or an event about one order on another order's subject, is refused with
+    /// the reason). The broker appends the partition; no one may publish a subject with one.
     pub fn check_arrived_on(&self, subject: &str) -> Result<(), BusError> {
         let expected = self.nats_subject()?;
-        if expected == subject {
+        if crate::partition::split_stored(subject)
+            .is_some_and(|(published, _)| published == expected)
+        {
             return Ok(());
         }
         Err(BusError::Misplaced(format!(
-            "a {} event from {} about {} belongs on {expected}, but arrived on {subject}",
+            "a {} event from {} about {} belongs on {expected}.<partition>, but arrived on {subject}",
             self.event_type, self.source, self.subject
         )))
     }
@@ -314,12 +317,15 @@ mod tests {
         let order = "0193a000-0000-7000-8000-000000000001";
         let e = Envelope::new(Domain::Payments, "PaymentRefunded", order, json!({})).unwrap();
         assert!(e
-            .check_arrived_on(&format!("payments.payment_refunded.{order}"))
+            .check_arrived_on(&format!("payments.payment_refunded.{order}.3"))
             .is_ok());
         for wrong in [
-            format!("shipments.payment_refunded.{order}"),
-            format!("payments.payment_approved.{order}"),
-            "payments.payment_refunded.another-order".to_string(),
+            format!("shipments.payment_refunded.{order}.0"),
+            format!("payments.payment_approved.{order}.0"),
+            "payments.payment_refunded.another-order.0".to_string(),
+            // Stored subjects carry the partition the broker appended.
+            format!("payments.payment_refunded.{order}"),
+            format!("payments.payment_refunded.{order}.x"),
         ] {
             let err = e.check_arrived_on(&wrong).unwrap_err();
             assert!(err.to_string().contains("belongs on payments."), "{err}");

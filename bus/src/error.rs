@@ -54,6 +54,19 @@ pub enum BusError {
     )]
     LeaseLost { key: String, token: u64 },
 
+    /// A stream holds events partitioned otherwise than the settings say: changing the count
+    /// under stored events would split one order's events over two partitions.
+    #[error(
+        "stream {stream} holds events partitioned {stored}, but the settings want {wanted} \
+         partitions: set `partitions` to what the stream has, or re-partition offline (README, \
+         'Capacity')"
+    )]
+    Repartition {
+        stream: String,
+        stored: String,
+        wanted: u32,
+    },
+
     /// The nats-server process could not be found, started or stopped.
     #[error("nats-server: {0}")]
     Server(String),

@@ -1,7 +1,10 @@
 //! The bus: every event between services travels here, on NATS JetStream.
 //!
 //! # Layout
-//! - [`envelope`]: the CloudEvents 1.0 envelope, subjects `<domain>.<event_name>.<order_id>`, headers.
+//! - [`envelope`]: the CloudEvents 1.0 envelope, subjects `<domain>.<event_name>.<order_id>`
+//!   (stored with the order's partition appended), headers.
+//! - [`partition`]: every stored event subject ends in its order's partition (the broker's own
+//!   `partition()` transform), so one consumer can take one partition's events.
 //! - [`streams`]: one stream per owning service plus `DLQ` and `OPS`, provisioned idempotently.
 //! - [`publisher`]: pipelined publishing (send a batch, then await its PubAcks).
 //! - [`consumer`]: durable pull consumers: explicit ack only with a flush proof, nak with backoff,
@@ -23,6 +26,7 @@ pub mod dlq;
 pub mod envelope;
 pub mod error;
 pub mod lease;
+pub mod partition;
 pub mod publisher;
 pub mod relay;
 pub mod replay;
@@ -35,6 +39,7 @@ pub use auth::{Credentials, Permissions};
 pub use consumer::{ConsumerSpec, Delivery, DurableConsumer, InHand, Verdict};
 pub use envelope::{Domain, Envelope};
 pub use error::BusError;
+pub use partition::Partitions;
 pub use publisher::Publisher;
 pub use relay::{OutboxRelay, RelayConfig};
 pub use server::{NatsCluster, NatsServer};

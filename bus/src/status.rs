@@ -5,6 +5,7 @@ use std::fmt;
 use async_nats::jetstream;
 use futures::TryStreamExt;
 
+use crate::partition::Partitions;
 use crate::streams::stream_specs;
 use crate::BusError;
 
@@ -14,6 +15,8 @@ pub struct StreamStatus {
     pub messages: u64,
     pub bytes: u64,
     pub last_sequence: u64,
+    /// Over how many partitions its events are spread (`None`: not an event stream).
+    pub partitions: Option<u32>,
     /// On a cluster: the node leading the stream, and how far each other replica is behind.
     pub cluster: Option<Replication>,
     pub consumers: Vec<ConsumerStatus>,
@@ -51,7 +54,7 @@ pub struct ConsumerStatus {
 /// that says to start the system first.
 pub async fn streams(js: &jetstream::Context) -> Result<Vec<StreamStatus>, BusError> {
     let mut report = Vec::new();
-    for (name, _, _) in stream_specs() {
+    for (name, _, _, domain) in stream_specs() {
         let what = || format!("status of stream {name} (has `commerce up` run?)");
         let mut stream = js
             .get_stream(name)
@@ -62,6 +65,10 @@ pub async fn streams(js: &jetstream::Context) -> Result<Vec<StreamStatus>, BusEr
             .await
             .map_err(|e| BusError::jetstream(what())(e))?;
         let state = info.state.clone();
+        let partitions = domain.and_then(|d| {
+            let transform = info.config.subject_transform.as_ref()?;
+            Some(Partitions::of_transform(d, transform)?.count())
+        });
         // A single server answers with a cluster block too (itself the leader), but no replicas.
         let cluster = info
             .cluster
@@ -97,6 +104,7 @@ pub async fn streams(js: &jetstream::Context) -> Result<Vec<StreamStatus>, BusEr
             messages: state.messages,
             bytes: state.bytes,
             last_sequence: state.last_sequence,
+            partitions,
             cluster,
             consumers,
         });
@@ -106,11 +114,15 @@ pub async fn streams(js: &jetstream::Context) -> Result<Vec<StreamStatus>, BusEr
 
 impl fmt::Display for StreamStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
+        write!(
             f,
             "{:<16} {:>10} msgs {:>12} bytes  last seq {}",
             self.name, self.messages, self.bytes, self.last_sequence
         )?;
+        match self.partitions {
+            Some(p) => writeln!(f, "  partitions {p}")?,
+            None => writeln!(f)?,
+        }
         if let Some(cluster) = &self.cluster {
             write!(
                 f,

@@ -8,6 +8,7 @@ use async_nats::jetstream::{self, stream};
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Domain;
+use crate::partition::Partitions;
 use crate::BusError;
 
 pub const DLQ_STREAM: &str = "DLQ";
@@ -31,6 +32,9 @@ pub struct StreamSettings {
     /// a quarter of it earlier). Shorter fails over sooner and steps down on shorter broker
     /// trouble.
     pub lease_ttl_ms: u64,
+    /// How many partitions every domain stream spreads its events over, by order id
+    /// ([`crate::partition`]). Fixed once events are stored: re-partitioning is offline.
+    pub partitions: u32,
 }
 
 impl Default for StreamSettings {
@@ -40,6 +44,7 @@ impl Default for StreamSettings {
             duplicate_window_secs: 120,
             replicas: 1,
             lease_ttl_ms: 10_000,
+            partitions: 1,
         }
     }
 }
@@ -56,10 +61,15 @@ impl StreamSettings {
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms)
     }
+
+    pub fn partitions(&self) -> Result<Partitions, BusError> {
+        Partitions::new(self.partitions)
+    }
 }
 
-/// Name, subjects and purpose of every stream, in provisioning order.
-pub fn stream_specs() -> Vec<(&'static str, String, &'static str)> {
+/// Name, subjects and purpose of every stream, in provisioning order, with the domain whose
+/// events it holds (partitioned by order).
+pub fn stream_specs() -> Vec<(&'static str, String, &'static str, Option<Domain>)> {
     let mut specs: Vec<_> = Domain::ALL
         .into_iter()
         .map(|d| {
@@ -67,6 +77,7 @@ pub fn stream_specs() -> Vec<(&'static str, String, &'static str)> {
                 d.stream(),
                 format!("{}.>", d.subject_prefix()),
                 "domain events, owned by one service",
+                Some(d),
             )
         })
         .collect();
@@ -74,11 +85,13 @@ pub fn stream_specs() -> Vec<(&'static str, String, &'static str)> {
         DLQ_STREAM,
         "dlq.>".into(),
         "poison or exhausted messages, with the reason",
+        None,
     ));
     specs.push((
         OPS_STREAM,
         "ops.>".into(),
         "operational events (circuit breakers)",
+        None,
     ));
     specs
 }
@@ -97,8 +110,9 @@ pub async fn provision(
     js: &jetstream::Context,
     settings: &StreamSettings,
 ) -> Result<Vec<(&'static str, Provisioned)>, BusError> {
+    let partitions = settings.partitions()?;
     let mut report = Vec::new();
-    for (name, subjects, description) in stream_specs() {
+    for (name, subjects, description, domain) in stream_specs() {
         let wanted = stream::Config {
             name: name.to_string(),
             subjects: vec![subjects],
@@ -110,6 +124,7 @@ pub async fn provision(
             num_replicas: settings.replicas,
             // An instance's relay publishes a term's messages as one atomic batch.
             allow_atomic_publish: true,
+            subject_transform: domain.map(|d| partitions.transform(d)),
             ..Default::default()
         };
         let outcome = match js.get_stream(name).await {
@@ -131,9 +146,18 @@ pub async fn provision(
                     && have.description == wanted.description
                     && have.num_replicas == wanted.num_replicas
                     && have.allow_atomic_publish == wanted.allow_atomic_publish
+                    && have.subject_transform == wanted.subject_transform
                 {
                     Provisioned::Unchanged
                 } else {
+                    if have.subject_transform != wanted.subject_transform && info.state.messages > 0
+                    {
+                        return Err(BusError::Repartition {
+                            stream: name.to_string(),
+                            stored: describe(domain, have.subject_transform.as_ref()),
+                            wanted: partitions.count(),
+                        });
+                    }
                     js.update_stream(&wanted)
                         .await
                         .map_err(|e| BusError::jetstream(format!("update stream {name}"))(e))?;
@@ -183,6 +207,18 @@ pub async fn keep_provisioned(
             }
             Err(e) => tracing::debug!(error = %e, "streams not checked (broker unreachable?)"),
         }
+    }
+}
+
+/// How a stream's stored events are partitioned, for an error message.
+fn describe(domain: Option<Domain>, transform: Option<&stream::SubjectTransform>) -> String {
+    match (domain, transform) {
+        (_, None) => "without partitions (written by an older version)".into(),
+        (Some(domain), Some(t)) => match Partitions::of_transform(domain, t) {
+            Some(p) => format!("over {} partitions", p.count()),
+            None => format!("by a foreign transform ({} -> {})", t.source, t.destination),
+        },
+        (None, Some(t)) => format!("by a foreign transform ({} -> {})", t.source, t.destination),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Terms: the broker's own fence between successive owners of a partition.
 //!
-//! An owner begins its term with a marker on `<domain>.term.partition.<p>` in its own stream,
+//! An owner begins its term with a marker on `<domain>.term_<p>` in its own stream,
 //! and every event it publishes names that marker as the subject's last message
 //! (`Publisher::within_term`). Once a successor's marker is in the stream, the broker refuses
 //! every publish of the earlier term, however late it arrives; everything the earlier owner
@@ -31,16 +31,19 @@ const MARK_TRIES: usize = 5;
 /// publish of the term's subject ("wrong last sequence", 10164).
 const CHECK_IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Where owners of `partition` of `domain`'s service mark their terms, in its own stream (four
-/// tokens: no event's subject, `<domain>.<event>.<order>`, looks like it).
+/// Where owners of `partition` of `domain`'s service mark their terms, in its own stream: two
+/// tokens, `<domain>.term_<partition>`, so the partitioning transform (three tokens, events)
+/// leaves it as is and no filter of events (four tokens) takes it.
 pub fn term_subject(domain: Domain, partition: u32) -> String {
-    format!("{}.term.partition.{partition}", domain.subject_prefix())
+    format!("{}.term_{partition}", domain.subject_prefix())
 }
 
 /// Whether `subject` is a term marker (see [`term_subject`]).
 pub fn is_term_subject(subject: &str) -> bool {
-    let tokens: Vec<&str> = subject.split('.').collect();
-    matches!(tokens.as_slice(), [_, "term", "partition", _])
+    subject.split_once('.').is_some_and(|(_, rest)| {
+        rest.strip_prefix("term_")
+            .is_some_and(|p| p.parse::<u32>().is_ok())
+    })
 }
 
 /// This owner's term: the sequence of its marker, shared by every publisher of the term.

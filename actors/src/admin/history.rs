@@ -70,7 +70,7 @@ pub async fn read(
         .to_string();
     let mut events = Vec::new();
     for domain in Domain::ALL {
-        let filter = format!("{}.*.{order_id}", domain.subject_prefix());
+        let filter = bus::partition::of_order(domain, &order_id);
         for (seq, payload) in matching(js, domain.stream(), &filter).await? {
             // What is not an event here is a DLQ matter, not a history's.
             if let Ok(envelope) = Envelope::from_slice(&payload) {

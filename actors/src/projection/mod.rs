@@ -217,8 +217,8 @@ async fn run(
     let progress = Arc::new(Progress::default());
     for domain in Domain::ALL {
         let sink = ProjectionSink(actor.clone());
-        // Events only (`<domain>.<event>.<order>`), not the owners' term markers.
-        let events = format!("{}.*.*", domain.subject_prefix());
+        // Events only (`<domain>.<event>.<order>.<partition>`), not the owners' term markers.
+        let events = bus::partition::events(domain, "*", bus::partition::Slice::All);
         host.consume(domain.stream(), vec![events], sink).await?;
     }
 

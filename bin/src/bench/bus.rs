@@ -8,6 +8,7 @@ use actors::runtime::Broker;
 use actors::Settings;
 use anyhow::Context;
 use bus::lease::{self, Lease};
+use bus::partition::{self, Slice};
 use bus::server::{NatsCluster, NatsServer, ServerConfig};
 use bus::term::Term;
 use bus::{
@@ -149,7 +150,7 @@ pub async fn run(
         let mut spec = ConsumerSpec::new(Domain::Orders.stream(), durable);
         spec.batch = if per_message { 1 } else { 256 };
         // Events only: not the term's marker.
-        spec.filter_subjects = vec![format!("{}.*.*", Domain::Orders.subject_prefix())];
+        spec.filter_subjects = vec![partition::events(Domain::Orders, "*", Slice::All)];
         let mut consumer = DurableConsumer::bind(&js, spec).await?;
         let bar = progress(phase, count);
         let started = Instant::now();

@@ -23,6 +23,7 @@ use actors::events::OrderEvent;
 use actors::Settings;
 use anyhow::Context;
 use bus::envelope::snake_case;
+use bus::partition::Slice;
 use bus::server::{NatsServer, ServerConfig};
 use bus::{Domain, DurableConsumer, Envelope, OutboxRelay, Publisher, RelayConfig, Verdict};
 use futures::StreamExt;
@@ -151,7 +152,7 @@ async fn null_pipeline(
             let mut spec = consumer_spec(domain.stream(), component.name, settings);
             spec.filter_subjects = types
                 .iter()
-                .map(|t| format!("{}.{}.*", domain.subject_prefix(), snake_case(t)))
+                .map(|t| bus::partition::events(*domain, &snake_case(t), Slice::All))
                 .collect();
             let consumer = DurableConsumer::bind(&js, spec).await?;
             tasks.push(actix_rt::spawn(answer(

@@ -467,7 +467,7 @@ pub async fn assert_no_card_number(
             }
         }
     };
-    for (stream, _, _) in bus::streams::stream_specs() {
+    for (stream, ..) in bus::streams::stream_specs() {
         let mut handle = js.get_stream(stream).await.expect("stream");
         let state = handle.info().await.expect("stream info").state.clone();
         for sequence in state.first_sequence..=state.last_sequence {

@@ -10,6 +10,7 @@ use actix::Actor;
 use bus::dlq::DeadLetters;
 use bus::envelope::snake_case;
 use bus::lease::{self, Lease};
+use bus::partition::{self, Slice};
 use bus::term::Term;
 use bus::{Login, OutboxRelay, Publisher, RelayConfig};
 use futures::FutureExt;
@@ -97,7 +98,7 @@ async fn run<S: Service>(
     for (domain, events) in S::LISTENS {
         let filter = events
             .iter()
-            .map(|e| format!("{}.{}.*", domain.subject_prefix(), snake_case(e)))
+            .map(|e| partition::events(*domain, &snake_case(e), Slice::All))
             .collect();
         host.consume(domain.stream(), filter, handle.clone())
             .await?;
@@ -275,9 +276,13 @@ fn check_replayable<S: Service>(
     Ok(())
 }
 
-/// Is `subject` (`<domain>.<event_name>.<order_id>`) one of the service's consumers' filters?
+/// Is `subject` (`<domain>.<event_name>.<order_id>.<partition>`) one of the service's
+/// consumers' filters?
 fn listens_to<S: Service>(subject: &str) -> bool {
-    let mut tokens = subject.split('.');
+    let Some((published, _)) = partition::split_stored(subject) else {
+        return false;
+    };
+    let mut tokens = published.split('.');
     let (Some(prefix), Some(event), Some(_order), None) =
         (tokens.next(), tokens.next(), tokens.next(), tokens.next())
     else {
@@ -374,45 +379,48 @@ mod tests {
 
     #[test]
     fn a_service_replays_only_events_it_listens_to_on_their_own_subject() {
-        assert!(listens_to::<PaymentService>("orders.order_cancelled.o1"));
+        assert!(listens_to::<PaymentService>("orders.order_cancelled.o1.0"));
         assert!(listens_to::<PaymentService>(
-            "payments.payment_abandoned.o1"
+            "payments.payment_abandoned.o1.3"
         ));
         assert!(!listens_to::<PaymentService>(
-            "shipments.shipment_failed.o1"
+            "shipments.shipment_failed.o1.0"
         ));
-        assert!(!listens_to::<PaymentService>("orders.order_cancelled"));
+        assert!(!listens_to::<PaymentService>("orders.order_cancelled.o1"));
         assert!(!listens_to::<PaymentService>("orders.order_cancelled.o1.x"));
+        assert!(!listens_to::<PaymentService>(
+            "orders.order_cancelled.o1.0.0"
+        ));
 
         let event = cancelled("o1");
         let own = letter(
-            "dlq.payment.orders.order_cancelled.o1",
+            "dlq.payment.orders.order_cancelled.o1.0",
             &event,
             &[
                 (DLQ_CONSUMER, "payment"),
-                (DLQ_SUBJECT, "orders.order_cancelled.o1"),
+                (DLQ_SUBJECT, "orders.order_cancelled.o1.0"),
             ],
         );
         assert_eq!(check_replayable::<PaymentService>(&own, &event), Ok(()));
 
         // About another order than the subject it was filed under: misplaced, not replayed.
         let other = cancelled("o2");
-        let misplaced = letter("dlq.payment.orders.order_cancelled.o1", &other, &[]);
+        let misplaced = letter("dlq.payment.orders.order_cancelled.o1.0", &other, &[]);
         let why = check_replayable::<PaymentService>(&misplaced, &other).unwrap_err();
         assert!(why.contains("belongs on"), "{why}");
 
         // Headers that contradict where it is filed.
         let forged = letter(
-            "dlq.payment.orders.order_cancelled.o1",
+            "dlq.payment.orders.order_cancelled.o1.0",
             &event,
             &[(DLQ_CONSUMER, "inventory")],
         );
         let why = check_replayable::<PaymentService>(&forged, &event).unwrap_err();
         assert!(why.contains("inventory"), "{why}");
         let moved = letter(
-            "dlq.payment.orders.order_cancelled.o1",
+            "dlq.payment.orders.order_cancelled.o1.0",
             &event,
-            &[(DLQ_SUBJECT, "orders.order_cancelled.o9")],
+            &[(DLQ_SUBJECT, "orders.order_cancelled.o9.0")],
         );
         assert!(check_replayable::<PaymentService>(&moved, &event).is_err());
     }
