@@ -29,7 +29,8 @@ use crate::contract::{
     Cancel, Get, InventoryService, OrderService, Part, PaymentService, Place, ReadOrder,
     RecommendationService, Service, ShipmentService, Status, StoreService,
 };
-use crate::rpc::{endpoint_subject, Component, Endpoint};
+use crate::engine::host::consume::durable_name;
+use crate::rpc::{endpoint_subject, Component, Endpoint, Routes};
 use crate::Settings;
 
 /// Who connects to the broker.
@@ -74,8 +75,8 @@ pub struct Keyring(BTreeMap<BusUser, Credentials>);
 
 impl Keyring {
     /// Every identity's credentials under `data_dir`, made on first use and kept, and the
-    /// server's `authorization` block for them.
-    pub fn prepare(data_dir: &Path) -> Result<(Keyring, String), BusError> {
+    /// server's `authorization` block for them (with consumers per partition as `routes` say).
+    pub fn prepare(data_dir: &Path, routes: Routes) -> Result<(Keyring, String), BusError> {
         let dir = credentials_dir(data_dir);
         private_dir(&dir)?;
         let mut keyring = Keyring::default();
@@ -93,7 +94,7 @@ impl Keyring {
                 path: file.clone(),
                 why: "not an nkey seed".into(),
             })?;
-            users.push((key, permissions(user)));
+            users.push((key, permissions(user, routes)));
             keyring.0.insert(user, credentials);
         }
         Ok((keyring, auth::authorization_config(&users)))
@@ -104,8 +105,9 @@ impl Keyring {
     /// ready), as [`bus::server::ServerConfig::authorization`] takes it.
     pub fn prepare_broker(
         data_dir: &Path,
+        routes: Routes,
     ) -> Result<(Keyring, Option<(String, Credentials)>), BusError> {
-        let (keyring, authorization) = Keyring::prepare(data_dir)?;
+        let (keyring, authorization) = Keyring::prepare(data_dir, routes)?;
         let operator = keyring.get(BusUser::Operator).cloned();
         Ok((
             keyring,
@@ -156,15 +158,16 @@ pub fn private_dir(dir: &Path) -> Result<(), BusError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)
 }
 
-/// What `user` may do on the broker.
-pub fn permissions(user: BusUser) -> Permissions {
+/// What `user` may do on the broker, where `routes` split services by partition.
+pub fn permissions(user: BusUser, routes: Routes) -> Permissions {
     let component = match user {
         BusUser::Operator => return Permissions::all(),
         BusUser::Component(c) => c,
     };
     let name = component.name();
     let mut p = Permissions {
-        publish: Vec::new(),
+        // How the streams are partitioned (`Routes::of_broker`): metadata only.
+        publish: vec![format!("$JS.API.STREAM.INFO.{}", Domain::Orders.stream())],
         subscribe: vec![format!("{}.>", bus::inbox_prefix(name))],
         allow_responses: false,
     };
@@ -179,7 +182,7 @@ pub fn permissions(user: BusUser) -> Permissions {
     };
     match component {
         Component::Gateway => {
-            p.publish = gateway_calls();
+            p.publish.extend(gateway_calls(routes));
             p.publish.push("ops.circuit.>".into());
         }
         Component::Projection => {
@@ -208,7 +211,9 @@ pub fn permissions(user: BusUser) -> Permissions {
                 reads_one(&mut p, own.stream());
             }
             for (domain, _) in listens(service) {
-                reads(&mut p, domain.stream(), name);
+                for at in routes.all(service) {
+                    reads(&mut p, domain.stream(), &durable_name(at));
+                }
             }
             replays(&mut p, bus::streams::DLQ_STREAM);
             reads_one(&mut p, bus::streams::DLQ_STREAM);
@@ -271,19 +276,24 @@ fn reads_one(p: &mut Permissions, stream: &str) {
 }
 
 /// The endpoints the HTTP gateway calls, and nothing else.
-fn gateway_calls() -> Vec<String> {
+fn gateway_calls(routes: Routes) -> Vec<String> {
     let mut calls = vec![
-        endpoint_subject(Component::Order, Place::NAME),
-        endpoint_subject(Component::Order, Cancel::NAME),
         endpoint_subject(Component::Projection, ReadOrder::NAME),
         endpoint_subject(Component::Inventory, Get::<InventoryService>::NAME),
         endpoint_subject(Component::Store, Get::<StoreService>::NAME),
     ];
+    for order in routes.all(Component::Order) {
+        calls.extend([order.subject(Place::NAME), order.subject(Cancel::NAME)]);
+    }
     for component in Component::SERVICES {
-        calls.push(endpoint_subject(component, Part::<OrderService>::NAME));
+        for at in routes.all(component) {
+            calls.push(at.subject(Part::<OrderService>::NAME));
+        }
     }
     for component in Component::with_status() {
-        calls.push(endpoint_subject(component, Status::NAME));
+        for at in routes.all(component) {
+            calls.push(at.subject(Status::NAME));
+        }
     }
     calls
 }
@@ -304,6 +314,55 @@ fn listens(service: Component) -> &'static [(Domain, &'static [&'static str])] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Placement;
+
+    const ONE: Routes = Routes::new(bus::Partitions::ONE);
+
+    #[test]
+    fn a_split_service_drives_one_consumer_per_partition_and_the_gateway_calls_each() {
+        let two = Routes::new(bus::Partitions::new(2).unwrap());
+        let payment = permissions(BusUser::Component(Component::Payment), two);
+        for durable in ["payment-p0", "payment-p1"] {
+            let next = format!("$JS.API.CONSUMER.MSG.NEXT.ORDERS.{durable}");
+            assert!(allows(&payment.publish, &next), "{durable}");
+        }
+        assert!(!allows(
+            &payment.publish,
+            "$JS.API.CONSUMER.MSG.NEXT.ORDERS.payment-p2"
+        ));
+        assert!(!allows(
+            &payment.publish,
+            "$JS.API.CONSUMER.MSG.NEXT.ORDERS.payment"
+        ));
+        // Inventory is not split: one consumer.
+        let inventory = permissions(BusUser::Component(Component::Inventory), two);
+        assert!(allows(
+            &inventory.publish,
+            "$JS.API.CONSUMER.MSG.NEXT.PAYMENTS.inventory"
+        ));
+        let gateway = permissions(BusUser::Component(Component::Gateway), two);
+        for allowed in [
+            "commerce.order.1.place",
+            "commerce.payment.0.part",
+            "commerce.inventory.get",
+        ] {
+            assert!(allows(&gateway.publish, allowed), "{allowed}");
+        }
+        assert!(!allows(&gateway.publish, "commerce.order.place"));
+    }
+
+    #[test]
+    fn the_services_split_by_order_are_those_that_keep_state_per_order() {
+        let per_order = |placement: Placement| placement == Placement::PerOrder;
+        assert!(Component::Order.keeps_orders() == per_order(OrderService::PLACEMENT));
+        assert!(Component::Payment.keeps_orders() == per_order(PaymentService::PLACEMENT));
+        assert!(Component::Shipment.keeps_orders() == per_order(ShipmentService::PLACEMENT));
+        assert!(Component::Inventory.keeps_orders() == per_order(InventoryService::PLACEMENT));
+        assert!(Component::Store.keeps_orders() == per_order(StoreService::PLACEMENT));
+        assert!(
+            Component::Recommendation.keeps_orders() == per_order(RecommendationService::PLACEMENT)
+        );
+    }
 
     fn allows(patterns: &[String], subject: &str) -> bool {
         let subject: Vec<&str> = subject.split('.').collect();
@@ -325,7 +384,7 @@ mod tests {
 
     #[test]
     fn a_service_publishes_only_its_own_events() {
-        let payment = permissions(BusUser::Component(Component::Payment));
+        let payment = permissions(BusUser::Component(Component::Payment), ONE);
         assert!(allows(&payment.publish, "payments.payment_approved.o1"));
         assert!(allows(
             &payment.publish,
@@ -352,7 +411,7 @@ mod tests {
     #[test]
     fn a_service_reads_a_dead_letter_to_replay_it_but_only_the_operator_deletes_or_asks() {
         for service in Component::SERVICES {
-            let p = permissions(BusUser::Component(service));
+            let p = permissions(BusUser::Component(service), ONE);
             let name = service.name();
             assert!(allows(&p.publish, "$JS.API.STREAM.MSG.GET.DLQ"), "{name}");
             // Single messages only of the streams it reads (the newest it was given) and of
@@ -380,19 +439,19 @@ mod tests {
             assert!(allows(&p.subscribe, &format!("commerce.{name}.replay")));
             assert!(!allows(&p.publish, "commerce.payment.replay"), "{name}");
         }
-        let gateway = permissions(BusUser::Component(Component::Gateway));
+        let gateway = permissions(BusUser::Component(Component::Gateway), ONE);
         assert!(!allows(&gateway.publish, "commerce.payment.replay"));
         assert!(!allows(&gateway.publish, "$JS.API.STREAM.MSG.GET.DLQ"));
-        let projection = permissions(BusUser::Component(Component::Projection));
+        let projection = permissions(BusUser::Component(Component::Projection), ONE);
         assert!(!allows(&projection.publish, "$JS.API.STREAM.MSG.GET.DLQ"));
-        let operator = permissions(BusUser::Operator);
+        let operator = permissions(BusUser::Operator, ONE);
         assert!(allows(&operator.publish, "$JS.API.STREAM.MSG.DELETE.DLQ"));
         assert!(allows(&operator.publish, "commerce.payment.replay"));
     }
 
     #[test]
     fn the_gateway_calls_endpoints_and_publishes_no_event() {
-        let gateway = permissions(BusUser::Component(Component::Gateway));
+        let gateway = permissions(BusUser::Component(Component::Gateway), ONE);
         assert!(allows(&gateway.publish, "commerce.order.place"));
         assert!(!allows(&gateway.publish, "commerce.projection.rebuild"));
         assert!(!allows(&gateway.publish, "commerce.payment.slow"));
@@ -404,7 +463,7 @@ mod tests {
 
     #[test]
     fn the_projection_reads_everything_and_publishes_no_event() {
-        let projection = permissions(BusUser::Component(Component::Projection));
+        let projection = permissions(BusUser::Component(Component::Projection), ONE);
         for domain in Domain::ALL {
             let next = format!("$JS.API.CONSUMER.MSG.NEXT.{}.projection", domain.stream());
             assert!(allows(&projection.publish, &next));

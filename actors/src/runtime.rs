@@ -5,6 +5,7 @@ use bus::streams::Provisioned;
 use bus::{BusError, Login};
 
 use crate::access::{BusUser, Keyring};
+use crate::rpc::Routes;
 use crate::{Component, Settings};
 
 /// Where the broker comes from.
@@ -58,7 +59,8 @@ impl Runtime {
                 (Broker::External(url.clone()), keyring)
             }
             None if settings.auth => {
-                let (keyring, access) = Keyring::prepare_broker(&settings.data_dir)?;
+                let (keyring, access) =
+                    Keyring::prepare_broker(&settings.data_dir, settings.routes())?;
                 (embedded(&settings, access).await?, keyring)
             }
             None => (embedded(&settings, None).await?, Keyring::default()),
@@ -95,7 +97,37 @@ impl Runtime {
         if open && component != Component::Simulators {
             runtime.provision(BusUser::Component(component)).await?;
         }
+        if component != Component::Simulators {
+            runtime.adopt_partitions(component).await?;
+        }
         Ok(runtime)
+    }
+
+    /// A process joining a running system splits its services as the streams are partitioned,
+    /// whatever its own settings say: every process must agree, and the streams' count cannot
+    /// change under stored events. Streams not provisioned yet: as its settings say.
+    async fn adopt_partitions(&mut self, component: Component) -> Result<(), BusError> {
+        let client = self.login(BusUser::Component(component)).connect().await?;
+        let js = async_nats::jetstream::new(client.clone());
+        match Routes::of_broker(&js).await {
+            Ok(routes) => {
+                let count = routes.partitions().count();
+                if count != self.settings.streams.partitions {
+                    tracing::warn!(streams = count, settings = self.settings.streams.partitions,
+                        "the streams' partition count differs from the settings'; using the streams'");
+                    self.settings.streams.partitions = count;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "partitions as the settings say"),
+        }
+        let _ = client.drain().await;
+        let count = self.settings.streams.partitions;
+        match self.settings.home.iter().flatten().find(|k| **k >= count) {
+            Some(k) => Err(BusError::Invalid(format!(
+                "--home names partition {k}, but the streams have {count} (0..{count})"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// How `user` reaches the broker.

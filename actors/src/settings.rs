@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bus::StreamSettings;
+
+use crate::rpc::{Address, Routes};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -88,6 +90,10 @@ pub struct Settings {
     /// `<data-dir>/<service>@<instance>`, rebuilt from the stream each time it takes over.
     /// `None`: the only instance, no lease (`commerce up`).
     pub instance: Option<String>,
+    /// The partitions this instance is the home of (`--home 0,2`): it takes them at once and
+    /// asks for them back from whoever holds them; the others it takes only when their owner is
+    /// gone, and gives back when asked. `None`: every partition is its home.
+    pub home: Option<Vec<u32>>,
     pub streams: StreamSettings,
     pub store: StoreConfig,
 }
@@ -122,6 +128,7 @@ impl Default for Settings {
             api: ApiSettings::default(),
             rebuild: false,
             instance: None,
+            home: None,
             streams: StreamSettings::default(),
             store: StoreConfig::default(),
         }
@@ -197,6 +204,8 @@ pub struct Overrides {
     pub rebuild: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub home: Option<Vec<u32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_sync_always: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -338,6 +347,15 @@ impl Settings {
                 "must be 1 to 32 letters, digits, '-' or '_'",
             )?;
         }
+        if let Some(home) = &self.home {
+            // Against the partition count when joining the system (`Runtime::join`).
+            check(
+                "home",
+                format!("{home:?}"),
+                self.instance.is_some() && !home.is_empty(),
+                "names partitions of an instance (--home with --instance)",
+            )?;
+        }
         let streams = &self.streams;
         check(
             "streams.lease_ttl_ms",
@@ -422,6 +440,33 @@ impl Settings {
             Some(instance) => self.data_dir.join(format!("{service}@{instance}")),
             None => self.data_dir.join(service),
         }
+    }
+
+    /// The database directory of what `address` names: the service's, or beside it one per
+    /// partition of a split service (`payment.p2`, `payment@a.p2`).
+    pub fn host_dir(&self, address: Address) -> PathBuf {
+        let dir = self.service_dir(address.component.name());
+        match address.partition {
+            None => dir,
+            Some(k) => {
+                let mut name = dir.into_os_string();
+                name.push(format!(".p{k}"));
+                name.into()
+            }
+        }
+    }
+
+    /// Is this instance the home of `partition`?
+    pub fn is_home(&self, partition: u32) -> bool {
+        self.home
+            .as_ref()
+            .is_none_or(|home| home.contains(&partition))
+    }
+
+    /// Who answers what: which services are split by the streams' partitions.
+    pub fn routes(&self) -> Routes {
+        // `validate` keeps the count in range; out of it, one partition is the safe reading.
+        Routes::new(self.streams.partitions().unwrap_or(bus::Partitions::ONE))
     }
 }
 

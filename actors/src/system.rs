@@ -107,11 +107,17 @@ pub struct System {
 impl System {
     /// Everything: broker (embedded unless a URL is set), simulators, all six services, gateway.
     pub async fn up(settings: Settings) -> Result<System, SystemError> {
+        System::up_with(settings, true).await
+    }
+
+    /// [`System::up`], with the six services in this process or (`services: false`) not: they
+    /// run elsewhere, as instances (`commerce up --instances`).
+    pub async fn up_with(settings: Settings, services: bool) -> Result<System, SystemError> {
         let mut system = System::new(Runtime::start(settings.clone()).await?);
         system.keep_streams();
         // One process: every component records into the recorder the admin side serves.
         crate::telemetry::metrics::install().map_err(std::io::Error::other)?;
-        match system.start_all(settings).await {
+        match system.start_all(settings, services).await {
             Ok(()) => Ok(system),
             Err(e) => {
                 // A failed start stops what was started: no orphaned broker or threads.
@@ -123,7 +129,9 @@ impl System {
 
     /// One component, on a broker that someone else runs (`settings.nats_url`).
     pub async fn run(component: Component, settings: Settings) -> Result<System, SystemError> {
-        let mut system = System::new(Runtime::join(settings.clone(), component).await?);
+        let mut system = System::new(Runtime::join(settings, component).await?);
+        // As the running system has it (its streams' partitions).
+        let settings = system.runtime.settings.clone();
         system.keep_streams();
         if component == Component::Gateway || settings.metrics_addr.is_some() {
             crate::telemetry::metrics::install().map_err(std::io::Error::other)?;
@@ -164,7 +172,11 @@ impl System {
         }
     }
 
-    async fn start_all(&mut self, mut settings: Settings) -> Result<(), SystemError> {
+    async fn start_all(
+        &mut self,
+        mut settings: Settings,
+        services: bool,
+    ) -> Result<(), SystemError> {
         self.start(Component::Simulators, &settings).await?;
         if let Some(simulators) = &self.simulators {
             settings
@@ -174,8 +186,10 @@ impl System {
                 .carrier_url
                 .get_or_insert(simulators.carrier_url.clone());
         }
-        for component in Component::SERVICES {
-            self.start(component, &settings).await?;
+        if services {
+            for component in Component::SERVICES {
+                self.start(component, &settings).await?;
+            }
         }
         self.start(Component::Projection, &settings).await?;
         self.start(Component::Gateway, &settings).await
@@ -212,6 +226,7 @@ impl System {
                     &settings.payment_gateway_url(),
                     &ops,
                     ApiAuth::from_settings(settings)?,
+                    settings.routes(),
                 )?);
             }
             Component::Simulators => {

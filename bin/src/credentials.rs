@@ -7,7 +7,7 @@ use actors::access::Keyring;
 use actors::Settings;
 
 pub fn run(settings: &Settings) -> anyhow::Result<()> {
-    let (_, authorization) = Keyring::prepare(&settings.data_dir)?;
+    let (_, authorization) = Keyring::prepare(&settings.data_dir, settings.routes())?;
     eprintln!(
         "credentials: {} (give each process its file: --nats-creds or NATS_CREDS)",
         actors::access::credentials_dir(&settings.data_dir).display()

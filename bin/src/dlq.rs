@@ -7,7 +7,7 @@
 //! later recovers its database still skips the event.
 
 use actors::engine::api::{Replay, ReplayOutcome, ReplayRequest, Replayed};
-use actors::rpc::{call, DomainError};
+use actors::rpc::{call, call_at, DomainError, Routes};
 use actors::{Component, Settings};
 use bus::dlq::{DeadLetter, DeadLetters, Filter, DEFAULT_LIMIT};
 
@@ -261,10 +261,12 @@ async fn replay(
         println!("no dead letters match");
         return Ok(());
     }
+    let js = async_nats::jetstream::new(client.clone());
+    let routes = Routes::of_broker(&js).await?;
     let bar = progress(targets.len());
     let mut done = 0;
     for (seq, letter) in &targets {
-        let (line, fate) = replay_one(client, dead_letters, *seq, letter.as_ref()).await;
+        let (line, fate) = replay_one(client, routes, dead_letters, *seq, letter.as_ref()).await;
         if matches!(fate, Fate::Done) {
             done += 1;
         }
@@ -291,6 +293,7 @@ async fn replay(
 /// Replay one entry: one line saying what happened, and its fate.
 async fn replay_one(
     client: &async_nats::Client,
+    routes: Routes,
     dead_letters: &DeadLetters,
     seq: u64,
     known: Option<&DeadLetter>,
@@ -323,7 +326,9 @@ async fn replay_one(
             return (format!("{what}: {hint}"), Fate::Kept);
         }
     };
-    let answer = call::<Replay>(client, service, &ReplayRequest { seq }).await;
+    // A split service re-drives it in the partition of its order.
+    let at = routes.of_order(service, &order_of(&letter));
+    let answer = call_at::<Replay>(client, at, &ReplayRequest { seq }).await;
     let said = match answer {
         Ok(Replayed { outcome, .. }) => outcome,
         Err(DomainError::Unavailable(why)) => {
@@ -466,8 +471,9 @@ fn event_name(letter: &DeadLetter) -> String {
 fn order_of(letter: &DeadLetter) -> String {
     match &letter.event {
         Some(event) => event.order_id.clone(),
-        None => letter
-            .subject
+        // `<domain>.<event>.<order>.<partition>` as stored.
+        None => bus::partition::split_stored(&letter.subject)
+            .map_or(letter.subject.as_str(), |(published, _)| published)
             .rsplit('.')
             .next()
             .unwrap_or_default()

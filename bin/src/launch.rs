@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use actors::{Component, Settings, System};
 use anyhow::Context;
+use tokio_util::sync::CancellationToken;
 
 /// Where `up` tells other commands which broker it is using.
 pub fn url_file(data_dir: &Path) -> PathBuf {
@@ -21,13 +22,30 @@ fn private_data_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot make data dir {} private (0700)", dir.display()))
 }
 
-pub async fn up(settings: Settings) -> anyhow::Result<()> {
+/// `commerce up`: the whole system; with `instances` above one, every service as that many
+/// processes this one keeps running ([`crate::instances`]).
+pub async fn up(
+    settings: Settings,
+    instances: usize,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
     private_data_dir(&settings.data_dir)?;
     let data_dir = settings.data_dir.clone();
+    let partitions = settings.streams.partitions;
+    // Where the instances reach the outside systems: as set, or the simulators started here.
+    let external = (
+        settings.payment_gateway_url.clone(),
+        settings.carrier_url.clone(),
+    );
+    anyhow::ensure!(
+        (1..=16).contains(&instances) && (partitions <= 1 || instances as u32 <= partitions),
+        "--instances must be within 1..=16, and at most the partitions ({partitions}) when there \
+         are several (each instance is the home of at least one)"
+    );
     // Listen before starting anything: a signal during start-up must not orphan nats-server.
     let mut stop = StopSignals::new()?;
     let system = tokio::select! {
-        system = System::up(settings) => system?,
+        system = System::up_with(settings, instances == 1) => system?,
         // Dropping the start-up future drops (and so kills) a nats-server it had started.
         _ = stop.recv() => {
             println!("stopped during start-up");
@@ -35,6 +53,37 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
         }
     };
     let endpoints = system.endpoints();
+    let supervised = CancellationToken::new();
+    let (mut supervisor, mut summary) = (None, None);
+    if instances > 1 {
+        let launch = crate::instances::Launch {
+            exe: std::env::current_exe().context("cannot find this executable")?,
+            data_dir: data_dir.clone(),
+            config,
+            nats: endpoints.nats.clone(),
+            payment_gateway: external.0.or(endpoints.payment_gateway.clone()),
+            carrier: external.1.or(endpoints.carrier.clone()),
+            instances,
+            partitions,
+        };
+        let started = tokio::select! {
+            started = crate::instances::Instances::start(launch) => started,
+            _ = stop.recv() => Err(anyhow::anyhow!("stopped during start-up")),
+        };
+        let running = match started {
+            Ok(running) => running,
+            Err(e) => {
+                system.shutdown().await;
+                return Err(e);
+            }
+        };
+        summary = Some(format!(
+            "  instances: {} (logs under {})",
+            running.names().collect::<Vec<_>>().join(", "),
+            data_dir.join("logs").display()
+        ));
+        supervisor = Some(actix_rt::spawn(running.supervise(supervised.clone())));
+    }
     let url_file = url_file(&data_dir);
     let endpoints_file = data_dir.join("endpoints.json");
     std::fs::write(&url_file, &endpoints.nats)
@@ -56,12 +105,19 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
         "  services: {}",
         Component::SERVICES.map(Component::name).join(", ")
     );
+    if let Some(summary) = summary {
+        println!("{summary}");
+    }
     for (stream, outcome) in &system.runtime.streams {
         println!("  stream {stream}: {outcome:?}");
     }
     println!("Press Ctrl-C to stop.");
     stop.recv().await;
     println!("stopping…");
+    supervised.cancel();
+    if let Some(supervisor) = supervisor {
+        let _ = supervisor.await;
+    }
     let _ = std::fs::remove_file(&url_file);
     let _ = std::fs::remove_file(&endpoints_file);
     system.shutdown().await;
@@ -88,16 +144,24 @@ pub async fn run(component: Component, mut settings: Settings) -> anyhow::Result
             "--instance is for the services ({}); {component} runs as one instance",
             Component::SERVICES.map(Component::name).join(", ")
         );
+        let leases: Vec<String> = settings
+            .routes()
+            .all(component)
+            .iter()
+            .map(|at| bus::lease::key(component.name(), at.partition.unwrap_or(0)))
+            .collect();
         println!(
             "commerce {component} instance {instance}: taking the lease on {}, \
              or waiting as a standby while another instance holds it",
-            bus::lease::key(component.name(), 0)
+            leases.join(", ")
         );
     }
     let mut stop = StopSignals::new()?;
+    let parent_gone = parent_gone();
     let system = tokio::select! {
         system = System::run(component, settings) => system?,
         _ = stop.recv() => return Ok(()),
+        _ = parent_gone.cancelled() => return Ok(()),
     };
     let endpoints = system.endpoints();
     println!("commerce {component} is up");
@@ -106,6 +170,7 @@ pub async fn run(component: Component, mut settings: Settings) -> anyhow::Result
     let stopping = system.stopping();
     let on_its_own = tokio::select! {
         _ = stop.recv() => false,
+        _ = parent_gone.cancelled() => false,
         _ = stopping.cancelled() => true,
     };
     system.shutdown().await;
@@ -134,6 +199,27 @@ fn print_endpoints(endpoints: &actors::system::Endpoints) {
 }
 
 /// Ctrl-C (SIGINT), SIGTERM or SIGHUP: each means "shut down cleanly".
+/// Set by `commerce up --instances` on the instances it starts: each stops when its stdin (a
+/// pipe from `commerce up`) closes, so none outlives a `commerce up` that was killed.
+pub const EXIT_WITH_PARENT: &str = "EXIT_WITH_PARENT_COMMERCE_UP";
+
+/// Cancelled when this process should stop because the `commerce up` that started it is gone;
+/// never, unless [`EXIT_WITH_PARENT`] is set.
+fn parent_gone() -> CancellationToken {
+    let gone = CancellationToken::new();
+    if std::env::var_os(EXIT_WITH_PARENT).is_some() {
+        let token = gone.clone();
+        actix_rt::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut sink = Vec::new();
+            let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+            tracing::warn!("commerce up is gone (stdin closed): stopping");
+            token.cancel();
+        });
+    }
+    gone
+}
+
 struct StopSignals([tokio::signal::unix::Signal; 3]);
 
 impl StopSignals {

@@ -14,6 +14,7 @@ mod client;
 mod credentials;
 mod dlq;
 mod faults;
+mod instances;
 mod launch;
 mod order;
 mod projection;
@@ -80,6 +81,12 @@ enum Command {
         /// kept on all three, so the loss of any one node loses nothing and stops nothing).
         #[arg(long, value_name = "N")]
         cluster: Option<usize>,
+        /// Run every service as N processes (`commerce run <service> --instance <i>`), kept
+        /// running by this one. With several partitions (`streams.partitions`, at least N),
+        /// partition k's home is instance k mod N and the others stand by for it; with one,
+        /// one instance owns each service and the others stand by.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        instances: usize,
     },
     /// Run one component in this process, on a running broker (--nats, NATS_URL, or the one a
     /// `commerce up` in the same --data-dir uses): order, payment, inventory, store, shipment,
@@ -105,6 +112,16 @@ enum Command {
         /// <data-dir>/<service>@NAME, rebuilt from the stream each time it takes over.
         #[arg(long, value_name = "NAME")]
         instance: Option<String>,
+        /// With --instance: the partitions this instance is the home of (e.g. 0,2). It takes
+        /// them at once and asks for them back from whoever holds them; it takes the others
+        /// only when their owner is gone, and gives them back when asked. Default: all.
+        #[arg(
+            long,
+            value_name = "PARTITIONS",
+            value_delimiter = ',',
+            requires = "instance"
+        )]
+        home: Option<Vec<u32>>,
     },
     /// Show streams, consumer lag, and each service's outbox depth.
     Status,
@@ -168,20 +185,29 @@ fn main() -> anyhow::Result<()> {
     ) {
         end_quietly_on_closed_pipe();
     }
-    let (nats_port, http_addr, admin_addr, metrics_addr, rebuild_flag, instance) =
+    let (nats_port, http_addr, admin_addr, metrics_addr, rebuild_flag, instance, home) =
         match &cli.command {
             Command::Up {
                 nats_port,
                 http,
                 admin,
                 ..
-            } => (*nats_port, http.clone(), admin.clone(), None, None, None),
+            } => (
+                *nats_port,
+                http.clone(),
+                admin.clone(),
+                None,
+                None,
+                None,
+                None,
+            ),
             Command::Run {
                 http,
                 admin,
                 metrics,
                 rebuild,
                 instance,
+                home,
                 ..
             } => (
                 None,
@@ -190,8 +216,9 @@ fn main() -> anyhow::Result<()> {
                 metrics.clone(),
                 rebuild.then_some(true),
                 instance.clone(),
+                home.clone(),
             ),
-            _ => (None, None, None, None, None, None),
+            _ => (None, None, None, None, None, None, None),
         };
     let flags = Overrides {
         data_dir: cli.data_dir.clone(),
@@ -203,6 +230,7 @@ fn main() -> anyhow::Result<()> {
         metrics_addr,
         rebuild: rebuild_flag,
         instance,
+        home,
         nats_sync_always: matches!(cli.command, Command::Up { durable: true, .. }).then_some(true),
         nats_cluster: match &cli.command {
             Command::Up { cluster, .. } => *cluster,
@@ -221,7 +249,9 @@ fn main() -> anyhow::Result<()> {
     // actix's System: every service runs on its own Arbiter under it.
     let result = actix_rt::System::new().block_on(async move {
         match cli.command {
-            Command::Up { .. } => launch::up(settings).await,
+            Command::Up { instances, .. } => {
+                launch::up(settings, instances, cli.config.clone()).await
+            }
             Command::Run { component, .. } => launch::run(component, settings).await,
             Command::Status => status::run(settings).await,
             Command::Order(command) => order::run(command, settings).await,

@@ -8,7 +8,7 @@ use actors::contract::{
     Cancel, CancelRequest, IdempotencyKey, OrderReadModel, Place, PlaceRequest, ReadOrder,
 };
 use actors::external::payment_gateway::CardToken;
-use actors::rpc::{call, DomainError};
+use actors::rpc::{call, call_at, DomainError, Routes};
 use actors::{Component, Settings};
 use anyhow::Context;
 
@@ -85,7 +85,9 @@ pub async fn run(command: OrderCommand, settings: Settings) -> anyhow::Result<()
                 idempotency_key,
                 order,
             };
-            let placed = call::<Place>(&client, Component::Order, &request)
+            let js = async_nats::jetstream::new(client.clone());
+            let at = actors::order::placed_by(Routes::of_broker(&js).await?, &request);
+            let placed = call_at::<Place>(&client, at, &request)
                 .await
                 .context("order not placed")?;
             if wait {
@@ -109,18 +111,17 @@ pub async fn run(command: OrderCommand, settings: Settings) -> anyhow::Result<()
             }
             Ok(())
         }
-        OrderCommand::Cancel { order_id } => print(
-            &call::<Cancel>(
-                &client,
-                Component::Order,
-                &CancelRequest {
-                    order_id,
-                    customer: None,
-                },
-            )
-            .await?
-            .order,
-        ),
+        OrderCommand::Cancel { order_id } => {
+            let js = async_nats::jetstream::new(client.clone());
+            let at = Routes::of_broker(&js)
+                .await?
+                .of_order(Component::Order, &order_id);
+            let request = CancelRequest {
+                order_id,
+                customer: None,
+            };
+            print(&call_at::<Cancel>(&client, at, &request).await?.order)
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use actors::contract::Status;
 use actors::projection::api::Sagas;
-use actors::rpc::call;
+use actors::rpc::{call, call_at, Routes};
 use actors::{Component, Settings};
 
 use crate::client::{client_url, connect};
@@ -13,15 +13,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let client = connect(&settings).await?;
     let js = async_nats::jetstream::new(client.clone());
     println!("nats: {}", client_url(&settings));
-    for stream in bus::status::streams(&js).await? {
+    let streams = bus::status::streams(&js).await?;
+    for stream in &streams {
         print!("{stream}");
     }
     sagas(&client).await;
     println!("services:");
-    for component in Component::with_status() {
+    // A service split by partition answers once per partition (`payment/1`).
+    let routes = Routes::of_streams(&streams);
+    for component in Component::with_status().flat_map(|c| routes.all(c)) {
         let answer = tokio::time::timeout(
             Duration::from_secs(2),
-            call::<Status>(&client, component, &()),
+            call_at::<Status>(&client, component, &()),
         )
         .await;
         let Ok(Ok(s)) = answer else {

@@ -72,6 +72,7 @@ fn bench_scale_measures_each_setup_as_processes_and_their_ratios() {
         "1 node, 1 instance",
         "3 nodes, 1 instance",
         "3 nodes, 2 instances",
+        "3 nodes, 2 inst., 2 part.",
     ] {
         assert!(
             report.contains(&format!("End to end ({setup})")),
@@ -89,6 +90,6 @@ fn bench_scale_measures_each_setup_as_processes_and_their_ratios() {
         .split_whitespace()
         .filter_map(|w| w.trim_end_matches(',').parse().ok())
         .collect();
-    assert_eq!(values.len(), 4, "achieved and p99 for two setups: {row}");
+    assert_eq!(values.len(), 6, "achieved and p99 for three setups: {row}");
     assert!(values.iter().all(|v| *v > 0.0), "{row}");
 }

@@ -192,32 +192,36 @@ fn a_short_run_on_a_cluster_loses_nothing_when_its_nodes_die_or_stall() {
     assert_eq!(report["processes"]["crashes"], serde_json::json!([]));
 }
 
+/// Seed 9 with two instances of every service (and `extra` flags), 40 s of kills, pauses and
+/// lost databases: every invariant held, no crash, and the report's replay line names `flags`.
+fn seed_9_with_two_instances(dir: &tempfile::TempDir, extra: &[&str], flags: &str) -> Value {
+    let mut args = vec![
+        "--seed",
+        "9",
+        "--duration",
+        "40s",
+        "--rate",
+        "3",
+        "--faults",
+        "kill,pause,db-loss",
+        "--instances",
+        "2",
+    ];
+    args.extend(extra);
+    let (passed, report) = chaos_in(dir, &args);
+    assert!(passed, "{:#}", report["checks"]);
+    assert_eq!(failed(&report), Vec::<u64>::new());
+    assert!(report["replay"].as_str().is_some_and(|r| r.contains(flags)));
+    assert_eq!(report["processes"]["crashes"], serde_json::json!([]));
+    report
+}
+
 #[test]
 fn a_short_run_with_two_instances_of_every_service_fails_over_and_loses_nothing() {
     // Seed 9 pauses shipment, kills shipment twice, order and payment, and loses payment's
     // database (drawn with --instances 2 --dry-run); each hits the instance that owns it.
     let dir = tempfile::tempdir().expect("temp dir");
-    let (passed, report) = chaos_in(
-        &dir,
-        &[
-            "--seed",
-            "9",
-            "--duration",
-            "40s",
-            "--rate",
-            "3",
-            "--faults",
-            "kill,pause,db-loss",
-            "--instances",
-            "2",
-        ],
-    );
-    assert!(passed, "{:#}", report["checks"]);
-    assert_eq!(failed(&report), Vec::<u64>::new());
-    assert!(report["replay"]
-        .as_str()
-        .is_some_and(|r| r.contains("--instances 2")));
-    assert_eq!(report["processes"]["crashes"], serde_json::json!([]));
+    seed_9_with_two_instances(&dir, &[], "--instances 2");
     // An instance says it is up once it owns its service: six at the start, and once more at
     // every takeover by a standby.
     let mut owned = 0;
@@ -229,4 +233,23 @@ fn a_short_run_with_two_instances_of_every_service_fails_over_and_loses_nothing(
         }
     }
     assert!(owned > 6, "standbys took over ({owned} terms began)");
+}
+
+#[test]
+fn a_short_run_over_two_partitions_with_two_instances_takes_partitions_over_and_loses_nothing() {
+    // Seed 9's faults again, now with the per-order services split over two partitions, each
+    // instance the home of one: a killed instance's partitions are taken over, then given back.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let flags = "--instances 2 --partitions 2";
+    seed_9_with_two_instances(&dir, &["--partitions", "2"], flags);
+    // One database per partition of the split services, and takeovers: some instance wrote a
+    // partition whose home is the other one.
+    let run = dir.path().join("run");
+    let away = ["order", "payment", "shipment"]
+        .iter()
+        .flat_map(|s| [format!("{s}@b.p0"), format!("{s}@a.p1")])
+        .filter(|db| run.join(db).is_dir())
+        .count();
+    assert!(away > 0, "no partition was taken over");
+    assert!(!run.join("payment@a").exists(), "payment is split");
 }

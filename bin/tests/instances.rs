@@ -21,19 +21,7 @@ async fn a_second_instance_is_refused_while_the_first_holds_the_lease_and_fenced
         ..Default::default()
     };
     let (cluster, _broker, js, simulators) = Cluster::start(&streams).await;
-    let others: Vec<Proc> = actors::Component::SERVICES
-        .iter()
-        .filter(|c| c.name() != "payment")
-        .map(|c| cluster.run(c.name()))
-        .chain(["projection", "gateway"].map(|c| cluster.run(c)))
-        .collect();
-    let http = others.last().expect("the gateway").line_starting("http: ");
-    let api = Api::new(
-        &http,
-        &cluster.payment_gateway,
-        &cluster.carrier,
-        cluster.data.path(),
-    );
+    let (others, api) = all_but_payment(&cluster);
 
     let mut a = cluster.spawn("payment", &["--instance", "a"]);
     a.line_starting("commerce payment is up");
@@ -94,39 +82,17 @@ async fn a_second_instance_is_refused_while_the_first_holds_the_lease_and_fenced
     assert_eq!(holder(&js).await.as_deref(), Some("b"));
 
     // Nothing applied twice: each payment event once per order, each order charged once.
-    let stream = js.get_stream("PAYMENTS").await.unwrap();
-    let last = stream.cached_info().state.last_sequence;
-    let mut once = BTreeSet::new();
-    for seq in 1..=last {
-        let message = stream.get_raw_message(seq).await.unwrap();
-        if bus::term::is_term_subject(&message.subject) {
-            continue; // an owner's term marker, not an event
-        }
-        let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
-        let key = (event["subject"].to_string(), event["type"].to_string());
-        assert!(once.insert(key.clone()), "{key:?} published twice");
-    }
-    let ledger = api.ledger(&api.payment_gateway).await;
-    let charged: Vec<&str> = ledger["authorizations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|c| c["order_id"].as_str())
-        .collect();
-    let distinct: BTreeSet<&str> = charged.iter().copied().collect();
-    assert_eq!(distinct.len(), charged.len(), "an order charged twice");
-    for id in orders.iter().chain(&in_flight).chain(&after) {
-        assert!(distinct.contains(id.as_str()), "{id} charged");
-    }
-    // And the live read model agrees with one rebuilt from the streams.
-    support::projection_caught_up(&js).await;
-    let ids: Vec<String> = orders
+    published_once(&js, "PAYMENTS").await;
+    let all: Vec<String> = orders
         .iter()
         .chain(&in_flight)
         .chain(&after)
         .cloned()
         .collect();
-    let live = support::rows(&api, &ids).await;
+    support::charged_once(&api, &all).await;
+    // And the live read model agrees with one rebuilt from the streams.
+    support::projection_caught_up(&js).await;
+    let live = support::rows(&api, &all).await;
     support::assert_no_double_apply(&live);
     support::assert_no_permission_violations(cluster.data.path());
     drop(b);
@@ -149,4 +115,113 @@ async fn calls(api: &Api) -> u64 {
     api.ledger(&api.payment_gateway).await["calls"]
         .as_u64()
         .unwrap_or_default()
+}
+
+/// Two partitions, two instances of the payment service, each the home of one. Each takes its
+/// own; when one dies the other takes its partition over (rebuilding that partition only), and
+/// gives it back when the home instance returns. A third instance, home of a partition held by
+/// its home, is refused: the partition has one writer throughout, every order is charged once.
+#[tokio::test]
+async fn instances_own_their_home_partitions_take_over_the_others_and_give_them_back() {
+    let streams = bus::StreamSettings {
+        lease_ttl_ms: LEASE_TTL_MS,
+        partitions: 2,
+        ..Default::default()
+    };
+    let (cluster, _broker, js, simulators) = Cluster::start(&streams).await;
+    let (others, api) = all_but_payment(&cluster);
+    let home = |name: &str, partition: &str| {
+        let instance = cluster.spawn("payment", &["--instance", name, "--home", partition]);
+        instance.line_starting("commerce payment is up");
+        instance
+    };
+    let a = home("a", "0");
+    let mut b = home("b", "1");
+    let owners = || async { payment_owners(&js).await };
+    wait_until("each instance holds its home partition", || async {
+        owners().await == ["a", "b"]
+    })
+    .await;
+    let mut placed = support::place_completed(&api, "first", 6).await;
+
+    // b dies: a takes partition 1 over once its lease lapsed, and completes its orders.
+    b.signal(Signal::SIGKILL);
+    let _ = b.wait_exit();
+    wait_until("a takes partition 1 over", || async {
+        owners().await == ["a", "a"]
+    })
+    .await;
+    placed.extend(support::place_completed(&api, "while-b-is-gone", 6).await);
+
+    // b comes back: a gives partition 1 back.
+    let b = home("b", "1");
+    wait_until("a gives partition 1 back", || async {
+        owners().await == ["a", "b"]
+    })
+    .await;
+    placed.extend(support::place_completed(&api, "after", 6).await);
+
+    // c, home of partition 1 too, is refused while b holds it: it stays a standby.
+    let c = cluster.spawn("payment", &["--instance", "c", "--home", "1"]);
+    c.line_starting("commerce payment instance c: taking the lease");
+    placed.extend(support::place_completed(&api, "with-c", 4).await);
+    assert_eq!(owners().await, ["a", "b"], "c was refused");
+
+    // Every order charged once, each payment event published once.
+    support::charged_once(&api, &placed).await;
+    let partitions = bus::Partitions::new(2).unwrap();
+    let in_each: BTreeSet<u32> = placed.iter().map(|id| partitions.of(id)).collect();
+    assert_eq!(in_each.len(), 2, "orders in both partitions");
+    published_once(&js, "PAYMENTS").await;
+    support::projection_caught_up(&js).await;
+    support::assert_no_double_apply(&support::rows(&api, &placed).await);
+    support::assert_no_permission_violations(cluster.data.path());
+    drop((a, b, c, others, simulators));
+}
+
+/// Every component but payment, each its own process, and the API of its gateway.
+fn all_but_payment(cluster: &Cluster) -> (Vec<Proc>, Api) {
+    let others: Vec<Proc> = actors::Component::SERVICES
+        .iter()
+        .filter(|c| c.name() != "payment")
+        .map(|c| cluster.run(c.name()))
+        .chain(["projection", "gateway"].map(|c| cluster.run(c)))
+        .collect();
+    let http = others.last().expect("the gateway").line_starting("http: ");
+    let api = Api::new(
+        &http,
+        &cluster.payment_gateway,
+        &cluster.carrier,
+        cluster.data.path(),
+    );
+    (others, api)
+}
+
+/// Who holds each partition's lease of the payment service, by partition.
+async fn payment_owners(js: &async_nats::jetstream::Context) -> Vec<String> {
+    let held = bus::lease::held(js).await.unwrap();
+    (0..2)
+        .map(|k| {
+            held.iter()
+                .find(|l| l.key == bus::lease::key("payment", k))
+                .and_then(|l| l.holder.as_ref())
+                .map_or_else(|| "-".to_string(), |h| h.instance.clone())
+        })
+        .collect()
+}
+
+/// Each event of `stream` is there once per (order, type).
+async fn published_once(js: &async_nats::jetstream::Context, stream: &str) {
+    let stream = js.get_stream(stream).await.unwrap();
+    let last = stream.cached_info().state.last_sequence;
+    let mut once = BTreeSet::new();
+    for seq in 1..=last {
+        let message = stream.get_raw_message(seq).await.unwrap();
+        if bus::term::is_term_subject(&message.subject) {
+            continue; // an owner's term marker, not an event
+        }
+        let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        let key = (event["subject"].to_string(), event["type"].to_string());
+        assert!(once.insert(key.clone()), "{key:?} published twice");
+    }
 }

@@ -44,8 +44,11 @@ pub const DLQ_ORIGINAL_MSG_ID: &str = "Commerce-Dlq-Original-Msg-Id";
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
     pub stream: String,
-    /// The listening service; also the durable consumer's name.
+    /// The durable consumer's name: the listening service's, or one of its partition's.
     pub durable: String,
+    /// The listening service: its dead letters are filed under it (`dlq.<owner>.…`), whichever
+    /// partition's consumer sent them.
+    pub owner: String,
     /// Subjects of the stream to receive; empty means all.
     pub filter_subjects: Vec<String>,
     /// Unacknowledged messages are redelivered after this long.
@@ -65,9 +68,11 @@ const IN_FLIGHT_BATCHES: usize = 20;
 
 impl ConsumerSpec {
     pub fn new(stream: impl Into<String>, durable: impl Into<String>) -> Self {
+        let durable = durable.into();
         ConsumerSpec {
             stream: stream.into(),
-            durable: durable.into(),
+            owner: durable.clone(),
+            durable,
             filter_subjects: Vec::new(),
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
@@ -569,15 +574,15 @@ impl DurableConsumer {
         // One DLQ entry per (stream, sequence, consumer), however often this is retried.
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
-            format!("dlq-{}-{}-{}", self.spec.stream, seq, self.spec.durable).as_str(),
+            format!("dlq-{}-{}-{}", self.spec.stream, seq, self.spec.owner).as_str(),
         );
         headers.insert(DLQ_REASON, one_line(reason).as_str());
         headers.insert(DLQ_STREAM, self.spec.stream.as_str());
         headers.insert(DLQ_SUBJECT, message.subject.as_str());
         headers.insert(DLQ_SEQUENCE, seq.to_string().as_str());
-        headers.insert(DLQ_CONSUMER, self.spec.durable.as_str());
+        headers.insert(DLQ_CONSUMER, self.spec.owner.as_str());
         headers.insert(DLQ_DELIVERED, delivered.to_string().as_str());
-        let subject = format!("dlq.{}.{}", self.spec.durable, message.subject);
+        let subject = format!("dlq.{}.{}", self.spec.owner, message.subject);
         self.dlq
             .publish_raw(subject, headers, message.payload.clone())
             .await?;

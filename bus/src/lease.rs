@@ -14,6 +14,13 @@
 //! nobody took over meanwhile); one the broker refuses means someone else holds the lease: the
 //! fence closes for good and the instance must stop.
 //!
+//! Home and away: an instance may be the *home* of some partitions (`--home`). A home instance
+//! that finds its partition held by another says so under `s.p.wanted` (renewed while it waits;
+//! the bucket's `max_age` removes it once it stops); an *away* holder gives the partition back
+//! when it sees that key ([`until_wanted`]). An away instance tries to take a partition only
+//! after one time to live on standby, and never while its home wants it, so home instances
+//! started together get theirs first.
+//!
 //! Clocks: the broker's wall clock measures the time to live and ours the belief; a clock
 //! stepped forward on the broker by more than a quarter of the time to live could free a lease
 //! early. Keep the broker's clock slewed, not stepped (NTP's default).
@@ -56,6 +63,50 @@ impl Holder {
 /// The lease key of `partition` of `service`.
 pub fn key(service: &str, partition: u32) -> String {
     format!("{service}.{partition}")
+}
+
+/// Where the home instance of lease `key`'s partition asks for it back.
+pub fn wanted_key(key: &str) -> String {
+    format!("{key}.wanted")
+}
+
+/// Whether `key` is a request for a partition back, not a lease.
+fn is_wanted_key(key: &str) -> bool {
+    key.ends_with(".wanted")
+}
+
+/// How an instance stands to a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Its home: taken at once when free, asked back when another instance holds it.
+    Home,
+    /// Someone else's home: taken only after a time to live on standby, and not while its
+    /// home instance wants it; given back when asked.
+    Away,
+}
+
+/// Wait until the home instance of lease `key`'s partition asks for it back (checking every
+/// quarter of the time to live); `false` if `stop` came first.
+pub async fn until_wanted(
+    js: &jetstream::Context,
+    key: &str,
+    stop: &CancellationToken,
+) -> Result<bool, BusError> {
+    let (kv, ttl) = bucket(js).await?;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(false),
+            _ = tokio::time::sleep(ttl / 4) => {}
+        }
+        if wanted(&kv, key).await {
+            return Ok(true);
+        }
+    }
+}
+
+/// Does the home instance of lease `key`'s partition want it back? (Broker trouble: no.)
+async fn wanted(kv: &kv::Store, key: &str) -> bool {
+    matches!(kv.entry(wanted_key(key)).await, Ok(Some(e)) if e.operation == kv::Operation::Put)
 }
 
 /// Create the bucket, or raise its time to live and replicas to what is asked (neither is ever
@@ -148,7 +199,7 @@ pub async fn held(js: &jetstream::Context) -> Result<Vec<Held>, BusError> {
         .await
         .map_err(BusError::jetstream("list leases"))?;
     let mut held = Vec::new();
-    for key in keys {
+    for key in keys.into_iter().filter(|k| !is_wanted_key(k)) {
         let entry = kv
             .entry(key.as_str())
             .await
@@ -242,24 +293,52 @@ impl Lease {
     }
 
     /// Wait until the lease `key` is ours (trying every quarter of its time to live), or
-    /// `None` at shutdown. Says once who holds it meanwhile.
+    /// `None` at shutdown. Says once who holds it meanwhile. At `Home`, asks for it back while
+    /// another instance holds it; `Away`, waits a time to live first and leaves it to its home
+    /// instance while that one wants it.
     pub async fn acquire(
         js: &jetstream::Context,
         key: &str,
         holder: &Holder,
+        role: Role,
         shutdown: &CancellationToken,
     ) -> Result<Option<Lease>, BusError> {
         let (kv, ttl) = bucket(js).await?;
+        if role == Role::Away {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(ttl) => {}
+            }
+        }
         let mut said = None;
         loop {
-            match Lease::try_acquire(&kv, ttl, key, holder).await {
+            // Away, a partition its home instance wants is left to it.
+            let home_wants = role == Role::Away && wanted(&kv, key).await;
+            let attempt = match home_wants {
+                true => Ok(Attempt::Held {
+                    holder: None,
+                    revision: 0,
+                }),
+                false => Lease::try_acquire(&kv, ttl, key, holder).await,
+            };
+            match attempt {
                 Ok(Attempt::Acquired(lease)) => {
                     tracing::info!(lease = key, token = lease.token, instance = %holder.instance,
                         "lease taken: this instance owns the partition");
                     return Ok(Some(*lease));
                 }
                 Ok(Attempt::Held { holder: other, .. }) => {
-                    let who = other.map(|h| format!("instance {} (pid {})", h.instance, h.pid));
+                    if role == Role::Home {
+                        let value = serde_json::to_vec(holder).unwrap_or_default();
+                        if let Err(e) = kv.put(wanted_key(key), value.into()).await {
+                            tracing::debug!(lease = key, error = %e, "not asked back");
+                        }
+                    }
+                    let who = match other {
+                        Some(h) => Some(format!("instance {} (pid {})", h.instance, h.pid)),
+                        None if home_wants => Some("its home instance, which wants it".into()),
+                        None => None,
+                    };
                     if said != who {
                         tracing::info!(
                             lease = key,

@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use super::history::Letter;
 use crate::contract::Status;
+use crate::engine::host::consume::durable_name;
 use crate::projection::api::{RecentOrder, Sagas};
 use crate::resilience::GuardStatus;
-use crate::rpc::{call, Component};
+use crate::rpc::{call, call_at, Component, Routes};
 use crate::telemetry::metrics;
 
 /// Dead letters shown, newest first.
@@ -83,17 +84,19 @@ pub async fn gather(
     let sagas = call::<Sagas>(client, Component::Projection, &()).await.ok();
     metrics::system(&streams, sagas.as_ref().map(|s| (s.open, s.stuck)));
 
+    let routes = Routes::of_streams(&streams);
     let mut components = Vec::new();
-    for component in Component::with_status() {
+    for at in Component::with_status().flat_map(|c| routes.all(c)) {
+        let durable = durable_name(at);
         let lag = streams
             .iter()
             .flat_map(|s| &s.consumers)
-            .filter(|c| c.name == component.name())
+            .filter(|c| c.name == durable)
             .map(|c| c.pending + c.ack_pending as u64)
             .sum();
-        let row = match call::<Status>(client, component, &()).await {
+        let row = match call_at::<Status>(client, at, &()).await {
             Ok(status) => ComponentRow {
-                component: component.name().to_string(),
+                component: at.to_string(),
                 reachable: true,
                 lag,
                 outbox_depth: status.outbox_depth,
@@ -103,7 +106,7 @@ pub async fn gather(
                 circuits: status.circuits,
             },
             Err(_) => ComponentRow {
-                component: component.name().to_string(),
+                component: at.to_string(),
                 lag,
                 ..ComponentRow::default()
             },

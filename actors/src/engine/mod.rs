@@ -38,7 +38,7 @@ pub use crate::codec::{decode, encode, CodecError, DomainEvent};
 
 use crate::events::Inbound;
 use crate::rpc::server::ServeError;
-use crate::rpc::{Component, DomainError, Server};
+use crate::rpc::{Address, Component, DomainError, Routes, Server};
 use crate::Settings;
 
 pub use actor::Handle;
@@ -175,6 +175,25 @@ impl Placement {
     }
 }
 
+/// The orders one host of a service answers for: every order, or those of its partition when
+/// the service is split ([`crate::rpc::Routes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope {
+    pub address: Address,
+    routes: Routes,
+}
+
+impl Scope {
+    pub fn new(address: Address, routes: Routes) -> Scope {
+        Scope { address, routes }
+    }
+
+    /// Does this host answer for `order_id`?
+    pub fn owns(&self, order_id: &str) -> bool {
+        self.routes.of_order(self.address.component, order_id) == self.address
+    }
+}
+
 /// One commerce service around its aggregate: what it listens to, where its state lives, how
 /// it is shown, and the external system it calls.
 pub trait Service: Sized + Unpin + 'static {
@@ -222,23 +241,27 @@ pub trait Service: Sized + Unpin + 'static {
     /// An order's part, as the composed view shows it; `None`: this service knows nothing of it.
     fn part(order_id: &str, version: u64, state: &Self::State) -> Option<Self::Part>;
 
-    /// Endpoints besides the ones every service answers (`status`, `get`, `part`, `slow`).
+    /// Endpoints besides the ones every service answers (`status`, `get`, `part`, `slow`), for
+    /// the orders in `scope`.
     fn endpoints(
         server: &mut Server,
         handle: Handle<Self>,
+        scope: Scope,
     ) -> impl Future<Output = Result<(), ServeError>> {
-        let _ = (server, handle);
+        let _ = (server, handle, scope);
         async { Ok(()) }
     }
 
-    /// Work the service does besides reacting to events (e.g. tracking parcels).
+    /// Work the service does besides reacting to events (e.g. tracking parcels), for the
+    /// orders in `scope`.
     fn background(
         settings: &Settings,
         ops: &crate::resilience::Ops,
         handle: Handle<Self>,
+        scope: Scope,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Option<futures::future::LocalBoxFuture<'static, ()>> {
-        let _ = (settings, ops, handle, shutdown);
+        let _ = (settings, ops, handle, scope, shutdown);
         None
     }
 }

@@ -16,10 +16,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use async_nats::jetstream;
+use bus::partition::{self, Slice};
 use bus::{Domain, Envelope};
 use storage::{Commit, NewEvent, Store};
 
+use super::host::consume::durable_name;
 use super::{Aggregate, DomainEvent, EngineError, Service};
+use crate::rpc::Address;
 use crate::Settings;
 
 /// Present in a service's database directory while a recovery runs: if it is still there at
@@ -48,6 +51,7 @@ pub async fn recover_if_empty<S: Service>(
     dir: &Path,
     store: &Store,
     js: &jetstream::Context,
+    address: Address,
 ) -> Result<(), EngineError> {
     if !store.is_empty() {
         return Ok(());
@@ -60,12 +64,12 @@ pub async fn recover_if_empty<S: Service>(
     std::fs::File::create(&marker)
         .and_then(|f| f.sync_all())
         .map_err(io)?;
-    let restored = recover::<S>(store, js).await?;
-    reset_consumers::<S>(js).await?;
+    let restored = recover::<S>(store, js, address).await?;
+    reset_consumers::<S>(js, address).await?;
     std::fs::remove_file(&marker).map_err(io)?;
     if restored > 0 {
         tracing::info!(
-            service = S::name(),
+            service = %address,
             events = restored,
             "database rebuilt from the stream; consumers restart from the beginning"
         );
@@ -82,15 +86,21 @@ pub(crate) fn own<S: Service>() -> Domain {
     <<S::State as Aggregate>::Event as DomainEvent>::DOMAIN
 }
 
-/// Rebuild `store` (which must be empty) from the service's stream, and mark the events it
-/// dead-lettered (so live consumers do not try them again; a replay still may). Returns the
-/// events restored.
+/// The events `address` holds: every partition's, or its partition's.
+pub fn slice(address: Address) -> Slice {
+    address.partition.map_or(Slice::All, Slice::One)
+}
+
+/// Rebuild `store` (which must be empty) from the service's stream (only `address`'s
+/// partition of it), and mark the events it dead-lettered (so live consumers do not try them
+/// again; a replay still may). Returns the events restored.
 pub async fn recover<S: Service>(
     store: &Store,
     js: &jetstream::Context,
+    address: Address,
 ) -> Result<u64, EngineError> {
-    let restored = restore_events::<S>(store, js).await?;
-    restore_dead_letters::<S>(store, js).await?;
+    let restored = restore_events::<S>(store, js, slice(address)).await?;
+    restore_dead_letters::<S>(store, js, slice(address)).await?;
     let _durable = store.flush().await?;
     Ok(restored)
 }
@@ -98,6 +108,7 @@ pub async fn recover<S: Service>(
 async fn restore_events<S: Service>(
     store: &Store,
     js: &jetstream::Context,
+    slice: Slice,
 ) -> Result<u64, EngineError> {
     let domain = own::<S>();
     let mut stream = js.get_stream(domain.stream()).await.map_err(failed)?;
@@ -112,18 +123,16 @@ async fn restore_events<S: Service>(
             domain.stream()
         )));
     }
-    // Own events only (a stream holds only its owner's events, but be strict).
+    // Own events only (a stream holds only its owner's events, but be strict), of `slice`'s
+    // partitions (not the term markers).
     let mut by_aggregate: BTreeMap<String, BTreeMap<u64, Envelope>> = BTreeMap::new();
-    let mut messages = bus::replay::Replay::open(js, domain.stream(), "").await?;
-    let mut seen = 0;
-    while seen < last {
+    let filter = partition::events(domain, "*", slice);
+    let mut messages = bus::replay::Replay::open(js, domain.stream(), &filter).await?;
+    let mut more = messages.pending() > 0;
+    while more {
         let message = messages.next().await?;
-        let info = message.info().map_err(failed)?;
-        seen = info.stream_sequence;
-        // Nothing stored after it: the last one was deleted since (its number stays the last).
-        if info.pending == 0 {
-            seen = last;
-        }
+        // Nothing left after it (a last one deleted since keeps its number, not its message).
+        more = message.info().map_err(failed)?.pending > 0;
         let Ok(envelope) = Envelope::from_slice(&message.payload) else {
             continue;
         };
@@ -196,6 +205,7 @@ async fn restore_events<S: Service>(
 async fn restore_dead_letters<S: Service>(
     store: &Store,
     js: &jetstream::Context,
+    slice: Slice,
 ) -> Result<(), EngineError> {
     let mut stream = js
         .get_stream(bus::streams::DLQ_STREAM)
@@ -204,7 +214,11 @@ async fn restore_dead_letters<S: Service>(
     if stream.info().await.map_err(failed)?.state.messages == 0 {
         return Ok(());
     }
-    let filter = format!("{}.{}.>", bus::dlq::PREFIX, S::name());
+    // `dlq.<service>.<stored subject>`, whose last token is the partition.
+    let filter = match slice {
+        Slice::All => format!("{}.{}.>", bus::dlq::PREFIX, S::name()),
+        Slice::One(k) => format!("{}.{}.*.*.*.{k}", bus::dlq::PREFIX, S::name()),
+    };
     let mut messages = bus::replay::Replay::open(js, bus::streams::DLQ_STREAM, &filter).await?;
     let mut ids = Vec::new();
     for _ in 0..messages.pending() {
@@ -229,18 +243,21 @@ fn write(store: &Store, commits: &mut Vec<Commit>) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Delete the service's durable consumers, so they are recreated from the start of their
+/// Delete the durable consumers of `address`, so they are recreated from the start of their
 /// streams (the rebuilt inbox skips what was already done).
-pub async fn reset_consumers<S: Service>(js: &jetstream::Context) -> Result<(), EngineError> {
+pub async fn reset_consumers<S: Service>(
+    js: &jetstream::Context,
+    address: Address,
+) -> Result<(), EngineError> {
+    let durable = durable_name(address);
     for (domain, _) in S::LISTENS {
         let stream = js.get_stream(domain.stream()).await.map_err(failed)?;
-        match stream.delete_consumer(S::name()).await {
+        match stream.delete_consumer(&durable).await {
             Ok(_) => {}
             Err(e) if not_found(&e) => {}
             Err(e) => {
                 return Err(failed(format!(
-                    "cannot reset {} on {}: {e}",
-                    S::name(),
+                    "cannot reset {durable} on {}: {e}",
                     domain.stream()
                 )))
             }

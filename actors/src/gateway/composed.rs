@@ -22,7 +22,7 @@ use crate::contract::{
     StoreService,
 };
 use crate::resilience::{Guard, Guarded, Ops};
-use crate::rpc::{call, Component, DomainError};
+use crate::rpc::{call_at, Component, DomainError, Routes};
 
 /// How long each service has to answer.
 const LIMIT: Duration = Duration::from_secs(2);
@@ -87,6 +87,7 @@ struct Missing {
 
 pub async fn composed_order(
     client: web::Data<async_nats::Client>,
+    routes: web::Data<Routes>,
     fan_out: web::Data<FanOut>,
     caller: Caller,
     id: web::Path<String>,
@@ -101,6 +102,7 @@ pub async fn composed_order(
     };
     let ask = Ask {
         client: client.get_ref().clone(),
+        routes: **routes,
         fan_out: &fan_out,
         order_id: &id,
         guards: query.guards,
@@ -154,6 +156,7 @@ fn keep<T>(part: Result<Option<T>, Missing>, missing: &mut Vec<Missing>) -> Opti
 
 struct Ask<'a> {
     client: async_nats::Client,
+    routes: Routes,
     fan_out: &'a FanOut,
     order_id: &'a str,
     guards: bool,
@@ -163,9 +166,10 @@ impl Ask<'_> {
     /// Service `S`'s part: `Ok(None)` if it knows nothing of the order.
     async fn part<S: Service>(&self) -> Result<Option<S::Part>, Missing> {
         let service = S::COMPONENT;
+        let at = self.routes.of_order(service, self.order_id);
         let (client, id) = (self.client.clone(), self.order_id.to_string());
         let ask = move || async move {
-            tokio::time::timeout(LIMIT, call::<Part<S>>(&client, service, &id))
+            tokio::time::timeout(LIMIT, call_at::<Part<S>>(&client, at, &id))
                 .await
                 .unwrap_or_else(|_| {
                     Err(DomainError::unavailable(format!("{service} took over 2 s")))

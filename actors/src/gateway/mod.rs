@@ -39,7 +39,7 @@ use crate::external::payment_gateway::GatewayClient;
 use crate::external::CallError;
 use crate::http::{cannot_listen, spawn_server};
 use crate::resilience::Ops;
-use crate::rpc::{call, Component, DomainError};
+use crate::rpc::{call, call_at, Component, DomainError, Routes};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -51,8 +51,10 @@ pub fn start(
     payment_gateway_url: &str,
     ops: &Ops,
     callers: ApiAuth,
+    routes: Routes,
 ) -> std::io::Result<(SocketAddr, ServerHandle)> {
     let client = web::Data::new(client);
+    let routes = web::Data::new(routes);
     let callers = web::Data::new(callers);
     let fan_out = web::Data::new(FanOut::new(ops));
     // Card numbers are exchanged for tokens here, at the edge, and go no further.
@@ -62,6 +64,7 @@ pub fn start(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(client.clone())
+            .app_data(routes.clone())
             .app_data(fan_out.clone())
             .app_data(vault.clone())
             .app_data(callers.clone())
@@ -227,6 +230,7 @@ fn redact_card_numbers(text: &str) -> String {
 /// Validation is the order service's; the gateway only exchanges a card number for a token.
 async fn place_order(
     client: web::Data<async_nats::Client>,
+    routes: web::Data<Routes>,
     vault: web::Data<GatewayClient>,
     caller: Caller,
     req: HttpRequest,
@@ -271,7 +275,8 @@ async fn place_order(
         idempotency_key,
         order: form.paid_with(customer, payment),
     };
-    match call::<Place>(&client, Component::Order, &request).await {
+    let at = crate::order::placed_by(**routes, &request);
+    match call_at::<Place>(&client, at, &request).await {
         Ok(placed) => {
             let mut response = if placed.created {
                 HttpResponse::Created()
@@ -305,6 +310,7 @@ async fn get_order(
 
 async fn cancel_order(
     client: web::Data<async_nats::Client>,
+    routes: web::Data<Routes>,
     caller: Caller,
     id: web::Path<String>,
 ) -> HttpResponse {
@@ -312,6 +318,7 @@ async fn cancel_order(
         Ok(id) => id,
         Err(e) => return failed(e),
     };
+    let at = routes.of_order(Component::Order, &id);
     let request = CancelRequest {
         order_id: id,
         customer: match caller {
@@ -319,7 +326,7 @@ async fn cancel_order(
             Caller::Operator => None,
         },
     };
-    match call::<Cancel>(&client, Component::Order, &request).await {
+    match call_at::<Cancel>(&client, at, &request).await {
         Ok(cancelled) => {
             let status = match cancelled.outcome {
                 CancelOutcome::AlreadyCancelled => StatusCode::OK,
@@ -373,20 +380,16 @@ async fn products(client: web::Data<async_nats::Client>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "products": products, "warnings": warnings }))
 }
 
-async fn health(client: web::Data<async_nats::Client>) -> HttpResponse {
-    let checks = Component::with_status().map(|component| {
+async fn health(client: web::Data<async_nats::Client>, routes: web::Data<Routes>) -> HttpResponse {
+    let every = Component::with_status().flat_map(|c| routes.all(c));
+    let checks = every.map(|at| {
         let client = client.clone();
         async move {
-            let up = tokio::time::timeout(
-                Duration::from_secs(2),
-                call::<Status>(&client, component, &()),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok());
-            (
-                component.name().to_string(),
-                json!(if up { "up" } else { "down" }),
-            )
+            let up =
+                tokio::time::timeout(Duration::from_secs(2), call_at::<Status>(&client, at, &()))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+            (at.to_string(), json!(if up { "up" } else { "down" }))
         }
     });
     let services: serde_json::Map<String, serde_json::Value> = futures::future::join_all(checks)

@@ -15,9 +15,9 @@ use self::api::{
     Cancel, CancelRequest, Cancelled, IdempotencyKey, OrderView, Place, PlaceRequest, Placed,
 };
 use crate::catalog::PlaceOrder;
-use crate::engine::{Command, EngineError, Executed, Handle, Placement, Service};
+use crate::engine::{Command, EngineError, Executed, Handle, Placement, Scope, Service};
 use crate::rpc::server::ServeError;
-use crate::rpc::{DomainError, Server};
+use crate::rpc::{Address, Component, DomainError, Routes, Server};
 use crate::Settings;
 
 /// Namespace of order ids derived from an Idempotency-Key (UUID v5).
@@ -79,12 +79,17 @@ impl Service for OrderService {
     }
 
     /// `place` and `cancel`: each batch of requests is one commit and one flush.
-    async fn endpoints(server: &mut Server, handle: Handle<Self>) -> Result<(), ServeError> {
+    async fn endpoints(
+        server: &mut Server,
+        handle: Handle<Self>,
+        scope: Scope,
+    ) -> Result<(), ServeError> {
         let h = handle.clone();
         server
             .batch::<Place, _, _>(move |requests| {
                 let h = h.clone();
                 async move {
+                    let place = |request| place(request, scope);
                     execute(&h, requests, place, |executed| Placed {
                         created: !executed.events.is_empty(),
                         order: OrderView::from(&executed.state),
@@ -96,7 +101,10 @@ impl Service for OrderService {
         server
             .batch::<Cancel, _, _>(move |requests| {
                 let h = handle.clone();
-                async move { execute(&h, requests, cancel, cancelled).await }
+                async move {
+                    let cancel = |request| cancel(request, scope);
+                    execute(&h, requests, cancel, cancelled).await
+                }
             })
             .await
     }
@@ -134,9 +142,28 @@ async fn execute<R, T>(
         .collect()
 }
 
-fn place(request: PlaceRequest) -> Result<Command<Order>, DomainError> {
+/// Who places `request`: the partition of its order when the order id is known before (a valid
+/// keyed request), else any partition (which draws an id of its own), at random.
+pub fn placed_by(routes: Routes, request: &PlaceRequest) -> Address {
+    let keyed = || {
+        let key = request.idempotency_key.as_ref()?;
+        let order = PlaceOrder::parse(request.order.clone()).ok()?;
+        Some(order_id_for(&order.customer, Some(key)))
+    };
+    let id = keyed().unwrap_or_else(|| Uuid::now_v7().to_string());
+    routes.of_order(Component::Order, &id)
+}
+
+fn place(request: PlaceRequest, scope: Scope) -> Result<Command<Order>, DomainError> {
     let order = PlaceOrder::parse(request.order)?;
-    let order_id = order_id_for(&order.customer, request.idempotency_key.as_ref());
+    let order_id = match &request.idempotency_key {
+        Some(key) => order_id_for(&order.customer, Some(key)),
+        // A new id of this partition (one draw in each partition count, on average).
+        None => std::iter::repeat_with(|| order_id_for(&order.customer, None))
+            .find(|id| scope.owns(id))
+            .unwrap_or_default(),
+    };
+    owned(&order_id, scope)?;
     let canonical = serde_json::to_vec(&order)
         .map_err(|e| DomainError::rejected(format!("unencodable order: {e}")))?;
     let fingerprint = Uuid::new_v5(&FINGERPRINT_NAMESPACE, &canonical).to_string();
@@ -151,13 +178,26 @@ fn place(request: PlaceRequest) -> Result<Command<Order>, DomainError> {
     })
 }
 
-fn cancel(request: CancelRequest) -> Result<Command<Order>, DomainError> {
+/// A command about an order of another partition is refused, not executed here (where the
+/// order's events would be in the wrong partition's database).
+fn owned(order_id: &str, scope: Scope) -> Result<(), DomainError> {
+    if scope.owns(order_id) {
+        return Ok(());
+    }
+    Err(DomainError::rejected(format!(
+        "order {order_id} is not in {}'s partition (a client computed its partition wrongly)",
+        scope.address
+    )))
+}
+
+fn cancel(request: CancelRequest, scope: Scope) -> Result<Command<Order>, DomainError> {
     let CancelRequest { order_id, customer } = request;
     let order_id = Uuid::parse_str(order_id.trim())
         .map_err(|_| {
             DomainError::not_found(format!("no order {order_id:?} (order ids are UUIDs)"))
         })?
         .to_string();
+    owned(&order_id, scope)?;
     Ok(Command {
         aggregate_id: order_id,
         command: OrderCommand::Cancel { customer },

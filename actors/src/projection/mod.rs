@@ -30,7 +30,7 @@ use crate::engine::core::Settled;
 use crate::engine::host::consume::Sink;
 use crate::engine::host::{self, Host, RunningComponent};
 use crate::engine::EngineError;
-use crate::rpc::{Component, DomainError};
+use crate::rpc::{Address, Component, DomainError};
 use crate::telemetry::{metrics, trace};
 use crate::Settings;
 
@@ -204,7 +204,8 @@ async fn run(
 ) -> Result<(), EngineError> {
     let store = Store::open(settings.service_dir(COMPONENT.name()), &settings.store)?;
     let active = Arc::new(AtomicU32::new(store.active_models()?));
-    let mut host = Host::connect(COMPONENT, settings, store, &login, shutdown).await?;
+    let mut host =
+        Host::connect(Address::whole(COMPONENT), settings, store, &login, shutdown).await?;
     let sagas = Arc::new(OpenSagas::default());
     load_sagas(&sagas, &host.store, active.load(Ordering::Acquire))?;
     let actor = ProjectionActor {

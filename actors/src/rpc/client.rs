@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
 
-use super::endpoint::subject;
-use super::{Component, DomainError, Endpoint};
+use super::{Address, Component, DomainError, Endpoint};
 
 /// How long a component has to answer before it counts as unavailable.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
@@ -16,11 +15,21 @@ pub async fn call<E: Endpoint>(
     component: Component,
     request: &E::Request,
 ) -> Result<E::Reply, DomainError> {
+    call_at::<E>(client, Address::whole(component), request).await
+}
+
+/// Ask endpoint `E` of whoever answers at `address` (a component, or one partition of it).
+pub async fn call_at<E: Endpoint>(
+    client: &async_nats::Client,
+    address: Address,
+    request: &E::Request,
+) -> Result<E::Reply, DomainError> {
+    let component = address;
     let body = serde_json::to_vec(request)
         .map_err(|e| DomainError::rejected(format!("request to {component}: {e}")))?;
     let reply = tokio::time::timeout(
         ANSWER_WITHIN,
-        client.request(subject(component, E::NAME), body.into()),
+        client.request(address.subject(E::NAME), body.into()),
     )
     .await
     .map_err(|_| {

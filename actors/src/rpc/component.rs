@@ -59,6 +59,15 @@ impl Component {
         }
     }
 
+    /// Does it keep its state per order (so it can be split by the orders' partitions)? The
+    /// services whose `Service::PLACEMENT` is `PerOrder`.
+    pub fn keeps_orders(self) -> bool {
+        matches!(
+            self,
+            Component::Order | Component::Payment | Component::Shipment
+        )
+    }
+
     /// The service that owns `domain`'s stream.
     pub const fn owner(domain: Domain) -> Component {
         match domain {

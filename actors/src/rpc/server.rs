@@ -8,7 +8,7 @@ use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{Component, DomainError, Endpoint};
+use super::{Address, Component, DomainError, Endpoint};
 
 /// Requests answered together by a batch endpoint (commands share one commit and one flush).
 const BATCH: usize = 256;
@@ -24,7 +24,7 @@ pub struct ServeError {
 
 /// A component's micro service with its endpoints running until `shutdown`.
 pub struct Server {
-    component: Component,
+    address: Address,
     service: async_nats::service::Service,
     group: async_nats::service::Group,
     tasks: Vec<actix_rt::task::JoinHandle<()>>,
@@ -32,22 +32,24 @@ pub struct Server {
 }
 
 impl Server {
-    /// Start `component`'s micro service; add endpoints with [`Server::each`] and [`Server::batch`].
+    /// Start the micro service answering at `address` (a component, or one partition of it);
+    /// add endpoints with [`Server::each`] and [`Server::batch`].
     pub async fn start(
         client: &async_nats::Client,
-        component: Component,
+        address: Address,
         description: &str,
         shutdown: CancellationToken,
     ) -> Result<Server, ServeError> {
+        let component = address.component;
         let service = client
             .service_builder()
             .description(description)
             .start(component.name(), env!("CARGO_PKG_VERSION"))
             .await
             .map_err(|source| ServeError { component, source })?;
-        let group = service.group(format!("commerce.{component}"));
+        let group = service.group(address.group());
         Ok(Server {
-            component,
+            address,
             service,
             group,
             tasks: Vec::new(),
@@ -96,7 +98,7 @@ impl Server {
     async fn endpoint<E: Endpoint>(
         &self,
     ) -> Result<async_nats::service::endpoint::Endpoint, ServeError> {
-        let component = self.component;
+        let component = self.address.component;
         self.group
             .endpoint(E::NAME)
             .await
@@ -109,7 +111,7 @@ impl Server {
             let _ = task.await;
         }
         if let Err(e) = self.service.stop().await {
-            tracing::debug!(component = %self.component, error = %e, "micro service stop");
+            tracing::debug!(component = %self.address, error = %e, "micro service stop");
         }
     }
 }

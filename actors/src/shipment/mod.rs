@@ -12,7 +12,7 @@ use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use self::aggregate::{BookingRequest, CarrierAnswer, CarrierCall, CarrierUpdate, Shipment};
-use crate::engine::{Command, EngineError, Handle, Placement, Service};
+use crate::engine::{Command, EngineError, Handle, Placement, Scope, Service};
 use crate::external::carrier::{Booking, BookingReply, Cancellation, CarrierClient};
 use crate::Settings;
 
@@ -63,6 +63,7 @@ impl Service for ShipmentService {
         settings: &Settings,
         ops: &crate::resilience::Ops,
         handle: Handle<Self>,
+        scope: Scope,
         shutdown: CancellationToken,
     ) -> Option<LocalBoxFuture<'static, ()>> {
         let guard = ops.guard("carrier-tracking");
@@ -74,7 +75,7 @@ impl Service for ShipmentService {
             }
         };
         let every = settings.tracking_poll();
-        Some(track(carrier, handle, every, shutdown).boxed_local())
+        Some(track(carrier, handle, scope, every, shutdown).boxed_local())
     }
 
     fn view(version: u64, state: &Shipment) -> Option<Shipment> {
@@ -87,10 +88,12 @@ impl Service for ShipmentService {
 }
 
 /// Poll the tracking feed from the start (updates are idempotent: a parcel already marked
-/// started or delivered gets no new event), turning each update into a command.
+/// started or delivered gets no new event), turning each update about an order of `scope`
+/// into a command (the other partitions' hosts read the same feed).
 async fn track(
     carrier: CarrierClient,
     handle: Handle<ShipmentService>,
+    scope: Scope,
     every: Duration,
     shutdown: CancellationToken,
 ) {
@@ -101,6 +104,7 @@ async fn track(
                 let commands = page
                     .updates
                     .iter()
+                    .filter(|update| scope.owns(&update.order_id))
                     .map(|update| Command {
                         aggregate_id: update.order_id.clone(),
                         command: CarrierUpdate {

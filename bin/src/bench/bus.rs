@@ -86,9 +86,15 @@ pub async fn run(
     // 2b. The same relay as an instance's (`commerce run … --instance`): within a term, whose
     // check the broker makes on every publish.
     let holder = lease::Holder::this_process("bench");
-    let lease = Lease::acquire(&js, "bench.0", &holder, &CancellationToken::new())
-        .await?
-        .context("the bench's lease")?;
+    let lease = Lease::acquire(
+        &js,
+        "bench.0",
+        &holder,
+        lease::Role::Home,
+        &CancellationToken::new(),
+    )
+    .await?
+    .context("the bench's lease")?;
     let term = Term::begin(&js, Domain::Orders, 0, &lease.claim(), &holder).await?;
     let lease = lease.keep(CancellationToken::new());
     let db = dir.path().join("term-relay-db");

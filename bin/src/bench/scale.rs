@@ -1,7 +1,8 @@
 //! `commerce bench scale`: the saga with every component its own process (as `commerce chaos`
 //! runs them, with no faults) on one broker node, on a cluster of three with every stream on all
-//! three, and on that cluster with every service run twice (`commerce run … --instance`, one
-//! owner and one standby each): orders/s and latency as ratios to the single node, in one run.
+//! three, on that cluster with every service run twice (`commerce run … --instance`, one owner
+//! and one standby each), and with the streams over two partitions, each instance the home of
+//! one: orders/s and latency as ratios to the single node, in one run.
 
 use std::path::Path;
 
@@ -20,18 +21,19 @@ payment_gateway_addr = "127.0.0.1:0"
 carrier_addr = "127.0.0.1:0"
 "#;
 
-/// (label, broker nodes, instances of every service)
-const SETUPS: [(&str, usize, usize); 3] = [
-    ("1 node, 1 instance", 1, 1),
-    ("3 nodes, 1 instance", 3, 1),
-    ("3 nodes, 2 instances", 3, 2),
+/// (label, broker nodes, instances of every service, partitions)
+const SETUPS: [(&str, usize, usize, u32); 4] = [
+    ("1 node, 1 instance", 1, 1, 1),
+    ("3 nodes, 1 instance", 3, 1, 1),
+    ("3 nodes, 2 instances", 3, 2, 1),
+    ("3 nodes, 2 inst., 2 part.", 3, 2, 2),
 ];
 
 pub async fn run(orders: usize, rates: &[u32]) -> anyhow::Result<()> {
     let mut measured: Vec<(&str, Vec<RoundResult>)> = Vec::new();
-    for (label, nodes, instances) in SETUPS {
+    for (label, nodes, instances, partitions) in SETUPS {
         eprintln!("bench: {label}");
-        let results = measure(orders, rates, nodes, instances).await?;
+        let results = measure(orders, rates, nodes, instances, partitions).await?;
         print_table(label, orders, &results);
         measured.push((label, results));
     }
@@ -61,18 +63,19 @@ pub async fn run(orders: usize, rates: &[u32]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A fresh world of processes with `nodes` broker nodes and `instances` of every service, each
-/// rate offered in turn.
+/// A fresh world of processes with `nodes` broker nodes, `instances` of every service and the
+/// streams over `partitions`, each rate offered in turn.
 async fn measure(
     orders: usize,
     rates: &[u32],
     nodes: usize,
     instances: usize,
+    partitions: u32,
 ) -> anyhow::Result<Vec<RoundResult>> {
     let dir = tempfile::Builder::new()
         .prefix("commerce-bench-scale-")
         .tempdir()?;
-    let settings = write_settings(dir.path(), nodes)?;
+    let settings = write_settings(dir.path(), nodes, partitions)?;
     let config = dir.path().join("bench.toml");
     let world = World::up(dir.path(), &settings, config, None, instances).await?;
     let outcome = offer_all(&world, &settings, orders, rates).await;
@@ -115,10 +118,10 @@ async fn offer_all(
 }
 
 /// The run's settings file (`<dir>/bench.toml`, which every process reads) and its settings.
-fn write_settings(dir: &Path, nodes: usize) -> anyhow::Result<Settings> {
+fn write_settings(dir: &Path, nodes: usize, partitions: u32) -> anyhow::Result<Settings> {
     let config = dir.join("bench.toml");
     let text = format!(
-        "nats_cluster = {nodes}\n{SETTINGS}\n[streams]\nreplicas = {}\n",
+        "nats_cluster = {nodes}\n{SETTINGS}\n[streams]\nreplicas = {}\npartitions = {partitions}\n",
         nodes.min(3)
     );
     std::fs::write(&config, text)?;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use actors::contract::{OrderReadModel, ReadOrder, Status};
 use actors::projection::api::Sagas;
-use actors::rpc::{call, DomainError};
+use actors::rpc::{call, call_at, DomainError, Routes};
 use actors::simulators::carrier::CarrierLedger;
 use actors::simulators::payment_gateway::PaymentLedger;
 use actors::Component;
@@ -202,18 +202,21 @@ async fn dead_letters(js: &async_nats::jetstream::Context) -> Vec<String> {
     }
 }
 
-async fn outboxes(operator: &async_nats::Client) -> BTreeMap<String, Result<u64, String>> {
+async fn outboxes(
+    operator: &async_nats::Client,
+    routes: Routes,
+) -> BTreeMap<String, Result<u64, String>> {
     let mut depths = BTreeMap::new();
-    for service in Component::SERVICES {
+    for service in Component::SERVICES.into_iter().flat_map(|s| routes.all(s)) {
         let until = Instant::now() + Duration::from_secs(30);
         let depth = loop {
-            match call::<Status>(operator, service, &()).await {
+            match call_at::<Status>(operator, service, &()).await {
                 Ok(s) if s.outbox_depth == 0 || Instant::now() >= until => break Ok(s.outbox_depth),
                 Err(e) if Instant::now() >= until => break Err(e.to_string()),
                 _ => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         };
-        depths.insert(service.name().to_string(), depth);
+        depths.insert(service.to_string(), depth);
     }
     depths
 }
@@ -276,7 +279,7 @@ pub async fn gather(
 ) -> Facts {
     let js = async_nats::jetstream::new(world.operator.clone());
     // Everything in flight lands first: outboxes sent, consumers at their streams' ends.
-    let outboxes = outboxes(&world.operator).await;
+    let outboxes = outboxes(&world.operator, world.routes).await;
     let lagging_consumers = lagging_consumers(&js, Duration::from_secs(30)).await;
     let (stock_after, negative_stock) = match stock(client).await {
         Ok((units, negative)) => (Ok(units), negative),

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use actors::contract::Status;
 use actors::gateway::auth::{mint, Caller};
-use actors::rpc::call;
+use actors::rpc::{call_at, Address, Routes};
 use actors::{Component, Settings};
 use anyhow::Context;
 
@@ -76,6 +76,11 @@ pub struct ChaosArgs {
     /// then hit the owner, so a standby takes over.
     #[arg(long, value_name = "N", default_value_t = 1)]
     instances: usize,
+    /// Spread the streams over N partitions: the per-order services (order, payment,
+    /// shipment) then run one host per partition; with --instances, partition k's home is
+    /// instance k mod N, and the others take it over when its home dies.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    partitions: u32,
 }
 
 /// The settings every component of a chaos run starts with: short enough that a run of a
@@ -121,6 +126,12 @@ pub async fn run(args: ChaosArgs, _settings: Settings) -> anyhow::Result<()> {
         "--instances must be within 1..={}",
         world::INSTANCES.len()
     );
+    anyhow::ensure!(
+        (1..=64).contains(&args.partitions)
+            && (args.partitions == 1 || args.instances <= args.partitions as usize),
+        "--partitions must be within 1..=64, and at least --instances when above 1 (each \
+         instance is the home of one)"
+    );
 
     let (dir, temporary) = match &args.dir {
         Some(dir) => {
@@ -144,9 +155,11 @@ pub async fn run(args: ChaosArgs, _settings: Settings) -> anyhow::Result<()> {
     let config = dir.join("chaos.toml");
     // Top-level keys before the tables. A standby takes over 3 s after its owner died.
     let settings_text = format!(
-        "nats_cluster = {}\n{CHAOS_SETTINGS}\n[streams]\nreplicas = {}\nlease_ttl_ms = 3000\n",
+        "nats_cluster = {}\n{CHAOS_SETTINGS}\n[streams]\nreplicas = {}\nlease_ttl_ms = 3000\n\
+         partitions = {}\n",
         args.cluster,
-        args.cluster.min(3)
+        args.cluster.min(3),
+        args.partitions
     );
     std::fs::write(&config, settings_text)?;
     let settings = Settings::load(
@@ -262,7 +275,7 @@ async fn execute(setup: Setup<'_>) -> anyhow::Result<report::Report> {
     let _ = clients.await;
     let placed = load::lock(&ledger).placed.clone();
     let drained = facts::drain(&mut world, &placed, started + healed + drain_bound).await?;
-    dedup.poll(&world.operator).await;
+    dedup.poll(&world.operator, world.routes).await;
     let mut gathered = facts::gather(&world, &client, placed, stock_before, config).await;
     gathered.drain_bound_s = drain_bound.as_secs();
     let checks = invariants::all(&gathered);
@@ -332,7 +345,7 @@ async fn inject(
         }
         world.tend()?;
         if polled.elapsed() >= Duration::from_secs(2) {
-            dedup.poll(&world.operator).await;
+            dedup.poll(&world.operator, world.routes).await;
             polled = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -399,7 +412,7 @@ fn describe(fault: &Fault) -> String {
 #[derive(Default)]
 struct Dedup {
     /// Per service: the last reading, and the sum of readings before each restart.
-    seen: BTreeMap<Component, ([u64; 3], [u64; 3])>,
+    seen: BTreeMap<Address, ([u64; 3], [u64; 3])>,
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -411,11 +424,12 @@ pub struct DedupTotals {
 
 impl Dedup {
     /// Read every service's counters at once (a paused one costs 300 ms, not the schedule).
-    async fn poll(&mut self, operator: &async_nats::Client) {
-        let asks = Component::SERVICES.map(|service| async move {
+    async fn poll(&mut self, operator: &async_nats::Client, routes: Routes) {
+        let every = Component::SERVICES.into_iter().flat_map(|s| routes.all(s));
+        let asks = every.map(|service| async move {
             let answer = tokio::time::timeout(
                 Duration::from_millis(300),
-                call::<Status>(operator, service, &()),
+                call_at::<Status>(operator, service, &()),
             )
             .await;
             (service, answer)

@@ -121,6 +121,9 @@ impl Report {
         if run.args.instances > 1 {
             let _ = write!(replay, " --instances {}", run.args.instances);
         }
+        if run.args.partitions > 1 {
+            let _ = write!(replay, " --partitions {}", run.args.partitions);
+        }
         if let Some(drain) = run.args.drain {
             let _ = write!(replay, " --drain {}", humantime::format_duration(drain));
         }

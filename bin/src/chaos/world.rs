@@ -58,6 +58,8 @@ pub struct World {
     procs: BTreeMap<String, Proc>,
     /// Instances of each service (`--instances`).
     instances: usize,
+    /// Which services are split by partition, and into how many (`--partitions`).
+    pub routes: actors::rpc::Routes,
     /// A deliberate bug every component runs with (`--break`).
     broken: Option<&'static str>,
     /// The operator's own connection, straight to the broker.
@@ -75,7 +77,7 @@ impl World {
         instances: usize,
     ) -> anyhow::Result<World> {
         std::fs::create_dir_all(dir.join("logs"))?;
-        let (_, access) = Keyring::prepare_broker(dir)?;
+        let (_, access) = Keyring::prepare_broker(dir, settings.routes())?;
         let mut server = bus::server::ServerConfig::new(dir.join("nats"));
         server.authorization = access;
         let brokers = if settings.nats_cluster > 1 {
@@ -123,6 +125,7 @@ impl World {
             links: proxies,
             procs: BTreeMap::new(),
             instances,
+            routes: settings.routes(),
             broken,
             operator,
             counts: ProcessCounts::default(),
@@ -136,14 +139,19 @@ impl World {
             world.start_component(process, None)?;
         }
         let deadline = Instant::now() + Duration::from_secs(60);
+        // One instance of each is up, the others waiting for its lease; or, over several
+        // partitions, every instance, each serving its home partitions.
+        let every = world.routes.partitions().count() > 1;
         for component in components() {
-            // One instance of each is up; the others wait for its lease.
             let up = format!("commerce {component} is up");
-            while !world
-                .processes(component)
-                .iter()
-                .any(|p| world.log(p).contains(&up))
-            {
+            loop {
+                let mut ups = world
+                    .processes(component)
+                    .into_iter()
+                    .map(|p| world.log(&p).contains(&up));
+                if (every && ups.all(|u| u)) || (!every && ups.any(|u| u)) {
+                    break;
+                }
                 anyhow::ensure!(
                     Instant::now() < deadline,
                     "{component} did not start within 60 s; see {}",
@@ -178,8 +186,20 @@ impl World {
         }
     }
 
+    /// With instances over several partitions: the partitions instance `instance` is the home
+    /// of (partition `k` is the home of instance `k mod N`).
+    fn home(&self, instance: Option<&str>) -> Option<String> {
+        let index = INSTANCES.iter().position(|i| Some(*i) == instance)?;
+        let count = self.routes.partitions().count();
+        let home: Vec<String> = (0..count)
+            .filter(|k| *k as usize % self.instances == index)
+            .map(|k| k.to_string())
+            .collect();
+        (count > 1 && !home.is_empty()).then(|| home.join(","))
+    }
+
     /// The process a fault on `component` hits: with instances, the one that owns the service
-    /// now (the one whose loss matters), else the first.
+    /// (its partition 0) now, the one whose loss matters; else the first.
     async fn target(&self, component: &str) -> String {
         let processes = self.processes(component);
         if processes.len() > 1 {
@@ -245,6 +265,12 @@ impl World {
             .arg(&self.dir)
             .args(["--nats", &nats])
             .args(instance.map(|i| ["--instance", i]).into_iter().flatten())
+            .args(
+                self.home(instance)
+                    .map(|home| ["--home".to_string(), home])
+                    .into_iter()
+                    .flatten(),
+            )
             .env("COMMERCE_PAYMENT_GATEWAY_URL", &self.payment_gateway)
             .env("COMMERCE_CARRIER_URL", &self.carrier)
             .env("FAILPOINTS", failpoints.join(";"))
@@ -323,11 +349,20 @@ impl World {
     pub async fn lose_database(&mut self, service: &str) -> anyhow::Result<()> {
         let process = self.target(service).await;
         self.kill_process(&process);
-        // A process's name is its database's directory (`<service>@<instance>` too).
-        let db = self.dir.join(&process);
-        if db.exists() {
-            std::fs::remove_dir_all(&db)
-                .with_context(|| format!("cannot delete {}", db.display()))?;
+        // A process's name is its database's directory (`<service>@<instance>` too), or the
+        // stem of one per partition (`payment@a.p1`).
+        let partition = format!("{process}.p");
+        for entry in std::fs::read_dir(&self.dir)? {
+            let db = entry?.path();
+            let name = db.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name == process
+                || name
+                    .strip_prefix(&partition)
+                    .is_some_and(|k| k.parse::<u32>().is_ok())
+            {
+                std::fs::remove_dir_all(&db)
+                    .with_context(|| format!("cannot delete {}", db.display()))?;
+            }
         }
         Ok(())
     }

@@ -172,8 +172,14 @@ pub struct Api {
 
 impl Api {
     pub fn new(base: &str, payment_gateway: &str, carrier: &str, data: &std::path::Path) -> Api {
+        // A pooled connection idle for longer than the servers' keep-alive (5 s) may be closed
+        // by the server just as it is reused (hyper's IncompleteMessage): drop idle ones first.
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(1))
+            .build()
+            .expect("an HTTP client");
         Api {
-            http: reqwest::Client::new(),
+            http,
             base: base.to_string(),
             payment_gateway: payment_gateway.to_string(),
             carrier: carrier.to_string(),
@@ -357,6 +363,35 @@ pub fn order(customer: &str, sku: &str, quantity: i64, card: &str, address: &str
         "card_number": card,
         "shipping_address": address,
     })
+}
+
+/// Place `n` plain orders (customers `<prefix>-<i>`) and wait until each completed.
+pub async fn place_completed(api: &Api, prefix: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let placed = order(&format!("{prefix}-{i}"), "SKU-MUG", 1, CARD, ADDRESS);
+        ids.push(api.place_ok(&placed).await);
+    }
+    for id in &ids {
+        api.wait_status(id, &["COMPLETED"]).await;
+    }
+    ids
+}
+
+/// Each of `orders` was charged, and no order twice.
+pub async fn charged_once(api: &Api, orders: &[String]) {
+    let ledger = api.ledger(&api.payment_gateway).await;
+    let charged: Vec<&str> = ledger["authorizations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["order_id"].as_str())
+        .collect();
+    let distinct: std::collections::BTreeSet<&str> = charged.iter().copied().collect();
+    assert_eq!(distinct.len(), charged.len(), "an order charged twice");
+    for id in orders {
+        assert!(distinct.contains(id.as_str()), "{id} charged");
+    }
 }
 
 pub const CARD: &str = "4242424242424242";
@@ -648,7 +683,15 @@ impl Outside {
 /// A nats-server of the test's own that admits only the system's identities, as `commerce up`
 /// makes it (their credentials under `data`, where `commerce up`/`run` find them).
 pub async fn authenticated_broker(data: &std::path::Path) -> bus::server::NatsServer {
-    let (_, access) = actors::access::Keyring::prepare_broker(data).unwrap();
+    authenticated_broker_for(data, actors::Settings::default().routes()).await
+}
+
+/// [`authenticated_broker`] for a system whose services are split as `routes` say.
+pub async fn authenticated_broker_for(
+    data: &std::path::Path,
+    routes: actors::rpc::Routes,
+) -> bus::server::NatsServer {
+    let (_, access) = actors::access::Keyring::prepare_broker(data, routes).unwrap();
     let mut config = bus::server::ServerConfig::new(data.join("nats"));
     config.authorization = access;
     bus::server::NatsServer::start(config).await.unwrap()
@@ -676,7 +719,8 @@ impl Cluster {
         Proc,
     ) {
         let data = tempfile::tempdir().unwrap();
-        let server = authenticated_broker(data.path()).await;
+        let routes = actors::rpc::Routes::new(streams.partitions().unwrap());
+        let server = authenticated_broker_for(data.path(), routes).await;
         let js = async_nats::jetstream::new(operator(&server.url(), data.path()).await);
         bus::provision(&js, streams).await.unwrap();
         let mut cluster = Cluster {

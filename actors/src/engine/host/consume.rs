@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::core::Settled;
 use crate::engine::{EngineError, Handle, Service};
+use crate::rpc::Address;
 use crate::Settings;
 
 /// How often a consumer checks it still exists and points inside its stream (and after every
@@ -44,6 +45,15 @@ impl<S: Service> Sink for Handle<S> {
 }
 
 /// A durable consumer of `stream` for `durable`, with the settings' redelivery policy.
+/// The durable consumers' name of `address`: the component's, or `<service>-p<k>` for
+/// partition `k` of a split service.
+pub fn durable_name(address: Address) -> String {
+    match address.partition {
+        None => address.component.name().to_string(),
+        Some(k) => format!("{}-p{k}", address.component),
+    }
+}
+
 pub fn consumer_spec(stream: &str, durable: &str, settings: &Settings) -> ConsumerSpec {
     let mut spec = ConsumerSpec::new(stream, durable);
     spec.ack_wait = settings.ack_wait();

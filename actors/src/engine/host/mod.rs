@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::EngineError;
-use crate::rpc::{Component, Server};
+use crate::rpc::{Address, Component, Server};
 use crate::Settings;
 
 pub use service::spawn;
@@ -94,7 +94,8 @@ pub async fn spawn_with(
 /// One component's process-side resources while it runs: its database, its connection, and the
 /// tasks that end at shutdown.
 pub struct Host {
-    pub component: Component,
+    /// The component, or the partition of a split service, this host runs.
+    pub address: Address,
     pub settings: Settings,
     pub store: Store,
     pub client: async_nats::Client,
@@ -108,7 +109,7 @@ pub struct Host {
 impl Host {
     /// Connect `component`, whose database is `store`, to the broker as `login` says.
     pub async fn connect(
-        component: Component,
+        component: Address,
         settings: Settings,
         store: Store,
         login: &Login,
@@ -122,7 +123,7 @@ impl Host {
 
     /// [`Host::connect`] on a connection made already.
     pub fn with_client(
-        component: Component,
+        address: Address,
         settings: Settings,
         store: Store,
         client: async_nats::Client,
@@ -130,7 +131,7 @@ impl Host {
     ) -> Host {
         let js = async_nats::jetstream::new(client.clone());
         Host {
-            component,
+            address,
             settings,
             store,
             client,
@@ -151,15 +152,18 @@ impl Host {
         self.tasks.push(actix_rt::spawn(task));
     }
 
-    /// Bind a durable consumer of `stream` named after this component (with the settings'
-    /// redelivery policy), and hand its batches to `sink`.
+    /// Bind a durable consumer of `stream` named after this component, or its partition
+    /// (`payment-p2`; with the settings' redelivery policy), and hand its batches to `sink`.
     pub async fn consume<K: consume::Sink>(
         &mut self,
         stream: &str,
         filter_subjects: Vec<String>,
         sink: K,
     ) -> Result<(), EngineError> {
-        let mut spec = consume::consumer_spec(stream, self.component.name(), &self.settings);
+        let owner = self.address.component.name();
+        let durable = consume::durable_name(self.address);
+        let mut spec = consume::consumer_spec(stream, &durable, &self.settings);
+        spec.owner = owner.to_string();
         spec.filter_subjects = filter_subjects;
         let consumer = DurableConsumer::bind(&self.js, spec).await?;
         let task = consume::consume(self.js.clone(), consumer, sink, self.shutdown.clone());
@@ -171,7 +175,7 @@ impl Host {
     pub async fn server(&self, description: &str) -> Result<Server, EngineError> {
         Ok(Server::start(
             &self.client,
-            self.component,
+            self.address,
             description,
             self.shutdown.clone(),
         )
@@ -192,7 +196,8 @@ impl Host {
             self.shutdown.clone(),
         );
         self.spawn(retention);
-        let name = self.component.name();
+        let name = self.address.to_string();
+        let name = name.as_str();
         tracing::info!(component = name, db = %self.store.path().display(), "started");
         let _ = ready.send(());
         self.shutdown.cancelled().await;

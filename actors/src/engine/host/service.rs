@@ -9,8 +9,8 @@ use std::time::Duration;
 use actix::Actor;
 use bus::dlq::DeadLetters;
 use bus::envelope::snake_case;
-use bus::lease::{self, Lease};
-use bus::partition::{self, Slice};
+use bus::lease::{self, Lease, Role};
+use bus::partition;
 use bus::term::Term;
 use bus::{Login, OutboxRelay, Publisher, RelayConfig};
 use futures::FutureExt;
@@ -23,8 +23,8 @@ use crate::engine::api::{
     Get, Part, Replay, ReplayOutcome, ReplayRequest, Replayed, Slow, SlowRequest, Status,
 };
 use crate::engine::core::Engine;
-use crate::engine::{recovery, EngineError, Service};
-use crate::rpc::{DomainError, Server};
+use crate::engine::{recovery, EngineError, Scope, Service};
+use crate::rpc::{Address, DomainError, Server};
 use crate::telemetry::metrics;
 use crate::Settings;
 
@@ -40,44 +40,181 @@ pub async fn spawn<S: Service>(
     .await
 }
 
+/// Run every host of `S` this process runs: the service, or one host per partition of a split
+/// service, side by side on this Arbiter. Ready once every host serves; one that stops with an
+/// error stops the others (each after its last flush), and the service stops with that error.
 async fn run<S: Service>(
-    mut settings: Settings,
+    settings: Settings,
     login: Login,
     shutdown: CancellationToken,
     ready: oneshot::Sender<()>,
 ) -> Result<(), EngineError> {
-    let client = login.connect().await?;
-    let lease = match settings.instance.clone() {
-        None => None,
-        Some(instance) => {
-            let js = async_nats::jetstream::new(client.clone());
-            let key = lease::key(S::name(), 0);
-            let holder = lease::Holder::this_process(&instance);
-            let Some(lease) = Lease::acquire(&js, &key, &holder, &shutdown).await? else {
-                return Ok(()); // stopped while a standby
-            };
-            let claim = lease.claim();
-            // Renewed from now on: marking and the rebuild below may outlast the lease.
-            let keeper = lease.keep(shutdown.clone());
-            let term = Term::begin(&js, recovery::own::<S>(), 0, &claim, &holder).await?;
-            let fence = claim.fence;
-            // Others may have owned the partition since this database was last written.
-            settings.rebuild = true;
-            Some((keeper, fence, term))
+    let routes = settings.routes();
+    let addresses = routes.all(S::COMPONENT);
+    if let [address] = addresses[..] {
+        let scope = Scope::new(address, routes);
+        let stop = Stop::same(shutdown);
+        return run_host::<S>(scope, settings, login, stop, ready).await;
+    }
+    let stop = shutdown.child_token();
+    let mut readies = Vec::new();
+    let mut hosts = Vec::new();
+    for address in addresses {
+        let (host_ready, is_ready) = oneshot::channel();
+        readies.push(is_ready);
+        let scope = Scope::new(address, routes);
+        let (settings, login) = (settings.clone(), login.clone());
+        let stop = Stop {
+            host: stop.clone(),
+            on_lost_lease: shutdown.clone(),
+        };
+        hosts.push(actix_rt::spawn(async move {
+            let host = stop.host.clone();
+            let result = run_host::<S>(scope, settings, login, stop, host_ready).await;
+            if result.is_err() {
+                host.cancel();
+            }
+            result
+        }));
+    }
+    if futures::future::join_all(readies)
+        .await
+        .iter()
+        .all(Result::is_ok)
+    {
+        let _ = ready.send(());
+    }
+    let mut first_error = None;
+    for host in hosts {
+        let result = host.await.unwrap_or(Err(EngineError::Stopped(S::name())));
+        if let Err(e) = result {
+            first_error.get_or_insert(e);
         }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// When a host stops: at `host` (shutdown, or a sibling partition's host failed), and what a
+/// lost lease cancels (the process: its supervisor starts it again as a standby).
+struct Stop {
+    host: CancellationToken,
+    on_lost_lease: CancellationToken,
+}
+
+impl Stop {
+    fn same(shutdown: CancellationToken) -> Stop {
+        Stop {
+            host: shutdown.clone(),
+            on_lost_lease: shutdown,
+        }
+    }
+}
+
+/// Run one host of `S`: the orders of `scope`, with its own database, consumers, relay and
+/// micro service. As an instance (`--instance`), only while it holds the lease on its
+/// partition: a standby until then, and again after giving an away partition back to its home
+/// instance ([`bus::lease::Role`]).
+async fn run_host<S: Service>(
+    scope: Scope,
+    settings: Settings,
+    login: Login,
+    stop: Stop,
+    ready: oneshot::Sender<()>,
+) -> Result<(), EngineError> {
+    let shutdown = stop.host;
+    let Some(instance) = settings.instance.clone() else {
+        let client = login.connect().await?;
+        return serve::<S>(scope, settings, client, None, shutdown, ready).await;
     };
-    let dir = settings.service_dir(S::name());
+    let partition = scope.address.partition.unwrap_or(0);
+    let key = lease::key(S::name(), partition);
+    let role = match settings.is_home(partition) {
+        true => Role::Home,
+        false => Role::Away,
+    };
+    let mut ready = Some(ready);
+    if role == Role::Away {
+        // Someone else's partition does not hold up this instance's start.
+        let _ = ready.take().map(|r| r.send(()));
+    }
+    loop {
+        let client = login.connect().await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let holder = lease::Holder::this_process(&instance);
+        let Some(lease) = Lease::acquire(&js, &key, &holder, role, &shutdown).await? else {
+            return Ok(()); // stopped while a standby
+        };
+        let claim = lease.claim();
+        // Until shutdown, a lost lease, or (away) its home instance asks for it back.
+        let owning = shutdown.child_token();
+        // Renewed from now on: marking and the rebuild below may outlast the lease.
+        let keeper = lease.keep(stop.on_lost_lease.clone());
+        let term = Term::begin(&js, recovery::own::<S>(), partition, &claim, &holder).await?;
+        if role == Role::Away {
+            let (js, key, owning) = (js.clone(), key.clone(), owning.clone());
+            actix_rt::spawn(async move {
+                if let Ok(true) = lease::until_wanted(&js, &key, &owning).await {
+                    tracing::info!(lease = key, "its home instance wants it: giving it back");
+                    owning.cancel();
+                }
+            });
+        }
+        let owned = Owned {
+            keeper,
+            fence: claim.fence,
+            term,
+        };
+        // Others may have owned the partition since this database was last written.
+        let settings = Settings {
+            rebuild: true,
+            ..settings.clone()
+        };
+        let (started, _) = oneshot::channel();
+        let ready = ready.take().unwrap_or(started);
+        let served = serve::<S>(scope, settings, client, Some(owned), owning, ready).await;
+        if served.is_err() || shutdown.is_cancelled() {
+            return served;
+        }
+        tracing::info!(lease = key, "partition given back; standing by");
+    }
+}
+
+/// What an instance owns a partition by: its lease (renewed until the last flush), the fence
+/// its store checks, and its term on the stream.
+struct Owned {
+    keeper: lease::Keeper,
+    fence: storage::Fence,
+    term: Term,
+}
+
+/// Serve `scope` until `shutdown`: open (and rebuild, if need be) its database, then consume,
+/// relay and answer.
+async fn serve<S: Service>(
+    scope: Scope,
+    settings: Settings,
+    client: async_nats::Client,
+    owned: Option<Owned>,
+    shutdown: CancellationToken,
+    ready: oneshot::Sender<()>,
+) -> Result<(), EngineError> {
+    let address = scope.address;
+    let dir = settings.host_dir(address);
     let store = recovery::open(&dir, &settings)?;
     let (ops, transitions) = crate::resilience::Ops::new(settings.resilience.clone());
     let service = S::new(&settings, &ops)?;
-    let mut host = Host::with_client(S::COMPONENT, settings, store, client, shutdown);
+    let mut host = Host::with_client(address, settings, store, client, shutdown);
     let mut publisher = Publisher::new(host.js.clone());
-    if let Some((keeper, fence, term)) = lease {
+    if let Some(Owned {
+        keeper,
+        fence,
+        term,
+    }) = owned
+    {
         host.store.fence_with(fence);
         host.keep_lease(keeper);
         publisher = publisher.within_term(term);
     }
-    recovery::recover_if_empty::<S>(&dir, &host.store, &host.js).await?;
+    recovery::recover_if_empty::<S>(&dir, &host.store, &host.js, address).await?;
 
     let relay = OutboxRelay::new(host.store.clone(), publisher, RelayConfig::default());
     let engine = Engine::new(service, host.store.clone());
@@ -95,31 +232,43 @@ async fn run<S: Service>(
         host.js.clone(),
         transitions,
     ));
+    let slice = recovery::slice(address);
     for (domain, events) in S::LISTENS {
         let filter = events
             .iter()
-            .map(|e| partition::events(*domain, &snake_case(e), Slice::All))
+            .map(|e| partition::events(*domain, &snake_case(e), slice))
             .collect();
         host.consume(domain.stream(), filter, handle.clone())
             .await?;
     }
 
-    let description = format!("commerce {} service", S::name());
+    let description = match address.partition {
+        None => format!("commerce {} service", S::name()),
+        Some(k) => format!("commerce {} service, partition {k}", S::name()),
+    };
     let mut server = host.server(&description).await?;
-    serve_common(&mut server, &handle, DeadLetters::new(host.js.clone())).await?;
-    S::endpoints(&mut server, handle.clone()).await?;
+    serve_common(
+        &mut server,
+        &handle,
+        DeadLetters::new(host.js.clone()),
+        scope,
+    )
+    .await?;
+    S::endpoints(&mut server, handle.clone(), scope).await?;
     if metrics::on() {
-        host.spawn(sample(handle.clone(), host.shutdown.clone()));
+        host.spawn(sample(address, handle.clone(), host.shutdown.clone()));
     }
-    if let Some(work) = S::background(&host.settings, &ops, handle, host.shutdown.clone()) {
+    let background = S::background(&host.settings, &ops, handle, scope, host.shutdown.clone());
+    if let Some(work) = background {
         host.spawn(work);
     }
     host.serve_until_shutdown(server, ready).await
 }
 
-/// This service's gauges (outbox, inbox, breakers, bulkheads), every few seconds, where metrics
-/// are served.
-async fn sample<S: Service>(handle: Handle<S>, shutdown: CancellationToken) {
+/// This host's gauges (outbox, inbox, breakers, bulkheads), every few seconds, where metrics
+/// are served; a partition's are labelled `payment/2`.
+async fn sample<S: Service>(address: Address, handle: Handle<S>, shutdown: CancellationToken) {
+    let name = address.to_string();
     let mut tick = tokio::time::interval(metrics::SAMPLE_EVERY);
     loop {
         tokio::select! {
@@ -128,7 +277,7 @@ async fn sample<S: Service>(handle: Handle<S>, shutdown: CancellationToken) {
         }
         let status = handle.status();
         let oldest = handle.oldest_pending().unwrap_or_default();
-        metrics::component(S::name(), status.outbox_depth, oldest, status.inbox);
+        metrics::component(&name, status.outbox_depth, oldest, status.inbox);
         for circuit in &status.circuits {
             metrics::circuit(&circuit.dependency, circuit.state.name(), circuit.in_flight);
         }
@@ -141,6 +290,7 @@ async fn serve_common<S: Service>(
     server: &mut Server,
     handle: &Handle<S>,
     dead_letters: DeadLetters,
+    scope: Scope,
 ) -> Result<(), EngineError> {
     let slow = Arc::new(AtomicU64::new(0));
     let h = handle.clone();
@@ -199,7 +349,7 @@ async fn serve_common<S: Service>(
     server
         .each::<Replay, _, _>(move |request: ReplayRequest| {
             let (h, dead_letters) = (h.clone(), dead_letters.clone());
-            async move { replay(&h, &dead_letters, request.seq).await }
+            async move { replay(&h, &dead_letters, request.seq, scope).await }
         })
         .await?;
     Ok(())
@@ -213,6 +363,7 @@ async fn replay<S: Service>(
     handle: &Handle<S>,
     dead_letters: &DeadLetters,
     seq: u64,
+    scope: Scope,
 ) -> Result<Replayed, DomainError> {
     let name = S::name();
     let letter = dead_letters
@@ -228,7 +379,13 @@ async fn replay<S: Service>(
     let envelope = letter.envelope().map_err(|e| {
         DomainError::rejected(format!("DLQ #{seq} is not an event ({e}); discard it"))
     })?;
-    let checked = check_replayable::<S>(&letter, &envelope);
+    let checked = check_replayable::<S>(&letter, &envelope).and_then(|()| {
+        // A split service's partition applies only its own orders' events.
+        match scope.owns(&envelope.subject) {
+            true => Ok(()),
+            false => Err(format!("its order is not in {}'s partition", scope.address)),
+        }
+    });
     let reply = |outcome| Replayed {
         seq,
         event_id: envelope.id,
