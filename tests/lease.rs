@@ -340,7 +340,8 @@ async fn an_owner_marks_its_term_again_after_an_earlier_marker_but_not_over_a_su
 }
 
 /// A renewal that timed out on our side but was written: the next renewal finds our own value
-/// at a revision it did not hear of, and renews from it instead of giving the lease up.
+/// at a revision it did not hear of, and renews from it instead of giving the lease up; giving
+/// the lease back deletes it from that revision too.
 #[tokio::test]
 async fn a_renewal_written_after_its_owner_gave_up_on_it_is_adopted() {
     init_logs();
@@ -356,6 +357,20 @@ async fn a_renewal_written_after_its_owner_gave_up_on_it_is_adopted() {
     kv.update(KEY, value.into(), lease.token()).await.unwrap();
     lease.renew().await.expect("renewed from the late renewal");
     assert!(lease.fence().check().is_ok());
+
+    // A late renewal before giving it back: released from its revision all the same.
+    let revision = kv.entry(KEY).await.unwrap().unwrap().revision;
+    kv.update(KEY, serde_json::to_vec(&holder).unwrap().into(), revision)
+        .await
+        .unwrap();
+    lease
+        .release()
+        .await
+        .expect("released from the late renewal");
+    let Attempt::Acquired(lease) = Lease::try_acquire(&kv, TTL, KEY, &holder).await.unwrap() else {
+        panic!("a released lease is free");
+    };
+    let mut lease = *lease;
 
     // Someone else's write is not ours: lost.
     let other = serde_json::to_vec(&Holder::this_process("b")).unwrap();

@@ -2,8 +2,8 @@
 //! --instance <i> --home <partitions>`), started and kept running by `commerce up`. Partition
 //! `k` is the home of instance `k mod N`; each instance stands by for the others' partitions and
 //! takes them over when their home instance is gone. A process that exits is started again
-//! after a second (it comes back as a standby, and its home instance asks for its partitions
-//! back). Each one's output goes to `<data-dir>/logs/<service>@<i>.log`.
+//! after a second (doubling, up to half a minute, while it keeps exiting); it comes back as a
+//! standby, and asks for its home partitions back. Each one's output goes to `<data-dir>/logs/<service>@<i>.log`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +16,14 @@ use tokio_util::sync::CancellationToken;
 
 /// How long every service gets to have an instance up.
 const START_WITHIN: Duration = Duration::from_secs(60);
-/// How long an exited instance waits before it is started again.
+/// How long an exited instance waits before it is started again, at first.
 const RESTART_AFTER: Duration = Duration::from_secs(1);
+/// The longest wait before starting again an instance that keeps exiting.
+const MAX_RESTART_AFTER: Duration = Duration::from_secs(30);
+/// How often the instances are looked at.
+const TICK: Duration = Duration::from_millis(250);
+/// How long the instances get to stop cleanly when `commerce up` stops.
+const STOP_WITHIN: Duration = Duration::from_secs(30);
 
 /// What every instance is started with.
 pub struct Launch {
@@ -80,12 +86,15 @@ impl Instances {
         self.children.keys().map(String::as_str)
     }
 
-    /// Start again any instance that exited, until `stop`; then stop them all (SIGTERM, wait).
+    /// Start again any instance that exited (after a second, doubling up to half a minute for
+    /// one that keeps exiting), until `stop`; then stop them all.
     pub async fn supervise(mut self, stop: CancellationToken) {
+        // Per exited instance: when it may start again, and the wait after its next exit.
+        let mut backoff: BTreeMap<String, (Instant, Duration)> = BTreeMap::new();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(RESTART_AFTER) => {}
+                _ = tokio::time::sleep(TICK) => {}
             }
             let exited: Vec<String> = self
                 .children
@@ -95,10 +104,15 @@ impl Instances {
                 })
                 .collect();
             for name in exited {
-                let Some((service, i)) = parse(&name) else {
+                let (at, wait) = backoff
+                    .entry(name.clone())
+                    .or_insert((Instant::now() + RESTART_AFTER, RESTART_AFTER));
+                let Some((service, i)) = parse(&name).filter(|_| Instant::now() >= *at) else {
                     continue;
                 };
                 tracing::warn!(instance = %name, "instance exited; starting it again");
+                *wait = (*wait * 2).min(MAX_RESTART_AFTER);
+                *at = Instant::now() + *wait;
                 match self.spawn(service, i, false) {
                     Ok(child) => {
                         self.children.insert(name, child);
@@ -106,13 +120,31 @@ impl Instances {
                     Err(e) => tracing::error!(instance = %name, error = %e, "not started again"),
                 }
             }
+            // One that has run a while starts from the short wait again.
+            backoff.retain(|_, (at, _)| Instant::now() < *at + MAX_RESTART_AFTER);
         }
-        for child in self.children.values() {
+        self.stop_all().await;
+    }
+
+    /// SIGTERM every instance (and close its stdin), wait for each to stop cleanly; SIGKILL
+    /// one that has not within [`STOP_WITHIN`].
+    async fn stop_all(&mut self) {
+        for child in self.children.values_mut() {
+            drop(child.stdin.take());
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         }
-        for (_, mut child) in std::mem::take(&mut self.children) {
-            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        let deadline = Instant::now() + STOP_WITHIN;
+        for (name, mut child) in std::mem::take(&mut self.children) {
+            while matches!(child.try_wait(), Ok(None)) {
+                if Instant::now() >= deadline {
+                    tracing::warn!(instance = %name, "did not stop in time; killed");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 

@@ -209,10 +209,12 @@ fn parent_gone() -> CancellationToken {
     let gone = CancellationToken::new();
     if std::env::var_os(EXIT_WITH_PARENT).is_some() {
         let token = gone.clone();
-        actix_rt::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let mut sink = Vec::new();
-            let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+        // A thread of its own: a blocking read that never ends must not hold up the runtime's
+        // shutdown (this thread does not keep the process alive).
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buffer = [0u8; 256];
+            while let Ok(1..) = std::io::stdin().read(&mut buffer) {}
             tracing::warn!("commerce up is gone (stdin closed): stopping");
             token.cancel();
         });

@@ -86,20 +86,25 @@ pub enum Role {
 }
 
 /// Wait until the home instance of lease `key`'s partition asks for it back (checking every
-/// quarter of the time to live); `false` if `stop` came first.
-pub async fn until_wanted(
-    js: &jetstream::Context,
-    key: &str,
-    stop: &CancellationToken,
-) -> Result<bool, BusError> {
-    let (kv, ttl) = bucket(js).await?;
+/// quarter of the time to live, through broker trouble); `false` if `stop` came first.
+pub async fn until_wanted(js: &jetstream::Context, key: &str, stop: &CancellationToken) -> bool {
+    let mut opened = None;
     loop {
+        let every = opened
+            .as_ref()
+            .map_or(Duration::from_secs(1), |(_, ttl)| *ttl / 4);
         tokio::select! {
-            _ = stop.cancelled() => return Ok(false),
-            _ = tokio::time::sleep(ttl / 4) => {}
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(every) => {}
         }
-        if wanted(&kv, key).await {
-            return Ok(true);
+        // Broker trouble: look again (this holder would otherwise never give it back).
+        if opened.is_none() {
+            opened = bucket(js).await.ok();
+        }
+        if let Some((kv, _)) = &opened {
+            if wanted(kv, key).await {
+                return true;
+            }
         }
     }
 }
@@ -450,12 +455,25 @@ impl Lease {
     }
 
     /// Give the lease back: nothing is written under it again, and a standby takes over at once.
-    pub async fn release(self) -> Result<(), BusError> {
+    /// A renewal that timed out but was written after all is deleted from its revision.
+    pub async fn release(mut self) -> Result<(), BusError> {
         self.fence.lose();
-        self.kv
-            .delete_expect_revision(&self.key, Some(self.revision))
-            .await
-            .map_err(BusError::jetstream(format!("release lease {}", self.key)))
+        let mut adopted = false;
+        loop {
+            let deleted = self
+                .kv
+                .delete_expect_revision(&self.key, Some(self.revision))
+                .await;
+            match deleted {
+                Ok(()) => return Ok(()),
+                Err(_) if !adopted && self.adopt_late_renewal().await? => adopted = true,
+                Err(e) => {
+                    return Err(BusError::jetstream(format!("release lease {}", self.key))(
+                        e,
+                    ))
+                }
+            }
+        }
     }
 
     /// Renew every quarter of the time to live, in the background, until asked to give the

@@ -221,8 +221,11 @@ async fn restore_dead_letters<S: Service>(
     };
     let mut messages = bus::replay::Replay::open(js, bus::streams::DLQ_STREAM, &filter).await?;
     let mut ids = Vec::new();
-    for _ in 0..messages.pending() {
+    let mut more = messages.pending() > 0;
+    while more {
         let message = messages.next().await?;
+        // Nothing left after it (one deleted meanwhile, by an operator, is not waited for).
+        more = message.info().map_err(failed)?.pending > 0;
         // Undecodable ones would be dead-lettered again; nothing to mark.
         if let Ok(envelope) = Envelope::from_slice(&message.payload) {
             ids.push(envelope.id);

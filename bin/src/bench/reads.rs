@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use actors::catalog::{LineRequest, OrderForm};
 use actors::contract::{OrderView, ReadOrder, Rebuild, Slow, SlowRequest, Status};
-use actors::rpc::call;
+use actors::rpc::{call, call_at, Routes};
 use actors::Component;
 use actors::Settings;
 use async_nats::jetstream;
@@ -179,8 +179,11 @@ async fn latencies(
     Ok((at(0.5), at(0.99)))
 }
 
-/// Delay the payment service's `get` and `part` answers by `delay_ms`.
+/// Delay the payment service's `get` and `part` answers by `delay_ms` (in every partition).
 async fn slow(client: &async_nats::Client, delay_ms: u64) -> anyhow::Result<()> {
-    call::<Slow>(client, Component::Payment, &SlowRequest { delay_ms }).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    for at in Routes::of_broker(&js).await?.all(Component::Payment) {
+        call_at::<Slow>(client, at, &SlowRequest { delay_ms }).await?;
+    }
     Ok(())
 }

@@ -150,11 +150,14 @@ async fn run_host<S: Service>(
         // Renewed from now on: marking and the rebuild below may outlast the lease.
         let keeper = lease.keep(stop.on_lost_lease.clone());
         let term = Term::begin(&js, recovery::own::<S>(), partition, &claim, &holder).await?;
+        let asked_back = CancellationToken::new();
         if role == Role::Away {
             let (js, key, owning) = (js.clone(), key.clone(), owning.clone());
+            let asked = asked_back.clone();
             actix_rt::spawn(async move {
-                if let Ok(true) = lease::until_wanted(&js, &key, &owning).await {
+                if lease::until_wanted(&js, &key, &owning).await {
                     tracing::info!(lease = key, "its home instance wants it: giving it back");
+                    asked.cancel();
                     owning.cancel();
                 }
             });
@@ -172,8 +175,14 @@ async fn run_host<S: Service>(
         let (started, _) = oneshot::channel();
         let ready = ready.take().unwrap_or(started);
         let served = serve::<S>(scope, settings, client, Some(owned), owning, ready).await;
-        if served.is_err() || shutdown.is_cancelled() {
-            return served;
+        match served {
+            // Given back, its fence closed: a lease not deleted (broker trouble) lapses by
+            // itself, and its home instance takes it then.
+            Err(e) if asked_back.is_cancelled() && !shutdown.is_cancelled() => {
+                tracing::warn!(lease = key, error = %e, "giving the partition back failed");
+            }
+            served if served.is_err() || shutdown.is_cancelled() => return served,
+            _ => {}
         }
         tracing::info!(lease = key, "partition given back; standing by");
     }
