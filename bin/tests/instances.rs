@@ -1,7 +1,8 @@
 //! Two instances of the payment service (`commerce run payment --instance a|b`), each its own
 //! process: one owns the service, the other is refused and waits; the owner is paused (SIGSTOP)
 //! with charges in flight past its lease, the standby takes over by rebuilding from the stream,
-//! and the old owner, woken, is fenced: it applies and publishes nothing and stops.
+//! and the old owner, woken, is fenced: it applies and publishes nothing, stands by again, and
+//! takes over once the new owner gives the service back.
 
 mod support;
 
@@ -25,7 +26,7 @@ async fn a_second_instance_is_refused_while_the_first_holds_the_lease_and_fenced
 
     let mut a = cluster.spawn("payment", &["--instance", "a"]);
     a.line_starting("commerce payment is up");
-    let b = cluster.spawn("payment", &["--instance", "b"]);
+    let mut b = cluster.spawn("payment", &["--instance", "b"]);
     b.line_starting("commerce payment instance b: taking the lease");
     // b is refused: the lease stays a's, and orders are charged by a alone.
     let mut orders = Vec::new();
@@ -70,7 +71,6 @@ async fn a_second_instance_is_refused_while_the_first_holds_the_lease_and_fenced
 
     // a wakes up: whatever it had in hand is refused at its commit, and it stops.
     a.signal(Signal::SIGCONT);
-    assert!(!a.wait_exit().success(), "a stops: its lease was taken");
     let mut after = Vec::new();
     for i in 0..3 {
         let placed = order(&format!("after-{i}"), "SKU-MUG", 1, CARD, ADDRESS);
@@ -80,6 +80,15 @@ async fn a_second_instance_is_refused_while_the_first_holds_the_lease_and_fenced
         api.wait_status(id, &["COMPLETED"]).await;
     }
     assert_eq!(holder(&js).await.as_deref(), Some("b"));
+    // a does not exit: its lost lease sent it back to standby, and it takes over again when b
+    // gives the service back.
+    assert!(a.running(), "a stands by");
+    b.stop();
+    wait_until("a owns the service again", || async {
+        holder(&js).await.as_deref() == Some("a")
+    })
+    .await;
+    after.extend(support::place_completed(&api, "a-again", 3).await);
 
     // Nothing applied twice: each payment event once per order, each order charged once.
     published_once(&js, "PAYMENTS").await;
@@ -95,9 +104,7 @@ async fn a_second_instance_is_refused_while_the_first_holds_the_lease_and_fenced
     let live = support::rows(&api, &all).await;
     support::assert_no_double_apply(&live);
     support::assert_no_permission_violations(cluster.data.path());
-    drop(b);
-    drop(others);
-    drop(simulators);
+    drop((a, others, simulators));
 }
 
 /// The instance holding the payment service's lease.

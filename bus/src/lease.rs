@@ -477,7 +477,7 @@ impl Lease {
     }
 
     /// Renew every quarter of the time to live, in the background, until asked to give the
-    /// lease back. When someone else took it, `on_lost` is cancelled (the instance stops).
+    /// lease back. When someone else took it, `on_lost` is cancelled (its holder stops).
     pub fn keep(self, on_lost: CancellationToken) -> Keeper {
         let (release, asked) = oneshot::channel();
         let task = tokio::spawn(self.renew_until(asked, on_lost));
@@ -509,7 +509,7 @@ impl Lease {
             match self.renew().await {
                 Ok(()) => {}
                 Err(lost @ BusError::LeaseLost { .. }) => {
-                    tracing::error!(error = %lost, "lease lost: this instance stops writing and stops");
+                    tracing::error!(error = %lost, "lease lost: its holder stops writing under it");
                     on_lost.cancel();
                     return Err(lost);
                 }

@@ -89,6 +89,11 @@ impl Proc {
         kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal");
     }
 
+    /// Still running?
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + WAIT;
         loop {

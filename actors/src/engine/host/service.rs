@@ -53,8 +53,7 @@ async fn run<S: Service>(
     let addresses = routes.all(S::COMPONENT);
     if let [address] = addresses[..] {
         let scope = Scope::new(address, routes);
-        let stop = Stop::same(shutdown);
-        return run_host::<S>(scope, settings, login, stop, ready).await;
+        return run_host::<S>(scope, settings, login, shutdown, ready).await;
     }
     let stop = shutdown.child_token();
     let mut readies = Vec::new();
@@ -63,16 +62,11 @@ async fn run<S: Service>(
         let (host_ready, is_ready) = oneshot::channel();
         readies.push(is_ready);
         let scope = Scope::new(address, routes);
-        let (settings, login) = (settings.clone(), login.clone());
-        let stop = Stop {
-            host: stop.clone(),
-            on_lost_lease: shutdown.clone(),
-        };
+        let (settings, login, stop) = (settings.clone(), login.clone(), stop.clone());
         hosts.push(actix_rt::spawn(async move {
-            let host = stop.host.clone();
-            let result = run_host::<S>(scope, settings, login, stop, host_ready).await;
+            let result = run_host::<S>(scope, settings, login, stop.clone(), host_ready).await;
             if result.is_err() {
-                host.cancel();
+                stop.cancel();
             }
             result
         }));
@@ -94,34 +88,17 @@ async fn run<S: Service>(
     first_error.map_or(Ok(()), Err)
 }
 
-/// When a host stops: at `host` (shutdown, or a sibling partition's host failed), and what a
-/// lost lease cancels (the process: its supervisor starts it again as a standby).
-struct Stop {
-    host: CancellationToken,
-    on_lost_lease: CancellationToken,
-}
-
-impl Stop {
-    fn same(shutdown: CancellationToken) -> Stop {
-        Stop {
-            host: shutdown.clone(),
-            on_lost_lease: shutdown,
-        }
-    }
-}
-
 /// Run one host of `S`: the orders of `scope`, with its own database, consumers, relay and
 /// micro service. As an instance (`--instance`), only while it holds the lease on its
 /// partition: a standby until then, and again after giving an away partition back to its home
-/// instance ([`bus::lease::Role`]).
+/// instance ([`bus::lease::Role`]) or losing the lease.
 async fn run_host<S: Service>(
     scope: Scope,
     settings: Settings,
     login: Login,
-    stop: Stop,
+    shutdown: CancellationToken,
     ready: oneshot::Sender<()>,
 ) -> Result<(), EngineError> {
-    let shutdown = stop.host;
     let Some(instance) = settings.instance.clone() else {
         let client = login.connect().await?;
         return serve::<S>(scope, settings, client, None, shutdown, ready).await;
@@ -145,11 +122,20 @@ async fn run_host<S: Service>(
             return Ok(()); // stopped while a standby
         };
         let claim = lease.claim();
+        let fence = claim.fence.clone();
         // Until shutdown, a lost lease, or (away) its home instance asks for it back.
         let owning = shutdown.child_token();
         // Renewed from now on: marking and the rebuild below may outlast the lease.
-        let keeper = lease.keep(stop.on_lost_lease.clone());
-        let term = Term::begin(&js, recovery::own::<S>(), partition, &claim, &holder).await?;
+        let keeper = lease.keep(owning.clone());
+        let term = match Term::begin(&js, recovery::own::<S>(), partition, &claim, &holder).await {
+            Ok(term) => term,
+            // A successor's marker: the lease is lost already.
+            Err(e) if fence.is_lost() => {
+                tracing::warn!(lease = key, error = %e, "lease lost while marking; standing by");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let asked_back = CancellationToken::new();
         if role == Role::Away {
             let (js, key, owning) = (js.clone(), key.clone(), owning.clone());
@@ -175,14 +161,24 @@ async fn run_host<S: Service>(
         let (started, _) = oneshot::channel();
         let ready = ready.take().unwrap_or(started);
         let served = serve::<S>(scope, settings, client, Some(owned), owning, ready).await;
+        if shutdown.is_cancelled() {
+            return served;
+        }
         match served {
             // Given back, its fence closed: a lease not deleted (broker trouble) lapses by
             // itself, and its home instance takes it then.
-            Err(e) if asked_back.is_cancelled() && !shutdown.is_cancelled() => {
+            Err(e) if asked_back.is_cancelled() => {
                 tracing::warn!(lease = key, error = %e, "giving the partition back failed");
             }
-            served if served.is_err() || shutdown.is_cancelled() => return served,
-            _ => {}
+            // Lost (it lapsed, and another instance took it): this partition's host stopped,
+            // its database is abandoned; the process and its other partitions go on, and it
+            // stands by again, to be rebuilt from the stream if it takes the lease again.
+            Err(e) if fence.is_lost() => {
+                tracing::error!(lease = key, error = %e, "lease lost; standing by again");
+                continue;
+            }
+            Err(e) => return Err(e),
+            Ok(()) => {}
         }
         tracing::info!(lease = key, "partition given back; standing by");
     }
