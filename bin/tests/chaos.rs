@@ -236,20 +236,23 @@ fn a_short_run_with_two_instances_of_every_service_fails_over_and_loses_nothing(
 }
 
 #[test]
-fn a_short_run_over_two_partitions_with_two_instances_takes_partitions_over_and_loses_nothing() {
+fn a_short_run_over_two_partitions_with_two_instances_loses_nothing() {
     // Seed 9's faults again, now with the per-order services split over two partitions, each
-    // instance the home of one: a killed instance's partitions are taken over, then given back.
+    // instance the home of one. A killed instance is back within 4 s, before its partitions
+    // stayed free for the away instance's wait (bin/tests/instances.rs has a takeover).
     let dir = tempfile::tempdir().expect("temp dir");
     let flags = "--instances 2 --partitions 2";
     seed_9_with_two_instances(&dir, &["--partitions", "2"], flags);
-    // One database per partition of the split services, and takeovers: some instance wrote a
-    // partition whose home is the other one.
+    // One database per partition of the split services, each kept by its home instance.
     let run = dir.path().join("run");
-    let away = ["order", "payment", "shipment"]
-        .iter()
-        .flat_map(|s| [format!("{s}@b.p0"), format!("{s}@a.p1")])
-        .filter(|db| run.join(db).is_dir())
-        .count();
-    assert!(away > 0, "no partition was taken over");
-    assert!(!run.join("payment@a").exists(), "payment is split");
+    for service in ["order", "payment", "shipment"] {
+        for home in [format!("{service}@a.p0"), format!("{service}@b.p1")] {
+            // payment@a's were deleted by the lost-database fault, and rebuilt on its return.
+            assert!(run.join(&home).is_dir(), "{home} missing");
+        }
+        assert!(
+            !run.join(format!("{service}@a")).exists(),
+            "{service} is split"
+        );
+    }
 }

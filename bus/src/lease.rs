@@ -181,6 +181,42 @@ pub async fn bucket(js: &jetstream::Context) -> Result<(kv::Store, Duration), Bu
     Ok((kv, ttl))
 }
 
+/// An away instance's try at lease `key`: the holder while there is one; once it is free,
+/// taken after it stayed free for `ttl` (`free_since` keeps when it was first seen free).
+async fn away(
+    kv: &kv::Store,
+    ttl: Duration,
+    key: &str,
+    holder: &Holder,
+    free_since: &mut Option<Instant>,
+) -> Result<Attempt, BusError> {
+    let entry = kv
+        .entry(key)
+        .await
+        .map_err(BusError::jetstream(format!("read lease {key}")))?;
+    match entry.filter(|e| e.operation == kv::Operation::Put) {
+        Some(held) => {
+            *free_since = None;
+            Ok(Attempt::Held {
+                holder: serde_json::from_slice(&held.value).ok(),
+                revision: held.revision,
+            })
+        }
+        None if free_long_enough(free_since, Instant::now(), ttl) => {
+            Lease::try_acquire(kv, ttl, key, holder).await
+        }
+        None => Ok(Attempt::Held {
+            holder: None,
+            revision: 0,
+        }),
+    }
+}
+
+/// Has a lease seen free at `now` been free for `ttl`, since `free_since` (its first sighting)?
+fn free_long_enough(free_since: &mut Option<Instant>, now: Instant, ttl: Duration) -> bool {
+    now.duration_since(*free_since.get_or_insert(now)) >= ttl
+}
+
 /// A lease as `commerce status` shows it.
 #[derive(Debug, Clone)]
 pub struct Held {
@@ -299,8 +335,10 @@ impl Lease {
 
     /// Wait until the lease `key` is ours (trying every quarter of its time to live), or
     /// `None` at shutdown. Says once who holds it meanwhile. At `Home`, asks for it back while
-    /// another instance holds it; `Away`, waits a time to live first and leaves it to its home
-    /// instance while that one wants it.
+    /// another instance holds it. `Away`, leaves it to its home instance while that one wants
+    /// it, and takes it only once it has been free for a whole time to live: a home whose
+    /// lease lapsed in broker trouble takes it back first, instead of the two instances
+    /// swapping partitions.
     pub async fn acquire(
         js: &jetstream::Context,
         key: &str,
@@ -309,22 +347,20 @@ impl Lease {
         shutdown: &CancellationToken,
     ) -> Result<Option<Lease>, BusError> {
         let (kv, ttl) = bucket(js).await?;
-        if role == Role::Away {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(None),
-                _ = tokio::time::sleep(ttl) => {}
-            }
-        }
         let mut said = None;
+        let mut free_since = None;
         loop {
-            // Away, a partition its home instance wants is left to it.
             let home_wants = role == Role::Away && wanted(&kv, key).await;
-            let attempt = match home_wants {
-                true => Ok(Attempt::Held {
-                    holder: None,
-                    revision: 0,
-                }),
-                false => Lease::try_acquire(&kv, ttl, key, holder).await,
+            let attempt = match role {
+                Role::Home => Lease::try_acquire(&kv, ttl, key, holder).await,
+                Role::Away if home_wants => {
+                    free_since = None;
+                    Ok(Attempt::Held {
+                        holder: None,
+                        revision: 0,
+                    })
+                }
+                Role::Away => away(&kv, ttl, key, holder, &mut free_since).await,
             };
             match attempt {
                 Ok(Attempt::Acquired(lease)) => {
@@ -555,4 +591,23 @@ impl Drop for Keeper {
 /// request that took or renewed it.
 fn believed_until(sent: Instant, ttl: Duration) -> Instant {
     sent + ttl * 3 / 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_away_instance_waits_until_a_lease_stayed_free_for_a_time_to_live() {
+        let (ttl, t0) = (Duration::from_secs(3), Instant::now());
+        let mut since = None;
+        assert!(!free_long_enough(&mut since, t0, ttl), "just freed");
+        assert!(!free_long_enough(&mut since, t0 + ttl / 2, ttl));
+        assert!(free_long_enough(&mut since, t0 + ttl, ttl));
+        // Held again in between: the wait starts over.
+        since = None;
+        assert!(!free_long_enough(&mut since, t0 + ttl * 2, ttl));
+        assert_eq!(wanted_key("payment.1"), "payment.1.wanted");
+        assert!(is_wanted_key("payment.1.wanted") && !is_wanted_key("payment.1"));
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use bus::relay::RelayStats;
 use bus::{Delivery, Envelope};
-use storage::Store;
+use storage::{Fenced, StorageError, Store};
 
 use super::api::ComponentStatus;
 use super::api::ReplayOutcome;
@@ -253,6 +253,14 @@ impl<S: Service> Handle<S> {
     async fn published(&self, seq: u64) -> Result<(), DomainError> {
         let deadline = tokio::time::Instant::now() + PUBLISHED_WITHIN;
         loop {
+            // A lease lost for good: nothing more is published here; say so now.
+            if let Err(StorageError::Fenced(lost @ Fenced::Lost { .. })) = self.store.check_fence()
+            {
+                return Err(DomainError::unavailable(format!(
+                    "accepted here but not published ({lost}); send it again with the same \
+                     Idempotency-Key"
+                )));
+            }
             match self.store.published_through(seq) {
                 Ok(true) => return Ok(()),
                 Ok(false) if tokio::time::Instant::now() < deadline => {}
