@@ -65,9 +65,9 @@ impl Instances {
         for service in Component::SERVICES {
             let up = format!("commerce {service} is up");
             loop {
-                let mut ups = (1..=instances.launch.instances)
-                    .map(|i| instances.log(&format!("{service}@{i}")).contains(&up));
-                if (every && ups.all(|u| u)) || (!every && ups.any(|u| u)) {
+                let logs = (1..=instances.launch.instances)
+                    .map(|i| instances.log(&format!("{service}@{i}")));
+                if is_up(logs, &up, every) {
                     break;
                 }
                 anyhow::ensure!(
@@ -203,6 +203,17 @@ pub fn log_path(data_dir: &Path, name: &str) -> PathBuf {
     data_dir.join("logs").join(format!("{name}.log"))
 }
 
+/// Is a service up, by its instances' logs: has every instance (`every`, over several
+/// partitions, each serving its home ones) or one (the others standing by) said `up`?
+pub(crate) fn is_up(logs: impl IntoIterator<Item = String>, up: &str, every: bool) -> bool {
+    let mut said = logs.into_iter().map(|log| log.contains(up));
+    if every {
+        said.all(|s| s)
+    } else {
+        said.any(|s| s)
+    }
+}
+
 /// `payment@2` → (payment, 2).
 fn parse(name: &str) -> Option<(Component, usize)> {
     let (service, i) = name.split_once('@')?;
@@ -212,7 +223,7 @@ fn parse(name: &str) -> Option<(Component, usize)> {
 /// The partitions instance `i` (1-based) of `instances` is the home of: `k` with
 /// `k mod instances = i - 1`. `None`: one partition, every instance's home (`commerce up`
 /// keeps `instances` at most the partitions when there are several).
-fn home(i: usize, instances: usize, partitions: u32) -> Option<String> {
+pub(crate) fn home(i: usize, instances: usize, partitions: u32) -> Option<String> {
     let home: Vec<String> = (0..partitions)
         .filter(|k| *k as usize % instances == i - 1)
         .map(|k| k.to_string())

@@ -145,11 +145,11 @@ impl World {
         for component in components() {
             let up = format!("commerce {component} is up");
             loop {
-                let mut ups = world
+                let logs = world
                     .processes(component)
                     .into_iter()
-                    .map(|p| world.log(&p).contains(&up));
-                if (every && ups.all(|u| u)) || (!every && ups.any(|u| u)) {
+                    .map(|p| world.log(&p));
+                if crate::instances::is_up(logs, &up, every) {
                     break;
                 }
                 anyhow::ensure!(
@@ -190,12 +190,8 @@ impl World {
     /// of (partition `k` is the home of instance `k mod N`).
     fn home(&self, instance: Option<&str>) -> Option<String> {
         let index = INSTANCES.iter().position(|i| Some(*i) == instance)?;
-        let count = self.routes.partitions().count();
-        let home: Vec<String> = (0..count)
-            .filter(|k| *k as usize % self.instances == index)
-            .map(|k| k.to_string())
-            .collect();
-        (count > 1 && !home.is_empty()).then(|| home.join(","))
+        let partitions = self.routes.partitions().count();
+        crate::instances::home(index + 1, self.instances, partitions)
     }
 
     /// The process a fault on `component` hits: with instances, the one that owns the service
