@@ -29,7 +29,7 @@ use crate::contract::{
     Cancel, Get, InventoryService, OrderService, Part, PaymentService, Place, ReadOrder,
     RecommendationService, Service, ShipmentService, Status, StoreService,
 };
-use crate::engine::host::consume::durable_name;
+use crate::engine::host::consume::{dead_letter_owner, durable_name};
 use crate::rpc::{endpoint_subject, Component, Endpoint, Routes};
 use crate::Settings;
 
@@ -210,10 +210,12 @@ pub fn permissions(user: BusUser, routes: Routes) -> Permissions {
                 // An owner reads its term's last marker (`bus::term`).
                 reads_one(&mut p, own.stream());
             }
-            for (domain, _) in listens(service) {
-                for at in routes.all(service) {
+            for at in routes.all(service) {
+                for (domain, _) in listens(service) {
                     reads(&mut p, domain.stream(), &durable_name(at));
                 }
+                // A shard of split stock files its dead letters under its own name.
+                p.publish.push(format!("dlq.{}.>", dead_letter_owner(at)));
             }
             replays(&mut p, bus::streams::DLQ_STREAM);
             reads_one(&mut p, bus::streams::DLQ_STREAM);
@@ -277,11 +279,13 @@ fn reads_one(p: &mut Permissions, stream: &str) {
 
 /// The endpoints the HTTP gateway calls, and nothing else.
 fn gateway_calls(routes: Routes) -> Vec<String> {
-    let mut calls = vec![
-        endpoint_subject(Component::Projection, ReadOrder::NAME),
-        endpoint_subject(Component::Inventory, Get::<InventoryService>::NAME),
-        endpoint_subject(Component::Store, Get::<StoreService>::NAME),
-    ];
+    let mut calls = vec![endpoint_subject(Component::Projection, ReadOrder::NAME)];
+    for at in routes.all(Component::Inventory) {
+        calls.push(at.subject(Get::<InventoryService>::NAME));
+    }
+    for at in routes.all(Component::Store) {
+        calls.push(at.subject(Get::<StoreService>::NAME));
+    }
     for order in routes.all(Component::Order) {
         calls.extend([order.subject(Place::NAME), order.subject(Cancel::NAME)]);
     }
@@ -334,17 +338,22 @@ mod tests {
             &payment.publish,
             "$JS.API.CONSUMER.MSG.NEXT.ORDERS.payment"
         ));
-        // Inventory is not split: one consumer.
+        // Inventory is split by SKU: a consumer per shard, each filing its own dead letters.
         let inventory = permissions(BusUser::Component(Component::Inventory), two);
-        assert!(allows(
-            &inventory.publish,
-            "$JS.API.CONSUMER.MSG.NEXT.PAYMENTS.inventory"
-        ));
+        for allowed in [
+            "$JS.API.CONSUMER.MSG.NEXT.PAYMENTS.inventory-p1",
+            "$JS.API.CONSUMER.MSG.NEXT.INVENTORY.inventory-p0",
+            "dlq.inventory-p1.payments.payment_approved.o1.0",
+        ] {
+            assert!(allows(&inventory.publish, allowed), "{allowed}");
+        }
+        assert!(!allows(&inventory.publish, "dlq.payment.orders.x.o1.0"));
         let gateway = permissions(BusUser::Component(Component::Gateway), two);
         for allowed in [
             "commerce.order.1.place",
             "commerce.payment.0.part",
-            "commerce.inventory.get",
+            "commerce.inventory.1.get",
+            "commerce.store.0.part",
         ] {
             assert!(allows(&gateway.publish, allowed), "{allowed}");
         }
@@ -352,7 +361,16 @@ mod tests {
     }
 
     #[test]
-    fn the_services_split_by_order_are_those_that_keep_state_per_order() {
+    fn the_services_split_are_those_that_keep_state_per_order_or_per_sku() {
+        let by_sku = |placement: Placement| matches!(placement, Placement::BySku(_));
+        for (component, placement) in [
+            (Component::Inventory, InventoryService::PLACEMENT),
+            (Component::Store, StoreService::PLACEMENT),
+            (Component::Order, OrderService::PLACEMENT),
+            (Component::Recommendation, RecommendationService::PLACEMENT),
+        ] {
+            assert_eq!(component.keeps_stock(), by_sku(placement), "{component}");
+        }
         let per_order = |placement: Placement| placement == Placement::PerOrder;
         assert!(Component::Order.keeps_orders() == per_order(OrderService::PLACEMENT));
         assert!(Component::Payment.keeps_orders() == per_order(PaymentService::PLACEMENT));

@@ -17,6 +17,7 @@
 //!   (one commit, one flush), the service actor, the endpoints every service answers, and the
 //!   host (start-up, consumers, relay, micro service, retention).
 //! - [`recent`]: what one-aggregate services keep of closed orders (bounded, not the history).
+//! - [`stock`]: stock split by SKU: an order's lines reserved shard by shard.
 //! - [`order`], [`payment`], [`inventory`], [`store`], [`shipment`], [`recommendation`]: the
 //!   services, each with its `aggregate` (decide and apply) and its `Service`.
 //! - [`projection`]: the CQRS read model (`order_read_model`), rebuilt by replay on demand.
@@ -53,6 +54,7 @@ pub mod runtime;
 pub mod settings;
 pub mod shipment;
 pub mod simulators;
+pub mod stock;
 pub mod store;
 pub mod system;
 pub mod telemetry;

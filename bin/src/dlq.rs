@@ -7,7 +7,7 @@
 //! later recovers its database still skips the event.
 
 use actors::engine::api::{Replay, ReplayOutcome, ReplayRequest, Replayed};
-use actors::rpc::{call, call_at, DomainError, Routes};
+use actors::rpc::{call, call_at, Address, DomainError, Routes};
 use actors::{Component, Settings};
 use bus::dlq::{DeadLetter, DeadLetters, Filter, DEFAULT_LIMIT};
 
@@ -20,7 +20,8 @@ const REASON_WIDTH: usize = 72;
 pub enum DlqCommand {
     /// List dead letters, oldest first: sequence, consumer, event, order, deliveries, reason.
     Ls {
-        /// Only this consumer's (a service's name, or projection).
+        /// Only this consumer's (a service's name, a stock shard's such as `inventory-p1`, or
+        /// projection).
         #[arg(long)]
         consumer: Option<String>,
         /// Only those about this order.
@@ -312,9 +313,10 @@ async fn replay_one(
         clean(&event_name(&letter)),
         clean(&order_of(&letter))
     );
-    let service = match letter.consumer.parse::<Component>() {
-        Ok(c) if is_service(c.name()) => c,
-        Ok(Component::Projection) => {
+    let owner = Address::of_dead_letters(&letter.consumer);
+    let service = match owner.map(|at| at.component) {
+        Some(c) if Component::SERVICES.contains(&c) => c,
+        Some(Component::Projection) => {
             let hint = format!(
                 "skipped: the read model is a fold of the streams, rebuilt rather than \
                  replayed: run `commerce projection rebuild`, then `commerce dlq discard {seq}`"
@@ -326,8 +328,21 @@ async fn replay_one(
             return (format!("{what}: {hint}"), Fate::Kept);
         }
     };
-    // A split service re-drives it in the partition of its order.
-    let at = routes.of_order(service, &order_of(&letter));
+    // A split service re-drives it in the partition of its order; a shard of split stock,
+    // itself.
+    let at = match owner.filter(|at| at.partition.is_some()) {
+        Some(shard) => shard,
+        None => routes.of_order(service, &order_of(&letter)),
+    };
+    if !routes.all(service).contains(&at) {
+        let hint = format!(
+            "skipped: filed under {:?}, which does not run now that {service} is split over {} \
+             partitions (each shard replays its own)",
+            letter.consumer,
+            routes.partitions().count()
+        );
+        return (format!("{what}: {hint}"), Fate::Kept);
+    }
     let answer = call_at::<Replay>(client, at, &ReplayRequest { seq }).await;
     let said = match answer {
         Ok(Replayed { outcome, .. }) => outcome,
@@ -433,9 +448,7 @@ fn not_there(seq: u64) -> String {
 
 /// Is `consumer` one of the services (which replay their dead letters)?
 fn is_service(consumer: &str) -> bool {
-    consumer
-        .parse::<Component>()
-        .is_ok_and(|c| Component::SERVICES.contains(&c))
+    Address::of_dead_letters(consumer).is_some_and(|at| Component::SERVICES.contains(&at.component))
 }
 
 /// `#12 payment OrderCancelled <order> (<reason>)`.

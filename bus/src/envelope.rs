@@ -112,6 +112,10 @@ pub struct Envelope {
     /// source's events by it, never by arrival.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregateversion: Option<u64>,
+    /// The aggregate whose log `aggregateversion` counts in, when it is not the order's own
+    /// (extension attribute): `warehouse`, or `warehouse.2` for one SKU shard of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregateid: Option<String>,
     pub data: serde_json::Value,
 }
 
@@ -141,6 +145,7 @@ impl Envelope {
             schemaversion: 1,
             causationid: None,
             aggregateversion: None,
+            aggregateid: None,
             data,
         })
     }
@@ -347,6 +352,7 @@ mod tests {
             correlationid: "0193a5b0-7c1e-7000-8000-000000000001".into(),
             causationid: Some(Uuid::parse_str("0193a5b0-7c1e-7000-8000-000000000003").unwrap()),
             aggregateversion: Some(7),
+            aggregateid: None,
             data: json!({"amount": 1200, "method": "card"}),
         }
     }

@@ -24,7 +24,7 @@ use storage::{Commit, CommitOutcome, Flushed, NewEvent, Snapshot, StorageError, 
 use super::api::ReplayOutcome;
 use super::{
     decode, encode, reaction, Aggregate, Command, DomainError, DomainEvent, EngineError, Executed,
-    Service,
+    Service, Shard,
 };
 use crate::events::Inbound;
 use crate::telemetry::{metrics, trace};
@@ -231,6 +231,8 @@ pub struct Engine<S: Service> {
     store: Store,
     cache: HashMap<String, Loaded<S::State>>,
     counts: Arc<DeliveryCounts>,
+    /// Its SKU shard, when the service is split by SKU.
+    shard: Option<Shard>,
 }
 
 /// How often the dedup paths ran since the process started (`commerce status`, the chaos
@@ -249,7 +251,18 @@ impl<S: Service> Engine<S> {
             store,
             cache: HashMap::new(),
             counts: Arc::default(),
+            shard: None,
         }
+    }
+
+    /// The engine of SKU shard `shard` (if any) of the service.
+    pub fn in_shard(self, shard: Option<Shard>) -> Self {
+        Engine { shard, ..self }
+    }
+
+    /// The aggregate that holds what concerns `order_id` here.
+    pub fn aggregate_id(&self, order_id: &str) -> String {
+        S::PLACEMENT.aggregate_id(order_id, self.shard)
     }
 
     pub fn counts(&self) -> Arc<DeliveryCounts> {
@@ -355,7 +368,7 @@ impl<S: Service> Engine<S> {
                     continue;
                 }
             };
-            let aggregate_id = S::PLACEMENT.aggregate_id(&envelope.subject);
+            let aggregate_id = self.aggregate_id(&envelope.subject);
             let g = *group_of.entry(aggregate_id.clone()).or_insert_with(|| {
                 groups.push(Group {
                     aggregate_id,
@@ -609,7 +622,7 @@ impl<S: Service> Engine<S> {
         self.ensure_cached(aggregate_id)?;
         let answer = match self.cache.get(aggregate_id) {
             Some(loaded) => query(loaded.head.version, &loaded.state),
-            None => query(0, &S::State::default()),
+            None => query(0, &S::State::initial(self.shard)),
         };
         self.forget_if_absent(aggregate_id);
         Ok(answer)
@@ -663,7 +676,7 @@ impl<S: Service> Engine<S> {
                     source,
                 })?,
             ),
-            None => (0, S::State::default()),
+            None => (0, S::State::initial(self.shard)),
         };
         let replayed = events.len() as u64;
         for recorded in events {
@@ -847,6 +860,9 @@ fn append_events<E: DomainEvent>(
     for (event, event_version) in events.iter().zip(version + 1..) {
         let mut envelope = encode(event, saga, cause.map(|(envelope, _)| envelope))?;
         envelope.aggregateversion = Some(event_version);
+        if aggregate_id != saga {
+            envelope.aggregateid = Some(aggregate_id.to_string());
+        }
         trace::emitted(service, &envelope, cause.map(|(_, span)| span));
         let json = envelope.to_json()?;
         outbox.push(envelope.to_outbox_message_from_json(json.clone())?);

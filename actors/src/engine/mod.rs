@@ -89,6 +89,13 @@ pub trait Aggregate:
         None
     }
 
+    /// The state before any event: of the whole service, or of one SKU shard of a service
+    /// split by SKU ([`Placement::BySku`]).
+    fn initial(shard: Option<Shard>) -> Self {
+        let _ = shard;
+        Self::default()
+    }
+
     /// Fold an event into the state. Cannot fail.
     fn apply(&mut self, event: &Self::Event);
 
@@ -161,22 +168,47 @@ pub struct Executed<A: Aggregate> {
 pub enum Placement {
     /// One aggregate per order, named by the order id.
     PerOrder,
-    /// One aggregate for everything (e.g. the warehouse's stock), named so.
+    /// One aggregate for everything (e.g. the co-purchase counters), named so.
     One(&'static str),
+    /// One aggregate of stock per SKU shard, named so (`warehouse`), or `warehouse.<k>` for
+    /// shard `k` once stock is split by SKU.
+    BySku(&'static str),
 }
 
 impl Placement {
-    /// The aggregate that holds what concerns `order_id`.
-    pub fn aggregate_id(self, order_id: &str) -> String {
-        match self {
-            Placement::PerOrder => order_id.to_string(),
-            Placement::One(id) => id.to_string(),
+    /// The aggregate that holds what concerns `order_id`, in SKU shard `shard` (if split).
+    pub fn aggregate_id(self, order_id: &str, shard: Option<Shard>) -> String {
+        match (self, shard) {
+            (Placement::PerOrder, _) => order_id.to_string(),
+            (Placement::BySku(id), Some(shard)) => format!("{id}.{}", shard.index),
+            (Placement::One(id) | Placement::BySku(id), _) => id.to_string(),
         }
     }
 }
 
+/// One part of a stock service split by SKU: the SKUs whose partition
+/// ([`bus::Partitions::of`], the function that partitions orders) is `index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    /// The shard of `sku` among `count`.
+    pub fn of(sku: &str, count: u32) -> u32 {
+        bus::Partitions::new(count).map_or(0, |p| p.of(sku))
+    }
+
+    /// Does this shard keep `sku`'s stock?
+    pub fn holds(self, sku: &str) -> bool {
+        Shard::of(sku, self.count) == self.index
+    }
+}
+
 /// The orders one host of a service answers for: every order, or those of its partition when
-/// the service is split ([`crate::rpc::Routes`]).
+/// the service is split by order; a service split by SKU takes part in every order, for its
+/// SKUs ([`crate::rpc::Routes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scope {
     pub address: Address,
@@ -190,7 +222,17 @@ impl Scope {
 
     /// Does this host answer for `order_id`?
     pub fn owns(&self, order_id: &str) -> bool {
-        self.routes.of_order(self.address.component, order_id) == self.address
+        !self.address.component.keeps_orders()
+            || self.routes.of_order(self.address.component, order_id) == self.address
+    }
+
+    /// Its SKU shard, when it is one part of a service split by SKU.
+    pub fn shard(&self) -> Option<Shard> {
+        let index = self.address.partition?;
+        self.address.component.keeps_stock().then(|| Shard {
+            index,
+            count: self.routes.partitions().count(),
+        })
     }
 }
 
@@ -240,6 +282,12 @@ pub trait Service: Sized + Unpin + 'static {
 
     /// An order's part, as the composed view shows it; `None`: this service knows nothing of it.
     fn part(order_id: &str, version: u64, state: &Self::State) -> Option<Self::Part>;
+
+    /// An order's part from the parts of every SKU shard that knows of it (a service split by
+    /// SKU); `None`: none does.
+    fn merge(parts: Vec<Self::Part>) -> Option<Self::Part> {
+        parts.into_iter().next()
+    }
 
     /// Endpoints besides the ones every service answers (`status`, `get`, `part`, `slow`), for
     /// the orders in `scope`.

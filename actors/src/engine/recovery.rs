@@ -20,8 +20,8 @@ use bus::partition::{self, Slice};
 use bus::{Domain, Envelope};
 use storage::{Commit, NewEvent, Store};
 
-use super::host::consume::durable_name;
-use super::{Aggregate, DomainEvent, EngineError, Service};
+use super::host::consume::{dead_letter_owner, durable_name};
+use super::{Aggregate, DomainEvent, EngineError, Placement, Scope, Service, Shard};
 use crate::rpc::Address;
 use crate::Settings;
 
@@ -51,8 +51,9 @@ pub async fn recover_if_empty<S: Service>(
     dir: &Path,
     store: &Store,
     js: &jetstream::Context,
-    address: Address,
+    scope: Scope,
 ) -> Result<(), EngineError> {
+    let address = scope.address;
     if !store.is_empty() {
         return Ok(());
     }
@@ -64,7 +65,7 @@ pub async fn recover_if_empty<S: Service>(
     std::fs::File::create(&marker)
         .and_then(|f| f.sync_all())
         .map_err(io)?;
-    let restored = recover::<S>(store, js, address).await?;
+    let restored = recover::<S>(store, js, scope).await?;
     reset_consumers::<S>(js, address).await?;
     std::fs::remove_file(&marker).map_err(io)?;
     if restored > 0 {
@@ -86,21 +87,27 @@ pub(crate) fn own<S: Service>() -> Domain {
     <<S::State as Aggregate>::Event as DomainEvent>::DOMAIN
 }
 
-/// The events `address` holds: every partition's, or its partition's.
+/// The events `address` reads and holds: every partition's, or its partition's (a service
+/// split by order; a shard of stock split by SKU takes part in every order).
 pub fn slice(address: Address) -> Slice {
-    address.partition.map_or(Slice::All, Slice::One)
+    match address.partition {
+        Some(k) if address.component.keeps_orders() => Slice::One(k),
+        _ => Slice::All,
+    }
 }
 
-/// Rebuild `store` (which must be empty) from the service's stream (only `address`'s
-/// partition of it), and mark the events it dead-lettered (so live consumers do not try them
-/// again; a replay still may). Returns the events restored.
+/// Rebuild `store` (which must be empty) from the service's stream (only `scope`'s part of
+/// it: its partition's orders, or its SKU shard's aggregate), and mark the events it
+/// dead-lettered (so live consumers do not try them again; a replay still may). Returns the
+/// events restored.
 pub async fn recover<S: Service>(
     store: &Store,
     js: &jetstream::Context,
-    address: Address,
+    scope: Scope,
 ) -> Result<u64, EngineError> {
-    let restored = restore_events::<S>(store, js, slice(address)).await?;
-    restore_dead_letters::<S>(store, js, slice(address)).await?;
+    let slice = slice(scope.address);
+    let restored = restore_events::<S>(store, js, slice, scope.shard()).await?;
+    restore_dead_letters(store, js, scope.address, slice).await?;
     let _durable = store.flush().await?;
     Ok(restored)
 }
@@ -109,6 +116,7 @@ async fn restore_events<S: Service>(
     store: &Store,
     js: &jetstream::Context,
     slice: Slice,
+    shard: Option<Shard>,
 ) -> Result<u64, EngineError> {
     let domain = own::<S>();
     let mut stream = js.get_stream(domain.stream()).await.map_err(failed)?;
@@ -145,9 +153,30 @@ async fn restore_events<S: Service>(
                 envelope.id
             )));
         };
+        // The aggregate whose log it is in: named by the event (a shard's), or by its order.
+        let aggregate = match &envelope.aggregateid {
+            Some(id) => id.clone(),
+            None => S::PLACEMENT.aggregate_id(&envelope.subject, None),
+        };
+        // A shard of split stock holds only its own aggregate; stock recorded for another
+        // count of shards cannot be split up by replaying it.
+        if let Placement::BySku(_) = S::PLACEMENT {
+            if !stock_of_this_layout::<S>(&aggregate, shard) {
+                return Err(failed(format!(
+                    "{}: event {} is stock of {aggregate:?}, which is not a shard of {} \
+                     partitions; stock cannot be re-partitioned by replaying its events",
+                    domain.stream(),
+                    envelope.id,
+                    shard.map_or(1, |s| s.count)
+                )));
+            }
+            if aggregate != S::PLACEMENT.aggregate_id("", shard) {
+                continue;
+            }
+        }
         // A copy published twice (after a broker outage) lands once.
         by_aggregate
-            .entry(S::PLACEMENT.aggregate_id(&envelope.subject))
+            .entry(aggregate)
             .or_default()
             .entry(version)
             .or_insert(envelope);
@@ -202,9 +231,10 @@ async fn restore_events<S: Service>(
 /// Events this service dead-lettered are given up on for its live consumers: mark them, so the
 /// consumers recreated from the start of their streams do not try them again (a charge weeks
 /// later). The mark is not the inbox's "applied": an operator's replay still re-drives them.
-async fn restore_dead_letters<S: Service>(
+async fn restore_dead_letters(
     store: &Store,
     js: &jetstream::Context,
+    address: Address,
     slice: Slice,
 ) -> Result<(), EngineError> {
     let mut stream = js
@@ -214,10 +244,11 @@ async fn restore_dead_letters<S: Service>(
     if stream.info().await.map_err(failed)?.state.messages == 0 {
         return Ok(());
     }
-    // `dlq.<service>.<stored subject>`, whose last token is the partition.
+    // `dlq.<owner>.<stored subject>`, whose last token is the partition.
+    let owner = dead_letter_owner(address);
     let filter = match slice {
-        Slice::All => format!("{}.{}.>", bus::dlq::PREFIX, S::name()),
-        Slice::One(k) => format!("{}.{}.*.*.*.{k}", bus::dlq::PREFIX, S::name()),
+        Slice::All => format!("{}.{owner}.>", bus::dlq::PREFIX),
+        Slice::One(k) => format!("{}.{owner}.*.*.*.{k}", bus::dlq::PREFIX),
     };
     let mut messages = bus::replay::Replay::open(js, bus::streams::DLQ_STREAM, &filter).await?;
     let mut ids = Vec::new();
@@ -236,6 +267,16 @@ async fn restore_dead_letters<S: Service>(
     }
     store.mark_dead_lettered(ids)?;
     Ok(())
+}
+
+/// Is `aggregate` one of the stock aggregates of `S` split as `shard` says (the whole, or one
+/// of its count)?
+fn stock_of_this_layout<S: Service>(aggregate: &str, shard: Option<Shard>) -> bool {
+    let Some(shard) = shard else {
+        return aggregate == S::PLACEMENT.aggregate_id("", None);
+    };
+    (0..shard.count)
+        .any(|index| aggregate == S::PLACEMENT.aggregate_id("", Some(Shard { index, ..shard })))
 }
 
 fn write(store: &Store, commits: &mut Vec<Commit>) -> Result<(), EngineError> {

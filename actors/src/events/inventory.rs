@@ -8,23 +8,40 @@ use crate::codec::DomainEvent;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum InventoryEvent {
+    /// The order's stock is held: every line (with stock split by SKU, this shard's lines and
+    /// so the last of them: the ones before were `InventoryLinesReserved`).
     InventoryReserved {
         order_id: String,
         lines: Vec<Line>,
         shipping_address: String,
     },
-    /// The warehouse cannot cover the order; a store may (ship-from-store).
+    /// With stock split by SKU, one shard's lines of an order that spans shards: held, and the
+    /// next shard's turn (`crate::stock`). Not the order's outcome.
+    InventoryLinesReserved {
+        order_id: String,
+        /// This shard's lines, held.
+        reserved: Vec<Line>,
+        /// Every line of the order.
+        lines: Vec<Line>,
+        shipping_address: String,
+    },
+    /// The warehouse cannot cover the order; a store may (ship-from-store). With stock split
+    /// by SKU, shards that held lines of it release them.
     InventoryShortage {
         order_id: String,
         lines: Vec<Line>,
         shipping_address: String,
         missing: Vec<String>,
     },
-    /// The compensation: reserved units return to the available count.
+    /// The compensation: reserved units return to the available count (a shard's own lines).
     InventoryReleased {
         order_id: String,
         lines: Vec<Line>,
         reason: String,
+        /// Given back because another SKU shard was short: the order goes on to the stores,
+        /// and this shard keeps it as short until it ships or is cancelled.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        short: bool,
     },
     /// The order was cancelled before anything was reserved: a later approval reserves nothing.
     InventoryCancellationNoted {

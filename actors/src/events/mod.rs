@@ -12,6 +12,9 @@
 //! OrderConfirmed ─► recommendation ─► RecommendationUpdated
 //! carrier ─► ShipmentStarted ─► ShipmentDelivered ─► order ─► OrderShipped, OrderCompleted
 //! ```
+//! With stock split by SKU, an order whose lines span shards is reserved shard by shard first
+//! (`InventoryLinesReserved`, `StoreLinesReserved`: [`crate::stock`]); the last shard sends the
+//! outcome above.
 //! Out of order: a cancel that overtakes what it cancels leaves a tombstone
 //! (`PaymentVoided`, `InventoryCancellationNoted`, `StoreCancellationNoted`, `ShipmentCancelled`).
 //! Compensation runs on the order's word: the order cancels on `PaymentDeclined`,

@@ -30,8 +30,16 @@ pub enum OrderEvent {
     OrderConfirmed {
         lines: Vec<Line>,
         estimated_delivery: String,
+        /// `warehouse` or the store id the parcel leaves from (absent in old events).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ship_from: Option<String>,
     },
-    OrderShipped {},
+    /// The parcel left, from `ship_from`: the stock held for it there went with it. Stock held
+    /// elsewhere for it (a SKU shard before a shortage) goes back.
+    OrderShipped {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ship_from: Option<String>,
+    },
     OrderCompleted {},
     OrderCancelRequested {},
     OrderCancelRejected {
@@ -43,6 +51,10 @@ pub enum OrderEvent {
         /// the stores if it was short, had answered), so no stock decision is still on its way.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         confirmed: bool,
+        /// The SKUs of its lines, so that a stock shard without any of them has nothing to
+        /// compensate or note (absent in old events: every shard may be concerned).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        skus: Vec<String>,
     },
 }
 

@@ -15,7 +15,19 @@ pub enum StoreEvent {
         lines: Vec<Line>,
         shipping_address: String,
     },
-    /// No warehouse stock and no store that has it all: the saga fails.
+    /// With stock split by SKU, one shard's lines of an order that spans shards, held at the
+    /// store the first shard chose; the next shard's turn (`crate::stock`).
+    StoreLinesReserved {
+        order_id: String,
+        store_id: String,
+        /// This shard's lines, held.
+        reserved: Vec<Line>,
+        /// Every line of the order.
+        lines: Vec<Line>,
+        shipping_address: String,
+    },
+    /// No warehouse stock and no store that has it all: the saga fails. With stock split by
+    /// SKU, shards that held lines of it release them.
     StoreStockUnavailable { order_id: String, lines: Vec<Line> },
     /// The compensation: the store's reserved units return.
     StoreStockReleased {
@@ -23,6 +35,10 @@ pub enum StoreEvent {
         store_id: String,
         lines: Vec<Line>,
         reason: String,
+        /// Given back because another SKU shard had none: the order will be cancelled, and
+        /// this shard keeps it as unavailable until then.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unavailable: bool,
     },
     /// The order was cancelled before any store reserved for it.
     StoreCancellationNoted {

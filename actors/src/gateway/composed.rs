@@ -166,14 +166,31 @@ impl Ask<'_> {
     /// Service `S`'s part: `Ok(None)` if it knows nothing of the order.
     async fn part<S: Service>(&self) -> Result<Option<S::Part>, Missing> {
         let service = S::COMPONENT;
-        let at = self.routes.of_order(service, self.order_id);
+        let every = self.routes.about_order(service, self.order_id);
         let (client, id) = (self.client.clone(), self.order_id.to_string());
         let ask = move || async move {
-            tokio::time::timeout(LIMIT, call_at::<Part<S>>(&client, at, &id))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(DomainError::unavailable(format!("{service} took over 2 s")))
-                })
+            let asked = every.into_iter().map(|at| {
+                let (client, id) = (client.clone(), id.clone());
+                async move {
+                    tokio::time::timeout(LIMIT, call_at::<Part<S>>(&client, at, &id))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(DomainError::unavailable(format!("{at} took over 2 s")))
+                        })
+                }
+            });
+            // Every shard of a service split by SKU knows its own lines of the order.
+            let mut parts = Vec::new();
+            for answer in futures::future::join_all(asked).await {
+                match answer {
+                    Ok(part) => parts.push(part),
+                    Err(DomainError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            S::merge(parts).ok_or_else(|| {
+                DomainError::not_found(format!("{service} knows nothing of order {id}"))
+            })
         };
         let guarded = self
             .fan_out

@@ -18,6 +18,7 @@
 pub mod auth;
 mod composed;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -33,7 +34,7 @@ use self::composed::FanOut;
 use crate::catalog::{card_digits, OrderForm, PaymentMethod, PRODUCTS};
 use crate::contract::{
     Cancel, CancelOutcome, CancelRequest, Get, IdempotencyKey, InventoryService, Place,
-    PlaceRequest, ReadOrder, Status, StoreService,
+    PlaceRequest, ReadOrder, Status, StoreService, StoreStock, WarehouseStock,
 };
 use crate::external::payment_gateway::GatewayClient;
 use crate::external::CallError;
@@ -348,11 +349,38 @@ struct Product {
     store_stock: Option<std::collections::BTreeMap<String, i64>>,
 }
 
-async fn products(client: web::Data<async_nats::Client>) -> HttpResponse {
+/// The answers of every host of `component` (each shard of split stock), or the first error.
+async fn every<E: crate::rpc::Endpoint<Request = Option<String>>>(
+    client: &async_nats::Client,
+    routes: &Routes,
+    component: Component,
+) -> Result<Vec<E::Reply>, DomainError> {
+    let asked = routes
+        .all(component)
+        .into_iter()
+        .map(|at| call_at::<E>(client, at, &None));
+    futures::future::join_all(asked).await.into_iter().collect()
+}
+
+async fn products(
+    client: web::Data<async_nats::Client>,
+    routes: web::Data<Routes>,
+) -> HttpResponse {
     let (warehouse, stores) = futures::join!(
-        call::<Get<InventoryService>>(&client, Component::Inventory, &None),
-        call::<Get<StoreService>>(&client, Component::Store, &None)
+        every::<Get<InventoryService>>(&client, &routes, Component::Inventory),
+        every::<Get<StoreService>>(&client, &routes, Component::Store)
     );
+    // Each shard of split stock answers for its own SKUs.
+    let warehouse = warehouse.map(|shards| WarehouseStock {
+        available: shards.into_iter().flat_map(|s| s.available).collect(),
+    });
+    let stores = stores.map(|shards| {
+        let mut available: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        for (store, stock) in shards.into_iter().flat_map(|s| s.available) {
+            available.entry(store).or_default().extend(stock);
+        }
+        StoreStock { available }
+    });
     let mut warnings = Vec::new();
     let warehouse = warehouse
         .map_err(|e| warnings.push(format!("warehouse stock: {e}")))

@@ -10,6 +10,7 @@ use bus::{Domain, Verdict};
 use serde::{Deserialize, Serialize};
 
 use self::aggregate::{Reservation, Warehouse, WAREHOUSE};
+use crate::catalog::Line;
 use crate::engine::{EngineError, Placement, Service};
 use crate::Settings;
 
@@ -32,8 +33,13 @@ impl Service for InventoryService {
     const LISTENS: &'static [(Domain, &'static [&'static str])] = &[
         (Domain::Payments, &["PaymentApproved"]),
         (Domain::Orders, &["OrderCancelled", "OrderShipped"]),
+        // Its own shards' (stock split by SKU): the one before has reserved, one was short.
+        (
+            Domain::Inventory,
+            &["InventoryLinesReserved", "InventoryShortage"],
+        ),
     ];
-    const PLACEMENT: Placement = Placement::One(WAREHOUSE);
+    const PLACEMENT: Placement = Placement::BySku(WAREHOUSE);
     type View = WarehouseStock;
     type Part = InventoryPart;
 
@@ -55,6 +61,27 @@ impl Service for InventoryService {
     fn part(order_id: &str, _version: u64, state: &Warehouse) -> Option<InventoryPart> {
         state.reservation(order_id).map(|r| InventoryPart {
             reservation: r.clone(),
+        })
+    }
+
+    /// The lines held in every shard, or else the most telling state (short, released, a
+    /// cancellation noted).
+    fn merge(parts: Vec<InventoryPart>) -> Option<InventoryPart> {
+        let held: Vec<Line> = parts
+            .iter()
+            .flat_map(|p| match &p.reservation {
+                Reservation::Reserved(lines) => lines.clone(),
+                _ => Vec::new(),
+            })
+            .collect();
+        if !held.is_empty() {
+            let reservation = Reservation::Reserved(held);
+            return Some(InventoryPart { reservation });
+        }
+        parts.into_iter().min_by_key(|p| match p.reservation {
+            Reservation::Short => 0,
+            Reservation::Released => 1,
+            Reservation::Reserved(_) | Reservation::Cancelled => 2,
         })
     }
 }

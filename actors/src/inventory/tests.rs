@@ -20,6 +20,7 @@ fn cancelled() -> Inbound {
     Inbound::Order(OrderEvent::OrderCancelled {
         reason: "customer".into(),
         confirmed: false,
+        skus: Vec::new(),
     })
 }
 
@@ -118,7 +119,7 @@ fn given_cancelled_first_when_approval_arrives_late_then_nothing_is_reserved() {
 }
 
 fn shipped() -> Inbound {
-    Inbound::Order(OrderEvent::OrderShipped {})
+    Inbound::Order(OrderEvent::OrderShipped { ship_from: None })
 }
 
 #[test]
@@ -193,4 +194,162 @@ fn given_five_lamps_when_six_orders_then_five_reserved_and_stock_never_negative(
     }
     assert_eq!(reserved, 5);
     assert_eq!(w.available["SKU-LAMP"], 0);
+}
+
+/// Shard `index` of two: SKU-MUG, SKU-SOCKS and SKU-POSTER are in shard 0; SKU-TSHIRT,
+/// SKU-HOODIE, SKU-LAMP and SKU-VINYL in shard 1.
+fn shard(index: u32) -> Warehouse {
+    Warehouse::initial(Some(crate::engine::Shard { index, count: 2 }))
+}
+
+fn own(event: &InventoryEvent) -> Inbound {
+    Inbound::Inventory(event.clone())
+}
+
+#[test]
+fn split_by_sku_each_shard_keeps_only_its_own_skus() {
+    let (zero, one) = (shard(0), shard(1));
+    assert!(zero.available.contains_key("SKU-MUG") && !zero.available.contains_key("SKU-TSHIRT"));
+    assert!(one.available.contains_key("SKU-TSHIRT") && !one.available.contains_key("SKU-MUG"));
+    assert_eq!(
+        zero.available.len() + one.available.len(),
+        Warehouse::default().available.len()
+    );
+}
+
+#[test]
+fn split_by_sku_an_order_is_reserved_shard_by_shard_and_the_last_decides() {
+    let (mut zero, mut one) = (shard(0), shard(1));
+    let (mugs, shirts) = (zero.available["SKU-MUG"], one.available["SKU-TSHIRT"]);
+    let paid = approved(&[("SKU-TSHIRT", 1), ("SKU-MUG", 2)]);
+    assert!(
+        step(&mut one, "o1", &paid).is_empty(),
+        "shard 1 waits for shard 0"
+    );
+    let first = step(&mut zero, "o1", &paid);
+    let [held @ InventoryEvent::InventoryLinesReserved { reserved, .. }] = first.as_slice() else {
+        panic!("{first:?}");
+    };
+    assert_eq!(reserved, &lines(&[("SKU-MUG", 2)]));
+    assert_eq!(zero.available["SKU-MUG"], mugs - 2);
+    // Its own event comes back to shard 0: nothing more there.
+    assert!(step(&mut zero, "o1", &own(held)).is_empty());
+    let last = step(&mut one, "o1", &own(held));
+    match last.as_slice() {
+        [InventoryEvent::InventoryReserved { lines: all, .. }] => assert_eq!(all.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(one.available["SKU-TSHIRT"], shirts - 1);
+    assert_eq!(
+        one.open["o1"],
+        Reservation::Reserved(lines(&[("SKU-TSHIRT", 1)]))
+    );
+    // Cancelled: each shard releases its own lines.
+    for (w, sku, before) in [
+        (&mut zero, "SKU-MUG", mugs),
+        (&mut one, "SKU-TSHIRT", shirts),
+    ] {
+        let released = step(w, "o1", &cancelled());
+        assert!(matches!(
+            released.as_slice(),
+            [InventoryEvent::InventoryReleased { .. }]
+        ));
+        assert_eq!(w.available[sku], before);
+    }
+}
+
+#[test]
+fn split_by_sku_a_shortage_in_a_later_shard_releases_the_earlier_ones() {
+    let (mut zero, mut one) = (shard(0), shard(1));
+    let mugs = zero.available["SKU-MUG"];
+    // Five lamps in stock: six are short.
+    let paid = approved(&[("SKU-MUG", 1), ("SKU-LAMP", 6)]);
+    let held = step(&mut zero, "o1", &paid);
+    let short = step(&mut one, "o1", &own(&held[0]));
+    let [shortage @ InventoryEvent::InventoryShortage { missing, .. }] = short.as_slice() else {
+        panic!("{short:?}");
+    };
+    assert_eq!(missing, &["SKU-LAMP"]);
+    assert!(
+        step(&mut one, "o1", &own(shortage)).is_empty(),
+        "the short shard holds nothing"
+    );
+    let released = step(&mut zero, "o1", &own(shortage));
+    assert!(matches!(
+        released.as_slice(),
+        [InventoryEvent::InventoryReleased { .. }]
+    ));
+    assert_eq!(zero.available["SKU-MUG"], mugs);
+    // Both shards keep it as short until it ships from a store or is cancelled.
+    assert_eq!(zero.open["o1"], Reservation::Short);
+    for w in [&mut zero, &mut one] {
+        assert!(matches!(
+            step(w, "o1", &cancelled()).as_slice(),
+            [InventoryEvent::InventoryOrderClosed { .. }]
+        ));
+    }
+    assert!(zero.open.is_empty() && one.open.is_empty());
+}
+
+#[test]
+fn split_by_sku_a_cancel_that_overtakes_the_chain_stops_it_with_nothing_held() {
+    let (mut zero, mut one) = (shard(0), shard(1));
+    let (mugs, shirts) = (zero.available["SKU-MUG"], one.available["SKU-TSHIRT"]);
+    let paid = approved(&[("SKU-MUG", 1), ("SKU-TSHIRT", 1)]);
+    // Shard 1 hears of the cancel before its turn; shard 0 reserved before hearing of it.
+    assert!(matches!(
+        step(&mut one, "o1", &cancelled()).as_slice(),
+        [InventoryEvent::InventoryCancellationNoted { .. }]
+    ));
+    let held = step(&mut zero, "o1", &paid);
+    step(&mut zero, "o1", &cancelled());
+    assert!(matches!(
+        step(&mut one, "o1", &own(&held[0])).as_slice(),
+        [InventoryEvent::InventoryOrderClosed { .. }]
+    ));
+    assert_eq!(zero.available["SKU-MUG"], mugs);
+    assert_eq!(one.available["SKU-TSHIRT"], shirts);
+    assert!(zero.open.is_empty() && one.open.is_empty());
+}
+
+#[test]
+fn split_by_sku_a_shipment_from_a_store_that_overtakes_the_shortage_gives_the_lines_back() {
+    let (mut zero, mut one) = (shard(0), shard(1));
+    let mugs = zero.available["SKU-MUG"];
+    let paid = approved(&[("SKU-MUG", 1), ("SKU-LAMP", 6)]);
+    let held = step(&mut zero, "o1", &paid);
+    let short = step(&mut one, "o1", &own(&held[0]));
+    // The order shipped from a store before shard 0 read the shortage (its consumer of the
+    // inventory stream lagged).
+    let shipped = Inbound::Order(OrderEvent::OrderShipped {
+        ship_from: Some("store-busan".into()),
+    });
+    assert!(matches!(
+        step(&mut zero, "o1", &shipped).as_slice(),
+        [InventoryEvent::InventoryReleased { .. }]
+    ));
+    assert_eq!(zero.available["SKU-MUG"], mugs);
+    assert!(
+        step(&mut zero, "o1", &own(&short[0])).is_empty(),
+        "released once"
+    );
+    assert!(matches!(
+        step(&mut one, "o1", &shipped).as_slice(),
+        [InventoryEvent::InventoryOrderClosed { .. }]
+    ));
+    assert!(zero.open.is_empty() && one.open.is_empty());
+}
+
+#[test]
+fn split_by_sku_a_cancel_is_noted_only_where_the_order_has_lines() {
+    let cancel = Inbound::Order(OrderEvent::OrderCancelled {
+        reason: "customer".into(),
+        confirmed: false,
+        skus: vec!["SKU-MUG".into()],
+    });
+    assert!(step(&mut shard(1), "o1", &cancel).is_empty());
+    assert!(matches!(
+        step(&mut shard(0), "o1", &cancel).as_slice(),
+        [InventoryEvent::InventoryCancellationNoted { .. }]
+    ));
 }

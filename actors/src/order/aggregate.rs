@@ -54,6 +54,8 @@ pub struct Order {
     pub shipping_address: String,
     pub placed_at: Option<DateTime<Utc>>,
     pub estimated_delivery: Option<String>,
+    /// `warehouse` or the store the parcel leaves from, once confirmed.
+    pub ship_from: Option<String>,
     /// A customer's cancel is waiting for the shipment service's answer.
     pub cancel_requested: bool,
     pub cancel_reason: Option<String>,
@@ -106,12 +108,15 @@ impl Aggregate for Order {
                 self.request_fingerprint = request_fingerprint.clone();
             }
             OrderEvent::OrderConfirmed {
-                estimated_delivery, ..
+                estimated_delivery,
+                ship_from,
+                ..
             } => {
                 self.status = OrderStatus::Confirmed;
                 self.estimated_delivery = Some(estimated_delivery.clone());
+                self.ship_from = ship_from.clone();
             }
-            OrderEvent::OrderShipped {} => self.status = OrderStatus::Shipped,
+            OrderEvent::OrderShipped { .. } => self.status = OrderStatus::Shipped,
             OrderEvent::OrderCompleted {} => self.status = OrderStatus::Completed,
             OrderEvent::OrderCancelRequested {} => self.cancel_requested = true,
             OrderEvent::OrderCancelRejected { .. } => self.cancel_requested = false,
@@ -168,6 +173,13 @@ pub enum CancelOutcome {
 impl Order {
     pub fn exists(&self) -> bool {
         self.status != OrderStatus::New
+    }
+
+    /// The parcel left, from where it was booked.
+    fn shipped(&self) -> OrderEvent {
+        OrderEvent::OrderShipped {
+            ship_from: self.ship_from.clone(),
+        }
     }
 
     fn is_final(&self) -> bool {
@@ -255,6 +267,7 @@ impl Order {
             vec![OrderEvent::OrderCancelled {
                 reason: reason.to_string(),
                 confirmed: self.status == OrderStatus::Confirmed,
+                skus: self.lines.iter().map(|l| l.sku.clone()).collect(),
             }]
         };
         let status = self.status;
@@ -273,20 +286,23 @@ impl Order {
                 cancel("cancelled by the customer")
             }
             Inbound::Shipment(ShipmentEvent::ShipmentScheduled {
-                estimated_delivery, ..
+                estimated_delivery,
+                ship_from,
+                ..
             }) if status == OrderStatus::Pending => vec![OrderEvent::OrderConfirmed {
                 lines: self.lines.clone(),
                 estimated_delivery: estimated_delivery.clone(),
+                ship_from: Some(ship_from.clone()),
             }],
             Inbound::Shipment(ShipmentEvent::ShipmentStarted {})
                 if matches!(status, OrderStatus::Pending | OrderStatus::Confirmed) =>
             {
-                vec![OrderEvent::OrderShipped {}]
+                vec![self.shipped()]
             }
             Inbound::Shipment(ShipmentEvent::ShipmentDelivered {}) => {
                 let mut events = Vec::new();
                 if status != OrderStatus::Shipped {
-                    events.push(OrderEvent::OrderShipped {});
+                    events.push(self.shipped());
                 }
                 events.push(OrderEvent::OrderCompleted {});
                 events

@@ -26,6 +26,7 @@ fn confirmed() -> OrderEvent {
     OrderEvent::OrderConfirmed {
         lines: lines(&[("SKU-MUG", 2)]),
         estimated_delivery: "2026-11-26".into(),
+        ship_from: Some("warehouse".into()),
     }
 }
 
@@ -129,7 +130,11 @@ fn given_another_customers_order_when_cancelled_then_not_found() {
 
 #[test]
 fn given_shipped_or_completed_when_cancelled_then_conflict() {
-    let shipped = [placed(), confirmed(), OrderEvent::OrderShipped {}];
+    let shipped = [
+        placed(),
+        confirmed(),
+        OrderEvent::OrderShipped { ship_from: None },
+    ];
     let conflict = |e: &DomainError| matches!(e, DomainError::Conflict(_));
     given::<Order>(shipped.clone())
         .when(OrderCommand::Cancel { customer: None })
@@ -146,6 +151,7 @@ fn given_shipped_or_completed_when_cancelled_then_conflict() {
         OrderEvent::OrderCancelled {
             reason: "x".into(),
             confirmed: false,
+            skus: Vec::new(),
         },
     ])
     .when(OrderCommand::Cancel { customer: None })
@@ -184,7 +190,11 @@ fn given_the_parcel_left_when_a_failure_arrives_then_it_is_refused_not_compensat
         reason: "forged".into(),
         booking_unknown: false,
     });
-    let shipped = given::<Order>([placed(), confirmed(), OrderEvent::OrderShipped {}]);
+    let shipped = given::<Order>([
+        placed(),
+        confirmed(),
+        OrderEvent::OrderShipped { ship_from: None },
+    ]);
     let reason = shipped.when_event("o1", &failed).refusal();
     assert!(
         reason.contains("ShipmentFailed") && reason.contains("SHIPPED"),
@@ -193,7 +203,7 @@ fn given_the_parcel_left_when_a_failure_arrives_then_it_is_refused_not_compensat
     let completed = given::<Order>([
         placed(),
         confirmed(),
-        OrderEvent::OrderShipped {},
+        OrderEvent::OrderShipped { ship_from: None },
         OrderEvent::OrderCompleted {},
     ]);
     let unavailable = Inbound::Store(StoreEvent::StoreStockUnavailable {
@@ -218,14 +228,26 @@ fn given_pending_when_scheduled_started_delivered_then_confirmed_shipped_complet
         order
             .when_event("o1", &Inbound::Shipment(ShipmentEvent::ShipmentStarted {}))
             .events(),
-        vec![OrderEvent::OrderShipped {}]
+        vec![OrderEvent::OrderShipped {
+            ship_from: Some("warehouse".into())
+        }],
+        "it says where the parcel left from, as the carrier was booked"
     );
     let delivered = Inbound::Shipment(ShipmentEvent::ShipmentDelivered {});
     assert_eq!(
         order.when_event("o1", &delivered).events(),
-        vec![OrderEvent::OrderShipped {}, OrderEvent::OrderCompleted {}]
+        vec![
+            OrderEvent::OrderShipped {
+                ship_from: Some("warehouse".into())
+            },
+            OrderEvent::OrderCompleted {}
+        ]
     );
-    let order = given::<Order>([placed(), confirmed(), OrderEvent::OrderShipped {}]);
+    let order = given::<Order>([
+        placed(),
+        confirmed(),
+        OrderEvent::OrderShipped { ship_from: None },
+    ]);
     assert_eq!(
         order.when_event("o1", &delivered).events(),
         vec![OrderEvent::OrderCompleted {}]
@@ -234,7 +256,7 @@ fn given_pending_when_scheduled_started_delivered_then_confirmed_shipped_complet
         given::<Order>([
             placed(),
             confirmed(),
-            OrderEvent::OrderShipped {},
+            OrderEvent::OrderShipped { ship_from: None },
             OrderEvent::OrderCompleted {}
         ])
         .status,
@@ -255,10 +277,11 @@ fn given_cancel_requested_when_shipment_answers_then_cancelled_or_rejected() {
             order.when_event("o1", &cancelled).events().as_slice(),
             [OrderEvent::OrderCancelled {
                 confirmed: true,
+                skus,
                 ..
-            }]
+            }] if skus == &["SKU-MUG"]
         ),
-        "a confirmed order's cancel says its stock was settled"
+        "a confirmed order's cancel says its stock was settled, and which SKUs it had"
     );
     let rejected = Inbound::Shipment(ShipmentEvent::ShipmentCancelRejected {
         reason: "left".into(),
@@ -286,6 +309,7 @@ fn given_cancelled_when_anything_arrives_then_nothing() {
         OrderEvent::OrderCancelled {
             reason: "declined".into(),
             confirmed: false,
+            skus: Vec::new(),
         },
     ]);
     for event in [
@@ -342,6 +366,7 @@ fn the_cancel_reply_says_what_the_cancel_did() {
     let cancelled = OrderEvent::OrderCancelled {
         reason: "x".into(),
         confirmed: false,
+        skus: Vec::new(),
     };
     assert_eq!(
         outcome(vec![placed(), cancelled], vec![]),

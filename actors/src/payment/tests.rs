@@ -40,6 +40,7 @@ fn cancelled() -> Inbound {
     Inbound::Order(OrderEvent::OrderCancelled {
         reason: "customer".into(),
         confirmed: false,
+        skus: Vec::new(),
     })
 }
 
@@ -183,6 +184,7 @@ fn given_nothing_when_the_cancel_overtakes_order_created_then_voided_and_the_lat
     let cancelled = Inbound::Order(OrderEvent::OrderCancelled {
         reason: "customer".into(),
         confirmed: false,
+        skus: Vec::new(),
     });
     let events = Payment::default().when_event("o1", &cancelled).events();
     assert!(matches!(

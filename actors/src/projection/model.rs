@@ -159,7 +159,7 @@ impl OrderReadModel {
                     self.order_status = status("PENDING");
                 }
                 OrderEvent::OrderConfirmed { .. } => self.order_status = status("CONFIRMED"),
-                OrderEvent::OrderShipped {} => self.order_status = status("SHIPPED"),
+                OrderEvent::OrderShipped { .. } => self.order_status = status("SHIPPED"),
                 OrderEvent::OrderCompleted {} => self.order_status = status("COMPLETED"),
                 OrderEvent::OrderCancelRequested {} => *cancel_requested = true,
                 OrderEvent::OrderCancelRejected { .. } => *cancel_requested = false,
@@ -187,7 +187,8 @@ impl OrderReadModel {
             Inbound::Inventory(e) => match e {
                 InventoryEvent::InventoryReserved { .. } => self.inventory_available = Some(true),
                 InventoryEvent::InventoryShortage { .. } => self.inventory_available = Some(false),
-                InventoryEvent::InventoryReleased { .. }
+                InventoryEvent::InventoryLinesReserved { .. }
+                | InventoryEvent::InventoryReleased { .. }
                 | InventoryEvent::InventoryCancellationNoted { .. }
                 | InventoryEvent::InventoryOrderClosed { .. } => {}
             },
@@ -196,7 +197,8 @@ impl OrderReadModel {
                 StoreEvent::StoreStockUnavailable { .. } => {
                     self.store_stock_available = Some(false)
                 }
-                StoreEvent::StoreStockReleased { .. }
+                StoreEvent::StoreLinesReserved { .. }
+                | StoreEvent::StoreStockReleased { .. }
                 | StoreEvent::StoreCancellationNoted { .. }
                 | StoreEvent::StoreOrderClosed { .. } => {}
             },

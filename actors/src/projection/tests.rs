@@ -84,6 +84,7 @@ fn saga() -> Vec<Envelope> {
             OrderEvent::OrderConfirmed {
                 lines,
                 estimated_delivery: "2026-11-26".into(),
+                ship_from: None,
             },
             2,
             5,
@@ -98,7 +99,7 @@ fn saga() -> Vec<Envelope> {
             6,
         ),
         event(ShipmentEvent::ShipmentStarted {}, 3, 7),
-        event(OrderEvent::OrderShipped {}, 3, 8),
+        event(OrderEvent::OrderShipped { ship_from: None }, 3, 8),
     ]
 }
 
@@ -158,6 +159,7 @@ fn given_a_cancel_request_then_cancelling_until_the_answer() {
         OrderEvent::OrderCancelled {
             reason: "cancelled by the customer".into(),
             confirmed: false,
+            skus: Vec::new(),
         },
         4,
         7,

@@ -8,6 +8,7 @@ fn confirmed(items: &[(&str, u32)]) -> Inbound {
     Inbound::Order(OrderEvent::OrderConfirmed {
         lines: lines(items),
         estimated_delivery: "d".into(),
+        ship_from: None,
     })
 }
 

@@ -68,6 +68,12 @@ impl Component {
         )
     }
 
+    /// Does it keep stock per SKU (so it can be split by SKU, one shard per partition)? The
+    /// services whose `Service::PLACEMENT` is `BySku`.
+    pub fn keeps_stock(self) -> bool {
+        matches!(self, Component::Inventory | Component::Store)
+    }
+
     /// The service that owns `domain`'s stream.
     pub const fn owner(domain: Domain) -> Component {
         match domain {

@@ -1,8 +1,9 @@
 //! Where a request goes. A service that keeps its state per order is split by the streams'
 //! partitions once there is more than one (`streams.partitions`): partition `k` of it answers on
-//! `commerce.<component>.<k>.<endpoint>`, about the orders of partition `k` only. Every other
-//! component, and every service while there is one partition, answers on
-//! `commerce.<component>.<endpoint>`.
+//! `commerce.<component>.<k>.<endpoint>`, about the orders of partition `k` only. A service
+//! that keeps stock is split the same way by SKU ([`crate::stock`]): partition `k` answers about
+//! its SKUs, and takes part in every order. Every other component, and every service while there
+//! is one partition, answers on `commerce.<component>.<endpoint>`.
 
 use std::fmt;
 
@@ -10,7 +11,7 @@ use bus::Partitions;
 
 use super::Component;
 
-/// Who answers: a component, or one partition of a service split by order.
+/// Who answers: a component, or one partition of a split service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Address {
     pub component: Component,
@@ -24,6 +25,21 @@ impl Address {
             component,
             partition: None,
         }
+    }
+
+    /// Whose dead letters are filed under `owner`: a component (`payment`), or one shard of
+    /// split stock (`inventory-p1`, [`crate::engine::host::consume::dead_letter_owner`]).
+    pub fn of_dead_letters(owner: &str) -> Option<Address> {
+        if let Ok(component) = owner.parse::<Component>() {
+            return Some(Address::whole(component));
+        }
+        let (name, k) = owner.rsplit_once("-p")?;
+        let component = name.parse::<Component>().ok()?;
+        Some(Address {
+            component,
+            partition: Some(k.parse().ok()?),
+        })
+        .filter(|_| component.keeps_stock())
     }
 
     /// Its micro service's group: `commerce.<component>` or `commerce.<component>.<k>`.
@@ -96,14 +112,25 @@ impl Routes {
 
     /// Is `component` split into one answerer per partition?
     pub fn splits(self, component: Component) -> bool {
-        component.keeps_orders() && self.0.count() > 1
+        (component.keeps_orders() || component.keeps_stock()) && self.0.count() > 1
     }
 
-    /// Who answers `component`'s requests about `order_id`.
+    /// Who answers `component`'s requests about `order_id`: its partition's host, or the
+    /// whole; every shard of a service split by SKU ([`Routes::all`]).
+    pub fn about_order(self, component: Component, order_id: &str) -> Vec<Address> {
+        if component.keeps_stock() {
+            return self.all(component);
+        }
+        vec![self.of_order(component, order_id)]
+    }
+
+    /// The host that keeps `order_id` of `component`: its partition's, or the whole (of a
+    /// service not split by SKU).
     pub fn of_order(self, component: Component, order_id: &str) -> Address {
+        let split = self.splits(component) && component.keeps_orders();
         Address {
             component,
-            partition: self.splits(component).then(|| self.0.of(order_id.trim())),
+            partition: split.then(|| self.0.of(order_id.trim())),
         }
     }
 
@@ -126,7 +153,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_per_order_services_split_and_only_over_several_partitions() {
+    fn services_that_keep_orders_or_stock_split_and_only_over_several_partitions() {
         let one = Routes::new(Partitions::ONE);
         let three = Routes::new(Partitions::new(3).unwrap());
         let id = "0193a5b0-7c1e-7000-8000-000000000001";
@@ -142,12 +169,23 @@ mod tests {
             format!("commerce.payment.{}.get", at.partition.unwrap())
         );
         assert_eq!(three.all(Component::Shipment).len(), 3);
-        for whole in [
-            Component::Inventory,
-            Component::Store,
-            Component::Projection,
-        ] {
-            assert_eq!(three.of_order(whole, id), Address::whole(whole));
+        let shard = Address::of_dead_letters("inventory-p2").unwrap();
+        assert_eq!(
+            (shard.component, shard.partition),
+            (Component::Inventory, Some(2))
+        );
+        assert_eq!(
+            Address::of_dead_letters("payment"),
+            Some(Address::whole(Component::Payment))
+        );
+        assert_eq!(Address::of_dead_letters("payment-p1"), None);
+        assert_eq!(Address::of_dead_letters("store-px"), None);
+        // Stock is split by SKU: every shard takes part in every order.
+        assert_eq!(three.about_order(Component::Inventory, id).len(), 3);
+        assert_eq!(three.all(Component::Store).len(), 3);
+        assert_eq!(one.about_order(Component::Store, id).len(), 1);
+        for whole in [Component::Recommendation, Component::Projection] {
+            assert_eq!(three.about_order(whole, id), [Address::whole(whole)]);
             assert_eq!(
                 Address::whole(whole).subject("status"),
                 format!("commerce.{whole}.status")

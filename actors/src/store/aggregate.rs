@@ -1,5 +1,7 @@
-//! The offline stores' stock: ONE aggregate (like the warehouse) so no unit is promised twice.
-//! Like the warehouse, it tracks an order only while it may still act on it.
+//! The offline stores' stock: ONE aggregate (like the warehouse) so no unit is promised twice;
+//! with stock split by SKU, one per shard, reserving an order's lines shard by shard at the
+//! store the first shard chose ([`crate::stock`]). Like the warehouse, it tracks an order only
+//! while it may still act on it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -8,11 +10,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Line, PRODUCTS, STORES};
-use crate::engine::{Aggregate, Plan};
+use crate::engine::{Aggregate, Plan, Shard};
 use crate::events::StoreEvent;
 use crate::events::{Inbound, InventoryEvent, OrderEvent};
 use crate::recent::{Notes, Recent};
 use crate::rpc::DomainError;
+use crate::stock::{self, Chain};
 
 /// The aggregate id of all stores' stock.
 pub const STORES_ID: &str = "stores";
@@ -22,7 +25,11 @@ pub const STORES_ID: &str = "stores";
 /// the warehouse's shortage arrives (or it is forgotten).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreReservation {
-    Reserved { store_id: String, lines: Vec<Line> },
+    /// The lines held at `store_id` (with stock split by SKU, this shard's).
+    Reserved {
+        store_id: String,
+        lines: Vec<Line>,
+    },
     Released,
     Unavailable,
     Cancelled,
@@ -41,16 +48,34 @@ pub struct Stores {
     /// The open `Cancelled` orders, by when they were noted.
     #[serde(default)]
     pub notes: Notes,
+    /// The SKU shard it is, when stock is split by SKU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
 }
 
 impl Default for Stores {
     /// The seeded catalog's store stock.
     fn default() -> Self {
+        Stores::initial(None)
+    }
+}
+
+impl Aggregate for Stores {
+    type Event = StoreEvent;
+    type Command = Infallible;
+    type Call = Infallible;
+    type Answer = Infallible;
+
+    /// The seeded catalog's store stock of the shard's SKUs.
+    fn initial(shard: Option<Shard>) -> Self {
         let mut available: BTreeMap<String, BTreeMap<String, i64>> = STORES
             .iter()
             .map(|s| (s.to_string(), BTreeMap::new()))
             .collect();
-        for product in PRODUCTS {
+        for product in PRODUCTS
+            .iter()
+            .filter(|p| shard.is_none_or(|s| s.holds(p.sku)))
+        {
             for (store, units) in product.stores {
                 available
                     .entry(store.to_string())
@@ -63,15 +88,9 @@ impl Default for Stores {
             open: HashMap::new(),
             closed: Recent::default(),
             notes: Notes::default(),
+            shard,
         }
     }
-}
-
-impl Aggregate for Stores {
-    type Event = StoreEvent;
-    type Command = Infallible;
-    type Call = Infallible;
-    type Answer = Infallible;
 
     fn apply(&mut self, event: &StoreEvent) {
         match event {
@@ -81,15 +100,15 @@ impl Aggregate for Stores {
                 lines,
                 ..
             } => {
-                self.adjust(store_id, lines, -1);
-                self.open.insert(
-                    order_id.clone(),
-                    StoreReservation::Reserved {
-                        store_id: store_id.clone(),
-                        lines: lines.clone(),
-                    },
-                );
+                let own = Chain::new(lines, self.shard).own();
+                self.hold(order_id, store_id, own);
             }
+            StoreEvent::StoreLinesReserved {
+                order_id,
+                store_id,
+                reserved,
+                ..
+            } => self.hold(order_id, store_id, reserved.clone()),
             StoreEvent::StoreStockUnavailable { order_id, .. } => {
                 self.open
                     .insert(order_id.clone(), StoreReservation::Unavailable);
@@ -98,12 +117,18 @@ impl Aggregate for Stores {
                 order_id,
                 store_id,
                 lines,
+                unavailable,
                 ..
             } => {
                 self.adjust(store_id, lines, 1);
-                self.open.remove(order_id);
-                self.closed
-                    .push(order_id.clone(), StoreReservation::Released);
+                if *unavailable {
+                    self.open
+                        .insert(order_id.clone(), StoreReservation::Unavailable);
+                } else {
+                    self.open.remove(order_id);
+                    self.closed
+                        .push(order_id.clone(), StoreReservation::Released);
+                }
             }
             StoreEvent::StoreCancellationNoted { order_id, noted_at } => self.notes.note_cancelled(
                 &mut self.open,
@@ -138,30 +163,60 @@ impl Aggregate for Stores {
                 lines,
                 shipping_address,
                 ..
-            }) => match current {
-                None => match self.store_for(lines) {
-                    Some(store_id) => vec![StoreEvent::StoreStockReserved {
-                        order_id: order_id.to_string(),
-                        store_id: store_id.to_string(),
-                        lines: lines.clone(),
-                        shipping_address: shipping_address.clone(),
-                    }],
-                    None => vec![StoreEvent::StoreStockUnavailable {
-                        order_id: order_id.to_string(),
-                        lines: lines.clone(),
-                    }],
-                },
+            }) if Chain::new(lines, self.shard).is_first() => match current {
+                None => {
+                    let store_id = self.store_for(&Chain::new(lines, self.shard).own());
+                    vec![self.reserve(order_id, store_id, lines, shipping_address)]
+                }
                 // The cancellation came first: nothing to reserve, and nothing left to wait for.
                 Some(StoreReservation::Cancelled) => closed(),
                 Some(_) => Vec::new(),
             },
-            Inbound::Order(OrderEvent::OrderCancelled { reason, confirmed }) => match current {
+            // The shard before this one held its lines at `store_id`: this shard's turn, there.
+            Inbound::Store(StoreEvent::StoreLinesReserved {
+                store_id,
+                reserved,
+                lines,
+                shipping_address,
+                ..
+            }) if Chain::new(lines, self.shard).follows(reserved) => match current {
+                None => {
+                    let own = Chain::new(lines, self.shard).own();
+                    let store_id = self.has(store_id, &own).then_some(store_id.as_str());
+                    vec![self.reserve(order_id, store_id, lines, shipping_address)]
+                }
+                Some(StoreReservation::Cancelled) => closed(),
+                Some(_) => Vec::new(),
+            },
+            // Another shard had none: the lines held here go back.
+            Inbound::Store(StoreEvent::StoreStockUnavailable { .. }) => match current {
+                Some(StoreReservation::Reserved { store_id, lines }) => {
+                    vec![StoreEvent::StoreStockReleased {
+                        order_id: order_id.to_string(),
+                        store_id: store_id.clone(),
+                        lines: lines.clone(),
+                        reason: "another line of the order is in no store".into(),
+                        unavailable: true,
+                    }]
+                }
+                _ => Vec::new(),
+            },
+            // None of its lines is this shard's: nothing held, nothing will be.
+            Inbound::Order(OrderEvent::OrderCancelled { skus, .. })
+                if !stock::concerns(self.shard, skus) =>
+            {
+                Vec::new()
+            }
+            Inbound::Order(OrderEvent::OrderCancelled {
+                reason, confirmed, ..
+            }) => match current {
                 Some(StoreReservation::Reserved { store_id, lines }) => {
                     vec![StoreEvent::StoreStockReleased {
                         order_id: order_id.to_string(),
                         store_id: store_id.clone(),
                         lines: lines.clone(),
                         reason: reason.clone(),
+                        unavailable: false,
                     }]
                 }
                 Some(StoreReservation::Unavailable) => closed(),
@@ -173,7 +228,7 @@ impl Aggregate for Stores {
                 }],
                 Some(_) => Vec::new(),
             },
-            Inbound::Order(OrderEvent::OrderShipped {}) => match current {
+            Inbound::Order(OrderEvent::OrderShipped { .. }) => match current {
                 Some(StoreReservation::Reserved { .. }) => closed(),
                 _ => Vec::new(),
             },
@@ -194,6 +249,49 @@ impl Stores {
             .or_else(|| self.closed.get(order_id))
     }
 
+    /// Reserve this shard's lines at `store_id` (the last shard: and decide the order), or
+    /// report that no store has them (`None`).
+    fn reserve(
+        &self,
+        order_id: &str,
+        store_id: Option<&str>,
+        lines: &[Line],
+        shipping_address: &str,
+    ) -> StoreEvent {
+        let chain = Chain::new(lines, self.shard);
+        match store_id {
+            None => StoreEvent::StoreStockUnavailable {
+                order_id: order_id.to_string(),
+                lines: lines.to_vec(),
+            },
+            Some(store_id) if chain.is_last() => StoreEvent::StoreStockReserved {
+                order_id: order_id.to_string(),
+                store_id: store_id.to_string(),
+                lines: lines.to_vec(),
+                shipping_address: shipping_address.to_string(),
+            },
+            Some(store_id) => StoreEvent::StoreLinesReserved {
+                order_id: order_id.to_string(),
+                store_id: store_id.to_string(),
+                reserved: chain.own(),
+                lines: lines.to_vec(),
+                shipping_address: shipping_address.to_string(),
+            },
+        }
+    }
+
+    /// Hold `lines` (this shard's) at `store_id` for the order.
+    fn hold(&mut self, order_id: &str, store_id: &str, lines: Vec<Line>) {
+        self.adjust(store_id, &lines, -1);
+        self.open.insert(
+            order_id.to_string(),
+            StoreReservation::Reserved {
+                store_id: store_id.to_string(),
+                lines,
+            },
+        );
+    }
+
     fn adjust(&mut self, store_id: &str, lines: &[Line], sign: i64) {
         let stock = self.available.entry(store_id.to_string()).or_default();
         for line in lines {
@@ -203,11 +301,19 @@ impl Stores {
 
     /// The first store (in id order) that has every line.
     fn store_for(&self, lines: &[Line]) -> Option<&str> {
-        self.available.iter().find_map(|(store, stock)| {
-            lines
-                .iter()
-                .all(|l| stock.get(&l.sku).copied().unwrap_or(0) >= i64::from(l.quantity))
-                .then_some(store.as_str())
+        self.available
+            .keys()
+            .find(|store| self.has(store, lines))
+            .map(String::as_str)
+    }
+
+    /// Does `store_id` have every line?
+    fn has(&self, store_id: &str, lines: &[Line]) -> bool {
+        let stock = self.available.get(store_id);
+        lines.iter().all(|l| {
+            stock
+                .and_then(|s| s.get(&l.sku))
+                .is_some_and(|units| *units >= i64::from(l.quantity))
         })
     }
 }

@@ -1,5 +1,6 @@
 //! The store service: offline stores' stock. When the warehouse is short, the first store that
-//! has the whole order reserves it (ship-from-store); if none can, the saga fails here.
+//! has the whole order reserves it (ship-from-store); if none can, the saga fails here. With
+//! stock split by SKU, the store the first shard chose must have the other shards' lines too.
 
 pub mod aggregate;
 
@@ -32,8 +33,13 @@ impl Service for StoreService {
     const LISTENS: &'static [(Domain, &'static [&'static str])] = &[
         (Domain::Inventory, &["InventoryShortage"]),
         (Domain::Orders, &["OrderCancelled", "OrderShipped"]),
+        // Its own shards' (stock split by SKU): the one before has reserved, one had none.
+        (
+            Domain::Stores,
+            &["StoreLinesReserved", "StoreStockUnavailable"],
+        ),
     ];
-    const PLACEMENT: Placement = Placement::One(STORES_ID);
+    const PLACEMENT: Placement = Placement::BySku(STORES_ID);
     type View = StoreStock;
     type Part = StorePart;
 
@@ -55,6 +61,26 @@ impl Service for StoreService {
     fn part(order_id: &str, _version: u64, state: &Stores) -> Option<StorePart> {
         state.reservation(order_id).map(|r| StorePart {
             reservation: r.clone(),
+        })
+    }
+
+    /// The lines held in every shard (all at one store), or else the most telling state.
+    fn merge(parts: Vec<StorePart>) -> Option<StorePart> {
+        let mut held: Option<(String, Vec<crate::catalog::Line>)> = None;
+        for part in &parts {
+            if let StoreReservation::Reserved { store_id, lines } = &part.reservation {
+                let (_, all) = held.get_or_insert_with(|| (store_id.clone(), Vec::new()));
+                all.extend(lines.iter().cloned());
+            }
+        }
+        if let Some((store_id, lines)) = held {
+            let reservation = StoreReservation::Reserved { store_id, lines };
+            return Some(StorePart { reservation });
+        }
+        parts.into_iter().min_by_key(|p| match p.reservation {
+            StoreReservation::Unavailable => 0,
+            StoreReservation::Released => 1,
+            StoreReservation::Reserved { .. } | StoreReservation::Cancelled => 2,
         })
     }
 }

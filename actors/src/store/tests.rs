@@ -50,6 +50,7 @@ fn given_no_store_with_everything_when_shortage_then_unavailable() {
     let cancelled = Inbound::Order(OrderEvent::OrderCancelled {
         reason: "no stock".into(),
         confirmed: false,
+        skus: Vec::new(),
     });
     assert!(matches!(
         step(&mut s, &cancelled).as_slice(),
@@ -75,6 +76,7 @@ fn given_reserved_when_cancelled_then_released_and_never_on_a_failure_alone() {
     let cancelled = Inbound::Order(OrderEvent::OrderCancelled {
         reason: "customer".into(),
         confirmed: false,
+        skus: Vec::new(),
     });
     {
         let mut s = Stores::default();
@@ -97,6 +99,7 @@ fn given_cancelled_first_when_shortage_arrives_late_then_nothing_is_reserved() {
     let cancelled = Inbound::Order(OrderEvent::OrderCancelled {
         reason: "customer".into(),
         confirmed: false,
+        skus: Vec::new(),
     });
     assert!(matches!(
         step(&mut s, &cancelled).as_slice(),
@@ -117,7 +120,11 @@ fn given_reserved_when_shipped_then_no_longer_held_and_units_stay_gone() {
     let before = s.available["store-busan"]["SKU-POSTER"];
     step(&mut s, &shortage(&[("SKU-POSTER", 1)]));
     assert!(matches!(
-        step(&mut s, &Inbound::Order(OrderEvent::OrderShipped {})).as_slice(),
+        step(
+            &mut s,
+            &Inbound::Order(OrderEvent::OrderShipped { ship_from: None })
+        )
+        .as_slice(),
         [StoreEvent::StoreOrderClosed { .. }]
     ));
     assert!(s.open.is_empty());
@@ -134,10 +141,75 @@ fn given_nothing_here_when_a_confirmed_order_is_cancelled_then_nothing_is_noted(
     let cancelled = Inbound::Order(OrderEvent::OrderCancelled {
         reason: "customer".into(),
         confirmed: true,
+        skus: Vec::new(),
     });
     assert!(
         step(&mut s, &cancelled).is_empty(),
         "the warehouse reserved it: no shortage will come, nothing to wait for"
     );
     assert!(s.open.is_empty());
+}
+
+/// Shard `index` of two: SKU-MUG, SKU-SOCKS and SKU-POSTER are in shard 0; SKU-TSHIRT and
+/// SKU-HOODIE in shard 1.
+fn shard(index: u32) -> Stores {
+    Stores::initial(Some(crate::engine::Shard { index, count: 2 }))
+}
+
+#[test]
+fn split_by_sku_the_later_shard_reserves_at_the_store_the_first_chose() {
+    let (mut zero, mut one) = (shard(0), shard(1));
+    let short = shortage(&[("SKU-TSHIRT", 1), ("SKU-POSTER", 1)]);
+    assert!(
+        step(&mut one, &short).is_empty(),
+        "shard 1 waits for shard 0"
+    );
+    let first = step(&mut zero, &short);
+    let [held @ StoreEvent::StoreLinesReserved { store_id, .. }] = first.as_slice() else {
+        panic!("{first:?}");
+    };
+    // Only store-busan has posters.
+    assert_eq!(store_id, "store-busan");
+    let shirts = one.available["store-busan"]["SKU-TSHIRT"];
+    match step(&mut one, &Inbound::Store(held.clone())).as_slice() {
+        [StoreEvent::StoreStockReserved {
+            store_id, lines, ..
+        }] => assert_eq!((store_id.as_str(), lines.len()), ("store-busan", 2)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(one.available["store-busan"]["SKU-TSHIRT"], shirts - 1);
+    assert!(!zero.available["store-busan"].contains_key("SKU-TSHIRT"));
+}
+
+#[test]
+fn split_by_sku_a_later_shard_without_the_lines_at_that_store_releases_the_earlier() {
+    let (mut zero, mut one) = (shard(0), shard(1));
+    let posters = zero.available["store-busan"]["SKU-POSTER"];
+    // Hoodies are only in store-seoul, posters only in store-busan.
+    let short = shortage(&[("SKU-POSTER", 1), ("SKU-HOODIE", 1)]);
+    let held = step(&mut zero, &short);
+    let none = step(&mut one, &Inbound::Store(held[0].clone()));
+    let [unavailable @ StoreEvent::StoreStockUnavailable { .. }] = none.as_slice() else {
+        panic!("{none:?}");
+    };
+    let released = step(&mut zero, &Inbound::Store(unavailable.clone()));
+    assert!(matches!(
+        released.as_slice(),
+        [StoreEvent::StoreStockReleased { .. }]
+    ));
+    assert_eq!(zero.available["store-busan"]["SKU-POSTER"], posters);
+    assert!(step(&mut one, &Inbound::Store(unavailable.clone())).is_empty());
+    // The order is cancelled next: both shards close it, no tombstone left.
+    let cancelled = Inbound::Order(OrderEvent::OrderCancelled {
+        reason: "no store has it".into(),
+        confirmed: false,
+        skus: vec!["SKU-POSTER".into(), "SKU-HOODIE".into()],
+    });
+    for s in [&mut zero, &mut one] {
+        assert!(matches!(
+            step(s, &cancelled).as_slice(),
+            [StoreEvent::StoreOrderClosed { .. }]
+        ));
+        assert!(s.open.is_empty());
+    }
 }

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use actors::contract::OrderReadModel;
-use actors::engine::Placement;
 use actors::simulators::carrier::CarrierLedger;
 use actors::simulators::payment_gateway::PaymentLedger;
 use bus::{Domain, Envelope};
@@ -26,6 +25,9 @@ const ONCE: [&str; 11] = [
     "OrderCancelled",
     "RecommendationUpdated",
 ];
+
+/// Of [`ONCE`], those once per SKU shard of an order: each releases its own lines.
+const PER_SHARD: [&str; 2] = ["InventoryReleased", "StoreStockReleased"];
 
 /// Statuses in which the customer keeps (and pays for) the goods.
 const KEPT: [&str; 3] = ["CONFIRMED", "SHIPPED", "COMPLETED"];
@@ -297,23 +299,26 @@ fn stock(f: &Facts) -> Check {
             }
         }
     }
-    // Held: reservations not released, per ended order.
+    // Held: units reserved and not released, per ended order: its lines if kept, else none.
+    let ordered: BTreeMap<&str, &Placed> = f
+        .placed
+        .iter()
+        .filter_map(|p| Some((p.order_id.as_deref()?, p)))
+        .collect();
     for (id, events) in by_order(f) {
-        let Some(status) = status(f, id) else {
+        let Some(status) = status(f, id).filter(|s| TERMINAL.contains(s)) else {
             continue;
         };
-        let net: i64 = events
-            .iter()
-            .map(|(_, e)| match e.event_type.as_str() {
-                "InventoryReserved" | "StoreStockReserved" => 1,
-                "InventoryReleased" | "StoreStockReleased" => -1,
-                _ => 0,
-            })
-            .sum();
-        let expected = i64::from(KEPT.contains(&status));
-        if TERMINAL.contains(&status) && net != expected {
+        let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+        if KEPT.contains(&status) {
+            for (sku, quantity) in ordered.get(id).map_or(&[][..], |p| &p.lines[..]) {
+                *expected.entry(sku.clone()).or_default() += i64::from(*quantity);
+            }
+        }
+        let held = held(&events);
+        if held != expected {
             bad.push(format!(
-                "{id}: {status} with {net} reservation(s) held, expected {expected}"
+                "{id}: {status} with {held:?} held, expected {expected:?}"
             ));
         }
     }
@@ -323,6 +328,48 @@ fn stock(f: &Facts) -> Check {
         format!("{} SKUs", f.stock_before.len()),
         bad,
     )
+}
+
+/// The units an order's events hold, per SKU. With stock split by SKU, each shard reserves its
+/// own lines (`…LinesReserved`) and the outcome (`InventoryReserved`, `StoreStockReserved`) the
+/// last shard's: so an outcome holds all the lines, and without one only the shards' lines are
+/// held (until they are released).
+fn held(events: &[(Domain, &Envelope)]) -> BTreeMap<String, i64> {
+    let lines = |event: &str, field: &str| -> Vec<(String, i64)> {
+        let of = events.iter().filter(|(_, e)| e.event_type == event);
+        of.flat_map(|(_, e)| e.data[field].as_array().cloned().unwrap_or_default())
+            .map(|l| {
+                let sku = l["sku"].as_str().unwrap_or_default().to_string();
+                (sku, l["quantity"].as_i64().unwrap_or(0))
+            })
+            .collect()
+    };
+    let mut held: BTreeMap<String, i64> = BTreeMap::new();
+    for (outcome, one_shard, released) in [
+        (
+            "InventoryReserved",
+            "InventoryLinesReserved",
+            "InventoryReleased",
+        ),
+        (
+            "StoreStockReserved",
+            "StoreLinesReserved",
+            "StoreStockReleased",
+        ),
+    ] {
+        let mut reserved = lines(outcome, "lines");
+        if reserved.is_empty() {
+            reserved = lines(one_shard, "reserved");
+        }
+        for (sku, units) in reserved {
+            *held.entry(sku).or_default() += units;
+        }
+        for (sku, units) in lines(released, "lines") {
+            *held.entry(sku).or_default() -= units;
+        }
+    }
+    held.retain(|_, units| *units != 0);
+    held
 }
 
 /// Invariant 5: The carrier: one booking per order, cancelled with its order, no parcel for a refund.
@@ -362,7 +409,7 @@ fn versions(f: &Facts) -> Check {
     for (domain, events) in &f.events {
         total += events.len();
         let mut versions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-        let mut once: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        let mut once: BTreeMap<(&str, &str, String), usize> = BTreeMap::new();
         let mut ids = BTreeSet::new();
         for e in events {
             if !ids.insert(e.id) {
@@ -371,17 +418,25 @@ fn versions(f: &Facts) -> Check {
                     e.id, e.event_type, e.subject
                 ));
             }
-            let aggregate = match actors::system::placement(*domain) {
-                Placement::PerOrder => e.subject.clone(),
-                Placement::One(id) => id.to_string(),
+            // Named by the event (a shard of split stock), or by its order.
+            let aggregate = match &e.aggregateid {
+                Some(id) => id.clone(),
+                None => actors::system::placement(*domain).aggregate_id(&e.subject, None),
             };
+            if ONCE.contains(&e.event_type.as_str()) {
+                // Each SKU shard releases its own lines: once per shard. The rest once.
+                let per_shard = PER_SHARD.contains(&e.event_type.as_str());
+                let shard = if per_shard {
+                    aggregate.clone()
+                } else {
+                    String::new()
+                };
+                *once.entry((&e.subject, &e.event_type, shard)).or_default() += 1;
+            }
             versions
                 .entry(aggregate)
                 .or_default()
                 .push(e.aggregateversion.unwrap_or(0));
-            if ONCE.contains(&e.event_type.as_str()) {
-                *once.entry((&e.subject, &e.event_type)).or_default() += 1;
-            }
         }
         for (aggregate, mut v) in versions {
             v.sort_unstable();
@@ -395,7 +450,7 @@ fn versions(f: &Facts) -> Check {
                 ));
             }
         }
-        for ((order, event), n) in once {
+        for ((order, event, _), n) in once {
             if n > 1 {
                 bad.push(format!("{order}: {event} {n} times"));
             }
@@ -495,6 +550,13 @@ mod tests {
         e
     }
 
+    /// Two mugs of order o1, reserved by `event`'s `field`.
+    fn reserved(event: &str, field: &str) -> Envelope {
+        let mut e = envelope(Domain::Inventory, event, "o1", 1);
+        e.data = serde_json::json!({ field: [{"sku": "SKU-MUG", "quantity": 2}] });
+        e
+    }
+
     fn facts() -> Facts {
         let placed = Placed {
             n: 0,
@@ -534,7 +596,7 @@ mod tests {
             ),
             (
                 Domain::Inventory,
-                vec![envelope(Domain::Inventory, "InventoryReserved", "o1", 1)],
+                vec![reserved("InventoryReserved", "lines")],
             ),
         ]
         .into();
@@ -594,6 +656,19 @@ mod tests {
         let mut f = facts();
         f.stock_after = Ok([("SKU-MUG".to_string(), 9)].into());
         assert_eq!(failed(&f), vec![4]);
+
+        // Held by a shard of split stock, and never released.
+        let mut f = facts();
+        let mut held = reserved("InventoryLinesReserved", "reserved");
+        held.aggregateid = Some("warehouse.1".into());
+        f.events.insert(Domain::Inventory, vec![held]);
+        f.rows
+            .get_mut("o1")
+            .and_then(Option::as_mut)
+            .expect("row")
+            .order_status = Some("CANCELLED".into());
+        f.rebuilt = Ok(f.rows.clone());
+        assert!(failed(&f).contains(&4));
 
         let mut f = facts();
         f.events

@@ -283,13 +283,31 @@ fn form(rng: &mut fastrand::Rng, n: usize, path: Path) -> (Value, Vec<(String, u
         Path::Held => "5 Harbor Road [hold]",
         _ => ADDRESS,
     };
+    let mut lines = vec![(sku, quantity)];
+    // Half the plain and ship-from-store orders have a second line, so that an order's lines
+    // span SKU shards (`--partitions`): reserved shard by shard, and given back by line.
+    match path {
+        Path::Plain | Path::Cancelled if rng.bool() => {
+            let other = PLAIN[rng.usize(..PLAIN.len())];
+            if other != sku {
+                lines.push((other, 1));
+            }
+        }
+        // store-busan has socks too.
+        Path::FromStore if rng.bool() => lines.push(("SKU-SOCKS", 1)),
+        _ => {}
+    }
     let form = json!({
         "customer": format!("chaos-{n}"),
-        "lines": [{ "sku": sku, "quantity": quantity }],
+        "lines": lines
+            .iter()
+            .map(|(sku, quantity)| json!({ "sku": sku, "quantity": quantity }))
+            .collect::<Vec<_>>(),
         "card_number": card,
         "shipping_address": address,
     });
-    (form, vec![(sku.to_string(), quantity)])
+    let lines = lines.into_iter().map(|(s, q)| (s.to_string(), q)).collect();
+    (form, lines)
 }
 
 /// A fresh order after healing (invariant 9): placed, then followed until it completes.

@@ -54,6 +54,17 @@ pub fn durable_name(address: Address) -> String {
     }
 }
 
+/// Whom `address`'s dead letters are filed under (`dlq.<owner>.…`): the service (a partition's
+/// letters say their partition in their subject), or, for a shard of stock split by SKU (which
+/// reads every partition), the shard's own durable name, so that each rebuilds and replays only
+/// its own.
+pub fn dead_letter_owner(address: Address) -> String {
+    match address.component.keeps_stock() {
+        true => durable_name(address),
+        false => address.component.name().to_string(),
+    }
+}
+
 pub fn consumer_spec(stream: &str, durable: &str, settings: &Settings) -> ConsumerSpec {
     let mut spec = ConsumerSpec::new(stream, durable);
     spec.ack_wait = settings.ack_wait();

@@ -160,10 +160,9 @@ impl Host {
         filter_subjects: Vec<String>,
         sink: K,
     ) -> Result<(), EngineError> {
-        let owner = self.address.component.name();
         let durable = consume::durable_name(self.address);
         let mut spec = consume::consumer_spec(stream, &durable, &self.settings);
-        spec.owner = owner.to_string();
+        spec.owner = consume::dead_letter_owner(self.address);
         spec.filter_subjects = filter_subjects;
         let consumer = DurableConsumer::bind(&self.js, spec).await?;
         let task = consume::consume(self.js.clone(), consumer, sink, self.shutdown.clone());

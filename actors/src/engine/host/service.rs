@@ -23,6 +23,7 @@ use crate::engine::api::{
     Get, Part, Replay, ReplayOutcome, ReplayRequest, Replayed, Slow, SlowRequest, Status,
 };
 use crate::engine::core::Engine;
+use crate::engine::host::consume::dead_letter_owner;
 use crate::engine::{recovery, EngineError, Scope, Service};
 use crate::rpc::{Address, DomainError, Server};
 use crate::telemetry::metrics;
@@ -219,10 +220,10 @@ async fn serve<S: Service>(
         host.keep_lease(keeper);
         publisher = publisher.within_term(term);
     }
-    recovery::recover_if_empty::<S>(&dir, &host.store, &host.js, address).await?;
+    recovery::recover_if_empty::<S>(&dir, &host.store, &host.js, scope).await?;
 
     let relay = OutboxRelay::new(host.store.clone(), publisher, RelayConfig::default());
-    let engine = Engine::new(service, host.store.clone());
+    let engine = Engine::new(service, host.store.clone()).in_shard(scope.shard());
     let counts = engine.counts();
     let handle = Handle::new(
         ServiceActor::new(engine).start(),
@@ -320,7 +321,9 @@ async fn serve_common<S: Service>(
                     (crate::engine::Placement::PerOrder, None) => {
                         return Err(DomainError::rejected("get: which order?"))
                     }
-                    (placement, id) => placement.aggregate_id(id.as_deref().unwrap_or_default()),
+                    (placement, id) => {
+                        placement.aggregate_id(id.as_deref().unwrap_or_default(), scope.shard())
+                    }
                 };
                 let shown = h.query(id.clone(), S::view).await?;
                 shown.ok_or_else(|| DomainError::not_found(format!("{id} not found")))
@@ -334,7 +337,7 @@ async fn serve_common<S: Service>(
             let (h, delay) = (h.clone(), slow.clone());
             async move {
                 pause(&delay).await;
-                let id = S::PLACEMENT.aggregate_id(&order_id);
+                let id = S::PLACEMENT.aggregate_id(&order_id, scope.shard());
                 let part = h
                     .query(id, {
                         let order_id = order_id.clone();
@@ -371,20 +374,21 @@ async fn replay<S: Service>(
     scope: Scope,
 ) -> Result<Replayed, DomainError> {
     let name = S::name();
+    let owner = dead_letter_owner(scope.address);
     let letter = dead_letters
-        .get_own(name, seq)
+        .get_own(&owner, seq)
         .await
         .map_err(|e| DomainError::unavailable(e.to_string()))?
         .ok_or_else(|| {
             DomainError::not_found(format!(
-                "DLQ #{seq} is not a dead letter of the {name} service \
+                "DLQ #{seq} is not a dead letter of {owner} \
                  (no such entry, discarded, or another consumer's)"
             ))
         })?;
     let envelope = letter.envelope().map_err(|e| {
         DomainError::rejected(format!("DLQ #{seq} is not an event ({e}); discard it"))
     })?;
-    let checked = check_replayable::<S>(&letter, &envelope).and_then(|()| {
+    let checked = check_replayable::<S>(&letter, &envelope, &owner).and_then(|()| {
         // A split service's partition applies only its own orders' events.
         match scope.owns(&envelope.subject) {
             true => Ok(()),
@@ -411,11 +415,12 @@ async fn replay<S: Service>(
 fn check_replayable<S: Service>(
     letter: &bus::dlq::DeadLetter,
     envelope: &bus::Envelope,
+    owner: &str,
 ) -> Result<(), String> {
     let name = S::name();
-    if let Some(other) = letter.consumer_header().filter(|c| *c != name) {
+    if let Some(other) = letter.consumer_header().filter(|c| *c != owner) {
         return Err(format!(
-            "its {} header names {other:?}, not {name}",
+            "its {} header names {other:?}, not {owner}",
             bus::consumer::DLQ_CONSUMER
         ));
     }
@@ -563,12 +568,15 @@ mod tests {
                 (DLQ_SUBJECT, "orders.order_cancelled.o1.0"),
             ],
         );
-        assert_eq!(check_replayable::<PaymentService>(&own, &event), Ok(()));
+        assert_eq!(
+            check_replayable::<PaymentService>(&own, &event, "payment"),
+            Ok(())
+        );
 
         // About another order than the subject it was filed under: misplaced, not replayed.
         let other = cancelled("o2");
         let misplaced = letter("dlq.payment.orders.order_cancelled.o1.0", &other, &[]);
-        let why = check_replayable::<PaymentService>(&misplaced, &other).unwrap_err();
+        let why = check_replayable::<PaymentService>(&misplaced, &other, "payment").unwrap_err();
         assert!(why.contains("belongs on"), "{why}");
 
         // Headers that contradict where it is filed.
@@ -577,13 +585,13 @@ mod tests {
             &event,
             &[(DLQ_CONSUMER, "inventory")],
         );
-        let why = check_replayable::<PaymentService>(&forged, &event).unwrap_err();
+        let why = check_replayable::<PaymentService>(&forged, &event, "payment").unwrap_err();
         assert!(why.contains("inventory"), "{why}");
         let moved = letter(
             "dlq.payment.orders.order_cancelled.o1.0",
             &event,
             &[(DLQ_SUBJECT, "orders.order_cancelled.o9.0")],
         );
-        assert!(check_replayable::<PaymentService>(&moved, &event).is_err());
+        assert!(check_replayable::<PaymentService>(&moved, &event, "payment").is_err());
     }
 }
