@@ -237,15 +237,19 @@ fn a_short_run_with_two_instances_of_every_service_fails_over_and_loses_nothing(
 
 #[test]
 fn a_short_run_over_two_partitions_with_two_instances_loses_nothing() {
-    // Seed 9's faults again, now with the per-order services split over two partitions, each
-    // instance the home of one. A killed instance is back within 4 s, before its partitions
-    // stayed free for the away instance's wait (bin/tests/instances.rs has a takeover).
+    // Seed 9's faults again, now with the services split over two partitions (stock by SKU),
+    // each instance the home of one. A killed instance is back within 4 s, before its
+    // partitions stayed free for the away instance's wait (bin/tests/instances.rs has a
+    // takeover).
     let dir = tempfile::tempdir().expect("temp dir");
     let flags = "--instances 2 --partitions 2";
-    seed_9_with_two_instances(&dir, &["--partitions", "2"], flags);
+    let report = seed_9_with_two_instances(&dir, &["--partitions", "2"], flags);
+    // Orders with lines in both SKU shards were reserved shard by shard.
+    let chained = report["orders"]["across_shards"].as_u64().unwrap_or(0);
+    assert!(chained > 0, "{:#}", report["orders"]);
     // One database per partition of the split services, each kept by its home instance.
     let run = dir.path().join("run");
-    for service in ["order", "payment", "shipment"] {
+    for service in ["order", "payment", "shipment", "inventory", "store"] {
         for home in [format!("{service}@a.p0"), format!("{service}@b.p1")] {
             // payment@a's were deleted by the lost-database fault, and rebuilt on its return.
             assert!(run.join(&home).is_dir(), "{home} missing");

@@ -67,6 +67,9 @@ pub struct Orders {
     pub by_status: BTreeMap<String, usize>,
     /// Client retries of a request that got no definite answer.
     pub retries: u64,
+    /// Orders whose stock was reserved shard by shard (`--partitions`: lines across SKU
+    /// shards), in the warehouse or the stores.
+    pub across_shards: usize,
 }
 
 impl Report {
@@ -90,7 +93,15 @@ impl Report {
                 *by_status.entry(status).or_default() += 1;
             }
         }
+        let across_shards: std::collections::BTreeSet<&str> = f
+            .events
+            .values()
+            .flatten()
+            .filter(|e| e.event_type.ends_with("LinesReserved"))
+            .map(|e| e.subject.as_str())
+            .collect();
         let orders = Orders {
+            across_shards: across_shards.len(),
             offered: f.placed.len(),
             accepted: f.placed.iter().filter(|p| p.order_id.is_some()).count(),
             refused: f
@@ -182,6 +193,13 @@ impl Report {
         );
         let _ = writeln!(t, "  by path: {}", pairs(&o.by_path));
         let _ = writeln!(t, "  by status: {}", pairs(&o.by_status));
+        if o.across_shards > 0 {
+            let _ = writeln!(
+                t,
+                "  across SKU shards: {} (stock reserved shard by shard)",
+                o.across_shards
+            );
+        }
         let total: u64 = self.faults_injected.values().sum();
         let _ = writeln!(
             t,
