@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use bus::server::NatsServer;
 use serde_json::json;
-use support::{commerce, order, scenario, wait_until, Api, Proc, ADDRESS, CARD};
+use support::{commerce, order, scenario, wait_until, wait_until_within, Api, Proc, ADDRESS, CARD};
 
 /// `commerce up` on a broker the test owns (authenticated, as `up` makes it), so the test can
 /// crash it and take its data away.
@@ -158,7 +158,10 @@ async fn work_slower_than_ack_wait_ends_every_saga_once_the_carrier_heals() {
         let o = order(&format!("slow-{i}"), "SKU-MUG", 1, CARD, ADDRESS);
         ids.push(api.place_ok(&o).await);
     }
-    wait_until("the carrier has seen every booking", || async {
+    // 20 bookings at 6 s each through the carrier's bulkhead and breaker: about a minute on
+    // this machine alone, so twice the usual bound.
+    let bound = std::time::Duration::from_secs(120);
+    wait_until_within("the carrier has seen every booking", bound, || async {
         api.ledger(&api.carrier).await["bookings"]
             .as_array()
             .is_some_and(|b| b.len() >= 20)

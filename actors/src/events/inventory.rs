@@ -51,7 +51,8 @@ pub enum InventoryEvent {
         noted_at: Option<DateTime<Utc>>,
     },
     /// Nothing more to do for the order: it shipped (its reserved units left with it), it was
-    /// cancelled after a shortage, or its payment was approved after the cancellation was noted.
+    /// cancelled after a shortage, or its turn came (the payment's approval, or the shard
+    /// before it) after the cancellation was noted.
     /// The warehouse stops tracking it.
     InventoryOrderClosed { order_id: String },
 }

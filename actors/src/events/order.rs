@@ -48,7 +48,9 @@ pub enum OrderEvent {
     OrderCancelled {
         reason: String,
         /// The order was confirmed when cancelled: its stock was settled (the warehouse, and
-        /// the stores if it was short, had answered), so no stock decision is still on its way.
+        /// the stores if it was short, had answered), so no stock decision is still on its way
+        /// (with stock split by SKU, a shard's give-back after a shortage may be: it still
+        /// holds the lines, and releases them on this).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         confirmed: bool,
         /// The SKUs of its lines, so that a stock shard without any of them has nothing to

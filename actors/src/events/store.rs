@@ -48,8 +48,8 @@ pub enum StoreEvent {
         noted_at: Option<DateTime<Utc>>,
     },
     /// Nothing more to do for the order: it shipped from the store, it was cancelled after no
-    /// store had it, or the warehouse's shortage came after the cancellation was noted. The
-    /// stores stop tracking it.
+    /// store had it, or its turn came (the warehouse's shortage, or the shard before it) after
+    /// the cancellation was noted. The stores stop tracking it.
     StoreOrderClosed { order_id: String },
 }
 

@@ -22,7 +22,7 @@ pub const STORES_ID: &str = "stores";
 
 /// The stores' part in an order. Open while the order may still need it: `Reserved` until the
 /// order ships or is cancelled (released), `Unavailable` until it is cancelled, `Cancelled` until
-/// the warehouse's shortage arrives (or it is forgotten).
+/// its turn comes (the warehouse's shortage, or the shard before it) or it is forgotten.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreReservation {
     /// The lines held at `store_id` (with stock split by SKU, this shard's).

@@ -284,8 +284,9 @@ fn form(rng: &mut fastrand::Rng, n: usize, path: Path) -> (Value, Vec<(String, u
         _ => ADDRESS,
     };
     let mut lines = vec![(sku, quantity)];
-    // Half the plain and ship-from-store orders have a second line, so that an order's lines
-    // span SKU shards (`--partitions`): reserved shard by shard, and given back by line.
+    // Half the plain, cancelled and ship-from-store orders have a second line (unless the same
+    // SKU is drawn), so that an order's lines span SKU shards (`--partitions`): reserved shard
+    // by shard, and given back by line.
     match path {
         Path::Plain | Path::Cancelled if rng.bool() => {
             let other = PLAIN[rng.usize(..PLAIN.len())];

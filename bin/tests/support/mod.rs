@@ -72,15 +72,18 @@ impl Proc {
 
     /// The rest of the next stdout line that starts with `prefix` (after trimming).
     pub fn line_starting(&self, prefix: &str) -> String {
+        self.try_line_starting(prefix)
+            .unwrap_or_else(|| panic!("no line starting {prefix:?}"))
+    }
+
+    /// [`Proc::line_starting`], or `None` if none came within [`WAIT`].
+    pub fn try_line_starting(&self, prefix: &str) -> Option<String> {
         let deadline = Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no line starting {prefix:?}"));
+            let line = self.lines.recv_timeout(left).ok()?;
             if let Some(rest) = line.trim().strip_prefix(prefix) {
-                return rest.to_string();
+                return Some(rest.to_string());
             }
         }
     }
@@ -144,7 +147,19 @@ pub fn up(data: &std::path::Path) -> (Proc, String, Api) {
 /// A `commerce up` on `data` that is starting: the process, its broker's URL and its API, once
 /// it is up.
 pub fn started(up: Proc, data: &std::path::Path) -> (Proc, String, Api) {
-    let nats = up.line_starting("nats: ");
+    let Some(nats) = up.try_line_starting("nats: ") else {
+        // Say why: the end of every instance's log (`up --instances`).
+        for log in std::fs::read_dir(data.join("logs")).into_iter().flatten() {
+            let path = log.expect("log").path();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(12).collect();
+            eprintln!("== {}", path.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        panic!("commerce up did not say it was up within {WAIT:?}");
+    };
     let nats = nats.split_whitespace().next().unwrap().to_string();
     let api = Api::of(&up, data);
     (up, nats, api)
@@ -426,12 +441,21 @@ fn product<'a>(products: &'a Value, sku: &str) -> &'a Value {
 }
 
 /// Poll `condition` every 20 ms until it holds; panic with `what` after [`WAIT`].
-pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+pub async fn wait_until<F, Fut>(what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + WAIT;
+    wait_until_within(what, WAIT, condition).await
+}
+
+/// [`wait_until`] with a bound of its own, for a condition known to take long.
+pub async fn wait_until_within<F, Fut>(what: &str, bound: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + bound;
     while !condition().await {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
