@@ -42,6 +42,8 @@ pub struct Launch {
 pub struct Instances {
     launch: Launch,
     children: BTreeMap<String, Child>,
+    /// Per exited instance: when it may start again, and the wait after its next exit.
+    backoff: BTreeMap<String, (Instant, Duration)>,
 }
 
 impl Instances {
@@ -52,6 +54,7 @@ impl Instances {
         let mut instances = Instances {
             launch,
             children: BTreeMap::new(),
+            backoff: BTreeMap::new(),
         };
         for service in Component::SERVICES {
             for i in 1..=instances.launch.instances {
@@ -75,6 +78,8 @@ impl Instances {
                     "{service} did not start within {START_WITHIN:?}; see {}",
                     instances.log_path(&format!("{service}@1")).display()
                 );
+                // One that failed as it started (a broker slow to answer) starts again.
+                instances.restart_exited();
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -89,41 +94,46 @@ impl Instances {
     /// Start again any instance that exited (after a second, doubling up to half a minute for
     /// one that keeps exiting), until `stop`; then stop them all.
     pub async fn supervise(mut self, stop: CancellationToken) {
-        // Per exited instance: when it may start again, and the wait after its next exit.
-        let mut backoff: BTreeMap<String, (Instant, Duration)> = BTreeMap::new();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(TICK) => {}
             }
-            let exited: Vec<String> = self
-                .children
-                .iter_mut()
-                .filter_map(|(name, child)| {
-                    matches!(child.try_wait(), Ok(Some(_))).then(|| name.clone())
-                })
-                .collect();
-            for name in exited {
-                let (at, wait) = backoff
-                    .entry(name.clone())
-                    .or_insert((Instant::now() + RESTART_AFTER, RESTART_AFTER));
-                let Some((service, i)) = parse(&name).filter(|_| Instant::now() >= *at) else {
-                    continue;
-                };
-                tracing::warn!(instance = %name, "instance exited; starting it again");
-                *wait = (*wait * 2).min(MAX_RESTART_AFTER);
-                *at = Instant::now() + *wait;
-                match self.spawn(service, i, false) {
-                    Ok(child) => {
-                        self.children.insert(name, child);
-                    }
-                    Err(e) => tracing::error!(instance = %name, error = %e, "not started again"),
-                }
-            }
-            // One that has run a while starts from the short wait again.
-            backoff.retain(|_, (at, _)| Instant::now() < *at + MAX_RESTART_AFTER);
+            self.restart_exited();
         }
         self.stop_all().await;
+    }
+
+    /// Start again each instance that exited, once its wait is over.
+    fn restart_exited(&mut self) {
+        let exited: Vec<String> = self
+            .children
+            .iter_mut()
+            .filter_map(|(name, child)| {
+                matches!(child.try_wait(), Ok(Some(_))).then(|| name.clone())
+            })
+            .collect();
+        for name in exited {
+            let (at, wait) = self
+                .backoff
+                .entry(name.clone())
+                .or_insert((Instant::now() + RESTART_AFTER, RESTART_AFTER));
+            let Some((service, i)) = parse(&name).filter(|_| Instant::now() >= *at) else {
+                continue;
+            };
+            tracing::warn!(instance = %name, "instance exited; starting it again");
+            *wait = (*wait * 2).min(MAX_RESTART_AFTER);
+            *at = Instant::now() + *wait;
+            match self.spawn(service, i, false) {
+                Ok(child) => {
+                    self.children.insert(name, child);
+                }
+                Err(e) => tracing::error!(instance = %name, error = %e, "not started again"),
+            }
+        }
+        // One that has run a while starts from the short wait again.
+        self.backoff
+            .retain(|_, (at, _)| Instant::now() < *at + MAX_RESTART_AFTER);
     }
 
     /// SIGTERM every instance (and close its stdin), wait for each to stop cleanly; SIGKILL
