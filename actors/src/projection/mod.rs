@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::api::{ReadOrder, Rebuild, Sagas};
 use self::model::OrderReadModel;
-use self::sagas::OpenSagas;
+use self::sagas::{OpenSagas, SagaFacts};
 use crate::engine::actor::Deliver;
 use crate::engine::api::{ComponentStatus, ReadModelStatus, Status};
 use crate::engine::core::Settled;
@@ -269,12 +269,11 @@ fn encode(row: &OrderReadModel) -> Result<Vec<u8>, EngineError> {
 /// Track the open sagas of `generation`'s rows (rows that do not decode are skipped: the
 /// query endpoint reports them).
 fn load_sagas(sagas: &OpenSagas, store: &Store, generation: u32) -> Result<(), EngineError> {
-    let rows: Vec<OrderReadModel> = store
-        .models(generation)?
-        .into_iter()
-        .filter_map(|(_, bytes)| serde_json::from_slice(&bytes).ok())
-        .collect();
-    sagas.reload(&rows);
+    let rows = store.models(generation)?;
+    sagas.reload(
+        rows.iter()
+            .filter_map(|(_, bytes)| serde_json::from_slice::<SagaFacts>(bytes).ok()),
+    );
     Ok(())
 }
 

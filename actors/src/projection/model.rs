@@ -45,6 +45,16 @@ impl From<Envelope> for TimelineEntry {
     }
 }
 
+/// The saga has not ended: the order is neither completed nor cancelled, or it is cancelled
+/// with the customer's money still taken (the refund has not happened yet).
+pub fn saga_open(order_status: Option<&str>, payment_status: Option<&str>) -> bool {
+    match order_status {
+        Some("COMPLETED") => false,
+        Some("CANCELLED") => payment_status == Some("APPROVED"),
+        _ => true,
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OrderReadModel {
     pub order_id: String,
@@ -69,16 +79,6 @@ pub struct OrderReadModel {
 }
 
 impl OrderReadModel {
-    /// The saga has not ended: the order is neither completed nor cancelled, or it is cancelled
-    /// with the customer's money still taken (the refund has not happened yet).
-    pub fn saga_open(&self) -> bool {
-        match self.order_status.as_deref() {
-            Some("COMPLETED") => false,
-            Some("CANCELLED") => self.payment_status.as_deref() == Some("APPROVED"),
-            _ => true,
-        }
-    }
-
     /// When its newest event happened.
     pub fn last_event(&self) -> Option<DateTime<Utc>> {
         self.timeline.iter().map(|e| e.time).max()

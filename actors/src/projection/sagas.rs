@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer};
 
 use super::api::{OpenSagas as Report, RecentOrder, StuckSaga};
 use super::model::OrderReadModel;
@@ -27,17 +28,52 @@ struct Sagas {
     recent: VecDeque<RecentOrder>,
 }
 
+/// What the tracker needs of a row. Decoded from a stored row, it skips the timeline's data
+/// (the bulk of a row), so reading every row at start or after a rebuild stays cheap.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SagaFacts {
+    order_id: String,
+    order_status: Option<String>,
+    payment_status: Option<String>,
+    shipment_status: Option<String>,
+    /// When its newest event happened.
+    #[serde(rename = "timeline", deserialize_with = "newest")]
+    last_event: Option<DateTime<Utc>>,
+}
+
+impl SagaFacts {
+    pub fn of(row: &OrderReadModel) -> SagaFacts {
+        SagaFacts {
+            order_id: row.order_id.clone(),
+            order_status: row.order_status.clone(),
+            payment_status: row.payment_status.clone(),
+            shipment_status: row.shipment_status.clone(),
+            last_event: row.last_event(),
+        }
+    }
+}
+
+/// The newest `time` of a stored timeline, reading nothing else of its entries.
+fn newest<'de, D: Deserializer<'de>>(timeline: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+    #[derive(Deserialize)]
+    struct At {
+        time: DateTime<Utc>,
+    }
+    let entries = Vec::<At>::deserialize(timeline)?;
+    Ok(entries.into_iter().map(|e| e.time).max())
+}
+
 impl OpenSagas {
     /// Start over from every row of a generation.
-    pub fn reload<'a>(&self, rows: impl IntoIterator<Item = &'a OrderReadModel>) {
+    pub fn reload(&self, rows: impl IntoIterator<Item = SagaFacts>) {
         let mut sagas = self.lock();
         *sagas = Sagas::default();
         for row in rows {
-            match open_saga(row) {
+            match open_saga(&row) {
                 Some(saga) => {
-                    sagas.open.insert(row.order_id.clone(), saga);
+                    sagas.open.insert(row.order_id, saga);
                 }
-                None => *sagas.ended.entry(status(row)).or_default() += 1,
+                None => *sagas.ended.entry(status(&row)).or_default() += 1,
             }
         }
     }
@@ -45,17 +81,18 @@ impl OpenSagas {
     /// A row of the active generation changed. A saga that ends here is counted (and measured,
     /// from its order's date to its last event) once: a row that ended before never reopens.
     pub fn update(&self, row: &OrderReadModel) {
+        let facts = SagaFacts::of(row);
         let mut sagas = self.lock();
-        match open_saga(row) {
+        match open_saga(&facts) {
             Some(saga) => {
                 sagas.open.insert(row.order_id.clone(), saga);
             }
             None => {
                 if sagas.open.remove(&row.order_id).is_some() {
-                    *sagas.ended.entry(status(row)).or_default() += 1;
+                    *sagas.ended.entry(status(&facts)).or_default() += 1;
                     if let (Some(from), Some(to)) = (row.order_date, row.last_event()) {
                         let seconds = (to - from).num_milliseconds().max(0) as f64 / 1000.0;
-                        metrics::saga_ended(&status(row), seconds);
+                        metrics::saga_ended(&status(&facts), seconds);
                     }
                 }
             }
@@ -64,7 +101,7 @@ impl OpenSagas {
         if let Some(last_event) = row.last_event() {
             sagas.recent.push_front(RecentOrder {
                 order_id: row.order_id.clone(),
-                status: status(row),
+                status: status(&facts),
                 last_event,
             });
             sagas.recent.truncate(NAMED);
@@ -103,20 +140,20 @@ impl OpenSagas {
     }
 }
 
-fn status(row: &OrderReadModel) -> String {
+fn status(row: &SagaFacts) -> String {
     row.order_status.clone().unwrap_or_else(|| "UNKNOWN".into())
 }
 
-fn open_saga(row: &OrderReadModel) -> Option<StuckSaga> {
-    if !row.saga_open() {
+fn open_saga(row: &SagaFacts) -> Option<StuckSaga> {
+    if !super::model::saga_open(row.order_status.as_deref(), row.payment_status.as_deref()) {
         return None;
     }
     Some(StuckSaga {
         order_id: row.order_id.clone(),
-        order_status: row.order_status.clone().unwrap_or_else(|| "UNKNOWN".into()),
+        order_status: status(row),
         shipment_status: row.shipment_status.clone(),
         payment_status: row.payment_status.clone(),
-        last_event: row.last_event()?,
+        last_event: row.last_event?,
     })
 }
 
@@ -142,13 +179,17 @@ mod tests {
     #[test]
     fn open_sagas_past_the_bound_are_stuck_and_ended_ones_are_not() {
         let sagas = OpenSagas::default();
-        sagas.reload(&[
-            row("done", Some("COMPLETED"), Some("APPROVED"), 0),
-            row("refunded", Some("CANCELLED"), Some("REFUNDED"), 0),
-            row("unrefunded", Some("CANCELLED"), Some("APPROVED"), 10),
-            row("old", Some("PENDING"), None, 0),
-            row("young", Some("CONFIRMED"), Some("APPROVED"), 995),
-        ]);
+        sagas.reload(
+            [
+                row("done", Some("COMPLETED"), Some("APPROVED"), 0),
+                row("refunded", Some("CANCELLED"), Some("REFUNDED"), 0),
+                row("unrefunded", Some("CANCELLED"), Some("APPROVED"), 10),
+                row("old", Some("PENDING"), None, 0),
+                row("young", Some("CONFIRMED"), Some("APPROVED"), 995),
+            ]
+            .iter()
+            .map(SagaFacts::of),
+        );
         let now = DateTime::from_timestamp(1000, 0).unwrap_or_default();
         let report = sagas.report(chrono::Duration::seconds(60), now);
         assert_eq!(report.open, 3);
@@ -166,5 +207,19 @@ mod tests {
         assert_eq!(report.by_status.get("PENDING"), None);
         assert_eq!(report.recent.len(), 1, "one entry per order");
         assert_eq!(report.recent[0].order_id, "old");
+    }
+
+    #[test]
+    fn facts_read_from_a_stored_row_are_the_rows_own() {
+        let mut stored = row("o", Some("CANCELLED"), Some("APPROVED"), 10);
+        stored.timeline[0].data = serde_json::json!({"customer": "c", "lines": [1, 2]});
+        stored.timeline.push(stored.timeline[0].clone());
+        stored.timeline[1].time = DateTime::from_timestamp(20, 0).unwrap_or_default();
+        stored.shipment_status = Some("CANCELLED".into());
+        let bytes = serde_json::to_vec(&stored).unwrap();
+        let read: SagaFacts = serde_json::from_slice(&bytes).unwrap();
+        let own = SagaFacts::of(&stored);
+        assert_eq!(format!("{read:?}"), format!("{own:?}"));
+        assert_eq!(read.last_event, DateTime::from_timestamp(20, 0));
     }
 }

@@ -1,6 +1,7 @@
 //! `commerce bench`: measurements as ratios to limits measured in the same run.
 
 mod bus;
+mod hops;
 mod null;
 mod reads;
 mod saga;

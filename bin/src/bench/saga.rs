@@ -149,6 +149,9 @@ pub async fn run(
     };
     let first = measure(orders, rates, settings.clone()).await?;
     print_table(&label(&settings), orders, &first);
+    for round in &first {
+        super::hops::print(&format!("{}/s", offered(round.rate)), &round.hops);
+    }
     let Some(compare) = compare else {
         return Ok(());
     };
@@ -210,9 +213,13 @@ pub(super) async fn measure(
     settings: Settings,
 ) -> anyhow::Result<Vec<RoundResult>> {
     let running = Running::start(settings).await?;
+    let js = async_nats::jetstream::new(operator(&running.system)?);
     let mut results = Vec::new();
     for (round, &rate) in rates.iter().enumerate() {
-        results.push(running.load.offer(round, orders, rate, HELD).await?);
+        let before = super::hops::marks(&js).await?;
+        let mut result = running.load.offer(round, orders, rate, HELD).await?;
+        result.hops = super::hops::since(&js, &before).await?;
+        results.push(result);
     }
     running.stop().await;
     Ok(results)
@@ -340,6 +347,8 @@ pub(super) struct RoundResult {
     pub p50: f64,
     pub p99: f64,
     pub max: f64,
+    /// Where the time went (filled where it was measured).
+    pub hops: Vec<super::hops::Hop>,
 }
 
 impl RoundResult {
@@ -357,6 +366,7 @@ impl RoundResult {
             p50: at(0.50),
             p99: at(0.99),
             max: at(1.0),
+            hops: Vec::new(),
         }
     }
 }

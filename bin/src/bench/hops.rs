@@ -1,0 +1,186 @@
+//! Where a round's time went, hop by hop, read from the streams' own record of its events. For
+//! each event: how long its service took to make it once its cause was on the bus (the cause
+//! stored in its stream → this event made: delivery, fetch, queueing behind other batches, the
+//! decision and its external call), and how long the event took to reach its stream (made →
+//! stored: commit, flush, the relay's wake-up and publish). Both clocks are this machine's: the
+//! services stamp an event's `time`, the broker its stored time.
+
+use std::collections::HashMap;
+
+use async_nats::jetstream::{self, consumer};
+use bus::{Domain, Envelope};
+use futures::StreamExt;
+
+/// Each domain stream's last sequence: a round's events are the ones after it.
+pub struct Marks(HashMap<&'static str, u64>);
+
+/// One event as the streams hold it.
+struct Seen {
+    envelope: Envelope,
+    stored_ms: f64,
+}
+
+/// The hops of one event type.
+pub struct Hop {
+    event_type: String,
+    count: usize,
+    /// Since the order's first event was stored (where in the saga this hop sits).
+    since_placed: Vec<f64>,
+    react: Vec<f64>,
+    reach: Vec<f64>,
+}
+
+/// Where every domain stream ends now.
+pub async fn marks(js: &jetstream::Context) -> anyhow::Result<Marks> {
+    let mut marks = HashMap::new();
+    for domain in Domain::ALL {
+        let mut stream = js.get_stream(domain.stream()).await?;
+        marks.insert(domain.stream(), stream.info().await?.state.last_sequence);
+    }
+    Ok(Marks(marks))
+}
+
+/// Every event stored after `since`, gathered by type, in saga order.
+pub async fn since(js: &jetstream::Context, since: &Marks) -> anyhow::Result<Vec<Hop>> {
+    let mut seen = Vec::new();
+    for domain in Domain::ALL {
+        let from = since.0.get(domain.stream()).copied().unwrap_or(0);
+        let mut stream = js.get_stream(domain.stream()).await?;
+        let last = stream.info().await?.state.last_sequence;
+        if last <= from {
+            continue;
+        }
+        let config = consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from + 1,
+            },
+            ..Default::default()
+        };
+        let mut messages = stream.create_consumer(config).await?.messages().await?;
+        let mut at = from;
+        while at < last {
+            let message = messages
+                .next()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("{} ended early", domain.stream()))??;
+            let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+            at = info.stream_sequence;
+            let stored_ms = info.published.unix_timestamp_nanos() as f64 / 1e6;
+            if let Ok(envelope) = Envelope::from_slice(&message.payload) {
+                seen.push(Seen {
+                    envelope,
+                    stored_ms,
+                });
+            }
+        }
+    }
+    Ok(gather(&seen))
+}
+
+fn gather(seen: &[Seen]) -> Vec<Hop> {
+    let ms = |e: &Envelope| e.time.timestamp_nanos_opt().unwrap_or(0) as f64 / 1e6;
+    let stored: HashMap<_, _> = seen.iter().map(|s| (s.envelope.id, s.stored_ms)).collect();
+    let mut placed: HashMap<&str, f64> = HashMap::new();
+    for s in seen {
+        let first = placed
+            .entry(s.envelope.correlationid.as_str())
+            .or_insert(s.stored_ms);
+        *first = first.min(s.stored_ms);
+    }
+    let mut hops: HashMap<&str, Hop> = HashMap::new();
+    for s in seen {
+        let e = &s.envelope;
+        let hop = hops.entry(e.event_type.as_str()).or_insert_with(|| Hop {
+            event_type: e.event_type.clone(),
+            count: 0,
+            since_placed: Vec::new(),
+            react: Vec::new(),
+            reach: Vec::new(),
+        });
+        hop.count += 1;
+        if let Some(first) = placed.get(e.correlationid.as_str()) {
+            hop.since_placed.push(s.stored_ms - first);
+        }
+        if let Some(cause) = e.causationid.and_then(|c| stored.get(&c)) {
+            hop.react.push(ms(e) - cause);
+        }
+        hop.reach.push(s.stored_ms - ms(e));
+    }
+    let mut hops: Vec<Hop> = hops.into_values().collect();
+    for hop in &mut hops {
+        for samples in [&mut hop.since_placed, &mut hop.react, &mut hop.reach] {
+            samples.sort_by(f64::total_cmp);
+        }
+    }
+    hops.sort_by(|a, b| quantile(&a.since_placed, 0.5).total_cmp(&quantile(&b.since_placed, 0.5)));
+    hops
+}
+
+/// The `q` quantile of sorted `samples` (NaN for none).
+fn quantile(samples: &[f64], q: f64) -> f64 {
+    match samples.len() {
+        0 => f64::NAN,
+        n => samples[((n as f64 * q).ceil() as usize).clamp(1, n) - 1],
+    }
+}
+
+/// The hops as a table.
+pub fn print(label: &str, hops: &[Hop]) {
+    println!();
+    println!(
+        "Where the time went at {label}, ms: react = cause stored → event made (its service: \
+         delivery, queueing, decision, external call); reach = made → stored (commit, flush, relay)"
+    );
+    println!(
+        "  {:<26} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "event", "count", "at p50", "react p50", "react p99", "reach p50", "reach p99"
+    );
+    let cell = |samples: &[f64], q| match samples.is_empty() {
+        true => "-".to_string(),
+        false => format!("{:.1}", quantile(samples, q)),
+    };
+    for hop in hops {
+        println!(
+            "  {:<26} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            hop.event_type,
+            hop.count,
+            cell(&hop.since_placed, 0.5),
+            cell(&hop.react, 0.5),
+            cell(&hop.react, 0.99),
+            cell(&hop.reach, 0.5),
+            cell(&hop.reach, 0.99),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(event_type: &str, cause: Option<&Envelope>, made: i64, stored: f64) -> Seen {
+        let mut envelope =
+            Envelope::new(Domain::Orders, event_type, "order-1", serde_json::json!({})).unwrap();
+        if let Some(cause) = cause {
+            envelope = envelope.caused_by(cause);
+        }
+        envelope.time = chrono::DateTime::from_timestamp_millis(made).unwrap();
+        Seen {
+            envelope,
+            stored_ms: stored,
+        }
+    }
+
+    #[test]
+    fn a_hop_is_split_into_the_reaction_and_the_way_to_the_stream() {
+        let created = seen("OrderCreated", None, 1_000, 1_004.0);
+        let approved = seen("PaymentApproved", Some(&created.envelope), 1_010, 1_013.0);
+        let hops = gather(&[approved, created]);
+        let names: Vec<_> = hops.iter().map(|h| h.event_type.as_str()).collect();
+        assert_eq!(names, ["OrderCreated", "PaymentApproved"], "saga order");
+        assert_eq!(hops[0].react, Vec::<f64>::new(), "no cause on the bus");
+        assert_eq!(hops[0].reach, [4.0]);
+        assert_eq!(hops[1].react, [6.0], "stored at 1004, made at 1010");
+        assert_eq!(hops[1].reach, [3.0]);
+        assert_eq!(hops[1].since_placed, [9.0]);
+    }
+}
