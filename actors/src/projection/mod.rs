@@ -108,7 +108,7 @@ impl ProjectionActor {
         let Some(bytes) = self.store.model(generation, id)? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes)
+        decode(&bytes)
             .map(Some)
             .map_err(|source| EngineError::Unreadable {
                 what: format!("read model row {id}"),
@@ -258,12 +258,43 @@ async fn run(
     host.serve_until_shutdown(server, ready).await
 }
 
-/// A row as it is stored.
+/// A stored row's first byte when it is LZ4-compressed JSON. A row holds every event of its
+/// order and is written again at each one, so its size is most of what the projection writes
+/// and caches. Rows from before (plain JSON, whose first byte is `{`) still read.
+const LZ4_ROW: u8 = 1;
+/// The largest row a stored length is believed for (a row is a few KiB).
+const MAX_ROW_BYTES: usize = 16 << 20;
+
+/// A row as it is stored: tag, JSON length (u32 LE), the JSON compressed.
 fn encode(row: &OrderReadModel) -> Result<Vec<u8>, EngineError> {
-    serde_json::to_vec(row).map_err(|source| EngineError::Unreadable {
+    let json = serde_json::to_vec(row).map_err(|source| EngineError::Unreadable {
         what: format!("read model row {} (encoding)", row.order_id),
         source,
-    })
+    })?;
+    let mut bytes = vec![LZ4_ROW];
+    bytes.extend_from_slice(&lz4_flex::compress_prepend_size(&json));
+    Ok(bytes)
+}
+
+/// A stored row (or the part of it `T` reads), compressed or not.
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
+    let unreadable = |why: &dyn std::fmt::Display| {
+        <serde_json::Error as serde::de::Error>::custom(format!("compressed row: {why}"))
+    };
+    match bytes.split_first() {
+        Some((&LZ4_ROW, compressed)) => {
+            let (length, compressed) = compressed
+                .split_first_chunk::<4>()
+                .ok_or_else(|| unreadable(&"no length"))?;
+            let length = u32::from_le_bytes(*length) as usize;
+            if length > MAX_ROW_BYTES {
+                return Err(unreadable(&format!("{length} bytes claimed")));
+            }
+            let json = lz4_flex::decompress(compressed, length).map_err(|e| unreadable(&e))?;
+            serde_json::from_slice(&json)
+        }
+        _ => serde_json::from_slice(bytes),
+    }
 }
 
 /// Track the open sagas of `generation`'s rows (rows that do not decode are skipped: the
@@ -272,7 +303,7 @@ fn load_sagas(sagas: &OpenSagas, store: &Store, generation: u32) -> Result<(), E
     let rows = store.models(generation)?;
     sagas.reload(
         rows.iter()
-            .filter_map(|(_, bytes)| serde_json::from_slice::<SagaFacts>(bytes).ok()),
+            .filter_map(|(_, bytes)| decode::<SagaFacts>(bytes).ok()),
     );
     Ok(())
 }
@@ -280,7 +311,7 @@ fn load_sagas(sagas: &OpenSagas, store: &Store, generation: u32) -> Result<(), E
 /// One lookup.
 fn lookup(store: &Store, generation: u32, id: &str) -> Result<OrderReadModel, DomainError> {
     match store.model(generation, id) {
-        Ok(Some(bytes)) => serde_json::from_slice(&bytes)
+        Ok(Some(bytes)) => decode(&bytes)
             .map_err(|e| DomainError::unavailable(format!("unreadable read model row: {e}"))),
         Ok(None) => Err(DomainError::not_found(format!("no order {id:?}"))),
         Err(e) => Err(DomainError::unavailable(e.to_string())),

@@ -181,3 +181,33 @@ fn given_a_cancel_request_then_cancelling_until_the_answer() {
     );
     assert_eq!(row.payment_status.as_deref(), Some("REFUNDED"));
 }
+
+#[test]
+fn a_row_is_stored_compressed_and_reads_back_as_it_was() {
+    let row = fold(&saga());
+    let stored = super::encode(&row).unwrap();
+    let json = serde_json::to_vec(&row).unwrap();
+    assert_eq!(stored[0], super::LZ4_ROW);
+    assert!(
+        stored.len() < json.len() / 2,
+        "{} of {} bytes",
+        stored.len(),
+        json.len()
+    );
+    assert_eq!(super::decode::<OrderReadModel>(&stored).unwrap(), row);
+    // A row written before compression reads as it did.
+    assert_eq!(super::decode::<OrderReadModel>(&json).unwrap(), row);
+}
+
+#[test]
+fn a_damaged_compressed_row_is_an_error_not_a_panic() {
+    let stored = super::encode(&fold(&saga())).unwrap();
+    let cut = &stored[..stored.len() / 2];
+    assert!(super::decode::<OrderReadModel>(cut).is_err());
+    assert!(super::decode::<OrderReadModel>(&[super::LZ4_ROW, 1]).is_err());
+    let mut huge = vec![super::LZ4_ROW];
+    huge.extend_from_slice(&u32::MAX.to_le_bytes());
+    huge.extend_from_slice(&stored[5..]);
+    let error = super::decode::<OrderReadModel>(&huge).unwrap_err();
+    assert!(error.to_string().contains("claimed"), "{error}");
+}
