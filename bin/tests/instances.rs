@@ -107,6 +107,33 @@ async fn a_second_instance_is_refused_while_the_first_holds_the_lease_and_fenced
     drop((a, others, simulators));
 }
 
+/// An instance whose start outlives its lease (its thread stalled, as on a loaded machine) loses
+/// the lease to the standby, stands by, and says it is up once it serves after all: the
+/// readiness `commerce up --instances` waits for is not spent on the attempt that lost.
+#[tokio::test]
+async fn an_instance_that_loses_its_lease_while_starting_says_it_is_up_once_it_serves() {
+    let streams = bus::StreamSettings {
+        lease_ttl_ms: LEASE_TTL_MS,
+        ..Default::default()
+    };
+    let (cluster, _broker, js, simulators) = Cluster::start(&streams).await;
+    // The stall blocks a's thread, so its lease is not renewed and lapses under it.
+    let stalled = [("FAILPOINTS", "host.before_serving=1*sleep(6000)")];
+    let a = cluster.spawn_with("payment", &["--instance", "a"], &stalled);
+    wait_until("a holds the lease", || async {
+        holder(&js).await.as_deref() == Some("a")
+    })
+    .await;
+    let mut b = cluster.spawn("payment", &["--instance", "b"]);
+    b.line_starting("commerce payment is up");
+    assert_eq!(holder(&js).await.as_deref(), Some("b"), "b took it over");
+    // a wakes, finds the lease gone, stands by; it takes over when b stops, and says so.
+    b.stop();
+    a.line_starting("commerce payment is up");
+    assert_eq!(holder(&js).await.as_deref(), Some("a"));
+    drop((a, simulators));
+}
+
 /// The instance holding the payment service's lease.
 async fn holder(js: &async_nats::jetstream::Context) -> Option<String> {
     bus::lease::held(js)

@@ -35,6 +35,13 @@ pub const BROKEN_MODES: [&str; 3] = [
     "broken.skip_compensation",
 ];
 
+/// Seams where the process stalls, its thread blocked by a `sleep(ms)` action, as on a machine
+/// too loaded to run it: long enough, and a lease lapses under it.
+pub const STALL_SEAMS: [&str; 1] = [
+    // A partition's host holds its lease, and has not begun to recover and serve.
+    "host.before_serving",
+];
+
 /// Arm the seams `FAILPOINTS` names. Call once, at process start.
 pub fn setup() -> Result<(), String> {
     let Ok(spec) = std::env::var("FAILPOINTS") else {
@@ -58,7 +65,10 @@ pub fn setup() -> Result<(), String> {
 
 #[cfg(feature = "failpoints")]
 fn arm(name: &str, actions: &str) -> Result<(), String> {
-    if !CRASH_SEAMS.contains(&name) && !BROKEN_MODES.contains(&name) {
+    if ![&CRASH_SEAMS[..], &BROKEN_MODES, &STALL_SEAMS]
+        .iter()
+        .any(|seams| seams.contains(&name))
+    {
         return Err(format!("FAILPOINTS: no seam named {name:?}"));
     }
     tracing::warn!(seam = name, actions, "failpoint armed");
@@ -103,4 +113,10 @@ pub fn crash(name: &str) {
 #[inline(always)]
 pub fn broken(name: &str) -> bool {
     fires(name)
+}
+
+/// Stall here as seam `name`'s `sleep(ms)` action says (nothing when it is not armed).
+#[inline(always)]
+pub fn stall(name: &str) {
+    let _ = fires(name);
 }

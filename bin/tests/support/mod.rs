@@ -766,8 +766,14 @@ impl Cluster {
 
     /// `commerce run <component> <args>`, not waited for.
     pub fn spawn(&self, component: &str, args: &[&str]) -> Proc {
+        self.spawn_with(component, args, &[])
+    }
+
+    /// [`Cluster::spawn`] with `env` set.
+    pub fn spawn_with(&self, component: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut cmd = commerce();
-        cmd.args(["run", component, "--data-dir"])
+        cmd.envs(env.iter().copied())
+            .args(["run", component, "--data-dir"])
             .arg(self.data.path())
             .args(["--nats", &self.nats])
             .args(args)

@@ -159,9 +159,18 @@ async fn run_host<S: Service>(
             rebuild: true,
             ..settings.clone()
         };
-        let (started, _) = oneshot::channel();
-        let ready = ready.take().unwrap_or(started);
-        let served = serve::<S>(scope, settings, client, Some(owned), owning, ready).await;
+        // Ready is said once this host first serves, whichever attempt that is: a lease lost
+        // while starting (a slow start outlived it) must not leave the service never ready.
+        let (started, is_started) = oneshot::channel();
+        let say_ready = async {
+            if is_started.await.is_ok() {
+                let _ = ready.take().map(|r| r.send(()));
+            }
+        };
+        let (served, ()) = futures::join!(
+            serve::<S>(scope, settings, client, Some(owned), owning, started),
+            say_ready
+        );
         if shutdown.is_cancelled() {
             return served;
         }
@@ -217,6 +226,7 @@ async fn serve<S: Service>(
     }) = owned
     {
         host.store.fence_with(fence);
+        bus::failpoints::stall("host.before_serving");
         host.keep_lease(keeper);
         publisher = publisher.within_term(term);
     }
