@@ -267,10 +267,20 @@ const MAX_ROW_BYTES: usize = 16 << 20;
 
 /// A row as it is stored: tag, JSON length (u32 LE), the JSON compressed.
 fn encode(row: &OrderReadModel) -> Result<Vec<u8>, EngineError> {
-    let json = serde_json::to_vec(row).map_err(|source| EngineError::Unreadable {
+    let unwritable = |source| EngineError::Unreadable {
         what: format!("read model row {} (encoding)", row.order_id),
         source,
-    })?;
+    };
+    let json = serde_json::to_vec(row).map_err(unwritable)?;
+    // Refused here rather than written and then refused at every read.
+    if json.len() > MAX_ROW_BYTES {
+        return Err(unwritable(
+            <serde_json::Error as serde::ser::Error>::custom(format!(
+                "{} bytes, over the {MAX_ROW_BYTES} a row may have",
+                json.len()
+            )),
+        ));
+    }
     let mut bytes = vec![LZ4_ROW];
     bytes.extend_from_slice(&lz4_flex::compress_prepend_size(&json));
     Ok(bytes)
@@ -297,8 +307,8 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json:
     }
 }
 
-/// Track the open sagas of `generation`'s rows (rows that do not decode are skipped: the
-/// query endpoint reports them).
+/// Track the open sagas of `generation`'s rows, from their statuses and newest event's time
+/// (rows whose facts do not decode are skipped: the query endpoint reports them).
 fn load_sagas(sagas: &OpenSagas, store: &Store, generation: u32) -> Result<(), EngineError> {
     let rows = store.models(generation)?;
     sagas.reload(

@@ -211,3 +211,11 @@ fn a_damaged_compressed_row_is_an_error_not_a_panic() {
     let error = super::decode::<OrderReadModel>(&huge).unwrap_err();
     assert!(error.to_string().contains("claimed"), "{error}");
 }
+
+#[test]
+fn a_row_too_big_to_be_read_back_is_refused_when_written() {
+    let mut row = fold(&saga());
+    row.customer = Some("x".repeat(super::MAX_ROW_BYTES));
+    let error = super::encode(&row).unwrap_err();
+    assert!(error.to_string().contains("encoding"), "{error}");
+}

@@ -11,7 +11,12 @@ use async_nats::jetstream::{self, consumer};
 use bus::{Domain, Envelope};
 use futures::StreamExt;
 
-/// Each domain stream's last sequence: a round's events are the ones after it.
+/// How long a stream may keep the next message before the read gives up.
+const SILENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Each domain stream's last sequence: a round's events are the ones after it. (An event
+/// stored after the round's last confirmation, such as its last orders' recommendations, falls
+/// in the next round's window.)
 pub struct Marks(HashMap<&'static str, u64>);
 
 /// One event as the streams hold it.
@@ -58,13 +63,19 @@ pub async fn since(js: &jetstream::Context, since: &Marks) -> anyhow::Result<Vec
         };
         let mut messages = stream.create_consumer(config).await?.messages().await?;
         let mut at = from;
+        // Up to the end seen now, or the last message there is (the one at the end may be gone).
         while at < last {
-            let message = messages
-                .next()
-                .await
-                .ok_or_else(|| anyhow::anyhow!("{} ended early", domain.stream()))??;
+            let next = tokio::time::timeout(SILENCE, messages.next()).await;
+            let Ok(Some(message)) = next else {
+                anyhow::bail!("{} fell silent at {at} of {last}", domain.stream());
+            };
+            let message = message?;
             let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-            at = info.stream_sequence;
+            at = if info.pending == 0 {
+                last
+            } else {
+                info.stream_sequence
+            };
             let stored_ms = info.published.unix_timestamp_nanos() as f64 / 1e6;
             if let Ok(envelope) = Envelope::from_slice(&message.payload) {
                 seen.push(Seen {
@@ -126,6 +137,9 @@ fn quantile(samples: &[f64], q: f64) -> f64 {
 
 /// The hops as a table.
 pub fn print(label: &str, hops: &[Hop]) {
+    if hops.is_empty() {
+        return;
+    }
     println!();
     println!(
         "Where the time went at {label}, ms: react = cause stored → event made (its service: \

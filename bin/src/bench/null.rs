@@ -101,7 +101,7 @@ fn topology() -> Vec<Component> {
 /// at `saga_rate` offered orders/s (above its saturation: it queues), and the ratio.
 pub async fn run(orders: usize, saga_rate: u32, settings: Settings) -> anyhow::Result<()> {
     let null = null_pipeline(orders, &settings).await?;
-    let saga = super::saga::measure(orders, &[saga_rate], settings)
+    let saga = super::saga::measure(orders, &[saga_rate], settings, false)
         .await?
         .pop()
         .context("the saga bench measured nothing")?;
