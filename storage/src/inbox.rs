@@ -26,7 +26,8 @@ const DEAD_LETTERS: &str = "dead_letters";
 /// are indexed once, at open).
 const INBOX_INDEXED: &[u8] = b"inbox_indexed_by_age";
 
-/// The `inbox_by_age` key of a mark: when, then which, so keys sort by age.
+/// The `inbox_by_age` key of a batch of marks: when, then the first one's id, so keys sort by
+/// age and a batch's key is its own.
 pub(crate) fn age_key(at_millis: u64, event_id: Uuid) -> [u8; 24] {
     let mut key = [0; 24];
     key[..8].copy_from_slice(&at_millis.to_be_bytes());
@@ -101,9 +102,16 @@ impl Store {
         let (inbox, by_age) = (&self.inner.inbox, &self.inner.inbox_by_age);
         let mut removed = 0;
         for item in by_age.range(..age_key(cutoff.saturating_add(1), Uuid::nil())) {
-            let (key, _) = item?;
-            if let Some(id) = key.get(8..).and_then(|id| Uuid::from_slice(id).ok()) {
-                if inbox.remove(id.as_bytes())?.is_some() {
+            let (key, ids) = item?;
+            // A batch's row lists its ids; a row from before one row per mark has its id in
+            // the key alone.
+            let ids = if ids.is_empty() {
+                key.get(8..).unwrap_or_default()
+            } else {
+                &ids
+            };
+            for id in ids.chunks_exact(16) {
+                if inbox.remove(id)?.is_some() {
                     self.inner.inbox_marks.fetch_sub(1, Ordering::Relaxed);
                 }
                 removed += 1;
@@ -219,6 +227,32 @@ mod tests {
         assert_eq!(store.cleanup_inbox(Duration::from_secs(3600)).unwrap(), 0);
         assert_eq!(store.cleanup_inbox(Duration::ZERO).unwrap(), 1);
         assert_eq!(store.dead_lettered_len().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_batch_indexes_its_marks_in_one_row_and_cleanup_forgets_each_of_them() {
+        let (_dir, store) = open();
+        let ids = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
+        let mut commits: Vec<Commit> = ids.iter().map(|&id| Commit::caused_by(id)).collect();
+        // Delivered twice in one batch: applied once, indexed once.
+        commits.push(Commit::caused_by(ids[0]));
+        let outcomes = store.commit_all(&commits).unwrap();
+        assert_eq!(
+            outcomes.last().unwrap().as_ref().unwrap(),
+            &CommitOutcome::Duplicate
+        );
+        assert_eq!(store.inner.inbox_by_age.len(), 1, "one row for the batch");
+        assert_eq!(store.inbox_len(), 3);
+        // A batch with nothing new to mark writes no row.
+        store.commit_all(&commits[..1]).unwrap();
+        assert_eq!(store.inner.inbox_by_age.len(), 1);
+
+        assert_eq!(store.cleanup_inbox(Duration::from_secs(60)).unwrap(), 0);
+        assert_eq!(store.cleanup_inbox(Duration::ZERO).unwrap(), 3);
+        assert_eq!((store.inbox_len(), store.inner.inbox_by_age.len()), (0, 0));
+        for id in ids {
+            assert!(!store.is_processed(id).unwrap());
+        }
     }
 
     #[test]

@@ -56,8 +56,9 @@ pub(crate) struct Inner {
     /// Runs of sent rows: when, and where the broker stored each.
     pub(crate) outbox_acks: Tree,
     pub(crate) inbox: Tree,
-    /// The inbox by age: `(recorded at, event id)` → nothing, so retention removes the old
-    /// marks without reading the young ones.
+    /// The inbox by age: `(recorded at, first event id)` → the ids of the marks one commit wrote
+    /// (16 bytes each; a row from before holds nothing, its one id is in the key), so retention
+    /// removes the old marks without reading the young ones, at one write per batch.
     pub(crate) inbox_by_age: Tree,
     /// Marks in `inbox`, kept as they are written and removed: sled's `len` reads the whole tree,
     /// and status is asked every few seconds.
@@ -387,6 +388,8 @@ impl Store {
                     .and_then(|v| decode_u64(&v))
                     .unwrap_or(0);
                 let first_seq = seq;
+                // The ids marked, indexed by age in one row for the whole batch.
+                let mut marked: Vec<u8> = Vec::new();
                 let mut outcomes = Vec::with_capacity(valid.len());
                 for (commit, enc) in &valid {
                     // Checks first, writes after: a commit that fails a check writes nothing.
@@ -425,12 +428,15 @@ impl Store {
                     }
                     if let Some(id) = commit.caused_by {
                         inbox_t.insert(id.as_bytes(), &recorded_at.to_be_bytes())?;
-                        by_age_t.insert(&crate::inbox::age_key(recorded_at, id), &[])?;
+                        marked.extend_from_slice(id.as_bytes());
                     }
                     outcomes.push(Ok(CommitOutcome::Committed { version }));
                 }
                 if seq != first_seq {
                     meta_t.insert(OUTBOX_SEQ, &seq.to_be_bytes())?;
+                }
+                if let Some(first) = marked.get(..16).and_then(|id| Uuid::from_slice(id).ok()) {
+                    by_age_t.insert(&crate::inbox::age_key(recorded_at, first), marked)?;
                 }
                 Ok::<_, ConflictableTransactionError<StorageError>>((outcomes, seq))
             },
