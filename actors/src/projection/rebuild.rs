@@ -25,8 +25,9 @@ use crate::rpc::DomainError;
 
 /// Rows folded in memory before the least recently touched are written out (twice this at most).
 const ROWS_IN_MEMORY: usize = 10_000;
-/// Rows per write to the new generation: live batches get their turn in between.
-const ROWS_PER_WRITE: usize = 1_024;
+/// Rows per write to the new generation: live batches get their turn in between, and at the end
+/// the folding thread encodes the next rows while the actor writes these.
+const ROWS_PER_WRITE: usize = 128;
 
 /// Why a rebuild step was refused.
 #[derive(Debug, thiserror::Error)]
