@@ -26,8 +26,12 @@ const DEAD_LETTERS: &str = "dead_letters";
 /// are indexed once, at open).
 const INBOX_INDEXED: &[u8] = b"inbox_indexed_by_age";
 
-/// The `inbox_by_age` key of a batch of marks: when, then the first one's id, so keys sort by
-/// age and a batch's key is its own.
+/// Ids in one row of `inbox_batches_by_age` at most (a bigger batch writes several rows): rows
+/// stay small pages, never sled blobs with a file each to sync.
+pub(crate) const IDS_PER_ROW: usize = 256;
+
+/// The key of a mark by age (`inbox_by_age`), or of a batch's row (`inbox_batches_by_age`):
+/// when, then the (first) id, so keys sort by age and each is its own.
 pub(crate) fn age_key(at_millis: u64, event_id: Uuid) -> [u8; 24] {
     let mut key = [0; 24];
     key[..8].copy_from_slice(&at_millis.to_be_bytes());
@@ -99,24 +103,25 @@ impl Store {
     /// inbox's size; dead-letter marks are few and read whole.
     pub fn cleanup_inbox(&self, retention: Duration) -> Result<usize, StorageError> {
         let cutoff = now_millis().saturating_sub(retention.as_millis() as u64);
-        let (inbox, by_age) = (&self.inner.inbox, &self.inner.inbox_by_age);
+        let due = ..age_key(cutoff.saturating_add(1), Uuid::nil());
         let mut removed = 0;
-        for item in by_age.range(..age_key(cutoff.saturating_add(1), Uuid::nil())) {
-            let (key, ids) = item?;
-            // A batch's row lists its ids; a row from before one row per mark has its id in
-            // the key alone.
-            let ids = if ids.is_empty() {
-                key.get(8..).unwrap_or_default()
-            } else {
-                &ids
-            };
-            for id in ids.chunks_exact(16) {
-                if inbox.remove(id)?.is_some() {
-                    self.inner.inbox_marks.fetch_sub(1, Ordering::Relaxed);
-                }
-                removed += 1;
+        // A batch's row lists its ids; a row of `inbox_by_age` has its one id in the key.
+        for (tree, ids_of_row) in [
+            (&self.inner.inbox_batches, false),
+            (&self.inner.inbox_by_age, true),
+        ] {
+            for item in tree.range(due) {
+                let (key, value) = item?;
+                let ids = if ids_of_row {
+                    key.get(8..).unwrap_or_default()
+                } else {
+                    &value
+                };
+                removed += self.forget_marks(ids)?;
+                // Only the row read: one written again under its key meanwhile (a mark applied
+                // again in the same millisecond) stays for the next pass.
+                let _ = tree.compare_and_swap(&key, Some(&value), None::<&[u8]>)?;
             }
-            by_age.remove(key)?;
         }
         let dead_letters = self.dead_letters()?;
         for item in dead_letters.iter() {
@@ -127,6 +132,18 @@ impl Store {
             }
         }
         Ok(removed)
+    }
+
+    /// Forget the inbox marks of `ids` (16 bytes each). Returns how many there were.
+    fn forget_marks(&self, ids: &[u8]) -> Result<usize, StorageError> {
+        let mut forgotten = 0;
+        for id in ids.chunks_exact(16) {
+            if self.inner.inbox.remove(id)?.is_some() {
+                self.inner.inbox_marks.fetch_sub(1, Ordering::Relaxed);
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
     }
 
     /// Put every inbox mark in `inbox_by_age`, once (a database from before it existed).
@@ -241,15 +258,16 @@ mod tests {
             outcomes.last().unwrap().as_ref().unwrap(),
             &CommitOutcome::Duplicate
         );
-        assert_eq!(store.inner.inbox_by_age.len(), 1, "one row for the batch");
+        assert_eq!(store.inner.inbox_batches.len(), 1, "one row for the batch");
+        assert_eq!(store.inner.inbox_by_age.len(), 0, "none per mark");
         assert_eq!(store.inbox_len(), 3);
         // A batch with nothing new to mark writes no row.
         store.commit_all(&commits[..1]).unwrap();
-        assert_eq!(store.inner.inbox_by_age.len(), 1);
+        assert_eq!(store.inner.inbox_batches.len(), 1);
 
         assert_eq!(store.cleanup_inbox(Duration::from_secs(60)).unwrap(), 0);
         assert_eq!(store.cleanup_inbox(Duration::ZERO).unwrap(), 3);
-        assert_eq!((store.inbox_len(), store.inner.inbox_by_age.len()), (0, 0));
+        assert_eq!((store.inbox_len(), store.inner.inbox_batches.len()), (0, 0));
         for id in ids {
             assert!(!store.is_processed(id).unwrap());
         }
@@ -263,7 +281,11 @@ mod tests {
         {
             let store = Store::open(&path, &StoreConfig::default()).unwrap();
             store.commit(&Commit::caused_by(applied)).unwrap();
-            assert_eq!(store.inner.inbox_by_age.len(), 1, "indexed with its commit");
+            assert_eq!(
+                store.inner.inbox_batches.len(),
+                1,
+                "indexed with its commit"
+            );
             // A mark as a database from before the index has it: no index entry, no flag.
             let an_hour_ago = crate::now_millis() - 3_600_000;
             store
@@ -278,7 +300,7 @@ mod tests {
         assert_eq!(
             store.inner.inbox_by_age.len(),
             2,
-            "the old mark was indexed"
+            "every mark was indexed, one row per mark as before"
         );
         assert_eq!(store.cleanup_inbox(Duration::from_secs(60)).unwrap(), 1);
         assert!(
@@ -288,5 +310,21 @@ mod tests {
         assert!(store.is_processed(applied).unwrap(), "the young one stays");
         assert_eq!(store.cleanup_inbox(Duration::ZERO).unwrap(), 1);
         assert_eq!((store.inbox_len(), store.inner.inbox_by_age.len()), (0, 0));
+        assert_eq!(store.inner.inbox_batches.len(), 0);
+    }
+
+    #[test]
+    fn a_batch_bigger_than_a_row_is_indexed_in_several_and_all_are_forgotten() {
+        let (_dir, store) = open();
+        let commits: Vec<Commit> = (0..super::IDS_PER_ROW + 1)
+            .map(|_| Commit::caused_by(Uuid::now_v7()))
+            .collect();
+        store.commit_all(&commits).unwrap();
+        assert_eq!(store.inner.inbox_batches.len(), 2);
+        assert_eq!(
+            store.cleanup_inbox(Duration::ZERO).unwrap(),
+            super::IDS_PER_ROW + 1
+        );
+        assert_eq!(store.inbox_len(), 0);
     }
 }

@@ -56,10 +56,15 @@ pub(crate) struct Inner {
     /// Runs of sent rows: when, and where the broker stored each.
     pub(crate) outbox_acks: Tree,
     pub(crate) inbox: Tree,
-    /// The inbox by age: `(recorded at, first event id)` → the ids of the marks one commit wrote
-    /// (16 bytes each; a row from before holds nothing, its one id is in the key), so retention
-    /// removes the old marks without reading the young ones, at one write per batch.
+    /// The inbox by age, one row per mark: `(recorded at, event id)` → nothing. Written by
+    /// builds before [`Inner::inbox_batches`] (and by indexing a database older still); only
+    /// read and emptied now.
     pub(crate) inbox_by_age: Tree,
+    /// The inbox by age, one row per batch: `(recorded at, first event id)` → the ids a commit
+    /// marked, 16 bytes each (at most [`crate::inbox::IDS_PER_ROW`]), so retention removes the
+    /// old marks without reading the young ones, at one write per batch. A tree of its own, so
+    /// a build from before, which reads only `inbox_by_age`, never misreads these rows.
+    pub(crate) inbox_batches: Tree,
     /// Marks in `inbox`, kept as they are written and removed: sled's `len` reads the whole tree,
     /// and status is asked every few seconds.
     pub(crate) inbox_marks: AtomicU64,
@@ -288,6 +293,7 @@ impl Store {
             outbox_acks: tree("outbox_acks")?,
             inbox,
             inbox_by_age: tree("inbox_by_age")?,
+            inbox_batches: tree("inbox_batches_by_age")?,
             inbox_marks,
             models: tree("models")?,
             meta,
@@ -378,7 +384,7 @@ impl Store {
             &s.heads,
             &s.outbox_pending,
             &s.inbox,
-            &s.inbox_by_age,
+            &s.inbox_batches,
             &s.meta,
         );
         let (outcomes, last_seq) = trees.transaction(
@@ -435,8 +441,10 @@ impl Store {
                 if seq != first_seq {
                     meta_t.insert(OUTBOX_SEQ, &seq.to_be_bytes())?;
                 }
-                if let Some(first) = marked.get(..16).and_then(|id| Uuid::from_slice(id).ok()) {
-                    by_age_t.insert(&crate::inbox::age_key(recorded_at, first), marked)?;
+                for ids in marked.chunks(crate::inbox::IDS_PER_ROW * 16) {
+                    if let Some(first) = ids.get(..16).and_then(|id| Uuid::from_slice(id).ok()) {
+                        by_age_t.insert(&crate::inbox::age_key(recorded_at, first), ids)?;
+                    }
                 }
                 Ok::<_, ConflictableTransactionError<StorageError>>((outcomes, seq))
             },

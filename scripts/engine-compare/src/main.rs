@@ -1,7 +1,8 @@
 //! The consumer's commit shape (bench bus) on three embedded engines: per applied event, two
-//! lookups (inbox, head) and four writes (event ~680 B, head, outbox row ~560 B, inbox mark),
+//! lookups (inbox, head) and four writes (event ~705 B, head, outbox row 561 B, inbox mark),
 //! per batch of 250 the outbox sequence and one age-index row, one atomic commit, then made
-//! durable (fsync) before the next batch. Events of new aggregates, ids time-ordered, as there.
+//! durable (fsync) before the next batch. Half the events start an aggregate, half are the second
+//! event of one from the batch before (its head lookup hits); inbox lookups miss, as they do.
 //! CPU is the whole process's (the engines' background threads too) and includes making the
 //! rows (the same for each engine).
 //! sled is driven as `storage::Store` drives it (one transaction over six trees, then its flush
@@ -16,31 +17,48 @@ const BATCH: usize = 250;
 
 struct Row {
     agg: String,
+    /// The aggregate's version after this event: 1 for a new one, 2 for a second event.
+    version: u64,
     event_key: Vec<u8>,
     event: Vec<u8>,
     outbox: Vec<u8>,
     cause: [u8; 16],
 }
 
-fn batch(payload: &str) -> Vec<Row> {
+/// A batch: every other event is the second of an aggregate of the batch before (its head
+/// lookup hits), the others start one (it misses), as a service sees an order's events.
+fn batch(payload: &str, before: &[Row]) -> Vec<Row> {
     (0..BATCH)
-        .map(|_| {
-            let agg = Uuid::now_v7().to_string();
+        .map(|i| {
+            let (agg, version) = match before.get(i) {
+                Some(row) if i % 2 == 1 && row.version == 1 => (row.agg.clone(), 2u64),
+                _ => (Uuid::now_v7().to_string(), 1),
+            };
             let mut event_key = agg.as_bytes().to_vec();
             event_key.push(0);
-            event_key.extend_from_slice(&1u64.to_be_bytes());
+            event_key.extend_from_slice(&version.to_be_bytes());
             Row {
                 event: format!(
-                    "{{\"aggregate_id\":\"{agg}\",\"version\":1,\"payload\":{payload:?}}}"
+                    "{{\"aggregate_id\":\"{agg}\",\"version\":{version},\"payload\":{payload:?}}}"
                 )
                 .into_bytes(),
                 outbox: payload.as_bytes().to_vec(),
                 agg,
+                version,
                 event_key,
                 cause: *Uuid::now_v7().as_bytes(),
             }
         })
         .collect()
+}
+
+/// The head a row's aggregate must have before it: none for a new one.
+fn head_before(row: &Row) -> Option<u64> {
+    (row.version > 1).then_some(row.version - 1)
+}
+
+fn decode_head(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
 trait Engine {
@@ -65,9 +83,10 @@ impl Engine for Sled {
                 let mut marked = Vec::new();
                 for r in rows {
                     assert!(i.get(r.cause)?.is_none());
-                    assert!(h.get(r.agg.as_bytes())?.is_none());
+                    let head = h.get(r.agg.as_bytes())?;
+                    assert_eq!(head.and_then(|v| decode_head(&v)), head_before(r));
                     e.insert(r.event_key.as_slice(), r.event.as_slice())?;
-                    h.insert(r.agg.as_bytes(), &1u64.to_be_bytes())?;
+                    h.insert(r.agg.as_bytes(), &r.version.to_be_bytes())?;
                     s += 1;
                     p.insert(&s.to_be_bytes(), r.outbox.as_slice())?;
                     i.insert(&r.cause, &now.to_be_bytes())?;
@@ -114,10 +133,11 @@ impl Engine for Redb {
             let mut marked = Vec::new();
             for r in rows {
                 assert!(i.get(r.cause.as_slice()).unwrap().is_none());
-                assert!(h.get(r.agg.as_bytes()).unwrap().is_none());
+                let head = h.get(r.agg.as_bytes()).unwrap();
+                assert_eq!(head.and_then(|v| decode_head(v.value())), head_before(r));
                 e.insert(r.event_key.as_slice(), r.event.as_slice())
                     .unwrap();
-                h.insert(r.agg.as_bytes(), 1u64.to_be_bytes().as_slice())
+                h.insert(r.agg.as_bytes(), r.version.to_be_bytes().as_slice())
                     .unwrap();
                 *seq += 1;
                 p.insert(seq.to_be_bytes().as_slice(), r.outbox.as_slice())
@@ -152,9 +172,10 @@ impl Engine for Fjall {
         let mut marked = Vec::new();
         for r in rows {
             assert!(i.get(r.cause).unwrap().is_none());
-            assert!(h.get(r.agg.as_bytes()).unwrap().is_none());
+            let head = h.get(r.agg.as_bytes()).unwrap();
+            assert_eq!(head.and_then(|v| decode_head(&v)), head_before(r));
             b.insert(e, r.event_key.as_slice(), r.event.as_slice());
-            b.insert(h, r.agg.as_bytes(), 1u64.to_be_bytes());
+            b.insert(h, r.agg.as_bytes(), r.version.to_be_bytes());
             *seq += 1;
             b.insert(p, seq.to_be_bytes(), r.outbox.as_slice());
             b.insert(i, r.cause, now.to_be_bytes());
@@ -187,8 +208,9 @@ fn run(name: &str, engine: &mut dyn Engine, batches: usize, payload: &str) {
     let mut seq = 0;
     let cpu_before = cpu();
     let (mut commit, mut durable) = (Duration::ZERO, Duration::ZERO);
+    let mut rows = Vec::new();
     for n in 0..batches {
-        let rows = batch(payload);
+        rows = batch(payload, &rows);
         let t = Instant::now();
         engine.commit(&rows, &mut seq, n as u64);
         commit += t.elapsed();
@@ -227,32 +249,49 @@ fn main() {
         "{batches} batches of {BATCH} events per engine, {rounds} rounds, event {} B",
         payload.len()
     );
-    for _ in 0..rounds {
+    // The same cache for each, and each round in another order (the disk may still be writing
+    // back what the engine before wrote).
+    const CACHE: usize = 64 << 20;
+    let names = ["events", "heads", "pending", "inbox", "by_age", "meta"];
+    for round in 0..rounds {
         // TMPDIR must be on the disk measured (not a tmpfs: fsync would cost nothing).
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new()
-            .path(dir.path().join("sled"))
-            .cache_capacity(64 << 20)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .unwrap();
-        let names = ["events", "heads", "pending", "inbox", "by_age", "meta"];
-        let trees = names.map(|n| db.open_tree(n).unwrap());
-        let log = std::fs::File::open(dir.path().join("sled/db")).unwrap();
-        run("sled", &mut Sled { db, trees, log }, batches, &payload);
-
-        let redb = redb::Database::create(dir.path().join("redb")).unwrap();
-        run("redb", &mut Redb(redb), batches, &payload);
-
-        let keyspace = fjall::Config::new(dir.path().join("fjall")).open().unwrap();
-        let parts = names
-            .iter()
-            .map(|n| {
-                keyspace
-                    .open_partition(n, fjall::PartitionCreateOptions::default())
-                    .unwrap()
-            })
-            .collect();
-        run("fjall", &mut Fjall { keyspace, parts }, batches, &payload);
+        for engine in (0..3).map(|i| (i + round) % 3) {
+            match engine {
+                0 => {
+                    let db = sled::Config::new()
+                        .path(dir.path().join("sled"))
+                        .cache_capacity(CACHE as u64)
+                        .mode(sled::Mode::HighThroughput)
+                        .open()
+                        .unwrap();
+                    let trees = names.map(|n| db.open_tree(n).unwrap());
+                    let log = std::fs::File::open(dir.path().join("sled/db")).unwrap();
+                    run("sled", &mut Sled { db, trees, log }, batches, &payload);
+                }
+                1 => {
+                    let redb = redb::Builder::new()
+                        .set_cache_size(CACHE)
+                        .create(dir.path().join("redb"))
+                        .unwrap();
+                    run("redb", &mut Redb(redb), batches, &payload);
+                }
+                _ => {
+                    let keyspace = fjall::Config::new(dir.path().join("fjall"))
+                        .cache_size(CACHE as u64)
+                        .open()
+                        .unwrap();
+                    let parts = names
+                        .iter()
+                        .map(|n| {
+                            keyspace
+                                .open_partition(n, fjall::PartitionCreateOptions::default())
+                                .unwrap()
+                        })
+                        .collect();
+                    run("fjall", &mut Fjall { keyspace, parts }, batches, &payload);
+                }
+            }
+        }
     }
 }
