@@ -106,13 +106,13 @@ impl Store {
         let due = ..age_key(cutoff.saturating_add(1), Uuid::nil());
         let mut removed = 0;
         // A batch's row lists its ids; a row of `inbox_by_age` has its one id in the key.
-        for (tree, ids_of_row) in [
+        for (tree, id_in_key) in [
             (&self.inner.inbox_batches, false),
             (&self.inner.inbox_by_age, true),
         ] {
             for item in tree.range(due) {
                 let (key, value) = item?;
-                let ids = if ids_of_row {
+                let ids = if id_in_key {
                     key.get(8..).unwrap_or_default()
                 } else {
                     &value
