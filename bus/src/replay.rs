@@ -67,6 +67,12 @@ impl Replay {
             };
             match answer {
                 Ok(Some(Ok(message))) => {
+                    // Answered, though the consumer wants no ack: for a connection that may
+                    // answer requests (`allow_responses`) the broker keeps every reply subject
+                    // it receives until answered or two minutes old, and scans them all every
+                    // 4,096 messages; unanswered, a replay's would make it quadratic. Only
+                    // that bookkeeping depends on it, so a failed send is no failure.
+                    let _ = message.ack().await;
                     let seq = message
                         .info()
                         .map_err(|e| self.failed(e.to_string()))?

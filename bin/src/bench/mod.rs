@@ -89,6 +89,9 @@ enum BenchWhat {
         /// Requests per measurement.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
         requests: u64,
+        /// Rounds of raw consume then rebuild (the ratio of each, and their median).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+        rounds: u64,
     },
 }
 
@@ -122,8 +125,18 @@ pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<()> {
             window,
             rate,
         } => soak::run(orders as usize, window as usize, rate, settings).await,
-        BenchWhat::Reads { orders, requests } => {
-            reads::run(orders as usize, requests as usize, settings).await
+        BenchWhat::Reads {
+            orders,
+            requests,
+            rounds,
+        } => {
+            reads::run(
+                orders as usize,
+                requests as usize,
+                rounds as usize,
+                settings,
+            )
+            .await
         }
     }
 }

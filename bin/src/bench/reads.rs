@@ -13,7 +13,12 @@ use actors::Settings;
 use async_nats::jetstream;
 use futures::StreamExt;
 
-pub async fn run(orders: usize, requests: usize, mut settings: Settings) -> anyhow::Result<()> {
+pub async fn run(
+    orders: usize,
+    requests: usize,
+    rounds: usize,
+    mut settings: Settings,
+) -> anyhow::Result<()> {
     settings.simulators.carrier_pickup_ms = 50;
     settings.simulators.carrier_delivery_ms = 50;
     let (system, http, _dir) = super::saga::system(settings).await?;
@@ -60,7 +65,75 @@ pub async fn run(orders: usize, requests: usize, mut settings: Settings) -> anyh
         }
     }
 
-    // Raw consume of every domain stream vs the projection's rebuild of the same events.
+    // Raw consume of every domain stream vs the projection's rebuild of the same events, taking
+    // turns: the machine's speed drifts, so each round's ratio is of two runs side by side.
+    let bar = super::bus::progress("raw consume and rebuild, rounds", rounds);
+    let mut measured = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let (events, raw) = raw_consume(&js).await?;
+        let (rebuilt, rebuild) = rebuild(&client).await?;
+        measured.push((events, raw, rebuilt, rebuild));
+        bar.inc(1);
+    }
+    bar.finish();
+
+    let healthy_get = latencies(&web, &http, &ids, requests, "").await?;
+    let healthy_composed = latencies(&web, &http, &ids, requests, "/composed").await?;
+    slow(&client, 50).await?;
+    let slow_get = latencies(&web, &http, &ids, requests, "").await?;
+    let slow_composed = latencies(&web, &http, &ids, requests, "/composed").await?;
+    // Payment hangs (5 s per answer, over the fan-out's 2 s limit): with and without guards.
+    slow(&client, 5000).await?;
+    let down = 60.min(requests);
+    let hung_unguarded = latencies(&web, &http, &ids, down, "/composed?guards=false").await?;
+    let hung_guarded = latencies(&web, &http, &ids, down, "/composed").await?;
+    slow(&client, 0).await?;
+    system.shutdown().await;
+
+    println!();
+    println!("Projection rebuild vs raw JetStream consume ({orders} orders), {rounds} rounds:");
+    println!(
+        "  {:>5} {:>8} {:>12} {:>14} {:>7}",
+        "round", "events", "raw ev/s", "rebuild ev/s", "ratio"
+    );
+    let mut ratios = Vec::with_capacity(rounds);
+    for (round, (events, raw, rebuilt, rebuild)) in measured.iter().enumerate() {
+        let raw_rate = *events as f64 / raw.as_secs_f64();
+        let rebuild_rate = *rebuilt as f64 / rebuild.as_secs_f64();
+        ratios.push(rebuild_rate / raw_rate);
+        println!(
+            "  {:>5} {events:>8} {raw_rate:>12.0} {rebuild_rate:>14.0} {:>6.2}x",
+            round + 1,
+            rebuild_rate / raw_rate
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!("  median ratio {:.2}x", ratios[ratios.len() / 2]);
+    println!();
+    println!("Order detail, {requests} requests each (4 in flight):");
+    println!("  {:<44} {:>8} {:>8}", "", "p50 ms", "p99 ms");
+    for (what, l) in [
+        ("GET /orders/{id} (read model), healthy", &healthy_get),
+        ("GET /orders/{id}/composed, healthy", &healthy_composed),
+        ("GET /orders/{id} (read model), payment +50ms", &slow_get),
+        ("GET /orders/{id}/composed, payment +50ms", &slow_composed),
+    ] {
+        println!("  {what:<44} {:>8.2} {:>8.2}", l.0, l.1);
+    }
+    println!();
+    println!("Composed view with payment hanging (5 s per answer), {down} requests each:");
+    for (what, l) in [
+        ("without bulkhead + breaker", &hung_unguarded),
+        ("with bulkhead + breaker", &hung_guarded),
+    ] {
+        println!("  {what:<44} {:>8.2} {:>8.2}", l.0, l.1);
+    }
+    Ok(())
+}
+
+/// Read every domain stream from its start (an ordered consumer each, one after the other):
+/// the events and how long it took.
+async fn raw_consume(js: &jetstream::Context) -> anyhow::Result<(u64, Duration)> {
     let started = Instant::now();
     let mut events = 0u64;
     for domain in bus::Domain::ALL {
@@ -86,62 +159,21 @@ pub async fn run(orders: usize, requests: usize, mut settings: Settings) -> anyh
             events += 1;
         }
     }
-    let raw = started.elapsed();
+    Ok((events, started.elapsed()))
+}
 
+/// Rebuild the read model, from the request to the switch: the events it read and how long.
+async fn rebuild(client: &async_nats::Client) -> anyhow::Result<(u64, Duration)> {
     let started = Instant::now();
-    let begun = call::<Rebuild>(&client, Component::Projection, &()).await?;
-    let rebuilt_events = begun.events;
+    let begun = call::<Rebuild>(client, Component::Projection, &()).await?;
     loop {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let status = call::<Status>(&client, Component::Projection, &()).await?;
+        let status = call::<Status>(client, Component::Projection, &()).await?;
         if !status.read_model.is_some_and(|m| m.rebuilding) {
             break;
         }
     }
-    let rebuild = started.elapsed();
-
-    let healthy_get = latencies(&web, &http, &ids, requests, "").await?;
-    let healthy_composed = latencies(&web, &http, &ids, requests, "/composed").await?;
-    slow(&client, 50).await?;
-    let slow_get = latencies(&web, &http, &ids, requests, "").await?;
-    let slow_composed = latencies(&web, &http, &ids, requests, "/composed").await?;
-    // Payment hangs (5 s per answer, over the fan-out's 2 s limit): with and without guards.
-    slow(&client, 5000).await?;
-    let down = 60.min(requests);
-    let hung_unguarded = latencies(&web, &http, &ids, down, "/composed?guards=false").await?;
-    let hung_guarded = latencies(&web, &http, &ids, down, "/composed").await?;
-    slow(&client, 0).await?;
-    system.shutdown().await;
-
-    let raw_rate = events as f64 / raw.as_secs_f64();
-    let rebuild_rate = rebuilt_events as f64 / rebuild.as_secs_f64();
-    println!();
-    println!("Projection rebuild vs raw JetStream consume ({orders} orders):");
-    println!("  raw consume of all streams   {events:>7} events  {raw_rate:>10.0} ev/s  baseline");
-    println!(
-        "  projection rebuild           {rebuilt_events:>7} events  {rebuild_rate:>10.0} ev/s  {:.2}x",
-        rebuild_rate / raw_rate
-    );
-    println!();
-    println!("Order detail, {requests} requests each (4 in flight):");
-    println!("  {:<44} {:>8} {:>8}", "", "p50 ms", "p99 ms");
-    for (what, l) in [
-        ("GET /orders/{id} (read model), healthy", &healthy_get),
-        ("GET /orders/{id}/composed, healthy", &healthy_composed),
-        ("GET /orders/{id} (read model), payment +50ms", &slow_get),
-        ("GET /orders/{id}/composed, payment +50ms", &slow_composed),
-    ] {
-        println!("  {what:<44} {:>8.2} {:>8.2}", l.0, l.1);
-    }
-    println!();
-    println!("Composed view with payment hanging (5 s per answer), {down} requests each:");
-    for (what, l) in [
-        ("without bulkhead + breaker", &hung_unguarded),
-        ("with bulkhead + breaker", &hung_guarded),
-    ] {
-        println!("  {what:<44} {:>8.2} {:>8.2}", l.0, l.1);
-    }
-    Ok(())
+    Ok((begun.events, started.elapsed()))
 }
 
 /// p50 and p99 in ms of `n` GETs of `/orders/{id}{suffix}`, 4 in flight.
