@@ -1,6 +1,6 @@
-//! The benchmarks a person runs keep working: a small `bench null`, `bench soak` and `bench scale`
-//! end to end, their reports complete and their numbers readable. (What they measure is for the
-//! README, not for assertions: the machines are shared.)
+//! The benchmarks a person runs keep working: a small `bench null`, `bench soak`, `bench scale`
+//! and `bench reads` end to end, their reports complete and their numbers readable. (What they
+//! measure is for the README, not for assertions: the machines are shared.)
 
 mod support;
 
@@ -92,4 +92,50 @@ fn bench_scale_measures_each_setup_as_processes_and_their_ratios() {
         .collect();
     assert_eq!(values.len(), 6, "achieved and p99 for three setups: {row}");
     assert!(values.iter().all(|v| *v > 0.0), "{row}");
+}
+
+#[test]
+fn bench_reads_measures_each_round_of_rebuild_against_raw_consume() {
+    let report = bench(&[
+        "reads",
+        "--orders",
+        "10",
+        "--rounds",
+        "2",
+        "--requests",
+        "8",
+    ]);
+    let median: f64 = report
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("median ratio "))
+        .and_then(|r| r.trim_end_matches('x').parse().ok())
+        .unwrap_or_else(|| panic!("no median ratio:\n{report}"));
+    let mut ratios = Vec::new();
+    for round in ["1", "2"] {
+        let row = report
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(round))
+            .unwrap_or_else(|| panic!("no round {round}:\n{report}"));
+        let values: Vec<f64> = row
+            .split_whitespace()
+            .map(|w| w.trim_end_matches('x').parse().unwrap())
+            .collect();
+        // round, events, raw ev/s, rebuild ev/s, ratio
+        assert_eq!(values.len(), 5, "{row}");
+        assert!(values[1] >= 10.0, "every order's events were read: {row}");
+        assert!(values[2] > 0.0 && values[3] > 0.0, "{row}");
+        assert!((values[4] - values[3] / values[2]).abs() < 0.01, "{row}");
+        ratios.push(values[4]);
+    }
+    assert!(
+        ratios.iter().any(|r| (r - median).abs() < 0.01),
+        "the median is one of the rounds' ratios:\n{report}"
+    );
+    for view in [
+        "GET /orders/{id} (read model), healthy",
+        "GET /orders/{id}/composed, payment +50ms",
+        "with bulkhead + breaker",
+    ] {
+        assert_eq!(numbers(&report, view).len(), 2, "{view}:\n{report}");
+    }
 }
