@@ -249,8 +249,10 @@ fn reads(p: &mut Permissions, stream: &str, durable: &str) {
     ]);
 }
 
-/// Read `stream` from the start through ordered consumers, whose names the server picks (it
-/// refuses a durable name on this subject, so no one else's consumer can be changed).
+/// Read `stream` from the start through ephemeral consumers, whose names the server picks (it
+/// refuses a durable name on this subject, so no one else's consumer can be changed). Their
+/// messages' ack subjects are answered only as replies (`allow_responses`; `bus::replay` says
+/// why they are answered at all).
 fn replays(p: &mut Permissions, stream: &str) {
     p.publish.extend([
         format!("$JS.API.STREAM.INFO.{stream}"),
