@@ -6,6 +6,7 @@ use bus::{BusError, Domain, Envelope};
 use serde::de::value::{BorrowedStrDeserializer, MapAccessDeserializer};
 use serde::de::{DeserializeOwned, DeserializeSeed, MapAccess};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// One service's events: variant names are the CloudEvents `type`s (past tense), fields `data`.
@@ -72,11 +73,41 @@ pub fn decode<E: DomainEvent>(envelope: &Envelope) -> Result<E, CodecError> {
     decode_data(&envelope.source, &envelope.event_type, &envelope.data)
 }
 
+/// What an event's `data` is read from: a JSON tree (an envelope's), or JSON text (a timeline's).
+pub trait EventData {
+    /// Read `seed` from this data.
+    fn read<'de, S: DeserializeSeed<'de>>(
+        &'de self,
+        seed: S,
+    ) -> Result<S::Value, serde_json::Error>;
+}
+
+impl EventData for Value {
+    fn read<'de, S: DeserializeSeed<'de>>(
+        &'de self,
+        seed: S,
+    ) -> Result<S::Value, serde_json::Error> {
+        seed.deserialize(self)
+    }
+}
+
+impl EventData for RawValue {
+    fn read<'de, S: DeserializeSeed<'de>>(
+        &'de self,
+        seed: S,
+    ) -> Result<S::Value, serde_json::Error> {
+        let mut text = serde_json::Deserializer::from_str(self.get());
+        let value = seed.deserialize(&mut text)?;
+        text.end()?;
+        Ok(value)
+    }
+}
+
 /// The event of type `event_type` from `source` whose fields are `data` (as a timeline keeps it).
-pub fn decode_data<E: DomainEvent>(
+pub fn decode_data<E: DomainEvent, D: EventData + ?Sized>(
     source: &str,
     event_type: &str,
-    data: &Value,
+    data: &D,
 ) -> Result<E, CodecError> {
     let tagged = MapAccessDeserializer::new(Tagged {
         event_type,
@@ -93,14 +124,14 @@ pub fn decode_data<E: DomainEvent>(
 /// `{"type": event_type, "data": data}` for serde, without building (and copying `data` into)
 /// that object: the tag comes first, so serde decodes `data` straight into the variant. The
 /// projection decodes every event of an order's timeline each time it refolds the row.
-struct Tagged<'a> {
+struct Tagged<'a, D: ?Sized> {
     event_type: &'a str,
-    data: &'a Value,
+    data: &'a D,
     /// Entries read so far.
     read: u8,
 }
 
-impl<'de> MapAccess<'de> for Tagged<'de> {
+impl<'de, D: EventData + ?Sized> MapAccess<'de> for Tagged<'de, D> {
     type Error = serde_json::Error;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(
@@ -123,7 +154,7 @@ impl<'de> MapAccess<'de> for Tagged<'de> {
         self.read += 1;
         match self.read {
             1 => seed.deserialize(BorrowedStrDeserializer::new(self.event_type)),
-            _ => seed.deserialize(self.data),
+            _ => self.data.read(seed),
         }
     }
 }

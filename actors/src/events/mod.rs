@@ -26,9 +26,7 @@
 
 use bus::{Domain, Envelope};
 
-use serde_json::Value;
-
-use crate::codec::{decode_data, CodecError};
+use crate::codec::{decode_data, CodecError, EventData};
 pub mod inventory;
 pub mod order;
 pub mod payment;
@@ -60,10 +58,10 @@ impl Inbound {
     }
 
     /// The event of type `event_type` from `source` whose fields are `data`.
-    pub fn decode_data(
+    pub fn decode_data<D: EventData + ?Sized>(
         source: &str,
         event_type: &str,
-        data: &Value,
+        data: &D,
     ) -> Result<Inbound, CodecError> {
         let domain = Domain::from_source(source)
             .ok_or_else(|| CodecError::UnknownSource(source.to_string()))?;

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use bus::Envelope;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::events::{
@@ -18,8 +19,10 @@ use crate::events::{
     StoreEvent,
 };
 
-/// One event in an order's timeline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One event in an order's timeline. Its `data` is kept as the JSON text it came in: a row is
+/// decoded and encoded again at every event of its order, and a refold reads each entry's data
+/// once, straight into its typed event, so a tree of it would only be built to be thrown away.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TimelineEntry {
     pub event_id: Uuid,
     pub source: String,
@@ -28,12 +31,54 @@ pub struct TimelineEntry {
     pub time: DateTime<Utc>,
     /// Its version in its source aggregate's log.
     pub version: u64,
-    pub data: serde_json::Value,
+    pub data: Box<RawValue>,
 }
 
-/// An event becomes an entry without copying its data.
-impl From<Envelope> for TimelineEntry {
-    fn from(envelope: Envelope) -> TimelineEntry {
+/// Equal when they say the same: the same event with the same data, however its JSON is spaced
+/// or its keys are ordered (a live row's data was written from a tree, a rebuilt one's read
+/// from the stream).
+impl PartialEq for TimelineEntry {
+    fn eq(&self, other: &TimelineEntry) -> bool {
+        let same_data = || {
+            self.data.get() == other.data.get()
+                || serde_json::from_str::<serde_json::Value>(self.data.get()).ok()
+                    == serde_json::from_str::<serde_json::Value>(other.data.get()).ok()
+        };
+        (
+            self.event_id,
+            &self.source,
+            &self.event_type,
+            self.time,
+            self.version,
+        ) == (
+            other.event_id,
+            &other.source,
+            &other.event_type,
+            other.time,
+            other.version,
+        ) && same_data()
+    }
+}
+
+/// A live event becomes an entry: its data tree written out as text once.
+impl From<&Envelope> for TimelineEntry {
+    fn from(envelope: &Envelope) -> TimelineEntry {
+        TimelineEntry {
+            event_id: envelope.id,
+            source: envelope.source.clone(),
+            event_type: envelope.event_type.clone(),
+            time: envelope.time,
+            version: envelope.aggregateversion.unwrap_or(0),
+            // A tree of JSON always writes out; `null` is only there to need no unwrap.
+            data: serde_json::value::to_raw_value(&envelope.data)
+                .unwrap_or_else(|_| RawValue::NULL.to_owned()),
+        }
+    }
+}
+
+/// A replayed event becomes an entry without copying its data.
+impl From<Envelope<Box<RawValue>>> for TimelineEntry {
+    fn from(envelope: Envelope<Box<RawValue>>) -> TimelineEntry {
         TimelineEntry {
             event_id: envelope.id,
             source: envelope.source,
@@ -104,7 +149,7 @@ impl OrderReadModel {
     /// Add an event to the timeline without recomputing the fields: for a batch, insert every
     /// event, then [`OrderReadModel::refold`] once.
     pub fn insert(&mut self, envelope: &Envelope) -> bool {
-        !self.has(envelope.id) && self.insert_entry(envelope.clone().into())
+        !self.has(envelope.id) && self.insert_entry(envelope.into())
     }
 
     /// [`OrderReadModel::insert`] for an entry already made. Returns false if it was there.
@@ -131,7 +176,8 @@ impl OrderReadModel {
         for entry in entries {
             *next.versions.entry(entry.source.clone()).or_default() = entry.version;
             // Events this version does not know are kept in the timeline, without effect.
-            if let Ok(event) = Inbound::decode_data(&entry.source, &entry.event_type, &entry.data) {
+            if let Ok(event) = Inbound::decode_data(&entry.source, &entry.event_type, &*entry.data)
+            {
                 next.fold(&event, &mut cancel_requested);
             }
         }

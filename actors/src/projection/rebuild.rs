@@ -16,10 +16,11 @@ use std::sync::Arc;
 use actix::prelude::*;
 use async_nats::jetstream;
 use bus::{BusError, Domain, Envelope};
+use serde_json::value::RawValue;
 
 use super::api::RebuildStarted;
 use super::model::OrderReadModel;
-use super::{encode, load_sagas, Progress, ProjectionActor, COMPONENT};
+use super::{decode, encode, load_sagas, Progress, ProjectionActor, COMPONENT};
 use crate::engine::EngineError;
 use crate::rpc::DomainError;
 
@@ -67,8 +68,9 @@ impl Handler<BeginRebuild> for ProjectionActor {
     }
 }
 
-/// Rows folded from replayed events, with their encoding, for the generation being built.
-struct Replayed(Vec<(OrderReadModel, Vec<u8>)>);
+/// Rows folded from replayed events, encoded, for the generation being built: order id and row.
+/// Only the encoding comes back: the rows are freed where they were made, on the folding thread.
+struct Replayed(Vec<(String, Vec<u8>)>);
 impl Message for Replayed {
     type Result = Result<(), RebuildError>;
 }
@@ -78,10 +80,15 @@ impl Handler<Replayed> for ProjectionActor {
     fn handle(&mut self, msg: Replayed, _: &mut Context<Self>) -> Self::Result {
         let generation = self.building.ok_or(RebuildError::NotRunning)?;
         let mut writes = Vec::with_capacity(msg.0.len());
-        for (mut row, mut bytes) in msg.0 {
+        for (id, mut bytes) in msg.0 {
             // What live events (or an earlier write-out of this row) put there meanwhile: fold
             // it in, and encode the row again.
-            if let Some(written) = self.row(generation, &row.order_id)? {
+            if let Some(written) = self.row(generation, &id)? {
+                let mut row: OrderReadModel =
+                    decode(&bytes).map_err(|source| EngineError::Unreadable {
+                        what: format!("rebuilt read model row {id}"),
+                        source,
+                    })?;
                 let mut added = false;
                 for entry in written.timeline {
                     added |= row.insert_entry(entry);
@@ -91,7 +98,7 @@ impl Handler<Replayed> for ProjectionActor {
                     bytes = encode(&row)?;
                 }
             }
-            writes.push((row.order_id, bytes));
+            writes.push((id, bytes));
         }
         self.store.write_models(generation, &writes)?;
         Ok(())
@@ -332,48 +339,72 @@ async fn replay(
     })?
 }
 
+/// Rows sent back to be written.
+type Folded = tokio::sync::mpsc::UnboundedSender<Vec<(String, Vec<u8>)>>;
+
 /// The folding thread: decode each message and fold it into its row; hand back the rows
 /// written out of memory on the way, then all the others, each refolded and encoded.
 fn fold(
     mut messages: tokio::sync::mpsc::Receiver<Vec<jetstream::Message>>,
-    folded: tokio::sync::mpsc::UnboundedSender<Vec<(OrderReadModel, Vec<u8>)>>,
+    folded: Folded,
 ) -> Result<(), RebuildError> {
-    let finish = |rows: Vec<OrderReadModel>| -> Result<(), RebuildError> {
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
-            let chunk = rows
-                .by_ref()
-                .take(ROWS_PER_WRITE)
-                .map(|mut row| {
-                    row.refold();
-                    let bytes = encode(&row)?;
-                    Ok((row, bytes))
-                })
-                .collect::<Result<Vec<_>, EngineError>>()?;
-            // The reader stopped (it failed): nothing more to do.
-            if folded.send(chunk).is_err() {
-                return Ok(());
-            }
-        }
-        Ok(())
-    };
     let mut folding = Folding::default();
     while let Some(chunk) = messages.blocking_recv() {
         for message in chunk {
             // Not an event of ours: the live consumer has sent it to DLQ already.
-            if let Ok(envelope) = Envelope::from_slice(&message.payload) {
+            if let Ok(envelope) = Envelope::<Box<RawValue>>::decode(&message.payload) {
                 if let Some(written_out) = folding.insert(envelope) {
-                    finish(written_out)?;
+                    finish(written_out, &folded)?;
                 }
             }
         }
     }
-    finish(folding.finish())
+    // Nothing is left to read, so the cores that read are free: the rows still in memory are
+    // refolded and encoded on all of them.
+    let mut rows = folding.finish();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let share = rows.len().div_ceil(cores).max(ROWS_PER_WRITE);
+    std::thread::scope(|scope| {
+        let mut others = Vec::new();
+        while rows.len() > share {
+            let part = rows.split_off(rows.len() - share);
+            let folded = &folded;
+            others.push(scope.spawn(move || finish(part, folded)));
+        }
+        let mine = finish(rows, &folded);
+        others.into_iter().try_for_each(|other| {
+            other
+                .join()
+                .unwrap_or(Err(EngineError::Stopped("rebuild (panicked)").into()))
+        })?;
+        mine
+    })
+}
+
+/// Refold and encode `rows`, and send them to be written, [`ROWS_PER_WRITE`] at a time.
+fn finish(rows: Vec<OrderReadModel>, folded: &Folded) -> Result<(), RebuildError> {
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk = rows
+            .by_ref()
+            .take(ROWS_PER_WRITE)
+            .map(|mut row| {
+                row.refold();
+                let bytes = encode(&row)?;
+                Ok((row.order_id, bytes))
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        // The reader stopped (it failed): nothing more to do.
+        if folded.send(chunk).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 async fn write(
     actor: &Addr<ProjectionActor>,
-    rows: Vec<(OrderReadModel, Vec<u8>)>,
+    rows: Vec<(String, Vec<u8>)>,
 ) -> Result<(), RebuildError> {
     actor
         .send(Replayed(rows))
@@ -392,7 +423,7 @@ struct Folding {
 
 impl Folding {
     /// Add an event to its order's row; answers the rows to write out, if it is time.
-    fn insert(&mut self, envelope: Envelope) -> Option<Vec<OrderReadModel>> {
+    fn insert(&mut self, envelope: Envelope<Box<RawValue>>) -> Option<Vec<OrderReadModel>> {
         let row = match self.young.get_mut(&envelope.subject) {
             Some(row) => row,
             None => {
@@ -425,10 +456,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn event(order: &str, n: u64) -> Envelope {
+    fn event(order: &str, n: u64) -> Envelope<Box<RawValue>> {
         let mut e = Envelope::new(Domain::Orders, "OrderShipped", order, json!({})).unwrap();
         e.aggregateversion = Some(n);
-        e
+        Envelope::decode(e.to_json().unwrap().as_bytes()).unwrap()
     }
 
     #[test]

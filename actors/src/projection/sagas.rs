@@ -171,7 +171,7 @@ mod tests {
             event_type: "OrderCreated".into(),
             time: DateTime::from_timestamp(at, 0).unwrap_or_default(),
             version: 1,
-            data: serde_json::Value::Null,
+            data: serde_json::value::RawValue::NULL.to_owned(),
         });
         row
     }
@@ -212,7 +212,9 @@ mod tests {
     #[test]
     fn facts_read_from_a_stored_row_are_the_rows_own() {
         let mut stored = row("o", Some("CANCELLED"), Some("APPROVED"), 10);
-        stored.timeline[0].data = serde_json::json!({"customer": "c", "lines": [1, 2]});
+        stored.timeline[0].data =
+            serde_json::value::to_raw_value(&serde_json::json!({"customer": "c", "lines": [1, 2]}))
+                .unwrap();
         stored.timeline.push(stored.timeline[0].clone());
         stored.timeline[1].time = DateTime::from_timestamp(20, 0).unwrap_or_default();
         stored.shipment_status = Some("CANCELLED".into());
