@@ -73,17 +73,26 @@ async fn a_replay_answers_every_message_it_reads() {
         assert_eq!(seq, n, "the replay reads the stream in order");
     }
 
-    // Each answer reached the broker: the permission to answer covered it.
+    // Each answer reached the broker, one for every message: the permission to answer covered
+    // it. An ack's subject names the message it answers:
+    // `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.…`.
     let deadline = Deadline::after(
         Duration::from_secs(30),
         "an answer to every replayed message",
     );
-    let mut answered = 0;
-    while answered < EVENTS {
+    let mut answered = std::collections::BTreeSet::new();
+    while answered.len() < EVENTS {
         deadline.check();
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), answers.next()).await
+        if let Ok(Some(answer)) =
+            tokio::time::timeout(Duration::from_millis(200), answers.next()).await
         {
-            answered += 1;
+            let seq = answer
+                .subject
+                .split('.')
+                .nth(5)
+                .and_then(|s| s.parse::<u64>().ok());
+            answered.insert(seq.expect("an ack subject names its stream sequence"));
         }
     }
+    assert_eq!(answered, (1..=EVENTS as u64).collect());
 }

@@ -25,7 +25,7 @@ fn numbers(report: &str, label: &str) -> Vec<f64> {
         .find(|l| l.trim_start().starts_with(label))
         .unwrap_or_else(|| panic!("no line {label:?} in:\n{report}"));
     line.split_whitespace()
-        .filter_map(|w| w.trim_end_matches('/').parse().ok())
+        .filter_map(|w| w.trim_end_matches(['/', 'x']).parse().ok())
         .collect()
 }
 
@@ -43,15 +43,11 @@ fn bench_null_measures_the_pipeline_and_the_saga_and_their_ratio() {
 fn bench_soak_reports_every_window_and_where_the_disk_went() {
     let report = bench(&["soak", "--orders", "60", "--window", "20", "--rate", "60"]);
     for done in ["20", "40", "60"] {
-        let row = report
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(done))
-            .unwrap_or_else(|| panic!("no window ending at {done}:\n{report}"));
-        let values: Vec<f64> = row.split_whitespace().map(|w| w.parse().unwrap()).collect();
-        assert_eq!(values.len(), 9, "{row}");
+        let values = numbers(&report, &format!("{done} "));
+        assert_eq!(values.len(), 9, "window ending at {done}:\n{report}");
         assert!(
             values.iter().all(|v| *v > 0.0),
-            "orders/s, latency, RSS, CPU per order, disk: {row}"
+            "orders/s, latency, RSS, CPU per order, disk: {values:?}"
         );
     }
     for part in ["nats", "order", "payment", "inventory", "projection"] {
@@ -105,32 +101,24 @@ fn bench_reads_measures_each_round_of_rebuild_against_raw_consume() {
         "--requests",
         "8",
     ]);
-    let median: f64 = report
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix("median ratio "))
-        .and_then(|r| r.trim_end_matches('x').parse().ok())
-        .unwrap_or_else(|| panic!("no median ratio:\n{report}"));
+    let median = numbers(&report, "median ratio")[0];
     let mut ratios = Vec::new();
     for round in ["1", "2"] {
-        let row = report
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(round))
-            .unwrap_or_else(|| panic!("no round {round}:\n{report}"));
-        let values: Vec<f64> = row
-            .split_whitespace()
-            .map(|w| w.trim_end_matches('x').parse().unwrap())
-            .collect();
         // round, events, raw ev/s, rebuild ev/s, ratio
-        assert_eq!(values.len(), 5, "{row}");
-        assert!(values[1] >= 10.0, "every order's events were read: {row}");
-        assert!(values[2] > 0.0 && values[3] > 0.0, "{row}");
-        assert!((values[4] - values[3] / values[2]).abs() < 0.01, "{row}");
+        let values = numbers(&report, &format!("{round} "));
+        assert_eq!(values.len(), 5, "round {round}:\n{report}");
+        // Each completed order is twelve events, created to completed, in six streams.
+        assert!(
+            values[1] >= 120.0,
+            "every order's events were read: {report}"
+        );
+        assert!(values[2] > 0.0 && values[3] > 0.0, "{report}");
+        assert!((values[4] - values[3] / values[2]).abs() < 0.01, "{report}");
         ratios.push(values[4]);
     }
-    assert!(
-        ratios.iter().any(|r| (r - median).abs() < 0.01),
-        "the median is one of the rounds' ratios:\n{report}"
-    );
+    // Of two rounds, the median printed is the higher ratio (the upper of the middle two).
+    ratios.sort_by(f64::total_cmp);
+    assert!((ratios[1] - median).abs() < 0.01, "{report}");
     for view in [
         "GET /orders/{id} (read model), healthy",
         "GET /orders/{id}/composed, payment +50ms",

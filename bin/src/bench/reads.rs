@@ -163,17 +163,26 @@ async fn raw_consume(js: &jetstream::Context) -> anyhow::Result<(u64, Duration)>
 }
 
 /// Rebuild the read model, from the request to the switch: the events it read and how long.
+/// A rebuild that ended without switching (it failed) is an error, not a rate.
 async fn rebuild(client: &async_nats::Client) -> anyhow::Result<(u64, Duration)> {
     let started = Instant::now();
     let begun = call::<Rebuild>(client, Component::Projection, &()).await?;
-    loop {
+    let ended = loop {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let status = call::<Status>(client, Component::Projection, &()).await?;
-        if !status.read_model.is_some_and(|m| m.rebuilding) {
-            break;
+        match status.read_model {
+            Some(model) if model.rebuilding => continue,
+            ended => break ended,
         }
-    }
-    Ok((begun.events, started.elapsed()))
+    };
+    let elapsed = started.elapsed();
+    let active = ended.map(|model| model.generation);
+    anyhow::ensure!(
+        active == Some(begun.generation),
+        "the rebuild into generation {} did not switch (queries read {active:?}): see the projection's log",
+        begun.generation
+    );
+    Ok((begun.events, elapsed))
 }
 
 /// p50 and p99 in ms of `n` GETs of `/orders/{id}{suffix}`, 4 in flight.
