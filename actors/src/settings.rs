@@ -72,7 +72,8 @@ pub struct Settings {
     /// Sent outbox rows are kept this long (seconds) for inspection, then deleted.
     pub outbox_retention_secs: u64,
     /// Inbox marks (ids of applied events) are kept this long (seconds). Far above any
-    /// redelivery window; a redelivery older than this would be applied again.
+    /// redelivery window; a redelivery older than this would be applied again. At least two
+    /// ack waits and the streams' duplicate window.
     pub inbox_retention_secs: u64,
     /// How often the shipment service polls the carrier's tracking feed, in ms (at least 10).
     pub tracking_poll_ms: u64,
@@ -378,6 +379,24 @@ impl Settings {
                 streams.max_age_secs
             ),
         )?;
+        // The inbox is what recognizes an event applied already when it comes again: after a
+        // lost ack (one ack wait later, and again if that ack is lost too), or published twice
+        // once the broker's duplicate window is over. Forgetting sooner than either lets it apply
+        // the event twice.
+        let inbox_floor = streams
+            .duplicate_window_secs
+            .max(self.ack_wait_ms.saturating_mul(2).div_ceil(1_000));
+        check(
+            "inbox_retention_secs",
+            self.inbox_retention_secs,
+            self.inbox_retention_secs >= inbox_floor,
+            &format!(
+                "must be at least {inbox_floor}: two ack waits (ack_wait_ms = {}) and the \
+                 broker's duplicate window (streams.duplicate_window_secs = {}), or a \
+                 redelivered event could be applied twice",
+                self.ack_wait_ms, streams.duplicate_window_secs
+            ),
+        )?;
         Ok(())
     }
 
@@ -541,6 +560,12 @@ mod tests {
             refused("[streams]\nmax_age_secs = 60\nduplicate_window_secs = 120\n").0,
             "streams.duplicate_window_secs"
         );
+        let (key, reason) = refused("inbox_retention_secs = 90\n");
+        assert_eq!(key, "inbox_retention_secs");
+        assert!(reason.starts_with("90: must be at least 120:"), "{reason}");
+        let (key, reason) = refused("ack_wait_ms = 100000\ninbox_retention_secs = 150\n");
+        assert_eq!(key, "inbox_retention_secs");
+        assert!(reason.contains("at least 200"), "{reason}");
 
         let err = SettingsError::Invalid {
             key: "ack_wait_ms".into(),
