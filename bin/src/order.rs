@@ -158,7 +158,11 @@ async fn payment_method(
 }
 
 fn print(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    // Through a tree, so JSON kept as text (a timeline's data) is indented too.
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::to_value(value)?)?
+    );
     Ok(())
 }
 

@@ -243,7 +243,10 @@ impl<D> Envelope<D> {
 }
 
 impl<'de, D: Deserialize<'de>> Envelope<D> {
-    /// [`Envelope::from_slice`], with `data` read as `D`: the same checks, the same errors.
+    /// [`Envelope::from_slice`], with `data` read as `D`: the same checks of the envelope. Read
+    /// as raw text, `data` is only checked to be JSON: a tree would also refuse a lone UTF-16
+    /// surrogate, a number beyond `f64` or nesting past 128, which no service of ours writes
+    /// (they encode typed events) and no one else may publish on their subjects.
     pub fn decode(bytes: &'de [u8]) -> Result<Envelope<D>, BusError> {
         let envelope: Envelope<D> =
             serde_json::from_slice(bytes).map_err(|e| BusError::Decode(e.to_string()))?;

@@ -40,9 +40,9 @@ pub struct TimelineEntry {
 impl PartialEq for TimelineEntry {
     fn eq(&self, other: &TimelineEntry) -> bool {
         let same_data = || {
+            let tree = |data: &RawValue| serde_json::from_str::<serde_json::Value>(data.get()).ok();
             self.data.get() == other.data.get()
-                || serde_json::from_str::<serde_json::Value>(self.data.get()).ok()
-                    == serde_json::from_str::<serde_json::Value>(other.data.get()).ok()
+                || tree(&self.data).is_some_and(|mine| Some(mine) == tree(&other.data))
         };
         (
             self.event_id,

@@ -372,11 +372,16 @@ fn fold(
             others.push(scope.spawn(move || finish(part, folded)));
         }
         let mine = finish(rows, &folded);
-        others.into_iter().try_for_each(|other| {
-            other
-                .join()
-                .unwrap_or(Err(EngineError::Stopped("rebuild (panicked)").into()))
-        })?;
+        // Every thread joined before any error is answered: the first one stands.
+        let others: Vec<_> = others
+            .into_iter()
+            .map(|other| {
+                other
+                    .join()
+                    .unwrap_or(Err(EngineError::Stopped("rebuild (panicked)").into()))
+            })
+            .collect();
+        others.into_iter().try_for_each(|other| other)?;
         mine
     })
 }

@@ -23,6 +23,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     settings.outbox_retention_secs = 60;
     settings.inbox_retention_secs = 300;
+    // Short retention, so trimming runs; still within what the settings allow.
+    settings.validate()?;
     let running = Running::start_with(settings, true).await?;
     let broker_pid = match &running.system.runtime.broker {
         Broker::Embedded(server) => server.pid(),
