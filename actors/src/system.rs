@@ -93,10 +93,19 @@ async fn spawn_service(
 /// How often streams are checked (and provisioned again if the broker lost them).
 const KEEP_STREAMS_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// The outside systems' addresses.
+#[derive(Debug, Clone, Default)]
+struct Outside {
+    payment_gateway: Option<String>,
+    carrier: Option<String>,
+}
+
 /// A running system (or part of one).
 pub struct System {
     pub runtime: Runtime,
     pub simulators: Option<Simulators>,
+    /// Where the outside systems are: as configured, or the simulators started here.
+    outside: Outside,
     pub components: Vec<RunningComponent>,
     pub http: Option<(SocketAddr, ServerHandle)>,
     /// The admin listener: `/metrics` (and the dashboard, beside the gateway).
@@ -105,7 +114,8 @@ pub struct System {
 }
 
 impl System {
-    /// Everything: broker (embedded unless a URL is set), simulators, all six services, gateway.
+    /// Everything: broker (embedded unless a URL is set), simulators (unless both outside
+    /// systems' URLs are set), all six services, gateway.
     pub async fn up(settings: Settings) -> Result<System, SystemError> {
         System::up_with(settings, true).await
     }
@@ -165,6 +175,7 @@ impl System {
         System {
             runtime,
             simulators: None,
+            outside: Outside::default(),
             components: Vec::new(),
             http: None,
             admin: None,
@@ -177,7 +188,10 @@ impl System {
         mut settings: Settings,
         services: bool,
     ) -> Result<(), SystemError> {
-        self.start(Component::Simulators, &settings).await?;
+        // The simulators stand in for the outside systems no URL is set for.
+        if settings.payment_gateway_url.is_none() || settings.carrier_url.is_none() {
+            self.start(Component::Simulators, &settings).await?;
+        }
         if let Some(simulators) = &self.simulators {
             settings
                 .payment_gateway_url
@@ -186,6 +200,10 @@ impl System {
                 .carrier_url
                 .get_or_insert(simulators.carrier_url.clone());
         }
+        self.outside = Outside {
+            payment_gateway: settings.payment_gateway_url.clone(),
+            carrier: settings.carrier_url.clone(),
+        };
         if services {
             for component in Component::SERVICES {
                 self.start(component, &settings).await?;
@@ -230,7 +248,12 @@ impl System {
                 )?);
             }
             Component::Simulators => {
-                self.simulators = Some(Simulators::start(&settings.simulators).await?);
+                let simulators = Simulators::start(&settings.simulators).await?;
+                self.outside = Outside {
+                    payment_gateway: Some(simulators.payment_gateway_url.clone()),
+                    carrier: Some(simulators.carrier_url.clone()),
+                };
+                self.simulators = Some(simulators);
             }
             component => {
                 let login = self.runtime.login(BusUser::Component(component));
@@ -260,11 +283,8 @@ impl System {
                 .admin
                 .as_ref()
                 .map(|(addr, _)| format!("http://{addr}")),
-            payment_gateway: self
-                .simulators
-                .as_ref()
-                .map(|s| s.payment_gateway_url.clone()),
-            carrier: self.simulators.as_ref().map(|s| s.carrier_url.clone()),
+            payment_gateway: self.outside.payment_gateway.clone(),
+            carrier: self.outside.carrier.clone(),
         }
     }
 

@@ -127,7 +127,8 @@ pub async fn up(
 
 pub async fn run(component: Component, mut settings: Settings) -> anyhow::Result<()> {
     private_data_dir(&settings.data_dir)?;
-    if settings.nats_url.is_none() {
+    // The simulators stand for outside systems: they need no broker.
+    if settings.nats_url.is_none() && component != Component::Simulators {
         let file = url_file(&settings.data_dir);
         let url = std::fs::read_to_string(&file).with_context(|| {
             format!(
@@ -165,7 +166,9 @@ pub async fn run(component: Component, mut settings: Settings) -> anyhow::Result
     };
     let endpoints = system.endpoints();
     println!("commerce {component} is up");
-    println!("  nats: {}", endpoints.nats);
+    if component != Component::Simulators {
+        println!("  nats: {}", endpoints.nats);
+    }
     print_endpoints(&endpoints);
     let stopping = system.stopping();
     let on_its_own = tokio::select! {

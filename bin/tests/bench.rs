@@ -44,10 +44,10 @@ fn bench_soak_reports_every_window_and_where_the_disk_went() {
     let report = bench(&["soak", "--orders", "60", "--window", "20", "--rate", "60"]);
     for done in ["20", "40", "60"] {
         let values = numbers(&report, &format!("{done} "));
-        assert_eq!(values.len(), 9, "window ending at {done}:\n{report}");
+        assert_eq!(values.len(), 10, "window ending at {done}:\n{report}");
         assert!(
             values.iter().all(|v| *v > 0.0),
-            "orders/s, latency, RSS, CPU per order, disk: {values:?}"
+            "orders/s, latency, RSS (ours, the simulators', nats'), CPU per order, disk: {values:?}"
         );
     }
     for part in ["nats", "order", "payment", "inventory", "projection"] {
@@ -59,6 +59,7 @@ fn bench_soak_reports_every_window_and_where_the_disk_went() {
         assert!(bytes.is_some_and(|b| b > 0.0), "{part}:\n{report}");
     }
     assert!(report.contains("last window / first"), "{report}");
+    assert!(report.contains("(the simulators' "), "{report}");
 }
 
 #[test]

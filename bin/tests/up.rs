@@ -177,3 +177,30 @@ fn after_a_sigkill_the_next_up_stops_the_orphaned_nats_server() {
     child.signal(Signal::SIGTERM);
     assert!(child.wait_exit().success());
 }
+
+/// The simulators stand for outside systems: `commerce run simulators` needs no broker, and a
+/// `commerce up` given both their addresses reaches them there (and says so).
+#[test]
+fn the_simulators_run_without_a_broker_and_up_reaches_them_where_told() {
+    let outside = tempfile::tempdir().unwrap();
+    let mut cmd = commerce();
+    cmd.args(["run", "simulators", "--data-dir"])
+        .arg(outside.path());
+    let mut simulators = Proc::spawn(cmd);
+    simulators.line_starting("commerce simulators is up");
+    let payment_gateway = simulators.line_starting("payment gateway: ");
+    let carrier = simulators.line_starting("carrier: ");
+
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = commerce();
+    cmd.env("COMMERCE_PAYMENT_GATEWAY_URL", &payment_gateway)
+        .env("COMMERCE_CARRIER_URL", &carrier)
+        .args(["up", "--data-dir"])
+        .arg(data.path());
+    let mut up = Proc::spawn(cmd);
+    assert_eq!(up.line_starting("payment gateway: "), payment_gateway);
+    assert_eq!(up.line_starting("carrier: "), carrier);
+    up.line_starting("Press Ctrl-C");
+    up.stop();
+    simulators.stop();
+}

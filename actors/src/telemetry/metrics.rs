@@ -26,9 +26,15 @@ const SECONDS: &[f64] = &[
 /// Batch sizes.
 const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
+/// How often histogram samples are folded into their buckets. The recorder keeps every sample
+/// until then (or until a scrape): without this, a process nobody scrapes grows with each one.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// The name of the thread that does it.
+const UPKEEP_THREAD: &str = "metrics-upkeep";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Install the process's recorder (once; later calls get the same one).
+/// Install the process's recorder (once; later calls get the same one), and its upkeep.
 pub fn install() -> Result<&'static PrometheusHandle, BuildError> {
     if let Some(handle) = HANDLE.get() {
         return Ok(handle);
@@ -37,7 +43,24 @@ pub fn install() -> Result<&'static PrometheusHandle, BuildError> {
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)?
         .set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZES)?
         .install_recorder()?;
-    Ok(HANDLE.get_or_init(|| handle))
+    Ok(HANDLE.get_or_init(|| {
+        keep_up(handle.clone());
+        handle
+    }))
+}
+
+/// Fold `handle`'s histogram samples into their buckets every [`UPKEEP_EVERY`], for the life of
+/// the process (the recorder's own upkeep task comes only with its HTTP listener, not used here).
+fn keep_up(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name(UPKEEP_THREAD.into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no metrics upkeep: histograms grow until /metrics is read");
+    }
 }
 
 /// Metrics are recorded in this process (a recorder is installed).
@@ -164,5 +187,25 @@ pub fn system(streams: &[StreamStatus], sagas: Option<(u64, u64)>) {
     if let Some((open, stuck)) = sagas {
         gauge!("commerce_sagas_open").set(open as f64);
         gauge!("commerce_sagas_stuck").set(stuck as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installing_the_recorder_starts_its_upkeep() {
+        install().expect("recorder");
+        let threads = std::fs::read_dir("/proc/self/task").expect("this process's threads");
+        let names: Vec<String> = threads
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|name| name.trim().to_string())
+            .collect();
+        assert!(
+            names.iter().any(|name| name == UPKEEP_THREAD),
+            "no {UPKEEP_THREAD} thread among {names:?}"
+        );
     }
 }

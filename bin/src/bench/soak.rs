@@ -1,17 +1,21 @@
 //! `commerce bench soak`: a long run at a steady rate, to show cost stays flat as history grows.
-//! Per window of orders: orders/s, latency (`POST /orders` → `OrderConfirmed`), the RSS of this
-//! process (every component, the gateway and the simulators) and of nats-server, and disk bytes
-//! per order so far (streams, each component's sled database), and the CPU time each process
-//! spent per order in the window (the cost per order, however loaded the machine). The customer
-//! cancels each order once it is confirmed (its parcel is held, so the cancel wins: refund,
-//! release), so the seeded stock lasts any number of orders and every order closes in every
-//! service; retention trims outbox and inbox rows after minutes, not days, so trimming runs
-//! during the soak.
+//! Per window of orders: orders/s, latency (`POST /orders` → `OrderConfirmed`), the RSS of each
+//! process (this one: every component, the gateway and the load; the simulators, in a process of
+//! their own; nats-server), disk bytes per order so far (streams, each component's sled
+//! database), and the CPU time each process spent per order in the window (the cost per order,
+//! however loaded the machine). The customer cancels each order once it is confirmed (its
+//! parcel is held, so the cancel wins: refund, release), so the seeded stock lasts any number of
+//! orders and every order closes in every service; retention trims outbox and inbox rows after
+//! minutes, not days, so trimming runs during the soak.
 
 use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
 
 use actors::runtime::Broker;
 use actors::Settings;
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::saga::{Running, HELD};
 
@@ -25,6 +29,11 @@ pub async fn run(
     settings.inbox_retention_secs = 300;
     // Short retention, so trimming runs; still within what the settings allow.
     settings.validate()?;
+    // The simulators stand for the payment provider and the carrier, whose ledgers keep every
+    // order by design: in a process of their own, their memory is not counted as the system's.
+    let outside = OutsideSystems::start(&settings).await?;
+    settings.payment_gateway_url = Some(outside.payment_gateway.clone());
+    settings.carrier_url = Some(outside.carrier.clone());
     let running = Running::start_with(settings, true).await?;
     let broker_pid = match &running.system.runtime.broker {
         Broker::Embedded(server) => server.pid(),
@@ -36,12 +45,13 @@ pub async fn run(
          (latency: POST /orders → OrderConfirmed)"
     );
     println!(
-        "{:>9} {:>10} {:>8} {:>8} {:>10} {:>10} {:>9} {:>9} {:>12}",
+        "{:>9} {:>10} {:>8} {:>8} {:>10} {:>9} {:>10} {:>9} {:>9} {:>12}",
         "orders",
         "orders/s",
         "p50 ms",
         "p99 ms",
         "RSS MiB",
+        "sims MiB",
         "nats MiB",
         "CPU ms/o",
         "nats ms/o",
@@ -59,6 +69,7 @@ pub async fn run(
         let result = running.load.offer(round, n, rate, HELD).await?;
         done += n;
         let rss = rss_mib("self");
+        let sims = rss_mib(&outside.pid);
         let nats = broker_pid.map_or(f64::NAN, |pid| rss_mib(&pid.to_string()));
         let disk = dir_bytes(&data) as f64 / done as f64;
         let cpu = (cpu_ms("self"), nats_pid.as_deref().map_or(f64::NAN, cpu_ms));
@@ -68,10 +79,19 @@ pub async fn run(
         );
         cpu_before = cpu;
         println!(
-            "{:>9} {:>10.1} {:>8.1} {:>8.1} {:>10.1} {:>10.1} {:>9.2} {:>9.2} {:>12.0}",
-            done, result.achieved, result.p50, result.p99, rss, nats, cpu_self, cpu_nats, disk
+            "{:>9} {:>10.1} {:>8.1} {:>8.1} {:>10.1} {:>9.1} {:>10.1} {:>9.2} {:>9.2} {:>12.0}",
+            done,
+            result.achieved,
+            result.p50,
+            result.p99,
+            rss,
+            sims,
+            nats,
+            cpu_self,
+            cpu_nats,
+            disk
         );
-        rows.push((result, rss));
+        rows.push((result, rss, sims));
     }
     println!();
     println!("disk after {done} orders, bytes per order:");
@@ -88,15 +108,19 @@ pub async fn run(
     for (name, bytes) in parts {
         println!("  {name:<16} {:>10.0}", bytes as f64 / done as f64);
     }
-    if let (Some((first, _)), Some((last, last_rss))) = (rows.first(), rows.last()) {
+    if let (Some((first, ..)), Some((last, last_rss, last_sims))) = (rows.first(), rows.last()) {
         // The first window warms up (caches, allocator); growth is measured after it.
-        let warm_rss = rows.get(1).map_or(f64::NAN, |(_, rss)| *rss);
+        let (warm_rss, warm_sims) = rows
+            .get(1)
+            .map_or((f64::NAN, f64::NAN), |(_, rss, sims)| (*rss, *sims));
         println!();
         println!(
-            "last window / first: orders/s {:.3}, p99 {:.3}; RSS last / second window {:.3}",
+            "last window / first: orders/s {:.3}, p99 {:.3}; RSS last / second window {:.3} \
+             (the simulators' {:.3})",
             last.achieved / first.achieved,
             last.p99 / first.p99,
-            last_rss / warm_rss
+            last_rss / warm_rss,
+            last_sims / warm_sims
         );
     }
     println!(
@@ -107,7 +131,89 @@ pub async fn run(
             .load(std::sync::atomic::Ordering::Relaxed)
     );
     running.stop().await;
+    outside.stop().await;
     Ok(())
+}
+
+/// `commerce run simulators`, a child of this process, and where it listens.
+struct OutsideSystems {
+    child: tokio::process::Child,
+    pid: String,
+    payment_gateway: String,
+    carrier: String,
+    _dir: tempfile::TempDir,
+}
+
+impl OutsideSystems {
+    async fn start(settings: &Settings) -> anyhow::Result<OutsideSystems> {
+        let dir = tempfile::tempdir()?;
+        let exe = std::env::current_exe().context("cannot find this executable")?;
+        let sims = &settings.simulators;
+        let mut child = tokio::process::Command::new(&exe)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["run", "simulators"])
+            .env("COMMERCE_SIMULATORS__PAYMENT_GATEWAY_ADDR", "127.0.0.1:0")
+            .env("COMMERCE_SIMULATORS__CARRIER_ADDR", "127.0.0.1:0")
+            .env(
+                "COMMERCE_SIMULATORS__CARRIER_PICKUP_MS",
+                sims.carrier_pickup_ms.to_string(),
+            )
+            .env(
+                "COMMERCE_SIMULATORS__CARRIER_DELIVERY_MS",
+                sims.carrier_delivery_ms.to_string(),
+            )
+            // It stops when this process is gone, however this one ends.
+            .env(crate::launch::EXIT_WITH_PARENT, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {} run simulators", exe.display()))?;
+        let pid = child
+            .id()
+            .context("the simulators exited at once")?
+            .to_string();
+        let stdout = child.stdout.take().context("the simulators' output")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut payment_gateway, mut carrier) = (None, None);
+        let listening = async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(url) = line.trim().strip_prefix("payment gateway: ") {
+                    payment_gateway = Some(url.to_string());
+                } else if let Some(url) = line.trim().strip_prefix("carrier: ") {
+                    carrier = Some(url.to_string());
+                }
+                if payment_gateway.is_some() && carrier.is_some() {
+                    return Ok(());
+                }
+            }
+            anyhow::bail!("the simulators stopped before they listened (see above)")
+        };
+        tokio::time::timeout(Duration::from_secs(30), listening)
+            .await
+            .context("the simulators did not say where they listen within 30 s")??;
+        // Keep reading what it says, so it never waits on a full pipe.
+        actix_rt::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(OutsideSystems {
+            child,
+            pid,
+            payment_gateway: payment_gateway.unwrap_or_default(),
+            carrier: carrier.unwrap_or_default(),
+            _dir: dir,
+        })
+    }
+
+    async fn stop(mut self) {
+        // Closing its stdin stops it cleanly; kill it should it not.
+        drop(self.child.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
 }
 
 /// The resident set of process `pid` (`self` for this one) in MiB, from `/proc`.
