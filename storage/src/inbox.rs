@@ -98,10 +98,15 @@ impl Store {
         self.inner.inbox_marks.load(Ordering::Relaxed) as usize
     }
 
-    /// Forget inbox and dead-letter marks at least `retention` old. Returns how many were removed.
-    /// Reads only the old inbox marks (by age), so its cost follows what expires, not the
-    /// inbox's size; dead-letter marks are few and read whole.
-    pub fn cleanup_inbox(&self, retention: Duration) -> Result<usize, StorageError> {
+    /// Forget inbox and dead-letter marks at least `retention` old, oldest first, stopping once
+    /// `at_most` inbox marks were (after the age-index row that reached it). Returns how many
+    /// were removed. Reads only the old inbox marks (by age), so its cost follows what expires,
+    /// not the inbox's size; dead-letter marks are few and read whole.
+    pub fn cleanup_inbox(
+        &self,
+        retention: Duration,
+        at_most: usize,
+    ) -> Result<usize, StorageError> {
         let cutoff = now_millis().saturating_sub(retention.as_millis() as u64);
         let due = ..age_key(cutoff.saturating_add(1), Uuid::nil());
         let mut removed = 0;
@@ -111,6 +116,9 @@ impl Store {
             (&self.inner.inbox_by_age, true),
         ] {
             for item in tree.range(due) {
+                if removed >= at_most {
+                    break;
+                }
                 let (key, value) = item?;
                 let ids = if id_in_key {
                     key.get(8..).unwrap_or_default()
@@ -241,8 +249,13 @@ mod tests {
         }
         let store = reopen(&path);
         assert!(store.is_dead_lettered(dead).unwrap());
-        assert_eq!(store.cleanup_inbox(Duration::from_secs(3600)).unwrap(), 0);
-        assert_eq!(store.cleanup_inbox(Duration::ZERO).unwrap(), 1);
+        assert_eq!(
+            store
+                .cleanup_inbox(Duration::from_secs(3600), usize::MAX)
+                .unwrap(),
+            0
+        );
+        assert_eq!(store.cleanup_inbox(Duration::ZERO, usize::MAX).unwrap(), 1);
         assert_eq!(store.dead_lettered_len().unwrap(), 0);
     }
 
@@ -265,8 +278,13 @@ mod tests {
         store.commit_all(&commits[..1]).unwrap();
         assert_eq!(store.inner.inbox_batches.len(), 1);
 
-        assert_eq!(store.cleanup_inbox(Duration::from_secs(60)).unwrap(), 0);
-        assert_eq!(store.cleanup_inbox(Duration::ZERO).unwrap(), 3);
+        assert_eq!(
+            store
+                .cleanup_inbox(Duration::from_secs(60), usize::MAX)
+                .unwrap(),
+            0
+        );
+        assert_eq!(store.cleanup_inbox(Duration::ZERO, usize::MAX).unwrap(), 3);
         assert_eq!((store.inbox_len(), store.inner.inbox_batches.len()), (0, 0));
         for id in ids {
             assert!(!store.is_processed(id).unwrap());
@@ -302,29 +320,38 @@ mod tests {
             2,
             "every mark was indexed, one row per mark as before"
         );
-        assert_eq!(store.cleanup_inbox(Duration::from_secs(60)).unwrap(), 1);
+        assert_eq!(
+            store
+                .cleanup_inbox(Duration::from_secs(60), usize::MAX)
+                .unwrap(),
+            1
+        );
         assert!(
             !store.is_processed(legacy).unwrap(),
             "the hour-old mark is gone"
         );
         assert!(store.is_processed(applied).unwrap(), "the young one stays");
-        assert_eq!(store.cleanup_inbox(Duration::ZERO).unwrap(), 1);
+        assert_eq!(store.cleanup_inbox(Duration::ZERO, usize::MAX).unwrap(), 1);
         assert_eq!((store.inbox_len(), store.inner.inbox_by_age.len()), (0, 0));
         assert_eq!(store.inner.inbox_batches.len(), 0);
     }
 
     #[test]
-    fn a_batch_bigger_than_a_row_is_indexed_in_several_and_all_are_forgotten() {
+    fn a_batch_bigger_than_a_row_is_indexed_in_several_and_all_are_forgotten_step_by_step() {
         let (_dir, store) = open();
         let commits: Vec<Commit> = (0..super::IDS_PER_ROW + 1)
             .map(|_| Commit::caused_by(Uuid::now_v7()))
             .collect();
         store.commit_all(&commits).unwrap();
         assert_eq!(store.inner.inbox_batches.len(), 2);
+        // In steps of one: each step forgets the oldest row whole, then stops.
         assert_eq!(
-            store.cleanup_inbox(Duration::ZERO).unwrap(),
-            super::IDS_PER_ROW + 1
+            store.cleanup_inbox(Duration::ZERO, 1).unwrap(),
+            super::IDS_PER_ROW
         );
+        assert_eq!(store.inner.inbox_batches.len(), 1);
+        assert_eq!(store.cleanup_inbox(Duration::ZERO, 1).unwrap(), 1);
         assert_eq!(store.inbox_len(), 0);
+        assert_eq!(store.cleanup_inbox(Duration::ZERO, 1).unwrap(), 0);
     }
 }

@@ -396,8 +396,9 @@ impl Store {
         self.inner.durable_seq.subscribe()
     }
 
-    /// Delete sent rows older than `retention`. Returns how many were deleted.
-    pub fn cleanup_sent(&self, retention: Duration) -> Result<usize, StorageError> {
+    /// Delete sent rows older than `retention`, oldest first, stopping once `at_most` were
+    /// (after the run that reached it). Returns how many were deleted.
+    pub fn cleanup_sent(&self, retention: Duration, at_most: usize) -> Result<usize, StorageError> {
         let cutoff = now_millis().saturating_sub(retention.as_millis() as u64);
         let upto = self.sent_upto()?;
         let (acks, rows) = (&self.inner.outbox_acks, &self.inner.outbox_pending);
@@ -406,7 +407,7 @@ impl Store {
         for item in acks.iter() {
             let (key, value) = item?;
             let run = Run::decode(&key, &value)?;
-            if run.sent_at > cutoff || run.last() > upto {
+            if removed >= at_most || run.sent_at > cutoff || run.last() > upto {
                 break;
             }
             let mut batch = sled::Batch::default();
@@ -643,6 +644,25 @@ mod tests {
     }
 
     #[test]
+    fn cleanup_in_steps_takes_the_oldest_runs_first_and_stops_after_the_step() {
+        let (_dir, store, rows) = store_with_rows(3);
+        // Three passes of the relay: three runs of one row.
+        for (row, place) in rows.iter().zip([5, 6, 7]) {
+            store.mark_sent(&[(row.clone(), place)], None).unwrap();
+        }
+        assert_eq!(store.cleanup_sent(Duration::ZERO, 2).unwrap(), 2);
+        let left: Vec<_> = store
+            .sent_after(0, u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|s| s.stream_seq)
+            .collect();
+        assert_eq!(left, [7], "the two oldest went");
+        assert_eq!(store.cleanup_sent(Duration::ZERO, 2).unwrap(), 1);
+        assert_eq!(store.outbox_sent_count(), 0);
+    }
+
+    #[test]
     fn resent_rows_record_their_new_place_and_cleanup_removes_rows_with_their_run() {
         let (_dir, store, rows) = store_with_rows(3);
         let sent: Vec<_> = rows.iter().cloned().zip([5, 6, 7]).collect();
@@ -655,8 +675,13 @@ mod tests {
             .map(|s| s.stream_seq)
             .collect();
         assert_eq!(places, [5, 40, 7]);
-        assert_eq!(store.cleanup_sent(Duration::from_secs(3600)).unwrap(), 0);
-        assert_eq!(store.cleanup_sent(Duration::ZERO).unwrap(), 3);
+        assert_eq!(
+            store
+                .cleanup_sent(Duration::from_secs(3600), usize::MAX)
+                .unwrap(),
+            0
+        );
+        assert_eq!(store.cleanup_sent(Duration::ZERO, usize::MAX).unwrap(), 3);
         assert_eq!(store.outbox_sent_count(), 0);
         assert!(
             store.inner.outbox_pending.is_empty(),
@@ -737,7 +762,7 @@ mod tests {
         store.mark_sent(&[(rows[0].clone(), 8)], None).unwrap();
         assert_eq!(store.sent_upto().unwrap(), 3);
         assert_eq!(store.outbox_depth(), 0);
-        assert_eq!(store.cleanup_sent(Duration::ZERO).unwrap(), 3);
+        assert_eq!(store.cleanup_sent(Duration::ZERO, usize::MAX).unwrap(), 3);
     }
 
     #[test]

@@ -752,8 +752,13 @@ mod tests {
         assert_eq!(store.stream_position().unwrap().unwrap().last_seq, 1);
         assert_eq!(store.pending(10).unwrap(), rows[1..].to_vec());
         assert_eq!(store.outbox_sent_count(), 1);
-        assert_eq!(store.cleanup_sent(Duration::from_secs(3600)).unwrap(), 0);
-        assert_eq!(store.cleanup_sent(Duration::ZERO).unwrap(), 1);
+        assert_eq!(
+            store
+                .cleanup_sent(Duration::from_secs(3600), usize::MAX)
+                .unwrap(),
+            0
+        );
+        assert_eq!(store.cleanup_sent(Duration::ZERO, usize::MAX).unwrap(), 1);
     }
 
     #[test]
@@ -899,8 +904,13 @@ mod tests {
     fn inbox_cleanup_forgets_only_old_marks() {
         let (_dir, store) = open();
         store.commit(&Commit::caused_by(Uuid::now_v7())).unwrap();
-        assert_eq!(store.cleanup_inbox(Duration::from_secs(3600)).unwrap(), 0);
+        assert_eq!(
+            store
+                .cleanup_inbox(Duration::from_secs(3600), usize::MAX)
+                .unwrap(),
+            0
+        );
         assert_eq!(store.inbox_len(), 1);
-        assert_eq!(store.cleanup_inbox(Duration::ZERO).unwrap(), 1);
+        assert_eq!(store.cleanup_inbox(Duration::ZERO, usize::MAX).unwrap(), 1);
     }
 }

@@ -197,15 +197,23 @@ mod tests {
     #[test]
     fn installing_the_recorder_starts_its_upkeep() {
         install().expect("recorder");
-        let threads = std::fs::read_dir("/proc/self/task").expect("this process's threads");
-        let names: Vec<String> = threads
-            .flatten()
-            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
-            .map(|name| name.trim().to_string())
-            .collect();
-        assert!(
-            names.iter().any(|name| name == UPKEEP_THREAD),
-            "no {UPKEEP_THREAD} thread among {names:?}"
-        );
+        // A new thread takes its name once it runs (until then it has its parent's): poll.
+        let names = || -> Vec<String> {
+            let threads = std::fs::read_dir("/proc/self/task").expect("this process's threads");
+            threads
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .map(|name| name.trim().to_string())
+                .collect()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !names().iter().any(|name| name == UPKEEP_THREAD) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {UPKEEP_THREAD} thread among {:?}",
+                names()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
