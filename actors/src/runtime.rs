@@ -166,6 +166,7 @@ async fn embedded(
     let dir = settings.data_dir.join("nats");
     let mut config = ServerConfig::new(&dir);
     config.sync_always = settings.nats_sync_always;
+    config.max_procs = Some(settings.nats_cores());
     config.authorization = authorization;
     let clustered = settings.nats_cluster > 1;
     // A store holds one kind of broker: the events and their sequences the services' databases

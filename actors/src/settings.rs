@@ -42,6 +42,10 @@ pub struct Settings {
     /// (`<data-dir>/nats/node-<i>`) whose streams keep `min(nodes, 3)` replicas, so the broker
     /// rides through the loss of a minority of its nodes.
     pub nats_cluster: usize,
+    /// Cores each embedded nats-server may run on at once (its `GOMAXPROCS`). Default: half of
+    /// this machine's, at least 1. Its garbage collector takes every core it may for a second or
+    /// two once its state is large, and the services on the same machine wait (README: soak).
+    pub nats_cores: Option<usize>,
     /// Where the HTTP gateway listens (port 0: any free port).
     pub http_addr: String,
     /// The gateway's admin side (`/metrics` of its process, the `/dashboard`): an operators'
@@ -109,6 +113,7 @@ impl Default for Settings {
             nats_port: 4222,
             nats_sync_always: false,
             nats_cluster: 1,
+            nats_cores: None,
             http_addr: "127.0.0.1:8080".into(),
             admin_addr: "127.0.0.1:9464".into(),
             metrics_addr: None,
@@ -270,6 +275,9 @@ impl Settings {
             self.nats_cluster == 1 || (3..=7).contains(&self.nats_cluster),
             "must be 1, or within 3..=7 (two nodes cannot lose either one)",
         )?;
+        if let Some(cores) = self.nats_cores {
+            check("nats_cores", cores, cores >= 1, "must be at least 1")?;
+        }
         check(
             "tracking_poll_ms",
             self.tracking_poll_ms,
@@ -482,6 +490,13 @@ impl Settings {
             .is_none_or(|home| home.contains(&partition))
     }
 
+    /// [`Settings::nats_cores`], or half of the cores this process may use (at least 1).
+    pub fn nats_cores(&self) -> usize {
+        self.nats_cores.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
+        })
+    }
+
     /// Who answers what: which services are split by the streams' partitions.
     pub fn routes(&self) -> Routes {
         // `validate` keeps the count in range; out of it, one partition is the safe reading.
@@ -544,6 +559,7 @@ mod tests {
         assert_eq!(reason, "500: must be at least 1000");
         assert_eq!(refused("max_deliver = 0\n").0, "max_deliver");
         assert_eq!(refused("tracking_poll_ms = 5\n").0, "tracking_poll_ms");
+        assert_eq!(refused("nats_cores = 0\n").0, "nats_cores");
         assert_eq!(
             refused("[resilience.breaker]\nfailure_rate_threshold = 150.0\n").0,
             "resilience.breaker.failure_rate_threshold"
@@ -575,6 +591,17 @@ mod tests {
             err.to_string(),
             "invalid settings: ack_wait_ms = 500: must be at least 1000"
         );
+    }
+
+    #[test]
+    fn the_embedded_broker_gets_half_the_cores_unless_told() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(Settings::default().nats_cores(), (cores / 2).max(1));
+        let told = Settings {
+            nats_cores: Some(3),
+            ..Settings::default()
+        };
+        assert_eq!(told.nats_cores(), 3);
     }
 
     #[test]

@@ -202,11 +202,12 @@ fn print_endpoints(endpoints: &actors::system::Endpoints) {
 }
 
 /// Ctrl-C (SIGINT), SIGTERM or SIGHUP: each means "shut down cleanly".
-/// Set by `commerce up --instances` on the instances it starts: each stops when its stdin (a
-/// pipe from `commerce up`) closes, so none outlives a `commerce up` that was killed.
+/// Set by a process on the children it starts (`commerce up --instances`, `bench soak`'s
+/// simulators): each stops when its stdin (a pipe from that parent) closes, so none outlives a
+/// parent that was killed.
 pub const EXIT_WITH_PARENT: &str = "EXIT_WITH_PARENT_COMMERCE_UP";
 
-/// Cancelled when this process should stop because the `commerce up` that started it is gone;
+/// Cancelled when this process should stop because the process that started it is gone;
 /// never, unless [`EXIT_WITH_PARENT`] is set.
 fn parent_gone() -> CancellationToken {
     let gone = CancellationToken::new();
@@ -218,7 +219,7 @@ fn parent_gone() -> CancellationToken {
             use std::io::Read;
             let mut buffer = [0u8; 256];
             while let Ok(1..) = std::io::stdin().read(&mut buffer) {}
-            tracing::warn!("commerce up is gone (stdin closed): stopping");
+            tracing::warn!("the process that started this one is gone (stdin closed): stopping");
             token.cancel();
         });
     }

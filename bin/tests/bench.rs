@@ -41,7 +41,9 @@ fn bench_null_measures_the_pipeline_and_the_saga_and_their_ratio() {
 
 #[test]
 fn bench_soak_reports_every_window_and_where_the_disk_went() {
-    let report = bench(&["soak", "--orders", "60", "--window", "20", "--rate", "60"]);
+    let report = bench(&[
+        "soak", "--orders", "60", "--window", "20", "--rate", "60", "--hops",
+    ]);
     for done in ["20", "40", "60"] {
         let values = numbers(&report, &format!("{done} "));
         assert_eq!(values.len(), 10, "window ending at {done}:\n{report}");
@@ -60,6 +62,18 @@ fn bench_soak_reports_every_window_and_where_the_disk_went() {
     }
     assert!(report.contains("last window / first"), "{report}");
     assert!(report.contains("(the simulators' "), "{report}");
+    // With --hops, where each window's time went: its own orders' confirmations, no others.
+    for window in ["1-20", "21-40", "41-60"] {
+        let table = report
+            .split(&format!("Where the time went at orders {window}"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no hops for orders {window}:\n{report}"));
+        let confirmed = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some("OrderConfirmed"))
+            .and_then(|l| l.split_whitespace().nth(1));
+        assert_eq!(confirmed, Some("20"), "orders {window}:\n{report}");
+    }
 }
 
 #[test]

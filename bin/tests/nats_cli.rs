@@ -141,6 +141,22 @@ async fn after_a_saga_the_micro_services_and_the_monitoring_endpoint_show_it() {
     }
     assert_eq!(listed["DLQ"]["state"]["messages"], 0, "{jsz}");
 
+    // `/varz`: the embedded broker runs on half the cores (its collector cannot take them all).
+    let varz: Value = http
+        .get(format!("{monitor}/varz"))
+        .send()
+        .await
+        .expect("/varz")
+        .json()
+        .await
+        .expect("/varz answers JSON");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(
+        varz["gomaxprocs"].as_u64(),
+        Some((cores as u64 / 2).max(1)),
+        "{varz}"
+    );
+
     let durables = expected_durables();
     let deadline = Instant::now() + WAIT;
     support::wait_until("every durable consumer has settled everything", || async {

@@ -193,8 +193,15 @@ fn the_simulators_run_without_a_broker_and_up_reaches_them_where_told() {
 
     let data = tempfile::tempdir().unwrap();
     let mut cmd = commerce();
+    // Simulators of up's own would bind where the outside ones listen, and up would fail.
+    let addr = |url: &str| url.trim_start_matches("http://").to_string();
     cmd.env("COMMERCE_PAYMENT_GATEWAY_URL", &payment_gateway)
         .env("COMMERCE_CARRIER_URL", &carrier)
+        .env(
+            "COMMERCE_SIMULATORS__PAYMENT_GATEWAY_ADDR",
+            addr(&payment_gateway),
+        )
+        .env("COMMERCE_SIMULATORS__CARRIER_ADDR", addr(&carrier))
         .args(["up", "--data-dir"])
         .arg(data.path());
     let mut up = Proc::spawn(cmd);

@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub cluster: Option<Routes>,
     /// Monitoring port; `None` picks a free one.
     pub monitor_port: Option<u16>,
+    /// Cores the server may run on at once (its `GOMAXPROCS`); `None`: Go's default (all).
+    pub max_procs: Option<usize>,
 }
 
 /// One node's place in a cluster of nats-servers on loopback.
@@ -73,6 +75,7 @@ impl ServerConfig {
             authorization: None,
             cluster: None,
             monitor_port: None,
+            max_procs: None,
         }
     }
 }
@@ -216,7 +219,11 @@ impl NatsServer {
         // It names who may connect: its owner only may read it.
         crate::auth::write_private(&conf, text.as_bytes())
             .map_err(|e| BusError::Server(format!("cannot write {}: {e}", conf.display())))?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(procs) = self.config.max_procs {
+            command.env("GOMAXPROCS", procs.to_string());
+        }
+        let child = command
             .arg("-c")
             .arg(&conf)
             .arg("-l")

@@ -79,6 +79,9 @@ enum BenchWhat {
         /// is about half of what 2 cores carry (README: Performance).
         #[arg(long, default_value_t = 100)]
         rate: u32,
+        /// After each window, where its time went, hop by hop (read from the streams).
+        #[arg(long)]
+        hops: bool,
     },
     /// The read side: projection rebuild rate vs raw JetStream consume, and `GET /orders/{id}`
     /// (read model) vs `/composed` (fan-out), healthy and with one service slowed by 50 ms.
@@ -124,7 +127,8 @@ pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<()> {
             orders,
             window,
             rate,
-        } => soak::run(orders as usize, window as usize, rate, settings).await,
+            hops,
+        } => soak::run(orders as usize, window as usize, rate, hops, settings).await,
         BenchWhat::Reads {
             orders,
             requests,

@@ -23,6 +23,7 @@ pub async fn run(
     orders: usize,
     window: usize,
     rate: u32,
+    hops: bool,
     mut settings: Settings,
 ) -> anyhow::Result<()> {
     settings.outbox_retention_secs = 60;
@@ -40,6 +41,7 @@ pub async fn run(
         Broker::Cluster(_) | Broker::External(_) => None,
     };
     let data = running.dir.path().to_path_buf();
+    let js = async_nats::jetstream::new(super::saga::operator(&running.system)?);
     println!(
         "Soak: {orders} orders at {rate}/s, each cancelled once confirmed, reported per {window} \
          (latency: POST /orders → OrderConfirmed)"
@@ -66,8 +68,16 @@ pub async fn run(
             break;
         }
         let n = window.min(orders - done);
+        let before = match hops {
+            true => Some(super::hops::marks(&js).await?),
+            false => None,
+        };
         let result = running.load.offer(round, n, rate, HELD).await?;
         done += n;
+        let hops = match before {
+            Some(before) => Some(super::hops::since(&js, &before).await),
+            None => None,
+        };
         let rss = rss_mib("self");
         let sims = rss_mib(&outside.pid);
         let nats = broker_pid.map_or(f64::NAN, |pid| rss_mib(&pid.to_string()));
@@ -91,6 +101,12 @@ pub async fn run(
             cpu_nats,
             disk
         );
+        match hops {
+            Some(Ok(hops)) => super::hops::print(&format!("orders {}-{done}", done - n + 1), &hops),
+            // Best effort: the window's own numbers stand without it.
+            Some(Err(e)) => eprintln!("bench: where the time went is unknown: {e}"),
+            None => {}
+        }
         rows.push((result, rss, sims));
     }
     println!();
@@ -176,30 +192,31 @@ impl OutsideSystems {
             .to_string();
         let stdout = child.stdout.take().context("the simulators' output")?;
         let mut lines = BufReader::new(stdout).lines();
-        let (mut payment_gateway, mut carrier) = (None, None);
         let listening = async {
+            let (mut payment_gateway, mut carrier) = (None, None);
             while let Some(line) = lines.next_line().await? {
                 if let Some(url) = line.trim().strip_prefix("payment gateway: ") {
                     payment_gateway = Some(url.to_string());
                 } else if let Some(url) = line.trim().strip_prefix("carrier: ") {
                     carrier = Some(url.to_string());
                 }
-                if payment_gateway.is_some() && carrier.is_some() {
-                    return Ok(());
+                if let (Some(payment_gateway), Some(carrier)) = (&payment_gateway, &carrier) {
+                    return Ok((payment_gateway.clone(), carrier.clone()));
                 }
             }
             anyhow::bail!("the simulators stopped before they listened (see above)")
         };
-        tokio::time::timeout(Duration::from_secs(30), listening)
+        let (payment_gateway, carrier) = tokio::time::timeout(Duration::from_secs(30), listening)
             .await
             .context("the simulators did not say where they listen within 30 s")??;
         // Keep reading what it says, so it never waits on a full pipe.
-        actix_rt::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let mut rest = lines.into_inner();
+        actix_rt::spawn(async move { tokio::io::copy(&mut rest, &mut tokio::io::sink()).await });
         Ok(OutsideSystems {
             child,
             pid,
-            payment_gateway: payment_gateway.unwrap_or_default(),
-            carrier: carrier.unwrap_or_default(),
+            payment_gateway,
+            carrier,
             _dir: dir,
         })
     }

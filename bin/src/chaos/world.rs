@@ -80,6 +80,7 @@ impl World {
         let (_, access) = Keyring::prepare_broker(dir, settings.routes())?;
         let mut server = bus::server::ServerConfig::new(dir.join("nats"));
         server.authorization = access;
+        server.max_procs = Some(settings.nats_cores());
         let brokers = if settings.nats_cluster > 1 {
             bus::NatsCluster::start(settings.nats_cluster, server)
                 .await?
