@@ -20,7 +20,7 @@ use crate::payment::PaymentService;
 use crate::recommendation::RecommendationService;
 use crate::rpc::Component;
 use crate::shipment::ShipmentService;
-use crate::simulators::Simulators;
+use crate::simulators::{Simulators, StandIn};
 use crate::store::StoreService;
 use crate::{gateway, Runtime, Settings};
 
@@ -188,17 +188,19 @@ impl System {
         mut settings: Settings,
         services: bool,
     ) -> Result<(), SystemError> {
-        // The simulators stand in for the outside systems no URL is set for.
-        if settings.payment_gateway_url.is_none() || settings.carrier_url.is_none() {
-            self.start(Component::Simulators, &settings).await?;
+        // The simulators stand in for the outside systems no URL is set for, and only those.
+        let stand_in = StandIn {
+            payment_gateway: settings.payment_gateway_url.is_none(),
+            carrier: settings.carrier_url.is_none(),
+        };
+        if stand_in.any() {
+            self.start_simulators(&settings, stand_in).await?;
         }
         if let Some(simulators) = &self.simulators {
-            settings
+            settings.payment_gateway_url = settings
                 .payment_gateway_url
-                .get_or_insert(simulators.payment_gateway_url.clone());
-            settings
-                .carrier_url
-                .get_or_insert(simulators.carrier_url.clone());
+                .or(simulators.payment_gateway_url.clone());
+            settings.carrier_url = settings.carrier_url.or(simulators.carrier_url.clone());
         }
         self.outside = Outside {
             payment_gateway: settings.payment_gateway_url.clone(),
@@ -247,14 +249,7 @@ impl System {
                     settings.routes(),
                 )?);
             }
-            Component::Simulators => {
-                let simulators = Simulators::start(&settings.simulators).await?;
-                self.outside = Outside {
-                    payment_gateway: Some(simulators.payment_gateway_url.clone()),
-                    carrier: Some(simulators.carrier_url.clone()),
-                };
-                self.simulators = Some(simulators);
-            }
+            Component::Simulators => self.start_simulators(settings, StandIn::BOTH).await?,
             component => {
                 let login = self.runtime.login(BusUser::Component(component));
                 let running =
@@ -263,6 +258,20 @@ impl System {
                 self.components.push(running);
             }
         }
+        Ok(())
+    }
+
+    async fn start_simulators(
+        &mut self,
+        settings: &Settings,
+        stand_in: StandIn,
+    ) -> Result<(), SystemError> {
+        let simulators = Simulators::start(&settings.simulators, stand_in).await?;
+        self.outside = Outside {
+            payment_gateway: simulators.payment_gateway_url.clone(),
+            carrier: simulators.carrier_url.clone(),
+        };
+        self.simulators = Some(simulators);
         Ok(())
     }
 

@@ -150,12 +150,8 @@ async fn after_a_saga_the_micro_services_and_the_monitoring_endpoint_show_it() {
         .json()
         .await
         .expect("/varz answers JSON");
-    let cores = std::thread::available_parallelism().unwrap().get();
-    assert_eq!(
-        varz["gomaxprocs"].as_u64(),
-        Some((cores as u64 / 2).max(1)),
-        "{varz}"
-    );
+    let cores = actors::Settings::default().nats_cores() as u64;
+    assert_eq!(varz["gomaxprocs"].as_u64(), Some(cores), "{varz}");
 
     let durables = expected_durables();
     let deadline = Instant::now() + WAIT;

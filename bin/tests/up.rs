@@ -181,7 +181,7 @@ fn after_a_sigkill_the_next_up_stops_the_orphaned_nats_server() {
 /// The simulators stand for outside systems: `commerce run simulators` needs no broker, and a
 /// `commerce up` given both their addresses reaches them there (and says so).
 #[test]
-fn the_simulators_run_without_a_broker_and_up_reaches_them_where_told() {
+fn the_simulators_run_without_a_broker_and_up_stands_in_only_for_what_is_not_told() {
     let outside = tempfile::tempdir().unwrap();
     let mut cmd = commerce();
     cmd.args(["run", "simulators", "--data-dir"])
@@ -207,6 +207,28 @@ fn the_simulators_run_without_a_broker_and_up_reaches_them_where_told() {
     let mut up = Proc::spawn(cmd);
     assert_eq!(up.line_starting("payment gateway: "), payment_gateway);
     assert_eq!(up.line_starting("carrier: "), carrier);
+    up.line_starting("Press Ctrl-C");
+    up.stop();
+
+    // One outside system set: up stands in for the other only (a payment gateway of its own
+    // would bind where the outside one listens, and up would fail).
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = commerce();
+    cmd.env("COMMERCE_PAYMENT_GATEWAY_URL", &payment_gateway)
+        .env(
+            "COMMERCE_SIMULATORS__PAYMENT_GATEWAY_ADDR",
+            addr(&payment_gateway),
+        )
+        .env("COMMERCE_SIMULATORS__CARRIER_ADDR", "127.0.0.1:0")
+        .args(["up", "--data-dir"])
+        .arg(data.path());
+    let mut up = Proc::spawn(cmd);
+    assert_eq!(up.line_starting("payment gateway: "), payment_gateway);
+    let own_carrier = up.line_starting("carrier: ");
+    assert!(
+        own_carrier.starts_with("http://127.0.0.1:") && own_carrier != carrier,
+        "up's own carrier simulator, not the outside one: {own_carrier}"
+    );
     up.line_starting("Press Ctrl-C");
     up.stop();
     simulators.stop();

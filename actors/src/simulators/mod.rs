@@ -17,51 +17,83 @@ use self::payment_gateway::PaymentGateway;
 use crate::http::{cannot_listen, spawn_server};
 use crate::settings::SimulatorSettings;
 
-/// Both simulators, running.
+/// Which outside systems to stand in for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StandIn {
+    pub payment_gateway: bool,
+    pub carrier: bool,
+}
+
+impl StandIn {
+    pub const BOTH: StandIn = StandIn {
+        payment_gateway: true,
+        carrier: true,
+    };
+
+    pub fn any(self) -> bool {
+        self.payment_gateway || self.carrier
+    }
+}
+
+/// The simulators asked for, running: each URL is set where that simulator runs.
 pub struct Simulators {
-    pub payment_gateway_url: String,
-    pub carrier_url: String,
+    pub payment_gateway_url: Option<String>,
+    pub carrier_url: Option<String>,
     servers: Vec<ServerHandle>,
-    ticker: actix_rt::task::JoinHandle<()>,
+    ticker: Option<actix_rt::task::JoinHandle<()>>,
 }
 
 impl Simulators {
-    /// Start both on the current actix system.
-    pub async fn start(settings: &SimulatorSettings) -> std::io::Result<Simulators> {
-        let gateway = PaymentGateway::default();
-        let (payment_gateway_url, gateway_server) = serve(
-            &settings.payment_gateway_addr,
-            web::Data::new(gateway.clone()),
-            web::Data::new(gateway.faults.clone()),
-            PaymentGateway::routes,
-        )?;
-        let carrier = Carrier::new(Pace {
-            pickup_after: settings.carrier_pickup(),
-            deliver_after: settings.carrier_delivery(),
-        });
-        let (carrier_url, carrier_server) = serve(
-            &settings.carrier_addr,
-            web::Data::new(carrier.clone()),
-            web::Data::new(carrier.faults.clone()),
-            Carrier::routes,
-        )?;
-        let ticker = actix_rt::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_millis(50));
-            loop {
-                every.tick().await;
-                carrier.advance();
-            }
-        });
-        Ok(Simulators {
-            payment_gateway_url,
-            carrier_url,
-            servers: vec![gateway_server, carrier_server],
-            ticker,
-        })
+    /// Start the ones `stand_in` asks for on the current actix system.
+    pub async fn start(
+        settings: &SimulatorSettings,
+        stand_in: StandIn,
+    ) -> std::io::Result<Simulators> {
+        let mut simulators = Simulators {
+            payment_gateway_url: None,
+            carrier_url: None,
+            servers: Vec::new(),
+            ticker: None,
+        };
+        if stand_in.payment_gateway {
+            let gateway = PaymentGateway::default();
+            let (url, server) = serve(
+                &settings.payment_gateway_addr,
+                web::Data::new(gateway.clone()),
+                web::Data::new(gateway.faults.clone()),
+                PaymentGateway::routes,
+            )?;
+            simulators.payment_gateway_url = Some(url);
+            simulators.servers.push(server);
+        }
+        if stand_in.carrier {
+            let carrier = Carrier::new(Pace {
+                pickup_after: settings.carrier_pickup(),
+                deliver_after: settings.carrier_delivery(),
+            });
+            let (url, server) = serve(
+                &settings.carrier_addr,
+                web::Data::new(carrier.clone()),
+                web::Data::new(carrier.faults.clone()),
+                Carrier::routes,
+            )?;
+            simulators.carrier_url = Some(url);
+            simulators.servers.push(server);
+            simulators.ticker = Some(actix_rt::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_millis(50));
+                loop {
+                    every.tick().await;
+                    carrier.advance();
+                }
+            }));
+        }
+        Ok(simulators)
     }
 
     pub async fn stop(self) {
-        self.ticker.abort();
+        if let Some(ticker) = self.ticker {
+            ticker.abort();
+        }
         for server in self.servers {
             server.stop(true).await;
         }

@@ -17,7 +17,7 @@ const SILENCE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Each domain stream's last sequence: a round's events are the ones after it. (An event
 /// stored after the round's last confirmation, such as its last orders' recommendations, falls
 /// in the next round's window.)
-pub struct Marks(HashMap<&'static str, u64>);
+struct Marks(HashMap<&'static str, u64>);
 
 /// One event as the streams hold it.
 struct Seen {
@@ -35,8 +35,29 @@ pub struct Hop {
     reach: Vec<f64>,
 }
 
+/// Runs a round of load and, when `enabled`, reads back where its time went. Best effort: if
+/// the streams cannot be read, that is said and the round's own numbers stand.
+pub async fn around<T>(
+    js: &jetstream::Context,
+    enabled: bool,
+    round: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, Option<Vec<Hop>>)> {
+    if !enabled {
+        return Ok((round.await?, None));
+    }
+    let before = marks(js).await?;
+    let result = round.await?;
+    match since(js, &before).await {
+        Ok(hops) => Ok((result, Some(hops))),
+        Err(e) => {
+            eprintln!("bench: where the time went is unknown: {e}");
+            Ok((result, None))
+        }
+    }
+}
+
 /// Where every domain stream ends now.
-pub async fn marks(js: &jetstream::Context) -> anyhow::Result<Marks> {
+async fn marks(js: &jetstream::Context) -> anyhow::Result<Marks> {
     let mut marks = HashMap::new();
     for domain in Domain::ALL {
         let mut stream = js.get_stream(domain.stream()).await?;
@@ -46,7 +67,7 @@ pub async fn marks(js: &jetstream::Context) -> anyhow::Result<Marks> {
 }
 
 /// Every event stored after `since`, gathered by type, in saga order.
-pub async fn since(js: &jetstream::Context, since: &Marks) -> anyhow::Result<Vec<Hop>> {
+async fn since(js: &jetstream::Context, since: &Marks) -> anyhow::Result<Vec<Hop>> {
     let mut seen = Vec::new();
     for domain in Domain::ALL {
         let from = since.0.get(domain.stream()).copied().unwrap_or(0);

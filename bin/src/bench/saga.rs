@@ -221,18 +221,9 @@ pub(super) async fn measure(
     let js = async_nats::jetstream::new(operator(&running.system)?);
     let mut results = Vec::new();
     for (round, &rate) in rates.iter().enumerate() {
-        let before = match hops {
-            true => Some(super::hops::marks(&js).await?),
-            false => None,
-        };
-        let mut result = running.load.offer(round, orders, rate, HELD).await?;
-        if let Some(before) = before {
-            // Best effort: the round's own numbers stand without it.
-            match super::hops::since(&js, &before).await {
-                Ok(hops) => result.hops = hops,
-                Err(e) => eprintln!("bench: where the time went is unknown: {e}"),
-            }
-        }
+        let offered = running.load.offer(round, orders, rate, HELD);
+        let (mut result, hops) = super::hops::around(&js, hops, offered).await?;
+        result.hops = hops.unwrap_or_default();
         results.push(result);
     }
     running.stop().await;

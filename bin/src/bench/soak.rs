@@ -68,16 +68,9 @@ pub async fn run(
             break;
         }
         let n = window.min(orders - done);
-        let before = match hops {
-            true => Some(super::hops::marks(&js).await?),
-            false => None,
-        };
-        let result = running.load.offer(round, n, rate, HELD).await?;
+        let offered = running.load.offer(round, n, rate, HELD);
+        let (result, window_hops) = super::hops::around(&js, hops, offered).await?;
         done += n;
-        let hops = match before {
-            Some(before) => Some(super::hops::since(&js, &before).await),
-            None => None,
-        };
         let rss = rss_mib("self");
         let sims = rss_mib(&outside.pid);
         let nats = broker_pid.map_or(f64::NAN, |pid| rss_mib(&pid.to_string()));
@@ -101,11 +94,8 @@ pub async fn run(
             cpu_nats,
             disk
         );
-        match hops {
-            Some(Ok(hops)) => super::hops::print(&format!("orders {}-{done}", done - n + 1), &hops),
-            // Best effort: the window's own numbers stand without it.
-            Some(Err(e)) => eprintln!("bench: where the time went is unknown: {e}"),
-            None => {}
+        if let Some(window_hops) = window_hops {
+            super::hops::print(&format!("orders {}-{done}", done - n + 1), &window_hops);
         }
         rows.push((result, rss, sims));
     }

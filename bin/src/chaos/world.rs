@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use actors::access::Keyring;
-use actors::simulators::Simulators;
+use actors::simulators::{Simulators, StandIn};
 use actors::Settings;
 use anyhow::Context;
 use nix::sys::signal::{kill, Signal};
@@ -98,9 +98,13 @@ impl World {
         let js = async_nats::jetstream::new(operator.clone());
         bus::provision(&js, &settings.streams).await?;
 
-        let simulators = Simulators::start(&settings.simulators).await?;
-        let payment_gateway = simulators.payment_gateway_url.clone();
-        let carrier = simulators.carrier_url.clone();
+        let simulators = Simulators::start(&settings.simulators, StandIn::BOTH).await?;
+        let (Some(payment_gateway), Some(carrier)) = (
+            simulators.payment_gateway_url.clone(),
+            simulators.carrier_url.clone(),
+        ) else {
+            anyhow::bail!("the simulators did not both start");
+        };
         let mut proxies = BTreeMap::new();
         for link in links() {
             let upstream = match link.split_once('>').map(|(_, to)| to) {
