@@ -143,3 +143,20 @@ fn bench_reads_measures_each_round_of_rebuild_against_raw_consume() {
         assert_eq!(numbers(&report, view).len(), 2, "{view}:\n{report}");
     }
 }
+
+#[test]
+fn bench_subjects_counts_a_subject_per_order_against_a_fixed_few() {
+    let report = bench(&["subjects", "--messages", "2048", "--window", "1024"]);
+    let (per_order, bounded) = report
+        .split_once("64 subjects:")
+        .unwrap_or_else(|| panic!("no bounded run in:\n{report}"));
+    for (run, subjects) in [(per_order, [1024.0, 2048.0]), (bounded, [64.0, 64.0])] {
+        for (done, expected) in ["1024 ", "2048 "].into_iter().zip(subjects) {
+            let values = numbers(run, done);
+            assert_eq!(values.len(), 8, "window ending at {done}:\n{report}");
+            assert!(values.iter().all(|v| *v > 0.0), "{values:?}\n{report}");
+            assert_eq!(values[7], expected, "subjects the stream holds:\n{report}");
+        }
+    }
+    assert!(report.contains("last window / first:"), "{report}");
+}

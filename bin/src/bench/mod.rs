@@ -7,6 +7,7 @@ mod reads;
 mod saga;
 mod scale;
 mod soak;
+mod subjects;
 
 use actors::Settings;
 
@@ -83,6 +84,17 @@ enum BenchWhat {
         #[arg(long)]
         hops: bool,
     },
+    /// The broker alone as its streams fill: a subject per order (the saga's scheme) against
+    /// 64 subjects, the same events on a fresh broker each: publish rate, PubAck latency, and
+    /// nats-server's memory and CPU per message, per window.
+    Subjects {
+        /// Messages for each scheme.
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+        messages: u64,
+        /// Messages per reported window.
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+        window: u64,
+    },
     /// The read side: projection rebuild rate vs raw JetStream consume, and `GET /orders/{id}`
     /// (read model) vs `/composed` (fan-out), healthy and with one service slowed by 50 ms.
     Reads {
@@ -129,6 +141,9 @@ pub async fn run(args: BenchArgs, settings: Settings) -> anyhow::Result<()> {
             rate,
             hops,
         } => soak::run(orders as usize, window as usize, rate, hops, settings).await,
+        BenchWhat::Subjects { messages, window } => {
+            subjects::run(messages as usize, window as usize, settings).await
+        }
         BenchWhat::Reads {
             orders,
             requests,

@@ -224,7 +224,7 @@ impl OutsideSystems {
 }
 
 /// The resident set of process `pid` (`self` for this one) in MiB, from `/proc`.
-fn rss_mib(pid: &str) -> f64 {
+pub(super) fn rss_mib(pid: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
@@ -238,7 +238,7 @@ fn rss_mib(pid: &str) -> f64 {
 
 /// CPU time (user + system) process `pid` (`self` for this one) used so far, in ms, from
 /// `/proc` (fields 14 and 15 of `stat`, in clock ticks).
-fn cpu_ms(pid: &str) -> f64 {
+pub(super) fn cpu_ms(pid: &str) -> f64 {
     let ticks_per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
