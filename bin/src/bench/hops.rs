@@ -11,6 +11,8 @@ use async_nats::jetstream::{self, consumer};
 use bus::{Domain, Envelope};
 use futures::StreamExt;
 
+use super::quantile;
+
 /// How long a stream may keep the next message before the read gives up.
 const SILENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -146,14 +148,6 @@ fn gather(seen: &[Seen]) -> Vec<Hop> {
     }
     hops.sort_by(|a, b| quantile(&a.since_placed, 0.5).total_cmp(&quantile(&b.since_placed, 0.5)));
     hops
-}
-
-/// The `q` quantile of sorted `samples` (NaN for none).
-fn quantile(samples: &[f64], q: f64) -> f64 {
-    match samples.len() {
-        0 => f64::NAN,
-        n => samples[((n as f64 * q).ceil() as usize).clamp(1, n) - 1],
-    }
 }
 
 /// The hops as a table.

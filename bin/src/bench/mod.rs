@@ -11,6 +11,14 @@ mod subjects;
 
 use actors::Settings;
 
+/// The `q` quantile of sorted `samples` (NaN for none).
+fn quantile(samples: &[f64], q: f64) -> f64 {
+    match samples.len() {
+        0 => f64::NAN,
+        n => samples[((n as f64 * q).ceil() as usize).clamp(1, n) - 1],
+    }
+}
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
     #[command(subcommand)]

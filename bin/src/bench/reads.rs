@@ -216,8 +216,7 @@ async fn latencies(
     }
     bar.finish();
     ms.sort_by(f64::total_cmp);
-    let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
-    Ok((at(0.5), at(0.99)))
+    Ok((super::quantile(&ms, 0.5), super::quantile(&ms, 0.99)))
 }
 
 /// Delay the payment service's `get` and `part` answers by `delay_ms` (in every partition).

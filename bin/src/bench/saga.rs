@@ -361,10 +361,7 @@ impl RoundResult {
     pub fn of(rate: u32, orders: usize, elapsed: Duration, latencies: &[Duration]) -> RoundResult {
         let mut ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
         ms.sort_by(f64::total_cmp);
-        let at = |q: f64| match ms.len() {
-            0 => f64::NAN,
-            n => ms[((n as f64 * q).ceil() as usize).clamp(1, n) - 1],
-        };
+        let at = |q: f64| super::quantile(&ms, q);
         RoundResult {
             rate,
             achieved: orders as f64 / elapsed.as_secs_f64(),

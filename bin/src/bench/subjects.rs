@@ -13,6 +13,7 @@ use bus::{Domain, Envelope, Publisher};
 use serde_json::json;
 use storage::OutboxMessage;
 
+use super::quantile;
 use super::soak::{cpu_ms, rss_mib};
 
 /// Messages published and acknowledged at a time, as the relay pipelines them.
@@ -138,17 +139,14 @@ async fn measure(
         let elapsed = started.elapsed().as_secs_f64();
         published += n;
         chunks_ms.sort_by(f64::total_cmp);
-        let quantile = |q: f64| {
-            chunks_ms[((chunks_ms.len() as f64 * q).ceil() as usize).clamp(1, chunks_ms.len()) - 1]
-        };
         let mut stream = js.get_stream(Domain::Payments.stream()).await?;
         let info = stream.info().await?;
         let row = Window {
             published,
             rate: n as f64 / elapsed,
-            chunk_p50_ms: quantile(0.5),
-            chunk_p99_ms: quantile(0.99),
-            chunk_max_ms: quantile(1.0),
+            chunk_p50_ms: quantile(&chunks_ms, 0.5),
+            chunk_p99_ms: quantile(&chunks_ms, 0.99),
+            chunk_max_ms: quantile(&chunks_ms, 1.0),
             broker_rss_mib: rss_mib(&broker),
             broker_cpu_us_per_msg: (cpu_ms(&broker) - cpu_before) * 1e3 / n as f64,
             subjects: info.state.subjects_count,
