@@ -76,12 +76,6 @@ pub(crate) struct Inner {
     /// Highest outbox sequence known to be on disk; the relay publishes nothing above it, so no
     /// event ever leaves a service whose state could still be lost by a crash.
     pub(crate) durable_seq: watch::Sender<u64>,
-    /// One flush at a time; callers that queue behind one share the next (see [`Store::flush`]).
-    flush_turn: tokio::sync::Mutex<()>,
-    /// Flushes started, and the number of the last one that succeeded: a caller is covered by
-    /// any flush that started after it called and succeeded.
-    flushes_started: AtomicU64,
-    flushes_done: AtomicU64,
     /// What makes a flush survive a power loss (sled's alone does not).
     durable_files: DurableFiles,
     /// Held for the life of the store: a second opener gets [`StorageError::Locked`].
@@ -306,9 +300,6 @@ impl Store {
             committed_seq: AtomicU64::new(last_seq),
             // Everything found on disk at open is durable.
             durable_seq: watch::Sender::new(last_seq),
-            flush_turn: tokio::sync::Mutex::new(()),
-            flushes_started: AtomicU64::new(0),
-            flushes_done: AtomicU64::new(0),
             path,
             db,
             durable_files,
@@ -477,41 +468,26 @@ impl Store {
 
     /// Make every commit made so far durable (one fsync for the whole batch: group commit), then
     /// release their outbox rows to the relay. Returns the proof needed to acknowledge.
-    ///
-    /// Flushes run one at a time, and callers share them: all that called while one ran wait for
-    /// the next, which covers them all (one fsync for several batches).
     pub async fn flush(&self) -> Result<Flushed, StorageError> {
         let s = &*self.inner;
-        // Every flush that starts from here on covers what the caller committed before calling.
-        let called_after = s.flushes_started.load(Ordering::Acquire);
-        let _turn = s.flush_turn.lock().await;
-        // Callers that queued behind one flush share the next: the first one to get its turn
-        // runs it, and the others find it done.
-        if s.flushes_done.load(Ordering::Acquire) <= called_after {
-            // Read before flushing: everything up to here is covered by the flush below.
-            let upto = s.committed_seq.load(Ordering::Acquire);
-            let number = s.flushes_started.fetch_add(1, Ordering::AcqRel) + 1;
-            // sled's own `flush_async` deadlocks under concurrent use (sled issue #1308, open
-            // for 0.34.x): every thread of the process ends up waiting on sled's global lock. A
-            // blocking flush on tokio's blocking pool does the same work without it.
-            let inner = self.inner.clone();
-            tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-                inner.db.flush()?;
-                inner.sync()
-            })
-            .await
-            .map_err(|e| StorageError::Sync {
-                path: self.inner.path.clone(),
-                source: std::io::Error::other(e),
-            })??;
-            s.flushes_done.fetch_max(number, Ordering::AcqRel);
-            if self.check_fence().is_ok() {
-                self.released_up_to(upto);
-            }
-        }
+        // Read before flushing: everything up to here is covered by the flush below.
+        let upto = s.committed_seq.load(Ordering::Acquire);
+        // sled's own `flush_async` deadlocks under concurrent use (sled issue #1308, open for
+        // 0.34.x): every thread of the process ends up waiting on sled's global lock. A
+        // blocking flush on tokio's blocking pool does the same work without it.
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            inner.db.flush()?;
+            inner.sync()
+        })
+        .await
+        .map_err(|e| StorageError::Sync {
+            path: self.inner.path.clone(),
+            source: std::io::Error::other(e),
+        })??;
         // The proof lets a batch be acknowledged: not once the lease has lapsed meanwhile.
         self.check_fence()?;
-        Ok(Flushed { _private: () })
+        Ok(self.released_up_to(upto))
     }
 
     /// [`Store::flush`] for synchronous callers (start-up, tests, the crash harness).
@@ -521,12 +497,11 @@ impl Store {
         s.db.flush()?;
         s.sync()?;
         self.check_fence()?;
-        self.released_up_to(upto);
-        Ok(Flushed { _private: () })
+        Ok(self.released_up_to(upto))
     }
 
     /// Outbox rows up to `upto` are on disk: let the relay have them (and wake it).
-    fn released_up_to(&self, upto: u64) {
+    fn released_up_to(&self, upto: u64) -> Flushed {
         self.inner.durable_seq.send_if_modified(|durable| {
             let advanced = upto > *durable;
             if advanced {
@@ -534,6 +509,7 @@ impl Store {
             }
             advanced
         });
+        Flushed { _private: () }
     }
 }
 
@@ -830,47 +806,6 @@ mod tests {
         assert!(
             err.to_string().contains(&dir.path().display().to_string()),
             "{err}"
-        );
-    }
-
-    /// Callers that queue behind a flush share the next one, and each is covered: its outbox
-    /// rows are released when its flush returns.
-    #[test]
-    fn callers_queued_behind_a_flush_share_the_next_and_are_all_covered() {
-        const CALLERS: u64 = 8;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("db"), &StoreConfig::default()).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let turn = store.inner.flush_turn.lock().await; // a flush in progress
-            let callers: Vec<_> = (0..CALLERS)
-                .map(|n| {
-                    let store = store.clone();
-                    tokio::spawn(async move {
-                        let aggregate = format!("a-{n}");
-                        let commit = Commit::new()
-                            .append(&aggregate, 0, vec![event(n)])
-                            .publish(message("t.x"));
-                        store.commit(&commit).unwrap();
-                        store.flush().await.map(|_| store.committed_seq())
-                    })
-                })
-                .collect();
-            // On this one thread, every caller runs until it waits for its turn.
-            tokio::task::yield_now().await;
-            drop(turn);
-            for caller in callers {
-                let committed = caller.await.unwrap().unwrap();
-                assert!(*store.inner.durable_seq.borrow() >= committed);
-            }
-        });
-        assert_eq!(*store.inner.durable_seq.borrow(), CALLERS);
-        assert_eq!(
-            store.inner.flushes_started.load(Ordering::Acquire),
-            1,
-            "the callers queued behind one flush share the next"
         );
     }
 

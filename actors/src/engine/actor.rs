@@ -1,13 +1,7 @@
 //! The actor around a service's [`Engine`]: its mailbox serializes every change to the service's
 //! database (event batches from each consumer, commands from clients, replays of dead letters),
-//! so the engine is the single writer. Handlers are atomic: a batch's external calls and commit
+//! so the engine is the single writer. Handlers are atomic: a batch's external calls and flush
 //! finish before the next message is looked at.
-//!
-//! The flush is not the actor's: a handler hands its batch back committed, and the consumer (or
-//! the client's call) awaits the flush before it acknowledges (or answers), sharing it with the
-//! batches committed meanwhile. So a service's consumers no longer flush one after another, each
-//! holding the others' batches. A query may see a state whose flush is still under way; nothing
-//! built on it is acknowledged or answered before that flush.
 
 use std::sync::Arc;
 
@@ -18,7 +12,7 @@ use storage::{Fenced, StorageError, Store};
 
 use super::api::ComponentStatus;
 use super::api::ReplayOutcome;
-use super::core::{CommittedBatch, CommittedCommands, DeliveryCounts, Engine, Settled};
+use super::core::{DeliveryCounts, Engine, Settled};
 use super::{Command, DomainError, EngineError, Executed, Service};
 
 pub struct ServiceActor<S: Service> {
@@ -42,15 +36,14 @@ impl<S: Service> Actor for ServiceActor<S> {
 pub struct Deliver(pub Vec<Delivery>);
 
 impl Message for Deliver {
-    /// The batch committed, and its deliveries back, to be settled once it is flushed.
-    type Result = Result<(CommittedBatch, Vec<Delivery>), EngineError>;
+    type Result = Result<Settled, EngineError>;
 }
 
-/// Commands from clients, committed together (and flushed together by their caller).
+/// Commands from clients, committed and flushed together.
 pub struct Execute<S: Service>(pub Vec<Command<S::State>>);
 
 impl<S: Service> Message for Execute<S> {
-    type Result = CommittedCommands<S::State>;
+    type Result = Vec<Result<Executed<S::State>, DomainError>>;
 }
 
 /// A question about an aggregate, given its version and state.
@@ -99,18 +92,30 @@ where
 }
 
 impl<S: Service> Handler<Deliver> for ServiceActor<S> {
-    type Result = AtomicResponse<Self, Result<(CommittedBatch, Vec<Delivery>), EngineError>>;
+    type Result = AtomicResponse<Self, Result<Settled, EngineError>>;
 
     fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) -> Self::Result {
         let busy = Err(EngineError::Stopped(S::name()));
         with_engine(self, busy, |mut engine| async move {
-            let deliveries = msg.0;
-            let envelopes: Vec<&Envelope> = deliveries.iter().map(|d| &d.envelope).collect();
-            let committed = engine.commit_batch(&envelopes).await;
-            drop(envelopes);
-            (engine, committed.map(|committed| (committed, deliveries)))
+            let result = deliver(&mut engine, msg.0).await;
+            (engine, result)
         })
     }
+}
+
+/// Apply a batch: the engine sees its envelopes, and each verdict goes back with its delivery.
+async fn deliver<S: Service>(
+    engine: &mut Engine<S>,
+    deliveries: Vec<Delivery>,
+) -> Result<Settled, EngineError> {
+    let applied = {
+        let envelopes: Vec<&Envelope> = deliveries.iter().map(|d| &d.envelope).collect();
+        engine.deliver(&envelopes).await?
+    };
+    Ok(Settled {
+        verdicts: applied.verdicts.into_iter().zip(deliveries).collect(),
+        flushed: applied.flushed,
+    })
 }
 
 /// One dead-lettered event, re-driven by an operator (`commerce dlq replay`).
@@ -133,17 +138,15 @@ impl<S: Service> Handler<Replay> for ServiceActor<S> {
 }
 
 impl<S: Service> Handler<Execute<S>> for ServiceActor<S> {
-    type Result = AtomicResponse<Self, CommittedCommands<S::State>>;
+    type Result = AtomicResponse<Self, Vec<Result<Executed<S::State>, DomainError>>>;
 
     fn handle(&mut self, msg: Execute<S>, _ctx: &mut Context<Self>) -> Self::Result {
-        let busy = CommittedCommands::answered(
-            (0..msg.0.len())
-                .map(|_| Err(EngineError::Stopped(S::name()).into()))
-                .collect(),
-        );
+        let busy = (0..msg.0.len())
+            .map(|_| Err(EngineError::Stopped(S::name()).into()))
+            .collect();
         with_engine(self, busy, |mut engine| async move {
-            let committed = engine.commit_commands(msg.0);
-            (engine, committed)
+            let result = engine.execute(msg.0).await;
+            (engine, result)
         })
     }
 }
@@ -206,12 +209,10 @@ impl<S: Service> Handle<S> {
             .redelivered
             .fetch_add(again, std::sync::atomic::Ordering::Relaxed);
         crate::telemetry::metrics::redelivered(S::name(), again);
-        let (committed, deliveries) = self
-            .addr
+        self.addr
             .send(Deliver(batch))
             .await
-            .map_err(|_| EngineError::Stopped(S::name()))??;
-        committed.settled(deliveries).await
+            .map_err(|_| EngineError::Stopped(S::name()))?
     }
 
     /// Re-drive a dead-lettered event through the engine (between batches, like any message).
@@ -228,7 +229,7 @@ impl<S: Service> Handle<S> {
     ) -> Vec<Result<Executed<S::State>, DomainError>> {
         let n = commands.len();
         let mut results = match self.addr.send(Execute::<S>(commands)).await {
-            Ok(committed) => committed.durable().await,
+            Ok(results) => results,
             Err(_) => {
                 return (0..n)
                     .map(|_| Err(EngineError::Stopped(S::name()).into()))

@@ -4,13 +4,8 @@
 //! new events to a copy, then ONE sled transaction for the whole batch (events, outbox rows, inbox
 //! marks), ONE flush, and only then the answer (ack or reply). The engine is the only writer of
 //! its database, so the in-memory copies it caches are the truth. An operation takes the
-//! aggregates it touches out of the cache and puts them back once its batch is committed; one
+//! aggregates it touches out of the cache and puts them back once its batch is durable; one
 //! whose commit failed stays out and is reloaded from disk.
-//!
-//! The flush is the part that waits, so it is handed back undone ([`Unflushed`]): the service's
-//! actor takes its next message while it runs, and the flushes of batches committed meanwhile
-//! are shared ([`Store::flush`]). Nothing is answered before it: [`CommittedBatch::durable`] and
-//! [`CommittedCommands::durable`] give the answers only once their flush has returned.
 //!
 //! A batch of inbound events ([`Engine::deliver`]) goes through named phases:
 //! `admit` (dedupe, decode, route into one [`Group`] per aggregate), `load` (take each aggregate
@@ -79,97 +74,6 @@ pub struct Settled {
 pub struct Applied {
     pub verdicts: Vec<Verdict>,
     pub flushed: Flushed,
-}
-
-/// A change committed, and the flush that makes it durable still to run: whoever answers for it
-/// runs it, outside the engine, so the engine goes on meanwhile.
-#[must_use = "nothing committed may be answered before its flush"]
-pub struct Unflushed {
-    store: Store,
-    /// For `commerce_commit_seconds`: the service, the batch's size, and when its commit began.
-    batch: Option<(&'static str, usize, std::time::Instant)>,
-}
-
-impl Unflushed {
-    /// Flush (shared with whatever else waits for one), then count the batch's commit time.
-    pub async fn flushed(self) -> Result<Flushed, StorageError> {
-        let flushed = self.store.flush().await;
-        if let Some((service, size, began)) = self.batch {
-            metrics::batch(service, size, began.elapsed().as_secs_f64());
-        }
-        flushed
-    }
-}
-
-/// A batch of inbound events committed: its verdicts hold once its flush has run.
-#[must_use = "nothing committed may be acknowledged before its flush"]
-pub struct CommittedBatch {
-    verdicts: Vec<Verdict>,
-    unflushed: Unflushed,
-}
-
-impl CommittedBatch {
-    /// `verdicts` of a batch committed to `store`, whose flush is still to run.
-    pub(crate) fn new(verdicts: Vec<Verdict>, store: Store) -> Self {
-        CommittedBatch {
-            verdicts,
-            unflushed: Unflushed { store, batch: None },
-        }
-    }
-
-    /// The verdicts, with the proof that what they stand for is durable.
-    pub async fn durable(self) -> Result<Applied, EngineError> {
-        Ok(Applied {
-            flushed: self.unflushed.flushed().await?,
-            verdicts: self.verdicts,
-        })
-    }
-
-    /// Each verdict with its delivery (the batch's, in order), once they are durable.
-    pub async fn settled(self, deliveries: Vec<Delivery>) -> Result<Settled, EngineError> {
-        let applied = self.durable().await?;
-        Ok(Settled {
-            verdicts: applied.verdicts.into_iter().zip(deliveries).collect(),
-            flushed: applied.flushed,
-        })
-    }
-}
-
-/// Commands decided and committed: their answers hold once the flush has run.
-#[must_use = "nothing committed may be answered before its flush"]
-pub struct CommittedCommands<A: Aggregate> {
-    results: Vec<Result<Executed<A>, DomainError>>,
-    /// The answers whose commits wait for the flush.
-    written: Vec<usize>,
-    unflushed: Option<Unflushed>,
-}
-
-impl<A: Aggregate> CommittedCommands<A> {
-    /// Answers that need no flush (nothing was written, or the engine was not there).
-    pub fn answered(results: Vec<Result<Executed<A>, DomainError>>) -> Self {
-        CommittedCommands {
-            results,
-            written: Vec::new(),
-            unflushed: None,
-        }
-    }
-
-    /// Each command's answer, once what it wrote is durable.
-    pub async fn durable(self) -> Vec<Result<Executed<A>, DomainError>> {
-        let CommittedCommands {
-            mut results,
-            written,
-            unflushed,
-        } = self;
-        if let Some(unflushed) = unflushed {
-            if let Err(e) = unflushed.flushed().await {
-                for answer in written {
-                    results[answer] = Err(DomainError::unavailable(format!("flush failed: {e}")));
-                }
-            }
-        }
-        results
-    }
 }
 
 /// How a batch came in: from a live consumer, or replayed from `DLQ` by an operator.
@@ -316,6 +220,12 @@ impl NotRecorded {
     }
 }
 
+/// What the commit-and-flush tail did: the commits that did not land (by answer), and the flush.
+struct Durable {
+    not_recorded: Vec<(usize, NotRecorded)>,
+    flushed: Result<Flushed, StorageError>,
+}
+
 pub struct Engine<S: Service> {
     service: S,
     store: Store,
@@ -372,14 +282,6 @@ impl<S: Service> Engine<S> {
     /// flush once. Events of an aggregate after one that must be retried are retried too, so an
     /// aggregate never sees its events out of order. An error means nothing may be acked.
     pub async fn deliver(&mut self, batch: &[&Envelope]) -> Result<Applied, EngineError> {
-        self.commit_batch(batch).await?.durable().await
-    }
-
-    /// [`Engine::deliver`] up to the commit: the flush is left to whoever acknowledges.
-    pub async fn commit_batch(
-        &mut self,
-        batch: &[&Envelope],
-    ) -> Result<CommittedBatch, EngineError> {
         self.apply(batch, Admission::Live).await
     }
 
@@ -390,11 +292,7 @@ impl<S: Service> Engine<S> {
         if self.store.is_processed(envelope.id)? {
             return Ok(ReplayOutcome::AlreadyApplied);
         }
-        let applied = self
-            .apply(&[envelope], Admission::Replay)
-            .await?
-            .durable()
-            .await?;
+        let applied = self.apply(&[envelope], Admission::Replay).await?;
         let replayed = match applied.verdicts.into_iter().next() {
             Some(Verdict::Done) => {
                 // Its inbox mark is durable now; the dead-letter mark says nothing more.
@@ -416,7 +314,7 @@ impl<S: Service> Engine<S> {
         &mut self,
         batch: &[&Envelope],
         admission: Admission,
-    ) -> Result<CommittedBatch, EngineError> {
+    ) -> Result<Applied, EngineError> {
         self.make_room();
         let mut verdicts = vec![Verdict::Done; batch.len()];
         let groups = self.admit(batch, admission, &mut verdicts)?;
@@ -425,18 +323,17 @@ impl<S: Service> Engine<S> {
         bus::failpoints::crash("engine.before_commit");
         let writes = record::<S>(batch, reacted, &mut verdicts);
         let committing = std::time::Instant::now();
-        for (index, why) in self.commit_and_put_back(writes) {
+        let durable = self.commit_and_flush(writes).await;
+        metrics::batch(S::name(), batch.len(), committing.elapsed().as_secs_f64());
+        for (index, why) in durable.not_recorded {
             verdicts[index] = why.verdict();
         }
         for (envelope, verdict) in batch.iter().zip(&verdicts) {
             metrics::handled(S::name(), &envelope.event_type, verdict);
         }
-        Ok(CommittedBatch {
+        Ok(Applied {
             verdicts,
-            unflushed: Unflushed {
-                store: self.store.clone(),
-                batch: Some((S::name(), batch.len(), committing)),
-            },
+            flushed: durable.flushed?,
         })
     }
 
@@ -526,14 +423,6 @@ impl<S: Service> Engine<S> {
         &mut self,
         commands: Vec<Command<S::State>>,
     ) -> Vec<Result<Executed<S::State>, DomainError>> {
-        self.commit_commands(commands).durable().await
-    }
-
-    /// [`Engine::execute`] up to the commit: the flush is left to whoever answers.
-    pub fn commit_commands(
-        &mut self,
-        commands: Vec<Command<S::State>>,
-    ) -> CommittedCommands<S::State> {
         self.make_room();
         let mut writes = Writes::default();
         let mut results = Vec::with_capacity(commands.len());
@@ -543,20 +432,19 @@ impl<S: Service> Engine<S> {
         }
         if writes.commits.is_empty() {
             self.put_back(writes.touched, false); // nothing changed: nothing to flush
-            return CommittedCommands::answered(results);
+            return results;
         }
         let written = writes.answers();
-        for (answer, why) in self.commit_and_put_back(writes) {
+        let durable = self.commit_and_flush(writes).await;
+        for (answer, why) in durable.not_recorded {
             results[answer] = Err(why.domain_error());
         }
-        CommittedCommands {
-            results,
-            written,
-            unflushed: Some(Unflushed {
-                store: self.store.clone(),
-                batch: None,
-            }),
+        if let Err(e) = durable.flushed {
+            for answer in written {
+                results[answer] = Err(DomainError::unavailable(format!("flush failed: {e}")));
+            }
         }
+        results
     }
 
     /// Decide one command on its aggregate as the commands before it left it (later commands in
@@ -617,13 +505,11 @@ impl<S: Service> Engine<S> {
         Ok(writes.touch(aggregate_id, loaded))
     }
 
-    /// The tail every change shares: commit the writes in ONE transaction, then put the
-    /// aggregates back in the cache; answers the commits that did not land. An aggregate with
-    /// such a commit stays out: its commits may or may not be in the database, so it is reloaded
-    /// next time. The others go back before their flush: the cache then holds what the database
-    /// holds, which is what a reload would read, and a later change is flushed after them (sled
-    /// recovers a prefix of its commits), so nothing built on them is durable without them.
-    fn commit_and_put_back(&mut self, writes: Writes<S::State>) -> Vec<(usize, NotRecorded)> {
+    /// The tail every change shares: commit the writes in ONE transaction, flush ONCE, then put
+    /// the aggregates whose state is durable back in the cache. An aggregate with a commit that
+    /// did not land stays out: on failure its commits may or may not be on disk, so it is
+    /// reloaded from disk next time. After a failed flush none goes back.
+    async fn commit_and_flush(&mut self, writes: Writes<S::State>) -> Durable {
         let Writes {
             mut touched,
             commits,
@@ -631,8 +517,14 @@ impl<S: Service> Engine<S> {
             ..
         } = writes;
         let not_recorded = self.commit(&commits, &slots, &mut touched);
-        self.put_back(touched, true);
-        not_recorded
+        let flushed = self.store.flush().await;
+        if flushed.is_ok() {
+            self.put_back(touched, true);
+        }
+        Durable {
+            not_recorded,
+            flushed,
+        }
     }
 
     /// Commit everything in one transaction. Answers the commits that did not land, and marks
@@ -672,17 +564,17 @@ impl<S: Service> Engine<S> {
         not_recorded
     }
 
-    /// Put aggregates whose state is committed back in the cache, compacting (when `committed`
-    /// says this operation wrote) those that grew or closed. Not the stale ones, nor the
+    /// Put aggregates whose state is durable back in the cache, compacting (when `flushed` says
+    /// this operation's flush covers them) those that grew or closed. Not the stale ones, nor the
     /// closed ones, nor those that do not exist (version 0: lookups of random ids must not fill
     /// the cache).
-    fn put_back(&mut self, touched: Vec<Touched<S::State>>, committed: bool) {
+    fn put_back(&mut self, touched: Vec<Touched<S::State>>, flushed: bool) {
         let mut kept: Vec<(String, Loaded<S::State>)> = touched
             .into_iter()
             .filter(|t| !t.stale && t.after.head.version > 0)
             .map(|t| (t.aggregate_id, t.after))
             .collect();
-        if committed {
+        if flushed {
             self.compact(&mut kept);
         }
         for (aggregate_id, loaded) in kept {

@@ -10,7 +10,7 @@
 //!
 //! - [`reaction`]: the one loop from an inbound event to its events (plan, call, outcome).
 //! - [`core`]: the [`Engine`](core::Engine): a batch in named phases (admit, load, react,
-//!   record, commit; the flush handed back to whoever answers); commands and queries.
+//!   record, commit and flush); commands and queries.
 //! - [`actor`]: the actix actor around the engine, and the [`Handle`](actor::Handle) to it.
 //! - [`api`]: the endpoints every service answers (`status`, `get`, `part`, `slow`).
 //! - [`host`]: a component on its own Arbiter (services and the projection): start-up,

@@ -26,7 +26,7 @@ use self::model::OrderReadModel;
 use self::sagas::{OpenSagas, SagaFacts};
 use crate::engine::actor::Deliver;
 use crate::engine::api::{ComponentStatus, ReadModelStatus, Status};
-use crate::engine::core::{CommittedBatch, Settled};
+use crate::engine::core::Settled;
 use crate::engine::host::consume::Sink;
 use crate::engine::host::{self, Host, RunningComponent};
 use crate::engine::EngineError;
@@ -137,17 +137,24 @@ impl ProjectionActor {
 }
 
 impl Handler<Deliver> for ProjectionActor {
-    /// Written, not yet flushed: the sink flushes (shared with the batches written meanwhile)
-    /// before it acknowledges, while the actor goes on.
-    type Result = Result<(CommittedBatch, Vec<Delivery>), EngineError>;
+    type Result = AtomicResponse<Self, Result<Settled, EngineError>>;
 
     fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) -> Self::Result {
         let envelopes: Vec<&Envelope> = msg.0.iter().map(|d| &d.envelope).collect();
-        self.generations()
+        let applied = self
+            .generations()
             .into_iter()
-            .try_for_each(|generation| self.apply(generation, &envelopes))?;
-        let verdicts = vec![Verdict::Done; msg.0.len()];
-        Ok((CommittedBatch::new(verdicts, self.store.clone()), msg.0))
+            .try_for_each(|generation| self.apply(generation, &envelopes));
+        let store = self.store.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                applied?;
+                let flushed = store.flush().await?;
+                let verdicts = msg.0.into_iter().map(|d| (Verdict::Done, d)).collect();
+                Ok(Settled { verdicts, flushed })
+            }
+            .into_actor(self),
+        ))
     }
 }
 
@@ -164,12 +171,11 @@ impl Sink for ProjectionSink {
             .iter()
             .map(|d| trace::handling(COMPONENT.name(), &d.envelope))
             .collect();
-        let (committed, deliveries) = self
+        let settled = self
             .0
             .send(Deliver(batch))
             .await
             .map_err(|_| EngineError::Stopped(COMPONENT.name()))??;
-        let settled = committed.settled(deliveries).await?;
         for (span, (verdict, delivery)) in spans.iter().zip(&settled.verdicts) {
             trace::finish_handling(span, verdict);
             metrics::handled(COMPONENT.name(), &delivery.envelope.event_type, verdict);

@@ -470,33 +470,3 @@ async fn a_long_history_loads_from_its_snapshot_to_the_same_state() {
     assert_eq!(reloaded, live);
     assert_eq!(reloaded.available["SKU-MUG"], 10_000 - 600);
 }
-
-/// The engine hands a batch back committed and goes on: the next batch builds on it at once,
-/// while the relay sees neither until a flush has run, and the one flush covers both.
-#[tokio::test]
-async fn a_committed_batch_is_built_on_at_once_and_published_only_once_flushed() {
-    let (_dir, store, mut engine) = open();
-    let (first, second) = (cancelled("a", "first"), cancelled("a", "second"));
-    let committed_first = engine.commit_batch(&[&first]).await.unwrap();
-    let committed_second = engine.commit_batch(&[&second]).await.unwrap();
-    let (version, counted) = engine.query("a", |v, s| (v, s.counted.clone())).unwrap();
-    assert_eq!(
-        (version, counted),
-        (2, vec!["first".into(), "second".into()])
-    );
-    assert!(
-        store.pending(10).unwrap().is_empty(),
-        "nothing leaves before its flush"
-    );
-
-    let second = committed_second.durable().await.unwrap();
-    assert_eq!(second.verdicts, [Verdict::Done]);
-    assert_eq!(
-        store.pending(10).unwrap().len(),
-        2,
-        "the later flush covers the earlier commit"
-    );
-    let first = committed_first.durable().await.unwrap();
-    assert_eq!(first.verdicts, [Verdict::Done]);
-    assert_eq!(counted_on_disk(&store, "a"), ["first", "second"]);
-}
