@@ -12,7 +12,6 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use actors::runtime::Broker;
 use actors::Settings;
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -36,10 +35,7 @@ pub async fn run(
     settings.payment_gateway_url = Some(outside.payment_gateway.clone());
     settings.carrier_url = Some(outside.carrier.clone());
     let running = Running::start_with(settings, true).await?;
-    let broker_pid = match &running.system.runtime.broker {
-        Broker::Embedded(server) => server.pid(),
-        Broker::Cluster(_) | Broker::External(_) => None,
-    };
+    let nats_pid = running.broker_pid();
     let data = running.dir.path().to_path_buf();
     let js = async_nats::jetstream::new(super::saga::operator(&running.system)?);
     println!(
@@ -61,7 +57,6 @@ pub async fn run(
     );
     let mut rows = Vec::new();
     let mut done = 0;
-    let nats_pid = broker_pid.map(|pid| pid.to_string());
     let mut cpu_before = (cpu_ms("self"), nats_pid.as_deref().map_or(f64::NAN, cpu_ms));
     for round in 0.. {
         if done >= orders {
@@ -73,7 +68,7 @@ pub async fn run(
         done += n;
         let rss = rss_mib("self");
         let sims = rss_mib(&outside.pid);
-        let nats = broker_pid.map_or(f64::NAN, |pid| rss_mib(&pid.to_string()));
+        let nats = nats_pid.as_deref().map_or(f64::NAN, rss_mib);
         let disk = dir_bytes(&data) as f64 / done as f64;
         let cpu = (cpu_ms("self"), nats_pid.as_deref().map_or(f64::NAN, cpu_ms));
         let (cpu_self, cpu_nats) = (
