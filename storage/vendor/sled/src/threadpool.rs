@@ -69,7 +69,7 @@ impl Queue {
         drop(queue);
 
         // commerce: one job wakes one idle thread. `notify_all` woke
-        // every idle thread (seven at least) for each job, and each
+        // every idle thread (up to about seven) for each job, and each
         // flush's log write is a job (storage/vendor/README.md).
         self.cv.notify_one();
 
