@@ -227,10 +227,7 @@ pub(super) async fn measure(
     let running = Running::start(settings).await?;
     let js = async_nats::jetstream::new(operator(&running.system)?);
     let broker = running.broker_pid();
-    let cpu = || {
-        let nats = broker.as_deref().map_or(f64::NAN, super::soak::cpu_ms);
-        (super::soak::cpu_ms("self"), nats)
-    };
+    let cpu = || super::soak::cpu_now(broker.as_deref());
     let mut results = Vec::new();
     for (round, &rate) in rates.iter().enumerate() {
         // Around the offer alone: reading the hops back afterwards is not the orders' cost.

@@ -57,7 +57,7 @@ pub async fn run(
     );
     let mut rows = Vec::new();
     let mut done = 0;
-    let mut cpu_before = (cpu_ms("self"), nats_pid.as_deref().map_or(f64::NAN, cpu_ms));
+    let mut cpu_before = cpu_now(nats_pid.as_deref());
     for round in 0.. {
         if done >= orders {
             break;
@@ -70,7 +70,7 @@ pub async fn run(
         let sims = rss_mib(&outside.pid);
         let nats = nats_pid.as_deref().map_or(f64::NAN, rss_mib);
         let disk = dir_bytes(&data) as f64 / done as f64;
-        let cpu = (cpu_ms("self"), nats_pid.as_deref().map_or(f64::NAN, cpu_ms));
+        let cpu = cpu_now(nats_pid.as_deref());
         let (cpu_self, cpu_nats) = (
             (cpu.0 - cpu_before.0) / n as f64,
             (cpu.1 - cpu_before.1) / n as f64,
@@ -229,6 +229,11 @@ pub(super) fn rss_mib(pid: &str) -> f64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// CPU time so far of this process and of process `other` (NaN without one), in ms.
+pub(super) fn cpu_now(other: Option<&str>) -> (f64, f64) {
+    (cpu_ms("self"), other.map_or(f64::NAN, cpu_ms))
 }
 
 /// CPU time (user + system) process `pid` (`self` for this one) used so far, in ms, from
