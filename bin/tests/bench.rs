@@ -90,6 +90,32 @@ fn bench_scale_measures_each_setup_as_processes_and_their_ratios() {
             "{setup}:\n{report}"
         );
     }
+    // CPU per order, as `bench saga` prints it: the components' processes (with the load) and
+    // the broker's nodes, all three of them here.
+    let round = report
+        .split("End to end (3 nodes, 1 instance)")
+        .nth(1)
+        .and_then(|table| {
+            table
+                .lines()
+                .find(|l| l.trim_start().starts_with("all at once"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no round of 3 nodes:
+{report}"
+            )
+        });
+    let cpu: Vec<f64> = round
+        .split_whitespace()
+        .rev()
+        .take(2)
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        cpu.len() == 2 && cpu.iter().all(|v| *v > 0.0),
+        "CPU ms/o: {round}"
+    );
     let (_, ratios) = report
         .split_once("As ratios to 1 node, 1 instance")
         .unwrap_or_else(|| panic!("no ratios:\n{report}"));

@@ -103,10 +103,32 @@ async fn offer_all(
         false,
     )
     .await?;
+    // CPU as `bench saga` counts it: the components (here their processes, with this one's
+    // load) and the broker (here every node).
+    let (components, brokers) = world.pids();
+    let cpu = || {
+        let sum = |pids: &[u32]| {
+            pids.iter()
+                .map(|pid| super::soak::cpu_ms(&pid.to_string()))
+                .sum::<f64>()
+        };
+        (
+            super::soak::cpu_ms("self") + sum(&components),
+            sum(&brokers),
+        )
+    };
     let mut results = Vec::with_capacity(rates.len());
     for (round, &rate) in rates.iter().enumerate() {
-        match load.offer(round, orders, rate, HELD).await {
-            Ok(result) => results.push(result),
+        let before = cpu();
+        let offered = load.offer(round, orders, rate, HELD).await;
+        let after = cpu();
+        match offered {
+            Ok(mut result) => {
+                let per_order = |spent: f64| spent / orders as f64;
+                result.cpu_per_order =
+                    (per_order(after.0 - before.0), per_order(after.1 - before.1));
+                results.push(result)
+            }
             Err(e) => {
                 load.stop();
                 return Err(e);

@@ -496,6 +496,21 @@ impl World {
         Ok(())
     }
 
+    /// The process ids of the components running now, and of the broker's nodes.
+    pub fn pids(&self) -> (Vec<u32>, Vec<u32>) {
+        let components = self
+            .procs
+            .values()
+            .filter_map(|proc| proc.child.as_ref().map(Child::id))
+            .collect();
+        let brokers = self
+            .brokers
+            .iter()
+            .filter_map(bus::NatsServer::pid)
+            .collect();
+        (components, brokers)
+    }
+
     /// Stop everything: components (SIGTERM, then SIGKILL), simulators, proxies, broker.
     pub async fn stop(mut self) {
         for proc in self.procs.values_mut() {
