@@ -235,8 +235,7 @@ pub(super) async fn measure(
             let before = cpu();
             let mut result = running.load.offer(round, orders, rate, HELD).await?;
             let after = cpu();
-            let per_order = |spent: f64| spent / orders as f64;
-            result.cpu_per_order = (per_order(after.0 - before.0), per_order(after.1 - before.1));
+            result.spent(orders, before, after);
             Ok(result)
         };
         let (mut result, hops) = super::hops::around(&js, hops, offered).await?;
@@ -400,6 +399,12 @@ impl RoundResult {
             hops: Vec::new(),
             cpu_per_order: (f64::NAN, f64::NAN),
         }
+    }
+
+    /// Record the CPU its `orders` took: (ours, the broker's) in ms, read `before` and `after`.
+    pub fn spent(&mut self, orders: usize, before: (f64, f64), after: (f64, f64)) {
+        let per_order = |spent: f64| spent / orders as f64;
+        self.cpu_per_order = (per_order(after.0 - before.0), per_order(after.1 - before.1));
     }
 }
 

@@ -124,9 +124,7 @@ async fn offer_all(
         let after = cpu();
         match offered {
             Ok(mut result) => {
-                let per_order = |spent: f64| spent / orders as f64;
-                result.cpu_per_order =
-                    (per_order(after.0 - before.0), per_order(after.1 - before.1));
+                result.spent(orders, before, after);
                 results.push(result)
             }
             Err(e) => {
