@@ -1,12 +1,13 @@
 //! What makes a flush durable. sled's `flush` on Linux ends in `sync_file_range`, which writes
 //! the pages but neither the file's metadata (its growth) nor the drive's cache: a power loss can
-//! still take flushed commits. So every flush is followed by `fdatasync` on sled's log file, and
-//! by `fsync` on its blob files (values over ~128 KiB live there) and their directory.
-//! The directory entries sled creates are synced once, at open.
+//! still take flushed commits. So every flush is followed by `fdatasync` on sled's log file.
+//! Values over ~128 KiB live in blob files instead; our sled (`storage/vendor`) syncs each blob
+//! and its directory entry when it writes it, before the log entry pointing at it. The directory
+//! entries sled created before are synced once, at open.
 
 use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// sled's files in a database directory.
 const LOG: &str = "db";
@@ -14,50 +15,48 @@ const CONF: &str = "conf";
 const BLOBS: &str = "blobs";
 
 pub(crate) struct DurableFiles {
-    dir: PathBuf,
     /// sled's log: every commit is appended here.
     log: File,
 }
 
 impl DurableFiles {
-    /// Open sled's log in `dir` (sled has created it) and make the directory's entries durable.
+    /// Open sled's log in `dir` (sled has created it) and make the directory's entries durable,
+    /// and the blobs already there (a build before ours synced them at each flush instead).
     pub(crate) fn open(dir: &Path) -> io::Result<DurableFiles> {
         let log = File::open(dir.join(LOG))?;
         log.sync_all()?;
         if let Ok(conf) = File::open(dir.join(CONF)) {
             conf.sync_all()?;
         }
-        sync_dir(&dir.join(BLOBS))?;
+        sync_blobs(&dir.join(BLOBS))?;
         sync_dir(dir)?;
         if let Some(parent) = dir.parent() {
             sync_dir(parent)?;
         }
-        Ok(DurableFiles {
-            dir: dir.to_path_buf(),
-            log,
-        })
+        Ok(DurableFiles { log })
     }
 
     /// After sled's flush: make what it wrote survive a power loss.
     pub(crate) fn sync(&self) -> io::Result<()> {
-        self.log.sync_data()?;
-        let blobs = self.dir.join(BLOBS);
-        let mut any = false;
-        for entry in std::fs::read_dir(&blobs)? {
-            let path = entry?.path();
-            match File::open(&path) {
-                Ok(blob) => blob.sync_all()?,
-                // sled removed it meanwhile (a page rewritten inline).
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            }
-            any = true;
-        }
-        if any {
-            sync_dir(&blobs)?;
-        }
-        Ok(())
+        self.log.sync_data()
     }
+}
+
+fn sync_blobs(blobs: &Path) -> io::Result<()> {
+    let entries = match std::fs::read_dir(blobs) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        match File::open(entry?.path()) {
+            Ok(blob) => blob.sync_all()?,
+            // sled removed it meanwhile (a page rewritten inline).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    sync_dir(blobs)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
