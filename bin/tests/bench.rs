@@ -1,6 +1,7 @@
-//! The benchmarks a person runs keep working: a small `bench null`, `bench soak`, `bench scale`
-//! and `bench reads` end to end, their reports complete and their numbers readable. (What they
-//! measure is for the README, not for assertions: the machines are shared.)
+//! The benchmarks a person runs keep working: a small `bench null`, `bench saga`, `bench soak`,
+//! `bench scale`, `bench reads` and `bench subjects` end to end, their reports complete and
+//! their numbers readable. (What they measure is for the README, not for assertions: the
+//! machines are shared.)
 
 mod support;
 
@@ -106,9 +107,11 @@ fn bench_scale_measures_each_setup_as_processes_and_their_ratios() {
 {report}"
             )
         });
+    // The last column, the read model's trail, is `bench saga`'s alone ("-" here).
     let cpu: Vec<f64> = round
         .split_whitespace()
         .rev()
+        .skip(1)
         .take(2)
         .filter_map(|w| w.parse().ok())
         .collect();
@@ -129,6 +132,20 @@ fn bench_scale_measures_each_setup_as_processes_and_their_ratios() {
         .collect();
     assert_eq!(values.len(), 6, "achieved and p99 for three setups: {row}");
     assert!(values.iter().all(|v| *v > 0.0), "{row}");
+}
+
+#[test]
+fn bench_saga_measures_latency_cost_and_the_read_models_trail() {
+    let report = bench(&["saga", "--orders", "20", "--rates", "0"]);
+    let values = numbers(&report, "all at once");
+    // achieved/s, p50, p99, max, CPU ms/o, nats ms/o, read ms
+    assert_eq!(values.len(), 7, "{report}");
+    assert!(values.iter().all(|v| *v > 0.0), "{report}");
+    assert!(values[1] <= values[2] && values[2] <= values[3], "{report}");
+    assert!(
+        report.contains("Where the time went at all at once"),
+        "{report}"
+    );
 }
 
 #[test]

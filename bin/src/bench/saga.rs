@@ -196,8 +196,8 @@ pub(super) fn print_table(label: &str, orders: usize, results: &[RoundResult]) {
         "End to end ({label}), POST /orders → OrderConfirmed, {orders} orders per offered rate:"
     );
     println!(
-        "{:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "offered/s", "achieved/s", "p50 ms", "p99 ms", "max ms", "CPU ms/o", "nats ms/o"
+        "{:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "offered/s", "achieved/s", "p50 ms", "p99 ms", "max ms", "CPU ms/o", "nats ms/o", "read ms"
     );
     let ms = |v: f64| match v.is_nan() {
         true => "-".to_string(),
@@ -205,14 +205,15 @@ pub(super) fn print_table(label: &str, orders: usize, results: &[RoundResult]) {
     };
     for r in results {
         println!(
-            "{:>14} {:>14.1} {:>10.1} {:>10.1} {:>10.1} {:>10} {:>10}",
+            "{:>14} {:>14.1} {:>10.1} {:>10.1} {:>10.1} {:>10} {:>10} {:>10}",
             offered(r.rate),
             r.achieved,
             r.p50,
             r.p99,
             r.max,
             ms(r.cpu_per_order.0),
-            ms(r.cpu_per_order.1)
+            ms(r.cpu_per_order.1),
+            ms(r.read_trail_ms)
         );
     }
 }
@@ -236,6 +237,7 @@ pub(super) async fn measure(
             let mut result = running.load.offer(round, orders, rate, HELD).await?;
             let after = cpu();
             result.spent(orders, before, after);
+            result.read_trail_ms = read_model_trail(&js, result.last_confirmed).await?;
             Ok(result)
         };
         let (mut result, hops) = super::hops::around(&js, hops, offered).await?;
@@ -244,6 +246,33 @@ pub(super) async fn measure(
     }
     running.stop().await;
     Ok(results)
+}
+
+/// How long after `last_confirmed` the read model had applied every event stored (the
+/// projection's consumer on every domain stream with nothing pending or unacknowledged), in ms:
+/// what the read side trails the saga by at the end of a round.
+async fn read_model_trail(
+    js: &async_nats::jetstream::Context,
+    last_confirmed: Instant,
+) -> anyhow::Result<f64> {
+    let projection = actors::Component::Projection.name();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut behind = 0;
+        for domain in bus::Domain::ALL {
+            let stream = js.get_stream_no_info(domain.stream()).await?;
+            let info = stream.consumer_info(projection).await?;
+            behind += info.num_pending + info.num_ack_pending as u64;
+        }
+        if behind == 0 {
+            return Ok(last_confirmed.elapsed().as_secs_f64() * 1000.0);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the read model is still {behind} events behind 120 s after the round"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// A bench order's address: the carrier books it and never picks it up, so the saga ends at
@@ -382,6 +411,10 @@ pub(super) struct RoundResult {
     /// embedded nats-server, in ms (NaN where not measured): what an order costs, however
     /// loaded the machine is, so two builds compare better by it than by latency.
     pub cpu_per_order: (f64, f64),
+    /// When the round's last order was confirmed.
+    pub last_confirmed: Instant,
+    /// How long after that the read model had applied the round (NaN where not measured).
+    pub read_trail_ms: f64,
 }
 
 impl RoundResult {
@@ -398,6 +431,8 @@ impl RoundResult {
             max: at(1.0),
             hops: Vec::new(),
             cpu_per_order: (f64::NAN, f64::NAN),
+            last_confirmed: Instant::now(),
+            read_trail_ms: f64::NAN,
         }
     }
 
@@ -530,6 +565,8 @@ impl Load {
                 o.confirmed.remove(id);
             }
         }
-        Ok(RoundResult::of(rate, orders, elapsed, &latencies))
+        let mut result = RoundResult::of(rate, orders, elapsed, &latencies);
+        result.last_confirmed = last.unwrap_or_else(Instant::now);
+        Ok(result)
     }
 }
