@@ -4,7 +4,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus::{ConsumerSpec, Delivery, Domain, DurableConsumer, Envelope, Publisher, Verdict};
+use bus::server::ServerConfig;
+use bus::{
+    ConsumerSpec, Delivery, Domain, DurableConsumer, Envelope, NatsCluster, Publisher,
+    StreamSettings, Verdict,
+};
 use commerce_tests::{init_logs, temp_store, wait_until, Deadline, TestBroker};
 use serde_json::json;
 use storage::{Commit, CommitOutcome, NewEvent, Store};
@@ -57,6 +61,10 @@ async fn consume_batch(
 }
 
 async fn publish_orders(broker: &TestBroker, n: usize) -> Vec<Envelope> {
+    publish_orders_to(&broker.js, n).await
+}
+
+async fn publish_orders_to(js: &async_nats::jetstream::Context, n: usize) -> Vec<Envelope> {
     let events: Vec<_> = (0..n)
         .map(|i| {
             Envelope::new(
@@ -72,7 +80,7 @@ async fn publish_orders(broker: &TestBroker, n: usize) -> Vec<Envelope> {
         .iter()
         .map(|e| e.to_outbox_message().unwrap())
         .collect();
-    for outcome in Publisher::new(broker.js.clone()).publish_all(&rows).await {
+    for outcome in Publisher::new(js.clone()).publish_all(&rows).await {
         outcome.unwrap();
     }
     events
@@ -578,4 +586,82 @@ async fn wait_for_stream(broker: &TestBroker) -> u64 {
         deadline.check();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A cluster's consumer leader stalls (SIGSTOP, as `commerce chaos` does) holding this
+/// consumer's pull, and the client, connected to another node, never reconnects. The consumer
+/// reads on from the new leader: that one ends the old pull (409 Leadership Change), and were
+/// it to be lost, `next_batch` pulls again once heartbeats stop.
+#[tokio::test]
+async fn a_consumer_reads_on_when_its_leader_stalls_in_a_cluster() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = NatsCluster::start(3, ServerConfig::new(dir.path()))
+        .await
+        .expect("a 3-node nats-server cluster starts (run scripts/install-nats-server)");
+    let admin = bus::connect(&cluster.url(), "test", None).await.unwrap();
+    let admin = async_nats::jetstream::new(admin);
+    let settings = StreamSettings {
+        replicas: 3,
+        ..StreamSettings::default()
+    };
+    bus::provision(&admin, &settings).await.unwrap();
+    // Created here (never polled, so it sends no pull), to learn which node leads it.
+    drop(DurableConsumer::bind(&admin, spec()).await.unwrap());
+    let orders = admin.get_stream("ORDERS").await.unwrap();
+    let info = orders.consumer_info("payment").await.unwrap();
+    let leader = info
+        .cluster
+        .and_then(|c| c.leader)
+        .expect("a consumer leader");
+    let nodes = cluster.nodes();
+    let leading = nodes.iter().position(|n| n.name() == leader).unwrap();
+    let other = (leading + 1) % nodes.len();
+
+    let reader = bus::connect(&nodes[other].url(), "reader", None)
+        .await
+        .unwrap();
+    let mut consumer = DurableConsumer::bind(&async_nats::jetstream::new(reader), spec())
+        .await
+        .unwrap();
+    let (_db, store) = temp_store();
+    let before = publish_orders_to(&admin, 1).await;
+    let deadline = Deadline::after(WAIT, "the first event is applied");
+    while consume_batch(&mut consumer, &store).await.is_empty() {
+        deadline.check();
+    }
+
+    let pid = nodes[leading].pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status();
+        assert!(status.unwrap().success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let published = Deadline::after(WAIT, "the cluster takes a publish again");
+    let after = loop {
+        let envelope = Envelope::new(
+            Domain::Orders,
+            "OrderCreated",
+            Uuid::now_v7().to_string(),
+            json!({}),
+        )
+        .unwrap();
+        let row = envelope.to_outbox_message().unwrap();
+        let stored = Publisher::new(admin.clone()).publish_all([&row]).await;
+        if stored.iter().all(Result::is_ok) {
+            break envelope;
+        }
+        published.check();
+    };
+    // Before the client would resend a lost pull by itself (35 s after sending it).
+    let deadline = Deadline::after(Duration::from_secs(25), "the event after the stall");
+    while consume_batch(&mut consumer, &store).await.is_empty() {
+        deadline.check();
+    }
+    applied_once(&store, &before);
+    applied_once(&store, std::slice::from_ref(&after));
+    signal("-CONT");
+    cluster.stop().await;
 }

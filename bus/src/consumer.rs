@@ -20,10 +20,12 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::pull::{self, Stream as MessageStream};
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
+use async_nats::jetstream::consumer::pull::{
+    self, MessagesError, MessagesErrorKind, Stream as MessageStream,
+};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{self, AckKind, Message};
 use async_nats::HeaderMap;
 use futures::{FutureExt, StreamExt};
@@ -65,6 +67,11 @@ pub struct ConsumerSpec {
 /// those taken in hand behind it (`working` keeps them alive), and those waiting out a nak's
 /// backoff (a dependency that is down), which count too.
 const IN_FLIGHT_BATCHES: usize = 20;
+
+/// The broker says every this long that a pull is still waiting; two missed mean it is lost.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long after a lost pull to pull again: no flood of pulls while a leader is elected.
+const REPULL_PAUSE: Duration = Duration::from_millis(500);
 
 impl ConsumerSpec {
     pub fn new(stream: impl Into<String>, durable: impl Into<String>) -> Self {
@@ -161,7 +168,7 @@ pub struct DurableConsumer {
     spec: ConsumerSpec,
     js: jetstream::Context,
     /// When the consumer's position was last checked against its stream.
-    checked_at: Option<std::time::Instant>,
+    checked_at: Option<Instant>,
     /// The client's connection count at that check: a reconnect since calls for a check at once.
     checked_connects: Option<u64>,
     /// Where a consumer `realign` deleted is to be created again from.
@@ -170,7 +177,11 @@ pub struct DurableConsumer {
     /// longer holds it at its sequence, the stream lost its tail, even once new messages have
     /// filled it past this consumer again.
     newest: Option<Seen>,
+    consumer: PullConsumer,
     messages: MessageStream,
+    /// Since when no server answers this consumer's pull: its leader died with the pull, or
+    /// none is elected yet. The client would pull again only once that pull expired.
+    stalled_since: Option<Instant>,
     /// Delivered while a batch was being handled; handed out first by the next `next_batch`.
     waiting: VecDeque<Message>,
     /// The message stream ended while a batch was being handled.
@@ -225,14 +236,7 @@ impl DurableConsumer {
             .create_consumer(config)
             .await
             .map_err(|e| BusError::jetstream(what())(e))?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(spec.batch)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(|e| BusError::jetstream(what())(e))?;
+        let messages = pull(&consumer, &spec).await?;
         Ok(DurableConsumer {
             spec,
             js: js.clone(),
@@ -240,7 +244,9 @@ impl DurableConsumer {
             checked_connects: None,
             recreate_from: None,
             newest: None,
+            consumer,
             messages,
+            stalled_since: None,
             waiting: VecDeque::new(),
             ended: false,
             dlq: Publisher::new(js.clone()),
@@ -269,6 +275,13 @@ impl DurableConsumer {
     /// to the batch size. Messages that are not events, or were delivered more than `max_deliver`
     /// times, are moved to DLQ here and never handed out. An empty batch means `wait` passed.
     pub async fn next_batch(&mut self, wait: Duration) -> Result<Vec<Delivery>, BusError> {
+        if self
+            .stalled_since
+            .is_some_and(|since| since.elapsed() >= REPULL_PAUSE)
+        {
+            self.stalled_since = None;
+            self.messages = pull(&self.consumer, &self.spec).await?;
+        }
         let waited = self.waiting.len().min(self.spec.batch);
         let mut raw: Vec<Message> = self.waiting.drain(..waited).collect();
         if raw.is_empty() {
@@ -278,12 +291,12 @@ impl DurableConsumer {
             match tokio::time::timeout(wait, self.messages.next()).await {
                 Err(_elapsed) => return Ok(Vec::new()),
                 Ok(None) => return Err(self.ended()),
-                Ok(Some(item)) => raw.extend(keep(&self.spec.durable, item)),
+                Ok(Some(item)) => raw.extend(self.received(item)),
             }
         }
         while raw.len() < self.spec.batch && !self.ended {
             match self.messages.next().now_or_never() {
-                Some(Some(item)) => raw.extend(keep(&self.spec.durable, item)),
+                Some(Some(item)) => raw.extend(self.received(item)),
                 Some(None) => self.ended = true,
                 None => break,
             }
@@ -386,7 +399,7 @@ impl DurableConsumer {
             let bound = Self::bind_from(&self.js.clone(), self.spec.clone(), policy).await?;
             *self = bound;
         }
-        self.checked_at = Some(std::time::Instant::now());
+        self.checked_at = Some(Instant::now());
         self.checked_connects = Some(connects);
         Ok(start.is_some())
     }
@@ -433,7 +446,10 @@ impl DurableConsumer {
                     }
                 }
                 item = self.messages.next(), if !self.ended => match item {
-                    Some(item) => self.waiting.extend(keep(&self.spec.durable, item)),
+                    Some(item) => {
+                        let received = self.received(item);
+                        self.waiting.extend(received);
+                    }
                     None => self.ended = true,
                 },
             }
@@ -594,6 +610,27 @@ impl DurableConsumer {
             .map_err(|e| BusError::jetstream("terminate after DLQ")(e))
     }
 
+    /// A pulled message, or `None` for a pull error. After a broker restart the client pulls
+    /// again by itself once it reconnects. A pull that lost its server without a reconnect
+    /// (a cluster's consumer leader died; this client is on another node) shows as missed
+    /// heartbeats, or as no responders while a new leader is elected: the next `next_batch`
+    /// pulls again, not the client 35 s later.
+    fn received(&mut self, item: Result<Message, MessagesError>) -> Option<Message> {
+        let e = match item {
+            Ok(message) => return Some(message),
+            Err(e) => e,
+        };
+        let lost = matches!(
+            e.kind(),
+            MessagesErrorKind::MissingHeartbeat | MessagesErrorKind::NoResponders
+        );
+        if lost && self.stalled_since.is_none() {
+            self.stalled_since = Some(Instant::now());
+        }
+        tracing::debug!(consumer = %self.spec.durable, error = %e, lost, "pull interrupted");
+        None
+    }
+
     fn ended(&self) -> BusError {
         BusError::jetstream(format!(
             "consumer {} on {}",
@@ -647,16 +684,19 @@ fn consumer_not_found(e: &async_nats::jetstream::context::ConsumerInfoError) -> 
     }
 }
 
-/// A pulled message, or `None` for a pull error: missed heartbeats and pull errors while the
-/// broker restarts, after which the stream re-issues its pulls by itself.
-fn keep(durable: &str, item: Result<Message, impl std::fmt::Display>) -> Option<Message> {
-    match item {
-        Ok(message) => Some(message),
-        Err(e) => {
-            tracing::debug!(consumer = %durable, error = %e, "pull interrupted");
-            None
-        }
-    }
+/// Start pulling from `consumer`: a pull of `spec.batch` messages, the next whenever half of it
+/// has arrived or it expired.
+async fn pull(consumer: &PullConsumer, spec: &ConsumerSpec) -> Result<MessageStream, BusError> {
+    consumer
+        .stream()
+        .max_messages_per_batch(spec.batch)
+        .heartbeat(PULL_HEARTBEAT)
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| {
+            BusError::jetstream(format!("consumer {} on {}", spec.durable, spec.stream))(e)
+        })
 }
 
 /// Header values are one line.

@@ -129,6 +129,11 @@ impl NatsServer {
         self.port
     }
 
+    /// Its `server_name`, as the broker reports it (a stream's or consumer's leader, say).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The HTTP monitoring endpoint (`/varz`, `/jsz`, `/healthz`).
     pub fn monitor_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.monitor_port)

@@ -173,12 +173,19 @@ async fn lagging_consumers(js: &async_nats::jetstream::Context, within: Duration
             };
             for info in infos.iter().filter(|i| i.config.durable_name.is_some()) {
                 if info.num_pending > 0 || info.num_ack_pending > 0 {
+                    // Enough to tell a lost pull (nothing waiting) from a stale count.
+                    let leader = info.cluster.as_ref().and_then(|c| c.leader.as_deref());
                     lagging.push(format!(
-                        "{}/{}: {} pending, {} unacknowledged",
+                        "{}/{}: {} pending, {} unacknowledged ({} pulls waiting, delivered to \
+                         {}, acked to {}, leader {})",
                         domain.stream(),
                         info.name,
                         info.num_pending,
-                        info.num_ack_pending
+                        info.num_ack_pending,
+                        info.num_waiting,
+                        info.delivered.stream_sequence,
+                        info.ack_floor.stream_sequence,
+                        leader.unwrap_or("-"),
                     ));
                 }
             }
