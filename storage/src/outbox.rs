@@ -777,6 +777,19 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_mark_above_the_watermark_does_not_shorten_a_run() {
+        let (_dir, store, rows) = store_with_rows(4);
+        let later: Vec<_> = rows[1..].iter().cloned().zip([2, 3, 4]).collect();
+        store.mark_sent(&later, None).unwrap();
+        store.mark_sent(&later[..1], None).unwrap();
+        assert_eq!(store.sent_upto().unwrap(), 0, "row 1 is not sent yet");
+        assert_eq!(store.pending(10).unwrap(), vec![rows[0].clone()]);
+        store.mark_sent(&[(rows[0].clone(), 1)], None).unwrap();
+        assert_eq!(store.sent_upto().unwrap(), 4, "over the whole run 2..=4");
+        assert_eq!(store.outbox_sent_count(), 4);
+    }
+
+    #[test]
     fn a_malformed_watermark_is_an_error_not_a_resend_of_everything() {
         let (_dir, store, _rows) = store_with_rows(1);
         store.inner.meta.insert(SENT_UPTO, &[1, 2, 3]).unwrap();
