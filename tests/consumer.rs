@@ -621,11 +621,11 @@ async fn a_consumer_reads_on_when_its_leader_stalls_in_a_cluster() {
     let reader = bus::connect(&nodes[other].url(), "reader", None)
         .await
         .unwrap();
-    let mut consumer = DurableConsumer::bind(&async_nats::jetstream::new(reader), spec())
-        .await
-        .unwrap();
+    // Publishing through it too: a client on the paused node would wait for its pings (60 s).
+    let reader = async_nats::jetstream::new(reader);
+    let mut consumer = DurableConsumer::bind(&reader, spec()).await.unwrap();
     let (_db, store) = temp_store();
-    let before = publish_orders_to(&admin, 1).await;
+    let before = publish_orders_to(&reader, 1).await;
     let deadline = Deadline::after(WAIT, "the first event is applied");
     while consume_batch(&mut consumer, &store).await.is_empty() {
         deadline.check();
@@ -649,7 +649,7 @@ async fn a_consumer_reads_on_when_its_leader_stalls_in_a_cluster() {
         )
         .unwrap();
         let row = envelope.to_outbox_message().unwrap();
-        let stored = Publisher::new(admin.clone()).publish_all([&row]).await;
+        let stored = Publisher::new(reader.clone()).publish_all([&row]).await;
         if stored.iter().all(Result::is_ok) {
             break envelope;
         }

@@ -279,8 +279,7 @@ impl DurableConsumer {
             .stalled_since
             .is_some_and(|since| since.elapsed() >= REPULL_PAUSE)
         {
-            self.stalled_since = None;
-            self.messages = pull(&self.consumer, &self.spec).await?;
+            self.repull().await?;
         }
         let waited = self.waiting.len().min(self.spec.batch);
         let mut raw: Vec<Message> = self.waiting.drain(..waited).collect();
@@ -608,6 +607,18 @@ impl DurableConsumer {
             .ack_with(AckKind::Term)
             .await
             .map_err(|e| BusError::jetstream("terminate after DLQ")(e))
+    }
+
+    /// Pull again after a stall, keeping what had arrived (what was still on its way to the old
+    /// pull comes again after AckWait). Should the pull fail, the next call tries again.
+    async fn repull(&mut self) -> Result<(), BusError> {
+        while let Some(Some(item)) = self.messages.next().now_or_never() {
+            let received = self.received(item);
+            self.waiting.extend(received);
+        }
+        self.messages = pull(&self.consumer, &self.spec).await?;
+        self.stalled_since = None;
+        Ok(())
     }
 
     /// A pulled message, or `None` for a pull error. After a broker restart the client pulls
