@@ -4,12 +4,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus::server::ServerConfig;
-use bus::{
-    ConsumerSpec, Delivery, Domain, DurableConsumer, Envelope, NatsCluster, Publisher,
-    StreamSettings, Verdict,
+use bus::{ConsumerSpec, Delivery, Domain, DurableConsumer, Envelope, Publisher, Verdict};
+use commerce_tests::{
+    freeze, init_logs, temp_store, wait_until, Deadline, TestBroker, TestCluster,
 };
-use commerce_tests::{init_logs, temp_store, wait_until, Deadline, TestBroker};
 use serde_json::json;
 use storage::{Commit, CommitOutcome, NewEvent, Store};
 use tokio_util::sync::CancellationToken;
@@ -595,17 +593,8 @@ async fn wait_for_stream(broker: &TestBroker) -> u64 {
 #[tokio::test]
 async fn a_consumer_reads_on_when_its_leader_stalls_in_a_cluster() {
     init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = NatsCluster::start(3, ServerConfig::new(dir.path()))
-        .await
-        .expect("a 3-node nats-server cluster starts (run scripts/install-nats-server)");
-    let admin = bus::connect(&cluster.url(), "test", None).await.unwrap();
-    let admin = async_nats::jetstream::new(admin);
-    let settings = StreamSettings {
-        replicas: 3,
-        ..StreamSettings::default()
-    };
-    bus::provision(&admin, &settings).await.unwrap();
+    let mut broker = TestCluster::start().await;
+    let admin = broker.js.clone();
     // Created here (never polled, so it sends no pull), to learn which node leads it.
     drop(DurableConsumer::bind(&admin, spec()).await.unwrap());
     let orders = admin.get_stream("ORDERS").await.unwrap();
@@ -614,14 +603,14 @@ async fn a_consumer_reads_on_when_its_leader_stalls_in_a_cluster() {
         .cluster
         .and_then(|c| c.leader)
         .expect("a consumer leader");
-    let nodes = cluster.nodes();
+    let nodes = broker.cluster.nodes();
     let leading = nodes.iter().position(|n| n.name() == leader).unwrap();
     let other = (leading + 1) % nodes.len();
 
     let reader = bus::connect(&nodes[other].url(), "reader", None)
         .await
         .unwrap();
-    // Publishing through it too: a client on the paused node would wait for its pings (60 s).
+    // Publishing through it too: a client on the paused node would wait for its pings (30 s).
     let reader = async_nats::jetstream::new(reader);
     let mut consumer = DurableConsumer::bind(&reader, spec()).await.unwrap();
     let (_db, store) = temp_store();
@@ -631,14 +620,7 @@ async fn a_consumer_reads_on_when_its_leader_stalls_in_a_cluster() {
         deadline.check();
     }
 
-    let pid = nodes[leading].pid().unwrap().to_string();
-    let signal = |sig: &str| {
-        let status = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status();
-        assert!(status.unwrap().success(), "kill {sig} {pid}");
-    };
-    signal("-STOP");
+    freeze(&nodes[leading], true);
     let published = Deadline::after(WAIT, "the cluster takes a publish again");
     let after = loop {
         let envelope = Envelope::new(
@@ -662,6 +644,6 @@ async fn a_consumer_reads_on_when_its_leader_stalls_in_a_cluster() {
     }
     applied_once(&store, &before);
     applied_once(&store, std::slice::from_ref(&after));
-    signal("-CONT");
-    cluster.stop().await;
+    freeze(&nodes[leading], false);
+    broker.cluster.stop().await;
 }

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bus::server::{NatsServer, ServerConfig};
+use bus::NatsCluster;
 use bus::{Domain, Envelope};
 use serde_json::json;
 use storage::{Commit, NewEvent, Store, StoreConfig};
@@ -48,6 +49,47 @@ impl TestBroker {
         let mut s = self.js.get_stream(stream).await.expect("stream");
         s.info().await.expect("stream info").state.messages
     }
+}
+
+/// A 3-node nats-server cluster of this test's own, every stream kept on all three nodes;
+/// `js` is connected to the whole cluster (any node).
+pub struct TestCluster {
+    pub cluster: NatsCluster,
+    pub js: async_nats::jetstream::Context,
+    _dir: TempDir,
+}
+
+impl TestCluster {
+    pub async fn start() -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cluster = NatsCluster::start(3, ServerConfig::new(dir.path()))
+            .await
+            .expect("a 3-node nats-server cluster starts (run scripts/install-nats-server)");
+        let client = bus::connect(&cluster.url(), "test", None)
+            .await
+            .expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let settings = bus::StreamSettings {
+            replicas: 3,
+            ..bus::StreamSettings::default()
+        };
+        bus::provision(&js, &settings).await.expect("provision");
+        TestCluster {
+            cluster,
+            js,
+            _dir: dir,
+        }
+    }
+}
+
+/// Freeze a broker node (`true`: SIGSTOP; its sockets stay open and nothing answers) or thaw it.
+pub fn freeze(node: &NatsServer, frozen: bool) {
+    let pid = node.pid().expect("the node runs").to_string();
+    let signal = if frozen { "-STOP" } else { "-CONT" };
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "kill {signal} {pid}");
 }
 
 /// A fresh service database in its own temp dir.

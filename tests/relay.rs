@@ -4,8 +4,11 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use async_nats::jetstream;
 use bus::{Domain, Envelope, OutboxRelay, Publisher, RelayConfig};
-use commerce_tests::{commit_orders, init_logs, temp_store, wait_until, TestBroker};
+use commerce_tests::{
+    commit_orders, freeze, init_logs, temp_store, wait_until, Deadline, TestBroker, TestCluster,
+};
 use serde_json::json;
 use storage::Commit;
 use tokio_util::sync::CancellationToken;
@@ -14,9 +17,9 @@ use uuid::Uuid;
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Every `Nats-Msg-Id` in the stream, in stream order.
-async fn message_ids(broker: &TestBroker, stream: &str) -> Vec<Uuid> {
-    let stream = broker.js.get_stream(stream).await.unwrap();
-    let last = broker.stream_len("ORDERS").await;
+async fn message_ids(js: &jetstream::Context, stream: &str) -> Vec<Uuid> {
+    let mut stream = js.get_stream(stream).await.unwrap();
+    let last = stream.info().await.unwrap().state.messages;
     let mut ids = Vec::new();
     for seq in 1..=last {
         let message = stream.get_raw_message(seq).await.unwrap();
@@ -55,7 +58,10 @@ async fn relay_publishes_only_flushed_rows_and_marks_them_sent() {
         1,
         "only the unflushed row is still pending"
     );
-    let published: HashSet<_> = message_ids(&broker, "ORDERS").await.into_iter().collect();
+    let published: HashSet<_> = message_ids(&broker.js, "ORDERS")
+        .await
+        .into_iter()
+        .collect();
     assert_eq!(published, ids);
     assert!(!published.contains(&unflushed.id));
 
@@ -102,7 +108,10 @@ async fn broker_killed_mid_relay_every_row_lands_exactly_once() {
     let marked_sent = store.sent_event_ids().unwrap();
     assert!(store.outbox_depth() > 0, "the kill happened mid-relay");
     broker.server.restart().await.unwrap();
-    let stored: HashSet<_> = message_ids(&broker, "ORDERS").await.into_iter().collect();
+    let stored: HashSet<_> = message_ids(&broker.js, "ORDERS")
+        .await
+        .into_iter()
+        .collect();
     let lost: Vec<_> = marked_sent
         .iter()
         .filter(|id| !stored.contains(id))
@@ -124,7 +133,7 @@ async fn broker_killed_mid_relay_every_row_lands_exactly_once() {
     stop.cancel();
     running.await.unwrap();
 
-    let in_stream = message_ids(&broker, "ORDERS").await;
+    let in_stream = message_ids(&broker.js, "ORDERS").await;
     let unique: HashSet<_> = in_stream.iter().copied().collect();
     assert_eq!(
         in_stream.len(),
@@ -158,8 +167,8 @@ async fn relay_all(relay: &OutboxRelay) {
 }
 
 /// Every row appears exactly once in ORDERS, by `Nats-Msg-Id`.
-async fn exactly_once(broker: &TestBroker, ids: &HashSet<Uuid>) {
-    let in_stream = message_ids(broker, "ORDERS").await;
+async fn exactly_once(js: &jetstream::Context, ids: &HashSet<Uuid>) {
+    let in_stream = message_ids(js, "ORDERS").await;
     let unique: HashSet<_> = in_stream.iter().copied().collect();
     assert_eq!(in_stream.len(), unique.len(), "no duplicates in the stream");
     assert_eq!(&unique, ids, "every row acknowledged is in the stream");
@@ -179,7 +188,7 @@ async fn a_lost_broker_store_is_healed_from_the_kept_rows() {
         RelayConfig::default(),
     );
     relay_all(&relay).await;
-    exactly_once(&broker, &ids).await;
+    exactly_once(&broker.js, &ids).await;
 
     broker.server.kill();
     std::fs::remove_dir_all(broker.server.store_dir().join("jetstream")).unwrap();
@@ -194,7 +203,7 @@ async fn a_lost_broker_store_is_healed_from_the_kept_rows() {
 
     // The reconnect makes the next pass check the stream first.
     relay_all(&relay).await;
-    exactly_once(&broker, &ids).await;
+    exactly_once(&broker.js, &ids).await;
     assert_eq!(relay.stats().healed.load(Ordering::Relaxed), 400);
     // And a new relay over the same outbox finds nothing to heal.
     let again = OutboxRelay::new(
@@ -204,7 +213,7 @@ async fn a_lost_broker_store_is_healed_from_the_kept_rows() {
     );
     relay_all(&again).await;
     assert_eq!(again.stats().healed.load(Ordering::Relaxed), 0);
-    exactly_once(&broker, &ids).await;
+    exactly_once(&broker.js, &ids).await;
 }
 
 /// The stream keeps only its first messages (the tail of its last block lost), and new rows are
@@ -228,7 +237,7 @@ async fn a_lost_stream_tail_is_healed_even_when_new_rows_get_there_first() {
 
     ids.extend(commit_orders(&store, 10));
     relay_all(&relay).await;
-    exactly_once(&broker, &ids).await;
+    exactly_once(&broker.js, &ids).await;
     // The 40 lost, and the 10 of the pass that found the loss (dropped as duplicates).
     assert_eq!(relay.stats().healed.load(Ordering::Relaxed), 50);
 }
@@ -269,7 +278,7 @@ async fn a_duplicate_ack_below_the_known_end_is_not_a_loss() {
     relay_all(&relay).await;
     assert_eq!(relay.stats().duplicates.load(Ordering::Relaxed), 1);
     assert_eq!(relay.stats().healed.load(Ordering::Relaxed), 0);
-    exactly_once(&broker, &ids).await;
+    exactly_once(&broker.js, &ids).await;
     let position = store.stream_position().unwrap().unwrap();
     assert_eq!((position.last_seq, position.heal), (10, None));
 }
@@ -310,7 +319,7 @@ async fn rows_sent_out_of_order_and_then_lost_are_healed() {
     keep_only_the_first(&broker, 5).await;
 
     relay_all(&relay).await;
-    exactly_once(&broker, &ids).await;
+    exactly_once(&broker.js, &ids).await;
 }
 
 /// The broker lost the tail of `ORDERS`: only its first `n` messages are left, at their
@@ -335,4 +344,53 @@ async fn keep_only_the_first(broker: &TestBroker, n: u64) {
             .unwrap();
     }
     assert_eq!(broker.stream_len("ORDERS").await, n);
+}
+
+/// The node a relay is connected to freezes (SIGSTOP: its socket stays open, nothing answers):
+/// the client gives up on it after three unanswered pings (`bus::PING_INTERVAL`) and the rows
+/// reach the stream through another node, each once.
+#[tokio::test]
+async fn a_relay_whose_node_froze_publishes_through_another() {
+    init_logs();
+    let mut broker = TestCluster::start().await;
+    let client = bus::connect(&broker.cluster.url(), "relay", None)
+        .await
+        .unwrap();
+    // Connected (the first connection is made in the background), so it names its server.
+    client.flush().await.unwrap();
+    let nodes = broker.cluster.nodes();
+    let at = nodes
+        .iter()
+        .position(|n| n.name() == client.server_info().server_name)
+        .unwrap();
+    let other = bus::connect(&nodes[(at + 1) % nodes.len()].url(), "reader", None)
+        .await
+        .unwrap();
+    let other = jetstream::new(other);
+    let (_db, store) = temp_store();
+    let relay = OutboxRelay::new(
+        store.clone(),
+        Publisher::new(jetstream::new(client.clone())),
+        RelayConfig::default(),
+    );
+    let mut ids = commit_orders(&store, 10);
+    relay_all(&relay).await;
+
+    freeze(&nodes[at], true);
+    ids.extend(commit_orders(&store, 10));
+    // Three pings of 10 s; async-nats' default (60 s) would take three minutes.
+    let deadline = Deadline::after(Duration::from_secs(50), "the relay publishes again");
+    while store.outbox_depth() > 0 {
+        // Errors while the client still waits on the frozen node: the rows stay pending.
+        let _ = relay.relay_once().await;
+        deadline.check();
+    }
+    assert_ne!(
+        client.server_info().server_name,
+        nodes[at].name(),
+        "moved off the frozen node"
+    );
+    exactly_once(&other, &ids).await;
+    freeze(&nodes[at], false);
+    broker.cluster.stop().await;
 }

@@ -23,6 +23,7 @@ pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<async_nats::C
     let keyring = Keyring::load(settings, &[BusUser::Operator])?;
     let mut options = async_nats::ConnectOptions::new()
         .name("commerce-cli")
+        .ping_interval(bus::PING_INTERVAL)
         .custom_inbox_prefix(bus::inbox_prefix(BusUser::Operator.name()));
     if let Some(credentials) = keyring.get(BusUser::Operator) {
         options = credentials.apply(options).await?;

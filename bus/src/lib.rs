@@ -72,6 +72,11 @@ impl Login {
     }
 }
 
+/// How often a client pings a server that has sent it nothing. Three unanswered in a row and it
+/// moves to another server: a frozen node (SIGSTOP, a partition that drops packets rather than
+/// refusing them) holds its clients for 30 s, not the 3 minutes of async-nats' 60 s default.
+pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Connect to NATS as `name` (with `credentials`, if the server wants them), retrying the first
 /// connection and reconnecting forever after a drop, so a broker restart is a pause, not a
 /// failure. Replies come to `_INBOX_<name>.>`, so permissions can give each identity its own
@@ -87,6 +92,7 @@ pub async fn connect(
         .custom_inbox_prefix(inbox_prefix(name))
         .retry_on_initial_connect()
         .connection_timeout(std::time::Duration::from_secs(5))
+        .ping_interval(PING_INTERVAL)
         .event_callback(move |event| {
             let who = who.clone();
             async move {
