@@ -7,8 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bus::server::{NatsServer, ServerConfig};
-use bus::NatsCluster;
-use bus::{Domain, Envelope};
+use bus::{Domain, Envelope, NatsCluster};
 use serde_json::json;
 use storage::{Commit, NewEvent, Store, StoreConfig};
 use tempfile::TempDir;
