@@ -1,5 +1,7 @@
 //! How client commands (`status`, `order`, `projection`, `faults`, `bench`) reach the broker.
 
+use std::time::Duration;
+
 use actors::access::{BusUser, Keyring};
 use actors::Settings;
 use anyhow::Context;
@@ -16,6 +18,10 @@ pub fn client_url(settings: &Settings) -> String {
     }
 }
 
+/// How long each server has to answer a new connection before the next one is tried: a frozen
+/// node of a cluster (its socket open, nothing answering) costs this much, not the command.
+const CONNECT_EACH: Duration = Duration::from_secs(5);
+
 /// Connect as the operator: with `--nats-creds` (or `NATS_CREDS`), else the operator's
 /// credentials that `commerce up` keeps under the data dir.
 pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<async_nats::Client> {
@@ -23,23 +29,24 @@ pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<async_nats::C
     let keyring = Keyring::load(settings, &[BusUser::Operator])?;
     let mut options = async_nats::ConnectOptions::new()
         .name("commerce-cli")
+        .connection_timeout(CONNECT_EACH)
         .ping_interval(bus::PING_INTERVAL)
         .custom_inbox_prefix(bus::inbox_prefix(BusUser::Operator.name()));
     if let Some(credentials) = keyring.get(BusUser::Operator) {
         options = credentials.apply(options).await?;
     }
-    tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        options.connect(bus::server_urls(&url).as_slice()),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("no NATS server answers at {url}; is `commerce up` running?"))?
-    .with_context(|| {
-        format!(
-            "cannot connect to {url} (is `commerce up` running? with another --data-dir, \
+    let servers = bus::server_urls(&url);
+    // Every server in turn, each once; a little more for the client's pauses between them.
+    let all = CONNECT_EACH * servers.len().max(1) as u32 + Duration::from_secs(1);
+    tokio::time::timeout(all, options.connect(servers.as_slice()))
+        .await
+        .map_err(|_| anyhow::anyhow!("no NATS server answers at {url}; is `commerce up` running?"))?
+        .with_context(|| {
+            format!(
+                "cannot connect to {url} (is `commerce up` running? with another --data-dir, \
                  give the operator's credentials: --nats-creds FILE or NATS_CREDS)"
-        )
-    })
+            )
+        })
 }
 
 /// A simulator's address: from the running `commerce up` (`endpoints.json`), else settings.
@@ -55,4 +62,34 @@ pub fn simulator_url(simulator: &str, settings: &Settings) -> anyhow::Result<Str
         other => anyhow::bail!("unknown simulator {other:?}: payment-gateway or carrier"),
     };
     Ok(endpoints[key].as_str().map_or(fallback, str::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bus::server::{NatsServer, ServerConfig};
+
+    /// Of two servers, the one tried first may be frozen: the command connects to the other.
+    #[tokio::test]
+    async fn a_command_connects_past_a_frozen_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = |name: &str| NatsServer::start(ServerConfig::new(dir.path().join(name)));
+        let frozen = start("frozen")
+            .await
+            .expect("nats-server starts (run scripts/install-nats-server)");
+        let alive = start("alive").await.unwrap();
+        commerce_tests::freeze(&frozen, true);
+        let settings = Settings {
+            data_dir: dir.path().join("data"),
+            nats_url: Some(format!("{},{}", frozen.url(), alive.url())),
+            ..Settings::default()
+        };
+        // The client tries the servers in a random order: four commands, each half likely to
+        // try the frozen one first.
+        for _ in 0..4 {
+            let client = connect(&settings).await.unwrap();
+            assert_eq!(client.server_info().server_name, alive.name());
+        }
+        commerce_tests::freeze(&frozen, false);
+    }
 }
