@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus::{ConsumerSpec, Delivery, Domain, DurableConsumer, Envelope, Publisher, Verdict};
-use commerce_tests::{
-    freeze, init_logs, temp_store, wait_until, Deadline, TestBroker, TestCluster,
-};
+use commerce_tests::{init_logs, temp_store, wait_until, Deadline, TestBroker, TestCluster};
 use serde_json::json;
 use storage::{Commit, CommitOutcome, NewEvent, Store};
 use tokio_util::sync::CancellationToken;
@@ -620,7 +618,7 @@ async fn a_consumer_reads_on_when_its_leader_stalls_in_a_cluster() {
         deadline.check();
     }
 
-    freeze(&nodes[leading], true);
+    nodes[leading].pause(true).unwrap();
     let published = Deadline::after(WAIT, "the cluster takes a publish again");
     let after = loop {
         let envelope = Envelope::new(
@@ -644,6 +642,6 @@ async fn a_consumer_reads_on_when_its_leader_stalls_in_a_cluster() {
     }
     applied_once(&store, &before);
     applied_once(&store, std::slice::from_ref(&after));
-    freeze(&nodes[leading], false);
+    nodes[leading].pause(false).unwrap();
     broker.cluster.stop().await;
 }

@@ -81,16 +81,6 @@ impl TestCluster {
     }
 }
 
-/// Freeze a broker node (`true`: SIGSTOP; its sockets stay open and nothing answers) or thaw it.
-pub fn freeze(node: &NatsServer, frozen: bool) {
-    let pid = node.pid().expect("the node runs").to_string();
-    let signal = if frozen { "-STOP" } else { "-CONT" };
-    let status = std::process::Command::new("kill")
-        .args([signal, &pid])
-        .status();
-    assert!(status.is_ok_and(|s| s.success()), "kill {signal} {pid}");
-}
-
 /// A fresh service database in its own temp dir.
 pub fn temp_store() -> (TempDir, Store) {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bus::{Domain, Envelope, OutboxRelay, Publisher, RelayConfig};
 use commerce_tests::{
-    commit_orders, freeze, init_logs, temp_store, wait_until, Deadline, TestBroker, TestCluster,
+    commit_orders, init_logs, temp_store, wait_until, Deadline, TestBroker, TestCluster,
 };
 use serde_json::json;
 use storage::Commit;
@@ -376,7 +376,7 @@ async fn a_relay_whose_node_froze_publishes_through_another() {
     let mut ids = commit_orders(&store, 10);
     relay_all(&relay).await;
 
-    freeze(&nodes[at], true);
+    nodes[at].pause(true).unwrap();
     ids.extend(commit_orders(&store, 10));
     // Three pings of 10 s; async-nats' default (60 s) would take three minutes.
     let deadline = Deadline::after(Duration::from_secs(50), "the relay publishes again");
@@ -391,6 +391,6 @@ async fn a_relay_whose_node_froze_publishes_through_another() {
         "moved off the frozen node"
     );
     exactly_once(&other, &ids).await;
-    freeze(&nodes[at], false);
+    nodes[at].pause(false).unwrap();
     broker.cluster.stop().await;
 }

@@ -78,7 +78,7 @@ mod tests {
             .await
             .expect("nats-server starts (run scripts/install-nats-server)");
         let alive = start("alive").await.unwrap();
-        commerce_tests::freeze(&frozen, true);
+        frozen.pause(true).unwrap();
         let settings = Settings {
             data_dir: dir.path().join("data"),
             nats_url: Some(format!("{},{}", frozen.url(), alive.url())),
@@ -90,6 +90,6 @@ mod tests {
             let client = connect(&settings).await.unwrap();
             assert_eq!(client.server_info().server_name, alive.name());
         }
-        commerce_tests::freeze(&frozen, false);
+        frozen.pause(false).unwrap();
     }
 }

@@ -143,13 +143,29 @@ impl NatsServer {
         &self.config.store_dir
     }
 
-    /// The process id while it runs (to SIGSTOP it, as a chaos test does).
+    /// The process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Freeze the server (`true`: SIGSTOP; its sockets stay open and nothing answers) or thaw it
+    /// (SIGCONT), as a stalled machine or a partition that drops packets would.
+    pub fn pause(&self, paused: bool) -> Result<(), BusError> {
+        let signal = if paused {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        let pid = self
+            .pid()
+            .and_then(|pid| i32::try_from(pid).ok())
+            .ok_or_else(|| BusError::Server(format!("{} is not running", self.name)))?;
+        kill(Pid::from_raw(pid), signal)
+            .map_err(|e| BusError::Server(format!("{signal} to {}: {e}", self.name)))
     }
 
     /// SIGKILL: the crash case. Waits for the process to be gone.
