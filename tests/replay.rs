@@ -68,9 +68,8 @@ async fn a_replay_answers_every_message_it_reads() {
         .await
         .expect("replay opens");
     for n in 1..=EVENTS as u64 {
-        let message = replay.next().await.expect("next message");
-        let seq = message.info().expect("info").stream_sequence;
-        assert_eq!(seq, n, "the replay reads the stream in order");
+        let read = replay.next().await.expect("next message");
+        assert_eq!(read.sequence, n, "the replay reads the stream in order");
     }
 
     // Each answer reached the broker, one for every message: the permission to answer covered

@@ -18,6 +18,17 @@ const SILENCE: Duration = Duration::from_secs(10);
 /// Consumers started in a row without a message before the replay gives up.
 const ATTEMPTS: u32 = 4;
 
+/// A message read, with where it sits in its stream (its reply subject parsed once).
+pub struct Entry {
+    pub message: jetstream::Message,
+    /// Its stream sequence.
+    pub sequence: u64,
+    /// How many messages the stream held after it when it was delivered.
+    pub pending: u64,
+    /// When the broker stored it, in ns since the epoch.
+    pub stored_ns: i128,
+}
+
 pub struct Replay {
     stream: jetstream::stream::Stream,
     name: String,
@@ -57,8 +68,8 @@ impl Replay {
         self.pending
     }
 
-    /// The next message. Its `info()` says its sequence and how many were stored after it.
-    pub async fn next(&mut self) -> Result<jetstream::Message, BusError> {
+    /// The next message, with where it sits in its stream.
+    pub async fn next(&mut self) -> Result<Entry, BusError> {
         let mut silent = 0;
         loop {
             let answer = match self.messages.as_mut() {
@@ -73,16 +84,20 @@ impl Replay {
                     // 4,096 messages; unanswered, a replay's would make it quadratic. Only
                     // that bookkeeping depends on it, so a failed send is no failure.
                     let _ = message.ack().await;
-                    let seq = message
-                        .info()
-                        .map_err(|e| self.failed(e.to_string()))?
-                        .stream_sequence;
+                    let info = message.info().map_err(|e| self.failed(e.to_string()))?;
+                    let (sequence, pending) = (info.stream_sequence, info.pending);
+                    let stored_ns = info.published.unix_timestamp_nanos();
                     // A message a consumer before this one already gave.
-                    if seq < self.next {
+                    if sequence < self.next {
                         continue;
                     }
-                    self.next = seq + 1;
-                    return Ok(message);
+                    self.next = sequence + 1;
+                    return Ok(Entry {
+                        message,
+                        sequence,
+                        pending,
+                        stored_ns,
+                    });
                 }
                 Ok(Some(Err(e))) => {
                     tracing::info!(stream = %self.name, error = %e, "replay: starting its consumer again");

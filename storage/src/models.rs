@@ -1,11 +1,17 @@
 //! Read-model rows: key → value in generations. Queries read the active generation; a rebuild
 //! fills the next one and then switches to it in one write, so readers never see a half-built
 //! model. Key: generation u32 BE ‖ row key.
+//!
+//! A new generation is numbered past every one used before, so the rows a rebuild left behind
+//! (interrupted, abandoned, or replaced by a switch) are never in its way: they are swept a part
+//! at a time, while the new one fills.
 
 use crate::store::decode_u64;
 use crate::{StorageError, Store};
 
 const ACTIVE_GENERATION: &[u8] = b"models_generation";
+/// The highest generation ever handed out (rows may not show it: none written yet, or swept).
+const HIGHEST_GENERATION: &[u8] = b"models_generation_highest";
 
 fn model_key(generation: u32, key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + key.len());
@@ -56,17 +62,63 @@ impl Store {
         Ok(())
     }
 
-    /// Delete every row of `generation`. Returns how many.
-    pub fn drop_models(&self, generation: u32) -> Result<usize, StorageError> {
+    /// A generation to fill: past the active one, every one handed out before, and every one
+    /// that has rows, so nothing is in it yet.
+    pub fn new_models(&self) -> Result<u32, StorageError> {
+        let meta = &self.inner.meta;
+        let highest = meta
+            .get(HIGHEST_GENERATION)?
+            .and_then(|v| decode_u64(&v))
+            .map_or(0, |g| g as u32);
+        let with_rows = match self.inner.models.last()? {
+            Some((key, _)) => generation_of(&key)?,
+            None => 0,
+        };
+        let next = highest
+            .max(with_rows)
+            .max(self.active_models()?)
+            .checked_add(1)
+            .ok_or(StorageError::Malformed {
+                what: "read model generation",
+                reason: "every generation number has been used".into(),
+            })?;
+        meta.insert(HIGHEST_GENERATION, &u64::from(next).to_be_bytes())?;
+        Ok(next)
+    }
+
+    /// Delete up to `limit` rows of the generations below `below`, except `keep`: what earlier
+    /// rebuilds left, a part at a time, so that no one batch holds a whole model. Returns how
+    /// many it deleted: 0 once none are left.
+    pub fn sweep_models(&self, below: u32, keep: u32, limit: usize) -> Result<usize, StorageError> {
+        let models = &self.inner.models;
         let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for item in self.inner.models.scan_prefix(generation.to_be_bytes()) {
-            let (key, _) = item?;
-            batch.remove(key);
-            n += 1;
+        let (mut deleted, mut from) = (0, 0u32);
+        while deleted < limit && from < below {
+            // The next generation below `below` that has rows.
+            let Some(key) = models
+                .range(from.to_be_bytes()..below.to_be_bytes())
+                .keys()
+                .next()
+                .transpose()?
+            else {
+                break;
+            };
+            let generation = generation_of(&key)?;
+            if generation != keep {
+                for key in models
+                    .scan_prefix(generation.to_be_bytes())
+                    .keys()
+                    .take(limit - deleted)
+                {
+                    batch.remove(key?);
+                    deleted += 1;
+                }
+            }
+            // Below `below`, so this does not overflow.
+            from = generation + 1;
         }
-        self.inner.models.apply_batch(batch)?;
-        Ok(n)
+        models.apply_batch(batch)?;
+        Ok(deleted)
     }
 
     /// Every row of `generation`, in key order.
@@ -85,12 +137,21 @@ impl Store {
     }
 }
 
+fn generation_of(key: &[u8]) -> Result<u32, StorageError> {
+    key.first_chunk::<4>()
+        .map(|g| u32::from_be_bytes(*g))
+        .ok_or(StorageError::Malformed {
+            what: "read model key",
+            reason: format!("{} bytes, shorter than its generation", key.len()),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use crate::{Store, StoreConfig};
 
     #[test]
-    fn generations_switch_atomically_and_drop_cleanly() {
+    fn generations_switch_atomically_and_are_swept_cleanly() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
         assert_eq!(store.active_models().unwrap(), 0);
@@ -106,11 +167,57 @@ mod tests {
         assert_eq!(store.model(0, "o1").unwrap().unwrap(), b"old");
         store.switch_models(1).unwrap();
         assert_eq!(store.active_models().unwrap(), 1);
-        assert_eq!(store.drop_models(0).unwrap(), 1);
+        assert_eq!(store.sweep_models(1, 1, 100).unwrap(), 1);
         assert!(store.model(0, "o1").unwrap().is_none());
         assert_eq!(store.models(1).unwrap().len(), 2);
         drop(store);
         let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
         assert_eq!(store.active_models().unwrap(), 1, "the switch is durable");
+    }
+
+    #[test]
+    fn a_new_generation_is_past_every_one_used_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+        assert_eq!(store.new_models().unwrap(), 1);
+        // An interrupted rebuild of an older build left rows further on.
+        store
+            .write_models(7, &[("o1".into(), b"x".to_vec())])
+            .unwrap();
+        assert_eq!(store.new_models().unwrap(), 8);
+        // Handed out, nothing written, then swept: not handed out again.
+        assert_eq!(store.sweep_models(8, 0, 100).unwrap(), 1);
+        assert_eq!(store.new_models().unwrap(), 9);
+        drop(store);
+        let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+        assert_eq!(store.new_models().unwrap(), 10);
+    }
+
+    #[test]
+    fn a_sweep_deletes_old_generations_a_part_at_a_time_and_keeps_the_active_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+        let rows = |n: usize| -> Vec<(String, Vec<u8>)> {
+            (0..n).map(|i| (format!("o{i}"), b"row".to_vec())).collect()
+        };
+        for generation in [0, 2, 3, 5, 6] {
+            store.write_models(generation, &rows(5)).unwrap();
+        }
+        // Below 5, except 3: generations 0 and 2, ten rows, four at a time.
+        let mut parts = Vec::new();
+        loop {
+            match store.sweep_models(5, 3, 4).unwrap() {
+                0 => break,
+                n => parts.push(n),
+            }
+        }
+        assert_eq!(parts, [4, 4, 2]);
+        for (generation, left) in [(0, 0), (2, 0), (3, 5), (5, 5), (6, 5)] {
+            assert_eq!(
+                store.models(generation).unwrap().len(),
+                left,
+                "generation {generation}"
+            );
+        }
     }
 }

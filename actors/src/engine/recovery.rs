@@ -138,9 +138,10 @@ async fn restore_events<S: Service>(
     let mut messages = bus::replay::Replay::open(js, domain.stream(), &filter).await?;
     let mut more = messages.pending() > 0;
     while more {
-        let message = messages.next().await?;
+        let read = messages.next().await?;
+        let message = read.message;
         // Nothing left after it (a last one deleted since keeps its number, not its message).
-        more = message.info().map_err(failed)?.pending > 0;
+        more = read.pending > 0;
         let Ok(envelope) = Envelope::from_slice(&message.payload) else {
             continue;
         };
@@ -254,9 +255,10 @@ async fn restore_dead_letters(
     let mut ids = Vec::new();
     let mut more = messages.pending() > 0;
     while more {
-        let message = messages.next().await?;
+        let read = messages.next().await?;
+        let message = read.message;
         // Nothing left after it (one deleted meanwhile, by an operator, is not waited for).
-        more = message.info().map_err(failed)?.pending > 0;
+        more = read.pending > 0;
         // Undecodable ones would be dead-lettered again; nothing to mark.
         if let Ok(envelope) = Envelope::from_slice(&message.payload) {
             ids.push(envelope.id);

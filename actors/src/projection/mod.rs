@@ -51,7 +51,7 @@ pub struct ProjectionActor {
     /// The generation queries read (shared with the query endpoint).
     active: Arc<AtomicU32>,
     /// The generation a rebuild is filling, if one runs.
-    building: Option<u32>,
+    building: Option<rebuild::Building>,
     /// The active generation's open sagas.
     sagas: Arc<OpenSagas>,
 }
@@ -74,15 +74,24 @@ impl Progress {
 
 impl ProjectionActor {
     /// Apply envelopes to the rows of `generation`: each order's row once per batch.
-    fn apply(&self, generation: u32, envelopes: &[&Envelope]) -> Result<(), EngineError> {
+    fn apply(&mut self, generation: u32, envelopes: &[&Envelope]) -> Result<(), EngineError> {
         let mut rows: HashMap<&str, OrderReadModel> = HashMap::new();
+        // What the saga tracker knew of each row before this batch (the active generation's).
+        let mut before: HashMap<&str, SagaFacts> = HashMap::new();
+        let active = generation == self.active.load(Ordering::Acquire);
         let mut changed = Vec::new();
         for envelope in envelopes {
             let id = envelope.subject.as_str();
             if !rows.contains_key(id) {
-                let row = self
-                    .row(generation, id)?
-                    .unwrap_or_else(|| OrderReadModel::new(id));
+                let row = match self.row(generation, id)? {
+                    Some(row) => {
+                        if active {
+                            before.insert(id, SagaFacts::of(&row));
+                        }
+                        row
+                    }
+                    None => OrderReadModel::new(id),
+                };
                 rows.insert(id, row);
             }
             if let Some(row) = rows.get_mut(id) {
@@ -100,7 +109,13 @@ impl ProjectionActor {
                 row
             })
             .collect();
-        self.write(generation, &refolded)
+        self.write(generation, &refolded)?;
+        if active {
+            for row in &refolded {
+                self.sagas.update(before.get(row.order_id.as_str()), row);
+            }
+        }
+        Ok(())
     }
 
     /// The row of order `id` in `generation`, if there is one.
@@ -116,22 +131,26 @@ impl ProjectionActor {
             })
     }
 
-    /// Write folded rows to `generation` in one batch (durable at the next flush).
-    fn write(&self, generation: u32, rows: &[OrderReadModel]) -> Result<(), EngineError> {
+    /// Write folded rows to `generation` in one batch (durable at the next flush); a rebuild
+    /// keeps track of its generation's sagas.
+    fn write(&mut self, generation: u32, rows: &[OrderReadModel]) -> Result<(), EngineError> {
         let writes = rows
             .iter()
             .map(|row| Ok((row.order_id.clone(), encode(row)?)))
             .collect::<Result<Vec<_>, EngineError>>()?;
         self.store.write_models(generation, &writes)?;
-        if generation == self.active.load(Ordering::Acquire) {
-            rows.iter().for_each(|row| self.sagas.update(row));
+        if let Some(building) = self.building.as_mut() {
+            if building.generation == generation {
+                rows.iter()
+                    .for_each(|row| building.track(SagaFacts::of(row)));
+            }
         }
         Ok(())
     }
 
     fn generations(&self) -> Vec<u32> {
         let mut generations = vec![self.active.load(Ordering::Acquire)];
-        generations.extend(self.building);
+        generations.extend(self.building.as_ref().map(|b| b.generation));
         generations
     }
 }

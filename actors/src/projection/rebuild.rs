@@ -8,6 +8,9 @@
 //! (memory stays bounded however long the history); should an event of it come after all, the
 //! row is merged with its written self. The write merges with what live events wrote meanwhile
 //! too, so nothing depends on which came first: a row is the fold of its timeline.
+//!
+//! Every row written to the new generation leaves its saga's facts with the actor, so the switch
+//! hands them to the saga tracker rather than reading every row back.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -15,12 +18,14 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use async_nats::jetstream;
-use bus::{BusError, Domain, Envelope};
+use bus::replay::Entry;
+use bus::{Domain, Envelope};
 use serde_json::value::RawValue;
 
 use super::api::RebuildStarted;
 use super::model::OrderReadModel;
-use super::{decode, encode, load_sagas, Progress, ProjectionActor, COMPONENT};
+use super::sagas::SagaFacts;
+use super::{decode, encode, Progress, ProjectionActor, COMPONENT};
 use crate::engine::EngineError;
 use crate::rpc::DomainError;
 
@@ -29,6 +34,9 @@ const ROWS_IN_MEMORY: usize = 10_000;
 /// Rows per write to the new generation: live batches get their turn in between, and at the end
 /// the folding thread encodes the next rows while the actor writes these.
 const ROWS_PER_WRITE: usize = 128;
+/// Rows of old generations deleted at a time: one sled batch, which holds sled's lock for all
+/// the process's databases while it applies.
+const ROWS_PER_SWEEP: usize = 256;
 
 /// Why a rebuild step was refused.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +51,19 @@ pub enum RebuildError {
     Engine(#[from] EngineError),
 }
 
+/// The generation a rebuild is filling, and the facts of each saga written to it so far.
+pub(super) struct Building {
+    pub(super) generation: u32,
+    sagas: HashMap<String, SagaFacts>,
+}
+
+impl Building {
+    /// A row of this generation was written: its saga is now as `facts` say.
+    pub(super) fn track(&mut self, facts: SagaFacts) {
+        self.sagas.insert(facts.order_id().to_string(), facts);
+    }
+}
+
 /// Start filling a new generation; answers it.
 struct BeginRebuild;
 impl Message for BeginRebuild {
@@ -51,26 +72,61 @@ impl Message for BeginRebuild {
 
 impl Handler<BeginRebuild> for ProjectionActor {
     type Result = Result<u32, RebuildError>;
-    fn handle(&mut self, _: BeginRebuild, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: BeginRebuild, ctx: &mut Context<Self>) -> Self::Result {
         if self.building.is_some() {
             return Err(RebuildError::AlreadyRunning);
         }
-        let active = self.active.load(Ordering::Acquire);
-        let next = active + 1;
-        // Leftovers: an interrupted rebuild's rows, and the generation the last switch replaced
-        // (kept until now so queries that had already picked it could still finish).
-        self.store.drop_models(next)?;
-        if let Some(previous) = active.checked_sub(1) {
-            self.store.drop_models(previous)?;
-        }
-        self.building = Some(next);
+        let next = self.store.new_models()?;
+        // Leftovers: an interrupted or abandoned rebuild's rows, and the generation the last
+        // switch replaced (kept until now so queries that had already picked it could finish).
+        ctx.notify(Sweep {
+            below: next,
+            keep: self.active.load(Ordering::Acquire),
+        });
+        self.building = Some(Building {
+            generation: next,
+            sagas: HashMap::new(),
+        });
         Ok(next)
     }
 }
 
-/// Rows folded from replayed events, encoded, for the generation being built: order id and row.
-/// Only the encoding comes back: the rows are freed where they were made, on the folding thread.
-struct Replayed(Vec<(String, Vec<u8>)>);
+/// Delete the rows of the generations below `below` but `keep`, a part at a time on tokio's
+/// blocking pool: off the actor's thread, where the projection's connection to the broker is
+/// served too, and never one batch however large the model.
+struct Sweep {
+    below: u32,
+    keep: u32,
+}
+impl Message for Sweep {
+    type Result = ();
+}
+
+impl Handler<Sweep> for ProjectionActor {
+    type Result = ();
+    fn handle(&mut self, msg: Sweep, ctx: &mut Context<Self>) {
+        let store = self.store.clone();
+        let (below, keep) = (msg.below, msg.keep);
+        let part =
+            tokio::task::spawn_blocking(move || store.sweep_models(below, keep, ROWS_PER_SWEEP));
+        ctx.spawn(part.into_actor(self).map(move |swept, _, ctx| match swept {
+            Ok(Ok(0)) | Err(_) => {} // done, or the runtime is stopping
+            Ok(Ok(_)) => ctx.notify(msg),
+            // They stay until the next rebuild sweeps again.
+            Ok(Err(e)) => tracing::warn!(error = %e, "deleting old read model rows failed"),
+        }));
+    }
+}
+
+/// A row folded from replayed events, for the generation being built. Only its encoding and its
+/// saga's facts come back: the row is freed where it was made, on the folding thread.
+struct RebuiltRow {
+    order_id: String,
+    bytes: Vec<u8>,
+    facts: SagaFacts,
+}
+
+struct Replayed(Vec<RebuiltRow>);
 impl Message for Replayed {
     type Result = Result<(), RebuildError>;
 }
@@ -78,9 +134,18 @@ impl Message for Replayed {
 impl Handler<Replayed> for ProjectionActor {
     type Result = Result<(), RebuildError>;
     fn handle(&mut self, msg: Replayed, _: &mut Context<Self>) -> Self::Result {
-        let generation = self.building.ok_or(RebuildError::NotRunning)?;
+        let generation = match &self.building {
+            Some(building) => building.generation,
+            None => return Err(RebuildError::NotRunning),
+        };
         let mut writes = Vec::with_capacity(msg.0.len());
-        for (id, mut bytes) in msg.0 {
+        let mut facts = Vec::with_capacity(msg.0.len());
+        for RebuiltRow {
+            order_id: id,
+            mut bytes,
+            facts: mut saga,
+        } in msg.0
+        {
             // What live events (or an earlier write-out of this row) put there meanwhile: fold
             // it in, and encode the row again.
             if let Some(written) = self.row(generation, &id)? {
@@ -96,11 +161,16 @@ impl Handler<Replayed> for ProjectionActor {
                 if added {
                     row.refold();
                     bytes = encode(&row)?;
+                    saga = SagaFacts::of(&row);
                 }
             }
             writes.push((id, bytes));
+            facts.push(saga);
         }
         self.store.write_models(generation, &writes)?;
+        if let Some(building) = self.building.as_mut() {
+            facts.into_iter().for_each(|saga| building.track(saga));
+        }
         Ok(())
     }
 }
@@ -113,16 +183,26 @@ impl Message for EndRebuild {
 
 impl Handler<EndRebuild> for ProjectionActor {
     type Result = AtomicResponse<Self, Result<(), EngineError>>;
-    fn handle(&mut self, msg: EndRebuild, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: EndRebuild, ctx: &mut Context<Self>) -> Self::Result {
         let store = self.store.clone();
         let built = self.building.take();
         let active = self.active.clone();
         let sagas = self.sagas.clone();
+        let sweeper = ctx.address();
         AtomicResponse::new(Box::pin(
             async move {
-                let Some(built) = built else { return Ok(()) };
+                let Some(Building {
+                    generation: built,
+                    sagas: built_sagas,
+                }) = built
+                else {
+                    return Ok(());
+                };
                 if !msg.0 {
-                    store.drop_models(built)?;
+                    sweeper.do_send(Sweep {
+                        below: built.saturating_add(1),
+                        keep: active.load(Ordering::Acquire),
+                    });
                     return Ok(());
                 }
                 // Make the new rows durable, then switch in one write.
@@ -131,9 +211,8 @@ impl Handler<EndRebuild> for ProjectionActor {
                 // Queries and live events follow the switch at once, even should its flush
                 // fail: sled may still write it, and live events must not miss the new rows.
                 active.store(built, Ordering::Release);
-                let flushed = store.flush().await;
-                load_sagas(&sagas, &store, built)?;
-                flushed.map(|_| ()).map_err(EngineError::from)
+                sagas.reload(built_sagas.into_values());
+                store.flush().await.map(|_| ()).map_err(EngineError::from)
             }
             .into_actor(self),
         ))
@@ -191,48 +270,30 @@ pub(super) async fn start(
     })
 }
 
-/// Where each stream ends now: what the replay must reach.
+/// Where each stream ends now: what the replay must reach. The streams are asked at once.
 async fn replay_targets(js: &jetstream::Context) -> Result<Vec<(Domain, u64)>, DomainError> {
-    let mut targets = Vec::new();
-    for domain in Domain::ALL {
-        let mut stream = js
+    futures::future::try_join_all(Domain::ALL.into_iter().map(|domain| async move {
+        let stream = js
             .get_stream(domain.stream())
             .await
             .map_err(|e| DomainError::unavailable(e.to_string()))?;
-        let state = &stream
-            .info()
-            .await
-            .map_err(|e| DomainError::unavailable(e.to_string()))?
-            .state;
+        let state = &stream.cached_info().state;
         if state.first_sequence > 1 {
             return Err(DomainError::conflict(format!(
                 "{} no longer holds its first events (retention): a rebuild would lose orders",
                 domain.stream()
             )));
         }
-        targets.push((domain, state.last_sequence));
-    }
-    Ok(targets)
-}
-
-fn failed(cause: async_nats::Error) -> RebuildError {
-    RebuildError::Engine(EngineError::Bus(BusError::jetstream("rebuild")(cause)))
+        Ok((domain, state.last_sequence))
+    }))
+    .await
 }
 
 /// One stream being read up to its target, with its next message.
 struct Reader {
     last: u64,
     messages: bus::replay::Replay,
-    next: Option<Next>,
-}
-
-/// A fetched message, with when the broker stored it (ns since the epoch), where, and how many
-/// messages the stream held after it then.
-struct Next {
-    stored: i128,
-    seq: u64,
-    pending: u64,
-    message: jetstream::Message,
+    next: Option<Entry>,
 }
 
 impl Reader {
@@ -260,14 +321,7 @@ impl Reader {
         if seen >= self.last || pending == 0 {
             return Ok(());
         }
-        let message = self.messages.next().await.map_err(EngineError::Bus)?;
-        let info = message.info().map_err(failed)?;
-        self.next = Some(Next {
-            stored: info.published.unix_timestamp_nanos(),
-            seq: info.stream_sequence,
-            pending: info.pending,
-            message,
-        });
+        self.next = Some(self.messages.next().await.map_err(EngineError::Bus)?);
         Ok(())
     }
 }
@@ -285,10 +339,13 @@ async fn replay(
     progress: &Progress,
     targets: &[(Domain, u64)],
 ) -> Result<(), RebuildError> {
-    let mut readers = Vec::new();
-    for (domain, last) in targets.iter().filter(|(_, last)| *last > 0) {
-        readers.push(Reader::open(js, *domain, *last).await?);
-    }
+    let mut readers = futures::future::try_join_all(
+        targets
+            .iter()
+            .filter(|(_, last)| *last > 0)
+            .map(|(domain, last)| Reader::open(js, *domain, *last)),
+    )
+    .await?;
     let (hand_over, messages) = tokio::sync::mpsc::channel(16);
     // Unbounded, yet small: this task writes what came back after every message it reads.
     let (folded, mut rows) = tokio::sync::mpsc::unbounded_channel();
@@ -298,10 +355,10 @@ async fn replay(
     while let Some(reader) = readers
         .iter_mut()
         .filter(|r| r.next.is_some())
-        .min_by_key(|r| r.next.as_ref().map(|n| n.stored))
+        .min_by_key(|r| r.next.as_ref().map(|n| n.stored_ns))
     {
-        let Some(Next {
-            seq: seen,
+        let Some(Entry {
+            sequence: seen,
             pending,
             message,
             ..
@@ -340,7 +397,7 @@ async fn replay(
 }
 
 /// Rows sent back to be written.
-type Folded = tokio::sync::mpsc::UnboundedSender<Vec<(String, Vec<u8>)>>;
+type Folded = tokio::sync::mpsc::UnboundedSender<Vec<RebuiltRow>>;
 
 /// The folding thread: decode each message and fold it into its row; hand back the rows
 /// written out of memory on the way, then all the others, each refolded and encoded.
@@ -395,8 +452,11 @@ fn finish(rows: Vec<OrderReadModel>, folded: &Folded) -> Result<(), RebuildError
             .take(ROWS_PER_WRITE)
             .map(|mut row| {
                 row.refold();
-                let bytes = encode(&row)?;
-                Ok((row.order_id, bytes))
+                Ok(RebuiltRow {
+                    bytes: encode(&row)?,
+                    facts: SagaFacts::of(&row),
+                    order_id: row.order_id,
+                })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
         // The reader stopped (it failed): nothing more to do.
@@ -407,10 +467,7 @@ fn finish(rows: Vec<OrderReadModel>, folded: &Folded) -> Result<(), RebuildError
     Ok(())
 }
 
-async fn write(
-    actor: &Addr<ProjectionActor>,
-    rows: Vec<(String, Vec<u8>)>,
-) -> Result<(), RebuildError> {
+async fn write(actor: &Addr<ProjectionActor>, rows: Vec<RebuiltRow>) -> Result<(), RebuildError> {
     actor
         .send(Replayed(rows))
         .await

@@ -42,6 +42,10 @@ pub struct SagaFacts {
 }
 
 impl SagaFacts {
+    pub fn order_id(&self) -> &str {
+        &self.order_id
+    }
+
     pub fn of(row: &OrderReadModel) -> SagaFacts {
         SagaFacts {
             order_id: row.order_id.clone(),
@@ -78,18 +82,26 @@ impl OpenSagas {
         }
     }
 
-    /// A row of the active generation changed. A saga that ends here is counted (and measured,
-    /// from its order's date to its last event) once: a row that ended before never reopens.
-    pub fn update(&self, row: &OrderReadModel) {
+    /// A row of the active generation changed; `before` is what its stored row said (none for
+    /// a new row). An ended saga counts once, under its status now. It may reopen: the streams
+    /// are read side by side, so an order's cancellation can arrive before its payment's
+    /// approval (ended, then open until the refund). One that goes from open to ended is
+    /// measured, from its order's date to its last event.
+    pub fn update(&self, before: Option<&SagaFacts>, row: &OrderReadModel) {
         let facts = SagaFacts::of(row);
         let mut sagas = self.lock();
+        if let Some(before) = before.filter(|b| ended(b)) {
+            if let Some(count) = sagas.ended.get_mut(&status(before)) {
+                *count = count.saturating_sub(1);
+            }
+        }
         match open_saga(&facts) {
             Some(saga) => {
                 sagas.open.insert(row.order_id.clone(), saga);
             }
             None => {
+                *sagas.ended.entry(status(&facts)).or_default() += 1;
                 if sagas.open.remove(&row.order_id).is_some() {
-                    *sagas.ended.entry(status(&facts)).or_default() += 1;
                     if let (Some(from), Some(to)) = (row.order_date, row.last_event()) {
                         let seconds = (to - from).num_milliseconds().max(0) as f64 / 1000.0;
                         metrics::saga_ended(&status(&facts), seconds);
@@ -144,8 +156,12 @@ fn status(row: &SagaFacts) -> String {
     row.order_status.clone().unwrap_or_else(|| "UNKNOWN".into())
 }
 
+fn ended(row: &SagaFacts) -> bool {
+    !super::model::saga_open(row.order_status.as_deref(), row.payment_status.as_deref())
+}
+
 fn open_saga(row: &SagaFacts) -> Option<StuckSaga> {
-    if !super::model::saga_open(row.order_status.as_deref(), row.payment_status.as_deref()) {
+    if ended(row) {
         return None;
     }
     Some(StuckSaga {
@@ -199,14 +215,42 @@ mod tests {
         assert_eq!(report.total, 5);
         assert_eq!(report.by_status["CANCELLED"], 2, "{:?}", report.by_status);
         // It completes: no longer open, counted once however often its row changes again.
-        sagas.update(&row("old", Some("COMPLETED"), None, 1000));
-        sagas.update(&row("old", Some("COMPLETED"), None, 1001));
+        let old = SagaFacts::of(&row("old", Some("PENDING"), None, 0));
+        let completed = row("old", Some("COMPLETED"), None, 1000);
+        sagas.update(Some(&old), &completed);
+        sagas.update(
+            Some(&SagaFacts::of(&completed)),
+            &row("old", Some("COMPLETED"), None, 1001),
+        );
         let report = sagas.report(chrono::Duration::seconds(60), now);
         assert_eq!(report.stuck, 1);
         assert_eq!(report.by_status["COMPLETED"], 2);
         assert_eq!(report.by_status.get("PENDING"), None);
         assert_eq!(report.recent.len(), 1, "one entry per order");
         assert_eq!(report.recent[0].order_id, "old");
+    }
+
+    /// The cancellation read before the payment's approval: ended, open, ended again; counted
+    /// once, as the rows say.
+    #[test]
+    fn a_saga_that_reopens_is_counted_once() {
+        let sagas = OpenSagas::default();
+        let cancelled = row("o", Some("CANCELLED"), None, 10);
+        let unrefunded = row("o", Some("CANCELLED"), Some("APPROVED"), 11);
+        let refunded = row("o", Some("CANCELLED"), Some("REFUNDED"), 12);
+        sagas.update(None, &cancelled);
+        let now = DateTime::from_timestamp(1000, 0).unwrap_or_default();
+        let count = |sagas: &OpenSagas| {
+            let report = sagas.report(chrono::Duration::seconds(60), now);
+            (report.open, report.total)
+        };
+        assert_eq!(count(&sagas), (0, 1), "ended in its first batch, it counts");
+        sagas.update(Some(&SagaFacts::of(&cancelled)), &unrefunded);
+        assert_eq!(count(&sagas), (1, 1), "open again until the refund");
+        sagas.update(Some(&SagaFacts::of(&unrefunded)), &refunded);
+        assert_eq!(count(&sagas), (0, 1));
+        let report = sagas.report(chrono::Duration::seconds(60), now);
+        assert_eq!(report.by_status["CANCELLED"], 1, "{:?}", report.by_status);
     }
 
     #[test]
