@@ -121,19 +121,20 @@ impl Store {
         Ok(deleted)
     }
 
-    /// Every row of `generation`, in key order.
-    pub fn models(&self, generation: u32) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+    /// Every row of `generation`, in key order, read as it is iterated (a model may not fit in
+    /// memory).
+    pub fn models(
+        &self,
+        generation: u32,
+    ) -> impl Iterator<Item = Result<(String, Vec<u8>), StorageError>> + '_ {
         self.inner
             .models
             .scan_prefix(generation.to_be_bytes())
             .map(|item| {
                 let (key, value) = item?;
-                Ok((
-                    String::from_utf8_lossy(&key[4..]).into_owned(),
-                    value.to_vec(),
-                ))
+                let id = key.get(4..).unwrap_or_default();
+                Ok((String::from_utf8_lossy(id).into_owned(), value.to_vec()))
             })
-            .collect()
     }
 }
 
@@ -169,7 +170,7 @@ mod tests {
         assert_eq!(store.active_models().unwrap(), 1);
         assert_eq!(store.sweep_models(1, 1, 100).unwrap(), 1);
         assert!(store.model(0, "o1").unwrap().is_none());
-        assert_eq!(store.models(1).unwrap().len(), 2);
+        assert_eq!(store.models(1).count(), 2);
         drop(store);
         let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
         assert_eq!(store.active_models().unwrap(), 1, "the switch is durable");
@@ -214,7 +215,7 @@ mod tests {
         assert_eq!(parts, [4, 4, 2]);
         for (generation, left) in [(0, 0), (2, 0), (3, 5), (5, 5), (6, 5)] {
             assert_eq!(
-                store.models(generation).unwrap().len(),
+                store.models(generation).count(),
                 left,
                 "generation {generation}"
             );

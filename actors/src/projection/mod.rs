@@ -74,20 +74,17 @@ impl Progress {
 
 impl ProjectionActor {
     /// Apply envelopes to the rows of `generation`: each order's row once per batch.
-    fn apply(&mut self, generation: u32, envelopes: &[&Envelope]) -> Result<(), EngineError> {
+    fn apply(&self, generation: u32, envelopes: &[&Envelope]) -> Result<(), EngineError> {
         let mut rows: HashMap<&str, OrderReadModel> = HashMap::new();
-        // What the saga tracker knew of each row before this batch (the active generation's).
+        // What each row's saga was before this batch, for the tracker of its generation.
         let mut before: HashMap<&str, SagaFacts> = HashMap::new();
-        let active = generation == self.active.load(Ordering::Acquire);
         let mut changed = Vec::new();
         for envelope in envelopes {
             let id = envelope.subject.as_str();
             if !rows.contains_key(id) {
                 let row = match self.row(generation, id)? {
                     Some(row) => {
-                        if active {
-                            before.insert(id, SagaFacts::of(&row));
-                        }
+                        before.insert(id, SagaFacts::of(&row));
                         row
                     }
                     None => OrderReadModel::new(id),
@@ -110,9 +107,16 @@ impl ProjectionActor {
             })
             .collect();
         self.write(generation, &refolded)?;
-        if active {
-            for row in &refolded {
-                self.sagas.update(before.get(row.order_id.as_str()), row);
+        let building = self
+            .building
+            .as_ref()
+            .filter(|b| b.generation == generation);
+        for row in &refolded {
+            let before = before.get(row.order_id.as_str());
+            if generation == self.active.load(Ordering::Acquire) {
+                self.sagas.update(before, row);
+            } else if let Some(building) = building {
+                building.sagas.track(before, &SagaFacts::of(row));
             }
         }
         Ok(())
@@ -131,20 +135,13 @@ impl ProjectionActor {
             })
     }
 
-    /// Write folded rows to `generation` in one batch (durable at the next flush); a rebuild
-    /// keeps track of its generation's sagas.
-    fn write(&mut self, generation: u32, rows: &[OrderReadModel]) -> Result<(), EngineError> {
+    /// Write folded rows to `generation` in one batch (durable at the next flush).
+    fn write(&self, generation: u32, rows: &[OrderReadModel]) -> Result<(), EngineError> {
         let writes = rows
             .iter()
             .map(|row| Ok((row.order_id.clone(), encode(row)?)))
             .collect::<Result<Vec<_>, EngineError>>()?;
         self.store.write_models(generation, &writes)?;
-        if let Some(building) = self.building.as_mut() {
-            if building.generation == generation {
-                rows.iter()
-                    .for_each(|row| building.track(SagaFacts::of(row)));
-            }
-        }
         Ok(())
     }
 
@@ -327,14 +324,18 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json:
 }
 
 /// Track the open sagas of `generation`'s rows, from their statuses and newest event's time
-/// (rows whose facts do not decode are skipped: the query endpoint reports them).
+/// (rows whose facts do not decode are skipped: the query endpoint reports them). One row in
+/// memory at a time: the tracker keeps only the open sagas and counts.
 fn load_sagas(sagas: &OpenSagas, store: &Store, generation: u32) -> Result<(), EngineError> {
-    let rows = store.models(generation)?;
-    sagas.reload(
-        rows.iter()
-            .filter_map(|(_, bytes)| decode::<SagaFacts>(bytes).ok()),
-    );
-    Ok(())
+    let mut failed = None;
+    let rows = store
+        .models(generation)
+        .map_while(|row| row.map_err(|e| failed = Some(e)).ok());
+    sagas.reload(rows.filter_map(|(_, bytes)| decode::<SagaFacts>(&bytes).ok()));
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// One lookup.

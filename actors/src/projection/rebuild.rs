@@ -9,8 +9,8 @@
 //! row is merged with its written self. The write merges with what live events wrote meanwhile
 //! too, so nothing depends on which came first: a row is the fold of its timeline.
 //!
-//! Every row written to the new generation leaves its saga's facts with the actor, so the switch
-//! hands them to the saga tracker rather than reading every row back.
+//! Every row written to the new generation is counted by a saga tracker of its own (open sagas
+//! and counts), which the switch hands over rather than reading every row back.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -24,7 +24,7 @@ use serde_json::value::RawValue;
 
 use super::api::RebuildStarted;
 use super::model::OrderReadModel;
-use super::sagas::SagaFacts;
+use super::sagas::{OpenSagas, SagaFacts};
 use super::{decode, encode, Progress, ProjectionActor, COMPONENT};
 use crate::engine::EngineError;
 use crate::rpc::DomainError;
@@ -51,17 +51,11 @@ pub enum RebuildError {
     Engine(#[from] EngineError),
 }
 
-/// The generation a rebuild is filling, and the facts of each saga written to it so far.
+/// The generation a rebuild is filling, and the sagas of the rows written to it so far (open
+/// ones and counts, as the active generation's are kept).
 pub(super) struct Building {
     pub(super) generation: u32,
-    sagas: HashMap<String, SagaFacts>,
-}
-
-impl Building {
-    /// A row of this generation was written: its saga is now as `facts` say.
-    pub(super) fn track(&mut self, facts: SagaFacts) {
-        self.sagas.insert(facts.order_id().to_string(), facts);
-    }
+    pub(super) sagas: OpenSagas,
 }
 
 /// Start filling a new generation; answers it.
@@ -85,7 +79,7 @@ impl Handler<BeginRebuild> for ProjectionActor {
         });
         self.building = Some(Building {
             generation: next,
-            sagas: HashMap::new(),
+            sagas: OpenSagas::default(),
         });
         Ok(next)
     }
@@ -110,8 +104,10 @@ impl Handler<Sweep> for ProjectionActor {
         let part =
             tokio::task::spawn_blocking(move || store.sweep_models(below, keep, ROWS_PER_SWEEP));
         ctx.spawn(part.into_actor(self).map(move |swept, _, ctx| match swept {
-            Ok(Ok(0)) | Err(_) => {} // done, or the runtime is stopping
+            Ok(Ok(0)) => {}
             Ok(Ok(_)) => ctx.notify(msg),
+            Err(e) if e.is_panic() => tracing::error!("deleting old read model rows panicked"),
+            Err(_) => {} // the runtime is stopping
             // They stay until the next rebuild sweeps again.
             Ok(Err(e)) => tracing::warn!(error = %e, "deleting old read model rows failed"),
         }));
@@ -139,16 +135,18 @@ impl Handler<Replayed> for ProjectionActor {
             None => return Err(RebuildError::NotRunning),
         };
         let mut writes = Vec::with_capacity(msg.0.len());
-        let mut facts = Vec::with_capacity(msg.0.len());
+        let mut changes = Vec::with_capacity(msg.0.len());
         for RebuiltRow {
             order_id: id,
             mut bytes,
             facts: mut saga,
         } in msg.0
         {
+            let mut before = None;
             // What live events (or an earlier write-out of this row) put there meanwhile: fold
             // it in, and encode the row again.
             if let Some(written) = self.row(generation, &id)? {
+                before = Some(SagaFacts::of(&written));
                 let mut row: OrderReadModel =
                     decode(&bytes).map_err(|source| EngineError::Unreadable {
                         what: format!("rebuilt read model row {id}"),
@@ -165,11 +163,13 @@ impl Handler<Replayed> for ProjectionActor {
                 }
             }
             writes.push((id, bytes));
-            facts.push(saga);
+            changes.push((before, saga));
         }
         self.store.write_models(generation, &writes)?;
-        if let Some(building) = self.building.as_mut() {
-            facts.into_iter().for_each(|saga| building.track(saga));
+        if let Some(building) = &self.building {
+            for (before, after) in &changes {
+                building.sagas.track(before.as_ref(), after);
+            }
         }
         Ok(())
     }
@@ -211,7 +211,7 @@ impl Handler<EndRebuild> for ProjectionActor {
                 // Queries and live events follow the switch at once, even should its flush
                 // fail: sled may still write it, and live events must not miss the new rows.
                 active.store(built, Ordering::Release);
-                sagas.reload(built_sagas.into_values());
+                sagas.take_over(built_sagas);
                 store.flush().await.map(|_| ()).map_err(EngineError::from)
             }
             .into_actor(self),

@@ -42,10 +42,6 @@ pub struct SagaFacts {
 }
 
 impl SagaFacts {
-    pub fn order_id(&self) -> &str {
-        &self.order_id
-    }
-
     pub fn of(row: &OrderReadModel) -> SagaFacts {
         SagaFacts {
             order_id: row.order_id.clone(),
@@ -67,46 +63,67 @@ fn newest<'de, D: Deserializer<'de>>(timeline: D) -> Result<Option<DateTime<Utc>
     Ok(entries.into_iter().map(|e| e.time).max())
 }
 
+impl Sagas {
+    /// A row changed from `before` (none for a new row) to `after`. An ended saga counts once,
+    /// under its status now. It may reopen: the streams are read side by side, so an order's
+    /// cancellation can arrive before its payment's approval (ended, then open until the
+    /// refund). Answers whether it ended with this change.
+    fn track(&mut self, before: Option<&SagaFacts>, after: &SagaFacts) -> bool {
+        let ended_before = before.is_some_and(ended);
+        if let Some(before) = before.filter(|b| ended(b)) {
+            if let Some(count) = self.ended.get_mut(&status(before)) {
+                *count = count.saturating_sub(1);
+            }
+        }
+        match open_saga(after) {
+            Some(saga) => {
+                self.open.insert(after.order_id.clone(), saga);
+                false
+            }
+            None => {
+                self.open.remove(&after.order_id);
+                *self.ended.entry(status(after)).or_default() += 1;
+                !ended_before
+            }
+        }
+    }
+}
+
 impl OpenSagas {
     /// Start over from every row of a generation.
     pub fn reload(&self, rows: impl IntoIterator<Item = SagaFacts>) {
         let mut sagas = self.lock();
         *sagas = Sagas::default();
         for row in rows {
-            match open_saga(&row) {
-                Some(saga) => {
-                    sagas.open.insert(row.order_id, saga);
-                }
-                None => *sagas.ended.entry(status(&row)).or_default() += 1,
-            }
+            sagas.track(None, &row);
         }
     }
 
+    /// Start over from what `other` tracked (a rebuilt generation's sagas).
+    pub fn take_over(&self, other: OpenSagas) {
+        let other = other.0.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut sagas = self.lock();
+        sagas.open = other.open;
+        sagas.ended = other.ended;
+        sagas.recent.clear();
+    }
+
+    /// A row changed from `before` (none for a new row) to `after`: its saga is counted as
+    /// [`Sagas::track`] says, neither measured nor listed as recent (a generation being built).
+    pub fn track(&self, before: Option<&SagaFacts>, after: &SagaFacts) {
+        self.lock().track(before, after);
+    }
+
     /// A row of the active generation changed; `before` is what its stored row said (none for
-    /// a new row). An ended saga counts once, under its status now. It may reopen: the streams
-    /// are read side by side, so an order's cancellation can arrive before its payment's
-    /// approval (ended, then open until the refund). One that goes from open to ended is
-    /// measured, from its order's date to its last event.
+    /// a new row). A saga that ends with this change is measured, from its order's date to its
+    /// last event (one that reopens and ends again, twice).
     pub fn update(&self, before: Option<&SagaFacts>, row: &OrderReadModel) {
         let facts = SagaFacts::of(row);
         let mut sagas = self.lock();
-        if let Some(before) = before.filter(|b| ended(b)) {
-            if let Some(count) = sagas.ended.get_mut(&status(before)) {
-                *count = count.saturating_sub(1);
-            }
-        }
-        match open_saga(&facts) {
-            Some(saga) => {
-                sagas.open.insert(row.order_id.clone(), saga);
-            }
-            None => {
-                *sagas.ended.entry(status(&facts)).or_default() += 1;
-                if sagas.open.remove(&row.order_id).is_some() {
-                    if let (Some(from), Some(to)) = (row.order_date, row.last_event()) {
-                        let seconds = (to - from).num_milliseconds().max(0) as f64 / 1000.0;
-                        metrics::saga_ended(&status(&facts), seconds);
-                    }
-                }
+        if sagas.track(before, &facts) {
+            if let (Some(from), Some(to)) = (row.order_date, row.last_event()) {
+                let seconds = (to - from).num_milliseconds().max(0) as f64 / 1000.0;
+                metrics::saga_ended(&status(&facts), seconds);
             }
         }
         sagas.recent.retain(|r| r.order_id != row.order_id);
@@ -251,6 +268,30 @@ mod tests {
         assert_eq!(count(&sagas), (0, 1));
         let report = sagas.report(chrono::Duration::seconds(60), now);
         assert_eq!(report.by_status["CANCELLED"], 1, "{:?}", report.by_status);
+    }
+
+    /// A rebuild counts its generation's rows as it writes them; the switch hands that over.
+    #[test]
+    fn a_rebuilt_generations_count_takes_over() {
+        let live = OpenSagas::default();
+        live.update(None, &row("a", Some("PENDING"), None, 0));
+        let built = OpenSagas::default();
+        let pending = SagaFacts::of(&row("a", Some("PENDING"), None, 0));
+        built.track(None, &pending);
+        built.track(
+            Some(&pending),
+            &SagaFacts::of(&row("a", Some("COMPLETED"), None, 5)),
+        );
+        built.track(
+            None,
+            &SagaFacts::of(&row("b", Some("CANCELLED"), Some("REFUNDED"), 3)),
+        );
+        live.take_over(built);
+        let now = DateTime::from_timestamp(1000, 0).unwrap_or_default();
+        let report = live.report(chrono::Duration::seconds(60), now);
+        assert_eq!((report.open, report.total), (0, 2), "{report:?}");
+        assert_eq!(report.by_status["COMPLETED"], 1);
+        assert!(report.recent.is_empty());
     }
 
     #[test]
