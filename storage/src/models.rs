@@ -23,10 +23,15 @@ fn model_key(generation: u32, key: &str) -> Vec<u8> {
 impl Store {
     /// The generation queries read.
     pub fn active_models(&self) -> Result<u32, StorageError> {
+        self.generation_at(ACTIVE_GENERATION)
+    }
+
+    /// The generation stored under `key` in `meta` (0 if none).
+    fn generation_at(&self, key: &[u8]) -> Result<u32, StorageError> {
         Ok(self
             .inner
             .meta
-            .get(ACTIVE_GENERATION)?
+            .get(key)?
             .and_then(|v| decode_u64(&v))
             .map_or(0, |g| g as u32))
     }
@@ -65,11 +70,7 @@ impl Store {
     /// A generation to fill: past the active one, every one handed out before, and every one
     /// that has rows, so nothing is in it yet.
     pub fn new_models(&self) -> Result<u32, StorageError> {
-        let meta = &self.inner.meta;
-        let highest = meta
-            .get(HIGHEST_GENERATION)?
-            .and_then(|v| decode_u64(&v))
-            .map_or(0, |g| g as u32);
+        let highest = self.generation_at(HIGHEST_GENERATION)?;
         let with_rows = match self.inner.models.last()? {
             Some((key, _)) => generation_of(&key)?,
             None => 0,
@@ -82,7 +83,9 @@ impl Store {
                 what: "read model generation",
                 reason: "every generation number has been used".into(),
             })?;
-        meta.insert(HIGHEST_GENERATION, &u64::from(next).to_be_bytes())?;
+        self.inner
+            .meta
+            .insert(HIGHEST_GENERATION, &u64::from(next).to_be_bytes())?;
         Ok(next)
     }
 

@@ -69,8 +69,8 @@ impl Sagas {
     /// cancellation can arrive before its payment's approval (ended, then open until the
     /// refund). Answers whether it ended with this change.
     fn track(&mut self, before: Option<&SagaFacts>, after: &SagaFacts) -> bool {
-        let ended_before = before.is_some_and(ended);
-        if let Some(before) = before.filter(|b| ended(b)) {
+        let ended_before = before.filter(|b| ended(b));
+        if let Some(before) = ended_before {
             if let Some(count) = self.ended.get_mut(&status(before)) {
                 *count = count.saturating_sub(1);
             }
@@ -83,7 +83,7 @@ impl Sagas {
             None => {
                 self.open.remove(&after.order_id);
                 *self.ended.entry(status(after)).or_default() += 1;
-                !ended_before
+                ended_before.is_none()
             }
         }
     }
