@@ -17,6 +17,8 @@ use crate::BusError;
 const SILENCE: Duration = Duration::from_secs(10);
 /// Consumers started in a row without a message before the replay gives up.
 const ATTEMPTS: u32 = 4;
+/// Messages asked for per pull request (async-nats' default is 200).
+const MESSAGES_PER_PULL: usize = 1000;
 
 /// A message read, with where it sits in its stream (its reply subject parsed once).
 pub struct Entry {
@@ -141,6 +143,9 @@ impl Replay {
             .map_err(|e| self.failed(e.to_string()))?;
         let pending = consumer.cached_info().num_pending;
         let messages = consumer
+            .stream()
+            .max_messages_per_batch(MESSAGES_PER_PULL)
+            .heartbeat(Duration::from_secs(15))
             .messages()
             .await
             .map_err(|e| self.failed(e.to_string()))?;

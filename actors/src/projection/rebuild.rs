@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use async_nats::jetstream;
@@ -225,6 +226,7 @@ pub(super) async fn start(
     actor: &Addr<ProjectionActor>,
     progress: &Arc<Progress>,
 ) -> Result<RebuildStarted, DomainError> {
+    let began = Instant::now();
     let generation = actor
         .send(BeginRebuild)
         .await
@@ -251,6 +253,7 @@ pub(super) async fn start(
         if let Err(e) = &result {
             tracing::error!(error = %e, "projection rebuild failed; the old model stays");
         }
+        let written = Instant::now();
         let switched = match actor.send(EndRebuild(result.is_ok())).await {
             Ok(Ok(())) => result.is_ok(),
             Ok(Err(e)) => {
@@ -260,8 +263,20 @@ pub(super) async fn start(
             Err(_) => false, // the projection is stopping
         };
         progress.running.store(false, Ordering::Release);
-        if switched {
+        if let (true, Ok(Read { opened, ended })) = (switched, result) {
             progress.rebuilds.fetch_add(1, Ordering::AcqRel);
+            // Where its time went: opening the streams (and their first messages), reading
+            // them, the rows left to finish and write after the last message, the switch.
+            let ms = |from: Instant, to: Instant| (to - from).as_millis() as u64;
+            tracing::info!(
+                generation,
+                events = total,
+                start_ms = ms(began, opened),
+                read_ms = ms(opened, ended),
+                rows_ms = ms(ended, written),
+                switch_ms = ms(written, Instant::now()),
+                "projection rebuild switched"
+            );
         }
     });
     Ok(RebuildStarted {
@@ -326,6 +341,12 @@ impl Reader {
     }
 }
 
+/// When a replay's streams were open, and when their last message was read.
+struct Read {
+    opened: Instant,
+    ended: Instant,
+}
+
 /// Messages handed to the folding thread at a time.
 const MESSAGES_PER_HANDOVER: usize = 256;
 
@@ -338,7 +359,7 @@ async fn replay(
     actor: &Addr<ProjectionActor>,
     progress: &Progress,
     targets: &[(Domain, u64)],
-) -> Result<(), RebuildError> {
+) -> Result<Read, RebuildError> {
     let mut readers = futures::future::try_join_all(
         targets
             .iter()
@@ -346,6 +367,7 @@ async fn replay(
             .map(|(domain, last)| Reader::open(js, *domain, *last)),
     )
     .await?;
+    let opened = Instant::now();
     let (hand_over, messages) = tokio::sync::mpsc::channel(16);
     // Unbounded, yet small: this task writes what came back after every message it reads.
     let (folded, mut rows) = tokio::sync::mpsc::unbounded_channel();
@@ -384,6 +406,7 @@ async fn replay(
         let _ = hand_over.send(chunk).await;
     }
     drop(hand_over);
+    let ended = Instant::now();
     while let Some(ready) = rows.recv().await {
         write(actor, ready).await?;
     }
@@ -393,7 +416,8 @@ async fn replay(
         } else {
             "rebuild"
         })
-    })?
+    })??;
+    Ok(Read { opened, ended })
 }
 
 /// Rows sent back to be written.
