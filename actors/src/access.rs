@@ -9,6 +9,10 @@
 //!   endpoints. Deleting a dead letter is the operator's.
 //! - The projection reads every domain stream and publishes no event (only its dead letters
 //!   and put-off handlings).
+//! - Each of them replays as a second identity, `<name>-replay` (a service: its own stream and
+//!   its dead letters, to rebuild a lost database; the projection: every domain stream, to
+//!   rebuild the read model). It may only read those streams from a sequence on, and answers
+//!   no requests, so the broker keeps no reply subject of what it reads (`bus::replay`).
 //! - The HTTP gateway may only call the endpoints it uses.
 //! - The operator (`commerce up` itself and the CLI) may do anything.
 //!
@@ -39,23 +43,31 @@ pub enum BusUser {
     /// `commerce up` and the CLI: provisioning, status, operator endpoints.
     Operator,
     Component(Component),
+    /// A component's replays (`<name>-replay`).
+    Replayer(Component),
 }
 
 impl BusUser {
-    /// Every identity the system has (the simulators stand for outside systems: none).
+    /// Every identity the system has (the simulators stand for outside systems: none; the
+    /// gateway replays nothing).
     pub fn all() -> impl Iterator<Item = BusUser> {
-        std::iter::once(BusUser::Operator).chain(
-            Component::ALL
-                .into_iter()
-                .filter(|c| *c != Component::Simulators)
-                .map(BusUser::Component),
-        )
+        let components = Component::ALL
+            .into_iter()
+            .filter(|c| *c != Component::Simulators);
+        std::iter::once(BusUser::Operator)
+            .chain(components.clone().map(BusUser::Component))
+            .chain(
+                components
+                    .filter(|c| *c != Component::Gateway)
+                    .map(BusUser::Replayer),
+            )
     }
 
-    pub fn name(self) -> &'static str {
+    pub fn name(self) -> String {
         match self {
-            BusUser::Operator => "operator",
-            BusUser::Component(c) => c.name(),
+            BusUser::Operator => "operator".into(),
+            BusUser::Component(c) => c.name().into(),
+            BusUser::Replayer(c) => bus::replayer_name(c.name()),
         }
     }
 }
@@ -116,15 +128,23 @@ impl Keyring {
     }
 
     /// The credentials for `users` of a process on a broker someone else runs: the
-    /// `nats_creds` setting for the first (this process's own identity), else each one's file
-    /// under the data dir, else none (the broker lets anyone in).
+    /// `nats_creds` setting for the first (this process's own identity) and, beside it, its
+    /// replays' (`payment.nk`, `payment-replay.nk`), else each one's file under the data dir,
+    /// else none (the broker lets anyone in).
     pub fn load(settings: &Settings, users: &[BusUser]) -> Result<Keyring, BusError> {
         let mut keyring = Keyring::default();
         for (i, user) in users.iter().enumerate() {
             let file = credentials_file(&settings.data_dir, *user);
+            let beside = match (&settings.nats_creds, user) {
+                (Some(explicit), BusUser::Replayer(_)) => Some(replayer_beside(explicit)),
+                _ => None,
+            };
             let chosen = match &settings.nats_creds {
                 Some(explicit) if i == 0 => Some(explicit.clone()),
-                _ => file.is_file().then_some(file),
+                _ => beside
+                    .into_iter()
+                    .chain([file])
+                    .find(|candidate| candidate.is_file()),
             };
             if let Some(path) = chosen {
                 keyring.0.insert(*user, Credentials::from_file(&path)?);
@@ -137,14 +157,33 @@ impl Keyring {
         self.0.get(&user)
     }
 
-    /// How `user` reaches the broker at `url`.
+    /// How `user` reaches the broker at `url` (and a component's replays).
     pub fn login(&self, url: &str, user: BusUser) -> bus::Login {
+        let replayer = match user {
+            BusUser::Component(c) => Some(BusUser::Replayer(c)),
+            _ => None,
+        };
         bus::Login {
             url: url.to_string(),
-            name: user.name().to_string(),
+            name: user.name(),
             credentials: self.get(user).cloned(),
+            replay: replayer.and_then(|r| self.get(r)).cloned(),
         }
     }
+}
+
+/// `payment-replay.nk` for `payment.nk`: where a replay identity's credentials sit beside its
+/// component's.
+fn replayer_beside(credentials: &Path) -> PathBuf {
+    let stem = credentials
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy();
+    let name = match credentials.extension() {
+        Some(ext) => format!("{}.{}", bus::replayer_name(&stem), ext.to_string_lossy()),
+        None => bus::replayer_name(&stem),
+    };
+    credentials.with_file_name(name)
 }
 
 /// `dir`, made if needed, open to its owner only (0700).
@@ -162,6 +201,7 @@ pub fn private_dir(dir: &Path) -> Result<(), BusError> {
 pub fn permissions(user: BusUser, routes: Routes) -> Permissions {
     let component = match user {
         BusUser::Operator => return Permissions::all(),
+        BusUser::Replayer(c) => return replayer(c),
         BusUser::Component(c) => c,
     };
     let name = component.name();
@@ -189,7 +229,6 @@ pub fn permissions(user: BusUser, routes: Routes) -> Permissions {
             answers(&mut p);
             for domain in Domain::ALL {
                 reads(&mut p, domain.stream(), name);
-                replays(&mut p, domain.stream());
             }
             p.publish
                 .extend([format!("dlq.{name}.>"), format!("ops.retry.{name}.>")]);
@@ -197,16 +236,12 @@ pub fn permissions(user: BusUser, routes: Routes) -> Permissions {
         Component::Simulators => {}
         service => {
             answers(&mut p);
-            let own = Domain::ALL
-                .into_iter()
-                .find(|d| Component::owner(*d) == service);
-            if let Some(own) = own {
+            if let Some(own) = owned_by(service) {
                 // Events (the stream appends their partition) and term markers: never a
                 // subject with a partition of the publisher's choosing.
                 let prefix = own.subject_prefix();
                 p.publish
                     .extend([format!("{prefix}.*.*"), format!("{prefix}.*")]);
-                replays(&mut p, own.stream());
                 // An owner reads its term's last marker (`bus::term`).
                 reads_one(&mut p, own.stream());
             }
@@ -217,7 +252,6 @@ pub fn permissions(user: BusUser, routes: Routes) -> Permissions {
                 // A shard of split stock files its dead letters under its own name.
                 p.publish.push(format!("dlq.{}.>", dead_letter_owner(at)));
             }
-            replays(&mut p, bus::streams::DLQ_STREAM);
             reads_one(&mut p, bus::streams::DLQ_STREAM);
             leases(&mut p, name);
             p.publish.extend([
@@ -249,10 +283,42 @@ fn reads(p: &mut Permissions, stream: &str, durable: &str) {
     ]);
 }
 
-/// Read `stream` from the start through ephemeral consumers, whose names the server picks (it
-/// refuses a durable name on this subject, so no one else's consumer can be changed). Their
-/// messages' ack subjects are answered only as replies (`allow_responses`; `bus::replay` says
-/// why they are answered at all).
+/// The domain whose events `service` publishes.
+fn owned_by(service: Component) -> Option<Domain> {
+    Domain::ALL
+        .into_iter()
+        .find(|d| Component::owner(*d) == service)
+}
+
+/// What `component`'s replays may do: read the streams it rebuilds from (a service: its own and
+/// its dead letters; the projection: every domain stream), and nothing else.
+fn replayer(component: Component) -> Permissions {
+    let name = bus::replayer_name(component.name());
+    let mut p = Permissions {
+        publish: Vec::new(),
+        subscribe: vec![format!("{}.>", bus::inbox_prefix(&name))],
+        allow_responses: false,
+    };
+    match component {
+        Component::Projection => Domain::ALL
+            .into_iter()
+            .for_each(|domain| replays(&mut p, domain.stream())),
+        Component::Gateway | Component::Simulators => {}
+        service => {
+            if let Some(own) = owned_by(service) {
+                replays(&mut p, own.stream());
+            }
+            replays(&mut p, bus::streams::DLQ_STREAM);
+        }
+    }
+    p.publish.sort();
+    p.publish.dedup();
+    p
+}
+
+/// Read `stream` from a sequence on through ephemeral consumers, whose names the server picks
+/// (it refuses a durable name on this subject, so no one else's consumer can be changed). They
+/// want no acks, and may not be sent any.
 fn replays(p: &mut Permissions, stream: &str) {
     p.publish.extend([
         format!("$JS.API.STREAM.INFO.{stream}"),
@@ -274,9 +340,13 @@ fn leases(p: &mut Permissions, service: &str) {
 }
 
 /// Read one message of `stream` by sequence (`commerce dlq replay`: a service reads the dead
-/// letter it is asked to re-handle). Reading, not deleting: the operator deletes.
+/// letter it is asked to re-handle), and the stream's state. Reading, not deleting: the
+/// operator deletes.
 fn reads_one(p: &mut Permissions, stream: &str) {
-    p.publish.push(format!("$JS.API.STREAM.MSG.GET.{stream}"));
+    p.publish.extend([
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        format!("$JS.API.STREAM.INFO.{stream}"),
+    ]);
 }
 
 /// The endpoints the HTTP gateway calls, and nothing else.
@@ -490,5 +560,64 @@ mod tests {
             let event = format!("{}.anything.o1", domain.subject_prefix());
             assert!(!allows(&projection.publish, &event), "{event}");
         }
+    }
+
+    #[test]
+    fn replays_are_a_second_identity_that_reads_from_the_start_and_answers_nothing() {
+        let create = |stream: &str| format!("$JS.API.CONSUMER.CREATE.{stream}");
+        for service in Component::SERVICES {
+            let own = owned_by(service).unwrap().stream();
+            let main = permissions(BusUser::Component(service), ONE);
+            let replays = permissions(BusUser::Replayer(service), ONE);
+            assert!(!allows(&main.publish, &create(own)), "{service:?}");
+            assert!(allows(&replays.publish, &create(own)), "{service:?}");
+            assert!(allows(&replays.publish, &create(bus::streams::DLQ_STREAM)));
+            assert!(!allows(&replays.publish, &create("ORDERS")) || own == "ORDERS");
+            // No answers, so the broker keeps no reply subject of what it reads; no acks.
+            assert!(!replays.allow_responses);
+            assert!(!allows(
+                &replays.publish,
+                &format!("$JS.ACK.{own}.x.1.1.1.1.0")
+            ));
+            let event = format!(
+                "{}.anything.o1",
+                owned_by(service).unwrap().subject_prefix()
+            );
+            assert!(!allows(&replays.publish, &event), "{event}");
+            let inbox = format!(
+                "{}.x",
+                bus::inbox_prefix(&bus::replayer_name(service.name()))
+            );
+            assert!(allows(&replays.subscribe, &inbox), "{inbox}");
+            assert!(!allows(
+                &replays.subscribe,
+                &format!("commerce.{}.>", service.name())
+            ));
+        }
+        let projection = permissions(BusUser::Replayer(Component::Projection), ONE);
+        for domain in Domain::ALL {
+            assert!(allows(&projection.publish, &create(domain.stream())));
+        }
+        assert!(!allows(
+            &projection.publish,
+            &create(bus::streams::DLQ_STREAM)
+        ));
+        assert!(!BusUser::all().any(|u| u == BusUser::Replayer(Component::Gateway)));
+    }
+
+    #[test]
+    fn replay_credentials_sit_beside_their_components() {
+        assert_eq!(
+            replayer_beside(Path::new("/etc/commerce/payment.nk")),
+            Path::new("/etc/commerce/payment-replay.nk")
+        );
+        assert_eq!(
+            replayer_beside(Path::new("payment.creds")),
+            Path::new("payment-replay.creds")
+        );
+        assert_eq!(
+            replayer_beside(Path::new("/keys/payment")),
+            Path::new("/keys/payment-replay")
+        );
     }
 }

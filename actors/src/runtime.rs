@@ -84,7 +84,7 @@ impl Runtime {
         let keyring = match component {
             // The simulators stand for outside systems: they do not use the bus.
             Component::Simulators => Keyring::default(),
-            c => Keyring::load(&settings, &[BusUser::Component(c)])?,
+            c => Keyring::load(&settings, &[BusUser::Component(c), BusUser::Replayer(c)])?,
         };
         let open = keyring.get(BusUser::Component(component)).is_none();
         let mut runtime = Runtime {

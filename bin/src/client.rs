@@ -31,7 +31,7 @@ pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<async_nats::C
         .name("commerce-cli")
         .connection_timeout(CONNECT_EACH)
         .ping_interval(bus::PING_INTERVAL)
-        .custom_inbox_prefix(bus::inbox_prefix(BusUser::Operator.name()));
+        .custom_inbox_prefix(bus::inbox_prefix(&BusUser::Operator.name()));
     if let Some(credentials) = keyring.get(BusUser::Operator) {
         options = credentials.apply(options).await?;
     }

@@ -87,6 +87,34 @@ async fn the_bus_admits_only_known_identities_each_to_its_own_subjects() {
     )
     .await;
     refused(&mut refusals, "commerce.order.cancel").await;
+    // Nor read a stream from its start: its replays connect as `payment-replay` (below).
+    payment
+        .publish("$JS.API.CONSUMER.CREATE.PAYMENTS", "{}".into())
+        .await
+        .unwrap();
+    payment.flush().await.unwrap();
+    refused(&mut refusals, "$JS.API.CONSUMER.CREATE.PAYMENTS").await;
+
+    // That identity reads the payment service's stream from its start, and does nothing else:
+    // no event, no other stream.
+    let login = bus::Login {
+        replay: Some(
+            bus::auth::Credentials::from_file(&data.path().join("credentials/payment-replay.nk"))
+                .unwrap(),
+        ),
+        ..bus::Login::open(&nats, "payment")
+    };
+    bus::replay::Replay::open(&login, "PAYMENTS", "")
+        .await
+        .expect("payment-replay reads PAYMENTS");
+    let (replayer, mut refusals) = watched(&nats, data.path(), "payment-replay").await;
+    let replays = async_nats::jetstream::new(replayer.clone());
+    let event = "payments.payment_approved.01939a6e-0000-7000-8000-000000000001";
+    replayer.publish(event, "{}".into()).await.unwrap();
+    replayer.flush().await.unwrap();
+    refused(&mut refusals, event).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), replays.get_stream("SHIPMENTS")).await;
+    refused(&mut refusals, "$JS.API.STREAM.INFO.SHIPMENTS").await;
 
     // The gateway's identity publishes no event.
     let (gateway, mut refusals) = watched(&nats, data.path(), "gateway").await;

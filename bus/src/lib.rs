@@ -55,6 +55,8 @@ pub struct Login {
     pub name: String,
     /// `None`: the broker lets anyone in.
     pub credentials: Option<Credentials>,
+    /// Those of the identity this one's replays connect as ([`Login::replayer`]).
+    pub replay: Option<Credentials>,
 }
 
 impl Login {
@@ -64,12 +66,29 @@ impl Login {
             url: url.to_string(),
             name: name.to_string(),
             credentials: None,
+            replay: None,
         }
     }
 
     pub async fn connect(&self) -> Result<async_nats::Client, BusError> {
         connect(&self.url, &self.name, self.credentials.as_ref()).await
     }
+
+    /// How this identity's replays reach the broker: as `<name>-replay`, which may read
+    /// streams from their start and answers no requests ([`replay`] says why that matters).
+    pub fn replayer(&self) -> Login {
+        Login {
+            url: self.url.clone(),
+            name: replayer_name(&self.name),
+            credentials: self.replay.clone(),
+            replay: None,
+        }
+    }
+}
+
+/// The name of `name`'s replay identity.
+pub fn replayer_name(name: &str) -> String {
+    format!("{name}-replay")
 }
 
 /// How often a client pings a server that has sent it nothing. Three unanswered in a row and it

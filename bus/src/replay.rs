@@ -5,13 +5,20 @@
 //! Not async-nats' ordered consumer: that one starts itself again under a name of its own
 //! (`<name>_1`), which a component's permissions rightly refuse (a named create could change
 //! another component's consumer), so on a cluster its replay stalled for good.
+//!
+//! A replay connects as an identity of its own ([`Login::replayer`]), which answers no
+//! requests. For a connection that may (`allow_responses`: a component's own, for its micro
+//! endpoints) the broker checks and keeps every reply subject of every message it delivers,
+//! until answered or two minutes old; a replay's are the acks of messages that want none, so
+//! each had to be answered just to be forgotten. On a connection that answers nothing the
+//! broker keeps none: no ack is sent, and the broker delivers the messages at less cost.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 
-use crate::BusError;
+use crate::{BusError, Login};
 
 /// How long a consumer may be silent before it is started again.
 const SILENCE: Duration = Duration::from_secs(10);
@@ -19,6 +26,23 @@ const SILENCE: Duration = Duration::from_secs(10);
 const ATTEMPTS: u32 = 4;
 /// Messages asked for per pull request (async-nats' default is 200).
 const MESSAGES_PER_PULL: usize = 1000;
+/// How long a replay waits for its connection (refused credentials are retried until then).
+const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+
+/// Connect as `login`'s replay identity ([`Login::replayer`]).
+async fn connect(login: &Login) -> Result<async_nats::Client, BusError> {
+    let replayer = login.replayer();
+    match tokio::time::timeout(CONNECT_WITHIN, replayer.connect()).await {
+        Ok(connected) => connected,
+        Err(_) => Err(BusError::jetstream(format!("replay as {}", replayer.name))(
+            format!(
+                "no connection within {CONNECT_WITHIN:?} (are its credentials, \
+                 credentials/{}.nk, known to the broker?)",
+                replayer.name
+            ),
+        )),
+    }
+}
 
 /// A message read, with where it sits in its stream (its reply subject parsed once).
 pub struct Entry {
@@ -43,12 +67,10 @@ pub struct Replay {
 }
 
 impl Replay {
-    /// Read `stream` (only `filter`'s subjects, if not empty) from its first message.
-    pub async fn open(
-        js: &jetstream::Context,
-        stream: &str,
-        filter: &str,
-    ) -> Result<Replay, BusError> {
+    /// Read `stream` (only `filter`'s subjects, if not empty) from its first message, as
+    /// `login`'s replay identity: a connection of its own, closed when the replay is dropped.
+    pub async fn open(login: &Login, stream: &str, filter: &str) -> Result<Replay, BusError> {
+        let js = jetstream::new(connect(login).await?);
         let handle = js
             .get_stream(stream)
             .await
@@ -80,12 +102,6 @@ impl Replay {
             };
             match answer {
                 Ok(Some(Ok(message))) => {
-                    // Answered, though the consumer wants no ack: for a connection that may
-                    // answer requests (`allow_responses`) the broker keeps every reply subject
-                    // it receives until answered or two minutes old, and scans them all every
-                    // 4,096 messages; unanswered, a replay's would make it quadratic. Only
-                    // that bookkeeping depends on it, so a failed send is no failure.
-                    let _ = message.ack().await;
                     let info = message.info().map_err(|e| self.failed(e.to_string()))?;
                     let (sequence, pending) = (info.stream_sequence, info.pending);
                     let stored_ns = info.published.unix_timestamp_nanos();

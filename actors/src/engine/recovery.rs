@@ -51,6 +51,7 @@ pub async fn recover_if_empty<S: Service>(
     dir: &Path,
     store: &Store,
     js: &jetstream::Context,
+    login: &bus::Login,
     scope: Scope,
 ) -> Result<(), EngineError> {
     let address = scope.address;
@@ -65,7 +66,7 @@ pub async fn recover_if_empty<S: Service>(
     std::fs::File::create(&marker)
         .and_then(|f| f.sync_all())
         .map_err(io)?;
-    let restored = recover::<S>(store, js, scope).await?;
+    let restored = recover::<S>(store, js, login, scope).await?;
     reset_consumers::<S>(js, address).await?;
     std::fs::remove_file(&marker).map_err(io)?;
     if restored > 0 {
@@ -98,16 +99,17 @@ pub fn slice(address: Address) -> Slice {
 
 /// Rebuild `store` (which must be empty) from the service's stream (only `scope`'s part of
 /// it: its partition's orders, or its SKU shard's aggregate), and mark the events it
-/// dead-lettered (so live consumers do not try them again; a replay still may). Returns the
-/// events restored.
+/// dead-lettered (so live consumers do not try them again; a replay still may). The streams are
+/// read as `login`'s replay identity. Returns the events restored.
 pub async fn recover<S: Service>(
     store: &Store,
     js: &jetstream::Context,
+    login: &bus::Login,
     scope: Scope,
 ) -> Result<u64, EngineError> {
     let slice = slice(scope.address);
-    let restored = restore_events::<S>(store, js, slice, scope.shard()).await?;
-    restore_dead_letters(store, js, scope.address, slice).await?;
+    let restored = restore_events::<S>(store, js, login, slice, scope.shard()).await?;
+    restore_dead_letters(store, js, login, scope.address, slice).await?;
     let _durable = store.flush().await?;
     Ok(restored)
 }
@@ -115,6 +117,7 @@ pub async fn recover<S: Service>(
 async fn restore_events<S: Service>(
     store: &Store,
     js: &jetstream::Context,
+    login: &bus::Login,
     slice: Slice,
     shard: Option<Shard>,
 ) -> Result<u64, EngineError> {
@@ -135,7 +138,7 @@ async fn restore_events<S: Service>(
     // partitions (not the term markers).
     let mut by_aggregate: BTreeMap<String, BTreeMap<u64, Envelope>> = BTreeMap::new();
     let filter = partition::events(domain, "*", slice);
-    let mut messages = bus::replay::Replay::open(js, domain.stream(), &filter).await?;
+    let mut messages = bus::replay::Replay::open(login, domain.stream(), &filter).await?;
     let mut more = messages.pending() > 0;
     while more {
         let read = messages.next().await?;
@@ -235,6 +238,7 @@ async fn restore_events<S: Service>(
 async fn restore_dead_letters(
     store: &Store,
     js: &jetstream::Context,
+    login: &bus::Login,
     address: Address,
     slice: Slice,
 ) -> Result<(), EngineError> {
@@ -251,7 +255,7 @@ async fn restore_dead_letters(
         Slice::All => format!("{}.{owner}.>", bus::dlq::PREFIX),
         Slice::One(k) => format!("{}.{owner}.*.*.*.{k}", bus::dlq::PREFIX),
     };
-    let mut messages = bus::replay::Replay::open(js, bus::streams::DLQ_STREAM, &filter).await?;
+    let mut messages = bus::replay::Replay::open(login, bus::streams::DLQ_STREAM, &filter).await?;
     let mut ids = Vec::new();
     let mut more = messages.pending() > 0;
     while more {

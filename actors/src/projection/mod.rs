@@ -264,11 +264,12 @@ async fn run(
             std::future::ready(Ok(sagas.report(stuck_after, chrono::Utc::now())))
         })
         .await?;
-    let js = host.js.clone();
+    let (js, login) = (host.js.clone(), host.login.clone());
     server
         .each::<Rebuild, _, _>(move |()| {
-            let (js, actor, progress) = (js.clone(), actor.clone(), progress.clone());
-            async move { rebuild::start(&js, &actor, &progress).await }
+            let (js, login) = (js.clone(), login.clone());
+            let (actor, progress) = (actor.clone(), progress.clone());
+            async move { rebuild::start(&js, &login, &actor, &progress).await }
         })
         .await?;
     host.serve_until_shutdown(server, ready).await

@@ -220,9 +220,11 @@ impl Handler<EndRebuild> for ProjectionActor {
     }
 }
 
-/// Begin a rebuild in the background; answers at once with what it will read.
+/// Begin a rebuild in the background; answers at once with what it will read. The streams are
+/// read as `login`'s replay identity, a connection each.
 pub(super) async fn start(
     js: &jetstream::Context,
+    login: &bus::Login,
     actor: &Addr<ProjectionActor>,
     progress: &Arc<Progress>,
 ) -> Result<RebuildStarted, DomainError> {
@@ -247,9 +249,9 @@ pub(super) async fn start(
     progress.read.store(0, Ordering::Release);
     progress.total.store(total, Ordering::Release);
     progress.running.store(true, Ordering::Release);
-    let (js, actor, progress) = (js.clone(), actor.clone(), progress.clone());
+    let (login, actor, progress) = (login.clone(), actor.clone(), progress.clone());
     actix_rt::spawn(async move {
-        let result = replay(&js, &actor, &progress, &targets).await;
+        let result = replay(&login, &actor, &progress, &targets).await;
         if let Err(e) = &result {
             tracing::error!(error = %e, "projection rebuild failed; the old model stays");
         }
@@ -312,12 +314,8 @@ struct Reader {
 }
 
 impl Reader {
-    async fn open(
-        js: &jetstream::Context,
-        domain: Domain,
-        last: u64,
-    ) -> Result<Reader, RebuildError> {
-        let messages = bus::replay::Replay::open(js, domain.stream(), "")
+    async fn open(login: &bus::Login, domain: Domain, last: u64) -> Result<Reader, RebuildError> {
+        let messages = bus::replay::Replay::open(login, domain.stream(), "")
             .await
             .map_err(EngineError::Bus)?;
         let mut reader = Reader {
@@ -355,7 +353,7 @@ const MESSAGES_PER_HANDOVER: usize = 256;
 /// decodes and folds (the CPU work), so both cores work while the broker streams, and the
 /// rows it folds come back here to be written by the actor.
 async fn replay(
-    js: &jetstream::Context,
+    login: &bus::Login,
     actor: &Addr<ProjectionActor>,
     progress: &Progress,
     targets: &[(Domain, u64)],
@@ -364,7 +362,7 @@ async fn replay(
         targets
             .iter()
             .filter(|(_, last)| *last > 0)
-            .map(|(domain, last)| Reader::open(js, *domain, *last)),
+            .map(|(domain, last)| Reader::open(login, *domain, *last)),
     )
     .await?;
     let opened = Instant::now();

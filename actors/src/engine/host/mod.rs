@@ -100,6 +100,8 @@ pub struct Host {
     pub store: Store,
     pub client: async_nats::Client,
     pub js: async_nats::jetstream::Context,
+    /// How it reached the broker (and how its replays do: `bus::Login::replayer`).
+    pub login: Login,
     pub shutdown: CancellationToken,
     tasks: Vec<actix_rt::task::JoinHandle<()>>,
     /// The lease this instance owns its partition by, renewed until the last flush.
@@ -117,16 +119,17 @@ impl Host {
     ) -> Result<Host, EngineError> {
         let client = login.connect().await?;
         Ok(Host::with_client(
-            component, settings, store, client, shutdown,
+            component, settings, store, client, login, shutdown,
         ))
     }
 
-    /// [`Host::connect`] on a connection made already.
+    /// [`Host::connect`] on a connection made already (as `login`).
     pub fn with_client(
         address: Address,
         settings: Settings,
         store: Store,
         client: async_nats::Client,
+        login: &Login,
         shutdown: CancellationToken,
     ) -> Host {
         let js = async_nats::jetstream::new(client.clone());
@@ -136,6 +139,7 @@ impl Host {
             store,
             client,
             js,
+            login: login.clone(),
             shutdown,
             tasks: Vec::new(),
             lease: None,

@@ -102,7 +102,7 @@ async fn run_host<S: Service>(
 ) -> Result<(), EngineError> {
     let Some(instance) = settings.instance.clone() else {
         let client = login.connect().await?;
-        return serve::<S>(scope, settings, client, None, shutdown, ready).await;
+        return serve::<S>(scope, settings, client, &login, None, shutdown, ready).await;
     };
     let partition = scope.address.partition.unwrap_or(0);
     let key = lease::key(S::name(), partition);
@@ -168,7 +168,15 @@ async fn run_host<S: Service>(
             }
         };
         let (served, ()) = futures::join!(
-            serve::<S>(scope, settings, client, Some(owned), owning, started),
+            serve::<S>(
+                scope,
+                settings,
+                client,
+                &login,
+                Some(owned),
+                owning,
+                started
+            ),
             say_ready
         );
         if shutdown.is_cancelled() {
@@ -208,6 +216,7 @@ async fn serve<S: Service>(
     scope: Scope,
     settings: Settings,
     client: async_nats::Client,
+    login: &Login,
     owned: Option<Owned>,
     shutdown: CancellationToken,
     ready: oneshot::Sender<()>,
@@ -217,7 +226,7 @@ async fn serve<S: Service>(
     let store = recovery::open(&dir, &settings)?;
     let (ops, transitions) = crate::resilience::Ops::new(settings.resilience.clone());
     let service = S::new(&settings, &ops)?;
-    let mut host = Host::with_client(address, settings, store, client, shutdown);
+    let mut host = Host::with_client(address, settings, store, client, login, shutdown);
     let mut publisher = Publisher::new(host.js.clone());
     if let Some(Owned {
         keeper,
@@ -230,7 +239,7 @@ async fn serve<S: Service>(
         host.keep_lease(keeper);
         publisher = publisher.within_term(term);
     }
-    recovery::recover_if_empty::<S>(&dir, &host.store, &host.js, scope).await?;
+    recovery::recover_if_empty::<S>(&dir, &host.store, &host.js, &host.login, scope).await?;
 
     let relay = OutboxRelay::new(host.store.clone(), publisher, RelayConfig::default());
     let engine = Engine::new(service, host.store.clone()).in_shard(scope.shard());
