@@ -31,7 +31,7 @@ async fn a_replay_reads_every_message_as_its_own_identity_and_answers_none() {
             format!("$JS.API.CONSUMER.CREATE.{stream}"),
             format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"),
         ],
-        subscribe: vec![format!("{}.>", bus::inbox_prefix("order-replay"))],
+        subscribe: vec![format!("{}.>", bus::inbox_prefix("order-replayer"))],
         allow_responses: false,
     };
     let mut config = ServerConfig::new(dir.path().join("nats"));
@@ -56,7 +56,7 @@ async fn a_replay_reads_every_message_as_its_own_identity_and_answers_none() {
             .await
             .expect("stored");
     }
-    // The order service's login: its replays connect as `order-replay`.
+    // The order service's login: its replays connect as `order-replayer`.
     let login = Login {
         replay: Some(reader),
         ..Login::open(&server.url(), "order")
@@ -78,4 +78,13 @@ async fn a_replay_reads_every_message_as_its_own_identity_and_answers_none() {
     let log = std::fs::read_to_string(dir.path().join("nats/nats-server.log")).expect("log");
     let refused: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
     assert!(refused.is_empty(), "the replay sent: {refused:#?}");
+
+    // A replay as an identity the broker does not know fails at once, and says which.
+    let unknown = Login::open(&server.url(), "order");
+    let error = match bus::replay::Replay::open(&unknown, stream, "").await {
+        Ok(_) => panic!("a replay without credentials is refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("order-replayer"), "{error}");
+    assert!(error.contains("authorization violation"), "{error}");
 }

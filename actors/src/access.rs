@@ -4,12 +4,12 @@
 //! - A service publishes its own domain's events (`orders.>` for order), its dead letters
 //!   (`dlq.<service>.>`), circuit transitions (`ops.circuit.>`) and the handlings it put off
 //!   (`ops.retry.<service>.>`, its own name in the subject); it drives only its own durable
-//!   consumers on the streams it listens to, replays only its own stream and its dead letters,
-//!   reads one dead letter by sequence (to re-handle it: `replay`), and answers its own micro
-//!   endpoints. Deleting a dead letter is the operator's.
+//!   consumers on the streams it listens to, reads one message of its own stream or of its dead
+//!   letters by sequence (to re-handle one: `replay`), and answers its own micro endpoints.
+//!   Deleting a dead letter is the operator's.
 //! - The projection reads every domain stream and publishes no event (only its dead letters
 //!   and put-off handlings).
-//! - Each of them replays as a second identity, `<name>-replay` (a service: its own stream and
+//! - Each of them replays as a second identity, `<name>-replayer` (a service: its own stream and
 //!   its dead letters, to rebuild a lost database; the projection: every domain stream, to
 //!   rebuild the read model). It may only read those streams from a sequence on, and answers
 //!   no requests, so the broker keeps no reply subject of what it reads (`bus::replay`).
@@ -43,7 +43,7 @@ pub enum BusUser {
     /// `commerce up` and the CLI: provisioning, status, operator endpoints.
     Operator,
     Component(Component),
-    /// A component's replays (`<name>-replay`).
+    /// A component's replays (`<name>-replayer`).
     Replayer(Component),
 }
 
@@ -129,14 +129,19 @@ impl Keyring {
 
     /// The credentials for `users` of a process on a broker someone else runs: the
     /// `nats_creds` setting for the first (this process's own identity) and, beside it, its
-    /// replays' (`payment.nk`, `payment-replay.nk`), else each one's file under the data dir,
+    /// replays' (`payment.nk`, `payment-replayer.nk`), else each one's file under the data dir,
     /// else none (the broker lets anyone in).
     pub fn load(settings: &Settings, users: &[BusUser]) -> Result<Keyring, BusError> {
         let mut keyring = Keyring::default();
         for (i, user) in users.iter().enumerate() {
             let file = credentials_file(&settings.data_dir, *user);
+            // The explicit file is the first user's: beside it, only its own replays' seed.
             let beside = match (&settings.nats_creds, user) {
-                (Some(explicit), BusUser::Replayer(_)) => Some(replayer_beside(explicit)),
+                (Some(explicit), BusUser::Replayer(c))
+                    if users.first() == Some(&BusUser::Component(*c)) =>
+                {
+                    Some(replayer_beside(explicit))
+                }
                 _ => None,
             };
             let chosen = match &settings.nats_creds {
@@ -172,7 +177,7 @@ impl Keyring {
     }
 }
 
-/// `payment-replay.nk` for `payment.nk`: where a replay identity's credentials sit beside its
+/// `payment-replayer.nk` for `payment.nk`: where a replay identity's credentials sit beside its
 /// component's.
 fn replayer_beside(credentials: &Path) -> PathBuf {
     let stem = credentials
@@ -609,15 +614,15 @@ mod tests {
     fn replay_credentials_sit_beside_their_components() {
         assert_eq!(
             replayer_beside(Path::new("/etc/commerce/payment.nk")),
-            Path::new("/etc/commerce/payment-replay.nk")
+            Path::new("/etc/commerce/payment-replayer.nk")
         );
         assert_eq!(
             replayer_beside(Path::new("payment.creds")),
-            Path::new("payment-replay.creds")
+            Path::new("payment-replayer.creds")
         );
         assert_eq!(
             replayer_beside(Path::new("/keys/payment")),
-            Path::new("/keys/payment-replay")
+            Path::new("/keys/payment-replayer")
         );
     }
 }

@@ -11,7 +11,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
     let (_, authorization) = Keyring::prepare(&settings.data_dir, settings.routes())?;
     eprintln!(
         "credentials: {} (give each process its file, --nats-creds or NATS_CREDS, with its \
-         replays' <name>-replay.nk beside it)",
+         replays' <name>-replayer.nk beside it)",
         actors::access::credentials_dir(&settings.data_dir).display()
     );
     print!("{authorization}");

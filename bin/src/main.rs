@@ -50,7 +50,8 @@ struct Cli {
     #[arg(long = "nats", global = true, value_name = "URL")]
     nats_url: Option<String>,
     /// Broker credentials of this process (an nkey seed or NATS .creds file; also NATS_CREDS).
-    /// Default: its own file under <data-dir>/credentials/, written by `commerce up`.
+    /// Default: its own file under <data-dir>/credentials/, written by `commerce up`. Its
+    /// replays' identity is read from beside it (payment.nk: payment-replayer.nk), else from there.
     #[arg(long = "nats-creds", global = true, value_name = "FILE")]
     nats_creds: Option<PathBuf>,
     #[command(subcommand)]

@@ -87,7 +87,7 @@ async fn the_bus_admits_only_known_identities_each_to_its_own_subjects() {
     )
     .await;
     refused(&mut refusals, "commerce.order.cancel").await;
-    // Nor read a stream from its start: its replays connect as `payment-replay` (below).
+    // Nor read a stream from its start: its replays connect as `payment-replayer` (below).
     payment
         .publish("$JS.API.CONSUMER.CREATE.PAYMENTS", "{}".into())
         .await
@@ -95,19 +95,9 @@ async fn the_bus_admits_only_known_identities_each_to_its_own_subjects() {
     payment.flush().await.unwrap();
     refused(&mut refusals, "$JS.API.CONSUMER.CREATE.PAYMENTS").await;
 
-    // That identity reads the payment service's stream from its start, and does nothing else:
-    // no event, no other stream.
-    let login = bus::Login {
-        replay: Some(
-            bus::auth::Credentials::from_file(&data.path().join("credentials/payment-replay.nk"))
-                .unwrap(),
-        ),
-        ..bus::Login::open(&nats, "payment")
-    };
-    bus::replay::Replay::open(&login, "PAYMENTS", "")
-        .await
-        .expect("payment-replay reads PAYMENTS");
-    let (replayer, mut refusals) = watched(&nats, data.path(), "payment-replay").await;
+    // That identity reads the payment service's stream from its start (at the end, below), and
+    // does nothing else: no event, no other stream, no consumer of someone else's.
+    let (replayer, mut refusals) = watched(&nats, data.path(), "payment-replayer").await;
     let replays = async_nats::jetstream::new(replayer.clone());
     let event = "payments.payment_approved.01939a6e-0000-7000-8000-000000000001";
     replayer.publish(event, "{}".into()).await.unwrap();
@@ -115,6 +105,11 @@ async fn the_bus_admits_only_known_identities_each_to_its_own_subjects() {
     refused(&mut refusals, event).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), replays.get_stream("SHIPMENTS")).await;
     refused(&mut refusals, "$JS.API.STREAM.INFO.SHIPMENTS").await;
+    // Nor change a consumer it did not make (a named create could rewind payment's own).
+    let named = "$JS.API.CONSUMER.CREATE.PAYMENTS.payment";
+    replayer.publish(named, "{}".into()).await.unwrap();
+    replayer.flush().await.unwrap();
+    refused(&mut refusals, named).await;
 
     // The gateway's identity publishes no event.
     let (gateway, mut refusals) = watched(&nats, data.path(), "gateway").await;
@@ -164,6 +159,17 @@ async fn the_bus_admits_only_known_identities_each_to_its_own_subjects() {
         probe.subject.as_str(),
         "payments.probe.01939a6e-0000-7000-8000-000000000001.0"
     );
+    // Which payment's replays read, as `payment-replayer` (its credentials beside payment's).
+    let seed = data.path().join("credentials/payment-replayer.nk");
+    let login = bus::Login {
+        replay: Some(bus::auth::Credentials::from_file(&seed).unwrap()),
+        ..bus::Login::open(&nats, "payment")
+    };
+    let mut replay = bus::replay::Replay::open(&login, "PAYMENTS", "")
+        .await
+        .expect("payment-replayer reads PAYMENTS");
+    let read = replay.next().await.expect("the probe");
+    assert_eq!((read.sequence, read.pending), (1, 0));
 }
 
 /// Publish `envelope` on `subject` as the broker's `identity` would (with its message id).

@@ -74,7 +74,14 @@ impl Login {
         connect(&self.url, &self.name, self.credentials.as_ref()).await
     }
 
-    /// How this identity's replays reach the broker: as `<name>-replay`, which may read
+    /// [`Login::connect`], but answering at once when the first connection fails (refused
+    /// credentials among the reasons) rather than retrying it in the background.
+    pub async fn connect_once(&self) -> Result<async_nats::Client, BusError> {
+        let options = options(&self.name, self.credentials.as_ref()).await?;
+        finish_connect(&self.url, options).await
+    }
+
+    /// How this identity's replays reach the broker: as `<name>-replayer`, which may read
     /// streams from their start and answers no requests ([`replay`] says why that matters).
     pub fn replayer(&self) -> Login {
         Login {
@@ -88,7 +95,7 @@ impl Login {
 
 /// The name of `name`'s replay identity.
 pub fn replayer_name(name: &str) -> String {
-    format!("{name}-replay")
+    format!("{name}-replayer")
 }
 
 /// How often a client pings a server that has sent it nothing. Three unanswered in a row and it
@@ -105,11 +112,19 @@ pub async fn connect(
     name: &str,
     credentials: Option<&Credentials>,
 ) -> Result<async_nats::Client, BusError> {
+    let options = options(name, credentials).await?;
+    finish_connect(url, options.retry_on_initial_connect()).await
+}
+
+/// How every connection of ours is made (see [`connect`]).
+async fn options(
+    name: &str,
+    credentials: Option<&Credentials>,
+) -> Result<async_nats::ConnectOptions, BusError> {
     let who = name.to_string();
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("commerce-{name}"))
         .custom_inbox_prefix(inbox_prefix(name))
-        .retry_on_initial_connect()
         .connection_timeout(std::time::Duration::from_secs(5))
         .ping_interval(PING_INTERVAL)
         .event_callback(move |event| {
@@ -123,6 +138,13 @@ pub async fn connect(
     if let Some(credentials) = credentials {
         options = credentials.apply(options).await?;
     }
+    Ok(options)
+}
+
+async fn finish_connect(
+    url: &str,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, BusError> {
     options
         .connect(server_urls(url).as_slice())
         .await

@@ -26,21 +26,24 @@ const SILENCE: Duration = Duration::from_secs(10);
 const ATTEMPTS: u32 = 4;
 /// Messages asked for per pull request (async-nats' default is 200).
 const MESSAGES_PER_PULL: usize = 1000;
-/// How long a replay waits for its connection (refused credentials are retried until then).
+/// How long a replay waits for its connection.
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 
-/// Connect as `login`'s replay identity ([`Login::replayer`]).
+/// Connect as `login`'s replay identity ([`Login::replayer`]), once: a refusal is an answer, not
+/// something to retry for ever in the background.
 async fn connect(login: &Login) -> Result<async_nats::Client, BusError> {
     let replayer = login.replayer();
-    match tokio::time::timeout(CONNECT_WITHIN, replayer.connect()).await {
-        Ok(connected) => connected,
-        Err(_) => Err(BusError::jetstream(format!("replay as {}", replayer.name))(
-            format!(
-                "no connection within {CONNECT_WITHIN:?} (are its credentials, \
-                 credentials/{}.nk, known to the broker?)",
-                replayer.name
-            ),
-        )),
+    let failed = |why: String| {
+        BusError::jetstream(format!("replay as {}", replayer.name))(format!(
+            "{why} (are {}'s credentials, <data-dir>/credentials/{}.nk or beside the \
+             component's own, known to the broker?)",
+            replayer.name, replayer.name
+        ))
+    };
+    match tokio::time::timeout(CONNECT_WITHIN, replayer.connect_once()).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(failed(e.to_string())),
+        Err(_) => Err(failed(format!("no connection within {CONNECT_WITHIN:?}"))),
     }
 }
 
