@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use support::{connect_as, wait_until, Api, Proc};
 use tokio::sync::mpsc;
 
@@ -392,4 +393,73 @@ async fn a_customer_sees_only_their_own_orders_and_operator_surfaces_need_an_ope
         )
         .await;
     assert_eq!(status, 415, "{body}");
+}
+
+/// Whoever may create a consumer on a stream may have it deliver the stream's messages to any
+/// subject, an endpoint's too, and a service writes what it likes into its own stream. So an
+/// endpoint answers only requests: a stream's deliveries (their reply is `$JS.ACK.…`) change
+/// nothing.
+#[tokio::test]
+async fn an_endpoint_acts_on_requests_not_on_what_a_stream_delivers_to_it() {
+    let data = tempfile::tempdir().unwrap();
+    let (_up, nats, api) = up(&data);
+    let held = "5 Harbor Road [hold]";
+    let target = api
+        .place_ok(&support::order("victim", "SKU-MUG", 1, support::CARD, held))
+        .await;
+    let witness = api
+        .place_ok(&support::order(
+            "witness",
+            "SKU-MUG",
+            1,
+            support::CARD,
+            held,
+        ))
+        .await;
+    for id in [&target, &witness] {
+        api.wait_status(id, &["CONFIRMED"]).await;
+    }
+
+    // The payment service writes an operator's cancel of the target into its own stream, and
+    // its replay identity has a consumer deliver it to the order service's cancel endpoint.
+    let operator = support::operator(&nats, data.path()).await;
+    let mut delivered = operator.subscribe("commerce.order.cancel").await.unwrap();
+    operator.flush().await.unwrap();
+    let payment = async_nats::jetstream::new(connect_as(&nats, data.path(), "payment").await);
+    let forged = format!("payments.forged.{target}");
+    let ask = serde_json::json!({ "order_id": target }).to_string();
+    payment
+        .publish(forged.clone(), ask.into())
+        .await
+        .unwrap()
+        .await
+        .expect("stored in PAYMENTS");
+    let replayer =
+        async_nats::jetstream::new(connect_as(&nats, data.path(), "payment-replayer").await);
+    let payments = replayer.get_stream("PAYMENTS").await.unwrap();
+    payments
+        .create_consumer(async_nats::jetstream::consumer::push::Config {
+            deliver_subject: "commerce.order.cancel".into(),
+            filter_subject: format!("{forged}.>"),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("the broker lets it make such a consumer");
+    let seen = tokio::time::timeout(support::WAIT, delivered.next())
+        .await
+        .expect("the forged cancel reaches the endpoint's subject")
+        .unwrap();
+    assert!(
+        seen.reply.as_ref().unwrap().starts_with("$JS.ACK."),
+        "{seen:?}"
+    );
+
+    // A real cancel, asked after it on the same endpoint, is handled after it: once it shows,
+    // the forged one would have too.
+    let (code, body) = api.cancel(&witness).await;
+    assert!(code < 300, "{code} {body}");
+    api.wait_status(&witness, &["CANCELLED"]).await;
+    let (_, target) = api.get(&target).await;
+    assert_eq!(target["order_status"], "CONFIRMED", "{target}");
 }

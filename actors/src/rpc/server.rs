@@ -121,10 +121,29 @@ async fn next(
     endpoint: &mut async_nats::service::endpoint::Endpoint,
     shutdown: &CancellationToken,
 ) -> Option<Request> {
-    tokio::select! {
-        _ = shutdown.cancelled() => None,
-        request = endpoint.next() => request,
+    loop {
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            request = endpoint.next() => request,
+        }?;
+        if is_request(&request) {
+            return Some(request);
+        }
     }
+}
+
+/// Whether `request` was asked by someone waiting for the answer. Not a message without a reply
+/// subject, nor one a JetStream consumer delivered (its reply is `$JS.ACK.…`): whoever may
+/// create a consumer on a stream may have it deliver the stream's messages to any subject, an
+/// endpoint's too, so a component could otherwise ask with what it wrote into its own stream.
+fn is_request(request: &Request) -> bool {
+    let reply = request.message.reply.as_ref().map(|r| r.as_str());
+    let asked = reply.is_some_and(|reply| !reply.starts_with("$JS."));
+    if !asked {
+        tracing::warn!(subject = %request.message.subject, reply = ?reply,
+            "dropped a message to an endpoint that is no request (no reply subject, or a stream's delivery)");
+    }
+    asked
 }
 
 async fn serve_batches<E, F, Fut>(
@@ -140,7 +159,8 @@ async fn serve_batches<E, F, Fut>(
         let mut requests = vec![first];
         while requests.len() < BATCH {
             match endpoint.next().now_or_never() {
-                Some(Some(request)) => requests.push(request),
+                Some(Some(request)) if is_request(&request) => requests.push(request),
+                Some(Some(_)) => {}
                 _ => break,
             }
         }
