@@ -138,12 +138,17 @@ async fn next(
 /// endpoint's too, so a component could otherwise ask with what it wrote into its own stream.
 fn is_request(request: &Request) -> bool {
     let reply = request.message.reply.as_ref().map(|r| r.as_str());
-    let asked = reply.is_some_and(|reply| !reply.starts_with("$JS."));
+    let asked = asked(reply);
     if !asked {
         tracing::warn!(subject = %request.message.subject, reply = ?reply,
-            "dropped a message to an endpoint that is no request (no reply subject, or a stream's delivery)");
+            "dropped a message to an endpoint that is no request (no reply subject, or a JetStream one)");
     }
     asked
+}
+
+/// A request's reply subject: someone's inbox, not JetStream's (`$JS.ACK.…`, `$JS.FC.…`).
+fn asked(reply: Option<&str>) -> bool {
+    reply.is_some_and(|reply| !reply.starts_with("$JS."))
 }
 
 async fn serve_batches<E, F, Fut>(
@@ -233,6 +238,15 @@ mod tests {
     use serde::{Deserialize, Serialize};
 
     use super::*;
+
+    #[test]
+    fn only_a_reply_to_an_inbox_makes_a_request() {
+        assert!(asked(Some("_INBOX_gateway.abc.1")));
+        assert!(asked(Some("_INBOX.abc")));
+        assert!(!asked(None));
+        assert!(!asked(Some("$JS.ACK.PAYMENTS.x.1.1.1.1.0")));
+        assert!(!asked(Some("$JS.FC.PAYMENTS.x.1")));
+    }
 
     struct Named;
     impl Endpoint for Named {
