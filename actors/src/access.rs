@@ -205,7 +205,7 @@ pub fn private_dir(dir: &Path) -> Result<(), BusError> {
 /// What `user` may do on the broker, where `routes` split services by partition.
 pub fn permissions(user: BusUser, routes: Routes) -> Permissions {
     let component = match user {
-        BusUser::Operator => return Permissions::all(),
+        BusUser::Operator => return operator(),
         BusUser::Replayer(c) => return replayer(c),
         BusUser::Component(c) => c,
     };
@@ -269,6 +269,22 @@ pub fn permissions(user: BusUser, routes: Routes) -> Permissions {
     p.publish.sort();
     p.publish.dedup();
     p
+}
+
+/// The operator publishes anything, and listens only on inboxes: its own (`commerce`) and the
+/// NATS CLI's. No identity may listen where a stream stores: a push consumer, which any identity
+/// allowed to create consumers can aim anywhere, delivers only where someone listens, and what
+/// it delivers to a stream's subject is stored there as if its owner had published it. The
+/// operator follows events through JetStream (`nats sub --new 'orders.>'`, `nats stream view`).
+fn operator() -> Permissions {
+    Permissions {
+        publish: vec![">".into()],
+        subscribe: vec![
+            "_INBOX.>".into(),
+            format!("{}.>", bus::inbox_prefix(&BusUser::Operator.name())),
+        ],
+        allow_responses: false,
+    }
 }
 
 /// Drive durable consumer `durable` on `stream`: create it, pull, ack, delete (recovery).
@@ -475,6 +491,51 @@ mod tests {
             }
             i == subject.len()
         })
+    }
+
+    /// Whether two subject patterns match a subject in common.
+    fn collide(a: &str, b: &str) -> bool {
+        let (a, b): (Vec<&str>, Vec<&str>) = (a.split('.').collect(), b.split('.').collect());
+        for i in 0..=a.len().max(b.len()) {
+            match (a.get(i), b.get(i)) {
+                (Some(&">"), Some(_)) | (Some(_), Some(&">")) | (None, None) => return true,
+                (Some(x), Some(y)) if x == y || *x == "*" || *y == "*" => {}
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn no_identity_listens_where_a_stream_stores() {
+        assert!(collide("orders.>", "*.*.o1") && collide("*.x", "a.*"));
+        assert!(!collide("orders.>", "orders") && !collide("_INBOX.>", "orders.>"));
+        let stored: Vec<String> = bus::streams::stream_specs()
+            .into_iter()
+            .map(|(_, subjects, _, _)| subjects)
+            .chain([
+                format!("$KV.{}.>", bus::lease::LEASES_BUCKET),
+                "$JS.>".into(),
+            ])
+            .collect();
+        for routes in [ONE, Routes::new(bus::Partitions::new(2).unwrap())] {
+            for user in BusUser::all() {
+                for listens in permissions(user, routes).subscribe {
+                    for at in &stored {
+                        assert!(
+                            !collide(&listens, at),
+                            "{} may listen on {listens}, where a stream stores {at}",
+                            user.name()
+                        );
+                    }
+                }
+            }
+        }
+        // The operator hears answers: to `commerce` and to the NATS CLI.
+        let operator = permissions(BusUser::Operator, ONE);
+        assert!(allows(&operator.subscribe, "_INBOX.x7.1"));
+        assert!(allows(&operator.subscribe, "_INBOX_operator.x7.1"));
+        assert!(allows(&operator.publish, "$JS.API.STREAM.DELETE.ORDERS"));
     }
 
     #[test]

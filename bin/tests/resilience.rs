@@ -7,6 +7,7 @@ use std::time::Duration;
 use actors::contract::Status;
 use actors::rpc::call;
 use actors::Component;
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use futures::StreamExt;
 use serde_json::json;
 use support::{order, Api, Proc, ADDRESS, CARD};
@@ -27,10 +28,30 @@ fn up(data: &tempfile::TempDir) -> (Proc, String, Api) {
 }
 
 /// The next transition published on the subscription, as (from, to).
-async fn next_transition(transitions: &mut async_nats::Subscriber) -> (String, String) {
+/// The payment gateway's circuit transitions stored from now on (read from the `OPS` stream:
+/// no identity may listen where a stream stores).
+async fn transitions(client: async_nats::Client) -> pull::Ordered {
+    async_nats::jetstream::new(client)
+        .get_stream(bus::streams::OPS_STREAM)
+        .await
+        .unwrap()
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::New,
+            filter_subject: "ops.circuit.payment-gateway".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .messages()
+        .await
+        .unwrap()
+}
+
+async fn next_transition(transitions: &mut pull::Ordered) -> (String, String) {
     let message = tokio::time::timeout(Duration::from_secs(30), transitions.next())
         .await
         .expect("a circuit transition")
+        .unwrap()
         .unwrap();
     let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
     (
@@ -50,10 +71,7 @@ async fn an_outage_opens_the_breaker_no_call_passes_while_open_and_orders_comple
     let data = tempfile::tempdir().unwrap();
     let (mut up, nats, api) = up(&data);
     let client = support::operator(&nats, data.path()).await;
-    let mut transitions = client
-        .subscribe("ops.circuit.payment-gateway")
-        .await
-        .unwrap();
+    let mut transitions = transitions(client).await;
     api.set_faults(&api.payment_gateway, json!({ "outage": true }))
         .await;
     let mut ids = Vec::new();

@@ -5,7 +5,6 @@ mod support;
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use support::{connect_as, wait_until, Api, Proc};
 use tokio::sync::mpsc;
 
@@ -37,9 +36,14 @@ async fn watched(
     (client, refusals)
 }
 
-/// Wait for the server's permission error naming `subject`.
+/// Wait for the server's permission error for a publish to `subject`.
 async fn refused(refusals: &mut mpsc::UnboundedReceiver<String>, subject: &str) {
-    let wanted = format!("Permissions Violation for Publish to \"{subject}\"");
+    refused_to(refusals, "Publish", subject).await
+}
+
+/// Wait for the server's permission error for a `what` ("Publish", "Subscription") to `subject`.
+async fn refused_to(refusals: &mut mpsc::UnboundedReceiver<String>, what: &str, subject: &str) {
+    let wanted = format!("Permissions Violation for {what} to \"{subject}\"");
     loop {
         let said = tokio::time::timeout(support::WAIT, refusals.recv())
             .await
@@ -421,39 +425,29 @@ async fn an_endpoint_acts_on_requests_not_on_what_a_stream_delivers_to_it() {
     }
 
     // The payment service writes an operator's cancel of the target into its own stream, and
-    // its replay identity has a consumer deliver it to the order service's cancel endpoint.
-    let operator = support::operator(&nats, data.path()).await;
-    let mut delivered = operator.subscribe("commerce.order.cancel").await.unwrap();
-    operator.flush().await.unwrap();
-    let payment = async_nats::jetstream::new(connect_as(&nats, data.path(), "payment").await);
-    let forged = format!("payments.forged.{target}");
+    // its replay identity has a consumer deliver it to the order service's cancel endpoint, in
+    // the group the endpoints listen in (the micro protocol's).
     let ask = serde_json::json!({ "order_id": target }).to_string();
-    payment
-        .publish(forged.clone(), ask.into())
-        .await
-        .unwrap()
-        .await
-        .expect("stored in PAYMENTS");
-    let replayer =
-        async_nats::jetstream::new(connect_as(&nats, data.path(), "payment-replayer").await);
-    let payments = replayer.get_stream("PAYMENTS").await.unwrap();
-    payments
-        .create_consumer(async_nats::jetstream::consumer::push::Config {
-            deliver_subject: "commerce.order.cancel".into(),
-            filter_subject: format!("{forged}.>"),
-            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .expect("the broker lets it make such a consumer");
-    let seen = tokio::time::timeout(support::WAIT, delivered.next())
-        .await
-        .expect("the forged cancel reaches the endpoint's subject")
-        .unwrap();
-    assert!(
-        seen.reply.as_ref().unwrap().starts_with("$JS.ACK."),
-        "{seen:?}"
-    );
+    let name = &pushed_by_payment(
+        &nats,
+        &data,
+        &target,
+        ask,
+        "commerce.order.cancel",
+        Some("q"),
+    )
+    .await;
+    // The order service listens there, so the broker delivers it (the operator sees how far).
+    let operator = async_nats::jetstream::new(support::operator(&nats, data.path()).await);
+    let payments = &operator.get_stream("PAYMENTS").await.unwrap();
+    wait_until(
+        "the forged cancel delivered to the endpoint",
+        move || async move {
+            let info = payments.consumer_info(name).await.unwrap();
+            info.delivered.stream_sequence > 0
+        },
+    )
+    .await;
 
     // A real cancel, asked after it on the same endpoint, is handled after it: once it shows,
     // the forged one would have too.
@@ -462,4 +456,89 @@ async fn an_endpoint_acts_on_requests_not_on_what_a_stream_delivers_to_it() {
     api.wait_status(&witness, &["CANCELLED"]).await;
     let (_, target) = api.get(&target).await;
     assert_eq!(target["order_status"], "CONFIRMED", "{target}");
+}
+
+/// A push consumer delivers wherever its maker says, and what it delivers to a stream's subject
+/// that stream stores as if its owner had published it: the payment service could forge a
+/// shipment event. But the broker delivers only where someone listens, and no identity may
+/// listen where a stream stores, not even the operator following events (it reads them through
+/// JetStream instead), so such a consumer never delivers.
+#[tokio::test]
+async fn a_push_consumer_cannot_write_into_another_stream() {
+    let data = tempfile::tempdir().unwrap();
+    let (_up, nats, _api) = up(&data);
+    let order = "01939a6e-0000-7000-8000-000000000001";
+
+    // An operator follows the shipments: not by listening on their subjects (refused), but
+    // through JetStream, as `nats sub --new 'shipments.>'` does.
+    let (operator, mut refusals) = watched(&nats, data.path(), "operator").await;
+    let _listening = operator.subscribe("shipments.>").await.unwrap();
+    operator.flush().await.unwrap();
+    refused_to(&mut refusals, "Subscription", "shipments.>").await;
+    let js = async_nats::jetstream::new(operator.clone());
+    let mut shipments = js.get_stream("SHIPMENTS").await.unwrap();
+    let _following = shipments
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap()
+        .messages()
+        .await
+        .unwrap();
+    let stored = shipments.info().await.unwrap().state.last_sequence;
+
+    // The payment service stores a "shipment failed" in its own stream, and its replay
+    // identity has a consumer deliver it to the subject SHIPMENTS stores it under.
+    let deliver = format!("shipments.shipment_failed.{order}");
+    let name = pushed_by_payment(&nats, &data, order, "{}".into(), &deliver, None).await;
+
+    // No one listens there, so it has delivered nothing, and SHIPMENTS holds what it held.
+    let info = js
+        .get_stream("PAYMENTS")
+        .await
+        .unwrap()
+        .consumer_info(&name)
+        .await
+        .unwrap();
+    assert!(!info.push_bound, "{info:?}");
+    assert_eq!(info.delivered.stream_sequence, 0, "{info:?}");
+    assert_eq!(info.num_pending, 1, "{info:?}");
+    let now = shipments.info().await.unwrap().state.last_sequence;
+    assert_eq!(now, stored, "SHIPMENTS stored what payment forged");
+}
+
+/// The payment service stores `body` in its own stream under `order`'s subject, and its replay
+/// identity has a push consumer deliver it to `deliver` (in `group`, if any): that consumer's
+/// name.
+async fn pushed_by_payment(
+    nats: &str,
+    data: &tempfile::TempDir,
+    order: &str,
+    body: String,
+    deliver: &str,
+    group: Option<&str>,
+) -> String {
+    let payment = async_nats::jetstream::new(connect_as(nats, data.path(), "payment").await);
+    let forged = format!("payments.forged.{order}");
+    payment
+        .publish(forged.clone(), body.into())
+        .await
+        .unwrap()
+        .await
+        .expect("stored in PAYMENTS");
+    let replayer =
+        async_nats::jetstream::new(connect_as(nats, data.path(), "payment-replayer").await);
+    let consumer = replayer
+        .get_stream("PAYMENTS")
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::push::Config {
+            deliver_subject: deliver.into(),
+            deliver_group: group.map(Into::into),
+            filter_subject: format!("{forged}.>"),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("the broker lets it make such a consumer");
+    consumer.cached_info().name.clone()
 }

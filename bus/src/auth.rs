@@ -127,7 +127,7 @@ pub struct Permissions {
 }
 
 impl Permissions {
-    /// Everything (the operator).
+    /// Everything (an administrator of a broker of its own, as in tests).
     pub fn all() -> Permissions {
         Permissions {
             publish: vec![">".into()],

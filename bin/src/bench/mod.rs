@@ -11,6 +11,42 @@ mod subjects;
 
 use actors::Settings;
 
+/// `(event name, order id)` of every `domain` event named one of `events` stored from now on,
+/// as the stream stores it: how a bench sees outcomes. Read through JetStream, not listened
+/// for: no identity may listen where a stream stores (`actors::access`).
+async fn stored_from_now(
+    js: &async_nats::jetstream::Context,
+    domain: ::bus::Domain,
+    events: &[&str],
+) -> anyhow::Result<impl futures::Stream<Item = (String, String)>> {
+    use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    use futures::StreamExt;
+    let filter_subjects = events
+        .iter()
+        .map(|event| ::bus::partition::events(domain, event, ::bus::partition::Slice::All))
+        .collect();
+    let messages = js
+        .get_stream(domain.stream())
+        .await?
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::New,
+            filter_subjects,
+            ..Default::default()
+        })
+        .await?
+        .messages()
+        .await?;
+    Ok(messages.filter_map(|message| async move {
+        let message = message
+            .inspect_err(|e| tracing::warn!(error = %e, "bench: reading outcomes"))
+            .ok()?;
+        // `<domain>.<event>.<order id>.<partition>`
+        let mut tokens = message.subject.split('.').skip(1);
+        let event = tokens.next()?.to_string();
+        Some((event, tokens.next()?.to_string()))
+    }))
+}
+
 /// The `q` quantile of sorted `samples` (NaN for none).
 fn quantile(samples: &[f64], q: f64) -> f64 {
     match samples.len() {

@@ -170,14 +170,14 @@ async fn null_pipeline(
     let order_store = order_store.context("no order component")?;
 
     let confirmed: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let mut watch = client.subscribe("orders.order_confirmed.*").await?;
+    // Seen as the saga's bench sees them, so that the two compare.
+    let stored = super::stored_from_now(&js, Domain::Orders, &["order_confirmed"]).await?;
     let seen = confirmed.clone();
     tasks.push(actix_rt::spawn(async move {
-        while let Some(message) = watch.next().await {
-            let order_id = message.subject.rsplit('.').next().unwrap_or_default();
+        let mut stored = std::pin::pin!(stored);
+        while let Some((_, order_id)) = stored.next().await {
             let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-            seen.entry(order_id.to_string())
-                .or_insert_with(Instant::now);
+            seen.entry(order_id).or_insert_with(Instant::now);
         }
     }));
 

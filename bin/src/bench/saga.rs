@@ -347,26 +347,20 @@ impl Load {
             .pool_max_idle_per_host(256)
             .default_headers(headers)
             .build()?;
-        let mut confirmed = operator.subscribe("orders.order_confirmed.*").await?;
-        let mut cancelled = operator.subscribe("orders.order_cancelled.*").await?;
-        // Subscribed before any order is sent.
-        operator.flush().await?;
+        // Reading before any order is sent.
+        let stored = super::stored_from_now(
+            &async_nats::jetstream::new(operator),
+            bus::Domain::Orders,
+            &["order_confirmed", "order_cancelled"],
+        )
+        .await?;
         let watch = {
             let outcomes = outcomes.clone();
             let (web, http) = (web.clone(), http.clone());
             actix_rt::spawn(async move {
-                loop {
-                    let (message, ok) = tokio::select! {
-                        Some(m) = confirmed.next() => (m, true),
-                        Some(m) = cancelled.next() => (m, false),
-                        else => return,
-                    };
-                    let order_id = message
-                        .subject
-                        .rsplit('.')
-                        .next()
-                        .unwrap_or_default()
-                        .to_string();
+                let mut stored = std::pin::pin!(stored);
+                while let Some((event, order_id)) = stored.next().await {
+                    let ok = event == "order_confirmed";
                     if ok && cancel_confirmed {
                         let cancel = web.post(format!("{http}/orders/{order_id}/cancel"));
                         actix_rt::spawn(async move {
