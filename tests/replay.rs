@@ -24,13 +24,10 @@ async fn a_replay_reads_every_message_as_its_own_identity_and_answers_none() {
     let (operator_key, operator) = auth::new_identity().expect("operator identity");
     let (reader_key, reader) = auth::new_identity().expect("reader identity");
     let stream = Domain::Orders.stream();
-    // What a component's replays may do (`access::replayer`): no answers, no acks.
+    // What a component's replays may do (`access::replayer`): consumers of its own names, no
+    // answers, no acks.
     let reads = Permissions {
-        publish: vec![
-            format!("$JS.API.STREAM.INFO.{stream}"),
-            format!("$JS.API.CONSUMER.CREATE.{stream}"),
-            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"),
-        ],
+        publish: bus::replay::grants("order-replayer", stream),
         subscribe: vec![format!("{}.>", bus::inbox_prefix("order-replayer"))],
         allow_responses: false,
     };
@@ -62,17 +59,35 @@ async fn a_replay_reads_every_message_as_its_own_identity_and_answers_none() {
         ..Login::open(&server.url(), "order")
     };
     let deadline = Deadline::after(Duration::from_secs(60), "the replay reads every message");
-    for round in 0..2 {
-        let mut replay = bus::replay::Replay::open(&login, stream, "")
+    // Two at once, from the same start: each with a consumer of its own.
+    let mut replays = Vec::new();
+    for _ in 0..2 {
+        let replay = bus::replay::Replay::open(&login, stream, "")
             .await
             .expect("replay opens");
         assert_eq!(replay.pending(), EVENTS as u64);
-        for n in 1..=EVENTS as u64 {
+        replays.push(replay);
+    }
+    for n in 1..=EVENTS as u64 {
+        for (which, replay) in replays.iter_mut().enumerate() {
             deadline.check();
             let read = replay.next().await.expect("next message");
-            assert_eq!(read.sequence, n, "round {round}: the stream read in order");
+            assert_eq!(read.sequence, n, "replay {which}: the stream read in order");
         }
     }
+    // Done with, their consumers are deleted at once (not left for the server's idle timer).
+    drop(replays);
+    let orders = &js.get_stream(stream).await.expect("stream");
+    let deleted = move || async move {
+        let info = orders.get_info().await.expect("stream info");
+        info.state.consumer_count == 0
+    };
+    commerce_tests::wait_until(
+        "the replays' consumers deleted",
+        Duration::from_secs(10),
+        deleted,
+    )
+    .await;
 
     // It sent no answer: one would be refused, and the broker logs each refusal.
     let log = std::fs::read_to_string(dir.path().join("nats/nats-server.log")).expect("log");

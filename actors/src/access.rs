@@ -323,13 +323,13 @@ fn replayer(component: Component) -> Permissions {
     match component {
         Component::Projection => Domain::ALL
             .into_iter()
-            .for_each(|domain| replays(&mut p, domain.stream())),
+            .for_each(|domain| replays(&mut p, &name, domain.stream())),
         Component::Gateway | Component::Simulators => {}
         service => {
             if let Some(own) = owned_by(service) {
-                replays(&mut p, own.stream());
+                replays(&mut p, &name, own.stream());
             }
-            replays(&mut p, bus::streams::DLQ_STREAM);
+            replays(&mut p, &name, bus::streams::DLQ_STREAM);
         }
     }
     p.publish.sort();
@@ -337,15 +337,11 @@ fn replayer(component: Component) -> Permissions {
     p
 }
 
-/// Read `stream` from a sequence on through ephemeral consumers, whose names the server picks
-/// (it refuses a durable name on this subject, so no one else's consumer can be changed). They
-/// want no acks, and may not be sent any.
-fn replays(p: &mut Permissions, stream: &str) {
-    p.publish.extend([
-        format!("$JS.API.STREAM.INFO.{stream}"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}"),
-        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"),
-    ]);
+/// Read `stream` from a sequence on through consumers named for the replay identity `name`
+/// ([`bus::replay::grants`]): never a consumer of another name, which could be someone else's.
+/// They want no acks, and may not be sent any.
+fn replays(p: &mut Permissions, name: &str, stream: &str) {
+    p.publish.extend(bus::replay::grants(name, stream));
 }
 
 /// Take, renew and give back the leases on `service`'s partitions (only its own), and read
@@ -630,15 +626,23 @@ mod tests {
 
     #[test]
     fn replays_are_a_second_identity_that_reads_from_the_start_and_answers_nothing() {
-        let create = |stream: &str| format!("$JS.API.CONSUMER.CREATE.{stream}");
+        // A consumer of its own (`bus::replay`): the first of its names.
+        let create = |stream: &str, service: Component| {
+            let name = bus::replayer_name(service.name());
+            format!("$JS.API.CONSUMER.CREATE.{stream}.{name}-0")
+        };
         for service in Component::SERVICES {
             let own = owned_by(service).unwrap().stream();
             let main = permissions(BusUser::Component(service), ONE);
             let replays = permissions(BusUser::Replayer(service), ONE);
-            assert!(!allows(&main.publish, &create(own)), "{service:?}");
-            assert!(allows(&replays.publish, &create(own)), "{service:?}");
-            assert!(allows(&replays.publish, &create(bus::streams::DLQ_STREAM)));
-            assert!(!allows(&replays.publish, &create("ORDERS")) || own == "ORDERS");
+            assert!(!allows(&main.publish, &create(own, service)), "{service:?}");
+            assert!(
+                allows(&replays.publish, &create(own, service)),
+                "{service:?}"
+            );
+            let dead_letters = create(bus::streams::DLQ_STREAM, service);
+            assert!(allows(&replays.publish, &dead_letters));
+            assert!(!allows(&replays.publish, &create("ORDERS", service)) || own == "ORDERS");
             // No answers, so the broker keeps no reply subject of what it reads; no acks.
             assert!(!replays.allow_responses);
             assert!(!allows(
@@ -660,15 +664,57 @@ mod tests {
                 &format!("commerce.{}.>", service.name())
             ));
         }
-        let projection = permissions(BusUser::Replayer(Component::Projection), ONE);
+        let projection = Component::Projection;
+        let replays = permissions(BusUser::Replayer(projection), ONE);
         for domain in Domain::ALL {
-            assert!(allows(&projection.publish, &create(domain.stream())));
+            assert!(allows(
+                &replays.publish,
+                &create(domain.stream(), projection)
+            ));
         }
-        assert!(!allows(
-            &projection.publish,
-            &create(bus::streams::DLQ_STREAM)
-        ));
+        let dead_letters = create(bus::streams::DLQ_STREAM, projection);
+        assert!(!allows(&replays.publish, &dead_letters));
         assert!(!BusUser::all().any(|u| u == BusUser::Replayer(Component::Gateway)));
+    }
+
+    /// A create on `$JS.API.CONSUMER.CREATE.<stream>` may name any consumer in its body, and
+    /// changes one that exists (its filter, its limits, even into one the server deletes when
+    /// idle): a replayer creates, pulls from and deletes only consumers named for it.
+    #[test]
+    fn a_replayer_touches_only_consumers_named_for_it() {
+        for routes in [ONE, Routes::new(bus::Partitions::new(2).unwrap())] {
+            // `<stream>.<durable>` of every consumer a component drives.
+            let durables: Vec<String> = BusUser::all()
+                .filter(|u| matches!(u, BusUser::Component(_)))
+                .flat_map(|u| permissions(u, routes).publish)
+                .filter_map(|g| g.strip_prefix("$JS.API.CONSUMER.MSG.NEXT.").map(Into::into))
+                .collect();
+            assert!(
+                durables.iter().any(|d| d.starts_with("PAYMENTS.order")),
+                "{durables:?}"
+            );
+            for user in BusUser::all().filter(|u| matches!(u, BusUser::Replayer(_))) {
+                let p = permissions(user, routes);
+                for durable in &durables {
+                    for verb in ["CREATE", "MSG.NEXT", "DELETE"] {
+                        let call = format!("$JS.API.CONSUMER.{verb}.{durable}");
+                        assert!(!allows(&p.publish, &call), "{}: {call}", user.name());
+                    }
+                }
+                for grant in &p.publish {
+                    let Some(call) = grant.strip_prefix("$JS.API.CONSUMER.") else {
+                        continue;
+                    };
+                    let call = call.strip_prefix("MSG.").unwrap_or(call);
+                    let consumer = call.split('.').nth(2).unwrap_or_default();
+                    assert!(
+                        consumer.starts_with(&format!("{}-", user.name())),
+                        "{}: {grant}",
+                        user.name()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -110,11 +110,27 @@ async fn the_bus_admits_only_known_identities_each_to_its_own_subjects() {
     refused(&mut refusals, event).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), replays.get_stream("SHIPMENTS")).await;
     refused(&mut refusals, "$JS.API.STREAM.INFO.SHIPMENTS").await;
-    // Nor change a consumer it did not make (a named create could rewind payment's own).
+    // Nor change a consumer it did not make: a named create could rewind payment's own, and a
+    // create the server names takes a name in its body all the same (this one would turn the
+    // order service's consumer of PAYMENTS into one the server deletes when idle). Nor pull
+    // from one.
     let named = "$JS.API.CONSUMER.CREATE.PAYMENTS.payment";
     replayer.publish(named, "{}".into()).await.unwrap();
+    let takeover = serde_json::json!({
+        "stream_name": "PAYMENTS",
+        "config": { "name": "order", "ack_policy": "explicit", "inactive_threshold": 1_000_000_000 },
+    });
+    let unnamed = "$JS.API.CONSUMER.CREATE.PAYMENTS";
+    replayer
+        .publish(unnamed, takeover.to_string().into())
+        .await
+        .unwrap();
+    let pull = "$JS.API.CONSUMER.MSG.NEXT.PAYMENTS.order";
+    replayer.publish(pull, "1".into()).await.unwrap();
     replayer.flush().await.unwrap();
-    refused(&mut refusals, named).await;
+    for subject in [named, unnamed, pull] {
+        refused(&mut refusals, subject).await;
+    }
 
     // The gateway's identity publishes no event.
     let (gateway, mut refusals) = watched(&nats, data.path(), "gateway").await;
@@ -532,6 +548,8 @@ async fn pushed_by_payment(
         .await
         .unwrap()
         .create_consumer(async_nats::jetstream::consumer::push::Config {
+            // One of the names it may make consumers under (`bus::replay`).
+            name: Some("payment-replayer-0".into()),
             deliver_subject: deliver.into(),
             deliver_group: group.map(Into::into),
             filter_subject: format!("{forged}.>"),

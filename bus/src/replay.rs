@@ -1,6 +1,11 @@
-//! Reading a stream from a sequence on (a projection rebuild, a service's recovery): an
-//! ephemeral pull consumer whose name the server picks, started again by us from just after the
-//! last message read when it stops answering (a cluster's leader moved, a node paused).
+//! Reading a stream from a sequence on (a projection rebuild, a service's recovery): a pull
+//! consumer of our own, started again by us from just after the last message read when it stops
+//! answering (a cluster's leader moved, a node paused).
+//!
+//! Its name is one of a few its identity's permissions list ([`grants`]): an identity allowed to
+//! create consumers of any name (or to have the server pick one: the body of that request may
+//! name one all the same) could change, rewind or delete another component's durable consumer,
+//! and one allowed to pull from any could take its messages.
 //!
 //! Not async-nats' ordered consumer: that one starts itself again under a name of its own
 //! (`<name>_1`), which a component's permissions rightly refuse (a named create could change
@@ -28,6 +33,33 @@ const ATTEMPTS: u32 = 4;
 const MESSAGES_PER_PULL: usize = 1000;
 /// How long a replay waits for its connection.
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+/// Consumers one identity may have on one stream at once: each replay holds one while it reads,
+/// and deletes it when dropped (else the server does, once it has been idle for 30 s).
+const SLOTS: usize = 8;
+
+/// The name of `identity`'s replay consumer in `slot`.
+fn slot_name(identity: &str, slot: usize) -> String {
+    format!("{identity}-{slot}")
+}
+
+/// What `identity` must be allowed to publish to replay `stream`: read its state, and create,
+/// pull from and delete its own replay consumers, each by name. Nothing else: no acks (they
+/// want none), no consumer of another name.
+pub fn grants(identity: &str, stream: &str) -> Vec<String> {
+    let api = "$JS.API";
+    let mut grants = vec![format!("{api}.STREAM.INFO.{stream}")];
+    for slot in 0..SLOTS {
+        let name = slot_name(identity, slot);
+        grants.extend([
+            format!("{api}.CONSUMER.CREATE.{stream}.{name}"),
+            // With its filter subject appended.
+            format!("{api}.CONSUMER.CREATE.{stream}.{name}.>"),
+            format!("{api}.CONSUMER.MSG.NEXT.{stream}.{name}"),
+            format!("{api}.CONSUMER.DELETE.{stream}.{name}"),
+        ]);
+    }
+    grants
+}
 
 /// Connect as `login`'s replay identity ([`Login::replayer`]), once: a refusal is an answer, not
 /// something to retry for ever in the background.
@@ -61,6 +93,10 @@ pub struct Entry {
 pub struct Replay {
     stream: jetstream::stream::Stream,
     name: String,
+    /// The replay identity, whose consumers these are.
+    identity: String,
+    /// The name of the consumer it reads with, while it has one.
+    consumer: Option<String>,
     filter: String,
     /// The sequence of the next message wanted.
     next: u64,
@@ -74,6 +110,7 @@ impl Replay {
     /// `login`'s replay identity: a connection of its own, closed when the replay is dropped.
     pub async fn open(login: &Login, stream: &str, filter: &str) -> Result<Replay, BusError> {
         let js = jetstream::new(connect(login).await?);
+        let identity = login.replayer().name;
         let handle = js
             .get_stream(stream)
             .await
@@ -81,6 +118,8 @@ impl Replay {
         let mut replay = Replay {
             stream: handle,
             name: stream.to_string(),
+            identity,
+            consumer: None,
             filter: filter.to_string(),
             next: 1,
             pending: 0,
@@ -134,45 +173,97 @@ impl Replay {
                     SILENCE
                 )));
             }
-            self.messages = None;
             if let Err(e) = self.start().await {
                 tracing::info!(stream = %self.name, error = %e, "replay: its consumer could not start");
             }
         }
     }
 
-    /// A consumer from `self.next` on; answers how many messages it has to deliver.
+    /// A consumer from `self.next` on, in a free slot; answers how many messages it has to
+    /// deliver.
     async fn start(&mut self) -> Result<u64, BusError> {
-        let config = consumer::pull::Config {
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: self.next,
-            },
-            ack_policy: consumer::AckPolicy::None,
-            filter_subject: self.filter.clone(),
-            // Ours only while we read it; the server removes it when we move on.
-            inactive_threshold: Duration::from_secs(30),
-            memory_storage: true,
-            num_replicas: 1,
-            ..Default::default()
-        };
-        let consumer = self
-            .stream
-            .create_consumer(config)
-            .await
-            .map_err(|e| self.failed(e.to_string()))?;
-        let pending = consumer.cached_info().num_pending;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(MESSAGES_PER_PULL)
-            .heartbeat(Duration::from_secs(15))
-            .messages()
-            .await
-            .map_err(|e| self.failed(e.to_string()))?;
-        self.messages = Some(messages);
-        Ok(pending)
+        self.give_back().await;
+        // Random: concurrent replays (other processes', other tasks') look in different orders.
+        let token = uuid::Uuid::now_v7();
+        let first = (token.as_u128() % SLOTS as u128) as usize;
+        for slot in (0..SLOTS).map(|k| (first + k) % SLOTS) {
+            let name = slot_name(&self.identity, slot);
+            let config = consumer::pull::Config {
+                name: Some(name.clone()),
+                // Unique, so that a create never takes over another replay's consumer of the
+                // same start and filter (the server answers a create of an equal one with it).
+                description: Some(format!("replay {token}")),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: self.next,
+                },
+                ack_policy: consumer::AckPolicy::None,
+                filter_subject: self.filter.clone(),
+                // Ours only while we read it; the server removes it if we vanish.
+                inactive_threshold: Duration::from_secs(30),
+                memory_storage: true,
+                num_replicas: 1,
+                ..Default::default()
+            };
+            let consumer = match self.stream.create_consumer_strict(config).await {
+                Ok(consumer) => consumer,
+                Err(e) if taken(&e) => continue,
+                Err(e) => return Err(self.failed(e.to_string())),
+            };
+            self.consumer = Some(name);
+            let pending = consumer.cached_info().num_pending;
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(MESSAGES_PER_PULL)
+                .heartbeat(Duration::from_secs(15))
+                .messages()
+                .await
+                .map_err(|e| self.failed(e.to_string()))?;
+            self.messages = Some(messages);
+            return Ok(pending);
+        }
+        Err(self.failed(format!(
+            "all {SLOTS} replay consumers of {} are in use (each is removed within 30 s of \
+             its replay's end)",
+            self.identity
+        )))
+    }
+
+    /// Delete the consumer it read with, if any (a failure leaves it to the server's timer).
+    async fn give_back(&mut self) {
+        self.messages = None;
+        if let Some(name) = self.consumer.take() {
+            if let Err(e) = self.stream.delete_consumer(&name).await {
+                tracing::debug!(stream = %self.name, consumer = %name, error = %e, "replay: consumer left to expire");
+            }
+        }
     }
 
     fn failed(&self, why: String) -> BusError {
         BusError::jetstream(format!("replay of {}", self.name))(why)
+    }
+}
+
+/// A replay ended or abandoned gives its slot back at once.
+impl Drop for Replay {
+    fn drop(&mut self) {
+        let (Some(name), Ok(runtime)) =
+            (self.consumer.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let stream = self.stream.clone();
+        runtime.spawn(async move {
+            let _ = stream.delete_consumer(&name).await;
+        });
+    }
+}
+
+/// Whether a create failed because a consumer of that name exists.
+fn taken(e: &jetstream::stream::ConsumerCreateStrictError) -> bool {
+    use jetstream::stream::ConsumerCreateStrictErrorKind as Kind;
+    match e.kind() {
+        Kind::AlreadyExists => true,
+        Kind::JetStream(e) => e.error_code() == jetstream::ErrorCode::CONSUMER_NAME_EXIST,
+        _ => false,
     }
 }
