@@ -14,7 +14,11 @@
 //!   rebuild the read model). It may only read those streams from a sequence on, and answers
 //!   no requests, so the broker keeps no reply subject of what it reads (`bus::replay`).
 //! - The HTTP gateway may only call the endpoints it uses.
-//! - The operator (`commerce up` itself and the CLI) may do anything.
+//! - The operator (`commerce up` itself and the CLI) may publish anything, and listens only on
+//!   inboxes: no identity may subscribe where a stream stores.
+//! - No component may ask a direct get, and a replayer touches only consumers named for it:
+//!   requests that could have a stream store what the asker wrote, or change another's
+//!   consumer.
 //!
 //! Everyone's replies come to their own inbox (`_INBOX_<name>.>`), which nobody else may read.
 //! A connection without credentials is refused. The permissions are derived from the same
@@ -351,8 +355,8 @@ fn leases(p: &mut Permissions, service: &str) {
     p.publish.extend([
         format!("$KV.{bucket}.{service}.>"),
         format!("$JS.API.STREAM.INFO.KV_{bucket}"),
+        // Not direct gets (`bus::lease::provision`).
         format!("$JS.API.STREAM.MSG.GET.KV_{bucket}"),
-        format!("$JS.API.DIRECT.GET.KV_{bucket}.>"),
     ]);
 }
 
@@ -675,6 +679,27 @@ mod tests {
         let dead_letters = create(bus::streams::DLQ_STREAM, projection);
         assert!(!allows(&replays.publish, &dead_letters));
         assert!(!BusUser::all().any(|u| u == BusUser::Replayer(Component::Gateway)));
+    }
+
+    /// A direct get answers with the stored message itself, headers and body, to whatever reply
+    /// subject the asker names: a stream capturing that subject would store it as if its owner
+    /// had published it. No component asks one.
+    #[test]
+    fn no_component_asks_a_direct_get() {
+        let bucket = bus::lease::LEASES_BUCKET;
+        let mut gets = vec![format!(
+            "$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.payment.0"
+        )];
+        for (stream, ..) in bus::streams::stream_specs() {
+            gets.push(format!("$JS.API.DIRECT.GET.{stream}"));
+            gets.push(format!("$JS.API.DIRECT.GET.{stream}.orders.x.o1.0"));
+        }
+        for user in BusUser::all().filter(|u| *u != BusUser::Operator) {
+            let p = permissions(user, ONE);
+            for get in &gets {
+                assert!(!allows(&p.publish, get), "{}: {get}", user.name());
+            }
+        }
     }
 
     /// A create on `$JS.API.CONSUMER.CREATE.<stream>` may name any consumer in its body, and

@@ -27,7 +27,6 @@ fn up(data: &tempfile::TempDir) -> (Proc, String, Api) {
     support::started(Proc::spawn(cmd), data.path())
 }
 
-/// The next transition published on the subscription, as (from, to).
 /// The payment gateway's circuit transitions stored from now on (read from the `OPS` stream:
 /// no identity may listen where a stream stores).
 async fn transitions(client: async_nats::Client) -> pull::Ordered {
@@ -47,6 +46,7 @@ async fn transitions(client: async_nats::Client) -> pull::Ordered {
         .unwrap()
 }
 
+/// The next transition read, as (from, to).
 async fn next_transition(transitions: &mut pull::Ordered) -> (String, String) {
     let message = tokio::time::timeout(Duration::from_secs(30), transitions.next())
         .await

@@ -474,23 +474,19 @@ async fn an_endpoint_acts_on_requests_not_on_what_a_stream_delivers_to_it() {
     assert_eq!(target["order_status"], "CONFIRMED", "{target}");
 }
 
-/// A push consumer delivers wherever its maker says, and what it delivers to a stream's subject
-/// that stream stores as if its owner had published it: the payment service could forge a
-/// shipment event. But the broker delivers only where someone listens, and no identity may
-/// listen where a stream stores, not even the operator following events (it reads them through
-/// JetStream instead), so such a consumer never delivers.
+/// A push consumer delivers wherever its maker says, once someone subscribes to exactly that
+/// subject, and a stream capturing it stores what it delivers (under the message's own
+/// subject). No identity may subscribe where a stream stores, not even the operator following
+/// events (it reads them through JetStream), so such a consumer never delivers.
 #[tokio::test]
 async fn a_push_consumer_cannot_write_into_another_stream() {
     let data = tempfile::tempdir().unwrap();
     let (_up, nats, _api) = up(&data);
     let order = "01939a6e-0000-7000-8000-000000000001";
 
-    // An operator follows the shipments: not by listening on their subjects (refused), but
-    // through JetStream, as `nats sub --new 'shipments.>'` does.
+    // The operator follows the shipments through JetStream, as `nats sub --new 'shipments.>'`
+    // does: a consumer delivering to its inbox.
     let (operator, mut refusals) = watched(&nats, data.path(), "operator").await;
-    let _listening = operator.subscribe("shipments.>").await.unwrap();
-    operator.flush().await.unwrap();
-    refused_to(&mut refusals, "Subscription", "shipments.>").await;
     let js = async_nats::jetstream::new(operator.clone());
     let mut shipments = js.get_stream("SHIPMENTS").await.unwrap();
     let _following = shipments
@@ -502,12 +498,18 @@ async fn a_push_consumer_cannot_write_into_another_stream() {
         .unwrap();
     let stored = shipments.info().await.unwrap().state.last_sequence;
 
-    // The payment service stores a "shipment failed" in its own stream, and its replay
-    // identity has a consumer deliver it to the subject SHIPMENTS stores it under.
+    // The payment service stores an event in its own stream, and its replay identity has a
+    // consumer deliver it to a subject SHIPMENTS stores.
     let deliver = format!("shipments.shipment_failed.{order}");
     let name = pushed_by_payment(&nats, &data, order, "{}".into(), &deliver, None).await;
 
-    // No one listens there, so it has delivered nothing, and SHIPMENTS holds what it held.
+    // Listening there, exactly or not, is refused...
+    for subject in [deliver.as_str(), "shipments.>"] {
+        let _listening = operator.subscribe(subject.to_string()).await.unwrap();
+        operator.flush().await.unwrap();
+        refused_to(&mut refusals, "Subscription", subject).await;
+    }
+    // ...so the consumer has delivered nothing, and SHIPMENTS holds what it held.
     let info = js
         .get_stream("PAYMENTS")
         .await
@@ -519,7 +521,7 @@ async fn a_push_consumer_cannot_write_into_another_stream() {
     assert_eq!(info.delivered.stream_sequence, 0, "{info:?}");
     assert_eq!(info.num_pending, 1, "{info:?}");
     let now = shipments.info().await.unwrap().state.last_sequence;
-    assert_eq!(now, stored, "SHIPMENTS stored what payment forged");
+    assert_eq!(now, stored, "SHIPMENTS stored what payment delivered");
 }
 
 /// The payment service stores `body` in its own stream under `order`'s subject, and its replay
@@ -559,4 +561,38 @@ async fn pushed_by_payment(
         .await
         .expect("the broker lets it make such a consumer");
     consumer.cached_info().name.clone()
+}
+
+/// A direct get answers with the stored message itself, headers and body, to whatever reply
+/// subject the asker names: the payment service could have written a shipment event under its
+/// own lease key and asked for it back on a shipment subject, for `SHIPMENTS` to store as if the
+/// shipment service had published it. No component may ask one, and the lease bucket answers
+/// none.
+#[tokio::test]
+async fn a_lease_cannot_be_read_back_into_another_stream() {
+    let data = tempfile::tempdir().unwrap();
+    let (_up, nats, _api) = up(&data);
+    let (payment, mut refusals) = watched(&nats, data.path(), "payment").await;
+    let leases = async_nats::jetstream::new(payment.clone())
+        .get_key_value(bus::lease::LEASES_BUCKET)
+        .await
+        .unwrap();
+    let forged = r#"{"specversion":"1.0","source":"shipment","type":"ShipmentFailed"}"#;
+    leases.put("payment.forged", forged.into()).await.unwrap();
+    let get = "$JS.API.DIRECT.GET.KV_LEASES.$KV.LEASES.payment.forged";
+    let reply = "shipments.shipment_failed.01939a6e-0000-7000-8000-000000000001";
+    payment
+        .publish_with_reply(get, reply, "".into())
+        .await
+        .unwrap();
+    payment.flush().await.unwrap();
+    refused(&mut refusals, get).await;
+
+    // Whoever asks, the bucket does not answer with the message.
+    let operator = support::operator(&nats, data.path()).await;
+    match tokio::time::timeout(Duration::from_secs(5), operator.request(get, "".into())).await {
+        Ok(Err(e)) => assert_eq!(e.kind(), async_nats::RequestErrorKind::NoResponders, "{e}"),
+        Ok(Ok(answer)) => panic!("the bucket answered a direct get: {answer:?}"),
+        Err(_) => panic!("no answer, not even \"no responders\""),
+    }
 }

@@ -117,7 +117,11 @@ async fn wanted(kv: &kv::Store, key: &str) -> bool {
 /// Create the bucket, or raise its time to live and replicas to what is asked (neither is ever
 /// lowered: an owner believes the time to live it read when it took its lease, so a shorter
 /// one set under it would let a standby take over while the owner still writes; lower it by
-/// hand while no instance runs). Safe from every process at once.
+/// hand while no instance runs). Without direct gets: their answer is the stored message itself,
+/// headers and body, sent to whatever reply subject the asker names (no permission covers a
+/// reply), so a service could have a stream store a message it wrote under its own lease key
+/// as if its owner had published it. A get through the API answers in a JSON wrapper instead.
+/// Safe from every process at once.
 pub async fn provision(
     js: &jetstream::Context,
     ttl: Duration,
@@ -135,9 +139,10 @@ pub async fn provision(
                 tracing::info!(bucket = LEASES_BUCKET, kept = ?config.max_age, asked = ?ttl,
                     "the lease bucket keeps its longer time to live");
             }
-            if config.max_age < ttl || config.num_replicas < replicas {
+            if config.max_age < ttl || config.num_replicas < replicas || config.allow_direct {
                 config.max_age = config.max_age.max(ttl);
                 config.num_replicas = config.num_replicas.max(replicas);
+                config.allow_direct = false;
                 js.update_stream(&config)
                     .await
                     .map_err(BusError::jetstream("update the lease bucket"))?;
@@ -156,7 +161,8 @@ pub async fn provision(
             })
             .await
             .map_err(BusError::jetstream("create the lease bucket"))?;
-            Ok(())
+            // async-nats makes every bucket answer direct gets: not this one.
+            Box::pin(provision(js, ttl, replicas)).await
         }
         Err(e) => Err(BusError::jetstream("lease bucket")(e)),
     }

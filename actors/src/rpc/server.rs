@@ -132,23 +132,26 @@ async fn next(
     }
 }
 
-/// Whether `request` was asked by someone waiting for the answer. Not a message without a reply
-/// subject, nor one a JetStream consumer delivered (its reply is `$JS.ACK.…`): whoever may
-/// create a consumer on a stream may have it deliver the stream's messages to any subject, an
-/// endpoint's too, so a component could otherwise ask with what it wrote into its own stream.
+/// Whether `request` was asked by someone waiting for the answer in an inbox. Not a message
+/// without a reply subject, nor one a JetStream consumer delivered (its reply is `$JS.ACK.…`):
+/// whoever may create a consumer on a stream may have it deliver the stream's messages to any
+/// subject, an endpoint's too, so a component could otherwise ask with what it wrote into its
+/// own stream. Nor one whose reply is any other subject: the answer would go there, and no
+/// permission covers a reply, so a caller could have a stream store it.
 fn is_request(request: &Request) -> bool {
     let reply = request.message.reply.as_ref().map(|r| r.as_str());
     let asked = asked(reply);
     if !asked {
         tracing::warn!(subject = %request.message.subject, reply = ?reply,
-            "dropped a message to an endpoint that is no request (no reply subject, or a JetStream one)");
+            "dropped a message to an endpoint that is no request (its reply is no inbox)");
     }
     asked
 }
 
-/// A request's reply subject: someone's inbox, not JetStream's (`$JS.ACK.…`, `$JS.FC.…`).
+/// A request's reply subject: someone's inbox (`_INBOX.…`, `_INBOX_<identity>.…`), not
+/// JetStream's (`$JS.ACK.…`, `$JS.FC.…`) nor a subject a stream stores.
 fn asked(reply: Option<&str>) -> bool {
-    reply.is_some_and(|reply| !reply.starts_with("$JS."))
+    reply.is_some_and(|reply| reply.starts_with("_INBOX"))
 }
 
 async fn serve_batches<E, F, Fut>(
@@ -246,6 +249,7 @@ mod tests {
         assert!(!asked(None));
         assert!(!asked(Some("$JS.ACK.PAYMENTS.x.1.1.1.1.0")));
         assert!(!asked(Some("$JS.FC.PAYMENTS.x.1")));
+        assert!(!asked(Some("shipments.shipment_failed.o1")));
     }
 
     struct Named;
