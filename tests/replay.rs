@@ -89,6 +89,23 @@ async fn a_replay_reads_every_message_as_its_own_identity_and_answers_none() {
     )
     .await;
 
+    // Every name taken (by consumers the server removes after 3 s idle, as it does a crashed
+    // process's): a replay waits for one to free rather than fail.
+    for slot in 0..8 {
+        orders
+            .create_consumer(jetstream::consumer::pull::Config {
+                name: Some(format!("order-replayer-{slot}")),
+                inactive_threshold: Duration::from_secs(3),
+                ..Default::default()
+            })
+            .await
+            .expect("a consumer in the slot");
+    }
+    let mut replay = bus::replay::Replay::open(&login, stream, "")
+        .await
+        .expect("a replay opens once a name is free");
+    assert_eq!(replay.next().await.expect("first message").sequence, 1);
+
     // It sent no answer: one would be refused, and the broker logs each refusal.
     let log = std::fs::read_to_string(dir.path().join("nats/nats-server.log")).expect("log");
     let refused: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();

@@ -16,9 +16,9 @@
 //! - The HTTP gateway may only call the endpoints it uses.
 //! - The operator (`commerce up` itself and the CLI) may publish anything, and listens only on
 //!   inboxes: no identity may subscribe where a stream stores.
-//! - No component may ask a direct get, and a replayer touches only consumers named for it:
-//!   requests that could have a stream store what the asker wrote, or change another's
-//!   consumer.
+//! - No component may ask a direct get (its answer, a stored message itself, goes to any reply
+//!   subject, so a stream could store what the asker wrote as another's event), and a replayer
+//!   touches only consumers named for it (a create may change any consumer it names).
 //!
 //! Everyone's replies come to their own inbox (`_INBOX_<name>.>`), which nobody else may read.
 //! A connection without credentials is refused. The permissions are derived from the same

@@ -315,6 +315,14 @@ async fn an_event_is_believed_only_where_it_belongs_and_when_it_is_possible() {
         assert_eq!(row["order_status"], "COMPLETED", "{row}");
     }
     assert_eq!(api.ledger(&api.payment_gateway).await, ledger);
+
+    // A rebuild believes no more than the live projection: the same rows.
+    let ids = [id.clone(), other.clone()];
+    support::projection_caught_up(&js).await;
+    let live = support::rows(&api, &ids).await;
+    let (rebuilt, out) = support::cli(data.path(), &["projection", "rebuild"]);
+    assert!(rebuilt, "{out}");
+    assert_eq!(support::rows(&api, &ids).await, live, "{out}");
 }
 
 #[tokio::test]

@@ -164,33 +164,6 @@ impl Envelope {
         self
     }
 
-    /// `<domain>.<event_name>.<order_id>`, e.g. `payments.payment_approved.0193…`.
-    pub fn nats_subject(&self) -> Result<String, BusError> {
-        Ok(format!(
-            "{}.{}.{}",
-            self.domain()?.subject_prefix(),
-            snake_case(&self.event_type),
-            self.subject
-        ))
-    }
-
-    /// An event is believed only where it belongs: the stream subject it arrived on must be the
-    /// one its `source`, `type` and `subject` name, plus a partition (so a payment event on
-    /// `shipments.>`, or an event about one order on another order's subject, is refused with
-    /// the reason). The broker appends the partition; no one may publish a subject with one.
-    pub fn check_arrived_on(&self, subject: &str) -> Result<(), BusError> {
-        let expected = self.nats_subject()?;
-        if crate::partition::split_stored(subject)
-            .is_some_and(|(published, _)| published == expected)
-        {
-            return Ok(());
-        }
-        Err(BusError::Misplaced(format!(
-            "a {} event from {} about {} belongs on {expected}.<partition>, but arrived on {subject}",
-            self.event_type, self.source, self.subject
-        )))
-    }
-
     /// W3C trace context: trace id = correlation id (when it is a UUID), span id from the event id.
     pub fn traceparent(&self) -> String {
         let trace = Uuid::parse_str(&self.correlationid)
@@ -239,6 +212,33 @@ impl<D> Envelope<D> {
     pub fn domain(&self) -> Result<Domain, BusError> {
         Domain::from_source(&self.source)
             .ok_or_else(|| BusError::Invalid(format!("unknown source {:?}", self.source)))
+    }
+
+    /// `<domain>.<event_name>.<order_id>`, e.g. `payments.payment_approved.0193…`.
+    pub fn nats_subject(&self) -> Result<String, BusError> {
+        Ok(format!(
+            "{}.{}.{}",
+            self.domain()?.subject_prefix(),
+            snake_case(&self.event_type),
+            self.subject
+        ))
+    }
+
+    /// An event is believed only where it belongs: the stream subject it arrived on must be the
+    /// one its `source`, `type` and `subject` name, plus a partition (so a payment event on
+    /// `shipments.>`, or an event about one order on another order's subject, is refused with
+    /// the reason). The broker appends the partition; no one may publish a subject with one.
+    pub fn check_arrived_on(&self, subject: &str) -> Result<(), BusError> {
+        let expected = self.nats_subject()?;
+        if crate::partition::split_stored(subject)
+            .is_some_and(|(published, _)| published == expected)
+        {
+            return Ok(());
+        }
+        Err(BusError::Misplaced(format!(
+            "a {} event from {} about {} belongs on {expected}.<partition>, but arrived on {subject}",
+            self.event_type, self.source, self.subject
+        )))
     }
 }
 

@@ -150,17 +150,24 @@ pub async fn provision(
             Ok(())
         }
         Err(e) if crate::streams::is_not_found(&e) => {
-            js.create_key_value(kv::Config {
-                bucket: LEASES_BUCKET.to_string(),
-                description: "who owns which partition of which service".into(),
-                history: 1,
-                max_age: ttl,
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(BusError::jetstream("create the lease bucket"))?;
+            let created = js
+                .create_key_value(kv::Config {
+                    bucket: LEASES_BUCKET.to_string(),
+                    description: "who owns which partition of which service".into(),
+                    history: 1,
+                    max_age: ttl,
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await;
+            // Another process may have created it meanwhile, and even turned its direct gets
+            // off (then ours differs: refused).
+            if let Err(e) = created {
+                if js.get_stream(&stream_name).await.is_err() {
+                    return Err(BusError::jetstream("create the lease bucket")(e));
+                }
+            }
             // async-nats makes every bucket answer direct gets: not this one.
             Box::pin(provision(js, ttl, replicas)).await
         }

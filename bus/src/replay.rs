@@ -18,10 +18,13 @@
 //! each had to be answered just to be forgotten. On a connection that answers nothing the
 //! broker keeps none: no ack is sent, and the broker delivers the messages at less cost.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{BusError, Login};
 
@@ -34,8 +37,31 @@ const MESSAGES_PER_PULL: usize = 1000;
 /// How long a replay waits for its connection.
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 /// Consumers one identity may have on one stream at once: each replay holds one while it reads,
-/// and deletes it when dropped (else the server does, once it has been idle for 30 s).
+/// and deletes it when dropped (else, after a crash, the server does once it has been idle for
+/// 30 s).
 const SLOTS: usize = 8;
+/// Replays one process runs at once per identity and stream (the others wait their turn): half
+/// the slots, so that another process of the same identity finds some free.
+const PER_PROCESS: usize = SLOTS / 2;
+/// How long a replay waits for a free slot: past the time the server takes to remove the
+/// consumers of a process that crashed.
+const SLOT_WAIT: Duration = Duration::from_secs(45);
+
+/// Turns per (identity, stream).
+type Turns = Mutex<HashMap<(String, String), Arc<Semaphore>>>;
+
+/// The turns of this process's replays of `stream` as `identity`.
+fn turns(identity: &str, stream: &str) -> Arc<Semaphore> {
+    static TURNS: OnceLock<Turns> = OnceLock::new();
+    let mut turns = TURNS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    turns
+        .entry((identity.to_string(), stream.to_string()))
+        .or_insert_with(|| Arc::new(Semaphore::new(PER_PROCESS)))
+        .clone()
+}
 
 /// The name of `identity`'s replay consumer in `slot`.
 fn slot_name(identity: &str, slot: usize) -> String {
@@ -97,6 +123,8 @@ pub struct Replay {
     identity: String,
     /// The name of the consumer it reads with, while it has one.
     consumer: Option<String>,
+    /// Its turn among this process's replays of the stream.
+    _turn: OwnedSemaphorePermit,
     filter: String,
     /// The sequence of the next message wanted.
     next: u64,
@@ -111,6 +139,10 @@ impl Replay {
     pub async fn open(login: &Login, stream: &str, filter: &str) -> Result<Replay, BusError> {
         let js = jetstream::new(connect(login).await?);
         let identity = login.replayer().name;
+        let _turn = turns(&identity, stream)
+            .acquire_owned()
+            .await
+            .map_err(|e| BusError::jetstream(format!("replay of {stream}"))(e))?;
         let handle = js
             .get_stream(stream)
             .await
@@ -120,6 +152,7 @@ impl Replay {
             name: stream.to_string(),
             identity,
             consumer: None,
+            _turn,
             filter: filter.to_string(),
             next: 1,
             pending: 0,
@@ -175,6 +208,7 @@ impl Replay {
             }
             if let Err(e) = self.start().await {
                 tracing::info!(stream = %self.name, error = %e, "replay: its consumer could not start");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
@@ -183,6 +217,26 @@ impl Replay {
     /// deliver.
     async fn start(&mut self) -> Result<u64, BusError> {
         self.give_back().await;
+        let waiting_since = Instant::now();
+        loop {
+            if let Some(pending) = self.take_a_slot().await? {
+                return Ok(pending);
+            }
+            if waiting_since.elapsed() > SLOT_WAIT {
+                return Err(self.failed(format!(
+                    "all {SLOTS} replay consumers of {} stayed in use for {SLOT_WAIT:?}",
+                    self.identity
+                )));
+            }
+            tracing::info!(stream = %self.name, identity = %self.identity,
+                "replay: every consumer name in use; waiting for one");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// A consumer from `self.next` on in the first free slot, if one is: how many messages it
+    /// has to deliver.
+    async fn take_a_slot(&mut self) -> Result<Option<u64>, BusError> {
         // Random: concurrent replays (other processes', other tasks') look in different orders.
         let token = uuid::Uuid::now_v7();
         let first = (token.as_u128() % SLOTS as u128) as usize;
@@ -219,16 +273,14 @@ impl Replay {
                 .await
                 .map_err(|e| self.failed(e.to_string()))?;
             self.messages = Some(messages);
-            return Ok(pending);
+            return Ok(Some(pending));
         }
-        Err(self.failed(format!(
-            "all {SLOTS} replay consumers of {} are in use (each is removed within 30 s of \
-             its replay's end)",
-            self.identity
-        )))
+        Ok(None)
     }
 
-    /// Delete the consumer it read with, if any (a failure leaves it to the server's timer).
+    /// Delete the consumer it read with, if any (a failure leaves it to the server's timer). Had
+    /// the server removed it already (idle for 30 s), another replay of the same identity may
+    /// hold the name now and lose its consumer: it starts another from where it was.
     async fn give_back(&mut self) {
         self.messages = None;
         if let Some(name) = self.consumer.take() {

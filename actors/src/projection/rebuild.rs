@@ -430,11 +430,17 @@ fn fold(
     let mut folding = Folding::default();
     while let Some(chunk) = messages.blocking_recv() {
         for message in chunk {
-            // Not an event of ours: the live consumer has sent it to DLQ already.
-            if let Ok(envelope) = Envelope::<Box<RawValue>>::decode(&message.payload) {
-                if let Some(written_out) = folding.insert(envelope) {
-                    finish(written_out, &folded)?;
-                }
+            // Not an event of ours, or not on its own subject (written by another stream's
+            // owner, or relayed here under its own subject): the live consumer has sent it to
+            // DLQ already, and a rebuild believes no more than it does.
+            let Ok(envelope) = Envelope::<Box<RawValue>>::decode(&message.payload) else {
+                continue;
+            };
+            if envelope.check_arrived_on(&message.subject).is_err() {
+                continue;
+            }
+            if let Some(written_out) = folding.insert(envelope) {
+                finish(written_out, &folded)?;
             }
         }
     }
