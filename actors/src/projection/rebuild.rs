@@ -431,8 +431,9 @@ fn fold(
     while let Some(chunk) = messages.blocking_recv() {
         for message in chunk {
             // Not an event of ours, or not on its own subject (written by another stream's
-            // owner, or relayed here under its own subject): the live consumer has sent it to
-            // DLQ already, and a rebuild believes no more than it does.
+            // owner): the live consumer has sent it to DLQ already, and a rebuild believes no
+            // more than it does. (A copy relayed from another stream keeps its own subject and
+            // id: it folds as its original did, once.)
             let Ok(envelope) = Envelope::<Box<RawValue>>::decode(&message.payload) else {
                 continue;
             };
