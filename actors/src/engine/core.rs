@@ -23,8 +23,8 @@ use storage::{Commit, CommitOutcome, Flushed, NewEvent, Snapshot, StorageError, 
 
 use super::api::ReplayOutcome;
 use super::{
-    decode, encode, reaction, Aggregate, Command, DomainError, DomainEvent, EngineError, Executed,
-    Service, Shard,
+    decode, encode, reaction, Aggregate, Command, DomainError, EngineError, Executed, Service,
+    Shard,
 };
 use crate::events::Inbound;
 use crate::telemetry::{metrics, trace};
@@ -36,6 +36,12 @@ const CACHE_LIMIT: usize = 50_000;
 const SNAPSHOT_EVERY: u64 = 256;
 /// Aggregates reacting at once within a batch (their external calls overlap).
 const CONCURRENCY: usize = 64;
+/// Echoed events remembered until their copy comes back from the stream; past this the memory
+/// starts over (a copy then counts as a duplicate, which it is).
+const ECHOED_LIMIT: usize = 10_000;
+/// No echoes for this long after one had to be retried (its dependency is down or slow): the
+/// stream's copy retries with backoff, and a slow call is not made twice per event.
+const ECHO_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where an aggregate stands in its log.
 #[derive(Debug, Clone, Copy)]
@@ -76,11 +82,13 @@ pub struct Applied {
     pub flushed: Flushed,
 }
 
-/// How a batch came in: from a live consumer, or replayed from `DLQ` by an operator.
+/// How a batch came in: from a live consumer, echoed, or replayed from `DLQ` by an operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Admission {
     /// Skips what was applied and what this service dead-lettered.
     Live,
+    /// As `Live`, but its verdicts are not counted: the stream's copy will be.
+    Echo,
     /// Skips only what was applied.
     Replay,
 }
@@ -147,6 +155,9 @@ struct Writes<A> {
     position: HashMap<String, usize>,
     commits: Vec<Commit>,
     slots: Vec<Slot>,
+    /// Recorded events the service reacts to at once ([`Service::ECHO`]), by the commit that
+    /// holds them.
+    echoes: Vec<(Slot, Envelope)>,
 }
 
 impl<A> Default for Writes<A> {
@@ -156,6 +167,7 @@ impl<A> Default for Writes<A> {
             position: HashMap::new(),
             commits: Vec::new(),
             slots: Vec::new(),
+            echoes: Vec::new(),
         }
     }
 }
@@ -224,6 +236,8 @@ impl NotRecorded {
 struct Durable {
     not_recorded: Vec<(usize, NotRecorded)>,
     flushed: Result<Flushed, StorageError>,
+    /// The recorded events to echo whose commits landed.
+    echoes: Vec<Envelope>,
 }
 
 pub struct Engine<S: Service> {
@@ -233,6 +247,10 @@ pub struct Engine<S: Service> {
     counts: Arc<DeliveryCounts>,
     /// Its SKU shard, when the service is split by SKU.
     shard: Option<Shard>,
+    /// Events applied as echoes: their copy from the stream is expected, not a duplicate.
+    echoed: HashSet<uuid::Uuid>,
+    /// No echoes before this (see [`ECHO_PAUSE`]).
+    echo_paused_until: Option<std::time::Instant>,
 }
 
 /// How often the dedup paths ran since the process started (`commerce status`, the chaos
@@ -252,6 +270,8 @@ impl<S: Service> Engine<S> {
             cache: HashMap::new(),
             counts: Arc::default(),
             shard: None,
+            echoed: HashSet::new(),
+            echo_paused_until: None,
         }
     }
 
@@ -281,8 +301,50 @@ impl<S: Service> Engine<S> {
     /// concurrently, one aggregate's events in order), commit everything in one transaction,
     /// flush once. Events of an aggregate after one that must be retried are retried too, so an
     /// aggregate never sees its events out of order. An error means nothing may be acked.
+    ///
+    /// Then the echoes: the batch's recorded events the service itself reacts to
+    /// ([`Service::ECHO`]) are applied right away, one hop sooner than their stream would
+    /// deliver them.
     pub async fn deliver(&mut self, batch: &[&Envelope]) -> Result<Applied, EngineError> {
-        self.apply(batch, Admission::Live).await
+        let (applied, echoes) = self.apply(batch, Admission::Live).await?;
+        let paused = self
+            .echo_paused_until
+            .is_some_and(|until| std::time::Instant::now() < until);
+        if !echoes.is_empty() && !paused {
+            self.echo(echoes).await;
+        }
+        Ok(applied)
+    }
+
+    /// Apply recorded events of this service as if its stream had delivered them. Whatever is
+    /// not done now (a call to retry, a failed commit) is left to the stream's copy, which comes
+    /// in any case; echoes of echoes too.
+    async fn echo(&mut self, echoes: Vec<Envelope>) {
+        let batch: Vec<&Envelope> = echoes.iter().collect();
+        let verdicts = match self.apply(&batch, Admission::Echo).await {
+            Ok((applied, _)) => applied.verdicts,
+            Err(e) => {
+                tracing::debug!(error = %e, "echoes left to the stream");
+                return;
+            }
+        };
+        if self.echoed.len() >= ECHOED_LIMIT {
+            self.echoed.clear();
+        }
+        for (envelope, verdict) in echoes.iter().zip(verdicts) {
+            match verdict {
+                Verdict::Done => {
+                    self.echoed.insert(envelope.id);
+                }
+                Verdict::Retry(reason) => {
+                    tracing::debug!(event = %envelope.id, %reason, "echoes paused");
+                    self.echo_paused_until = Some(std::time::Instant::now() + ECHO_PAUSE);
+                }
+                Verdict::Reject(reason) => {
+                    tracing::debug!(event = %envelope.id, %reason, "echo left to the stream")
+                }
+            }
+        }
     }
 
     /// Re-drive one event this service dead-lettered (`commerce dlq replay`) the way a live
@@ -292,7 +354,8 @@ impl<S: Service> Engine<S> {
         if self.store.is_processed(envelope.id)? {
             return Ok(ReplayOutcome::AlreadyApplied);
         }
-        let applied = self.apply(&[envelope], Admission::Replay).await?;
+        // Its echoes, if any, come back from the stream.
+        let (applied, _) = self.apply(&[envelope], Admission::Replay).await?;
         let replayed = match applied.verdicts.into_iter().next() {
             Some(Verdict::Done) => {
                 // Its inbox mark is durable now; the dead-letter mark says nothing more.
@@ -310,11 +373,12 @@ impl<S: Service> Engine<S> {
         Ok(replayed)
     }
 
+    /// Apply a batch; answers also the recorded events to echo (durable ones only).
     async fn apply(
         &mut self,
         batch: &[&Envelope],
         admission: Admission,
-    ) -> Result<Applied, EngineError> {
+    ) -> Result<(Applied, Vec<Envelope>), EngineError> {
         self.make_room();
         let mut verdicts = vec![Verdict::Done; batch.len()];
         let groups = self.admit(batch, admission, &mut verdicts)?;
@@ -328,20 +392,23 @@ impl<S: Service> Engine<S> {
         for (index, why) in durable.not_recorded {
             verdicts[index] = why.verdict();
         }
-        for (envelope, verdict) in batch.iter().zip(&verdicts) {
-            metrics::handled(S::name(), &envelope.event_type, verdict);
+        if admission != Admission::Echo {
+            for (envelope, verdict) in batch.iter().zip(&verdicts) {
+                metrics::handled(S::name(), &envelope.event_type, verdict);
+            }
         }
-        Ok(Applied {
+        let applied = Applied {
             verdicts,
             flushed: durable.flushed?,
-        })
+        };
+        Ok((applied, durable.echoes))
     }
 
     /// The batch's new events, grouped by aggregate. Left `Done` without effect: copies of an
     /// event earlier in the batch, events already applied (in the inbox) or, live, dead-lettered
     /// (marked by a recovery), events this service ignores. Rejected: events that do not decode.
     fn admit(
-        &self,
+        &mut self,
         batch: &[&Envelope],
         admission: Admission,
         verdicts: &mut [Verdict],
@@ -351,14 +418,17 @@ impl<S: Service> Engine<S> {
         let mut seen = HashSet::new();
         for (index, envelope) in batch.iter().enumerate() {
             let settled = match admission {
-                Admission::Live => self.store.is_settled(envelope.id)?,
+                Admission::Live | Admission::Echo => self.store.is_settled(envelope.id)?,
                 Admission::Replay => self.store.is_processed(envelope.id)?,
             } && !bus::failpoints::broken("broken.skip_inbox");
             if !seen.insert(envelope.id) || settled {
-                self.counts
-                    .duplicates_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-                metrics::duplicates(S::name(), 1);
+                // The copy of an echo was expected: no duplicate.
+                if !(settled && self.echoed.remove(&envelope.id)) {
+                    self.counts
+                        .duplicates_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    metrics::duplicates(S::name(), 1);
+                }
                 continue; // already applied (or given up on): acknowledge again
             }
             let inbound = match Inbound::decode(envelope) {
@@ -468,8 +538,7 @@ impl<S: Service> Engine<S> {
         let version = after.head.version;
         let events = after.state.handle(command)?;
         if !events.is_empty() {
-            let commit = append_events(
-                S::name(),
+            let (commit, _) = append_events::<S>(
                 Commit::new(),
                 aggregate_id,
                 version,
@@ -514,9 +583,16 @@ impl<S: Service> Engine<S> {
             mut touched,
             commits,
             slots,
+            echoes,
             ..
         } = writes;
         let not_recorded = self.commit(&commits, &slots, &mut touched);
+        // An aggregate with a commit that did not land (or wrote nothing) is stale.
+        let echoes = echoes
+            .into_iter()
+            .filter(|(slot, _)| !touched[slot.aggregate].stale)
+            .map(|(_, envelope)| envelope)
+            .collect();
         let flushed = self.store.flush().await;
         if flushed.is_ok() {
             self.put_back(touched, true);
@@ -524,6 +600,7 @@ impl<S: Service> Engine<S> {
         Durable {
             not_recorded,
             flushed,
+            echoes,
         }
     }
 
@@ -813,22 +890,15 @@ fn record_aggregate<S: Service>(
         let cause = batch[index];
         let (commit, saga) = (Commit::caused_by(cause.id), &cause.subject);
         let cause = Some((cause, &span));
-        match append_events(
-            S::name(),
-            commit,
-            &aggregate_id,
-            version,
-            &events,
-            saga,
-            cause,
-        ) {
-            Ok(commit) => {
+        match append_events::<S>(commit, &aggregate_id, version, &events, saga, cause) {
+            Ok((commit, echoes)) => {
                 version += events.len() as u64;
                 let slot = Slot {
                     answer: index,
                     aggregate,
                 };
                 writes.push(commit, slot);
+                writes.echoes.extend(echoes.into_iter().map(|e| (slot, e)));
             }
             Err(e) => {
                 verdicts[index] = Verdict::Reject(format!("cannot record the reaction: {e}"));
@@ -839,33 +909,37 @@ fn record_aggregate<S: Service>(
 }
 
 /// Add `events` (as envelopes of saga `saga`) and their outbox rows to `commit`. Each event is
-/// serialized once: the log and the outbox hold the same JSON.
+/// serialized once: the log and the outbox hold the same JSON. Answers also the envelopes of
+/// the events the service echoes.
 /// `cause` is the event reacted to, and the span of that handling; none for a client's command.
-fn append_events<E: DomainEvent>(
-    service: &'static str,
+fn append_events<S: Service>(
     commit: Commit,
     aggregate_id: &str,
     version: u64,
-    events: &[E],
+    events: &[<S::State as Aggregate>::Event],
     saga: &str,
     cause: Option<(&Envelope, &opentelemetry::Context)>,
-) -> Result<Commit, EngineError> {
+) -> Result<(Commit, Vec<Envelope>), EngineError> {
     if events.is_empty() {
         // No events, but still the version check: a step decided on state that did not land
         // (an earlier step of this aggregate failed) must not be marked done.
-        return Ok(commit.append(aggregate_id, version, Vec::new()));
+        return Ok((commit.append(aggregate_id, version, Vec::new()), Vec::new()));
     }
     let mut new_events = Vec::with_capacity(events.len());
     let mut outbox = Vec::with_capacity(events.len());
+    let mut echoes = Vec::new();
     for (event, event_version) in events.iter().zip(version + 1..) {
         let mut envelope = encode(event, saga, cause.map(|(envelope, _)| envelope))?;
         envelope.aggregateversion = Some(event_version);
         if aggregate_id != saga {
             envelope.aggregateid = Some(aggregate_id.to_string());
         }
-        trace::emitted(service, &envelope, cause.map(|(_, span)| span));
+        trace::emitted(S::name(), &envelope, cause.map(|(_, span)| span));
         let json = envelope.to_json()?;
         outbox.push(envelope.to_outbox_message_from_json(json.clone())?);
+        if S::ECHO.contains(&envelope.event_type.as_str()) {
+            echoes.push(envelope.clone());
+        }
         new_events.push(NewEvent {
             event_id: envelope.id,
             event_type: envelope.event_type,
@@ -873,8 +947,10 @@ fn append_events<E: DomainEvent>(
         });
     }
     let commit = commit.append(aggregate_id, version, new_events);
-    Ok(outbox.into_iter().fold(commit, Commit::publish))
+    Ok((outbox.into_iter().fold(commit, Commit::publish), echoes))
 }
 
+#[cfg(test)]
+mod echo_tests;
 #[cfg(test)]
 mod tests;

@@ -242,6 +242,13 @@ pub trait Service: Sized + Unpin + 'static {
     type State: Aggregate;
     /// The events this service reacts to, per upstream domain (one durable consumer each).
     const LISTENS: &'static [(Domain, &'static [&'static str])];
+    /// Its own events (among those it listens to) it reacts to as soon as they are durable, in
+    /// this process, instead of one hop later when its stream delivers them: that copy finds them
+    /// applied. It is also the fallback: an echo that cannot be applied now waits for it (and
+    /// echoes pause a while after one had to be retried). An echo jumps its stream's queue, so
+    /// only an event no earlier event of its own aggregate can still be waiting for (shipment's
+    /// request is its aggregate's first).
+    const ECHO: &'static [&'static str] = &[];
     /// Where its state lives.
     const PLACEMENT: Placement;
     /// What `get` answers: the aggregate as clients see it.

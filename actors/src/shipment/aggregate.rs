@@ -147,8 +147,9 @@ impl Aggregate for Shipment {
     }
 
     /// What `event` requires. Booking is two steps: record `ShipmentBookingRequested`, then
-    /// (on that event, from our own stream) call the carrier. So at a cancel, `None` means
-    /// certainly no booking, `Requested` means maybe one, `Scheduled` means one.
+    /// (on that event: echoed once it is durable, or from our own stream) call the carrier. So
+    /// at a cancel, `None` means certainly no booking, `Requested` means maybe one, `Scheduled`
+    /// means one.
     fn react(
         &self,
         _order_id: &str,

@@ -371,3 +371,17 @@ fn a_failure_from_an_older_stream_with_the_booking_unknown_is_cancelled_by_key()
         "a refusal booked nothing"
     );
 }
+
+#[test]
+fn it_echoes_only_its_own_events_it_listens_to() {
+    use crate::engine::Service;
+    let own: Vec<&str> = super::ShipmentService::LISTENS
+        .iter()
+        .filter(|(domain, _)| *domain == bus::Domain::Shipments)
+        .flat_map(|(_, types)| types.iter().copied())
+        .collect();
+    assert!(!super::ShipmentService::ECHO.is_empty());
+    for echoed in super::ShipmentService::ECHO {
+        assert!(own.contains(echoed), "{echoed} would not come back");
+    }
+}

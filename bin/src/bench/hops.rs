@@ -1,12 +1,14 @@
 //! Where a round's time went, hop by hop, read from the streams' own record of its events. For
-//! each event: how long its service took to make it once its cause was on the bus (the cause
-//! stored in its stream → this event made: delivery, fetch, queueing behind other batches, the
-//! decision and its external call), and how long the event took to reach its stream (made →
-//! stored: commit, flush, the relay's wake-up and publish). Both clocks are this machine's: the
-//! services stamp an event's `time`, the broker its stored time.
+//! each event: how long its service took to make it once its cause was there (the cause stored
+//! in its stream → this event made: delivery, fetch, queueing behind other batches, the decision
+//! and its external call; for a cause of its own, which it may echo before the broker stores
+//! it, from the cause made), and how long the event took to reach its stream (made → stored:
+//! commit, flush, the relay's wake-up and publish). Both clocks are this machine's: the services
+//! stamp an event's `time`, the broker its stored time.
 
 use std::collections::HashMap;
 
+use actors::engine::Service;
 use async_nats::jetstream::{self, consumer};
 use bus::{Domain, Envelope};
 use futures::StreamExt;
@@ -113,7 +115,15 @@ async fn since(js: &jetstream::Context, since: &Marks) -> anyhow::Result<Vec<Hop
 
 fn gather(seen: &[Seen]) -> Vec<Hop> {
     let ms = |e: &Envelope| e.time.timestamp_nanos_opt().unwrap_or(0) as f64 / 1e6;
-    let stored: HashMap<_, _> = seen.iter().map(|s| (s.envelope.id, s.stored_ms)).collect();
+    let by_id: HashMap<_, _> = seen.iter().map(|s| (s.envelope.id, s)).collect();
+    // When the cause was there for the event's service: made, if it echoed it.
+    let ready = |e: &Envelope, cause: &Seen| {
+        let cause_type = cause.envelope.event_type.as_str();
+        match cause.envelope.source == e.source && echoed().any(|t| t == cause_type) {
+            true => ms(&cause.envelope),
+            false => cause.stored_ms,
+        }
+    };
     let mut placed: HashMap<&str, f64> = HashMap::new();
     for s in seen {
         let first = placed
@@ -135,8 +145,8 @@ fn gather(seen: &[Seen]) -> Vec<Hop> {
         if let Some(first) = placed.get(e.correlationid.as_str()) {
             hop.since_placed.push(s.stored_ms - first);
         }
-        if let Some(cause) = e.causationid.and_then(|c| stored.get(&c)) {
-            hop.react.push(ms(e) - cause);
+        if let Some(cause) = e.causationid.and_then(|c| by_id.get(&c)) {
+            hop.react.push(ms(e) - ready(e, cause));
         }
         hop.reach.push(s.stored_ms - ms(e));
     }
@@ -150,6 +160,22 @@ fn gather(seen: &[Seen]) -> Vec<Hop> {
     hops
 }
 
+/// The event types a service reacts to as soon as it recorded them ([`Service::ECHO`]).
+fn echoed() -> impl Iterator<Item = &'static str> {
+    use actors::{inventory, order, payment, recommendation, shipment, store};
+    [
+        order::OrderService::ECHO,
+        payment::PaymentService::ECHO,
+        inventory::InventoryService::ECHO,
+        store::StoreService::ECHO,
+        shipment::ShipmentService::ECHO,
+        recommendation::RecommendationService::ECHO,
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+}
+
 /// The hops as a table.
 pub fn print(label: &str, hops: &[Hop]) {
     if hops.is_empty() {
@@ -157,8 +183,9 @@ pub fn print(label: &str, hops: &[Hop]) {
     }
     println!();
     println!(
-        "Where the time went at {label}, ms: react = cause stored → event made (its service: \
-         delivery, queueing, decision, external call); reach = made → stored (commit, flush, relay)"
+        "Where the time went at {label}, ms: react = cause stored (or made, if echoed) → event \
+         made (its service: delivery, queueing, decision, external call); reach = made → stored \
+         (commit, flush, relay)"
     );
     println!(
         "  {:<26} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
@@ -211,5 +238,27 @@ mod tests {
         assert_eq!(hops[1].react, [6.0], "stored at 1004, made at 1010");
         assert_eq!(hops[1].reach, [3.0]);
         assert_eq!(hops[1].since_placed, [9.0]);
+    }
+
+    #[test]
+    fn a_reaction_to_its_own_event_counts_from_that_event_made() {
+        let requested = seen("ShipmentBookingRequested", None, 1_000, 1_009.0);
+        let mut scheduled = seen(
+            "ShipmentScheduled",
+            Some(&requested.envelope),
+            1_006,
+            1_010.0,
+        );
+        assert_eq!(scheduled.envelope.source, requested.envelope.source);
+        let hops = gather(&[requested, scheduled]);
+        assert_eq!(hops[1].event_type, "ShipmentScheduled");
+        assert_eq!(hops[1].react, [6.0], "echoed before it was stored");
+        // Caused by another's event, it counts from that event stored.
+        scheduled = seen("ShipmentScheduled", None, 1_006, 1_010.0);
+        let mut other = seen("PaymentApproved", None, 1_000, 1_002.0);
+        other.envelope.source = "/commerce/payment".into();
+        scheduled.envelope = scheduled.envelope.caused_by(&other.envelope);
+        let hops = gather(&[other, scheduled]);
+        assert_eq!(hops[1].react, [4.0]);
     }
 }

@@ -8,7 +8,9 @@
 //! with the next one (`OrderCreated` → `PaymentApproved` → `InventoryReserved` →
 //! `ShipmentBookingRequested` → `ShipmentScheduled` → `OrderConfirmed` →
 //! `RecommendationUpdated`), carrying the order's own fields forward so payloads are the size of
-//! a real order's; every other event it receives gets only its inbox mark. What is missing is
+//! a real order's; every other event it receives gets only its inbox mark. The shipment answers
+//! its own request once it is durable, not when its stream delivers it, as the service does
+//! (`Service::ECHO`). What is missing is
 //! exactly the domain: no HTTP in front, no decoding into typed events, no aggregate loads or
 //! snapshots, no external calls, no read-model rows.
 
@@ -40,6 +42,8 @@ struct Component {
     writes: Domain,
     /// inbound type → the event it answers with (`None`: only the inbox mark).
     answers: &'static [(&'static str, &'static str)],
+    /// Its own events it answers at once, as the service does ([`Service::ECHO`]).
+    echo: &'static [&'static str],
 }
 
 fn topology() -> Vec<Component> {
@@ -54,24 +58,28 @@ fn topology() -> Vec<Component> {
             listens: listens(actors::order::OrderService::LISTENS),
             writes: Domain::Orders,
             answers: &[("ShipmentScheduled", "OrderConfirmed")],
+            echo: &[],
         },
         Component {
             name: "payment",
             listens: listens(actors::payment::PaymentService::LISTENS),
             writes: Domain::Payments,
             answers: &[("OrderCreated", "PaymentApproved")],
+            echo: &[],
         },
         Component {
             name: "inventory",
             listens: listens(actors::inventory::InventoryService::LISTENS),
             writes: Domain::Inventory,
             answers: &[("PaymentApproved", "InventoryReserved")],
+            echo: &[],
         },
         Component {
             name: "store",
             listens: listens(actors::store::StoreService::LISTENS),
             writes: Domain::Stores,
             answers: &[],
+            echo: &[],
         },
         Component {
             name: "shipment",
@@ -81,18 +89,21 @@ fn topology() -> Vec<Component> {
                 ("InventoryReserved", "ShipmentBookingRequested"),
                 ("ShipmentBookingRequested", "ShipmentScheduled"),
             ],
+            echo: actors::shipment::ShipmentService::ECHO,
         },
         Component {
             name: "recommendation",
             listens: listens(actors::recommendation::RecommendationService::LISTENS),
             writes: Domain::Recommendations,
             answers: &[("OrderConfirmed", "RecommendationUpdated")],
+            echo: &[],
         },
         Component {
             name: "projection",
             listens: Domain::ALL.iter().map(|d| (*d, Vec::new())).collect(),
             writes: Domain::Orders,
             answers: &[],
+            echo: &[],
         },
     ]
 }
@@ -160,6 +171,7 @@ async fn null_pipeline(
                 store.clone(),
                 component.writes,
                 component.answers,
+                component.echo,
                 shutdown.clone(),
             )));
         }
@@ -237,14 +249,29 @@ async fn null_pipeline(
     Ok(super::saga::RoundResult::of(0, orders, elapsed, &latencies))
 }
 
-/// Answer each batch: the next event (or only the inbox mark), one commit, one flush, ack.
+/// Answer each batch: the next event (or only the inbox mark), one commit, one flush; then the
+/// answers to the echoed ones, one commit, one flush (their stream's copies will find them
+/// done); then ack.
 async fn answer(
     mut consumer: DurableConsumer,
     store: Store,
     writes: Domain,
     answers: &'static [(&'static str, &'static str)],
+    echo: &'static [&'static str],
     shutdown: CancellationToken,
 ) {
+    let reply = |inbound: &Envelope| -> anyhow::Result<(Commit, Option<Envelope>)> {
+        match answers.iter().find(|(on, _)| *on == inbound.event_type) {
+            Some((_, next)) => {
+                let reaction =
+                    Envelope::new(writes, *next, &inbound.subject, inbound.data.clone())?
+                        .caused_by(inbound);
+                let commit = record(&reaction, Some(inbound.id))?;
+                Ok((commit, Some(reaction).filter(|_| echo.contains(next))))
+            }
+            None => Ok((Commit::caused_by(inbound.id), None)),
+        }
+    };
     loop {
         let batch = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -254,22 +281,9 @@ async fn answer(
         if batch.is_empty() {
             continue;
         }
-        let commits: anyhow::Result<Vec<Commit>> = batch
-            .iter()
-            .map(|delivery| {
-                let inbound = &delivery.envelope;
-                match answers.iter().find(|(on, _)| *on == inbound.event_type) {
-                    Some((_, next)) => {
-                        let reaction =
-                            Envelope::new(writes, *next, &inbound.subject, inbound.data.clone())?
-                                .caused_by(inbound);
-                        record(&reaction, Some(inbound.id))
-                    }
-                    None => Ok(Commit::caused_by(inbound.id)),
-                }
-            })
-            .collect();
-        let Ok(commits) = commits else { return };
+        let replies: anyhow::Result<Vec<_>> = batch.iter().map(|d| reply(&d.envelope)).collect();
+        let Ok(replies) = replies else { return };
+        let (commits, echoes): (Vec<Commit>, Vec<Option<Envelope>>) = replies.into_iter().unzip();
         let Ok(outcomes) = store.commit_all(&commits) else {
             return;
         };
@@ -281,6 +295,15 @@ async fn answer(
         let Ok(flushed) = store.flush().await else {
             return;
         };
+        // As the engine: the echoes before the batch is acknowledged.
+        let echoes: anyhow::Result<Vec<_>> = echoes.iter().flatten().map(&reply).collect();
+        let Ok(echoes) = echoes else { return };
+        if !echoes.is_empty() {
+            let commits: Vec<Commit> = echoes.into_iter().map(|(commit, _)| commit).collect();
+            if store.commit_all(&commits).is_err() || store.flush().await.is_err() {
+                return;
+            }
+        }
         consumer.settle(verdicts, flushed).await;
     }
 }

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::*;
 use crate::engine::testing::lines;
-use crate::engine::{Placement, Plan};
+use crate::engine::{DomainEvent, Placement, Plan};
 use crate::events::{OrderEvent, PaymentEvent};
 use crate::inventory::aggregate::WAREHOUSE;
 use crate::inventory::InventoryService;
