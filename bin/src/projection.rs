@@ -27,6 +27,14 @@ pub async fn rebuild(settings: Settings) -> anyhow::Result<()> {
         bar.set_position(model.rebuild_read);
         if !model.rebuilding {
             bar.finish();
+            // A failed rebuild leaves the old generation in place (the projection logs why).
+            anyhow::ensure!(
+                model.generation >= started.generation,
+                "the rebuild of generation {} failed: queries still read generation {} (see the \
+                 projection's log)",
+                started.generation,
+                model.generation
+            );
             println!(
                 "read model rebuilt: generation {}, {} events in {:.2}s",
                 model.generation,

@@ -73,6 +73,12 @@ pub(crate) struct Inner {
     /// Highest outbox sequence committed. Sequences are assigned inside the transaction from one
     /// key, so their order is the commit order.
     committed_seq: AtomicU64,
+    /// Transactions of [`Store::commit_all`] begun and done so far, and how many of the done
+    /// ones the last completed flush covered: while begun and covered agree, none is in flight
+    /// and a flush would make nothing durable that one wrote ([`Store::flushed_already`]).
+    commits_begun: AtomicU64,
+    commits_done: AtomicU64,
+    flushed_commits: AtomicU64,
     /// Highest outbox sequence known to be on disk; the relay publishes nothing above it, so no
     /// event ever leaves a service whose state could still be lost by a crash.
     pub(crate) durable_seq: watch::Sender<u64>,
@@ -298,6 +304,9 @@ impl Store {
             models: tree("models")?,
             meta,
             committed_seq: AtomicU64::new(last_seq),
+            commits_begun: AtomicU64::new(0),
+            commits_done: AtomicU64::new(0),
+            flushed_commits: AtomicU64::new(0),
             // Everything found on disk at open is durable.
             durable_seq: watch::Sender::new(last_seq),
             path,
@@ -368,6 +377,9 @@ impl Store {
         commits: &[Commit],
     ) -> Result<Vec<Result<CommitOutcome, StorageError>>, StorageError> {
         self.check_fence()?;
+        if commits.is_empty() {
+            return Ok(Vec::new());
+        }
         let s = &*self.inner;
         let recorded_at = now_millis();
         // Validate and encode outside the transaction closure: sled may run it more than once.
@@ -387,7 +399,8 @@ impl Store {
             &s.inbox_batches,
             &s.meta,
         );
-        let (outcomes, last_seq) = trees.transaction(
+        s.commits_begun.fetch_add(1, Ordering::AcqRel);
+        let transaction = trees.transaction(
             |(events_t, heads_t, pending_t, inbox_t, by_age_t, meta_t)| {
                 let mut seq = meta_t
                     .get(OUTBOX_SEQ)?
@@ -448,7 +461,10 @@ impl Store {
                 }
                 Ok::<_, ConflictableTransactionError<StorageError>>((outcomes, seq))
             },
-        )?;
+        );
+        // Counted whatever came of it: a flush is owed once anything may have been written.
+        s.commits_done.fetch_add(1, Ordering::AcqRel);
+        let (outcomes, last_seq) = transaction?;
         s.committed_seq.fetch_max(last_seq, Ordering::AcqRel);
         let marked = valid
             .iter()
@@ -472,6 +488,7 @@ impl Store {
         let s = &*self.inner;
         // Read before flushing: everything up to here is covered by the flush below.
         let upto = s.committed_seq.load(Ordering::Acquire);
+        let commits = s.commits_done.load(Ordering::Acquire);
         // sled's own `flush_async` deadlocks under concurrent use (sled issue #1308, open for
         // 0.34.x): every thread of the process ends up waiting on sled's global lock. A
         // blocking flush on tokio's blocking pool does the same work without it.
@@ -485,17 +502,35 @@ impl Store {
             path: self.inner.path.clone(),
             source: std::io::Error::other(e),
         })??;
+        s.flushed_commits.fetch_max(commits, Ordering::AcqRel);
         // The proof lets a batch be acknowledged: not once the lease has lapsed meanwhile.
         self.check_fence()?;
         Ok(self.released_up_to(upto))
+    }
+
+    /// The proof [`Store::flush`] gives, without touching the disk, when a completed flush
+    /// already covers every [`Store::commit_all`] transaction and none is in flight: for a batch
+    /// that recorded nothing (duplicates, whose inbox marks were flushed with their commits).
+    /// `None`: flush. Writes by other paths (dead-letter marks, read-model rows) are not
+    /// counted: whoever depends on those flushes.
+    pub fn flushed_already(&self) -> Result<Option<Flushed>, StorageError> {
+        let s = &*self.inner;
+        let upto = s.committed_seq.load(Ordering::Acquire);
+        if s.commits_begun.load(Ordering::Acquire) != s.flushed_commits.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        self.check_fence()?;
+        Ok(Some(self.released_up_to(upto)))
     }
 
     /// [`Store::flush`] for synchronous callers (start-up, tests, the crash harness).
     pub fn flush_blocking(&self) -> Result<Flushed, StorageError> {
         let s = &*self.inner;
         let upto = s.committed_seq.load(Ordering::Acquire);
+        let commits = s.commits_done.load(Ordering::Acquire);
         s.db.flush()?;
         s.sync()?;
+        s.flushed_commits.fetch_max(commits, Ordering::AcqRel);
         self.check_fence()?;
         Ok(self.released_up_to(upto))
     }
@@ -717,6 +752,38 @@ mod tests {
         assert!(store.is_processed(cause).unwrap());
         assert_eq!(store.version("a").unwrap(), 1);
         assert_eq!(store.outbox_depth(), 1);
+    }
+
+    #[test]
+    fn a_flush_is_owed_only_after_a_commit() {
+        let (_dir, store) = open();
+        assert!(
+            store.flushed_already().unwrap().is_some(),
+            "nothing committed yet"
+        );
+        let cause = Uuid::now_v7();
+        let inbox_only = Commit::caused_by(cause);
+        store.commit(&inbox_only).unwrap();
+        assert!(
+            store.flushed_already().unwrap().is_none(),
+            "a mark to flush"
+        );
+        let _durable = store.flush_blocking().unwrap();
+        assert!(store.flushed_already().unwrap().is_some());
+        // Even a commit that wrote nothing (a duplicate) is flushed before it is trusted.
+        assert_eq!(store.commit(&inbox_only).unwrap(), CommitOutcome::Duplicate);
+        assert!(store.flushed_already().unwrap().is_none());
+        assert!(store.commit_all(&[]).unwrap().is_empty());
+        let _durable = store.flush_blocking().unwrap();
+        assert!(
+            store.commit_all(&[]).unwrap().is_empty(),
+            "no transaction for nothing"
+        );
+        assert!(store.flushed_already().unwrap().is_some());
+        // A commit that conflicted is counted too.
+        let stale = Commit::new().append("a", 7, vec![event(1)]);
+        assert!(store.commit(&stale).is_err());
+        assert!(store.flushed_already().unwrap().is_none());
     }
 
     #[test]

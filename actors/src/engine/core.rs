@@ -352,6 +352,11 @@ impl<S: Service> Engine<S> {
     /// not retry") does not skip it. An event already applied is not applied again.
     pub async fn replay(&mut self, envelope: &Envelope) -> Result<ReplayOutcome, EngineError> {
         if self.store.is_processed(envelope.id)? {
+            // Said only once its mark is on disk: the caller then deletes the dead letter (the
+            // mark may be from a commit whose flush failed).
+            if self.store.flushed_already()?.is_none() {
+                let _durable = self.store.flush().await?;
+            }
             return Ok(ReplayOutcome::AlreadyApplied);
         }
         // Its echoes, if any, come back from the stream.
@@ -593,7 +598,16 @@ impl<S: Service> Engine<S> {
             .filter(|(slot, _)| !touched[slot.aggregate].stale)
             .map(|(_, envelope)| envelope)
             .collect();
-        let flushed = self.store.flush().await;
+        // A batch that recorded nothing (the stream's copies of echoes) owes no disk work once
+        // every commit so far is on disk.
+        let flushed = match commits.is_empty() {
+            true => match self.store.flushed_already() {
+                Ok(Some(flushed)) => Ok(flushed),
+                Ok(None) => self.store.flush().await,
+                Err(e) => Err(e),
+            },
+            false => self.store.flush().await,
+        };
         if flushed.is_ok() {
             self.put_back(touched, true);
         }
