@@ -221,13 +221,7 @@ fn all_but_payment(cluster: &Cluster) -> (Vec<Proc>, Api) {
         .map(|c| cluster.run(c.name()))
         .chain(["projection", "gateway"].map(|c| cluster.run(c)))
         .collect();
-    let http = others.last().expect("the gateway").line_starting("http: ");
-    let api = Api::new(
-        &http,
-        &cluster.payment_gateway,
-        &cluster.carrier,
-        cluster.data.path(),
-    );
+    let api = cluster.api(others.last().expect("the gateway"));
     (others, api)
 }
 

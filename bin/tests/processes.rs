@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::json;
-use support::{commerce, order, scenario, wait_until, Api, Cluster, Proc, ADDRESS, CARD};
+use support::{commerce, order, scenario, wait_until, Cluster, Proc, ADDRESS, CARD};
 
 /// SIGKILL one of `services`; returns its slot, to start it again.
 fn sigkill<'a>(services: &'a mut [(&str, Proc)], name: &str) -> &'a mut Proc {
@@ -23,13 +23,7 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
         .collect();
     let mut projection = cluster.run("projection");
     let gateway = cluster.run("gateway");
-    let http = gateway.line_starting("http: ");
-    let api = Api::new(
-        &http,
-        &cluster.payment_gateway,
-        &cluster.carrier,
-        cluster.data.path(),
-    );
+    let api = cluster.api(&gateway);
 
     let mut placed = scenario::place(&api, 20).await;
 
@@ -156,4 +150,58 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
     drop(gateway);
     drop(projection);
     drop(simulators);
+}
+
+/// The shipment service dies after its echo called the carrier and before it recorded the
+/// answer: once it is back, the stream's copy of the request books again by the order's key,
+/// which finds the booking. One booking, one `ShipmentScheduled`.
+#[tokio::test]
+async fn a_shipment_that_dies_after_its_echo_called_the_carrier_books_once() {
+    let (cluster, _broker, js, simulators) = Cluster::start(&bus::StreamSettings::default()).await;
+    let others: Vec<Proc> = actors::Component::SERVICES
+        .iter()
+        .filter(|c| c.name() != "shipment")
+        .map(|c| cluster.run(c.name()))
+        .collect();
+    // Its first commit (the request) passes; its second (the echo's, after the call) dies.
+    let armed = [("FAILPOINTS", "engine.before_commit=1*off->1*return")];
+    let mut shipment = cluster.spawn_with("shipment", &[], &armed);
+    shipment.line_starting("commerce shipment is up");
+    let projection = cluster.run("projection");
+    let gateway = cluster.run("gateway");
+    let api = cluster.api(&gateway);
+
+    let id = api
+        .place_ok(&order("echo", "SKU-MUG", 1, CARD, ADDRESS))
+        .await;
+    assert!(!shipment.wait_exit().success(), "the seam killed it");
+    let booked = |ledger: serde_json::Value| {
+        let bookings = ledger["bookings"].as_array().cloned().unwrap_or_default();
+        bookings
+            .iter()
+            .filter(|b| b["order_id"] == id.as_str())
+            .count()
+    };
+    assert_eq!(booked(api.ledger(&api.carrier).await), 1, "the echo called");
+
+    let shipment = cluster.run("shipment");
+    api.wait_status(&id, &["COMPLETED"]).await;
+    assert_eq!(
+        booked(api.ledger(&api.carrier).await),
+        1,
+        "found, not booked again"
+    );
+    let stream = js.get_stream("SHIPMENTS").await.unwrap();
+    let mut types = Vec::new();
+    for seq in 1..=stream.cached_info().state.last_sequence {
+        let message = stream.get_raw_message(seq).await.unwrap();
+        let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        if event["subject"] == id.as_str() {
+            types.push(event["type"].as_str().unwrap().to_string());
+        }
+    }
+    let count = |t: &str| types.iter().filter(|x| *x == t).count();
+    assert_eq!(count("ShipmentBookingRequested"), 1, "{types:?}");
+    assert_eq!(count("ShipmentScheduled"), 1, "{types:?}");
+    drop((others, shipment, projection, gateway, simulators));
 }

@@ -782,6 +782,17 @@ impl Cluster {
         Proc::spawn(cmd)
     }
 
+    /// The API of `gateway`, a gateway of this cluster that is up.
+    pub fn api(&self, gateway: &Proc) -> Api {
+        let http = gateway.line_starting("http: ");
+        Api::new(
+            &http,
+            &self.payment_gateway,
+            &self.carrier,
+            self.data.path(),
+        )
+    }
+
     /// `commerce run <component>`, once it is up.
     pub fn run(&self, component: &str) -> Proc {
         let proc = self.spawn(component, &[]);
