@@ -513,7 +513,7 @@ impl Store {
     /// that recorded nothing (duplicates, whose inbox marks were flushed with their commits).
     /// `None`: flush. Writes by other paths (dead-letter marks, read-model rows) are not
     /// counted: whoever depends on those flushes.
-    pub fn flushed_already(&self) -> Result<Option<Flushed>, StorageError> {
+    fn flushed_already(&self) -> Result<Option<Flushed>, StorageError> {
         let s = &*self.inner;
         let upto = s.committed_seq.load(Ordering::Acquire);
         if s.commits_begun.load(Ordering::Acquire) != s.flushed_commits.load(Ordering::Acquire) {
@@ -521,6 +521,15 @@ impl Store {
         }
         self.check_fence()?;
         Ok(Some(self.released_up_to(upto)))
+    }
+
+    /// [`Store::flush`], unless a completed flush already covers every commit and none is in
+    /// flight ([`Store::flushed_already`]): for a batch that committed nothing.
+    pub async fn flush_if_owed(&self) -> Result<Flushed, StorageError> {
+        match self.flushed_already()? {
+            Some(flushed) => Ok(flushed),
+            None => self.flush().await,
+        }
     }
 
     /// [`Store::flush`] for synchronous callers (start-up, tests, the crash harness).

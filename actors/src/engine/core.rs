@@ -354,9 +354,7 @@ impl<S: Service> Engine<S> {
         if self.store.is_processed(envelope.id)? {
             // Said only once its mark is on disk: the caller then deletes the dead letter (the
             // mark may be from a commit whose flush failed).
-            if self.store.flushed_already()?.is_none() {
-                let _durable = self.store.flush().await?;
-            }
+            let _durable = self.store.flush_if_owed().await?;
             return Ok(ReplayOutcome::AlreadyApplied);
         }
         // Its echoes, if any, come back from the stream.
@@ -601,11 +599,7 @@ impl<S: Service> Engine<S> {
         // A batch that recorded nothing (the stream's copies of echoes) owes no disk work once
         // every commit so far is on disk.
         let flushed = match commits.is_empty() {
-            true => match self.store.flushed_already() {
-                Ok(Some(flushed)) => Ok(flushed),
-                Ok(None) => self.store.flush().await,
-                Err(e) => Err(e),
-            },
+            true => self.store.flush_if_owed().await,
             false => self.store.flush().await,
         };
         if flushed.is_ok() {

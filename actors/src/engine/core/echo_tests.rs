@@ -135,14 +135,19 @@ fn streams_copy(store: &Store) -> Envelope {
     Envelope::from_slice(row.message.payload.as_bytes()).unwrap()
 }
 
+fn open() -> (tempfile::TempDir, Store, Engine<Booker>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &Default::default()).unwrap();
+    let engine = Engine::new(Booker::default(), store.clone());
+    (dir, store, engine)
+}
+
 const REQUESTED: &str = "ShipmentBookingRequested";
 const SCHEDULED: &str = "ShipmentScheduled";
 
 #[tokio::test]
 async fn an_echoed_event_is_reacted_to_at_once_and_its_streams_copy_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &Default::default()).unwrap();
-    let mut engine = Engine::new(Booker::default(), store.clone());
+    let (_dir, store, mut engine) = open();
 
     let applied = engine.deliver(&[&reserved("o1")]).await.unwrap();
     assert_eq!(applied.verdicts, [Verdict::Done]);
@@ -173,9 +178,7 @@ async fn an_echoed_event_is_reacted_to_at_once_and_its_streams_copy_changes_noth
 
 #[tokio::test]
 async fn an_echo_that_cannot_be_applied_is_left_to_the_streams_copy() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &Default::default()).unwrap();
-    let mut engine = Engine::new(Booker::default(), store.clone());
+    let (_dir, store, mut engine) = open();
     engine.service().down.store(true, Relaxed);
 
     let applied = engine.deliver(&[&reserved("o1")]).await.unwrap();
