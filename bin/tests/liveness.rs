@@ -142,12 +142,17 @@ async fn a_broker_that_loses_the_tail_of_a_stream_gets_it_back_once() {
 
 /// A carrier slower than its client's timeout, with AckWait shorter than a call: in-progress
 /// acks keep every delivery alive, and once the carrier is quick again every order completes;
-/// no order is both refunded and picked up, and none is stuck.
+/// no order is both refunded and picked up, none is booked twice, and none is stuck.
 #[tokio::test]
 async fn work_slower_than_ack_wait_ends_every_saga_once_the_carrier_heals() {
     let system = System::start(&[
         ("COMMERCE_ACK_WAIT_MS", "1000"),
         ("COMMERCE_STUCK_AFTER_SECS", "1"),
+        // The breaker stays closed, so every order's booking reaches the carrier and times out
+        // (its outcome unknown). An open breaker would shield the carrier from whichever orders
+        // came after its fifth timeout, and how many those are depends on the machine's pace.
+        ("COMMERCE_RESILIENCE__BREAKER__FAILURES_PER_WINDOW", "0"),
+        ("COMMERCE_RESILIENCE__BREAKER__MINIMUM_CALLS", "1000"),
     ])
     .await;
     let api = &system.api;
@@ -177,6 +182,15 @@ async fn work_slower_than_ack_wait_ends_every_saga_once_the_carrier_heals() {
     }
     let refunds = api.ledger(&api.payment_gateway).await["refunds"].clone();
     assert_eq!(refunds, json!([]), "nothing refunded");
+    let bookings = api.ledger(&api.carrier).await["bookings"].clone();
+    let booked: HashSet<&str> = bookings
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["order_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(booked.len(), 20, "{bookings}");
+    assert_eq!(bookings.as_array().unwrap().len(), 20, "each booked once");
     wait_until("no saga is open", || async {
         commerce_status(&system).contains("sagas: 0 open, 0 stuck")
     })
