@@ -112,7 +112,11 @@ pub async fn up(
         println!("  stream {stream}: {outcome:?}");
     }
     println!("Press Ctrl-C to stop.");
-    stop.recv().await;
+    let must_restart = actors::engine::host::must_restart();
+    let on_its_own = tokio::select! {
+        _ = stop.recv() => false,
+        _ = must_restart.cancelled() => true,
+    };
     println!("stopping…");
     supervised.cancel();
     if let Some(supervisor) = supervisor {
@@ -121,9 +125,15 @@ pub async fn up(
     let _ = std::fs::remove_file(&url_file);
     let _ = std::fs::remove_file(&endpoints_file);
     system.shutdown().await;
+    anyhow::ensure!(!on_its_own, "commerce {STOPPED_ON_ITS_OWN}");
     println!("commerce stopped cleanly");
     Ok(())
 }
+
+/// Why a process stopped without being asked to.
+const STOPPED_ON_ITS_OWN: &str =
+    "stopped on its own: a component must not go on (a lost lease, or a database that refused \
+     writes after a failed flush); the reason is logged above";
 
 pub async fn run(component: Component, mut settings: Settings) -> anyhow::Result<()> {
     private_data_dir(&settings.data_dir)?;
@@ -171,17 +181,15 @@ pub async fn run(component: Component, mut settings: Settings) -> anyhow::Result
     }
     print_endpoints(&endpoints);
     let stopping = system.stopping();
+    let must_restart = actors::engine::host::must_restart();
     let on_its_own = tokio::select! {
         _ = stop.recv() => false,
         _ = parent_gone.cancelled() => false,
         _ = stopping.cancelled() => true,
+        _ = must_restart.cancelled() => true,
     };
     system.shutdown().await;
-    // A component stops on its own only when it must not go on (its lease was taken).
-    anyhow::ensure!(
-        !on_its_own,
-        "commerce {component} stopped on its own; the reason is logged above"
-    );
+    anyhow::ensure!(!on_its_own, "commerce {component} {STOPPED_ON_ITS_OWN}");
     println!("commerce {component} stopped cleanly");
     Ok(())
 }

@@ -152,17 +152,80 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
     drop(simulators);
 }
 
+/// `commerce run` of every service but `left_out`, each once it is up.
+fn services_but(cluster: &Cluster, left_out: &str) -> Vec<Proc> {
+    actors::Component::SERVICES
+        .iter()
+        .filter(|c| c.name() != left_out)
+        .map(|c| cluster.run(c.name()))
+        .collect()
+}
+
+/// How many bookings of order `id` the carrier's ledger holds.
+fn bookings_of(ledger: &serde_json::Value, id: &str) -> usize {
+    let bookings = ledger["bookings"].as_array().cloned().unwrap_or_default();
+    bookings.iter().filter(|b| b["order_id"] == id).count()
+}
+
+/// A disk that fails a flush: the shipment service, whose database may then have lost what the
+/// flush held (though a later flush would succeed), records and calls nothing more, stops, and
+/// says why. Restarted, it opens its database from what is on disk, and the order completes,
+/// booked once.
+#[tokio::test]
+async fn a_shipment_whose_flush_fails_stops_and_once_restarted_books_once() {
+    let (cluster, _broker, _js, simulators) = Cluster::start(&bus::StreamSettings::default()).await;
+    let others = services_but(&cluster, "shipment");
+    let mut shipment = cluster.run("shipment");
+    let projection = cluster.run("projection");
+    let gateway = cluster.run("gateway");
+    let api = cluster.api(&gateway);
+    // An order first, so that its database is not empty and it starts without a rebuild.
+    let first = api
+        .place_ok(&order("disk-1", "SKU-MUG", 1, CARD, ADDRESS))
+        .await;
+    api.wait_status(&first, &["COMPLETED"]).await;
+    shipment.stop();
+
+    let log = cluster.data.path().join("failing-shipment.log");
+    let mut cmd = cluster.command(
+        "shipment",
+        &[],
+        &[("FAILPOINTS", "store.flush_fails=return")],
+    );
+    cmd.stderr(std::fs::File::create(&log).unwrap());
+    let mut failing = Proc::spawn(cmd);
+    failing.line_starting("commerce shipment is up");
+    let id = api
+        .place_ok(&order("disk-2", "SKU-MUG", 1, CARD, ADDRESS))
+        .await;
+    assert!(!failing.wait_exit().success(), "it stopped on its own");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("takes no writes since a flush failed") && said.contains("restart"),
+        "{said}"
+    );
+    let ledger = api.ledger(&api.carrier).await;
+    assert_eq!(
+        bookings_of(&ledger, &id),
+        0,
+        "no call on a request not durable"
+    );
+
+    let shipment = cluster.run("shipment");
+    api.wait_status(&id, &["COMPLETED"]).await;
+    let ledger = api.ledger(&api.carrier).await;
+    assert_eq!(bookings_of(&ledger, &id), 1, "{ledger}");
+    assert_eq!(bookings_of(&ledger, &first), 1, "{ledger}");
+    drop((others, shipment, projection, gateway, simulators));
+}
+
 /// The shipment service dies after its echo called the carrier and before it recorded the
 /// answer: once it is back, the stream's copy of the request books again by the order's key,
 /// which finds the booking. One booking, one `ShipmentScheduled`.
 #[tokio::test]
 async fn a_shipment_that_dies_after_its_echo_called_the_carrier_books_once() {
     let (cluster, _broker, js, simulators) = Cluster::start(&bus::StreamSettings::default()).await;
-    let others: Vec<Proc> = actors::Component::SERVICES
-        .iter()
-        .filter(|c| c.name() != "shipment")
-        .map(|c| cluster.run(c.name()))
-        .collect();
+    let others = services_but(&cluster, "shipment");
     // Its first commit (the request) passes; its second (the echo's, after the call) dies.
     let armed = [("FAILPOINTS", "engine.before_commit=1*off->1*return")];
     let mut shipment = cluster.spawn_with("shipment", &[], &armed);
@@ -175,22 +238,12 @@ async fn a_shipment_that_dies_after_its_echo_called_the_carrier_books_once() {
         .place_ok(&order("echo", "SKU-MUG", 1, CARD, ADDRESS))
         .await;
     assert!(!shipment.wait_exit().success(), "the seam killed it");
-    let booked = |ledger: serde_json::Value| {
-        let bookings = ledger["bookings"].as_array().cloned().unwrap_or_default();
-        bookings
-            .iter()
-            .filter(|b| b["order_id"] == id.as_str())
-            .count()
-    };
-    assert_eq!(booked(api.ledger(&api.carrier).await), 1, "the echo called");
+    let booked = || async { bookings_of(&api.ledger(&api.carrier).await, &id) };
+    assert_eq!(booked().await, 1, "the echo called");
 
     let shipment = cluster.run("shipment");
     api.wait_status(&id, &["COMPLETED"]).await;
-    assert_eq!(
-        booked(api.ledger(&api.carrier).await),
-        1,
-        "found, not booked again"
-    );
+    assert_eq!(booked().await, 1, "found, not booked again");
     let stream = js.get_stream("SHIPMENTS").await.unwrap();
     let mut types = Vec::new();
     for seq in 1..=stream.cached_info().state.last_sequence {

@@ -17,6 +17,9 @@ const BLOBS: &str = "blobs";
 pub(crate) struct DurableFiles {
     /// sled's log: every commit is appended here.
     log: File,
+    /// A disk that fails every sync from now on (unit tests).
+    #[cfg(test)]
+    pub(crate) failing: std::sync::atomic::AtomicBool,
 }
 
 impl DurableFiles {
@@ -33,11 +36,19 @@ impl DurableFiles {
         if let Some(parent) = dir.parent() {
             sync_dir(parent)?;
         }
-        Ok(DurableFiles { log })
+        Ok(DurableFiles {
+            log,
+            #[cfg(test)]
+            failing: Default::default(),
+        })
     }
 
     /// After sled's flush: make what it wrote survive a power loss.
     pub(crate) fn sync(&self) -> io::Result<()> {
+        #[cfg(test)]
+        if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(io::Error::other("the disk failed (a test's)"));
+        }
         self.log.sync_data()
     }
 }

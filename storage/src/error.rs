@@ -54,6 +54,16 @@ pub enum StorageError {
         source: std::io::Error,
     },
 
+    /// A flush failed before (see `cause`): what it should have made durable may be lost
+    /// although a later `fdatasync` succeeds, so the store proves and commits nothing more.
+    /// Restart the process: it opens the database from what is on disk, and what was not
+    /// acknowledged is delivered again.
+    #[error(
+        "database {path} takes no writes since a flush failed ({cause}); restart to open it \
+         again from what is on disk"
+    )]
+    Poisoned { path: PathBuf, cause: String },
+
     /// The store belongs to a partition whose lease this instance does not hold now: nothing
     /// is written, flushed or published (see [`crate::fence`]).
     #[error("refused by the fence: {0}")]

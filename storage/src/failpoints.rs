@@ -35,6 +35,12 @@ pub const BROKEN_MODES: [&str; 3] = [
     "broken.skip_compensation",
 ];
 
+/// Seams where the disk fails an operation (it returns an error, as a failing drive does).
+pub const DISK_FAULTS: [&str; 1] = [
+    // A flush (sled's write or the `fdatasync` after it) fails.
+    "store.flush_fails",
+];
+
 /// Seams where the process stalls, its thread blocked by a `sleep(ms)` action, as on a machine
 /// too loaded to run it: long enough, and a lease lapses under it.
 pub const STALL_SEAMS: [&str; 1] = [
@@ -65,7 +71,7 @@ pub fn setup() -> Result<(), String> {
 
 #[cfg(feature = "failpoints")]
 fn arm(name: &str, actions: &str) -> Result<(), String> {
-    if ![&CRASH_SEAMS[..], &BROKEN_MODES, &STALL_SEAMS]
+    if ![&CRASH_SEAMS[..], &BROKEN_MODES, &DISK_FAULTS, &STALL_SEAMS]
         .iter()
         .any(|seams| seams.contains(&name))
     {
@@ -112,6 +118,12 @@ pub fn crash(name: &str) {
 /// Is the deliberate bug `name` switched on?
 #[inline(always)]
 pub fn broken(name: &str) -> bool {
+    fires(name)
+}
+
+/// Does the disk fail here, as seam `name` says?
+#[inline(always)]
+pub fn disk_fails(name: &str) -> bool {
     fires(name)
 }
 

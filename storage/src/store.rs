@@ -82,6 +82,9 @@ pub(crate) struct Inner {
     /// Highest outbox sequence known to be on disk; the relay publishes nothing above it, so no
     /// event ever leaves a service whose state could still be lost by a crash.
     pub(crate) durable_seq: watch::Sender<u64>,
+    /// Why a flush failed, once one has: from then on the store proves nothing and commits
+    /// nothing until it is opened again ([`StorageError::Poisoned`]).
+    poisoned: watch::Sender<Option<String>>,
     /// What makes a flush survive a power loss (sled's alone does not).
     durable_files: DurableFiles,
     /// Held for the life of the store: a second opener gets [`StorageError::Locked`].
@@ -309,6 +312,7 @@ impl Store {
             flushed_commits: AtomicU64::new(0),
             // Everything found on disk at open is durable.
             durable_seq: watch::Sender::new(last_seq),
+            poisoned: watch::Sender::new(None),
             path,
             db,
             durable_files,
@@ -377,6 +381,7 @@ impl Store {
         commits: &[Commit],
     ) -> Result<Vec<Result<CommitOutcome, StorageError>>, StorageError> {
         self.check_fence()?;
+        self.check_poisoned()?;
         if commits.is_empty() {
             return Ok(Vec::new());
         }
@@ -486,6 +491,7 @@ impl Store {
     /// release their outbox rows to the relay. Returns the proof needed to acknowledge.
     pub async fn flush(&self) -> Result<Flushed, StorageError> {
         let s = &*self.inner;
+        self.check_poisoned()?;
         // Read before flushing: everything up to here is covered by the flush below.
         let upto = s.committed_seq.load(Ordering::Acquire);
         let commits = s.commits_done.load(Ordering::Acquire);
@@ -493,15 +499,15 @@ impl Store {
         // 0.34.x): every thread of the process ends up waiting on sled's global lock. A
         // blocking flush on tokio's blocking pool does the same work without it.
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-            inner.db.flush()?;
-            inner.sync()
-        })
-        .await
-        .map_err(|e| StorageError::Sync {
-            path: self.inner.path.clone(),
-            source: std::io::Error::other(e),
-        })??;
+        let flushed = tokio::task::spawn_blocking(move || inner.flush_to_disk())
+            .await
+            .unwrap_or_else(|e| {
+                Err(StorageError::Sync {
+                    path: self.inner.path.clone(),
+                    source: std::io::Error::other(e),
+                })
+            });
+        self.poison_unless_ok(flushed)?;
         s.flushed_commits.fetch_max(commits, Ordering::AcqRel);
         // The proof lets a batch be acknowledged: not once the lease has lapsed meanwhile.
         self.check_fence()?;
@@ -515,6 +521,7 @@ impl Store {
     /// counted: whoever depends on those flushes.
     fn flushed_already(&self) -> Result<Option<Flushed>, StorageError> {
         let s = &*self.inner;
+        self.check_poisoned()?;
         let upto = s.committed_seq.load(Ordering::Acquire);
         if s.commits_begun.load(Ordering::Acquire) != s.flushed_commits.load(Ordering::Acquire) {
             return Ok(None);
@@ -535,16 +542,63 @@ impl Store {
     /// [`Store::flush`] for synchronous callers (start-up, tests, the crash harness).
     pub fn flush_blocking(&self) -> Result<Flushed, StorageError> {
         let s = &*self.inner;
+        self.check_poisoned()?;
         let upto = s.committed_seq.load(Ordering::Acquire);
         let commits = s.commits_done.load(Ordering::Acquire);
-        s.db.flush()?;
-        s.sync()?;
+        self.poison_unless_ok(s.flush_to_disk())?;
         s.flushed_commits.fetch_max(commits, Ordering::AcqRel);
         self.check_fence()?;
         Ok(self.released_up_to(upto))
     }
 
     /// Outbox rows up to `upto` are on disk: let the relay have them (and wake it).
+    /// A failed flush poisons the store. Linux reports a failed writeback once: the pages it
+    /// could not write are dropped or marked clean, and the next `fdatasync` succeeds without
+    /// them. So no later flush may prove the commits made before it; only a reopen, which
+    /// reads what is really on disk, starts over.
+    fn poison_unless_ok(&self, result: Result<(), StorageError>) -> Result<(), StorageError> {
+        if let Err(e) = &result {
+            let cause = e.to_string();
+            tracing::error!(db = %self.inner.path.display(), error = %cause,
+                "a flush failed: this database takes no more writes until it is opened again");
+            self.inner.poisoned.send_if_modified(|poisoned| {
+                let first = poisoned.is_none();
+                if first {
+                    *poisoned = Some(cause);
+                }
+                first
+            });
+        }
+        result
+    }
+
+    fn check_poisoned(&self) -> Result<(), StorageError> {
+        match &*self.inner.poisoned.borrow() {
+            Some(cause) => Err(StorageError::Poisoned {
+                path: self.inner.path.clone(),
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a flush has failed ([`StorageError::Poisoned`]).
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.borrow().is_some()
+    }
+
+    /// Wait until a flush fails, if one ever does; answers why. Whoever runs the store stops
+    /// then, so that a restart opens it again.
+    pub async fn poisoned(&self) -> String {
+        let mut poisoned = self.inner.poisoned.subscribe();
+        let cause = poisoned.wait_for(Option::is_some).await.map(|c| c.clone());
+        match cause {
+            Ok(cause) => cause.unwrap_or_default(),
+            // The sender lives as long as the store, which `self` holds.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     fn released_up_to(&self, upto: u64) -> Flushed {
         self.inner.durable_seq.send_if_modified(|durable| {
             let advanced = upto > *durable;
@@ -559,6 +613,18 @@ impl Store {
 
 impl Inner {
     /// After sled's flush: make it durable.
+    /// sled's flush, then the `fdatasync` that makes it survive a power loss.
+    fn flush_to_disk(&self) -> Result<(), StorageError> {
+        self.db.flush()?;
+        if crate::failpoints::disk_fails("store.flush_fails") {
+            return Err(StorageError::Sync {
+                path: self.path.clone(),
+                source: std::io::Error::other("failpoint store.flush_fails"),
+            });
+        }
+        self.sync()
+    }
+
     fn sync(&self) -> Result<(), StorageError> {
         self.durable_files
             .sync()
@@ -793,6 +859,61 @@ mod tests {
         let stale = Commit::new().append("a", 7, vec![event(1)]);
         assert!(store.commit(&stale).is_err());
         assert!(store.flushed_already().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_flush_nothing_is_proven_until_the_store_is_opened_again() {
+        let (dir, store) = open();
+        let before = Commit::new().publish(message("a.b.1"));
+        store.commit(&before).unwrap();
+        store
+            .inner
+            .durable_files
+            .failing
+            .store(true, Ordering::Relaxed);
+        assert!(matches!(
+            store.flush().await,
+            Err(StorageError::Sync { .. })
+        ));
+        assert!(store.is_poisoned());
+        assert!(store.pending(10).unwrap().is_empty(), "nothing released");
+        // The disk answers again, yet what the failed flush held may be gone: no proof.
+        store
+            .inner
+            .durable_files
+            .failing
+            .store(false, Ordering::Relaxed);
+        let refused = |r: Result<Flushed, StorageError>| match r {
+            Err(StorageError::Poisoned { cause, .. }) => cause.contains("the disk failed"),
+            _ => false,
+        };
+        assert!(refused(store.flush().await));
+        assert!(refused(store.flush_blocking()));
+        assert!(refused(store.flush_if_owed().await));
+        assert!(matches!(
+            store.commit(&Commit::new().publish(message("a.b.2"))),
+            Err(StorageError::Poisoned { .. })
+        ));
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), store.poisoned())
+                .await
+                .unwrap(),
+            "cannot make database svc durable (fsync failed): the disk failed (a test's)"
+                .replace("svc", &dir.path().join("svc").display().to_string())
+        );
+        assert!(
+            store.pending(10).unwrap().is_empty(),
+            "still nothing released"
+        );
+        // Opened again, it reads what is on disk and works.
+        drop(store);
+        let store = Store::open(dir.path().join("svc"), &StoreConfig::default()).unwrap();
+        assert!(!store.is_poisoned());
+        store
+            .commit(&Commit::new().publish(message("a.b.3")))
+            .unwrap();
+        let _durable = store.flush().await.unwrap();
+        assert!(!store.pending(10).unwrap().is_empty());
     }
 
     #[test]

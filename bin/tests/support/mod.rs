@@ -771,6 +771,11 @@ impl Cluster {
 
     /// [`Cluster::spawn`] with `env` set.
     pub fn spawn_with(&self, component: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        Proc::spawn(self.command(component, args, env))
+    }
+
+    /// The command [`Cluster::spawn_with`] runs.
+    pub fn command(&self, component: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = commerce();
         cmd.envs(env.iter().copied())
             .args(["run", component, "--data-dir"])
@@ -779,7 +784,7 @@ impl Cluster {
             .args(args)
             .env("COMMERCE_PAYMENT_GATEWAY_URL", &self.payment_gateway)
             .env("COMMERCE_CARRIER_URL", &self.carrier);
-        Proc::spawn(cmd)
+        cmd
     }
 
     /// The API of `gateway`, a gateway of this cluster that is up.

@@ -25,6 +25,15 @@ use crate::Settings;
 
 pub use service::spawn;
 
+/// Cancelled when a component of this process must not go on, and only a restart helps: its
+/// database refused writes after a flush failed ([`storage::StorageError::Poisoned`]). `commerce
+/// up` and `commerce run` then stop every component and exit with an error.
+pub fn must_restart() -> CancellationToken {
+    static MUST_RESTART: std::sync::LazyLock<CancellationToken> =
+        std::sync::LazyLock::new(CancellationToken::new);
+    MUST_RESTART.clone()
+}
+
 /// A component running on its own Arbiter.
 pub struct RunningComponent {
     pub component: Component,
@@ -203,7 +212,16 @@ impl Host {
         let name = name.as_str();
         tracing::info!(component = name, db = %self.store.path().display(), "started");
         let _ = ready.send(());
-        self.shutdown.cancelled().await;
+        let poisoned = tokio::select! {
+            _ = self.shutdown.cancelled() => None,
+            cause = self.store.poisoned() => Some(cause),
+        };
+        if poisoned.is_some() {
+            tracing::error!(component = name, db = %self.store.path().display(),
+                "a flush failed: stopping, for only a restart opens the database again");
+            must_restart().cancel();
+            self.shutdown.cancel();
+        }
 
         for task in self.tasks {
             let _ = task.await;
@@ -218,11 +236,18 @@ impl Host {
         if let Err(e) = self.client.drain().await {
             tracing::debug!(error = %e, "drain");
         }
-        if let Err(e) = flushed {
+        match flushed {
+            // Said already: a poisoned store refuses every flush.
+            Err(_) if poisoned.is_some() => {}
             // A lapsed lease refuses the last flush; nothing it would cover was acknowledged.
-            tracing::warn!(component = name, error = %e, "last flush refused");
+            Err(e) => tracing::warn!(component = name, error = %e, "last flush refused"),
+            Ok(_) => {}
         }
         released?;
+        if let Some(cause) = poisoned {
+            let path = self.store.path().to_path_buf();
+            return Err(storage::StorageError::Poisoned { path, cause }.into());
+        }
         tracing::info!(component = name, "stopped");
         Ok(())
     }
