@@ -85,6 +85,8 @@ pub(crate) struct Inner {
     /// Why a flush failed, once one has: from then on the store proves nothing and commits
     /// nothing until it is opened again ([`StorageError::Poisoned`]).
     poisoned: watch::Sender<Option<String>>,
+    /// Held by a flush from its start to its outcome ([`Inner::flush_to_disk`]).
+    flushing: std::sync::Mutex<()>,
     /// What makes a flush survive a power loss (sled's alone does not).
     durable_files: DurableFiles,
     /// Held for the life of the store: a second opener gets [`StorageError::Locked`].
@@ -313,6 +315,7 @@ impl Store {
             // Everything found on disk at open is durable.
             durable_seq: watch::Sender::new(last_seq),
             poisoned: watch::Sender::new(None),
+            flushing: std::sync::Mutex::new(()),
             path,
             db,
             durable_files,
@@ -499,15 +502,18 @@ impl Store {
         // 0.34.x): every thread of the process ends up waiting on sled's global lock. A
         // blocking flush on tokio's blocking pool does the same work without it.
         let inner = self.inner.clone();
-        let flushed = tokio::task::spawn_blocking(move || inner.flush_to_disk())
-            .await
-            .unwrap_or_else(|e| {
-                Err(StorageError::Sync {
-                    path: self.inner.path.clone(),
+        match tokio::task::spawn_blocking(move || inner.flush_to_disk()).await {
+            Ok(flushed) => flushed?,
+            // It panicked (its outcome unknown): as good as failed.
+            Err(e) => {
+                let failed = StorageError::Sync {
+                    path: s.path.clone(),
                     source: std::io::Error::other(e),
-                })
-            });
-        self.poison_unless_ok(flushed)?;
+                };
+                s.poison(&failed);
+                return Err(failed);
+            }
+        }
         s.flushed_commits.fetch_max(commits, Ordering::AcqRel);
         // The proof lets a batch be acknowledged: not once the lease has lapsed meanwhile.
         self.check_fence()?;
@@ -545,41 +551,14 @@ impl Store {
         self.check_poisoned()?;
         let upto = s.committed_seq.load(Ordering::Acquire);
         let commits = s.commits_done.load(Ordering::Acquire);
-        self.poison_unless_ok(s.flush_to_disk())?;
+        s.flush_to_disk()?;
         s.flushed_commits.fetch_max(commits, Ordering::AcqRel);
         self.check_fence()?;
         Ok(self.released_up_to(upto))
     }
 
-    /// Outbox rows up to `upto` are on disk: let the relay have them (and wake it).
-    /// A failed flush poisons the store. Linux reports a failed writeback once: the pages it
-    /// could not write are dropped or marked clean, and the next `fdatasync` succeeds without
-    /// them. So no later flush may prove the commits made before it; only a reopen, which
-    /// reads what is really on disk, starts over.
-    fn poison_unless_ok(&self, result: Result<(), StorageError>) -> Result<(), StorageError> {
-        if let Err(e) = &result {
-            let cause = e.to_string();
-            tracing::error!(db = %self.inner.path.display(), error = %cause,
-                "a flush failed: this database takes no more writes until it is opened again");
-            self.inner.poisoned.send_if_modified(|poisoned| {
-                let first = poisoned.is_none();
-                if first {
-                    *poisoned = Some(cause);
-                }
-                first
-            });
-        }
-        result
-    }
-
     fn check_poisoned(&self) -> Result<(), StorageError> {
-        match &*self.inner.poisoned.borrow() {
-            Some(cause) => Err(StorageError::Poisoned {
-                path: self.inner.path.clone(),
-                cause: cause.clone(),
-            }),
-            None => Ok(()),
-        }
+        self.inner.check_poisoned()
     }
 
     /// Whether a flush has failed ([`StorageError::Poisoned`]).
@@ -599,6 +578,7 @@ impl Store {
         }
     }
 
+    /// Outbox rows up to `upto` are on disk: let the relay have them (and wake it).
     fn released_up_to(&self, upto: u64) -> Flushed {
         self.inner.durable_seq.send_if_modified(|durable| {
             let advanced = upto > *durable;
@@ -612,17 +592,55 @@ impl Store {
 }
 
 impl Inner {
-    /// After sled's flush: make it durable.
-    /// sled's flush, then the `fdatasync` that makes it survive a power loss.
+    /// sled's flush, then the `fdatasync` that makes it survive a power loss; one at a time.
+    ///
+    /// A failure poisons the store. Linux reports a failed writeback once to a file: the pages
+    /// it could not write are dropped or marked clean, and the next `fdatasync` succeeds without
+    /// them. So no later flush may prove the commits made before it, and only a reopen, which
+    /// reads what is really on disk, starts over. Flushes take turns so that one beside a
+    /// failing one cannot succeed before the poison is set.
     fn flush_to_disk(&self) -> Result<(), StorageError> {
-        self.db.flush()?;
-        if crate::failpoints::disk_fails("store.flush_fails") {
-            return Err(StorageError::Sync {
-                path: self.path.clone(),
-                source: std::io::Error::other("failpoint store.flush_fails"),
-            });
+        let _one_at_a_time = self
+            .flushing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.check_poisoned()?;
+        let flushed = self.db.flush().map_err(StorageError::from).and_then(|_| {
+            if crate::failpoints::disk_fails("store.flush_fails") {
+                return Err(StorageError::Sync {
+                    path: self.path.clone(),
+                    source: std::io::Error::other("failpoint store.flush_fails"),
+                });
+            }
+            self.sync()
+        });
+        if let Err(e) = &flushed {
+            self.poison(e);
         }
-        self.sync()
+        flushed
+    }
+
+    fn poison(&self, failed: &StorageError) {
+        let cause = failed.to_string();
+        tracing::error!(db = %self.path.display(), error = %cause,
+            "a flush failed: this database takes no more writes until it is opened again");
+        self.poisoned.send_if_modified(|poisoned| {
+            let first = poisoned.is_none();
+            if first {
+                *poisoned = Some(cause);
+            }
+            first
+        });
+    }
+
+    fn check_poisoned(&self) -> Result<(), StorageError> {
+        match &*self.poisoned.borrow() {
+            Some(cause) => Err(StorageError::Poisoned {
+                path: self.path.clone(),
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn sync(&self) -> Result<(), StorageError> {
