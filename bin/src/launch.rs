@@ -125,6 +125,8 @@ pub async fn up(
     let _ = std::fs::remove_file(&url_file);
     let _ = std::fs::remove_file(&endpoints_file);
     system.shutdown().await;
+    // Or a component's last flush failed.
+    let on_its_own = on_its_own || must_restart.is_cancelled();
     anyhow::ensure!(!on_its_own, "commerce {STOPPED_ON_ITS_OWN}");
     println!("commerce stopped cleanly");
     Ok(())
@@ -189,6 +191,7 @@ pub async fn run(component: Component, mut settings: Settings) -> anyhow::Result
         _ = must_restart.cancelled() => true,
     };
     system.shutdown().await;
+    let on_its_own = on_its_own || must_restart.is_cancelled();
     anyhow::ensure!(!on_its_own, "commerce {component} {STOPPED_ON_ITS_OWN}");
     println!("commerce {component} stopped cleanly");
     Ok(())

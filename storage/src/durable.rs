@@ -43,6 +43,35 @@ impl DurableFiles {
         })
     }
 
+    /// Before sled reads `dir`: drop its files' pages from the OS cache, so that what it reads
+    /// is what is on disk. After a failed writeback the kernel may keep pages it never wrote,
+    /// marked clean, and a new process would read them as if they were durable (a store that
+    /// failed a flush is opened again by a restart, see `Store::flush`). Pages still dirty
+    /// (a killed process's writes, not yet written back) stay: they are written in time.
+    pub(crate) fn forget_cached(dir: &Path) -> io::Result<()> {
+        let mut files = vec![dir.join(LOG)];
+        match std::fs::read_dir(dir.join(BLOBS)) {
+            Ok(blobs) => {
+                for blob in blobs {
+                    files.push(blob?.path());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        for path in files {
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+            posix_fadvise(&file, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED)
+                .map_err(io::Error::from)?;
+        }
+        Ok(())
+    }
+
     /// After sled's flush: make what it wrote survive a power loss.
     pub(crate) fn sync(&self) -> io::Result<()> {
         #[cfg(test)]

@@ -263,6 +263,7 @@ impl Store {
             Err(TryLockError::WouldBlock) => return Err(StorageError::Locked { path }),
             Err(TryLockError::Error(e)) => return Err(open_err(e)),
         }
+        DurableFiles::forget_cached(&path).map_err(open_err)?;
         let db = open_sled(&path, config).map_err(|e| match e {
             sled::Error::Io(source) => StorageError::Open {
                 path: path.clone(),
@@ -566,15 +567,13 @@ impl Store {
         self.inner.poisoned.borrow().is_some()
     }
 
-    /// Wait until a flush fails, if one ever does; answers why. Whoever runs the store stops
-    /// then, so that a restart opens it again.
-    pub async fn poisoned(&self) -> String {
+    /// Ready when a flush fails, with why (whoever runs the store stops then, so that a restart
+    /// opens it again), or with `None` once the store is closed. It does not hold the store open.
+    pub fn when_poisoned(&self) -> impl std::future::Future<Output = Option<String>> + 'static {
         let mut poisoned = self.inner.poisoned.subscribe();
-        let cause = poisoned.wait_for(Option::is_some).await.map(|c| c.clone());
-        match cause {
-            Ok(cause) => cause.unwrap_or_default(),
-            // The sender lives as long as the store, which `self` holds.
-            Err(_) => std::future::pending().await,
+        async move {
+            let cause = poisoned.wait_for(Option::is_some).await.map(|c| c.clone());
+            cause.ok().flatten()
         }
     }
 
@@ -912,13 +911,11 @@ mod tests {
             store.commit(&Commit::new().publish(message("a.b.2"))),
             Err(StorageError::Poisoned { .. })
         ));
-        assert_eq!(
-            tokio::time::timeout(Duration::from_secs(5), store.poisoned())
-                .await
-                .unwrap(),
-            "cannot make database svc durable (fsync failed): the disk failed (a test's)"
-                .replace("svc", &dir.path().join("svc").display().to_string())
-        );
+        let cause = tokio::time::timeout(Duration::from_secs(5), store.when_poisoned())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(cause.contains("the disk failed (a test's)"), "{cause}");
         assert!(
             store.pending(10).unwrap().is_empty(),
             "still nothing released"
@@ -927,11 +924,19 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path().join("svc"), &StoreConfig::default()).unwrap();
         assert!(!store.is_poisoned());
-        store
-            .commit(&Commit::new().publish(message("a.b.3")))
-            .unwrap();
+        let after = message("a.b.3");
+        store.commit(&Commit::new().publish(after.clone())).unwrap();
         let _durable = store.flush().await.unwrap();
-        assert!(!store.pending(10).unwrap().is_empty());
+        let pending = store.pending(10).unwrap();
+        assert!(
+            pending
+                .iter()
+                .any(|row| row.message.event_id == after.event_id),
+            "{pending:?}"
+        );
+        let closed = store.when_poisoned();
+        drop(store);
+        assert_eq!(closed.await, None, "ends with the store");
     }
 
     #[test]

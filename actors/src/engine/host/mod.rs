@@ -142,6 +142,17 @@ impl Host {
         shutdown: CancellationToken,
     ) -> Host {
         let js = async_nats::jetstream::new(client.clone());
+        // A failed flush stops the component and the process, from start-up (a rebuild's
+        // flush) to its last flush: only a restart opens the database again.
+        let (poisoned, stop) = (store.when_poisoned(), shutdown.clone());
+        actix_rt::spawn(async move {
+            if let Some(cause) = poisoned.await {
+                tracing::error!(component = %address, %cause,
+                    "a flush failed: stopping, for only a restart opens the database again");
+                must_restart().cancel();
+                stop.cancel();
+            }
+        });
         Host {
             address,
             settings,
@@ -212,16 +223,7 @@ impl Host {
         let name = name.as_str();
         tracing::info!(component = name, db = %self.store.path().display(), "started");
         let _ = ready.send(());
-        let poisoned = tokio::select! {
-            _ = self.shutdown.cancelled() => None,
-            cause = self.store.poisoned() => Some(cause),
-        };
-        if poisoned.is_some() {
-            tracing::error!(component = name, db = %self.store.path().display(),
-                "a flush failed: stopping, for only a restart opens the database again");
-            must_restart().cancel();
-            self.shutdown.cancel();
-        }
+        self.shutdown.cancelled().await;
 
         for task in self.tasks {
             let _ = task.await;
@@ -236,18 +238,21 @@ impl Host {
         if let Err(e) = self.client.drain().await {
             tracing::debug!(error = %e, "drain");
         }
-        match flushed {
-            // Said already: a poisoned store refuses every flush.
-            Err(_) if poisoned.is_some() => {}
+        let flushed = match flushed {
+            Ok(_) => Ok(()),
+            // A flush failed, maybe this one: the process must restart.
+            Err(e) if self.store.is_poisoned() => {
+                must_restart().cancel();
+                Err(e)
+            }
             // A lapsed lease refuses the last flush; nothing it would cover was acknowledged.
-            Err(e) => tracing::warn!(component = name, error = %e, "last flush refused"),
-            Ok(_) => {}
-        }
+            Err(e) => {
+                tracing::warn!(component = name, error = %e, "last flush refused");
+                Ok(())
+            }
+        };
         released?;
-        if let Some(cause) = poisoned {
-            let path = self.store.path().to_path_buf();
-            return Err(storage::StorageError::Poisoned { path, cause }.into());
-        }
+        flushed?;
         tracing::info!(component = name, "stopped");
         Ok(())
     }

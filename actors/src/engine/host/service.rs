@@ -179,7 +179,7 @@ async fn run_host<S: Service>(
             ),
             say_ready
         );
-        if shutdown.is_cancelled() {
+        if shutdown.is_cancelled() || super::must_restart().is_cancelled() {
             return served;
         }
         match served {
