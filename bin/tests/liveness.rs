@@ -6,6 +6,7 @@
 mod support;
 
 use std::collections::HashSet;
+use std::process::Command;
 
 use bus::server::NatsServer;
 use serde_json::json;
@@ -25,14 +26,7 @@ impl System {
     async fn start(env: &[(&str, &str)]) -> System {
         let data = tempfile::tempdir().unwrap();
         let server = support::authenticated_broker(data.path()).await;
-        let mut cmd = commerce();
-        cmd.args(["up", "--data-dir"])
-            .arg(data.path())
-            .args(["--nats", &server.url()]);
-        for (key, value) in env {
-            cmd.env(key, value);
-        }
-        let up = Proc::spawn(cmd);
+        let up = Proc::spawn(up_command(data.path(), &server, env));
         let api = Api::of(&up, data.path());
         System {
             up,
@@ -40,6 +34,14 @@ impl System {
             server,
             data,
         }
+    }
+
+    /// `commerce up` again (once the last one has stopped), on the same data and broker.
+    fn up_again(&mut self, env: &[(&str, &str)], log: &std::path::Path) {
+        let mut cmd = up_command(self.data.path(), &self.server, env);
+        cmd.stderr(std::fs::File::create(log).unwrap());
+        self.up = Proc::spawn(cmd);
+        self.api = Api::of(&self.up, self.data.path());
     }
 
     /// The broker dies (as an OS crash takes it), `lose` happens to its store, and it starts
@@ -61,6 +63,15 @@ impl System {
     async fn js(&self) -> async_nats::jetstream::Context {
         async_nats::jetstream::new(support::operator(&self.server.url(), self.data.path()).await)
     }
+}
+
+fn up_command(data: &std::path::Path, server: &NatsServer, env: &[(&str, &str)]) -> Command {
+    let mut cmd = commerce();
+    cmd.args(["up", "--data-dir"])
+        .arg(data)
+        .args(["--nats", &server.url()])
+        .envs(env.iter().copied());
+    cmd
 }
 
 /// Five more orders after the crash: new sagas go on too.
@@ -195,6 +206,42 @@ async fn work_slower_than_ack_wait_ends_every_saga_once_the_carrier_heals() {
         commerce_status(&system).contains("sagas: 0 open, 0 stuck")
     })
     .await;
+}
+
+/// A disk that fails a flush under `commerce up`: the process stops with an error, for its
+/// database may have lost what the flush held; started again on a disk that works, it serves.
+#[tokio::test]
+async fn commerce_up_stops_when_a_flush_fails_and_serves_once_started_again() {
+    let mut system = System::start(&[]).await;
+    let before = order("before", "SKU-MUG", 1, CARD, ADDRESS);
+    let id = system.api.place_ok(&before).await;
+    system.api.wait_status(&id, &["COMPLETED"]).await;
+    system.up.stop();
+
+    let log = system.data.path().join("failing-up.log");
+    system.up_again(&[("FAILPOINTS", "store.flush_fails=return")], &log);
+    let doomed = order("doomed", "SKU-MUG", 1, CARD, ADDRESS);
+    let (status, said) = system.api.place(&doomed, Some("doomed")).await;
+    assert_ne!(
+        status, 201,
+        "no order is accepted on a failed flush: {said}"
+    );
+    assert!(!system.up.wait_exit().success(), "it stopped on its own");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("a flush failed") && logged.contains("commerce stopped on its own"),
+        "{logged}"
+    );
+
+    system.up_again(&[], &system.data.path().join("up.log"));
+    let after = order("after", "SKU-MUG", 1, CARD, ADDRESS);
+    let id = system.api.place_retrying(&after, "after").await;
+    let done = system
+        .api
+        .wait_status(&id, &["COMPLETED", "CANCELLED"])
+        .await;
+    assert_eq!(done["order_status"], "COMPLETED", "{done}");
+    system.up.stop();
 }
 
 /// `M` of `sagas: N open, M stuck` in `commerce status`.
