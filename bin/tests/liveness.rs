@@ -219,7 +219,7 @@ async fn commerce_up_stops_when_a_flush_fails_and_serves_once_started_again() {
     system.up.stop();
 
     let log = system.data.path().join("failing-up.log");
-    system.up_again(&[("FAILPOINTS", "store.flush_fails=return")], &log);
+    system.up_again(&[("FAILPOINTS", "store.flush_fails=1*return")], &log);
     let doomed = order("doomed", "SKU-MUG", 1, CARD, ADDRESS);
     let (status, said) = system.api.place(&doomed, Some("doomed")).await;
     assert_ne!(

@@ -190,7 +190,7 @@ async fn a_shipment_whose_flush_fails_stops_and_once_restarted_books_once() {
     let mut cmd = cluster.command(
         "shipment",
         &[],
-        &[("FAILPOINTS", "store.flush_fails=return")],
+        &[("FAILPOINTS", "store.flush_fails=1*return")],
     );
     cmd.stderr(std::fs::File::create(&log).unwrap());
     let mut failing = Proc::spawn(cmd);

@@ -22,11 +22,27 @@ pub(crate) struct DurableFiles {
     pub(crate) failing: std::sync::atomic::AtomicBool,
 }
 
+/// sled's log in `dir`, if there is one yet, opened before anything of the database is read
+/// or written back: a handle learns only of the write errors after it was opened, so a failed
+/// writeback of what a killed process left (sled's own flusher would swallow the error) is
+/// told to this one's first sync.
+pub(crate) fn open_log(dir: &Path) -> io::Result<Option<File>> {
+    match File::open(dir.join(LOG)) {
+        Ok(log) => Ok(Some(log)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 impl DurableFiles {
-    /// Open sled's log in `dir` (sled has created it) and make the directory's entries durable,
-    /// and the blobs already there (a build before ours synced them at each flush instead).
-    pub(crate) fn open(dir: &Path) -> io::Result<DurableFiles> {
-        let log = File::open(dir.join(LOG))?;
+    /// Make sled's log in `dir` durable (through `log`, from [`open_log`] before sled opened it;
+    /// a new database's is opened now), the directory's entries, and the blobs already there
+    /// (a build before ours synced them at each flush instead).
+    pub(crate) fn open(dir: &Path, log: Option<File>) -> io::Result<DurableFiles> {
+        let log = match log {
+            Some(log) => log,
+            None => File::open(dir.join(LOG))?,
+        };
         log.sync_all()?;
         if let Ok(conf) = File::open(dir.join(CONF)) {
             conf.sync_all()?;
@@ -49,6 +65,8 @@ impl DurableFiles {
     /// failed a flush is opened again by a restart, see `Store::flush`). Pages still dirty
     /// (a killed process's writes, not yet written back) stay: they are written in time.
     pub(crate) fn forget_cached(dir: &Path) -> io::Result<()> {
+        // What else sled reads at open is synced before it is used (`conf` at open, below;
+        // snapshots before their rename).
         let mut files = vec![dir.join(LOG)];
         match std::fs::read_dir(dir.join(BLOBS)) {
             Ok(blobs) => {
@@ -118,7 +136,7 @@ mod tests {
         let db = sled::open(&path).unwrap();
         db.insert("k", vec![0u8; 300 * 1024]).unwrap(); // big enough to be a blob
         db.flush().unwrap();
-        let files = DurableFiles::open(&path).unwrap();
+        let files = DurableFiles::open(&path, open_log(&path).unwrap()).unwrap();
         files.sync().unwrap();
         assert!(std::fs::read_dir(path.join(BLOBS)).unwrap().count() > 0);
     }
@@ -126,6 +144,6 @@ mod tests {
     #[test]
     fn a_directory_without_sled_files_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(DurableFiles::open(dir.path()).is_err());
+        assert!(DurableFiles::open(dir.path(), None).is_err());
     }
 }

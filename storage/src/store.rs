@@ -263,7 +263,11 @@ impl Store {
             Err(TryLockError::WouldBlock) => return Err(StorageError::Locked { path }),
             Err(TryLockError::Error(e)) => return Err(open_err(e)),
         }
-        DurableFiles::forget_cached(&path).map_err(open_err)?;
+        let log = crate::durable::open_log(&path).map_err(open_err)?;
+        if let Err(e) = DurableFiles::forget_cached(&path) {
+            tracing::warn!(db = %path.display(), error = %e,
+                "the OS may still cache pages of this database that are not on disk");
+        }
         let db = open_sled(&path, config).map_err(|e| match e {
             sled::Error::Io(source) => StorageError::Open {
                 path: path.clone(),
@@ -283,10 +287,11 @@ impl Store {
         // A crash may have left writes in the OS cache that were never fsynced; make them durable
         // before treating what is on disk as publishable.
         db.flush()?;
-        let durable_files = DurableFiles::open(&path).map_err(|source| StorageError::Sync {
-            path: path.clone(),
-            source,
-        })?;
+        let durable_files =
+            DurableFiles::open(&path, log).map_err(|source| StorageError::Sync {
+                path: path.clone(),
+                source,
+            })?;
         let meta = tree("meta")?;
         let last_seq = match meta.get(OUTBOX_SEQ)? {
             Some(v) => decode_u64(&v).ok_or_else(|| StorageError::Corrupt {
@@ -599,10 +604,21 @@ impl Inner {
     /// reads what is really on disk, starts over. Flushes take turns so that one beside a
     /// failing one cannot succeed before the poison is set.
     fn flush_to_disk(&self) -> Result<(), StorageError> {
-        let _one_at_a_time = self
-            .flushing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one_at_a_time = match self.flushing.lock() {
+            Ok(turn) => turn,
+            // A flush panicked while it held the turn: its outcome is unknown.
+            Err(held) => {
+                let panicked = StorageError::Sync {
+                    path: self.path.clone(),
+                    source: std::io::Error::other("a flush panicked"),
+                };
+                if !self.poisoned.borrow().is_some() {
+                    self.poison(&panicked);
+                }
+                drop(held.into_inner());
+                return self.check_poisoned();
+            }
+        };
         self.check_poisoned()?;
         let flushed = self.db.flush().map_err(StorageError::from).and_then(|_| {
             if crate::failpoints::disk_fails("store.flush_fails") {
@@ -881,25 +897,28 @@ mod tests {
     #[tokio::test]
     async fn after_a_failed_flush_nothing_is_proven_until_the_store_is_opened_again() {
         let (dir, store) = open();
-        let before = Commit::new().publish(message("a.b.1"));
-        store.commit(&before).unwrap();
-        store
-            .inner
-            .durable_files
-            .failing
-            .store(true, Ordering::Relaxed);
+        let kept = message("a.b.1");
+        store.commit(&Commit::new().publish(kept.clone())).unwrap();
+        let _durable = store.flush().await.unwrap();
+        let lost = message("a.b.2");
+        store.commit(&Commit::new().publish(lost.clone())).unwrap();
+        let disk = &store.inner.durable_files.failing;
+        disk.store(true, Ordering::Relaxed);
         assert!(matches!(
             store.flush().await,
             Err(StorageError::Sync { .. })
         ));
         assert!(store.is_poisoned());
-        assert!(store.pending(10).unwrap().is_empty(), "nothing released");
+        let released = |store: &Store| -> Vec<Uuid> {
+            let pending = store.pending(10).unwrap();
+            pending
+                .into_iter()
+                .map(|row| row.message.event_id)
+                .collect()
+        };
+        assert_eq!(released(&store), vec![kept.event_id], "not the lost row");
         // The disk answers again, yet what the failed flush held may be gone: no proof.
-        store
-            .inner
-            .durable_files
-            .failing
-            .store(false, Ordering::Relaxed);
+        disk.store(false, Ordering::Relaxed);
         let refused = |r: Result<Flushed, StorageError>| match r {
             Err(StorageError::Poisoned { cause, .. }) => cause.contains("the disk failed"),
             _ => false,
@@ -908,7 +927,11 @@ mod tests {
         assert!(refused(store.flush_blocking()));
         assert!(refused(store.flush_if_owed().await));
         assert!(matches!(
-            store.commit(&Commit::new().publish(message("a.b.2"))),
+            store.flushed_already(),
+            Err(StorageError::Poisoned { .. })
+        ));
+        assert!(matches!(
+            store.commit(&Commit::new().publish(message("a.b.3"))),
             Err(StorageError::Poisoned { .. })
         ));
         let cause = tokio::time::timeout(Duration::from_secs(5), store.when_poisoned())
@@ -916,24 +939,19 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(cause.contains("the disk failed (a test's)"), "{cause}");
-        assert!(
-            store.pending(10).unwrap().is_empty(),
-            "still nothing released"
+        assert_eq!(
+            released(&store),
+            vec![kept.event_id],
+            "still not the lost row"
         );
         // Opened again, it reads what is on disk and works.
         drop(store);
         let store = Store::open(dir.path().join("svc"), &StoreConfig::default()).unwrap();
         assert!(!store.is_poisoned());
-        let after = message("a.b.3");
+        let after = message("a.b.4");
         store.commit(&Commit::new().publish(after.clone())).unwrap();
         let _durable = store.flush().await.unwrap();
-        let pending = store.pending(10).unwrap();
-        assert!(
-            pending
-                .iter()
-                .any(|row| row.message.event_id == after.event_id),
-            "{pending:?}"
-        );
+        assert!(released(&store).contains(&after.event_id));
         let closed = store.when_poisoned();
         drop(store);
         assert_eq!(closed.await, None, "ends with the store");

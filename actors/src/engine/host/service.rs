@@ -14,6 +14,7 @@ use bus::partition;
 use bus::term::Term;
 use bus::{Login, OutboxRelay, Publisher, RelayConfig};
 use futures::FutureExt;
+use storage::StorageError;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -179,7 +180,14 @@ async fn run_host<S: Service>(
             ),
             say_ready
         );
-        if shutdown.is_cancelled() || super::must_restart().is_cancelled() {
+        // Stopped, or a flush failed (its watcher may not have run yet): no standing by again.
+        let flush_failed = matches!(
+            &served,
+            Err(EngineError::Storage(
+                StorageError::Sync { .. } | StorageError::Poisoned { .. }
+            ))
+        );
+        if shutdown.is_cancelled() || super::must_restart().is_cancelled() || flush_failed {
             return served;
         }
         match served {
