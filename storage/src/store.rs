@@ -612,10 +612,10 @@ impl Inner {
                     path: self.path.clone(),
                     source: std::io::Error::other("a flush panicked"),
                 };
-                if !self.poisoned.borrow().is_some() {
+                drop(held);
+                if self.poisoned.borrow().is_none() {
                     self.poison(&panicked);
                 }
-                drop(held.into_inner());
                 return self.check_poisoned();
             }
         };
