@@ -216,6 +216,8 @@ async fn commerce_up_stops_when_a_flush_fails_and_serves_once_started_again() {
     let before = order("before", "SKU-MUG", 1, CARD, ADDRESS);
     let id = system.api.place_ok(&before).await;
     system.api.wait_status(&id, &["COMPLETED"]).await;
+    // Nothing left to deliver: the next flush is the next order's.
+    support::all_settled(&system.js().await).await;
     system.up.stop();
 
     let log = system.data.path().join("failing-up.log");

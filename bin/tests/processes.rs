@@ -173,7 +173,7 @@ fn bookings_of(ledger: &serde_json::Value, id: &str) -> usize {
 /// booked once.
 #[tokio::test]
 async fn a_shipment_whose_flush_fails_stops_and_once_restarted_books_once() {
-    let (cluster, _broker, _js, simulators) = Cluster::start(&bus::StreamSettings::default()).await;
+    let (cluster, _broker, js, simulators) = Cluster::start(&bus::StreamSettings::default()).await;
     let others = services_but(&cluster, "shipment");
     let mut shipment = cluster.run("shipment");
     let projection = cluster.run("projection");
@@ -184,6 +184,8 @@ async fn a_shipment_whose_flush_fails_stops_and_once_restarted_books_once() {
         .place_ok(&order("disk-1", "SKU-MUG", 1, CARD, ADDRESS))
         .await;
     api.wait_status(&first, &["COMPLETED"]).await;
+    // Nothing left to deliver: the next flush is the next order's.
+    support::all_settled(&js).await;
     shipment.stop();
 
     let log = cluster.data.path().join("failing-shipment.log");

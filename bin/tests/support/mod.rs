@@ -639,6 +639,30 @@ pub async fn dead_letter(
     }
 }
 
+/// Every durable consumer of every domain stream has settled everything: no event on its way
+/// to a component, none in its hands.
+pub async fn all_settled(js: &async_nats::jetstream::Context) {
+    use futures::TryStreamExt;
+    wait_until("every consumer has settled everything", || async {
+        for stream in bus::Domain::ALL.map(bus::Domain::stream) {
+            let Ok(stream) = js.get_stream(stream).await else {
+                return false;
+            };
+            let Ok(consumers) = stream.consumers().try_collect::<Vec<_>>().await else {
+                return false;
+            };
+            if consumers
+                .iter()
+                .any(|info| info.num_pending > 0 || info.num_ack_pending > 0)
+            {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
 /// Wait until durable consumer `durable` on `stream` has been handed everything and has
 /// settled it (nothing pending, nothing unacknowledged).
 pub async fn consumer_settled(js: &async_nats::jetstream::Context, stream: &str, durable: &str) {
