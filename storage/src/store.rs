@@ -500,7 +500,6 @@ impl Store {
     /// release their outbox rows to the relay. Returns the proof needed to acknowledge.
     pub async fn flush(&self) -> Result<Flushed, StorageError> {
         let s = &*self.inner;
-        self.check_poisoned()?;
         // Read before flushing: everything up to here is covered by the flush below.
         let upto = s.committed_seq.load(Ordering::Acquire);
         let commits = s.commits_done.load(Ordering::Acquire);
@@ -554,7 +553,6 @@ impl Store {
     /// [`Store::flush`] for synchronous callers (start-up, tests, the crash harness).
     pub fn flush_blocking(&self) -> Result<Flushed, StorageError> {
         let s = &*self.inner;
-        self.check_poisoned()?;
         let upto = s.committed_seq.load(Ordering::Acquire);
         let commits = s.commits_done.load(Ordering::Acquire);
         s.flush_to_disk()?;
