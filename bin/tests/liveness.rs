@@ -224,16 +224,25 @@ async fn commerce_up_stops_when_a_flush_fails_and_serves_once_started_again() {
     system.up_again(&[("FAILPOINTS", "store.flush_fails=1*return")], &log);
     let doomed = order("doomed", "SKU-MUG", 1, CARD, ADDRESS);
     let (status, said) = system.api.place(&doomed, Some("doomed")).await;
-    assert_ne!(
-        status, 201,
+    assert_eq!(
+        status, 503,
         "no order is accepted on a failed flush: {said}"
     );
+    // The answer names an incident, not the database that failed.
+    let data_dir = system.data.path().to_string_lossy().to_string();
+    assert!(!said.to_string().contains(&data_dir), "{said}");
+    let incident = said["incident"].as_str().expect("an incident").to_string();
     assert!(!system.up.wait_exit().success(), "it stopped on its own");
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(
         logged.contains("a flush failed") && logged.contains("commerce stopped on its own"),
         "{logged}"
     );
+    let cause = logged
+        .lines()
+        .find(|l| l.contains(&incident))
+        .unwrap_or_else(|| panic!("incident {incident} is not in the log: {logged}"));
+    assert!(cause.contains("flush failed"), "{cause}");
 
     system.up_again(&[], &system.data.path().join("up.log"));
     let after = order("after", "SKU-MUG", 1, CARD, ADDRESS);

@@ -143,6 +143,9 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
     let (status, composed) = api.raw(reqwest::Method::GET, &path, None).await;
     assert_eq!(status, 503, "{composed}");
     assert_eq!(composed["missing"][0]["service"], "payment", "{composed}");
+    // Why is the operator's to read, under the incident in the gateway's log.
+    assert!(composed["incident"].is_string(), "{composed}");
+    assert!(composed["missing"][0].get("error").is_none(), "{composed}");
 
     for (_, service) in &mut services {
         service.stop();

@@ -1,8 +1,8 @@
 //! `GET /orders/{id}/composed`: the fan-out baseline. It asks each of the six services for its
 //! part of the order (compare with the read model's one lookup), each through its own bulkhead
 //! and breaker on its own Arbiter, with a 2 s limit. A service that cannot answer makes it a 503
-//! that still carries the parts it has and names the missing ones; with its breaker open, that
-//! is immediate. `?guards=false` skips the guards: the baseline for `commerce bench reads`, for
+//! that still carries the parts it has and names the missing ones (why, under its incident in
+//! the log); with its breaker open, that is immediate. `?guards=false` skips the guards: the baseline for `commerce bench reads`, for
 //! operators only. A customer sees only their own order, and nothing when the order service
 //! cannot say whose it is.
 
@@ -15,6 +15,7 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Caller;
+use super::incident::Incident;
 use super::{error, failed, may_see, not_theirs, order_id};
 use crate::contract::{
     InventoryPart, InventoryService, OrderService, OrderView, Part, Payment, PaymentService,
@@ -74,15 +75,18 @@ struct Composed {
     recommendation: Option<Option<RecommendationPart>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    incident: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     missing: Vec<Missing>,
 }
 
-/// A service that did not answer, and why.
+/// A service that did not answer; why is logged under the answer's incident.
 #[derive(Serialize)]
 struct Missing {
     service: Component,
-    error: String,
+    #[serde(skip)]
+    cause: String,
 }
 
 pub async fn composed_order(
@@ -125,6 +129,7 @@ pub async fn composed_order(
         shipment: keep(shipment, &mut missing),
         recommendation: keep(recommendation, &mut missing),
         error: None,
+        incident: None,
         missing,
     };
     match (&composed.order, &caller) {
@@ -142,8 +147,15 @@ pub async fn composed_order(
     if composed.missing.is_empty() {
         return HttpResponse::Ok().json(composed);
     }
+    let causes: Vec<String> = composed
+        .missing
+        .iter()
+        .map(|m| format!("{}: {}", m.service, m.cause))
+        .collect();
+    let incident = Incident::of("the composed view", &causes.join("; "));
     HttpResponse::ServiceUnavailable().json(Composed {
         error: Some("some services did not answer"),
+        incident: Some(incident.id().to_string()),
         ..composed
     })
 }
@@ -223,7 +235,7 @@ impl Ask<'_> {
             Err(DomainError::NotFound(_)) => Ok(None),
             Err(e) => Err(Missing {
                 service,
-                error: e.message().to_string(),
+                cause: e.message().to_string(),
             }),
         }
     }

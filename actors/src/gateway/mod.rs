@@ -13,10 +13,12 @@
 //! their own orders (another's is a 404, as if it did not exist); an operator, any. No CORS
 //! headers are sent (browsers keep other origins out) and bodies are JSON only.
 //!
-//! Every error is JSON: `{"error": "..."}` with a 4xx/5xx status.
+//! Every error is JSON: `{"error": "..."}` with a 4xx/5xx status. A 503 also names an
+//! `incident`, under which the log holds its cause ([`incident`]).
 
 pub mod auth;
 mod composed;
+mod incident;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +33,7 @@ use serde_json::json;
 
 use self::auth::{ApiAuth, Caller};
 use self::composed::FanOut;
+use self::incident::Incident;
 use crate::catalog::{card_digits, OrderForm, PaymentMethod, PRODUCTS};
 use crate::contract::{
     Cancel, CancelOutcome, CancelRequest, Get, IdempotencyKey, InventoryService, Place,
@@ -132,9 +135,26 @@ fn status_of(e: &DomainError) -> StatusCode {
     }
 }
 
+/// A refusal says why; an unavailable component only that it is, with an incident to quote (its
+/// words are the system's insides: paths, addresses, which process failed how).
 pub(super) fn failed(e: DomainError) -> HttpResponse {
-    error(status_of(&e), e.message())
+    match e {
+        DomainError::Unavailable(cause) => unavailable(Incident::of("answered 503", &cause)),
+        e => error(status_of(&e), e.message()),
+    }
 }
+
+/// 503 with the incident whose cause the log holds.
+fn unavailable(incident: Incident) -> HttpResponse {
+    HttpResponse::ServiceUnavailable().json(json!({
+        "error": UNAVAILABLE,
+        "incident": incident.id(),
+    }))
+}
+
+/// What a 503 says: retrying is safe (an order's under its Idempotency-Key).
+const UNAVAILABLE: &str =
+    "cannot answer now: send the request again (an order under the same Idempotency-Key)";
 
 fn answer<T: Serialize>(result: Result<T, DomainError>) -> HttpResponse {
     match result {
@@ -383,10 +403,10 @@ async fn products(
     });
     let mut warnings = Vec::new();
     let warehouse = warehouse
-        .map_err(|e| warnings.push(format!("warehouse stock: {e}")))
+        .map_err(|e| warnings.push(unknown("warehouse stock", &e)))
         .ok();
     let stores = stores
-        .map_err(|e| warnings.push(format!("store stock: {e}")))
+        .map_err(|e| warnings.push(unknown("store stock", &e)))
         .ok();
     let products: Vec<Product> = PRODUCTS
         .iter()
@@ -406,6 +426,12 @@ async fn products(
         })
         .collect();
     HttpResponse::Ok().json(json!({ "products": products, "warnings": warnings }))
+}
+
+/// The warning for a part of `/products` that could not be read: an incident, as a 503's.
+fn unknown(part: &str, cause: &DomainError) -> String {
+    let incident = Incident::of(&format!("GET /products: {part}"), cause);
+    format!("{part} is unknown now (incident {})", incident.id())
 }
 
 async fn health(client: web::Data<async_nats::Client>, routes: web::Data<Routes>) -> HttpResponse {
@@ -440,7 +466,44 @@ async fn health(client: web::Data<async_nats::Client>, routes: web::Data<Routes>
 
 #[cfg(test)]
 mod tests {
-    use super::redact_card_numbers;
+    use super::{failed, redact_card_numbers, DomainError, HttpResponse};
+
+    async fn body(response: HttpResponse) -> serde_json::Value {
+        let bytes = actix_web::body::to_bytes(response.into_body())
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn an_unavailable_answer_names_an_incident_and_not_its_cause() {
+        let cause = "flush failed: cannot make database /var/lib/commerce/order durable";
+        let response = failed(DomainError::unavailable(cause));
+        assert_eq!(response.status(), 503);
+        let said = body(response).await;
+        assert!(!said.to_string().contains("/var/lib"), "{said}");
+        let incident = said["incident"].as_str().unwrap();
+        assert!(uuid::Uuid::parse_str(incident).is_ok(), "{said}");
+        assert!(said["error"]
+            .as_str()
+            .unwrap()
+            .contains("send the request again"));
+
+        let again = body(failed(DomainError::unavailable(cause))).await;
+        assert_ne!(
+            again["incident"], said["incident"],
+            "one incident per answer"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_refusal_says_why() {
+        let response = failed(DomainError::rejected("quantity must be 1 to 100"));
+        assert_eq!(response.status(), 422);
+        let said = body(response).await;
+        assert_eq!(said["error"], "quantity must be 1 to 100");
+        assert!(said.get("incident").is_none(), "{said}");
+    }
 
     #[test]
     fn card_numbers_are_not_echoed_in_errors() {
