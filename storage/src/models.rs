@@ -2,6 +2,11 @@
 //! fills the next one and then switches to it in one write, so readers never see a half-built
 //! model. Key: generation u32 BE ‖ row key.
 //!
+//! Beside its rows a generation keeps an index: what the reader keeps in memory of all rows
+//! (open sagas, counts), written in the same batch as the rows it follows from, so it is read
+//! at start instead of every row. Key: generation ‖ 0xFF ‖ index key (0xFF starts no UTF-8
+//! row key, so rows and index never mix).
+//!
 //! A new generation is numbered past every one used before, so the rows a rebuild left behind
 //! (interrupted, abandoned, or replaced by a switch) are never in its way: they are swept a part
 //! at a time, while the new one fills.
@@ -13,12 +18,26 @@ const ACTIVE_GENERATION: &[u8] = b"models_generation";
 /// The highest generation ever handed out (rows may not show it: none written yet, or swept).
 const HIGHEST_GENERATION: &[u8] = b"models_generation_highest";
 
+/// Where a generation's index begins, after its rows.
+const INDEX: u8 = 0xFF;
+
 fn model_key(generation: u32, key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + key.len());
     k.extend_from_slice(&generation.to_be_bytes());
     k.extend_from_slice(key.as_bytes());
     k
 }
+
+fn index_key(generation: u32, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + key.len());
+    k.extend_from_slice(&generation.to_be_bytes());
+    k.push(INDEX);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// An index entry written (`Some`) or deleted (`None`).
+pub type IndexWrite = (String, Option<Vec<u8>>);
 
 impl Store {
     /// The generation queries read.
@@ -45,18 +64,42 @@ impl Store {
             .map(|v| v.to_vec()))
     }
 
-    /// Write rows of `generation` in one batch (atomic). Not durable until [`Store::flush`].
+    /// Write rows of `generation` and what they change of its index in one batch (atomic).
+    /// Not durable until [`Store::flush`].
     pub fn write_models(
         &self,
         generation: u32,
         rows: &[(String, Vec<u8>)],
+        index: &[IndexWrite],
     ) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
         for (key, value) in rows {
             batch.insert(model_key(generation, key), value.as_slice());
         }
+        for (key, value) in index {
+            match value {
+                Some(value) => batch.insert(index_key(generation, key), value.as_slice()),
+                None => batch.remove(index_key(generation, key)),
+            }
+        }
         self.inner.models.apply_batch(batch)?;
         Ok(())
+    }
+
+    /// The index entries of `generation` whose keys start with `prefix`, in key order.
+    pub fn model_index<'a>(
+        &'a self,
+        generation: u32,
+        prefix: &str,
+    ) -> impl Iterator<Item = Result<(String, Vec<u8>), StorageError>> + 'a {
+        self.inner
+            .models
+            .scan_prefix(index_key(generation, prefix))
+            .map(|item| {
+                let (key, value) = item?;
+                let key = key.get(5..).unwrap_or_default();
+                Ok((String::from_utf8_lossy(key).into_owned(), value.to_vec()))
+            })
     }
 
     /// Make `generation` the one queries read.
@@ -132,7 +175,7 @@ impl Store {
     ) -> impl Iterator<Item = Result<(String, Vec<u8>), StorageError>> + '_ {
         self.inner
             .models
-            .scan_prefix(generation.to_be_bytes())
+            .range(model_key(generation, "")..index_key(generation, ""))
             .map(|item| {
                 let (key, value) = item?;
                 let id = key.get(4..).unwrap_or_default();
@@ -160,12 +203,13 @@ mod tests {
         let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
         assert_eq!(store.active_models().unwrap(), 0);
         store
-            .write_models(0, &[("o1".into(), b"old".to_vec())])
+            .write_models(0, &[("o1".into(), b"old".to_vec())], &[])
             .unwrap();
         store
             .write_models(
                 1,
                 &[("o1".into(), b"new".to_vec()), ("o2".into(), b"x".to_vec())],
+                &[],
             )
             .unwrap();
         assert_eq!(store.model(0, "o1").unwrap().unwrap(), b"old");
@@ -180,13 +224,54 @@ mod tests {
     }
 
     #[test]
+    fn an_index_is_written_with_its_rows_kept_apart_from_them_and_swept_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+        let index = |key: &str, value: Option<&[u8]>| (key.to_string(), value.map(<[u8]>::to_vec));
+        store
+            .write_models(
+                1,
+                &[
+                    ("o1".into(), b"row".to_vec()),
+                    ("o2".into(), b"row".to_vec()),
+                ],
+                &[
+                    index("open/o1", Some(b"a")),
+                    index("open/o2", Some(b"b")),
+                    index("ended/X", Some(b"1")),
+                ],
+            )
+            .unwrap();
+        store
+            .write_models(2, &[], &[index("open/o9", Some(b"other"))])
+            .unwrap();
+        store
+            .write_models(1, &[], &[index("open/o1", None)])
+            .unwrap();
+        let read = |generation, prefix| -> Vec<(String, Vec<u8>)> {
+            store
+                .model_index(generation, prefix)
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(read(1, "open/"), [("open/o2".to_string(), b"b".to_vec())]);
+        assert_eq!(read(1, "").len(), 2);
+        let rows: Vec<String> = store.models(1).map(|r| r.unwrap().0).collect();
+        assert_eq!(rows, ["o1", "o2"], "the index is not a row");
+        assert_eq!(store.model(1, "open/o2").unwrap(), None);
+        assert_eq!(store.sweep_models(2, 0, 100).unwrap(), 4);
+        assert!(read(1, "").is_empty(), "swept with its rows");
+        assert_eq!(read(2, "open/").len(), 1, "another generation's stays");
+    }
+
+    #[test]
     fn a_new_generation_is_past_every_one_used_before() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
         assert_eq!(store.new_models().unwrap(), 1);
         // An interrupted rebuild of an older build left rows further on.
         store
-            .write_models(7, &[("o1".into(), b"x".to_vec())])
+            .write_models(7, &[("o1".into(), b"x".to_vec())], &[])
             .unwrap();
         assert_eq!(store.new_models().unwrap(), 8);
         // Handed out, nothing written, then swept: not handed out again.
@@ -205,7 +290,7 @@ mod tests {
             (0..n).map(|i| (format!("o{i}"), b"row".to_vec())).collect()
         };
         for generation in [0, 2, 3, 5, 6] {
-            store.write_models(generation, &rows(5)).unwrap();
+            store.write_models(generation, &rows(5), &[]).unwrap();
         }
         // Below 5, except 3: generations 0 and 2, ten rows, four at a time.
         let mut parts = Vec::new();

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use bus::{Delivery, Domain, Envelope, Login, Verdict};
 use futures::FutureExt;
+use storage::models::IndexWrite;
 use storage::Store;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -106,20 +107,47 @@ impl ProjectionActor {
                 row
             })
             .collect();
-        self.write(generation, &refolded)?;
+        let facts: Vec<SagaFacts> = refolded.iter().map(SagaFacts::of).collect();
+        let changes: Vec<_> = facts
+            .iter()
+            .map(|after| (before.get(after.order_id()), after))
+            .collect();
+        let index = self.index_changes(generation, &changes)?;
+        self.write(generation, &refolded, &index)?;
         let building = self
             .building
             .as_ref()
             .filter(|b| b.generation == generation);
-        for row in &refolded {
+        for (row, after) in refolded.iter().zip(&facts) {
             let before = before.get(row.order_id.as_str());
             if generation == self.active.load(Ordering::Acquire) {
                 self.sagas.update(before, row);
             } else if let Some(building) = building {
-                building.sagas.track(before, &SagaFacts::of(row));
+                building.sagas.track(before, after);
             }
         }
         Ok(())
+    }
+
+    /// What rows changing so change of `generation`'s saga index (nothing for a generation
+    /// neither active nor being built: none is written then).
+    fn index_changes(
+        &self,
+        generation: u32,
+        changes: &[(Option<&SagaFacts>, &SagaFacts)],
+    ) -> Result<Vec<IndexWrite>, EngineError> {
+        let tracker = if generation == self.active.load(Ordering::Acquire) {
+            Some(&*self.sagas)
+        } else {
+            self.building
+                .as_ref()
+                .filter(|b| b.generation == generation)
+                .map(|b| &b.sagas)
+        };
+        let Some(tracker) = tracker else {
+            return Ok(Vec::new());
+        };
+        tracker.index_changes(changes).map_err(index_unwritable)
     }
 
     /// The row of order `id` in `generation`, if there is one.
@@ -135,13 +163,19 @@ impl ProjectionActor {
             })
     }
 
-    /// Write folded rows to `generation` in one batch (durable at the next flush).
-    fn write(&self, generation: u32, rows: &[OrderReadModel]) -> Result<(), EngineError> {
+    /// Write folded rows to `generation` with what they change of its index, in one batch
+    /// (durable at the next flush).
+    fn write(
+        &self,
+        generation: u32,
+        rows: &[OrderReadModel],
+        index: &[IndexWrite],
+    ) -> Result<(), EngineError> {
         let writes = rows
             .iter()
             .map(|row| Ok((row.order_id.clone(), encode(row)?)))
             .collect::<Result<Vec<_>, EngineError>>()?;
-        self.store.write_models(generation, &writes)?;
+        self.store.write_models(generation, &writes, index)?;
         Ok(())
     }
 
@@ -324,18 +358,62 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json:
     }
 }
 
+fn index_unwritable(source: serde_json::Error) -> EngineError {
+    EngineError::Unreadable {
+        what: "saga index (encoding)".into(),
+        source,
+    }
+}
+
+/// Track the open sagas of `generation` from its index: what is open and the counts, however
+/// many orders ended. A generation without a whole index (written before there was one) or
+/// with an unreadable one is read row by row once, and its index written whole.
+fn load_sagas(sagas: &OpenSagas, store: &Store, generation: u32) -> Result<(), EngineError> {
+    let began = std::time::Instant::now();
+    let index = store
+        .model_index(generation, sagas::INDEX)
+        .collect::<Result<Vec<_>, _>>()?;
+    match sagas.restore(&index) {
+        Ok(true) => {
+            tracing::info!(
+                generation,
+                entries = index.len(),
+                ms = began.elapsed().as_millis() as u64,
+                "read model: sagas read from the index"
+            );
+            return Ok(());
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "reading every read model row again"),
+    }
+    let rows = read_every_saga(sagas, store, generation)?;
+    // What was there, gone; the whole index, written: one batch, the last write of a key wins.
+    let mut writes: Vec<IndexWrite> = index.into_iter().map(|(key, _)| (key, None)).collect();
+    writes.extend(sagas.whole_index().map_err(index_unwritable)?);
+    store.write_models(generation, &[], &writes)?;
+    tracing::info!(
+        generation,
+        rows,
+        ms = began.elapsed().as_millis() as u64,
+        "read model: every row's saga read once, and indexed"
+    );
+    Ok(())
+}
+
 /// Track the open sagas of `generation`'s rows, from their statuses and newest event's time
 /// (rows whose facts do not decode are skipped: the query endpoint reports them). One row in
-/// memory at a time: the tracker keeps only the open sagas and counts.
-fn load_sagas(sagas: &OpenSagas, store: &Store, generation: u32) -> Result<(), EngineError> {
+/// memory at a time: the tracker keeps only the open sagas and counts. Answers how many rows.
+fn read_every_saga(sagas: &OpenSagas, store: &Store, generation: u32) -> Result<u64, EngineError> {
     let mut failed = None;
+    let mut read = 0;
     let rows = store
         .models(generation)
-        .map_while(|row| row.map_err(|e| failed = Some(e)).ok());
+        .map_while(|row| row.map_err(|e| failed = Some(e)).ok())
+        .inspect(|_| read += 1);
     sagas.reload(rows.filter_map(|(_, bytes)| decode::<SagaFacts>(&bytes).ok()));
     match failed {
         Some(e) => Err(e.into()),
-        None => Ok(()),
+        None => Ok(read),
     }
 }
 

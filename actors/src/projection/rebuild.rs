@@ -10,7 +10,8 @@
 //! too, so nothing depends on which came first: a row is the fold of its timeline.
 //!
 //! Every row written to the new generation is counted by a saga tracker of its own (open sagas
-//! and counts), which the switch hands over rather than reading every row back.
+//! and counts, written to the generation's index with the rows), which the switch hands over
+//! rather than reading every row back.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -26,7 +27,7 @@ use serde_json::value::RawValue;
 use super::api::RebuildStarted;
 use super::model::OrderReadModel;
 use super::sagas::{OpenSagas, SagaFacts};
-use super::{decode, encode, Progress, ProjectionActor, COMPONENT};
+use super::{decode, encode, index_unwritable, Progress, ProjectionActor, COMPONENT};
 use crate::engine::EngineError;
 use crate::rpc::DomainError;
 
@@ -78,9 +79,13 @@ impl Handler<BeginRebuild> for ProjectionActor {
             below: next,
             keep: self.active.load(Ordering::Acquire),
         });
+        let sagas = OpenSagas::default();
+        // Its index is whole from the start: every row will be written with its change.
+        let index = sagas.whole_index().map_err(index_unwritable)?;
+        self.store.write_models(next, &[], &index)?;
         self.building = Some(Building {
             generation: next,
-            sagas: OpenSagas::default(),
+            sagas,
         });
         Ok(next)
     }
@@ -166,7 +171,9 @@ impl Handler<Replayed> for ProjectionActor {
             writes.push((id, bytes));
             changes.push((before, saga));
         }
-        self.store.write_models(generation, &writes)?;
+        let changed: Vec<_> = changes.iter().map(|(b, a)| (b.as_ref(), a)).collect();
+        let index = self.index_changes(generation, &changed)?;
+        self.store.write_models(generation, &writes, &index)?;
         if let Some(building) = &self.building {
             for (before, after) in &changes {
                 building.sagas.track(before.as_ref(), after);

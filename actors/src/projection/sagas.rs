@@ -1,13 +1,15 @@
 //! Sagas that have not ended, each with its newest event: one saga "stuck" is one still open
-//! past a bound after its last event. Kept in memory from the active generation's rows (one
-//! scan at start and after a rebuild's switch, then every batch), so asking costs nothing.
-//! Ended sagas are only counted, by outcome; the newest changes are kept for the dashboard.
+//! past a bound after its last event. Kept in memory, so asking costs nothing, and in the
+//! generation's index (storage's `models`), written in the batch of the rows it follows from:
+//! a start reads the open sagas and the counts, not every row. Ended sagas are only counted,
+//! by outcome; the newest changes are kept for the dashboard.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer};
+use storage::models::IndexWrite;
 
 use super::api::{OpenSagas as Report, RecentOrder, StuckSaga};
 use super::model::OrderReadModel;
@@ -15,6 +17,15 @@ use crate::telemetry::metrics;
 
 /// How many of the oldest stuck sagas a report names, and of the newest changed orders.
 const NAMED: usize = 20;
+
+/// The generation's index entries of the tracker: all under [`INDEX`]. An open saga is its
+/// [`StuckSaga`] as JSON under `OPEN` and its order id, a count of ended ones a u64 under
+/// `ENDED` and the status; `INDEXED` says the index is whole (a generation written before it
+/// had none).
+pub const INDEX: &str = "saga/";
+const OPEN: &str = "saga/open/";
+const ENDED: &str = "saga/ended/";
+const INDEXED: &str = "saga/indexed";
 
 #[derive(Default)]
 pub struct OpenSagas(Mutex<Sagas>);
@@ -42,6 +53,10 @@ pub struct SagaFacts {
 }
 
 impl SagaFacts {
+    pub fn order_id(&self) -> &str {
+        &self.order_id
+    }
+
     pub fn of(row: &OrderReadModel) -> SagaFacts {
         SagaFacts {
             order_id: row.order_id.clone(),
@@ -64,29 +79,46 @@ fn newest<'de, D: Deserializer<'de>>(timeline: D) -> Result<Option<DateTime<Utc>
 }
 
 impl Sagas {
-    /// A row changed from `before` (none for a new row) to `after`. An ended saga counts once,
-    /// under its status now. It may reopen: the streams are read side by side, so an order's
-    /// cancellation can arrive before its payment's approval (ended, then open until the
-    /// refund). Answers whether it ended with this change.
+    /// A row changed from `before` (none for a new row) to `after`: see [`count_ended`].
+    /// Answers whether its saga ended with this change.
     fn track(&mut self, before: Option<&SagaFacts>, after: &SagaFacts) -> bool {
-        let ended_before = before.filter(|b| ended(b));
-        if let Some(before) = ended_before {
-            if let Some(count) = self.ended.get_mut(&status(before)) {
-                *count = count.saturating_sub(1);
-            }
-        }
+        let ended_now = count_ended(&mut self.ended, before, after);
         match open_saga(after) {
-            Some(saga) => {
-                self.open.insert(after.order_id.clone(), saga);
-                false
-            }
-            None => {
-                self.open.remove(&after.order_id);
-                *self.ended.entry(status(after)).or_default() += 1;
-                ended_before.is_none()
-            }
+            Some(saga) => self.open.insert(after.order_id.clone(), saga),
+            None => self.open.remove(&after.order_id),
+        };
+        ended_now
+    }
+}
+
+/// Count a row's change from `before` (none for a new row) to `after` among the `ended` sagas
+/// by status. An ended saga counts once, under its status now. It may reopen: the streams are
+/// read side by side, so an order's cancellation can arrive before its payment's approval
+/// (ended, then open until the refund). Answers whether it ended with this change.
+fn count_ended(
+    counts: &mut BTreeMap<String, u64>,
+    before: Option<&SagaFacts>,
+    after: &SagaFacts,
+) -> bool {
+    let ended_before = before.filter(|b| ended(b));
+    if let Some(before) = ended_before {
+        if let Some(count) = counts.get_mut(&status(before)) {
+            *count = count.saturating_sub(1);
         }
     }
+    if open_saga(after).is_some() {
+        return false;
+    }
+    *counts.entry(status(after)).or_default() += 1;
+    ended_before.is_none()
+}
+
+/// Why a generation's saga index could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("saga index entry {key}: {why}")]
+pub struct UnreadableIndex {
+    key: String,
+    why: String,
 }
 
 impl OpenSagas {
@@ -97,6 +129,68 @@ impl OpenSagas {
         for row in rows {
             sagas.track(None, &row);
         }
+    }
+
+    /// Start over from a generation's index entries (under [`INDEX`]). `Ok(false)`, with
+    /// nothing changed, if the index is not whole: read every row then, and write it whole.
+    pub fn restore(&self, index: &[(String, Vec<u8>)]) -> Result<bool, UnreadableIndex> {
+        if !index.iter().any(|(key, _)| key == INDEXED) {
+            return Ok(false);
+        }
+        let mut restored = Sagas::default();
+        for (key, value) in index {
+            let unreadable = |why: String| UnreadableIndex {
+                key: key.clone(),
+                why,
+            };
+            if let Some(order_id) = key.strip_prefix(OPEN) {
+                let saga: StuckSaga =
+                    serde_json::from_slice(value).map_err(|e| unreadable(e.to_string()))?;
+                restored.open.insert(order_id.to_string(), saga);
+            } else if let Some(status) = key.strip_prefix(ENDED) {
+                let count = value
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| unreadable(format!("{} bytes, not a count", value.len())))?;
+                restored.ended.insert(status.to_string(), count);
+            } else if key != INDEXED {
+                return Err(unreadable("not a saga index key".into()));
+            }
+        }
+        *self.lock() = restored;
+        Ok(true)
+    }
+
+    /// What changes of the index when rows change from `before` (none for a new row) to
+    /// `after`, as [`OpenSagas::track`] will count them once they are written.
+    pub fn index_changes(
+        &self,
+        changes: &[(Option<&SagaFacts>, &SagaFacts)],
+    ) -> Result<Vec<IndexWrite>, serde_json::Error> {
+        let mut counts = self.lock().ended.clone();
+        let mut writes = Vec::with_capacity(changes.len() + counts.len());
+        for (before, after) in changes {
+            count_ended(&mut counts, *before, after);
+            let open = open_saga(after)
+                .map(|s| serde_json::to_vec(&s))
+                .transpose()?;
+            writes.push((format!("{OPEN}{}", after.order_id), open));
+        }
+        writes.extend(counts.into_iter().map(ended_entry));
+        Ok(writes)
+    }
+
+    /// The whole index of what is tracked, said whole.
+    pub fn whole_index(&self) -> Result<Vec<IndexWrite>, serde_json::Error> {
+        let sagas = self.lock();
+        let mut writes = Vec::with_capacity(sagas.open.len() + sagas.ended.len() + 1);
+        for (order_id, saga) in &sagas.open {
+            writes.push((format!("{OPEN}{order_id}"), Some(serde_json::to_vec(saga)?)));
+        }
+        writes.extend(sagas.ended.clone().into_iter().map(ended_entry));
+        writes.push((INDEXED.to_string(), Some(Vec::new())));
+        Ok(writes)
     }
 
     /// Start over from what `other` tracked (a rebuilt generation's sagas).
@@ -167,6 +261,13 @@ impl OpenSagas {
     fn lock(&self) -> std::sync::MutexGuard<'_, Sagas> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+fn ended_entry((status, count): (String, u64)) -> IndexWrite {
+    (
+        format!("{ENDED}{status}"),
+        Some(count.to_be_bytes().to_vec()),
+    )
 }
 
 fn status(row: &SagaFacts) -> String {
@@ -292,6 +393,74 @@ mod tests {
         assert_eq!((report.open, report.total), (0, 2), "{report:?}");
         assert_eq!(report.by_status["COMPLETED"], 1);
         assert!(report.recent.is_empty());
+    }
+
+    /// The index written batch by batch restores what the tracker counted, without a row.
+    #[test]
+    fn an_index_written_with_each_change_restores_the_same_sagas() {
+        let live = OpenSagas::default();
+        let mut stored: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut write = |writes: Vec<IndexWrite>| {
+            for (key, value) in writes {
+                match value {
+                    Some(value) => stored.insert(key, value),
+                    None => stored.remove(&key),
+                };
+            }
+        };
+        write(live.whole_index().unwrap());
+        let (pending, done) = (
+            row("a", Some("PENDING"), None, 0),
+            row("a", Some("COMPLETED"), Some("APPROVED"), 5),
+        );
+        let (cancelled, unrefunded) = (
+            row("b", Some("CANCELLED"), None, 1),
+            row("b", Some("CANCELLED"), Some("APPROVED"), 2),
+        );
+        let stuck = row("c", Some("CONFIRMED"), Some("APPROVED"), 3);
+        // Batches of changes: (stored row before, row after).
+        let batches = [
+            vec![(None, &pending), (None, &cancelled), (None, &stuck)],
+            vec![(Some(&pending), &done), (Some(&cancelled), &unrefunded)],
+        ];
+        for batch in batches {
+            let facts: Vec<_> = batch
+                .iter()
+                .map(|(b, a)| (b.map(SagaFacts::of), SagaFacts::of(a)))
+                .collect();
+            let changes: Vec<_> = facts.iter().map(|(b, a)| (b.as_ref(), a)).collect();
+            write(live.index_changes(&changes).unwrap());
+            for (before, after) in &batch {
+                live.update(before.map(SagaFacts::of).as_ref(), after);
+            }
+        }
+        let restored = OpenSagas::default();
+        let index: Vec<_> = stored.into_iter().collect();
+        assert!(restored.restore(&index).unwrap());
+        let now = DateTime::from_timestamp(1000, 0).unwrap_or_default();
+        let report = |sagas: &OpenSagas| {
+            let r = sagas.report(chrono::Duration::seconds(60), now);
+            (r.open, r.stuck, r.total, r.by_status, r.oldest)
+        };
+        assert_eq!(report(&restored), report(&live));
+        let (open, _, total, by_status, _) = report(&restored);
+        assert_eq!((open, total), (2, 3), "{by_status:?}");
+        assert_eq!(by_status["COMPLETED"], 1);
+    }
+
+    #[test]
+    fn an_index_not_said_whole_restores_nothing_and_a_damaged_one_is_an_error() {
+        let sagas = OpenSagas::default();
+        sagas.update(None, &row("a", Some("PENDING"), None, 0));
+        assert!(!sagas.restore(&[]).unwrap(), "written before the index");
+        let now = DateTime::from_timestamp(1000, 0).unwrap_or_default();
+        assert_eq!(sagas.report(chrono::Duration::seconds(60), now).open, 1);
+        let damaged = [
+            (INDEXED.to_string(), Vec::new()),
+            (format!("{ENDED}COMPLETED"), b"12".to_vec()),
+        ];
+        let e = sagas.restore(&damaged).unwrap_err();
+        assert!(e.to_string().contains("not a count"), "{e}");
     }
 
     #[test]
