@@ -1,8 +1,8 @@
 //! `GET /orders/{id}/composed`: the fan-out baseline. It asks each of the six services for its
 //! part of the order (compare with the read model's one lookup), each through its own bulkhead
-//! and breaker on its own Arbiter, with a 2 s limit. A service that cannot answer makes it a 503
-//! that still carries the parts it has and names the missing ones (why, under its incident in
-//! the log); with its breaker open, that is immediate. `?guards=false` skips the guards: the baseline for `commerce bench reads`, for
+//! and breaker on its own Arbiter, with a 2 s limit. A service that cannot answer makes it a
+//! 503 that still carries the parts it has and names the missing ones (why is logged under its
+//! incident); with its breaker open, that is immediate. `?guards=false` skips the guards: the baseline for `commerce bench reads`, for
 //! operators only. A customer sees only their own order, and nothing when the order service
 //! cannot say whose it is.
 
@@ -132,27 +132,28 @@ pub async fn composed_order(
         incident: None,
         missing,
     };
+    let causes = composed
+        .missing
+        .iter()
+        .map(|m| format!("{}: {}", m.service, m.cause))
+        .collect::<Vec<_>>()
+        .join("; ");
     match (&composed.order, &caller) {
         (Some(None), _) => return not_theirs(&id),
         (Some(Some(order)), caller) if !may_see(caller, Some(&order.customer)) => {
             return not_theirs(&id)
         }
         (None, Caller::Customer(_)) => {
-            return failed(DomainError::unavailable(
-                "the order service cannot say now whose order this is; retry",
-            ))
+            return failed(DomainError::unavailable(format!(
+                "the composed view of order {id}: whose order it is, unknown ({causes})"
+            )))
         }
         _ => {}
     }
     if composed.missing.is_empty() {
         return HttpResponse::Ok().json(composed);
     }
-    let causes: Vec<String> = composed
-        .missing
-        .iter()
-        .map(|m| format!("{}: {}", m.service, m.cause))
-        .collect();
-    let incident = Incident::of("the composed view", &causes.join("; "));
+    let incident = Incident::of(&format!("the composed view of order {id}"), &causes);
     HttpResponse::ServiceUnavailable().json(Composed {
         error: Some("some services did not answer"),
         incident: Some(incident.id().to_string()),

@@ -9,10 +9,12 @@ use std::fmt::Display;
 pub struct Incident(String);
 
 impl Incident {
-    /// A new incident: `what` failed because of `cause`, which is logged under its id.
+    /// A new incident: `what` failed because of `cause`, which is logged under its id (with
+    /// no card number, should a cause quote what a client sent).
     pub fn of(what: &str, cause: &dyn Display) -> Incident {
         // Time-ordered, so a log's incidents sort as they happened.
         let id = uuid::Uuid::now_v7().to_string();
+        let cause = super::redact_card_numbers(&cause.to_string());
         tracing::warn!(incident = %id, "{what}: {cause}");
         Incident(id)
     }

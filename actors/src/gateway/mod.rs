@@ -197,26 +197,37 @@ async fn payment_method(
             ))
         }
     };
-    match card {
-        Ok(card) => Ok(PaymentMethod {
-            token: card.token,
-            brand: card.brand,
-            last4: card.last4,
-        }),
-        Err(CallError::Refused { status: 404, .. }) => {
-            Err(DomainError::rejected("unknown payment_token"))
+    let card = card.map_err(vault_failed)?;
+    Ok(PaymentMethod {
+        token: card.token,
+        brand: card.brand,
+        last4: card.last4,
+    })
+}
+
+/// What the client is told of the payment gateway's failure to tokenize or find a card.
+fn vault_failed(e: CallError) -> DomainError {
+    match e {
+        CallError::Refused { status: 404, .. } => DomainError::rejected("unknown payment_token"),
+        // The card refused: the gateway's reason, cut short, and no card number it may quote.
+        CallError::Refused {
+            status: 400 | 402 | 422,
+            message,
+        } => {
+            let reason: String = message.chars().take(200).collect();
+            DomainError::rejected(format!(
+                "the payment gateway refused the card: {}",
+                redact_card_numbers(&reason)
+            ))
         }
-        // The gateway's own words about a card it refused name no card number.
-        Err(CallError::Refused { message, .. }) => Err(DomainError::rejected(message)),
-        Err(CallError::Unavailable(_)) => Err(DomainError::unavailable(
-            "the payment gateway cannot take the card now; retry",
-        )),
+        // Any other refusal is ours (a key, a route, a proxy): nothing the client can mend.
+        e => DomainError::unavailable(format!("the payment gateway cannot take the card now: {e}")),
     }
 }
 
 /// `text` with every run of 12 or more digits (spaces and dashes between them included)
 /// replaced, so no card number is echoed back.
-fn redact_card_numbers(text: &str) -> String {
+pub(super) fn redact_card_numbers(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut run = String::new();
     let mut digits = 0;
@@ -466,7 +477,7 @@ async fn health(client: web::Data<async_nats::Client>, routes: web::Data<Routes>
 
 #[cfg(test)]
 mod tests {
-    use super::{failed, redact_card_numbers, DomainError, HttpResponse};
+    use super::{failed, redact_card_numbers, vault_failed, CallError, DomainError, HttpResponse};
 
     async fn body(response: HttpResponse) -> serde_json::Value {
         let bytes = actix_web::body::to_bytes(response.into_body())
@@ -494,6 +505,28 @@ mod tests {
             again["incident"], said["incident"],
             "one incident per answer"
         );
+    }
+
+    #[test]
+    fn a_refused_card_says_why_and_the_vault_refusing_us_is_ours() {
+        let refused = |status, message: &str| {
+            vault_failed(CallError::Refused {
+                status,
+                message: message.into(),
+            })
+        };
+        assert_eq!(
+            refused(404, "{}"),
+            DomainError::rejected("unknown payment_token")
+        );
+        let declined = refused(422, r#"{"error":"card 4242 4242 4242 4242 expired"}"#);
+        assert!(matches!(declined, DomainError::Rejected(_)), "{declined:?}");
+        assert!(!declined.message().contains("4242 4242"), "{declined:?}");
+        assert!(declined.message().contains("expired"), "{declined:?}");
+        for status in [401, 403, 405] {
+            let ours = refused(status, "invalid API key sk_live_x");
+            assert!(matches!(ours, DomainError::Unavailable(_)), "{ours:?}");
+        }
     }
 
     #[actix_rt::test]

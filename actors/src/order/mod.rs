@@ -178,13 +178,14 @@ fn place(request: PlaceRequest, scope: Scope) -> Result<Command<Order>, DomainEr
     })
 }
 
-/// A command about an order of another partition is refused, not executed here (where the
-/// order's events would be in the wrong partition's database).
+/// A command about an order of another partition is not executed here (where the order's
+/// events would be in the wrong partition's database). The client's fault is a deployment's
+/// (its partition count is not this one's), not the request's, so it is unavailability.
 fn owned(order_id: &str, scope: Scope) -> Result<(), DomainError> {
     if scope.owns(order_id) {
         return Ok(());
     }
-    Err(DomainError::rejected(format!(
+    Err(DomainError::unavailable(format!(
         "order {order_id} is not in {}'s partition (a client computed its partition wrongly)",
         scope.address
     )))
