@@ -129,23 +129,29 @@ impl ProjectionActor {
         Ok(())
     }
 
-    /// What rows changing so change of `generation`'s saga index (nothing for a generation
-    /// neither active nor being built: none is written then).
+    /// What rows changing so change of `generation`'s saga index. Only the active generation
+    /// and the one being built are written to: any other would be left with a stale index.
     fn index_changes(
         &self,
         generation: u32,
         changes: &[(Option<&SagaFacts>, &SagaFacts)],
     ) -> Result<Vec<IndexWrite>, EngineError> {
         let tracker = if generation == self.active.load(Ordering::Acquire) {
-            Some(&*self.sagas)
+            &*self.sagas
         } else {
-            self.building
+            match self
+                .building
                 .as_ref()
                 .filter(|b| b.generation == generation)
-                .map(|b| &b.sagas)
-        };
-        let Some(tracker) = tracker else {
-            return Ok(Vec::new());
+            {
+                Some(building) => &building.sagas,
+                None => {
+                    return Err(EngineError::Storage(storage::StorageError::Malformed {
+                        what: "read model write",
+                        reason: format!("generation {generation} is neither active nor built"),
+                    }))
+                }
+            }
         };
         tracker.index_changes(changes).map_err(index_unwritable)
     }

@@ -20,12 +20,15 @@ const NAMED: usize = 20;
 
 /// The generation's index entries of the tracker: all under [`INDEX`]. An open saga is its
 /// [`StuckSaga`] as JSON under `OPEN` and its order id, a count of ended ones a u64 under
-/// `ENDED` and the status; `INDEXED` says the index is whole (a generation written before it
-/// had none).
+/// `ENDED` and the status; `INDEXED` says the index is whole, as [`INDEX_VERSION`] counts (a
+/// generation written before the index had none).
 pub const INDEX: &str = "saga/";
 const OPEN: &str = "saga/open/";
 const ENDED: &str = "saga/ended/";
 const INDEXED: &str = "saga/indexed";
+/// What `INDEXED` holds. A build that sorts sagas otherwise (what is open, a status, what an
+/// entry holds) counts it up, so an index counted the old way is read from the rows again.
+const INDEX_VERSION: &[u8] = b"1";
 
 #[derive(Default)]
 pub struct OpenSagas(Mutex<Sagas>);
@@ -134,7 +137,10 @@ impl OpenSagas {
     /// Start over from a generation's index entries (under [`INDEX`]). `Ok(false)`, with
     /// nothing changed, if the index is not whole: read every row then, and write it whole.
     pub fn restore(&self, index: &[(String, Vec<u8>)]) -> Result<bool, UnreadableIndex> {
-        if !index.iter().any(|(key, _)| key == INDEXED) {
+        if !index
+            .iter()
+            .any(|(key, value)| key == INDEXED && value == INDEX_VERSION)
+        {
             return Ok(false);
         }
         let mut restored = Sagas::default();
@@ -189,7 +195,7 @@ impl OpenSagas {
             writes.push((format!("{OPEN}{order_id}"), Some(serde_json::to_vec(saga)?)));
         }
         writes.extend(sagas.ended.clone().into_iter().map(ended_entry));
-        writes.push((INDEXED.to_string(), Some(Vec::new())));
+        writes.push((INDEXED.to_string(), Some(INDEX_VERSION.to_vec())));
         Ok(writes)
     }
 
@@ -449,14 +455,19 @@ mod tests {
     }
 
     #[test]
-    fn an_index_not_said_whole_restores_nothing_and_a_damaged_one_is_an_error() {
+    fn an_index_unsaid_or_of_another_version_is_not_read_and_a_damaged_one_is_refused() {
         let sagas = OpenSagas::default();
         sagas.update(None, &row("a", Some("PENDING"), None, 0));
         assert!(!sagas.restore(&[]).unwrap(), "written before the index");
         let now = DateTime::from_timestamp(1000, 0).unwrap_or_default();
         assert_eq!(sagas.report(chrono::Duration::seconds(60), now).open, 1);
+        let counted_otherwise = [(INDEXED.to_string(), b"0".to_vec())];
+        assert!(
+            !sagas.restore(&counted_otherwise).unwrap(),
+            "another version"
+        );
         let damaged = [
-            (INDEXED.to_string(), Vec::new()),
+            (INDEXED.to_string(), INDEX_VERSION.to_vec()),
             (format!("{ENDED}COMPLETED"), b"12".to_vec()),
         ];
         let e = sagas.restore(&damaged).unwrap_err();

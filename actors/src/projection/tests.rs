@@ -287,3 +287,62 @@ fn a_generation_written_before_its_index_is_read_once_then_from_its_index() {
     store.write_models(0, &row(&done), &[]).unwrap();
     assert_eq!(open_sagas(&store), (1, 1), "read from the index");
 }
+
+/// Live batches write the active generation's index as its tracker counts, through an end, a
+/// reopening (the payment's approval read after the cancellation) and the refund: after each,
+/// a start from the index finds what the tracker has and what reading every row finds.
+#[test]
+fn live_batches_keep_the_index_as_the_rows_say() {
+    use super::sagas::OpenSagas;
+    use std::sync::atomic::AtomicU32;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let store = storage::Store::open(dir.path(), &storage::StoreConfig::default()).unwrap();
+    let actor = super::ProjectionActor {
+        store: store.clone(),
+        active: Arc::new(AtomicU32::new(0)),
+        building: None,
+        sagas: Arc::new(OpenSagas::default()),
+    };
+    super::load_sagas(&actor.sagas, &store, 0).unwrap();
+    let events = saga();
+    let cancelled = event(
+        OrderEvent::OrderCancelled {
+            reason: "cancelled by the customer".into(),
+            confirmed: false,
+            skus: Vec::new(),
+        },
+        2,
+        2,
+    );
+    let refunded = event(
+        PaymentEvent::PaymentRefunded {
+            amount_cents: 1250,
+            refund_id: "r".into(),
+            reason: "x".into(),
+        },
+        2,
+        3,
+    );
+    let counts = |sagas: &OpenSagas| {
+        let r = sagas.report(Duration::seconds(60), Utc::now());
+        (r.open, r.total, r.by_status)
+    };
+    let batches = [
+        (vec![&events[0]], 1),
+        (vec![&cancelled], 0),
+        (vec![&events[1]], 1),
+        (vec![&refunded], 0),
+    ];
+    for (batch, open) in batches {
+        actor.apply(0, &batch).unwrap();
+        let (from_index, from_rows) = (OpenSagas::default(), OpenSagas::default());
+        super::load_sagas(&from_index, &store, 0).unwrap();
+        super::read_every_saga(&from_rows, &store, 0).unwrap();
+        let live = counts(&actor.sagas);
+        assert_eq!(live.0, open, "{live:?}");
+        assert_eq!(counts(&from_index), live);
+        assert_eq!(counts(&from_rows), live);
+    }
+    assert_eq!(counts(&actor.sagas).2["CANCELLED"], 1, "counted once");
+}
