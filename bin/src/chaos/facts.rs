@@ -16,7 +16,7 @@ use anyhow::Context;
 use bus::{Domain, Envelope};
 use futures::TryStreamExt;
 
-use super::invariants::Facts;
+use super::invariants::{Facts, SagaCounts};
 use super::load::{Client, Placed};
 use super::world::World;
 
@@ -51,6 +51,14 @@ pub async fn drain(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(started.elapsed())
+}
+
+/// What the projection counts of the sagas now.
+async fn saga_counts(operator: &async_nats::Client) -> Result<SagaCounts, String> {
+    let s = call::<Sagas>(operator, Component::Projection, &())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((s.open, s.total, s.by_status))
 }
 
 async fn no_open_saga(operator: &async_nats::Client) -> bool {
@@ -310,16 +318,25 @@ pub async fn gather(
         CarrierLedger::default()
     });
     let live = rows(&world.operator, &placed).await;
+    let live_sagas = saga_counts(&world.operator).await;
     let rebuilt = match (&live, rebuild(world, config).await) {
         (Ok(_), Ok(())) => rows(&world.operator, &placed).await,
         (_, Err(e)) => Err(e),
         (Err(e), _) => Err(e.clone()),
+    };
+    let saga_counts = match (live_sagas, &rebuilt) {
+        (Ok(live), Ok(_)) => saga_counts(&world.operator)
+            .await
+            .map(|rebuilt| [live, rebuilt]),
+        (Err(e), _) => Err(e),
+        (_, Err(e)) => Err(e.clone()),
     };
     let fresh = super::load::fresh_order(client, Duration::from_secs(60)).await;
     Facts {
         placed,
         rows: live.unwrap_or_default(),
         rebuilt,
+        saga_counts,
         payments,
         bookings,
         events,

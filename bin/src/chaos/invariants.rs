@@ -33,6 +33,9 @@ const PER_SHARD: [&str; 2] = ["InventoryReleased", "StoreStockReleased"];
 const KEPT: [&str; 3] = ["CONFIRMED", "SHIPPED", "COMPLETED"];
 const TERMINAL: [&str; 2] = ["COMPLETED", "CANCELLED"];
 
+/// What the projection counts of the sagas: open, every order, and ended or open by status.
+pub type SagaCounts = (u64, u64, BTreeMap<String, u64>);
+
 /// What the harness gathered once the run was healed and drained.
 pub struct Facts {
     pub placed: Vec<Placed>,
@@ -40,6 +43,9 @@ pub struct Facts {
     pub rows: BTreeMap<String, Option<OrderReadModel>>,
     /// The same rows after `commerce projection rebuild`, or why there are none.
     pub rebuilt: Result<BTreeMap<String, Option<OrderReadModel>>, String>,
+    /// The projection's saga counts before that rebuild (kept live, and read from its index at
+    /// each restart) and after it (counted by the rebuild), or why they were not read.
+    pub saga_counts: Result<[SagaCounts; 2], String>,
     pub payments: PaymentLedger,
     pub bookings: CarrierLedger,
     /// Every event of every domain stream, in stream order.
@@ -485,9 +491,10 @@ fn drained(f: &Facts) -> Check {
 }
 
 /// Invariant 8: The live read model equals a fresh rebuild, for every ended order (one still
-/// moving is invariant 2's, and would differ by the time the rebuild is read).
+/// moving is invariant 2's, and would differ by the time the rebuild is read); and so do its
+/// saga counts, once every order has ended.
 fn rebuild_equals_live(f: &Facts) -> Check {
-    let bad = match &f.rebuilt {
+    let mut bad = match &f.rebuilt {
         Err(e) => vec![format!("no rebuild: {e}")],
         Ok(rebuilt) => f
             .rows
@@ -517,6 +524,18 @@ fn rebuild_equals_live(f: &Facts) -> Check {
             })
             .collect(),
     };
+    let all_ended = f.rows.values().all(|live| {
+        live.as_ref()
+            .and_then(|r| r.order_status.as_deref())
+            .is_some_and(|s| TERMINAL.contains(&s))
+    });
+    match &f.saga_counts {
+        Err(e) => bad.push(format!("saga counts not read: {e}")),
+        Ok([live, rebuilt]) if all_ended && live != rebuilt => bad.push(format!(
+            "saga counts (open, orders, by status): live {live:?}, rebuilt {rebuilt:?}"
+        )),
+        Ok(_) => {}
+    }
     check(
         8,
         "the live read model equals a rebuild",
@@ -600,9 +619,11 @@ mod tests {
             ),
         ]
         .into();
+        let counts: SagaCounts = (0, 1, [("COMPLETED".to_string(), 1)].into());
         Facts {
             placed: vec![placed],
             rebuilt: Ok(rows.clone()),
+            saga_counts: Ok([counts.clone(), counts]),
             rows,
             payments,
             bookings: CarrierLedger::default(),
@@ -688,6 +709,12 @@ mod tests {
         let mut f = facts();
         f.rebuilt = Ok(BTreeMap::new());
         assert_eq!(failed(&f), vec![8]);
+
+        let mut f = facts();
+        if let Ok([live, _]) = &mut f.saga_counts {
+            live.0 = 1;
+        }
+        assert_eq!(failed(&f), vec![8], "saga counts that differ");
 
         let mut f = facts();
         f.fresh = Err("stuck".into());
