@@ -221,9 +221,15 @@ async fn bad_input_is_a_json_4xx_and_changes_nothing() {
     let ledger = api.ledger(&api.payment_gateway).await;
     assert_eq!(ledger["authorizations"], json!([]));
 
-    // And the system still works.
+    // And the system still works: anyone may ask whether it is healthy, an operator which
+    // component is up.
     let (status, health) = api.raw(reqwest::Method::GET, "/health", None).await;
     assert_eq!(status, 200, "{health}");
+    assert_eq!(health["services"]["payment"], "up", "{health}");
+    let (status, health) = api
+        .raw_as(None, reqwest::Method::GET, "/health", None)
+        .await;
+    assert_eq!((status, health), (200, json!({ "status": "ok" })));
     let id = api.place_ok(&good).await;
     api.wait_status(&id, &["COMPLETED"]).await;
     up.stop();

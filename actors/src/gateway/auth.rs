@@ -140,13 +140,20 @@ impl actix_web::FromRequest for Caller {
 
 fn refusal(e: AuthError) -> actix_web::Error {
     use actix_web::http::StatusCode;
-    let status = match e {
-        AuthError::Key { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        AuthError::Missing | AuthError::Invalid(_) => StatusCode::UNAUTHORIZED,
+    let response = match &e {
+        // The key's path and trouble are the operator's: logged under an incident.
+        AuthError::Key { .. } => {
+            let incident = super::incident::Incident::of("checking an API token", &e);
+            actix_web::HttpResponse::build(StatusCode::INTERNAL_SERVER_ERROR).json(
+                serde_json::json!({ "error": "tokens cannot be checked now", "incident": incident.id() }),
+            )
+        }
+        AuthError::Missing | AuthError::Invalid(_) => {
+            actix_web::HttpResponse::build(StatusCode::UNAUTHORIZED)
+                .insert_header(("WWW-Authenticate", "Bearer"))
+                .json(serde_json::json!({ "error": e.to_string() }))
+        }
     };
-    let response = actix_web::HttpResponse::build(status)
-        .insert_header(("WWW-Authenticate", "Bearer"))
-        .json(serde_json::json!({ "error": e.to_string() }));
     actix_web::error::InternalError::from_response(e, response).into()
 }
 

@@ -7,7 +7,8 @@
 //! - `GET /orders/{id}` (the read model, one lookup), `POST /orders/{id}/cancel` (409 once the
 //!   parcel has left)
 //! - `GET /orders/{id}/composed`: the fan-out baseline, asking all six services
-//! - `GET /products` (catalog with warehouse and store stock), `GET /health`
+//! - `GET /products` (catalog with warehouse and store stock), `GET /health` (which component
+//!   is down: for operators)
 //!
 //! The order routes need a bearer token ([`auth`]): a customer places, reads and cancels only
 //! their own orders (another's is a 404, as if it did not exist); an operator, any. No CORS
@@ -445,7 +446,14 @@ fn unknown(part: &str, cause: &DomainError) -> String {
     format!("{part} is unknown now (incident {})", incident.id())
 }
 
-async fn health(client: web::Data<async_nats::Client>, routes: web::Data<Routes>) -> HttpResponse {
+/// Healthy or not for anyone (a load balancer's probe needs no token); which component is
+/// down, and the broker connection, for operators only: the rest of the world has no need of
+/// the system's layout.
+async fn health(
+    client: web::Data<async_nats::Client>,
+    routes: web::Data<Routes>,
+    caller: Option<Caller>,
+) -> HttpResponse {
     let every = Component::with_status().flat_map(|c| routes.all(c));
     let checks = every.map(|at| {
         let client = client.clone();
@@ -463,11 +471,11 @@ async fn health(client: web::Data<async_nats::Client>, routes: web::Data<Routes>
         .collect();
     let nats = client.connection_state().to_string();
     let healthy = services.values().all(|v| v == "up");
-    let body = json!({
-        "status": if healthy { "ok" } else { "degraded" },
-        "nats": nats,
-        "services": services,
-    });
+    let status = if healthy { "ok" } else { "degraded" };
+    let body = match caller {
+        Some(Caller::Operator) => json!({ "status": status, "nats": nats, "services": services }),
+        _ => json!({ "status": status }),
+    };
     if healthy {
         HttpResponse::Ok().json(body)
     } else {
