@@ -132,9 +132,9 @@ impl Store {
         Ok(next)
     }
 
-    /// Delete up to `limit` rows of the generations below `below`, except `keep`: what earlier
-    /// rebuilds left, a part at a time, so that no one batch holds a whole model. Returns how
-    /// many it deleted: 0 once none are left.
+    /// Delete up to `limit` rows and index entries of the generations below `below`, except
+    /// `keep`: what earlier rebuilds left, a part at a time, so that no one batch holds a whole
+    /// model. Returns how many it deleted: 0 once none are left.
     pub fn sweep_models(&self, below: u32, keep: u32, limit: usize) -> Result<usize, StorageError> {
         let models = &self.inner.models;
         let mut batch = sled::Batch::default();

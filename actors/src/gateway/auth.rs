@@ -124,7 +124,8 @@ impl ApiAuth {
 }
 
 /// Handlers take the [`Caller`] as an argument; a request without a valid token gets the 401
-/// that says how to send one, before the handler runs.
+/// that says how to send one, before the handler runs. One that takes `Option<Caller>`
+/// (`/health`) serves it as anyone instead.
 impl actix_web::FromRequest for Caller {
     type Error = actix_web::Error;
     type Future = std::future::Ready<Result<Caller, actix_web::Error>>;

@@ -215,11 +215,9 @@ fn vault_failed(e: CallError) -> DomainError {
             status: 400 | 402 | 422,
             message,
         } => {
-            let reason: String = message.chars().take(200).collect();
-            DomainError::rejected(format!(
-                "the payment gateway refused the card: {}",
-                redact_card_numbers(&reason)
-            ))
+            // Redacted before it is cut, so no cut leaves part of a number unredacted.
+            let reason: String = redact_card_numbers(&message).chars().take(200).collect();
+            DomainError::rejected(format!("the payment gateway refused the card: {reason}"))
         }
         // Any other refusal is ours (a key, a route, a proxy): nothing the client can mend.
         e => DomainError::unavailable(format!("the payment gateway cannot take the card now: {e}")),
@@ -531,6 +529,10 @@ mod tests {
         assert!(matches!(declined, DomainError::Rejected(_)), "{declined:?}");
         assert!(!declined.message().contains("4242 4242"), "{declined:?}");
         assert!(declined.message().contains("expired"), "{declined:?}");
+        // A number where the reason is cut short is redacted whole first.
+        let long = format!("{}4242 4242 4242 4242", "x".repeat(190));
+        let cut = refused(422, &long);
+        assert!(!cut.message().contains("4242"), "{cut:?}");
         for status in [401, 403, 405] {
             let ours = refused(status, "invalid API key sk_live_x");
             assert!(matches!(ours, DomainError::Unavailable(_)), "{ours:?}");

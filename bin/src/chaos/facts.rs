@@ -53,12 +53,20 @@ pub async fn drain(
     Ok(started.elapsed())
 }
 
-/// What the projection counts of the sagas now.
+/// What the projection counts of the sagas now (asked again while it does not answer, as a
+/// row is).
 async fn saga_counts(operator: &async_nats::Client) -> Result<SagaCounts, String> {
-    let s = call::<Sagas>(operator, Component::Projection, &())
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((s.open, s.total, s.by_status))
+    let mut tries = 0;
+    loop {
+        match call::<Sagas>(operator, Component::Projection, &()).await {
+            Ok(s) => return Ok((s.open, s.total, s.by_status)),
+            Err(e) if tries >= 20 => return Err(format!("saga counts: {e}")),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 async fn no_open_saga(operator: &async_nats::Client) -> bool {
@@ -327,9 +335,9 @@ pub async fn gather(
     let saga_counts = match (live_sagas, &rebuilt) {
         (Ok(live), Ok(_)) => saga_counts(&world.operator)
             .await
-            .map(|rebuilt| [live, rebuilt]),
+            .map(|rebuilt| Some([live, rebuilt])),
+        (_, Err(_)) => Ok(None),
         (Err(e), _) => Err(e),
-        (_, Err(e)) => Err(e.clone()),
     };
     let fresh = super::load::fresh_order(client, Duration::from_secs(60)).await;
     Facts {
