@@ -129,7 +129,7 @@ impl ProjectionActor {
         Ok(())
     }
 
-    /// What rows changing so change of `generation`'s saga index. Only the active generation
+    /// What these row changes change of `generation`'s saga index. Only the active generation
     /// and the one being built are written to: any other would be left with a stale index.
     fn index_changes(
         &self,
