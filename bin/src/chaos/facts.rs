@@ -56,11 +56,28 @@ pub async fn drain(
 /// What the projection counts of the sagas now (asked again while it does not answer, as a
 /// row is).
 async fn saga_counts(operator: &async_nats::Client) -> Result<SagaCounts, String> {
+    let counts = || async {
+        call::<Sagas>(operator, Component::Projection, &())
+            .await
+            .map(|s| (s.open, s.total, s.by_status))
+            .map_err(|e| e.to_string())
+    };
+    asked_again(counts)
+        .await
+        .map_err(|e| format!("saga counts: {e}"))
+}
+
+/// `ask` asked again, every 500 ms, while it fails: its answer, or its 21st error.
+async fn asked_again<T, F, Fut>(ask: F) -> Result<T, String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let mut tries = 0;
     loop {
-        match call::<Sagas>(operator, Component::Projection, &()).await {
-            Ok(s) => return Ok((s.open, s.total, s.by_status)),
-            Err(e) if tries >= 20 => return Err(format!("saga counts: {e}")),
+        match ask().await {
+            Ok(answer) => return Ok(answer),
+            Err(e) if tries >= 20 => return Err(e),
             Err(_) => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -89,17 +106,9 @@ async fn rows(
 ) -> Result<BTreeMap<String, Option<OrderReadModel>>, String> {
     let mut rows = BTreeMap::new();
     for id in placed.iter().filter_map(|p| p.order_id.clone()) {
-        let mut tries = 0;
-        let found = loop {
-            match row(operator, &id).await {
-                Ok(found) => break found,
-                Err(e) if tries >= 20 => return Err(format!("read model of {id}: {e}")),
-                Err(_) => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        };
+        let found = asked_again(|| row(operator, &id))
+            .await
+            .map_err(|e| format!("read model of {id}: {e}"))?;
         rows.insert(id, found);
     }
     Ok(rows)
