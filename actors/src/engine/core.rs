@@ -221,16 +221,19 @@ impl NotRecorded {
         Verdict::Retry(format!("commit failed: {reason}"))
     }
 
-    /// For a client.
+    /// For a client: what to do, not our versions (those are the bus's and the log's).
     fn domain_error(&self) -> DomainError {
         match self {
-            NotRecorded::Conflict(reason) => DomainError::conflict(format!("{reason}; retry")),
+            NotRecorded::Conflict(_) => DomainError::conflict(CHANGED_MEANWHILE),
             NotRecorded::Failed(reason) => {
                 DomainError::unavailable(format!("commit failed: {reason}"))
             }
         }
     }
 }
+
+/// A command's 409 when its aggregate changed under it: sending it again decides afresh.
+const CHANGED_MEANWHILE: &str = "it changed while this request was decided: send the request again";
 
 /// What the commit-and-flush tail did: the commits that did not land (by answer), and the flush.
 struct Durable {

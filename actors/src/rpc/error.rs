@@ -52,13 +52,39 @@ impl DomainError {
         }
     }
 
-    /// The kind a micro error code carries back; unknown codes are the server's trouble.
+    /// The kind a micro error code carries back; unknown codes are the server's trouble. A 400
+    /// is a request the server could not read, and ours are encoded by this build's types: the
+    /// two builds differ, a deployment's fault, so not the caller's to be told as a refusal.
     pub(crate) fn from_code(code: &str, message: String) -> Self {
         match code {
-            "400" | "422" => DomainError::Rejected(message),
+            "400" => DomainError::Unavailable(format!(
+                "the service cannot read this build's request (do both run one build?): {message}"
+            )),
+            "422" => DomainError::Rejected(message),
             "409" => DomainError::Conflict(message),
             "404" => DomainError::NotFound(message),
             _ => DomainError::Unavailable(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DomainError;
+
+    #[test]
+    fn a_request_the_server_could_not_read_is_not_the_callers_refusal() {
+        let unread = DomainError::from_code("400", "malformed place request: …".into());
+        assert!(matches!(unread, DomainError::Unavailable(_)), "{unread:?}");
+        assert!(unread.message().contains("malformed place request"));
+        for kind in [
+            DomainError::rejected("r"),
+            DomainError::conflict("c"),
+            DomainError::not_found("n"),
+            DomainError::unavailable("u"),
+        ] {
+            let back = DomainError::from_code(&kind.code().to_string(), kind.message().into());
+            assert_eq!(back, kind, "a kind survives its code");
         }
     }
 }

@@ -73,7 +73,7 @@ impl Server {
                         let answer = handler(body);
                         actix_rt::spawn(async move { respond::<E>(&request, answer.await).await });
                     }
-                    Err(e) => respond::<E>(&request, Err(e)).await,
+                    Err(Unreadable(why)) => refuse_unreadable::<E>(&request, why).await,
                 }
             }
         }));
@@ -180,7 +180,7 @@ async fn serve_batches<E, F, Fut>(
                     decoded.push(body);
                     waiting.push(request);
                 }
-                Err(e) => respond::<E>(&request, Err(e)).await,
+                Err(Unreadable(why)) => refuse_unreadable::<E>(&request, why).await,
             }
         }
         if decoded.is_empty() {
@@ -195,17 +195,34 @@ async fn serve_batches<E, F, Fut>(
 
 /// The request as JSON; an empty body is `null`, and a body that is no JSON at all is read as
 /// a JSON string (so `nats req commerce.projection.get <order id>` works unquoted).
-fn decode<E: Endpoint>(request: &Request) -> Result<E::Request, DomainError> {
+fn decode<E: Endpoint>(request: &Request) -> Result<E::Request, Unreadable> {
     decode_body::<E>(&request.message.payload)
 }
 
-fn decode_body<E: Endpoint>(payload: &[u8]) -> Result<E::Request, DomainError> {
+/// A request the endpoint cannot read, and why.
+#[derive(Debug, PartialEq)]
+struct Unreadable(String);
+
+/// Answered 400, apart from a refusal of what was asked (422): from our own client it means the
+/// asker's build and ours differ, which is the deployment's fault, not its customer's
+/// ([`DomainError::from_code`]). A person's `nats req` sees why.
+async fn refuse_unreadable<E: Endpoint>(request: &Request, why: String) {
+    let error = async_nats::service::error::Error {
+        code: 400,
+        status: why,
+    };
+    if let Err(e) = request.respond(Err(error)).await {
+        tracing::debug!(endpoint = E::NAME, error = %e, "reply not sent (requester gone?)");
+    }
+}
+
+fn decode_body<E: Endpoint>(payload: &[u8]) -> Result<E::Request, Unreadable> {
     let payload: &[u8] = match payload {
         b"" => b"null",
         payload => payload,
     };
     let malformed =
-        |e: serde_json::Error| DomainError::rejected(format!("malformed {} request: {e}", E::NAME));
+        |e: serde_json::Error| Unreadable(format!("malformed {} request: {e}", E::NAME));
     match serde_json::from_slice(payload) {
         Ok(body) => Ok(body),
         Err(e) if e.is_syntax() => match std::str::from_utf8(payload) {
@@ -286,9 +303,8 @@ mod tests {
             Ok(Knob { delay_ms: 50 })
         );
         assert_eq!(decode_body::<Endpoint0>(b""), Ok(()));
-        let err = decode_body::<Knobbed>(b"50").unwrap_err();
-        assert!(matches!(err, DomainError::Rejected(_)), "{err:?}");
-        assert!(err.message().contains("malformed knobbed request"), "{err}");
+        let Unreadable(why) = decode_body::<Knobbed>(b"50").unwrap_err();
+        assert!(why.contains("malformed knobbed request"), "{why}");
     }
 
     struct Endpoint0;
