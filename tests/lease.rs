@@ -25,6 +25,15 @@ async fn leases(broker: &TestBroker) -> async_nats::jetstream::kv::Store {
     lease::provision(&broker.js, TTL, 1).await.unwrap();
     let (kv, ttl) = lease::bucket(&broker.js).await.unwrap();
     assert_eq!(ttl, TTL, "the bucket's max_age is the lease's time to live");
+    // Born without direct gets (their answers go to any reply subject), and a bucket as
+    // async-nats reads one: one value per key, kept whatever the stream's limits.
+    let name = lease::LEASES_BUCKET;
+    let mut stream = broker.js.get_stream(format!("KV_{name}")).await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    assert!(!config.allow_direct, "{config:?}");
+    assert_eq!(config.max_messages_per_subject, 1);
+    assert_eq!(config.subjects, [format!("$KV.{name}.>")]);
+    assert!(config.allow_rollup && config.deny_delete, "{config:?}");
     kv
 }
 

@@ -150,25 +150,32 @@ pub async fn provision(
             Ok(())
         }
         Err(e) if crate::streams::is_not_found(&e) => {
+            // A bucket's stream as async-nats' `create_key_value` makes it, but born without
+            // direct gets: a process opening it is never told it answers them (it would keep
+            // asking, and be refused, once they went off).
             let created = js
-                .create_key_value(kv::Config {
-                    bucket: LEASES_BUCKET.to_string(),
-                    description: "who owns which partition of which service".into(),
-                    history: 1,
+                .create_stream(jetstream::stream::Config {
+                    name: stream_name.clone(),
+                    description: Some("who owns which partition of which service".into()),
+                    subjects: vec![format!("$KV.{LEASES_BUCKET}.>")],
+                    max_messages_per_subject: 1,
                     max_age: ttl,
                     storage: jetstream::stream::StorageType::File,
                     num_replicas: replicas,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    discard: jetstream::stream::DiscardPolicy::New,
+                    allow_direct: false,
                     ..Default::default()
                 })
                 .await;
-            // Another process may have created it meanwhile, and even turned its direct gets
-            // off (then ours differs: refused).
+            // Another process may have created it meanwhile.
             if let Err(e) = created {
                 if js.get_stream(&stream_name).await.is_err() {
                     return Err(BusError::jetstream("create the lease bucket")(e));
                 }
             }
-            // async-nats makes every bucket answer direct gets: not this one.
+            // What is there is raised to what is asked, as any existing bucket.
             Box::pin(provision(js, ttl, replicas)).await
         }
         Err(e) => Err(BusError::jetstream("lease bucket")(e)),
