@@ -13,6 +13,7 @@ use bus::auth::{self, Permissions};
 use bus::server::{NatsServer, ServerConfig};
 use bus::{Domain, Login};
 use commerce_tests::Deadline;
+use futures::StreamExt;
 
 /// More than a consumer may have unacknowledged by default (1,000): a replay that wanted acks
 /// would stall here, as it may not send any.
@@ -105,6 +106,39 @@ async fn a_replay_reads_every_message_as_its_own_identity_and_answers_none() {
         .await
         .expect("a replay opens once a name is free");
     assert_eq!(replay.next().await.expect("first message").sequence, 1);
+
+    // Its consumer gone (the server's idle timer) and its name taken by another replay's: done,
+    // it leaves the other's alone.
+    let mut names = orders.consumer_names();
+    let mut ours = None;
+    while let Some(name) = names.next().await {
+        let name = name.expect("a consumer name");
+        let info = orders.consumer_info(&name).await.expect("consumer info");
+        if info
+            .config
+            .description
+            .is_some_and(|d| d.starts_with("replay "))
+        {
+            ours = Some(name);
+        }
+    }
+    let ours = ours.expect("the replay's consumer");
+    orders.delete_consumer(&ours).await.expect("expired");
+    let another = jetstream::consumer::pull::Config {
+        name: Some(ours.clone()),
+        description: Some("another replay's".into()),
+        ..Default::default()
+    };
+    orders
+        .create_consumer(another)
+        .await
+        .expect("the name taken again");
+    replay.close().await;
+    let kept = orders
+        .consumer_info(&ours)
+        .await
+        .expect("the other's consumer is kept");
+    assert_eq!(kept.config.description.as_deref(), Some("another replay's"));
 
     // It sent no answer: one would be refused, and the broker logs each refusal.
     let log = std::fs::read_to_string(dir.path().join("nats/nats-server.log")).expect("log");

@@ -81,6 +81,8 @@ pub fn grants(identity: &str, stream: &str) -> Vec<String> {
             // With its filter subject appended.
             format!("{api}.CONSUMER.CREATE.{stream}.{name}.>"),
             format!("{api}.CONSUMER.MSG.NEXT.{stream}.{name}"),
+            // To tell its own consumer from another's of the name before deleting it.
+            format!("{api}.CONSUMER.INFO.{stream}.{name}"),
             format!("{api}.CONSUMER.DELETE.{stream}.{name}"),
         ]);
     }
@@ -121,8 +123,8 @@ pub struct Replay {
     name: String,
     /// The replay identity, whose consumers these are.
     identity: String,
-    /// The name of the consumer it reads with, while it has one.
-    consumer: Option<String>,
+    /// The consumer it reads with, while it has one.
+    consumer: Option<Held>,
     /// Its turn among this process's replays of the stream.
     _turn: OwnedSemaphorePermit,
     filter: String,
@@ -165,6 +167,11 @@ impl Replay {
     /// How many messages there were to read when the replay opened.
     pub fn pending(&self) -> u64 {
         self.pending
+    }
+
+    /// Done with: its consumer is deleted now (dropped, it is deleted in the background).
+    pub async fn close(mut self) {
+        self.give_back().await;
     }
 
     /// The next message, with where it sits in its stream.
@@ -263,7 +270,10 @@ impl Replay {
                 Err(e) if taken(&e) => continue,
                 Err(e) => return Err(self.failed(e.to_string())),
             };
-            self.consumer = Some(name);
+            self.consumer = Some(Held {
+                name,
+                description: format!("replay {token}"),
+            });
             let pending = consumer.cached_info().num_pending;
             let messages = consumer
                 .stream()
@@ -278,15 +288,11 @@ impl Replay {
         Ok(None)
     }
 
-    /// Delete the consumer it read with, if any (a failure leaves it to the server's timer). Had
-    /// the server removed it already (idle for 30 s), another replay of the same identity may
-    /// hold the name now and lose its consumer: it starts another from where it was.
+    /// Delete the consumer it read with, if any.
     async fn give_back(&mut self) {
         self.messages = None;
-        if let Some(name) = self.consumer.take() {
-            if let Err(e) = self.stream.delete_consumer(&name).await {
-                tracing::debug!(stream = %self.name, consumer = %name, error = %e, "replay: consumer left to expire");
-            }
+        if let Some(held) = self.consumer.take() {
+            held.delete(&self.stream).await;
         }
     }
 
@@ -298,15 +304,42 @@ impl Replay {
 /// A replay ended or abandoned gives its slot back at once.
 impl Drop for Replay {
     fn drop(&mut self) {
-        let (Some(name), Ok(runtime)) =
+        let (Some(held), Ok(runtime)) =
             (self.consumer.take(), tokio::runtime::Handle::try_current())
         else {
             return;
         };
         let stream = self.stream.clone();
-        runtime.spawn(async move {
-            let _ = stream.delete_consumer(&name).await;
-        });
+        runtime.spawn(async move { held.delete(&stream).await });
+    }
+}
+
+/// A replay's consumer: its slot's name, and the description only its creator gave it.
+struct Held {
+    name: String,
+    description: String,
+}
+
+impl Held {
+    /// Delete it if it is still ours (a failure leaves it to the server's timer). Had the
+    /// server removed it (idle for 30 s), another replay of the identity may hold the name now:
+    /// that one is left alone. Only a create between the look and the delete could still lose
+    /// its consumer, and that replay would start another from where it was.
+    async fn delete(self, stream: &jetstream::stream::Stream) {
+        let Held { name, description } = self;
+        match stream.consumer_info(&name).await {
+            Ok(info) if info.config.description.as_deref() == Some(description.as_str()) => {
+                if let Err(e) = stream.delete_consumer(&name).await {
+                    tracing::debug!(consumer = %name, error = %e, "replay: consumer left to expire");
+                }
+            }
+            Ok(_) => {
+                tracing::debug!(consumer = %name, "replay: its consumer expired; the name is another's now");
+            }
+            Err(e) => {
+                tracing::debug!(consumer = %name, error = %e, "replay: consumer left to expire");
+            }
+        }
     }
 }
 
