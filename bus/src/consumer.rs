@@ -356,24 +356,36 @@ impl DurableConsumer {
             .map_err(|e| BusError::jetstream(what())(e))?
             .state
             .last_sequence;
-        let start = match consumer {
-            Ok(info)
-                if info.delivered.stream_sequence <= last
-                    && !(reconnected && info.delivered.stream_sequence > received)
-                    && !self.newest_lost(&stream).await? =>
-            {
-                None
-            }
+        let consumer = match consumer {
             Ok(info) => {
+                let delivered = info.delivered.stream_sequence;
+                // Evidence of a lost tail, or only messages that went out while the connection
+                // was down (most often just that: a safe recreate, not worth a warning).
+                let lost = delivered > last || self.newest_lost(&stream).await?;
+                let unseen = reconnected && delivered > received;
+                Ok((info, lost, unseen))
+            }
+            Err(e) => Err(e),
+        };
+        let start = match consumer {
+            Ok((_, false, false)) => None,
+            Ok((info, lost, _)) => {
                 let survived = match &self.newest {
                     Some(newest) => survived(&stream, newest, last).await?,
                     None => last,
                 };
                 let start = (info.ack_floor.stream_sequence + 1).min(survived + 1);
-                tracing::warn!(consumer = %self.spec.durable, stream = %self.spec.stream,
-                    delivered = info.delivered.stream_sequence, last, survived, start,
-                    reconnected, received,
-                    "the stream may have lost messages this consumer was given; recreating it");
+                let delivered = info.delivered.stream_sequence;
+                if lost {
+                    tracing::warn!(consumer = %self.spec.durable, stream = %self.spec.stream,
+                        delivered, last, survived, start, reconnected, received,
+                        "the stream lost messages this consumer was given; recreating it");
+                } else {
+                    tracing::info!(consumer = %self.spec.durable, stream = %self.spec.stream,
+                        delivered, last, survived, start, received,
+                        "messages went out while the connection was down, where a stream that \
+                         lost its tail may have refilled them; recreating the consumer");
+                }
                 self.newest = None;
                 let policy = DeliverPolicy::ByStartSequence {
                     start_sequence: start,
