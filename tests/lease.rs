@@ -25,16 +25,42 @@ async fn leases(broker: &TestBroker) -> async_nats::jetstream::kv::Store {
     lease::provision(&broker.js, TTL, 1).await.unwrap();
     let (kv, ttl) = lease::bucket(&broker.js).await.unwrap();
     assert_eq!(ttl, TTL, "the bucket's max_age is the lease's time to live");
-    // Born without direct gets (their answers go to any reply subject), and a bucket as
-    // async-nats reads one: one value per key, kept whatever the stream's limits.
+    // Born without direct gets (their answers go to any reply subject), and otherwise a bucket
+    // as async-nats makes one, so that its kv API reads it as one.
     let name = lease::LEASES_BUCKET;
-    let mut stream = broker.js.get_stream(format!("KV_{name}")).await.unwrap();
-    let config = stream.info().await.unwrap().config.clone();
-    assert!(!config.allow_direct, "{config:?}");
-    assert_eq!(config.max_messages_per_subject, 1);
-    assert_eq!(config.subjects, [format!("$KV.{name}.>")]);
-    assert!(config.allow_rollup && config.deny_delete, "{config:?}");
+    let ours = stream_config(broker, &format!("KV_{name}")).await;
+    assert!(!ours.allow_direct, "{ours:?}");
+    assert_eq!(ours.subjects, [format!("$KV.{name}.>")]);
+    broker
+        .js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "LIKE_LEASES".into(),
+            history: 1,
+            max_age: TTL,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let theirs = stream_config(broker, "KV_LIKE_LEASES").await;
+    let same = |c: async_nats::jetstream::stream::Config| async_nats::jetstream::stream::Config {
+        name: String::new(),
+        description: None,
+        subjects: Vec::new(),
+        allow_direct: false,
+        ..c
+    };
+    assert_eq!(
+        serde_json::to_value(same(ours)).unwrap(),
+        serde_json::to_value(same(theirs)).unwrap()
+    );
     kv
+}
+
+/// A stream's configuration as the broker holds it.
+async fn stream_config(broker: &TestBroker, name: &str) -> async_nats::jetstream::stream::Config {
+    let mut stream = broker.js.get_stream(name).await.unwrap();
+    stream.info().await.unwrap().config.clone()
 }
 
 async fn take(kv: &async_nats::jetstream::kv::Store, instance: &str) -> Attempt {

@@ -109,17 +109,17 @@ async fn a_replay_reads_every_message_as_its_own_identity_and_answers_none() {
 
     // Its consumer gone (the server's idle timer) and its name taken by another replay's: done,
     // it leaves the other's alone.
-    let mut names = orders.consumer_names();
+    // (Listed with their infos at once: the slot fillers expire meanwhile.)
+    let mut consumers = orders.consumers();
     let mut ours = None;
-    while let Some(name) = names.next().await {
-        let name = name.expect("a consumer name");
-        let info = orders.consumer_info(&name).await.expect("consumer info");
+    while let Some(info) = consumers.next().await {
+        let info = info.expect("a consumer's info");
         if info
             .config
             .description
             .is_some_and(|d| d.starts_with("replay "))
         {
-            ours = Some(name);
+            ours = Some(info.name);
         }
     }
     let ours = ours.expect("the replay's consumer");

@@ -721,7 +721,7 @@ mod tests {
             for user in BusUser::all().filter(|u| matches!(u, BusUser::Replayer(_))) {
                 let p = permissions(user, routes);
                 for durable in &durables {
-                    for verb in ["CREATE", "MSG.NEXT", "DELETE"] {
+                    for verb in ["CREATE", "MSG.NEXT", "INFO", "DELETE"] {
                         let call = format!("$JS.API.CONSUMER.{verb}.{durable}");
                         assert!(!allows(&p.publish, &call), "{}: {call}", user.name());
                     }

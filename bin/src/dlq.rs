@@ -347,7 +347,12 @@ async fn replay_one(
     let said = match answer {
         Ok(Replayed { outcome, .. }) => outcome,
         Err(DomainError::Unavailable(why)) => {
-            let hint = format!("the {service} service did not answer ({why}); is it running? kept");
+            // A 400: it answered, but runs another build than this CLI.
+            let hint = if why.starts_with(actors::rpc::error::UNREADABLE) {
+                format!("the {service} service and this CLI differ ({why}); kept")
+            } else {
+                format!("the {service} service did not answer ({why}); is it running? kept")
+            };
             return (format!("{what}: {hint}"), Fate::Kept);
         }
         Err(e) => return (format!("{what}: {e}; kept"), Fate::Kept),

@@ -361,8 +361,15 @@ impl DurableConsumer {
                 let delivered = info.delivered.stream_sequence;
                 // Evidence of a lost tail, or only messages that went out while the connection
                 // was down (most often just that: a safe recreate, not worth a warning).
-                let lost = delivered > last || self.newest_lost(&stream).await?;
                 let unseen = reconnected && delivered > received;
+                // Unseen messages are reason enough to recreate: a failed look (a leader still
+                // being elected) then changes nothing.
+                let newest_lost = match self.newest_lost(&stream).await {
+                    Ok(lost) => lost,
+                    Err(_) if unseen => false,
+                    Err(e) => return Err(e),
+                };
+                let lost = delivered > last || newest_lost;
                 Ok((info, lost, unseen))
             }
             Err(e) => Err(e),
@@ -379,7 +386,7 @@ impl DurableConsumer {
                 if lost {
                     tracing::warn!(consumer = %self.spec.durable, stream = %self.spec.stream,
                         delivered, last, survived, start, reconnected, received,
-                        "the stream lost messages this consumer was given; recreating it");
+                        "the stream no longer holds messages this consumer was given; recreating it");
                 } else {
                     tracing::info!(consumer = %self.spec.durable, stream = %self.spec.stream,
                         delivered, last, survived, start, received,
@@ -698,7 +705,7 @@ fn msg_id(headers: &HeaderMap) -> Option<String> {
         .map(|v| v.to_string())
 }
 
-fn consumer_not_found(e: &async_nats::jetstream::context::ConsumerInfoError) -> bool {
+pub(crate) fn consumer_not_found(e: &async_nats::jetstream::context::ConsumerInfoError) -> bool {
     use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
     match e.kind() {
         Kind::NotFound => true,

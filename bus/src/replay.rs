@@ -69,7 +69,7 @@ fn slot_name(identity: &str, slot: usize) -> String {
 }
 
 /// What `identity` must be allowed to publish to replay `stream`: read its state, and create,
-/// pull from and delete its own replay consumers, each by name. Nothing else: no acks (they
+/// pull from, read the info of and delete its own replay consumers, each by name. Nothing else: no acks (they
 /// want none), no consumer of another name.
 pub fn grants(identity: &str, stream: &str) -> Vec<String> {
     let api = "$JS.API";
@@ -328,17 +328,18 @@ impl Held {
     async fn delete(self, stream: &jetstream::stream::Stream) {
         let Held { name, description } = self;
         match stream.consumer_info(&name).await {
-            Ok(info) if info.config.description.as_deref() == Some(description.as_str()) => {
-                if let Err(e) = stream.delete_consumer(&name).await {
-                    tracing::debug!(consumer = %name, error = %e, "replay: consumer left to expire");
-                }
-            }
-            Ok(_) => {
+            Ok(info) if info.config.description.as_deref() != Some(description.as_str()) => {
                 tracing::debug!(consumer = %name, "replay: its consumer expired; the name is another's now");
+                return;
             }
-            Err(e) => {
-                tracing::debug!(consumer = %name, error = %e, "replay: consumer left to expire");
-            }
+            // Gone: nothing to delete.
+            Err(e) if crate::consumer::consumer_not_found(&e) => return,
+            // Ours, or not known (a broker configured before replays could ask: deleted
+            // unchecked, as then).
+            Ok(_) | Err(_) => {}
+        }
+        if let Err(e) = stream.delete_consumer(&name).await {
+            tracing::debug!(consumer = %name, error = %e, "replay: consumer left to expire");
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Display;
-use std::sync::{LazyLock, Mutex};
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long one cause keeps one incident: an outage of an hour is sixty, each with its count.
@@ -31,13 +31,12 @@ impl Incident {
         let cause = super::redact_card_numbers(&cause.to_string());
         // The log is one per process, and so is what it was told.
         static SEEN: LazyLock<Mutex<Incidents>> = LazyLock::new(Mutex::default);
-        let noted = match SEEN.lock() {
-            Ok(mut seen) => seen.note(&cause, Instant::now()),
-            // A thread panicked while noting: every answer its own incident, as before any.
-            Err(_) => Noted::fresh(),
-        };
-        if let Some(ended) = noted.ended {
-            tracing::warn!(incident = %ended.id, answers = ended.answers, "ended: {cause}");
+        let noted = SEEN
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .note(&cause, Instant::now());
+        for ended in noted.ended {
+            tracing::warn!(incident = %ended.id, answers = ended.answers, "ended: {}", ended.cause);
         }
         if noted.answers.is_power_of_two() {
             tracing::warn!(incident = %noted.id, answers = noted.answers, "{what}: {cause}");
@@ -68,13 +67,25 @@ struct Noted {
     id: String,
     /// This incident's answers so far, this one included.
     answers: u64,
-    /// The incident this cause had before, its window over: its final count.
-    ended: Option<Ended>,
+    /// Incidents whose window is over, with final counts their last lines did not give.
+    ended: Vec<Ended>,
 }
 
 struct Ended {
     id: String,
     answers: u64,
+    cause: String,
+}
+
+impl Ended {
+    /// `open`'s final count, unless its last line already said it.
+    fn of(cause: String, open: Open) -> Option<Ended> {
+        (!open.answers.is_power_of_two()).then_some(Ended {
+            id: open.id,
+            answers: open.answers,
+            cause,
+        })
+    }
 }
 
 impl Noted {
@@ -83,33 +94,39 @@ impl Noted {
             // Time-ordered, so a log's incidents sort as they happened.
             id: uuid::Uuid::now_v7().to_string(),
             answers: 1,
-            ended: None,
+            ended: Vec::new(),
         }
     }
 }
 
 impl Incidents {
     fn note(&mut self, cause: &str, now: Instant) -> Noted {
-        let mut ended = None;
+        let mut ended = Vec::new();
         if let Some(open) = self.by_cause.get_mut(cause) {
             if now.duration_since(open.since) < WINDOW {
                 open.answers += 1;
                 return Noted {
                     id: open.id.clone(),
                     answers: open.answers,
-                    ended: None,
+                    ended,
                 };
             }
-            // Its final count, unless its last line already said it.
-            ended = (!open.answers.is_power_of_two()).then(|| Ended {
-                id: open.id.clone(),
-                answers: open.answers,
-            });
-            self.by_cause.remove(cause);
+        }
+        if let Some(open) = self.by_cause.remove(cause) {
+            ended.extend(Ended::of(cause.to_string(), open));
         }
         if self.by_cause.len() >= CAUSES_KEPT {
-            self.by_cause
-                .retain(|_, open| now.duration_since(open.since) < WINDOW);
+            let over: Vec<String> = self
+                .by_cause
+                .iter()
+                .filter(|(_, open)| now.duration_since(open.since) >= WINDOW)
+                .map(|(cause, _)| cause.clone())
+                .collect();
+            for cause in over {
+                if let Some(open) = self.by_cause.remove(&cause) {
+                    ended.extend(Ended::of(cause, open));
+                }
+            }
         }
         let noted = Noted {
             ended,
@@ -157,15 +174,15 @@ mod tests {
         let later = seen.note("broker down", start + WINDOW);
         assert_ne!(later.id, first[0]);
         assert_eq!(later.answers, 1, "its first answer is logged");
-        let ended = later
-            .ended
-            .expect("the final count of the last, 3, was never logged");
-        assert_eq!((ended.id, ended.answers), (first[0].clone(), 3));
+        let [ended] = &later.ended[..] else {
+            panic!("the final count of the last, 3, was never logged");
+        };
+        assert_eq!((&ended.id, ended.answers), (&first[0], 3));
 
         // A final count its last line already gave is not repeated.
         seen.note("broker down", start + WINDOW);
         let again = seen.note("broker down", start + WINDOW * 2);
-        assert!(again.ended.is_none(), "2 answers: its last line said so");
+        assert!(again.ended.is_empty(), "2 answers: its last line said so");
     }
 
     #[test]
@@ -178,9 +195,21 @@ mod tests {
         let (ids, logged) = answers(&mut seen, "one too many", 3, now);
         assert!(ids[0] != ids[1] && ids[1] != ids[2], "{ids:?}");
         assert_eq!(logged, 3, "every answer logged");
-        // Causes whose minute is over make room.
-        let (ids, logged) = answers(&mut seen, "one too many", 3, now + WINDOW);
-        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
-        assert_eq!(logged, 2);
+        seen.note("cause 0", now); // 2 answers: its last line said so
+        seen.note("cause 1", now);
+        seen.note("cause 1", now); // 3: its last line did not
+
+        // Causes whose minute is over make room, and their final counts are given.
+        let later = now + WINDOW;
+        let first = seen.note("one too many", later);
+        let ended: Vec<_> = first
+            .ended
+            .iter()
+            .map(|e| (&e.cause[..], e.answers))
+            .collect();
+        assert_eq!(ended, [("cause 1", 3)]);
+        let (ids, logged) = answers(&mut seen, "one too many", 2, later);
+        assert!(ids.iter().all(|id| *id == first.id), "{ids:?}");
+        assert_eq!(logged, 1, "its 2nd answer");
     }
 }

@@ -1,6 +1,11 @@
 //! What a component answers when it cannot do what it was asked: the kind tells the caller what
 //! to do. The HTTP gateway maps kinds to status codes; nothing below it knows HTTP.
 
+/// How an unavailable answer starts when the service did answer, but could not read the
+/// request: the asker runs another build.
+pub const UNREADABLE: &str =
+    "the service cannot read this build's request (do both run one build?)";
+
 /// Why a request was not done.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
@@ -57,9 +62,7 @@ impl DomainError {
     /// two builds differ, a deployment's fault, so not the caller's to be told as a refusal.
     pub(crate) fn from_code(code: &str, message: String) -> Self {
         match code {
-            "400" => DomainError::Unavailable(format!(
-                "the service cannot read this build's request (do both run one build?): {message}"
-            )),
+            "400" => DomainError::Unavailable(format!("{UNREADABLE}: {message}")),
             "422" => DomainError::Rejected(message),
             "409" => DomainError::Conflict(message),
             "404" => DomainError::NotFound(message),
