@@ -69,8 +69,8 @@ fn slot_name(identity: &str, slot: usize) -> String {
 }
 
 /// What `identity` must be allowed to publish to replay `stream`: read its state, and create,
-/// pull from, read the info of and delete its own replay consumers, each by name. Nothing else: no acks (they
-/// want none), no consumer of another name.
+/// pull from, read the info of and delete its own replay consumers, each by name. Nothing else:
+/// no acks (they want none), no consumer of another name.
 pub fn grants(identity: &str, stream: &str) -> Vec<String> {
     let api = "$JS.API";
     let mut grants = vec![format!("{api}.STREAM.INFO.{stream}")];
