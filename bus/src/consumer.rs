@@ -340,7 +340,6 @@ impl DurableConsumer {
         if !reconnected && self.checked_at.is_some_and(|at| at.elapsed() < every) {
             return Ok(false);
         }
-        let received = self.newest.as_ref().map_or(0, |n| n.seq);
         let what = || format!("consumer {} on {}", self.spec.durable, self.spec.stream);
         let mut stream = self
             .js
@@ -356,56 +355,11 @@ impl DurableConsumer {
             .map_err(|e| BusError::jetstream(what())(e))?
             .state
             .last_sequence;
-        let consumer = match consumer {
-            Ok(info) => {
-                let delivered = info.delivered.stream_sequence;
-                // Evidence of a lost tail, or only messages that went out while the connection
-                // was down (most often just that: a safe recreate, not worth a warning).
-                let unseen = reconnected && delivered > received;
-                // Unseen messages are reason enough to recreate: a failed look (a leader still
-                // being elected) then changes nothing.
-                let newest_lost = match self.newest_lost(&stream).await {
-                    Ok(lost) => lost,
-                    Err(_) if unseen => false,
-                    Err(e) => return Err(e),
-                };
-                let lost = delivered > last || newest_lost;
-                Ok((info, lost, unseen))
-            }
-            Err(e) => Err(e),
-        };
         let start = match consumer {
-            Ok((_, false, false)) => None,
-            Ok((info, lost, _)) => {
-                let survived = match &self.newest {
-                    Some(newest) => survived(&stream, newest, last).await?,
-                    None => last,
-                };
-                let start = (info.ack_floor.stream_sequence + 1).min(survived + 1);
-                let delivered = info.delivered.stream_sequence;
-                if lost {
-                    tracing::warn!(consumer = %self.spec.durable, stream = %self.spec.stream,
-                        delivered, last, survived, start, reconnected, received,
-                        "the stream no longer holds messages this consumer was given; recreating it");
-                } else {
-                    tracing::info!(consumer = %self.spec.durable, stream = %self.spec.stream,
-                        delivered, last, survived, start, received,
-                        "messages went out while the connection was down, where a stream that \
-                         lost its tail may have refilled them; recreating the consumer");
-                }
-                self.newest = None;
-                let policy = DeliverPolicy::ByStartSequence {
-                    start_sequence: start,
-                };
-                // If creating it again fails, the next check creates it from here, not from
-                // the start of the stream.
-                self.recreate_from = Some(policy);
-                stream
-                    .delete_consumer(&self.spec.durable)
-                    .await
-                    .map_err(|e| BusError::jetstream(what())(e))?;
-                Some(policy)
-            }
+            Ok(info) => match self.misplaced(&stream, &info, last, reconnected).await? {
+                Some(why) => Some(self.start_over(&stream, &info, why, last).await?),
+                None => None,
+            },
             Err(e) if consumer_not_found(&e) => {
                 tracing::warn!(consumer = %self.spec.durable, stream = %self.spec.stream,
                     "the durable consumer is gone (broker store lost?); creating it again");
@@ -420,6 +374,78 @@ impl DurableConsumer {
         self.checked_at = Some(Instant::now());
         self.checked_connects = Some(connects);
         Ok(start.is_some())
+    }
+
+    /// The stream sequence of the newest message received (0: none since the last check).
+    fn newest_seq(&self) -> u64 {
+        self.newest.as_ref().map_or(0, |n| n.seq)
+    }
+
+    /// Why the consumer the broker holds must be created again, if it must.
+    async fn misplaced(
+        &self,
+        stream: &jetstream::stream::Stream,
+        info: &jetstream::consumer::Info,
+        last: u64,
+        reconnected: bool,
+    ) -> Result<Option<Misplaced>, BusError> {
+        let delivered = info.delivered.stream_sequence;
+        let received = self.newest_seq();
+        let unseen = reconnected && delivered > received;
+        // Unseen messages are reason enough to recreate: a failed look (a leader still being
+        // elected) then changes nothing.
+        let newest_lost = match self.newest_lost(stream).await {
+            Ok(lost) => lost,
+            Err(_) if unseen => false,
+            Err(e) => return Err(e),
+        };
+        Ok(if delivered > last || newest_lost {
+            Some(Misplaced::Lost)
+        } else if unseen {
+            Some(Misplaced::Unseen)
+        } else {
+            None
+        })
+    }
+
+    /// Delete the consumer, to be created again from its ack floor or from just after what
+    /// survived, whichever is lower: where it starts.
+    async fn start_over(
+        &mut self,
+        stream: &jetstream::stream::Stream,
+        info: &jetstream::consumer::Info,
+        why: Misplaced,
+        last: u64,
+    ) -> Result<DeliverPolicy, BusError> {
+        let survived = match &self.newest {
+            Some(newest) => survived(stream, newest, last).await?,
+            None => last,
+        };
+        let start = (info.ack_floor.stream_sequence + 1).min(survived + 1);
+        let (consumer, stream_name) = (&self.spec.durable, &self.spec.stream);
+        let delivered = info.delivered.stream_sequence;
+        let received = self.newest_seq();
+        match why {
+            Misplaced::Lost => tracing::warn!(%consumer, stream = %stream_name, delivered, last,
+                survived, start, received,
+                "the stream no longer holds messages this consumer was given; recreating it"),
+            Misplaced::Unseen => tracing::info!(%consumer, stream = %stream_name, delivered,
+                last, survived, start, received,
+                "messages went out while the connection was down, where a stream that lost \
+                 its tail may have refilled them; recreating the consumer"),
+        }
+        self.newest = None;
+        let policy = DeliverPolicy::ByStartSequence {
+            start_sequence: start,
+        };
+        // If creating it again fails, the next check creates it from here, not from the start
+        // of the stream.
+        self.recreate_from = Some(policy);
+        stream
+            .delete_consumer(&self.spec.durable)
+            .await
+            .map_err(|e| BusError::jetstream(format!("consumer {consumer} on {stream_name}"))(e))?;
+        Ok(policy)
     }
 
     /// Does the stream still hold the newest message handed out, at its sequence?
@@ -688,6 +714,16 @@ async fn survived(
         }
     }
     Ok(before)
+}
+
+/// Why a consumer the broker still holds is created again.
+enum Misplaced {
+    /// The stream no longer holds messages it was given: evidence of a lost tail (or of
+    /// messages aged out).
+    Lost,
+    /// After a reconnect, the broker counts messages it never received: what any dropped
+    /// connection leaves, and also what a lost tail refilled before the check would.
+    Unseen,
 }
 
 fn seen(message: &Message) -> Option<Seen> {

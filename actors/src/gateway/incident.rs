@@ -88,17 +88,6 @@ impl Ended {
     }
 }
 
-impl Noted {
-    fn fresh() -> Noted {
-        Noted {
-            // Time-ordered, so a log's incidents sort as they happened.
-            id: uuid::Uuid::now_v7().to_string(),
-            answers: 1,
-            ended: Vec::new(),
-        }
-    }
-}
-
 impl Incidents {
     fn note(&mut self, cause: &str, now: Instant) -> Noted {
         let mut ended = Vec::new();
@@ -129,8 +118,10 @@ impl Incidents {
             }
         }
         let noted = Noted {
+            // Time-ordered, so a log's incidents sort as they happened.
+            id: uuid::Uuid::now_v7().to_string(),
+            answers: 1,
             ended,
-            ..Noted::fresh()
         };
         if self.by_cause.len() < CAUSES_KEPT {
             let open = Open {
