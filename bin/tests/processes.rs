@@ -147,6 +147,21 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
     assert!(composed["incident"].is_string(), "{composed}");
     assert!(composed["missing"][0].get("error").is_none(), "{composed}");
 
+    // With the order service down too, a customer's view cannot tell whose order it is: 503.
+    // One outage is one incident, whichever order was asked about.
+    sigkill(&mut services, "order");
+    let customer = api.customer("ann");
+    let mut incidents = std::collections::BTreeSet::new();
+    for id in placed.completed.iter().take(2) {
+        let path = format!("/orders/{id}/composed");
+        let (status, body) = api
+            .raw_as(Some(&customer), reqwest::Method::GET, &path, None)
+            .await;
+        assert_eq!(status, 503, "{body}");
+        incidents.insert(body["incident"].as_str().expect("an incident").to_string());
+    }
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+
     for (_, service) in &mut services {
         service.stop();
     }

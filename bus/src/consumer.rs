@@ -349,12 +349,11 @@ impl DurableConsumer {
         // The consumer first, then the stream's end: messages delivered in between are then
         // inside the end read, never past it.
         let consumer = stream.consumer_info(&self.spec.durable).await;
-        let last = stream
+        let info = stream
             .info()
             .await
-            .map_err(|e| BusError::jetstream(what())(e))?
-            .state
-            .last_sequence;
+            .map_err(|e| BusError::jetstream(what())(e))?;
+        let last = crate::streams::leader_state(info)?.last_sequence;
         let start = match consumer {
             Ok(info) => match self.misplaced(&stream, &info, last, reconnected).await? {
                 Some(why) => Some(self.start_over(&stream, &info, why, last).await?),

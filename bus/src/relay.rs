@@ -297,7 +297,7 @@ impl OutboxRelay {
             .get_stream(stream)
             .await
             .map_err(|e| BusError::jetstream(what())(e))?;
-        Ok(stream.cached_info().state.last_sequence)
+        Ok(crate::streams::leader_state(stream.cached_info())?.last_sequence)
     }
 
     /// Relay until `shutdown`. Never gives up: while the broker is down rows wait, durable.

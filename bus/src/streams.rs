@@ -210,6 +210,25 @@ pub async fn keep_provisioned(
     }
 }
 
+/// The stream's state as its leader knows it. While a cluster elects a stream's leader, each
+/// replica answers for it with its own state, and one that lags (a node just thawed from a
+/// freeze) would show a stream that lost its tail: the relay would publish again what the
+/// stream holds, a consumer start over, a rebuild stop short. So that answer is refused, as
+/// the broker itself refuses to serve a message then; asked again, the new leader answers.
+pub fn leader_state(info: &stream::Info) -> Result<&stream::State, BusError> {
+    let led = info
+        .cluster
+        .as_ref()
+        .is_none_or(|cluster| cluster.leader.as_deref().is_some_and(|l| !l.is_empty()));
+    if led {
+        Ok(&info.state)
+    } else {
+        Err(BusError::jetstream(format!("stream {}", info.config.name))(
+            "answered by a replica while no leader is elected (its state may lag): ask again",
+        ))
+    }
+}
+
 /// How a stream's stored events are partitioned, for an error message.
 fn describe(domain: Option<Domain>, transform: Option<&stream::SubjectTransform>) -> String {
     match (domain, transform) {
@@ -228,4 +247,41 @@ pub(crate) fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
         jetstream::context::GetStreamErrorKind::JetStream(err)
             if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream's info as the broker sends it, with `cluster` as given.
+    fn info(cluster: serde_json::Value) -> stream::Info {
+        let ts = "2026-01-01T00:00:00Z";
+        serde_json::from_value(serde_json::json!({
+            "config": stream::Config {
+                name: "ORDERS".into(),
+                ..Default::default()
+            },
+            "created": ts,
+            "state": {"messages": 7, "bytes": 1, "first_seq": 1, "first_ts": ts,
+                      "last_seq": 7, "last_ts": ts, "consumer_count": 0},
+            "cluster": cluster,
+        }))
+        .expect("a stream info")
+    }
+
+    #[test]
+    fn a_stream_state_is_believed_only_from_its_leader() {
+        let led = info(serde_json::json!({"name": "c", "leader": "node-1"}));
+        assert_eq!(leader_state(&led).unwrap().last_sequence, 7);
+        // A single server names itself; a broker that sends no cluster at all is one too.
+        assert!(leader_state(&info(serde_json::Value::Null)).is_ok());
+        // A replica answering while no leader is elected.
+        for leaderless in [
+            serde_json::json!({"name": "c", "replicas": [{"name": "node-2", "current": false, "active": 1_000, "lag": 3}]}),
+            serde_json::json!({"name": "c", "leader": ""}),
+        ] {
+            let refused = leader_state(&info(leaderless)).unwrap_err().to_string();
+            assert!(refused.contains("no leader"), "{refused}");
+        }
+    }
 }

@@ -123,7 +123,7 @@ async fn restore_events<S: Service>(
 ) -> Result<u64, EngineError> {
     let domain = own::<S>();
     let mut stream = js.get_stream(domain.stream()).await.map_err(failed)?;
-    let state = &stream.info().await.map_err(failed)?.state;
+    let state = bus::streams::leader_state(stream.info().await.map_err(failed)?)?;
     let (first, last) = (state.first_sequence, state.last_sequence);
     if last == 0 {
         return Ok(0);

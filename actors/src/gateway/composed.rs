@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Caller;
 use super::incident::Incident;
-use super::{error, failed, may_see, not_theirs, order_id};
+use super::{error, failed, may_see, not_theirs, order_id, unavailable};
 use crate::contract::{
     InventoryPart, InventoryService, OrderService, OrderView, Part, Payment, PaymentService,
     RecommendationPart, RecommendationService, Service, Shipment, ShipmentService, StorePart,
@@ -143,10 +143,10 @@ pub async fn composed_order(
         (Some(Some(order)), caller) if !may_see(caller, Some(&order.customer)) => {
             return not_theirs(&id)
         }
+        // The order is named in what is logged, not in the cause: one outage is one incident.
         (None, Caller::Customer(_)) => {
-            return failed(DomainError::unavailable(format!(
-                "the composed view of order {id}: whose order it is, unknown ({causes})"
-            )))
+            let what = format!("the composed view of order {id}, whose order it is unknown");
+            return unavailable(Incident::of(&what, &causes));
         }
         _ => {}
     }

@@ -146,7 +146,7 @@ pub(super) fn failed(e: DomainError) -> HttpResponse {
 }
 
 /// 503 with the incident whose cause the log holds.
-fn unavailable(incident: Incident) -> HttpResponse {
+pub(super) fn unavailable(incident: Incident) -> HttpResponse {
     HttpResponse::ServiceUnavailable().json(json!({
         "error": UNAVAILABLE,
         "incident": incident.id(),

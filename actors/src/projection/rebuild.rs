@@ -301,7 +301,8 @@ async fn replay_targets(js: &jetstream::Context) -> Result<Vec<(Domain, u64)>, D
             .get_stream(domain.stream())
             .await
             .map_err(|e| DomainError::unavailable(e.to_string()))?;
-        let state = &stream.cached_info().state;
+        let state = bus::streams::leader_state(stream.cached_info())
+            .map_err(|e| DomainError::unavailable(e.to_string()))?;
         if state.first_sequence > 1 {
             return Err(DomainError::conflict(format!(
                 "{} no longer holds its first events (retention): a rebuild would lose orders",
