@@ -10,7 +10,8 @@ from its first POST to a confirmed status, by when it was placed.
     cargo build --release --bin commerce
     scripts/freeze-a-node.py --node 1 --freeze 15
 
-Python's standard library only; NATS_SERVER_BIN as for `commerce up`.
+Python's standard library only; NATS_SERVER_BIN as for `commerce up`. Which nats-server
+--node picks goes by process id: usually node-(N+1), the nodes being started in order.
 """
 import argparse
 import json
@@ -23,7 +24,9 @@ import time
 import urllib.error
 import urllib.request
 
-DONE = {"CONFIRMED", "COMPLETED", "SHIPPED", "DELIVERED", "CANCELLED", "FAILED"}
+CONFIRMED = {"CONFIRMED", "SHIPPED", "COMPLETED"}
+ENDED = CONFIRMED | {"CANCELLED"}
+WAIT = 120  # seconds an order is waited for after the run, at most
 
 args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 args.add_argument("--commerce", default="target/release/commerce")
@@ -66,7 +69,7 @@ def call(method, path, body=None, key=None):
         return 0, {}
 
 
-orders = []  # (placed at, seconds to confirmed)
+orders = []  # (placed at, seconds to its end, its status at the end)
 
 
 def place(i):
@@ -77,10 +80,13 @@ def place(i):
         status, body = call("POST", "/orders", form, key=f"freeze-{i}")
         if status in (200, 201):
             break
+        if status not in (0, 503):  # only "send it again" is sent again
+            orders.append((placed, time.time() - placed, f"refused {status}"))
+            return
         time.sleep(0.2)  # a client's pause between tries, not a synchronization
-    while call("GET", f"/orders/{body['order_id']}")[1].get("order_status") not in DONE:
+    while (ended := call("GET", f"/orders/{body['order_id']}")[1].get("order_status")) not in ENDED:
         time.sleep(0.05)
-    orders.append((placed, time.time() - placed))
+    orders.append((placed, time.time() - placed, ended))
 
 
 start = time.time()
@@ -99,23 +105,30 @@ try:
         threads[-1].start()
         i += 1
         time.sleep(0.1)
+    deadline = time.time() + WAIT
     for t in threads:
-        t.join(timeout=120)
+        t.join(timeout=max(0.0, deadline - time.time()))
+    end = time.time()
 finally:
     if froze and thawed is None:
         os.kill(nodes[args.node], signal.SIGCONT)
     up.send_signal(signal.SIGINT)
     up.wait(timeout=60)
 
-confirmed = sorted(placed + took for placed, took in orders)
-gap, at = max((b - a, a) for a, b in zip(confirmed, confirmed[1:]))
-print(f"node {args.node} frozen for {args.freeze:.0f} s; {len(orders)} of {i} orders confirmed")
+confirmed = sorted(placed + took for placed, took, status in orders if status in CONFIRMED)
+print(f"node {args.node} frozen for {args.freeze:.0f} s: {len(confirmed)} of {i} orders confirmed,"
+      f" {sum(1 for o in orders if o[2] not in CONFIRMED)} ended otherwise,"
+      f" {i - len(orders)} not ended {WAIT} s after the run")
+# From the freeze to the end of the run: a saga that never came back is one long gap.
+marks = sorted([froze, end] + [c for c in confirmed if froze <= c <= end])
+gap, at = max((b - a, a) for a, b in zip(marks, marks[1:]))
 print(f"longest time without a confirmation: {gap:.1f} s, from {at - froze:+.1f} s after the freeze")
 after = [c - froze for c in confirmed if c >= froze]
 print("confirmations per second from the freeze on:",
       [sum(1 for c in after if k <= c < k + 1) for k in range(int(args.freeze) + 10)])
 for lo in range(-3, int(args.freeze) + 6, 3):
-    took = sorted(t for placed, t in orders if froze + lo <= placed < froze + lo + 3)
+    took = sorted(t for placed, t, status in orders
+                  if status in CONFIRMED and froze + lo <= placed < froze + lo + 3)
     if took:
         print(f"placed {lo:+3}..{lo + 3:+3} s from the freeze: p50 {took[len(took) // 2]:6.2f} s,"
               f" max {took[-1]:6.2f} s")

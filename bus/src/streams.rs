@@ -150,7 +150,8 @@ pub async fn provision(
                 {
                     Provisioned::Unchanged
                 } else {
-                    if have.subject_transform != wanted.subject_transform && info.state.messages > 0
+                    if have.subject_transform != wanted.subject_transform
+                        && leader_state(info)?.messages > 0
                     {
                         return Err(BusError::Repartition {
                             stream: name.to_string(),
@@ -215,17 +216,47 @@ pub async fn keep_provisioned(
 /// freeze) would show a stream that lost its tail: the relay would publish again what the
 /// stream holds, a consumer start over, a rebuild stop short. So that answer is refused, as
 /// the broker itself refuses to serve a message then; asked again, the new leader answers.
+///
+/// A replica can also answer just as a leader is elected, naming it: an answer is the leader's
+/// own only if the leader is not among the replicas it lists (each answer leaves its own
+/// server out).
 pub fn leader_state(info: &stream::Info) -> Result<&stream::State, BusError> {
-    let led = info
-        .cluster
-        .as_ref()
-        .is_none_or(|cluster| cluster.leader.as_deref().is_some_and(|l| !l.is_empty()));
+    let led = info.cluster.as_ref().is_none_or(|cluster| {
+        cluster.leader.as_deref().is_some_and(|leader| {
+            !leader.is_empty() && cluster.replicas.iter().all(|peer| peer.name != leader)
+        })
+    });
     if led {
         Ok(&info.state)
     } else {
         Err(BusError::jetstream(format!("stream {}", info.config.name))(
             "answered by a replica while no leader is elected (its state may lag): ask again",
         ))
+    }
+}
+
+/// How long a caller that cannot try again later (a process's start) waits for a stream's
+/// leader to be elected: longer than the broker's Raft election timeout (at most 9 s).
+pub const LEADER_PATIENCE: Duration = Duration::from_secs(30);
+
+/// `stream`'s info as its leader gives it ([`leader_state`]), asked again every 250 ms while
+/// no leader is elected, for up to `patience`.
+pub async fn leader_info(
+    stream: &mut stream::Stream,
+    patience: Duration,
+) -> Result<stream::Info, BusError> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        let name = stream.cached_info().config.name.clone();
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| BusError::jetstream(format!("stream {name}"))(e))?;
+        match leader_state(info) {
+            Ok(_) => return Ok(info.clone()),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
     }
 }
 
@@ -271,7 +302,11 @@ mod tests {
 
     #[test]
     fn a_stream_state_is_believed_only_from_its_leader() {
-        let led = info(serde_json::json!({"name": "c", "leader": "node-1"}));
+        let led = info(
+            serde_json::json!({"name": "c", "leader": "node-1", "replicas": [
+            {"name": "node-2", "current": true, "active": 1_000, "lag": 0},
+            {"name": "node-3", "current": false, "active": 1_000, "lag": 5}]}),
+        );
         assert_eq!(leader_state(&led).unwrap().last_sequence, 7);
         // A single server names itself; a broker that sends no cluster at all is one too.
         assert!(leader_state(&info(serde_json::Value::Null)).is_ok());
@@ -279,6 +314,10 @@ mod tests {
         for leaderless in [
             serde_json::json!({"name": "c", "replicas": [{"name": "node-2", "current": false, "active": 1_000, "lag": 3}]}),
             serde_json::json!({"name": "c", "leader": ""}),
+            // A follower answering as the leader is elected: it lists the leader as a replica.
+            serde_json::json!({"name": "c", "leader": "node-1", "replicas": [
+                {"name": "node-1", "current": true, "active": 1_000, "lag": 0},
+                {"name": "node-3", "current": true, "active": 1_000, "lag": 0}]}),
         ] {
             let refused = leader_state(&info(leaderless)).unwrap_err().to_string();
             assert!(refused.contains("no leader"), "{refused}");

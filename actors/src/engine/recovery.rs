@@ -123,8 +123,8 @@ async fn restore_events<S: Service>(
 ) -> Result<u64, EngineError> {
     let domain = own::<S>();
     let mut stream = js.get_stream(domain.stream()).await.map_err(failed)?;
-    let state = bus::streams::leader_state(stream.info().await.map_err(failed)?)?;
-    let (first, last) = (state.first_sequence, state.last_sequence);
+    let info = bus::streams::leader_info(&mut stream, bus::streams::LEADER_PATIENCE).await?;
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
     if last == 0 {
         return Ok(0);
     }
@@ -246,7 +246,8 @@ async fn restore_dead_letters(
         .get_stream(bus::streams::DLQ_STREAM)
         .await
         .map_err(failed)?;
-    if stream.info().await.map_err(failed)?.state.messages == 0 {
+    let info = bus::streams::leader_info(&mut stream, bus::streams::LEADER_PATIENCE).await?;
+    if info.state.messages == 0 {
         return Ok(());
     }
     // `dlq.<owner>.<stored subject>`, whose last token is the partition.

@@ -50,13 +50,14 @@ impl ResilienceSettings {
 /// Why a guarded call did not produce the dependency's answer.
 #[derive(Debug, thiserror::Error)]
 pub enum Guarded<E> {
-    #[error("{dependency}: circuit {}, not calling (retry in {retry_after:?})", state.name())]
+    // No time in the text: it is an incident's cause, alike for every refusal of one outage.
+    #[error("{dependency}: circuit {}, not calling", state.name())]
     Open {
         dependency: String,
         state: State,
         retry_after: Duration,
     },
-    #[error("{dependency}: bulkhead full ({limit} calls in flight, waited {waited:?})")]
+    #[error("{dependency}: bulkhead full ({limit} calls in flight)")]
     Full {
         dependency: String,
         limit: usize,

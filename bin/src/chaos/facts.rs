@@ -157,10 +157,11 @@ async fn events(
     let mut all = BTreeMap::new();
     for domain in Domain::ALL {
         let mut stream = js.get_stream(domain.stream()).await?;
-        let (first, last) = {
-            let state = &stream.info().await?.state;
-            (state.first_sequence.max(1), state.last_sequence)
-        };
+        // The leader's word: a replica's answer may lag, and these are the run's facts.
+        let state = bus::streams::leader_info(&mut stream, bus::streams::LEADER_PATIENCE)
+            .await?
+            .state;
+        let (first, last) = (state.first_sequence.max(1), state.last_sequence);
         let mut events = Vec::new();
         for seq in first..=last {
             let message = stream
