@@ -197,7 +197,13 @@ fn bench_subjects_counts_a_subject_per_order_against_a_fixed_few() {
         for (done, expected) in ["1024 ", "2048 "].into_iter().zip(subjects) {
             let values = numbers(run, done);
             assert_eq!(values.len(), 8, "window ending at {done}:\n{report}");
-            assert!(values.iter().all(|v| *v > 0.0), "{values:?}\n{report}");
+            // The broker's CPU (column 6) is read from /proc in 10 ms ticks: a window of 1,024
+            // messages may take less than one.
+            let measured = |(column, v): (usize, &f64)| *v > 0.0 || (column == 6 && *v == 0.0);
+            assert!(
+                values.iter().enumerate().all(measured),
+                "{values:?}\n{report}"
+            );
             assert_eq!(values[7], expected, "subjects the stream holds:\n{report}");
         }
     }

@@ -308,7 +308,10 @@ mod tests {
             {"name": "node-3", "current": false, "active": 1_000, "lag": 5}]}),
         );
         assert_eq!(leader_state(&led).unwrap().last_sequence, 7);
-        // A single server names itself; a broker that sends no cluster at all is one too.
+        // A single server (or a stream of one replica) names itself and lists no replicas; a
+        // broker that sends no cluster at all is taken at its word too.
+        let single = info(serde_json::json!({"name": "", "leader": "solo"}));
+        assert!(leader_state(&single).is_ok());
         assert!(leader_state(&info(serde_json::Value::Null)).is_ok());
         // A replica answering while no leader is elected.
         for leaderless in [
