@@ -1,5 +1,6 @@
 //! Leases against a real nats-server: one owner at a time, a standby that takes over only once
-//! the owner's lease lapsed, and a store that its lapsed owner can no longer write through.
+//! the owner's lease lapsed, and a store that its lapsed owner can no longer write through; the
+//! broker's fence between terms, and a recovery's marker behind a dead process's last publish.
 
 use std::time::Duration;
 
@@ -8,7 +9,9 @@ use bus::term::Term;
 use bus::BusError;
 use bus::Domain::Orders;
 use bus::{OutboxRelay, Publisher, RelayConfig};
-use commerce_tests::{commit_orders, init_logs, temp_store, Deadline, TestBroker};
+use commerce_tests::{
+    commit_orders, init_logs, temp_store, wait_until, Deadline, TestBroker, TestCluster,
+};
 use storage::{Fenced, StorageError};
 
 const TTL: Duration = Duration::from_millis(1_200);
@@ -427,4 +430,132 @@ async fn the_lease_time_to_live_is_raised_but_never_lowered() {
     assert_eq!(lease::bucket(&broker.js).await.unwrap().1, TTL);
     lease::provision(&broker.js, TTL * 2, 1).await.unwrap();
     assert_eq!(lease::bucket(&broker.js).await.unwrap().1, TTL * 2);
+}
+
+/// A recovery's marker is stored behind a publish its dead predecessor sent first, even when the
+/// stream could not store that publish yet (a cluster without its quorum): the broker stores in
+/// the order its leader took them. So a recovery that reads up to its marker reads that publish
+/// too, where reading the stream's state instead would have stopped before it.
+#[tokio::test]
+async fn a_recovery_marker_lands_behind_a_publish_the_stream_had_taken_but_not_stored() {
+    init_logs();
+    let mut broker = TestCluster::start().await;
+    let nodes = broker.cluster.nodes();
+    let mut orders = broker.js.get_stream("ORDERS").await.unwrap();
+    let info = bus::streams::leader_info(&mut orders).await.unwrap();
+    let leader = info.cluster.and_then(|c| c.leader).unwrap();
+    let at = nodes.iter().position(|n| n.name() == leader).unwrap();
+    // Everyone talks to the leader: a frozen follower would answer nobody.
+    let at_leader = |name: &'static str| {
+        let url = nodes[at].url();
+        async move { async_nats::jetstream::new(bus::connect(&url, name, None).await.unwrap()) }
+    };
+    let (predecessor, successor) = (at_leader("predecessor").await, at_leader("successor").await);
+    let mut orders = at_leader("reader")
+        .await
+        .get_stream("ORDERS")
+        .await
+        .unwrap();
+    let group = raft_group(&nodes[at].monitor_url(), "ORDERS").await;
+    let first = predecessor
+        .publish("orders.order_placed.o1", "1".into())
+        .await;
+    first.unwrap().await.unwrap();
+
+    // The followers freeze: the leader takes the predecessor's publish into its log, and cannot
+    // store it without a quorum.
+    for (i, node) in nodes.iter().enumerate() {
+        if i != at {
+            node.pause(true).unwrap();
+            let pid = node.pid().unwrap();
+            wait_until("the follower stopped", WAIT, || async move { stopped(pid) }).await;
+        }
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "the-predecessors-last");
+    let late = predecessor
+        .publish_with_headers("orders.order_placed.o2", headers, "2".into())
+        .await
+        .unwrap();
+    drop(late); // the predecessor dies waiting
+    let logged = |entries: u64| {
+        let (url, group) = (nodes[at].monitor_url(), group.clone());
+        move || {
+            let (url, group) = (url.clone(), group.clone());
+            async move { uncommitted(&url, &group).await >= entries }
+        }
+    };
+    wait_until("the leader logs the late publish", WAIT, logged(1)).await;
+    // What a recovery that trusted the stream's state would read: the late publish is not there.
+    let stale = bus::streams::leader_info(&mut orders).await.unwrap();
+    assert_eq!(stale.state.last_sequence, 1, "not stored without a quorum");
+
+    let marking =
+        tokio::spawn(async move { bus::term::mark_recovery(&successor, Orders, 0).await });
+    wait_until("the leader logs the marker", WAIT, logged(2)).await;
+    for (i, node) in nodes.iter().enumerate() {
+        if i != at {
+            node.pause(false).unwrap();
+        }
+    }
+    let marker = marking.await.unwrap().unwrap();
+    let before = orders.get_raw_message(marker - 1).await.unwrap();
+    let id = before.headers.get("Nats-Msg-Id").map(|v| v.to_string());
+    assert_eq!(
+        id.as_deref(),
+        Some("the-predecessors-last"),
+        "stored ahead of the marker"
+    );
+    broker.cluster.stop().await;
+}
+
+/// The Raft group of `stream` (its account's name and its own), as the node at `monitor` names it.
+async fn raft_group(monitor: &str, stream: &str) -> (String, String) {
+    let jsz: serde_json::Value = reqwest::get(format!(
+        "{monitor}/jsz?accounts=true&streams=true&raft=true"
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let accounts = jsz["account_details"].as_array().into_iter().flatten();
+    accounts
+        .flat_map(|account| {
+            let streams = account["stream_detail"].as_array().into_iter().flatten();
+            streams.map(move |s| (account["name"].as_str(), s))
+        })
+        .find(|(_, s)| s["name"] == stream)
+        .and_then(|(account, s)| Some((account?.to_string(), s["stream_raft_group"].as_str()?)))
+        .map(|(account, group)| (account, group.to_string()))
+        .unwrap_or_else(|| panic!("{stream}'s raft group in {jsz}"))
+}
+
+/// Entries the node at `monitor` logged in `group` of `account` and has not committed.
+async fn uncommitted(monitor: &str, (account, group): &(String, String)) -> u64 {
+    let raftz: serde_json::Value =
+        reqwest::get(format!("{monitor}/raftz?acc={account}&group={group}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let node = &raftz[account][group];
+    assert!(node.is_object(), "{group} in {raftz}");
+    let number = |field: &str| node[field].as_u64().unwrap_or(0);
+    number("pindex").saturating_sub(number("committed"))
+}
+
+/// Whether every thread of process `pid` is stopped (SIGSTOP takes each at its next return
+/// from the kernel).
+fn stopped(pid: u32) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command's closing parenthesis.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        matches!(state, Some('T' | 't'))
+    })
 }

@@ -30,6 +30,8 @@ const MARK_TRIES: usize = 5;
 /// How long to wait before looking again when a clustered stream is still checking another
 /// publish of the term's subject ("wrong last sequence", 10164).
 const CHECK_IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long to wait before publishing a recovery's marker again.
+const RECOVERY_MARK_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Where owners of `partition` of `domain`'s service mark their terms, in its own stream: two
 /// tokens, `<domain>.term_<partition>`, so the partitioning transform (three tokens, events)
@@ -190,6 +192,45 @@ impl Term {
             }
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(BusError::jetstream(what())(e)),
+        }
+    }
+}
+
+/// Mark where a recovery of `partition` of `domain`'s service reads its stream to, when no
+/// term does (a service run without `--instance`): returns the marker's sequence.
+///
+/// A publish its dead predecessor sent may still be on its way into the stream (a clustered
+/// stream that had lost its quorum commits it once the quorum is back). Read before it lands,
+/// the successor would make the same versions again. The broker stores a stream's messages in
+/// the order its leader took them, so once this marker is acknowledged, every publish taken
+/// before it is stored ahead of it, where a replay opened after it reads it. It is published
+/// under one `Nats-Msg-Id`, asked again until acknowledged for up to the time a leader takes
+/// to be elected ([`crate::streams::LEADER_PATIENCE`]).
+pub async fn mark_recovery(
+    js: &jetstream::Context,
+    domain: Domain,
+    partition: u32,
+) -> Result<u64, BusError> {
+    let subject = term_subject(domain, partition);
+    let id = uuid::Uuid::now_v7().to_string();
+    let body: Bytes = serde_json::json!({ "recovery": id }).to_string().into();
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", format!("recovery-{id}").as_str());
+    let deadline = std::time::Instant::now() + crate::streams::LEADER_PATIENCE;
+    loop {
+        let acked = match js
+            .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+            .await
+        {
+            Ok(sent) => sent.await.map_err(async_nats::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        match acked {
+            Ok(ack) => return Ok(ack.sequence),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                return Err(BusError::jetstream(format!("mark a recovery on {subject}"))(e))
+            }
+            Err(_) => tokio::time::sleep(RECOVERY_MARK_WAIT).await,
         }
     }
 }

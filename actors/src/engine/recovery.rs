@@ -11,6 +11,10 @@
 //! Events the service had dead-lettered are marked as such (not as applied): the recreated
 //! consumers skip them (no charge weeks later), and `commerce dlq replay` can still re-drive
 //! them (a refund that reached `DLQ` is never lost to a recovery).
+//!
+//! A recovery reads its stream up to a marker stored before it began reading ([`ReadTo`]): a
+//! publish of the dead process that the broker took before the marker, but had not stored yet
+//! (a cluster without its quorum), is read, not made again under the same versions.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -53,6 +57,7 @@ pub async fn recover_if_empty<S: Service>(
     js: &jetstream::Context,
     login: &bus::Login,
     scope: Scope,
+    read_to: ReadTo,
 ) -> Result<(), EngineError> {
     let address = scope.address;
     if !store.is_empty() {
@@ -66,7 +71,7 @@ pub async fn recover_if_empty<S: Service>(
     std::fs::File::create(&marker)
         .and_then(|f| f.sync_all())
         .map_err(io)?;
-    let restored = recover::<S>(store, js, login, scope).await?;
+    let restored = recover::<S>(store, js, login, scope, read_to).await?;
     reset_consumers::<S>(js, address).await?;
     std::fs::remove_file(&marker).map_err(io)?;
     if restored > 0 {
@@ -77,6 +82,16 @@ pub async fn recover_if_empty<S: Service>(
         );
     }
     Ok(())
+}
+
+/// Where a recovery reads its stream to: a marker stored before it began reading, so that a
+/// dead predecessor's last publishes are ahead of it, not behind.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ReadTo {
+    /// This host's term marker, in the stream already (`bus::term`).
+    TermMarker,
+    /// A marker of its own, published first ([`bus::term::mark_recovery`]).
+    OwnMarker,
 }
 
 fn failed(cause: impl Into<async_nats::Error>) -> EngineError {
@@ -106,9 +121,10 @@ pub async fn recover<S: Service>(
     js: &jetstream::Context,
     login: &bus::Login,
     scope: Scope,
+    read_to: ReadTo,
 ) -> Result<u64, EngineError> {
     let slice = slice(scope.address);
-    let restored = restore_events::<S>(store, js, login, slice, scope.shard()).await?;
+    let restored = restore_events::<S>(store, js, login, scope, read_to).await?;
     restore_dead_letters(store, js, login, scope.address, slice).await?;
     let _durable = store.flush().await?;
     Ok(restored)
@@ -118,12 +134,13 @@ async fn restore_events<S: Service>(
     store: &Store,
     js: &jetstream::Context,
     login: &bus::Login,
-    slice: Slice,
-    shard: Option<Shard>,
+    scope: Scope,
+    read_to: ReadTo,
 ) -> Result<u64, EngineError> {
+    let (slice, shard) = (slice(scope.address), scope.shard());
     let domain = own::<S>();
     let mut stream = js.get_stream(domain.stream()).await.map_err(failed)?;
-    let info = bus::streams::leader_info(&mut stream, bus::streams::LEADER_PATIENCE).await?;
+    let info = bus::streams::leader_info(&mut stream).await?;
     let (first, last) = (info.state.first_sequence, info.state.last_sequence);
     if last == 0 {
         return Ok(0);
@@ -133,6 +150,9 @@ async fn restore_events<S: Service>(
             "{} no longer holds its first events (retention), so it cannot rebuild a database",
             domain.stream()
         )));
+    }
+    if read_to == ReadTo::OwnMarker {
+        bus::term::mark_recovery(js, domain, scope.address.partition.unwrap_or(0)).await?;
     }
     // Own events only (a stream holds only its owner's events, but be strict), of `slice`'s
     // partitions (not the term markers).
@@ -246,7 +266,7 @@ async fn restore_dead_letters(
         .get_stream(bus::streams::DLQ_STREAM)
         .await
         .map_err(failed)?;
-    let info = bus::streams::leader_info(&mut stream, bus::streams::LEADER_PATIENCE).await?;
+    let info = bus::streams::leader_info(&mut stream).await?;
     if info.state.messages == 0 {
         return Ok(());
     }

@@ -158,9 +158,7 @@ async fn events(
     for domain in Domain::ALL {
         let mut stream = js.get_stream(domain.stream()).await?;
         // The leader's word: a replica's answer may lag, and these are the run's facts.
-        let state = bus::streams::leader_info(&mut stream, bus::streams::LEADER_PATIENCE)
-            .await?
-            .state;
+        let state = bus::streams::leader_info(&mut stream).await?.state;
         let (first, last) = (state.first_sequence.max(1), state.last_sequence);
         let mut events = Vec::new();
         for seq in first..=last {

@@ -236,6 +236,7 @@ async fn serve<S: Service>(
     let service = S::new(&settings, &ops)?;
     let mut host = Host::with_client(address, settings, store, client, login, shutdown);
     let mut publisher = Publisher::new(host.js.clone());
+    let mut read_to = recovery::ReadTo::OwnMarker;
     if let Some(Owned {
         keeper,
         fence,
@@ -246,8 +247,10 @@ async fn serve<S: Service>(
         bus::failpoints::stall("host.before_serving");
         host.keep_lease(keeper);
         publisher = publisher.within_term(term);
+        read_to = recovery::ReadTo::TermMarker;
     }
-    recovery::recover_if_empty::<S>(&dir, &host.store, &host.js, &host.login, scope).await?;
+    recovery::recover_if_empty::<S>(&dir, &host.store, &host.js, &host.login, scope, read_to)
+        .await?;
 
     let relay = OutboxRelay::new(host.store.clone(), publisher, RelayConfig::default());
     let engine = Engine::new(service, host.store.clone()).in_shard(scope.shard());
