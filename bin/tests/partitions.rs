@@ -86,6 +86,9 @@ async fn every_path_ends_right_with_orders_and_stock_split_over_three_partitions
     let last = orders.info().await.unwrap().state.last_sequence;
     for seq in 1..=last {
         let message = orders.get_raw_message(seq).await.unwrap();
+        if bus::term::is_term_subject(&message.subject) {
+            continue; // a recovery's or a term's marker
+        }
         let event = bus::Envelope::from_slice(&message.payload).unwrap();
         let (_, partition) = bus::partition::split_stored(&message.subject).unwrap();
         assert_eq!(

@@ -127,7 +127,8 @@ pub struct Replay {
     consumer: Option<Held>,
     /// Its turn among this process's replays of the stream.
     _turn: OwnedSemaphorePermit,
-    filter: String,
+    /// The subjects read (all, if none).
+    filters: Vec<String>,
     /// The sequence of the next message wanted.
     next: u64,
     /// Messages the first consumer had to deliver when it was created.
@@ -139,6 +140,19 @@ impl Replay {
     /// Read `stream` (only `filter`'s subjects, if not empty) from its first message, as
     /// `login`'s replay identity: a connection of its own, closed when the replay is dropped.
     pub async fn open(login: &Login, stream: &str, filter: &str) -> Result<Replay, BusError> {
+        let filters = match filter {
+            "" => Vec::new(),
+            filter => vec![filter.to_string()],
+        };
+        Self::open_filtered(login, stream, filters).await
+    }
+
+    /// [`Replay::open`], reading the subjects of any of `filters` (all, if none).
+    pub async fn open_filtered(
+        login: &Login,
+        stream: &str,
+        filters: Vec<String>,
+    ) -> Result<Replay, BusError> {
         let js = jetstream::new(connect(login).await?);
         let identity = login.replayer().name;
         let _turn = turns(&identity, stream)
@@ -155,7 +169,7 @@ impl Replay {
             identity,
             consumer: None,
             _turn,
-            filter: filter.to_string(),
+            filters,
             next: 1,
             pending: 0,
             messages: None,
@@ -258,7 +272,7 @@ impl Replay {
                     start_sequence: self.next,
                 },
                 ack_policy: consumer::AckPolicy::None,
-                filter_subject: self.filter.clone(),
+                filter_subjects: self.filters.clone(),
                 // Ours only while we read it; the server removes it if we vanish.
                 inactive_threshold: Duration::from_secs(30),
                 memory_storage: true,

@@ -220,44 +220,20 @@ pub async fn keep_provisioned(
 /// A replica can also answer just as a leader is elected, naming it: an answer is the leader's
 /// own only if the leader is not among the replicas it lists (each answer leaves its own
 /// server out).
-///
-/// And a leader frozen long enough to be replaced names itself until a message of the new
-/// term reaches it. So an answer is believed only if its leader heard from a quorum of the
-/// group within [`LEADER_LEASE`], shorter than any election: one frozen through an election
-/// has not (the check Raft asks of a leader answering reads alone).
 pub fn leader_state(info: &stream::Info) -> Result<&stream::State, BusError> {
-    let refused = |why: &str| {
-        Err(BusError::jetstream(format!("stream {}", info.config.name))(
-            why.to_string(),
-        ))
-    };
-    let Some(cluster) = &info.cluster else {
-        return Ok(&info.state);
-    };
-    let replicas = &cluster.replicas;
-    let named = cluster.leader.as_deref().is_some_and(|leader| {
-        !leader.is_empty() && replicas.iter().all(|peer| peer.name != leader)
+    let led = info.cluster.as_ref().is_none_or(|cluster| {
+        cluster.leader.as_deref().is_some_and(|leader| {
+            !leader.is_empty() && cluster.replicas.iter().all(|peer| peer.name != leader)
+        })
     });
-    if !named {
-        return refused(
+    if led {
+        Ok(&info.state)
+    } else {
+        Err(BusError::jetstream(format!("stream {}", info.config.name))(
             "answered by a replica while no leader is elected (its state may lag): ask again",
-        );
+        ))
     }
-    let heard = replicas
-        .iter()
-        .filter(|peer| peer.active < LEADER_LEASE)
-        .count();
-    // The leader and the replicas it heard from are a majority of the group: at least half of
-    // the replicas, rounded up.
-    if heard < replicas.len().div_ceil(2) {
-        return refused("answered by a leader that has not heard from a quorum lately (it may have been replaced): ask again");
-    }
-    Ok(&info.state)
 }
-
-/// How recently a stream's leader must have heard from a quorum to be believed: below the
-/// broker's shortest Raft election timeout (4 s), above its heartbeat (1 s).
-const LEADER_LEASE: Duration = Duration::from_secs(3);
 
 /// How long a caller that cannot try again later (a process's start) waits for a stream's
 /// leader to be elected: longer than the broker's Raft election timeout (at most 9 s).
@@ -346,18 +322,5 @@ mod tests {
             let refused = leader_state(&info(leaderless)).unwrap_err().to_string();
             assert!(refused.contains("no leader"), "{refused}");
         }
-        // A leader that heard from one of its two replicas within the lease has a quorum...
-        let heard = |seconds: [u64; 2]| {
-            let peer = |name: &str, s: u64| serde_json::json!({"name": name, "current": true, "active": s * 1_000_000_000, "lag": 0});
-            info(
-                serde_json::json!({"name": "c", "leader": "node-1", "replicas": [
-                peer("node-2", seconds[0]), peer("node-3", seconds[1])]}),
-            )
-        };
-        assert!(leader_state(&heard([1, 20])).is_ok());
-        // ...one that heard from neither (thawed after a freeze in which another was elected)
-        // is refused.
-        let refused = leader_state(&heard([5, 20])).unwrap_err().to_string();
-        assert!(refused.contains("quorum"), "{refused}");
     }
 }

@@ -203,9 +203,9 @@ impl Term {
 /// stream that had lost its quorum commits it once the quorum is back). Read before it lands,
 /// the successor would make the same versions again. The broker stores a stream's messages in
 /// the order its leader took them, so once this marker is acknowledged, every publish taken
-/// before it is stored ahead of it, where a replay opened after it reads it. It is published
-/// under one `Nats-Msg-Id`, asked again until acknowledged for up to the time a leader takes
-/// to be elected ([`crate::streams::LEADER_PATIENCE`]).
+/// before it is stored ahead of it, where a replay that reads up to the marker reads it. It is
+/// published under one `Nats-Msg-Id`, asked again until acknowledged for up to the time a
+/// leader takes to be elected ([`crate::streams::LEADER_PATIENCE`]).
 pub async fn mark_recovery(
     js: &jetstream::Context,
     domain: Domain,
@@ -230,7 +230,12 @@ pub async fn mark_recovery(
             Err(e) if std::time::Instant::now() >= deadline => {
                 return Err(BusError::jetstream(format!("mark a recovery on {subject}"))(e))
             }
-            Err(_) => tokio::time::sleep(RECOVERY_MARK_WAIT).await,
+            Err(e) => {
+                // Broker trouble passes (an election); anything else fails, named, at the
+                // deadline.
+                tracing::warn!(%subject, error = %e, "recovery marker not stored; publishing it again");
+                tokio::time::sleep(RECOVERY_MARK_WAIT).await
+            }
         }
     }
 }

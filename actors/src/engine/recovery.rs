@@ -88,8 +88,8 @@ pub async fn recover_if_empty<S: Service>(
 /// dead predecessor's last publishes are ahead of it, not behind.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum ReadTo {
-    /// This host's term marker, in the stream already (`bus::term`).
-    TermMarker,
+    /// This host's term marker, at this sequence (`bus::term`).
+    TermMarker(u64),
     /// A marker of its own, published first ([`bus::term::mark_recovery`]).
     OwnMarker,
 }
@@ -151,20 +151,30 @@ async fn restore_events<S: Service>(
             domain.stream()
         )));
     }
-    if read_to == ReadTo::OwnMarker {
-        bus::term::mark_recovery(js, domain, scope.address.partition.unwrap_or(0)).await?;
-    }
+    let partition_number = scope.address.partition.unwrap_or(0);
+    let marker = match read_to {
+        ReadTo::TermMarker(sequence) => sequence,
+        ReadTo::OwnMarker => bus::term::mark_recovery(js, domain, partition_number).await?,
+    };
     // Own events only (a stream holds only its owner's events, but be strict), of `slice`'s
-    // partitions (not the term markers).
+    // partitions, and the marker's subject: read up to the marker at least, for the replay's
+    // consumer may sit on a replica still catching up, whose count of what is left stops short.
+    let filters = vec![
+        partition::events(domain, "*", slice),
+        bus::term::term_subject(domain, partition_number),
+    ];
     let mut by_aggregate: BTreeMap<String, BTreeMap<u64, Envelope>> = BTreeMap::new();
-    let filter = partition::events(domain, "*", slice);
-    let mut messages = bus::replay::Replay::open(login, domain.stream(), &filter).await?;
-    let mut more = messages.pending() > 0;
+    let mut messages = bus::replay::Replay::open_filtered(login, domain.stream(), filters).await?;
+    let mut more = true;
     while more {
         let read = messages.next().await?;
         let message = read.message;
-        // Nothing left after it (a last one deleted since keeps its number, not its message).
-        more = read.pending > 0;
+        // Past the marker with nothing left after it (a last one deleted since keeps its
+        // number, not its message).
+        more = read.sequence < marker || read.pending > 0;
+        if bus::term::is_term_subject(&message.subject) {
+            continue;
+        }
         let Ok(envelope) = Envelope::from_slice(&message.payload) else {
             continue;
         };

@@ -246,8 +246,8 @@ async fn serve<S: Service>(
         host.store.fence_with(fence);
         bus::failpoints::stall("host.before_serving");
         host.keep_lease(keeper);
+        read_to = recovery::ReadTo::TermMarker(term.marker());
         publisher = publisher.within_term(term);
-        read_to = recovery::ReadTo::TermMarker;
     }
     recovery::recover_if_empty::<S>(&dir, &host.store, &host.js, &host.login, scope, read_to)
         .await?;
