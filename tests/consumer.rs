@@ -645,3 +645,29 @@ async fn a_consumer_reads_on_when_its_leader_stalls_in_a_cluster() {
     nodes[leading].pause(false).unwrap();
     broker.cluster.stop().await;
 }
+
+/// A recovery reads its dead letters up to the count `DLQ`'s leader gives for its subjects (its
+/// replay's consumer may sit on a replica still catching up): one owner's, one partition's.
+#[tokio::test]
+async fn the_dead_letters_of_one_owner_are_counted_at_the_leader() {
+    let broker = TestBroker::start().await;
+    for (subject, copies) in [
+        ("dlq.payment.orders.order_created.o1.0", 2),
+        ("dlq.payment.orders.order_created.o2.1", 1),
+        ("dlq.inventory.orders.order_created.o1.0", 1),
+    ] {
+        for _ in 0..copies {
+            let ack = broker.js.publish(subject, "{}".into()).await.unwrap();
+            ack.await.unwrap();
+        }
+    }
+    let dlq = broker.js.get_stream("DLQ").await.unwrap();
+    for (filter, count) in [
+        ("dlq.payment.>", 3),
+        ("dlq.payment.*.*.*.1", 1),
+        ("dlq.shipment.>", 0),
+    ] {
+        let counted = bus::streams::leader_count(&dlq, filter).await.unwrap();
+        assert_eq!(counted, count, "{filter}");
+    }
+}

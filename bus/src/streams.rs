@@ -257,6 +257,28 @@ pub async fn leader_info(stream: &mut stream::Stream) -> Result<stream::Info, Bu
     }
 }
 
+/// How many messages of `filter`'s subjects `stream` holds, as its leader counts them
+/// ([`leader_state`]), asked again every 250 ms while no leader is elected, for up to
+/// [`LEADER_PATIENCE`]. A count a replay can read up to: its consumer may sit on a replica
+/// still catching up, whose own count of what is left stops short.
+pub async fn leader_count(stream: &stream::Stream, filter: &str) -> Result<u64, BusError> {
+    use futures::TryStreamExt;
+    let name = stream.cached_info().config.name.clone();
+    let failed = |e| BusError::jetstream(format!("stream {name}, counting {filter}"))(e);
+    let deadline = std::time::Instant::now() + LEADER_PATIENCE;
+    loop {
+        let subjects = stream.info_with_subjects(filter).await.map_err(failed)?;
+        match leader_state(&subjects.info) {
+            Ok(_) => {
+                let counts: Vec<(String, usize)> = subjects.try_collect().await.map_err(failed)?;
+                return Ok(counts.iter().map(|(_, n)| *n as u64).sum());
+            }
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
 /// How a stream's stored events are partitioned, for an error message.
 fn describe(domain: Option<Domain>, transform: Option<&stream::SubjectTransform>) -> String {
     match (domain, transform) {

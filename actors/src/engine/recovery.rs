@@ -286,14 +286,23 @@ async fn restore_dead_letters(
         Slice::All => format!("{}.{owner}.>", bus::dlq::PREFIX),
         Slice::One(k) => format!("{}.{owner}.*.*.*.{k}", bus::dlq::PREFIX),
     };
+    // As many as the leader holds, for the replay's consumer may sit on a replica still catching
+    // up. Counted again where the consumer sees nothing left: an operator may have discarded
+    // some meanwhile, and those are not waited for.
+    let mut held = bus::streams::leader_count(&stream, &filter).await?;
+    if held == 0 {
+        return Ok(());
+    }
     let mut messages = bus::replay::Replay::open(login, bus::streams::DLQ_STREAM, &filter).await?;
     let mut ids = Vec::new();
-    let mut more = messages.pending() > 0;
-    while more {
+    let mut read_count = 0;
+    while read_count < held {
         let read = messages.next().await?;
         let message = read.message;
-        // Nothing left after it (one deleted meanwhile, by an operator, is not waited for).
-        more = read.pending > 0;
+        read_count += 1;
+        if read_count < held && read.pending == 0 {
+            held = bus::streams::leader_count(&stream, &filter).await?;
+        }
         // Undecodable ones would be dead-lettered again; nothing to mark.
         if let Ok(envelope) = Envelope::from_slice(&message.payload) {
             ids.push(envelope.id);
