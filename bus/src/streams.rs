@@ -242,38 +242,51 @@ pub const LEADER_PATIENCE: Duration = Duration::from_secs(30);
 /// `stream`'s info as its leader gives it ([`leader_state`]), asked again every 250 ms while
 /// no leader is elected, for up to [`LEADER_PATIENCE`].
 pub async fn leader_info(stream: &mut stream::Stream) -> Result<stream::Info, BusError> {
-    let deadline = std::time::Instant::now() + LEADER_PATIENCE;
-    loop {
-        let name = stream.cached_info().config.name.clone();
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| BusError::jetstream(format!("stream {name}"))(e))?;
-        match leader_state(info) {
-            Ok(_) => return Ok(info.clone()),
-            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+    let name = stream.cached_info().config.name.clone();
+    from_the_leader(|| {
+        let (mut stream, name) = (stream.clone(), name.clone());
+        async move {
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| BusError::jetstream(format!("stream {name}"))(e))?;
+            Ok(leader_state(info).map(|_| info.clone()))
         }
-    }
+    })
+    .await
 }
 
 /// How many messages of `filter`'s subjects `stream` holds, as its leader counts them
-/// ([`leader_state`]), asked again every 250 ms while no leader is elected, for up to
-/// [`LEADER_PATIENCE`]. A count a replay can read up to: its consumer may sit on a replica
-/// still catching up, whose own count of what is left stops short.
+/// ([`leader_state`]), asked again as [`leader_info`] does. A count a replay can read up to:
+/// its consumer may sit on a replica still catching up, whose own count of what is left stops
+/// short.
 pub async fn leader_count(stream: &stream::Stream, filter: &str) -> Result<u64, BusError> {
     use futures::TryStreamExt;
     let name = stream.cached_info().config.name.clone();
     let failed = |e| BusError::jetstream(format!("stream {name}, counting {filter}"))(e);
+    from_the_leader(|| async {
+        let subjects = stream.info_with_subjects(filter).await.map_err(failed)?;
+        if let Err(refused) = leader_state(&subjects.info) {
+            return Ok(Err(refused));
+        }
+        let counts: Vec<(String, usize)> = subjects.try_collect().await.map_err(failed)?;
+        Ok(Ok(counts.iter().map(|(_, n)| *n as u64).sum()))
+    })
+    .await
+}
+
+/// `ask`'s answer, asked again every 250 ms for up to [`LEADER_PATIENCE`] while it is a
+/// replica's (the inner error, [`leader_state`]'s refusal); a failure to ask ends it at once.
+async fn from_the_leader<T, F, Fut>(mut ask: F) -> Result<T, BusError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Result<T, BusError>, BusError>>,
+{
     let deadline = std::time::Instant::now() + LEADER_PATIENCE;
     loop {
-        let subjects = stream.info_with_subjects(filter).await.map_err(failed)?;
-        match leader_state(&subjects.info) {
-            Ok(_) => {
-                let counts: Vec<(String, usize)> = subjects.try_collect().await.map_err(failed)?;
-                return Ok(counts.iter().map(|(_, n)| *n as u64).sum());
-            }
-            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+        match ask().await? {
+            Ok(answer) => return Ok(answer),
+            Err(refused) if std::time::Instant::now() >= deadline => return Err(refused),
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
