@@ -671,3 +671,34 @@ async fn the_dead_letters_of_one_owner_are_counted_at_the_leader() {
         assert_eq!(counted, count, "{filter}");
     }
 }
+
+/// A replay that counts nothing left short of its target asks the leader what follows: the
+/// next message on the filter past a deleted one, and none after the last.
+#[tokio::test]
+async fn the_leader_names_the_next_message_a_replay_has_not_read() {
+    let broker = TestBroker::start().await;
+    let mut sequences = Vec::new();
+    for subject in [
+        "dlq.payment.a",
+        "dlq.inventory.b",
+        "dlq.payment.c",
+        "dlq.payment.d",
+    ] {
+        let ack = broker.js.publish(subject, "{}".into()).await.unwrap();
+        sequences.push(ack.await.unwrap().sequence);
+    }
+    let dlq = broker.js.get_stream("DLQ").await.unwrap();
+    dlq.delete_message(sequences[2]).await.unwrap();
+    let next = |filter: &'static str, from: u64| {
+        let dlq = dlq.clone();
+        async move { bus::streams::leader_next(&dlq, filter, from).await.unwrap() }
+    };
+    assert_eq!(next(">", sequences[0]).await, Some(sequences[0]));
+    assert_eq!(
+        next("dlq.payment.>", sequences[0] + 1).await,
+        Some(sequences[3])
+    );
+    assert_eq!(next(">", sequences[2]).await, Some(sequences[3]));
+    assert_eq!(next(">", sequences[3] + 1).await, None);
+    assert_eq!(next("dlq.shipment.>", 1).await, None);
+}

@@ -275,6 +275,28 @@ pub async fn leader_count(stream: &stream::Stream, filter: &str) -> Result<u64, 
     .await
 }
 
+/// The sequence of the first message on `filter` (wildcards allowed) at or after `from` that
+/// `stream`'s leader holds, or `None` if it holds none. `STREAM.MSG.GET` is answered by the
+/// leader alone, so this tells a replay whose consumer counts nothing left short of its target
+/// whether that replica is still catching up (`Some` at or below the target) or the messages
+/// up to it were deleted since.
+pub async fn leader_next(
+    stream: &stream::Stream,
+    filter: &str,
+    from: u64,
+) -> Result<Option<u64>, BusError> {
+    match stream.get_first_raw_message_by_subject(filter, from).await {
+        Ok(message) => Ok(Some(message.sequence)),
+        Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => {
+            let name = &stream.cached_info().config.name;
+            Err(BusError::jetstream(format!(
+                "stream {name}, the first of {filter} from #{from}"
+            ))(e))
+        }
+    }
+}
+
 /// `ask`'s answer, asked again every 250 ms for up to [`LEADER_PATIENCE`] while it is a
 /// replica's (the inner error, [`leader_state`]'s refusal); a failure to ask ends it at once.
 async fn from_the_leader<T, F, Fut>(mut ask: F) -> Result<T, BusError>

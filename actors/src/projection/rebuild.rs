@@ -252,13 +252,13 @@ pub(super) async fn start(
             return Err(e);
         }
     };
-    let total: u64 = targets.iter().map(|(_, last)| *last).sum();
+    let total: u64 = targets.iter().map(|target| target.last).sum();
     progress.read.store(0, Ordering::Release);
     progress.total.store(total, Ordering::Release);
     progress.running.store(true, Ordering::Release);
     let (login, actor, progress) = (login.clone(), actor.clone(), progress.clone());
     actix_rt::spawn(async move {
-        let result = replay(&login, &actor, &progress, &targets).await;
+        let result = replay(&login, &actor, &progress, targets).await;
         if let Err(e) = &result {
             tracing::error!(error = %e, "projection rebuild failed; the old model stays");
         }
@@ -294,8 +294,15 @@ pub(super) async fn start(
     })
 }
 
-/// Where each stream ends now: what the replay must reach. The streams are asked at once.
-async fn replay_targets(js: &jetstream::Context) -> Result<Vec<(Domain, u64)>, DomainError> {
+/// A stream to replay, and where it ended when the rebuild began: what the replay must reach.
+struct Target {
+    domain: Domain,
+    last: u64,
+    stream: jetstream::stream::Stream,
+}
+
+/// Where each stream ends now. The streams are asked at once.
+async fn replay_targets(js: &jetstream::Context) -> Result<Vec<Target>, DomainError> {
     futures::future::try_join_all(Domain::ALL.into_iter().map(|domain| async move {
         let stream = js
             .get_stream(domain.stream())
@@ -309,25 +316,30 @@ async fn replay_targets(js: &jetstream::Context) -> Result<Vec<(Domain, u64)>, D
                 domain.stream()
             )));
         }
-        Ok((domain, state.last_sequence))
+        let last = state.last_sequence;
+        Ok(Target {
+            domain,
+            last,
+            stream,
+        })
     }))
     .await
 }
 
 /// One stream being read up to its target, with its next message.
 struct Reader {
-    last: u64,
+    target: Target,
     messages: bus::replay::Replay,
     next: Option<Entry>,
 }
 
 impl Reader {
-    async fn open(login: &bus::Login, domain: Domain, last: u64) -> Result<Reader, RebuildError> {
-        let messages = bus::replay::Replay::open(login, domain.stream(), "")
+    async fn open(login: &bus::Login, target: Target) -> Result<Reader, RebuildError> {
+        let messages = bus::replay::Replay::open(login, target.domain.stream(), "")
             .await
             .map_err(EngineError::Bus)?;
         let mut reader = Reader {
-            last,
+            target,
             messages,
             next: None,
         };
@@ -335,12 +347,23 @@ impl Reader {
         Ok(reader)
     }
 
-    /// Fetch the message after the one at `seen`, unless that one was the target or the stream
-    /// held nothing after it (`pending`): the target itself may have been deleted since.
+    /// Fetch the message after the one at `seen`, unless that one was the target. Where the
+    /// replay's consumer counts nothing left (`pending`) short of it, the target may have been
+    /// deleted since, or that consumer sits on a replica still catching up: the stream's
+    /// leader, asked for what follows `seen`, tells which.
     async fn advance(&mut self, seen: u64, pending: u64) -> Result<(), RebuildError> {
         self.next = None;
-        if seen >= self.last || pending == 0 {
+        let last = self.target.last;
+        if seen >= last {
             return Ok(());
+        }
+        if pending == 0 {
+            let next = bus::streams::leader_next(&self.target.stream, ">", seen + 1)
+                .await
+                .map_err(EngineError::Bus)?;
+            if next.is_none_or(|sequence| sequence > last) {
+                return Ok(());
+            }
         }
         self.next = Some(self.messages.next().await.map_err(EngineError::Bus)?);
         Ok(())
@@ -364,13 +387,13 @@ async fn replay(
     login: &bus::Login,
     actor: &Addr<ProjectionActor>,
     progress: &Progress,
-    targets: &[(Domain, u64)],
+    targets: Vec<Target>,
 ) -> Result<Read, RebuildError> {
     let mut readers = futures::future::try_join_all(
         targets
-            .iter()
-            .filter(|(_, last)| *last > 0)
-            .map(|(domain, last)| Reader::open(login, *domain, *last)),
+            .into_iter()
+            .filter(|target| target.last > 0)
+            .map(|target| Reader::open(login, target)),
     )
     .await?;
     let opened = Instant::now();
