@@ -441,10 +441,7 @@ async fn a_recovery_marker_lands_behind_a_publish_the_stream_had_taken_but_not_s
     init_logs();
     let mut broker = TestCluster::start().await;
     let nodes = broker.cluster.nodes();
-    let mut orders = broker.js.get_stream("ORDERS").await.unwrap();
-    let info = bus::streams::leader_info(&mut orders).await.unwrap();
-    let leader = info.cluster.and_then(|c| c.leader).unwrap();
-    let at = nodes.iter().position(|n| n.name() == leader).unwrap();
+    let at = orders_leader(&broker).await;
     // Everyone talks to the leader: a frozen follower would answer nobody.
     let at_leader = |name: &'static str| {
         let url = nodes[at].url();
@@ -464,13 +461,7 @@ async fn a_recovery_marker_lands_behind_a_publish_the_stream_had_taken_but_not_s
 
     // The followers freeze: the leader takes the predecessor's publish into its log, and cannot
     // store it without a quorum.
-    for (i, node) in nodes.iter().enumerate() {
-        if i != at {
-            node.pause(true).unwrap();
-            let pid = node.pid().unwrap();
-            wait_until("the follower stopped", WAIT, || async move { stopped(pid) }).await;
-        }
-    }
+    freeze_followers(nodes, at).await;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", "the-predecessors-last");
     let late = predecessor
@@ -507,6 +498,96 @@ async fn a_recovery_marker_lands_behind_a_publish_the_stream_had_taken_but_not_s
         "stored ahead of the marker"
     );
     broker.cluster.stop().await;
+}
+
+/// An owner marking its term while its stream has no quorum (the followers frozen) waits for
+/// the quorum rather than giving up at the first timeout, which stopped its process; the term
+/// has one marker however many times it was published.
+#[tokio::test]
+async fn an_owner_marks_its_term_through_a_stream_that_lost_its_quorum_for_a_while() {
+    init_logs();
+    let mut broker = TestCluster::start().await;
+    let nodes = broker.cluster.nodes();
+    let at = orders_leader(&broker).await;
+    // At the leader (a frozen follower answers nobody), acks awaited for a second.
+    let client = bus::connect(&nodes[at].url(), "owner", None).await.unwrap();
+    let js = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .build(client);
+    let monitor = nodes[at].monitor_url();
+    let group = raft_group(&monitor, "ORDERS").await;
+    freeze_followers(nodes, at).await;
+    let fence = storage::Fence::new();
+    fence.open_until(1, std::time::Instant::now() + Duration::from_secs(120));
+    let claim = lease::Claim {
+        key: KEY.into(),
+        token: 1,
+        fence,
+    };
+    let marking = tokio::spawn(async move {
+        let holder = Holder::this_process("owner");
+        let term = Term::begin(&js, Orders, 0, &claim, &holder).await?;
+        Ok::<_, BusError>(term.marker())
+    });
+    let logged = || {
+        let (url, group) = (monitor.clone(), group.clone());
+        async move { uncommitted(&url, &group).await >= 1 }
+    };
+    wait_until("the leader logs the marker", WAIT, logged).await;
+    // Its ack times out; marking goes on, looking at the last marker again.
+    let asked = api_requests(&monitor).await;
+    let more = || {
+        let url = monitor.clone();
+        async move { api_requests(&url).await >= asked + 3 }
+    };
+    wait_until("marking goes on after the ack timed out", WAIT, more).await;
+    assert!(!marking.is_finished(), "gave up: {:?}", marking.await);
+    for (i, node) in nodes.iter().enumerate() {
+        if i != at {
+            node.pause(false).unwrap();
+        }
+    }
+    let marker = marking.await.unwrap().unwrap();
+    let at_leader = broker.js.get_stream("ORDERS").await.unwrap();
+    let subject = bus::term::term_subject(Orders, 0);
+    let markers = bus::streams::leader_count(&at_leader, &subject)
+        .await
+        .unwrap();
+    assert_eq!(markers, 1, "one marker of the term");
+    let stored = at_leader.get_raw_message(marker).await.unwrap();
+    assert_eq!(stored.subject.as_str(), "orders.term_0");
+    broker.cluster.stop().await;
+}
+
+/// Which of `broker`'s nodes leads the orders stream.
+async fn orders_leader(broker: &TestCluster) -> usize {
+    let mut orders = broker.js.get_stream("ORDERS").await.unwrap();
+    let info = bus::streams::leader_info(&mut orders).await.unwrap();
+    let leader = info.cluster.and_then(|c| c.leader).unwrap();
+    let nodes = broker.cluster.nodes();
+    nodes.iter().position(|n| n.name() == leader).unwrap()
+}
+
+/// Freeze every node but the one at `at`, and wait until each has stopped.
+async fn freeze_followers(nodes: &[bus::server::NatsServer], at: usize) {
+    for (i, node) in nodes.iter().enumerate() {
+        if i != at {
+            node.pause(true).unwrap();
+            let pid = node.pid().unwrap();
+            wait_until("the follower stopped", WAIT, || async move { stopped(pid) }).await;
+        }
+    }
+}
+
+/// JetStream API requests the node at `monitor` has answered.
+async fn api_requests(monitor: &str) -> u64 {
+    let jsz: serde_json::Value = reqwest::get(format!("{monitor}/jsz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    jsz["api"]["total"].as_u64().unwrap_or(0)
 }
 
 /// The Raft group of `stream` (its account's name and its own), as the node at `monitor` names it.

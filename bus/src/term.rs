@@ -30,7 +30,7 @@ const MARK_TRIES: usize = 5;
 /// How long to wait before looking again when a clustered stream is still checking another
 /// publish of the term's subject ("wrong last sequence", 10164).
 const CHECK_IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
-/// How long to wait before publishing a recovery's marker again.
+/// How long to wait before publishing a recovery's marker, or a term's after a timeout, again.
 const RECOVERY_MARK_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Where owners of `partition` of `domain`'s service mark their terms, in its own stream: two
@@ -121,55 +121,97 @@ impl Term {
     }
 
     /// The sequence of this term's marker, published unless it is the subject's last already.
+    ///
+    /// A stream without its quorum (an election, nodes down) neither answers nor acknowledges;
+    /// marking is asked again, every answer read afresh, for up to the time a leader takes to be
+    /// elected ([`crate::streams::LEADER_PATIENCE`]) rather than given up at the first timeout
+    /// (which stopped the process). A publish that timed out may still land: the next look finds
+    /// it ours, and a second publish of the term expects the same last marker, so the broker
+    /// stores one of the two.
     async fn mark(&self, successors: Successors) -> Result<u64, BusError> {
         let what = || format!("mark the term on {}", self.subject);
-        for _ in 0..MARK_TRIES {
-            let expected = match self.last().await? {
-                Some(last) if last.id == self.id => return Ok(last.sequence),
-                Some(last) if last.token > self.token && successors == Successors::Win => {
-                    self.fence.lose();
-                    return Err(BusError::LeaseLost {
-                        key: self.key.clone(),
-                        token: self.token,
-                    });
+        let deadline = std::time::Instant::now() + crate::streams::LEADER_PATIENCE;
+        let mut landed_meanwhile = 0;
+        loop {
+            let failed = match self.mark_once(successors).await {
+                Ok(Marking::Marked(sequence)) => return Ok(sequence),
+                Ok(Marking::Landed) => {
+                    landed_meanwhile += 1;
+                    if landed_meanwhile < MARK_TRIES {
+                        continue;
+                    }
+                    return Err(BusError::Invalid(format!(
+                        "{}: other markers kept landing ({MARK_TRIES} tries)",
+                        what()
+                    )));
                 }
-                Some(last) => last.sequence,
-                None => 0,
+                // A clustered stream still checking another publish of the subject (perhaps
+                // this term's own that timed out).
+                Ok(Marking::InFlight) => None,
+                Err(Retry::Later(e)) => Some(e),
+                Err(Retry::Never(e)) => return Err(e),
             };
-            // Checked after reading the last marker, and the publish expects that one: a pause
-            // after either, long enough for a successor to mark, gets this publish refused.
-            self.fence
-                .check()
-                .map_err(|why| BusError::Storage(storage::StorageError::Fenced(why)))?;
-            let mut headers = HeaderMap::new();
-            // Each marking its own id: marking again must not be taken for a duplicate.
-            let msg_id = format!("term-{}-{}", self.id, uuid::Uuid::now_v7());
-            headers.insert("Nats-Msg-Id", msg_id.as_str());
-            headers.insert(
-                "Nats-Expected-Last-Subject-Sequence",
-                expected.to_string().as_str(),
-            );
-            let sent = self
-                .js
-                .publish_with_headers(self.subject.clone(), headers, self.body.clone())
-                .await
-                .map_err(BusError::jetstream(what()))?;
-            match sent.await {
-                Ok(ack) => return Ok(ack.sequence),
-                // Another marker landed since we looked: look again.
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
-                // A clustered stream still checking another publish of the subject.
-                Err(e) if is_check_in_flight(&e) => {
-                    tokio::time::sleep(CHECK_IN_FLIGHT_WAIT).await;
-                    continue;
+            if std::time::Instant::now() >= deadline {
+                return Err(failed.unwrap_or_else(|| {
+                    BusError::Invalid(format!(
+                        "{}: another publish of it stayed in flight for {:?}",
+                        what(),
+                        crate::streams::LEADER_PATIENCE
+                    ))
+                }));
+            }
+            match failed {
+                Some(e) => {
+                    tracing::warn!(subject = %self.subject, error = %e, "marking the term again");
+                    tokio::time::sleep(RECOVERY_MARK_WAIT).await;
                 }
-                Err(e) => return Err(BusError::jetstream(what())(e)),
+                None => tokio::time::sleep(CHECK_IN_FLIGHT_WAIT).await,
             }
         }
-        Err(BusError::Invalid(format!(
-            "{}: other markers kept landing ({MARK_TRIES} tries)",
-            what()
-        )))
+    }
+
+    /// One look at the subject's last marker, and one publish of ours behind it.
+    async fn mark_once(&self, successors: Successors) -> Result<Marking, Retry> {
+        let expected = match self.last().await.map_err(Retry::Later)? {
+            Some(last) if last.id == self.id => return Ok(Marking::Marked(last.sequence)),
+            Some(last) if last.token > self.token && successors == Successors::Win => {
+                self.fence.lose();
+                return Err(Retry::Never(BusError::LeaseLost {
+                    key: self.key.clone(),
+                    token: self.token,
+                }));
+            }
+            Some(last) => last.sequence,
+            None => 0,
+        };
+        // Checked after reading the last marker, and the publish expects that one: a pause
+        // after either, long enough for a successor to mark, gets this publish refused.
+        self.fence
+            .check()
+            .map_err(|why| Retry::Never(BusError::Storage(storage::StorageError::Fenced(why))))?;
+        let mut headers = HeaderMap::new();
+        // Each marking its own id: marking again must not be taken for a duplicate.
+        let msg_id = format!("term-{}-{}", self.id, uuid::Uuid::now_v7());
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            expected.to_string().as_str(),
+        );
+        let failed = |e: async_nats::Error| {
+            BusError::jetstream(format!("mark the term on {}", self.subject))(e)
+        };
+        let sent = self
+            .js
+            .publish_with_headers(self.subject.clone(), headers, self.body.clone())
+            .await
+            .map_err(|e| Retry::Later(failed(e.into())))?;
+        match sent.await {
+            Ok(ack) => Ok(Marking::Marked(ack.sequence)),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Marking::Landed),
+            Err(e) if is_check_in_flight(&e) => Ok(Marking::InFlight),
+            Err(e) if e.kind() == PublishErrorKind::TimedOut => Err(Retry::Later(failed(e.into()))),
+            Err(e) => Err(Retry::Never(failed(e.into()))),
+        }
     }
 
     /// The subject's last marker.
@@ -246,6 +288,21 @@ struct Marker {
     id: String,
     /// Its lease's fencing token (0 if it has none).
     token: u64,
+}
+
+/// What one publish of a term's marker came to.
+enum Marking {
+    Marked(u64),
+    /// Another marker landed since we looked: look again.
+    Landed,
+    /// The stream is still checking another publish of the subject.
+    InFlight,
+}
+
+/// Why marking failed: for now (a stream without its quorum), or for good.
+enum Retry {
+    Later(BusError),
+    Never(BusError),
 }
 
 /// Whether a marker with a larger token than ours means a successor.
