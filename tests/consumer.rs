@@ -691,7 +691,12 @@ async fn the_leader_names_the_next_message_a_replay_has_not_read() {
     dlq.delete_message(sequences[2]).await.unwrap();
     let next = |filter: &'static str, from: u64| {
         let dlq = dlq.clone();
-        async move { bus::streams::leader_next(&dlq, filter, from).await.unwrap() }
+        async move {
+            let filters = [filter.to_string()];
+            bus::streams::leader_next(&dlq, &filters, from)
+                .await
+                .unwrap()
+        }
     };
     assert_eq!(next(">", sequences[0]).await, Some(sequences[0]));
     assert_eq!(
@@ -701,4 +706,58 @@ async fn the_leader_names_the_next_message_a_replay_has_not_read() {
     assert_eq!(next(">", sequences[2]).await, Some(sequences[3]));
     assert_eq!(next(">", sequences[3] + 1).await, None);
     assert_eq!(next("dlq.shipment.>", 1).await, None);
+    // The first on any of several filters.
+    let filters = ["dlq.payment.d".to_string(), "dlq.inventory.>".to_string()];
+    let first = bus::streams::leader_next(&dlq, &filters, 1).await.unwrap();
+    assert_eq!(first, Some(sequences[1]));
+}
+
+/// A message delivered again before its first delivery was settled (AckWait passed while both
+/// were held up, as in a frozen node) comes once in a batch, as its latest delivery: a handler
+/// that retried one copy and took the other for a duplicate (acked) had the broker forget the
+/// message and its retry (chaos seed 78: 17 orders never paid nor given up).
+#[tokio::test]
+async fn a_message_delivered_twice_before_it_is_settled_comes_once_and_its_retry_holds() {
+    let broker = TestBroker::start().await;
+    let mut spec = spec();
+    spec.max_deliver = 10;
+    let mut consumer = DurableConsumer::bind(&broker.js, spec).await.unwrap();
+    let events = publish_orders(&broker, 1).await;
+    let first = consumer.next_batch(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    // Left unsettled (a handler stuck): the broker delivers it twice more, and both wait in
+    // the client until it reads again.
+    let orders = broker.js.get_stream("ORDERS").await.unwrap();
+    let delivered_thrice = || {
+        let orders = orders.clone();
+        async move {
+            let info = orders.consumer_info("payment").await.unwrap();
+            info.delivered.consumer_sequence >= 3
+        }
+    };
+    wait_until("delivered three times", WAIT, delivered_thrice).await;
+    broker.client.flush().await.unwrap();
+    let batch = consumer.next_batch(Duration::from_secs(5)).await.unwrap();
+    let deliveries: Vec<_> = batch
+        .iter()
+        .map(|d| (d.stream_sequence, d.delivered))
+        .collect();
+    assert_eq!(
+        deliveries,
+        [(first[0].stream_sequence, 3)],
+        "once, its latest delivery"
+    );
+    assert_eq!(batch[0].envelope.id, events[0].id);
+    drop(first);
+    let (_dir, store) = temp_store();
+    let verdicts = batch
+        .into_iter()
+        .map(|d| (Verdict::Retry("down".into()), d))
+        .collect();
+    consumer
+        .settle(verdicts, store.flush().await.unwrap())
+        .await;
+    let again = consumer.next_batch(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(again.len(), 1, "retried, not forgotten");
+    assert_eq!(again[0].envelope.id, events[0].id);
 }

@@ -17,7 +17,7 @@
 //! only a dead one is redelivered. The server delivers at most `max_ack_pending` unacked
 //! messages, and every one that arrives meanwhile is taken in hand, so none expires unseen.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -315,7 +315,7 @@ impl DurableConsumer {
             }
         }
         let mut batch = Vec::with_capacity(raw.len());
-        for message in raw {
+        for message in latest_deliveries(raw) {
             if let Some(delivery) = self.admit(message).await {
                 batch.push(delivery);
             }
@@ -723,6 +723,37 @@ enum Misplaced {
     /// After a reconnect, the broker counts messages it never received: what any dropped
     /// connection leaves, and also what a lost tail refilled before the check would.
     Unseen,
+}
+
+/// `raw` with each stream message once, as its latest delivery, in the order each first came.
+/// The broker delivers a message again once AckWait passes unsettled, and both deliveries can
+/// arrive together (held up in a node that froze): one settlement covers both, while two
+/// would contradict each other. A handler that took the second for a copy of the first (acked
+/// as already handled) while it retried the first (nak) had the broker forget the message,
+/// retry and all (chaos seed 78: 17 orders never paid nor abandoned).
+fn latest_deliveries(raw: Vec<Message>) -> Vec<Message> {
+    let mut kept: Vec<Message> = Vec::with_capacity(raw.len());
+    let mut at: HashMap<u64, usize> = HashMap::new();
+    for message in raw {
+        let Ok(info) = message.info() else {
+            kept.push(message); // `admit` deals with it
+            continue;
+        };
+        let (sequence, delivered) = (info.stream_sequence, info.delivered);
+        match at.get(&sequence) {
+            Some(&i) => {
+                let earlier = kept[i].info().map_or(0, |info| info.delivered);
+                if delivered > earlier {
+                    kept[i] = message;
+                }
+            }
+            None => {
+                at.insert(sequence, kept.len());
+                kept.push(message);
+            }
+        }
+    }
+    kept
 }
 
 fn seen(message: &Message) -> Option<Seen> {
