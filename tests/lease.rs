@@ -500,11 +500,12 @@ async fn a_recovery_marker_lands_behind_a_publish_the_stream_had_taken_but_not_s
     broker.cluster.stop().await;
 }
 
-/// An owner marking its term while its stream has no quorum (the followers frozen) waits for
-/// the quorum rather than giving up at the first timeout, which stopped its process; the term
-/// has one marker however many times it was published.
+/// An owner marking its term while its stream has no quorum (the followers frozen), and then
+/// no leader (the leader steps down), waits for them rather than giving up at the first
+/// failure, which stopped its process; the term has one marker however many times it was
+/// published.
 #[tokio::test]
-async fn an_owner_marks_its_term_through_a_stream_that_lost_its_quorum_for_a_while() {
+async fn an_owner_marks_its_term_through_a_stream_that_lost_its_quorum_and_its_leader() {
     init_logs();
     let mut broker = TestCluster::start().await;
     let nodes = broker.cluster.nodes();
@@ -534,14 +535,19 @@ async fn an_owner_marks_its_term_through_a_stream_that_lost_its_quorum_for_a_whi
         async move { uncommitted(&url, &group).await >= 1 }
     };
     wait_until("the leader logs the marker", WAIT, logged).await;
-    // Its ack times out; marking goes on, looking at the last marker again.
+    // Its ack times out, and the leader without a quorum steps down: marking goes on, looking
+    // at the last marker again (each look an API request at the node it is connected to).
+    let stepped_down = || {
+        let (url, group) = (monitor.clone(), group.clone());
+        async move { raft_state(&url, &group).await != "LEADER" }
+    };
+    while_marking("the leader steps down", &marking, stepped_down).await;
     let asked = api_requests(&monitor).await;
     let more = || {
         let url = monitor.clone();
         async move { api_requests(&url).await >= asked + 3 }
     };
-    wait_until("marking goes on after the ack timed out", WAIT, more).await;
-    assert!(!marking.is_finished(), "gave up: {:?}", marking.await);
+    while_marking("marking goes on without a leader", &marking, more).await;
     for (i, node) in nodes.iter().enumerate() {
         if i != at {
             node.pause(false).unwrap();
@@ -579,6 +585,26 @@ async fn freeze_followers(nodes: &[bus::server::NatsServer], at: usize) {
     }
 }
 
+/// Poll `condition` until it holds, failing at once should `marking` end before.
+async fn while_marking<F, Fut>(
+    what: &'static str,
+    marking: &tokio::task::JoinHandle<Result<u64, BusError>>,
+    mut condition: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Deadline::after(WAIT, what);
+    loop {
+        assert!(!marking.is_finished(), "marking ended before: {what}");
+        if condition().await {
+            return;
+        }
+        deadline.check();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// JetStream API requests the node at `monitor` has answered.
 async fn api_requests(monitor: &str) -> u64 {
     let jsz: serde_json::Value = reqwest::get(format!("{monitor}/jsz"))
@@ -613,7 +639,20 @@ async fn raft_group(monitor: &str, stream: &str) -> (String, String) {
 }
 
 /// Entries the node at `monitor` logged in `group` of `account` and has not committed.
-async fn uncommitted(monitor: &str, (account, group): &(String, String)) -> u64 {
+async fn uncommitted(monitor: &str, group: &(String, String)) -> u64 {
+    let node = raftz(monitor, group).await;
+    let number = |field: &str| node[field].as_u64().unwrap_or(0);
+    number("pindex").saturating_sub(number("committed"))
+}
+
+/// The role (`LEADER`, `FOLLOWER`, `CANDIDATE`) the node at `monitor` has in `group`.
+async fn raft_state(monitor: &str, group: &(String, String)) -> String {
+    let node = raftz(monitor, group).await;
+    node["state"].as_str().unwrap_or_default().to_string()
+}
+
+/// What the node at `monitor` says of itself in Raft group `group` of `account`.
+async fn raftz(monitor: &str, (account, group): &(String, String)) -> serde_json::Value {
     let raftz: serde_json::Value =
         reqwest::get(format!("{monitor}/raftz?acc={account}&group={group}"))
             .await
@@ -621,10 +660,9 @@ async fn uncommitted(monitor: &str, (account, group): &(String, String)) -> u64 
             .json()
             .await
             .unwrap();
-    let node = &raftz[account][group];
+    let node = raftz[account][group].clone();
     assert!(node.is_object(), "{group} in {raftz}");
-    let number = |field: &str| node[field].as_u64().unwrap_or(0);
-    number("pindex").saturating_sub(number("committed"))
+    node
 }
 
 /// Whether every thread of process `pid` is stopped (SIGSTOP takes each at its next return

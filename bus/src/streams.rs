@@ -275,26 +275,39 @@ pub async fn leader_count(stream: &stream::Stream, filter: &str) -> Result<u64, 
     .await
 }
 
-/// The sequence of the first message on `filter` (wildcards allowed) at or after `from` that
-/// `stream`'s leader holds, or `None` if it holds none. `STREAM.MSG.GET` is answered by the
-/// leader alone, so this tells a replay whose consumer counts nothing left short of its target
-/// whether that replica is still catching up (`Some` at or below the target) or the messages
-/// up to it were deleted since.
+/// The sequence of the first message on any of `filters` (wildcards allowed) at or after
+/// `from` that `stream`'s leader holds, or `None` if it holds none. `STREAM.MSG.GET` is answered
+/// by the leader alone, so this tells a replay whose consumer counts nothing left short of its
+/// target whether that replica is still catching up (`Some`, at or below the target) or there
+/// is nothing more to read. Asked again every 250 ms for up to [`LEADER_PATIENCE`] while it
+/// cannot be answered (an election).
 pub async fn leader_next(
     stream: &stream::Stream,
-    filter: &str,
+    filters: &[String],
     from: u64,
 ) -> Result<Option<u64>, BusError> {
-    match stream.get_first_raw_message_by_subject(filter, from).await {
-        Ok(message) => Ok(Some(message.sequence)),
-        Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => {
-            let name = &stream.cached_info().config.name;
-            Err(BusError::jetstream(format!(
-                "stream {name}, the first of {filter} from #{from}"
-            ))(e))
-        }
+    let mut next: Option<u64> = None;
+    for filter in filters {
+        let deadline = std::time::Instant::now() + LEADER_PATIENCE;
+        let found = loop {
+            match stream.get_first_raw_message_by_subject(filter, from).await {
+                Ok(message) => break Some(message.sequence),
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break None,
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    let name = &stream.cached_info().config.name;
+                    return Err(BusError::jetstream(format!(
+                        "stream {name}, the first of {filter} from #{from}"
+                    ))(e));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        };
+        next = match (next, found) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
+    Ok(next)
 }
 
 /// `ask`'s answer, asked again every 250 ms for up to [`LEADER_PATIENCE`] while it is a

@@ -124,8 +124,8 @@ impl Term {
     ///
     /// A stream without its quorum (an election, nodes down) neither answers nor acknowledges;
     /// marking is asked again, every answer read afresh, for up to the time a leader takes to be
-    /// elected ([`crate::streams::LEADER_PATIENCE`]) rather than given up at the first timeout
-    /// (which stopped the process). A publish that timed out may still land: the next look finds
+    /// elected ([`crate::streams::LEADER_PATIENCE`]) rather than given up at the first failure
+    /// (which stopped the process). Only a lost lease, or a fence closed, ends it at once. A publish that timed out may still land: the next look finds
     /// it ours, and a second publish of the term expects the same last marker, so the broker
     /// stores one of the two.
     async fn mark(&self, successors: Successors) -> Result<u64, BusError> {
@@ -209,8 +209,9 @@ impl Term {
             Ok(ack) => Ok(Marking::Marked(ack.sequence)),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Marking::Landed),
             Err(e) if is_check_in_flight(&e) => Ok(Marking::InFlight),
-            Err(e) if e.kind() == PublishErrorKind::TimedOut => Err(Retry::Later(failed(e.into()))),
-            Err(e) => Err(Retry::Never(failed(e.into()))),
+            // A timeout, no leader to answer (no responders, one stepping down), a broken link:
+            // all pass with an election.
+            Err(e) => Err(Retry::Later(failed(e.into()))),
         }
     }
 

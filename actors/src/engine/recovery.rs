@@ -98,27 +98,6 @@ fn failed(cause: impl Into<async_nats::Error>) -> EngineError {
     EngineError::Bus(bus::BusError::jetstream("recovery")(cause))
 }
 
-/// Where a recovery's replay counts nothing left after `seen`, short of its marker: its
-/// consumer sits on a replica still catching up if the stream's leader holds the marker (read
-/// on), and the stream lost its tail since the marker was stored if not. Then reading on would
-/// wait for a message that never comes: the recovery fails now, naming it, and is made again
-/// from scratch at the next start.
-async fn marker_ahead(
-    stream: &jetstream::stream::Stream,
-    term_subject: &str,
-    seen: u64,
-    marker: u64,
-) -> Result<(), EngineError> {
-    match bus::streams::leader_next(stream, term_subject, seen + 1).await? {
-        Some(sequence) if sequence <= marker => Ok(()),
-        _ => Err(failed(format!(
-            "the marker this recovery reads to (#{marker} on {term_subject}) is no longer in \
-             {}: the stream lost its tail since; the recovery is made again at the next start",
-            stream.cached_info().config.name
-        ))),
-    }
-}
-
 /// The service's own domain.
 pub(crate) fn own<S: Service>() -> Domain {
     <<S::State as Aggregate>::Event as DomainEvent>::DOMAIN
@@ -180,19 +159,38 @@ async fn restore_events<S: Service>(
     // Own events only (a stream holds only its owner's events, but be strict), of `slice`'s
     // partitions, and the marker's subject: read up to the marker at least, for the replay's
     // consumer may sit on a replica still catching up, whose count of what is left stops short.
-    let term_subject = bus::term::term_subject(domain, partition_number);
-    let filters = vec![partition::events(domain, "*", slice), term_subject.clone()];
+    let filters = vec![
+        partition::events(domain, "*", slice),
+        bus::term::term_subject(domain, partition_number),
+    ];
     let mut by_aggregate: BTreeMap<String, BTreeMap<u64, Envelope>> = BTreeMap::new();
-    let mut messages = bus::replay::Replay::open_filtered(login, domain.stream(), filters).await?;
+    let mut messages =
+        bus::replay::Replay::open_filtered(login, domain.stream(), filters.clone()).await?;
     let mut more = true;
+    // A message the leader holds at this sequence, which the replay has not reached yet.
+    let mut held = 0;
     while more {
         let read = messages.next().await?;
         let message = read.message;
         // Past the marker with nothing left after it (a last one deleted since keeps its
         // number, not its message).
         more = read.sequence < marker || read.pending > 0;
-        if read.pending == 0 && read.sequence < marker {
-            marker_ahead(&stream, &term_subject, read.sequence, marker).await?;
+        // Nothing left where the replay's consumer sits, short of the marker: a replica still
+        // catching up if the leader holds more of ours (read on), else the marker went with
+        // the stream's tail and there is nothing more to read.
+        if more && read.pending == 0 && read.sequence >= held {
+            match bus::streams::leader_next(&stream, &filters, read.sequence + 1).await? {
+                Some(sequence) => held = sequence,
+                None => {
+                    tracing::warn!(
+                        stream = domain.stream(),
+                        marker,
+                        "the recovery's marker is no longer in the stream (it lost its tail); \
+                         read to the stream's end"
+                    );
+                    more = false;
+                }
+            }
         }
         if bus::term::is_term_subject(&message.subject) {
             continue;

@@ -331,6 +331,8 @@ struct Reader {
     target: Target,
     messages: bus::replay::Replay,
     next: Option<Entry>,
+    /// A message the stream's leader holds at this sequence, not read yet.
+    held: u64,
 }
 
 impl Reader {
@@ -342,6 +344,7 @@ impl Reader {
             target,
             messages,
             next: None,
+            held: 0,
         };
         reader.advance(0, 1).await?;
         Ok(reader)
@@ -357,12 +360,14 @@ impl Reader {
         if seen >= last {
             return Ok(());
         }
-        if pending == 0 {
-            let next = bus::streams::leader_next(&self.target.stream, ">", seen + 1)
+        if pending == 0 && seen >= self.held {
+            let every = [">".to_string()];
+            let next = bus::streams::leader_next(&self.target.stream, &every, seen + 1)
                 .await
                 .map_err(EngineError::Bus)?;
-            if next.is_none_or(|sequence| sequence > last) {
-                return Ok(());
+            match next {
+                Some(sequence) if sequence <= last => self.held = sequence,
+                _ => return Ok(()),
             }
         }
         self.next = Some(self.messages.next().await.map_err(EngineError::Bus)?);
