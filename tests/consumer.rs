@@ -737,23 +737,27 @@ async fn a_message_delivered_twice_before_it_is_settled_comes_once_and_its_retry
     };
     wait_until("delivered three times", WAIT, delivered_thrice).await;
     broker.client.flush().await.unwrap();
-    let batch = consumer.next_batch(Duration::from_secs(5)).await.unwrap();
-    let deliveries: Vec<_> = batch
-        .iter()
-        .map(|d| (d.stream_sequence, d.delivered))
-        .collect();
-    assert_eq!(
-        deliveries,
-        [(first[0].stream_sequence, 3)],
-        "once, its latest delivery"
-    );
+    let mut batch = Vec::new();
+    let deadline = Deadline::after(WAIT, "its third delivery");
+    while batch.iter().all(|d: &Delivery| d.delivered < 3) {
+        batch = consumer.next_batch(Duration::from_secs(5)).await.unwrap();
+        let sequences: Vec<_> = batch.iter().map(|d| d.stream_sequence).collect();
+        assert_eq!(sequences, [first[0].stream_sequence], "once in a batch");
+        deadline.check();
+    }
     assert_eq!(batch[0].envelope.id, events[0].id);
     drop(first);
-    let (_dir, store) = temp_store();
+    // As the engine settles a batch: the first copy of an event retried, a later copy taken
+    // for a duplicate of it.
+    let mut copies = std::collections::HashSet::new();
     let verdicts = batch
         .into_iter()
-        .map(|d| (Verdict::Retry("down".into()), d))
+        .map(|d| match copies.insert(d.envelope.id) {
+            true => (Verdict::Retry("down".into()), d),
+            false => (Verdict::Done, d),
+        })
         .collect();
+    let (_dir, store) = temp_store();
     consumer
         .settle(verdicts, store.flush().await.unwrap())
         .await;
