@@ -30,7 +30,7 @@ const MARK_TRIES: usize = 5;
 /// How long to wait before looking again when a clustered stream is still checking another
 /// publish of the term's subject ("wrong last sequence", 10164).
 const CHECK_IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
-/// How long to wait before publishing a recovery's marker, or a term's after a timeout, again.
+/// How long to wait before publishing a recovery's marker, or a term's after a failure, again.
 const RECOVERY_MARK_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Where owners of `partition` of `domain`'s service mark their terms, in its own stream: two
@@ -125,9 +125,9 @@ impl Term {
     /// A stream without its quorum (an election, nodes down) neither answers nor acknowledges;
     /// marking is asked again, every answer read afresh, for up to the time a leader takes to be
     /// elected ([`crate::streams::LEADER_PATIENCE`]) rather than given up at the first failure
-    /// (which stopped the process). Only a lost lease, or a fence closed, ends it at once. A publish that timed out may still land: the next look finds
-    /// it ours, and a second publish of the term expects the same last marker, so the broker
-    /// stores one of the two.
+    /// (which stopped the process). Only a lost lease, or a fence closed, ends it at once. A
+    /// publish that timed out may still land: the next look finds it ours, and a second publish
+    /// of the term expects the same last marker, so the broker stores one of the two.
     async fn mark(&self, successors: Successors) -> Result<u64, BusError> {
         let what = || format!("mark the term on {}", self.subject);
         let deadline = std::time::Instant::now() + crate::streams::LEADER_PATIENCE;
