@@ -288,20 +288,21 @@ pub async fn leader_next(
 ) -> Result<Option<u64>, BusError> {
     let mut next: Option<u64> = None;
     for filter in filters {
-        let deadline = std::time::Instant::now() + LEADER_PATIENCE;
-        let found = loop {
-            match stream.get_first_raw_message_by_subject(filter, from).await {
-                Ok(message) => break Some(message.sequence),
-                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break None,
-                Err(e) if std::time::Instant::now() >= deadline => {
-                    let name = &stream.cached_info().config.name;
-                    return Err(BusError::jetstream(format!(
-                        "stream {name}, the first of {filter} from #{from}"
-                    ))(e));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
+        let name = &stream.cached_info().config.name;
+        let failed = |e| {
+            BusError::jetstream(format!("stream {name}, the first of {filter} from #{from}"))(e)
         };
+        // A request that fails is asked again, as a replica's answer is.
+        let found = from_the_leader(|| async {
+            Ok(
+                match stream.get_first_raw_message_by_subject(filter, from).await {
+                    Ok(message) => Ok(Some(message.sequence)),
+                    Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+                    Err(e) => Err(failed(e)),
+                },
+            )
+        })
+        .await?;
         next = match (next, found) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
