@@ -49,7 +49,6 @@ pub(crate) struct Inner {
     pub(crate) path: PathBuf,
     pub(crate) db: sled::Db,
     pub(crate) events: Tree,
-    pub(crate) heads: Tree,
     pub(crate) snapshots: Tree,
     /// Every outbox row by its sequence, sent or not (see [`crate::outbox`]).
     pub(crate) outbox_pending: Tree,
@@ -304,7 +303,6 @@ impl Store {
         let inbox_marks = AtomicU64::new(inbox.len() as u64);
         let inner = Inner {
             events: tree("events")?,
-            heads: tree("heads")?,
             snapshots: tree("snapshots")?,
             outbox_pending: tree("outbox_pending")?,
             outbox_acks: tree("outbox_acks")?,
@@ -407,7 +405,7 @@ impl Store {
         }
         let trees = (
             &s.events,
-            &s.heads,
+            &s.snapshots,
             &s.outbox_pending,
             &s.inbox,
             &s.inbox_batches,
@@ -415,7 +413,7 @@ impl Store {
         );
         s.commits_begun.fetch_add(1, Ordering::AcqRel);
         let transaction = trees.transaction(
-            |(events_t, heads_t, pending_t, inbox_t, by_age_t, meta_t)| {
+            |(events_t, snapshots_t, pending_t, inbox_t, by_age_t, meta_t)| {
                 let mut seq = meta_t
                     .get(OUTBOX_SEQ)?
                     .and_then(|v| decode_u64(&v))
@@ -436,24 +434,21 @@ impl Store {
                     }
                     let mut version = 0;
                     if let Some(a) = &commit.append {
-                        let actual = heads_t
-                            .get(a.aggregate_id.as_bytes())?
-                            .and_then(|v| decode_u64(&v))
-                            .unwrap_or(0);
-                        if actual != a.expected_version {
+                        let (id, expected) = (&a.aggregate_id, a.expected_version);
+                        if !crate::events::is_head(events_t, snapshots_t, id, expected)? {
+                            // Its actual version is read once the transaction is over.
                             outcomes.push(Err(StorageError::Conflict {
-                                aggregate_id: a.aggregate_id.clone(),
-                                expected: a.expected_version,
-                                actual,
+                                aggregate_id: id.clone(),
+                                expected,
+                                actual: expected,
                             }));
                             continue;
                         }
-                        version = a.expected_version;
+                        version = expected;
                         for (key, bytes) in &enc.events {
                             events_t.insert(key.as_slice(), bytes.as_slice())?;
                             version += 1;
                         }
-                        heads_t.insert(a.aggregate_id.as_bytes(), &version.to_be_bytes())?;
                     }
                     for row in &enc.outbox {
                         seq += 1;
@@ -488,8 +483,25 @@ impl Store {
             })
             .count();
         s.inbox_marks.fetch_add(marked as u64, Ordering::Relaxed);
+        let mut outcomes: Vec<_> = outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Err(StorageError::Conflict {
+                    aggregate_id,
+                    expected,
+                    ..
+                }) => Some(match self.version(&aggregate_id) {
+                    Ok(actual) => Err(StorageError::Conflict {
+                        aggregate_id,
+                        expected,
+                        actual,
+                    }),
+                    Err(e) => Err(e),
+                }),
+                other => Some(other),
+            })
+            .collect();
         // Put the invalid commits' errors back in their slots.
-        let mut outcomes: Vec<_> = outcomes.into_iter().map(Some).collect();
         for (i, e) in invalid {
             outcomes.insert(i, Some(Err(e)));
         }
@@ -1123,6 +1135,41 @@ mod tests {
             .unwrap();
         let (_, rest) = store.load("a").unwrap();
         assert_eq!(rest.iter().map(|e| e.version).collect::<Vec<_>>(), [5, 6]);
+    }
+
+    #[test]
+    fn an_aggregate_all_in_its_snapshot_keeps_its_version_against_stale_appends() {
+        let (_dir, store) = open();
+        let events: Vec<_> = (1..=3).map(event).collect();
+        store.commit(&Commit::new().append("a", 0, events)).unwrap();
+        store
+            .compact(&[crate::Snapshot::new("a", 3, "{}".into())])
+            .unwrap();
+        assert!(store.events_after("a", 0).unwrap().is_empty());
+        assert_eq!(store.version("a").unwrap(), 3, "the snapshot's");
+        assert!(!store.is_empty(), "a snapshot is something written");
+        for stale in [0, 1, 2, 4] {
+            let err = store
+                .commit(&Commit::new().append("a", stale, vec![event(9)]))
+                .unwrap_err();
+            assert!(
+                matches!(err, StorageError::Conflict { actual: 3, .. }),
+                "expected {stale}: {err}"
+            );
+        }
+        assert_eq!(
+            store
+                .commit(&Commit::new().append("a", 3, vec![event(4)]))
+                .unwrap(),
+            CommitOutcome::Committed { version: 4 }
+        );
+        assert_eq!(store.version("a").unwrap(), 4, "its last event's");
+        let stale = store.commit(&Commit::new().append("a", 3, vec![event(5)]));
+        assert!(
+            matches!(stale, Err(StorageError::Conflict { actual: 4, .. })),
+            "{stale:?}"
+        );
+        assert_eq!(store.version("ab").unwrap(), 0, "a longer id is another");
     }
 
     #[test]
