@@ -311,6 +311,8 @@ pub(super) fn commit_for(
         Some(id) => Commit::caused_by(id),
         None => Commit::new(),
     };
+    // Serialized once, as the engine does.
+    let json = e.to_json()?;
     Ok(commit
         .append(
             aggregate_id,
@@ -318,10 +320,10 @@ pub(super) fn commit_for(
             vec![NewEvent {
                 event_id: e.id,
                 event_type: e.event_type.clone(),
-                payload: e.to_json()?,
+                payload: json.clone(),
             }],
         )
-        .publish(e.to_outbox_message()?))
+        .publish(e.to_outbox_message_from_json(json)?))
 }
 
 pub(super) fn progress(phase: &str, len: usize) -> ProgressBar {
