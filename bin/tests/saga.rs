@@ -327,7 +327,7 @@ async fn the_cli_places_shows_and_cancels_and_every_service_is_listed() {
 #[tokio::test]
 async fn a_cancel_that_overtakes_a_failing_payment_ends_refunded() {
     let data = tempfile::tempdir().unwrap();
-    let (mut up, _, api) = up(&data);
+    let (mut up, nats, api) = up(&data);
     // The gateway is down: OrderCreated waits for retries while the customer cancels.
     api.set_faults(&api.payment_gateway, json!({ "outage": true }))
         .await;
@@ -339,6 +339,16 @@ async fn a_cancel_that_overtakes_a_failing_payment_ends_refunded() {
             .as_u64()
             .unwrap()
             > 0
+    })
+    .await;
+    // Each put-off handling is on record (`ops.retry.payment.<id>` in OPS), as `commerce order
+    // trace` and a chaos report's stuck saga show it.
+    let js = async_nats::jetstream::new(support::operator(&nats, data.path()).await);
+    support::wait_until("payment's retry on record", || async {
+        let retries = actors::admin::history::retries(&js, &id).await.unwrap();
+        retries
+            .iter()
+            .any(|r| r.service == "payment" && r.event_type == "OrderCreated" && r.attempt >= 1)
     })
     .await;
     let (status, body) = api.cancel(&id).await;

@@ -81,13 +81,7 @@ pub async fn read(
     if events.is_empty() {
         return Ok(None);
     }
-    let mut retries = Vec::new();
-    let filter = format!("ops.retry.*.{order_id}");
-    for (_, payload) in matching(js, bus::streams::OPS_STREAM, &filter).await? {
-        if let Ok(record) = serde_json::from_slice::<RetryRecord>(&payload) {
-            retries.push(record);
-        }
-    }
+    let retries = retries(js, &order_id).await?;
     let filter = Filter {
         order_id: Some(order_id.clone()),
         ..Filter::default()
@@ -113,6 +107,20 @@ pub async fn read(
         dead_letters,
         retries,
     }))
+}
+
+/// What held order `order_id` up: every service's put-off handlings of it (`ops.retry.*.<id>`
+/// in `OPS`), oldest first.
+pub async fn retries(
+    js: &jetstream::Context,
+    order_id: &str,
+) -> Result<Vec<RetryRecord>, HistoryError> {
+    let filter = format!("ops.retry.*.{order_id}");
+    let records = matching(js, bus::streams::OPS_STREAM, &filter).await?;
+    Ok(records
+        .into_iter()
+        .filter_map(|(_, payload)| serde_json::from_slice(&payload).ok())
+        .collect())
 }
 
 /// Every message of `stream` on `filter`, oldest first, as (sequence, payload).

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use actors::contract::{OrderReadModel, ReadOrder, Status};
+use actors::engine::host::consume::RetryRecord;
 use actors::projection::api::Sagas;
 use actors::rpc::{call, call_at, DomainError, Routes};
 use actors::simulators::carrier::CarrierLedger;
@@ -299,6 +300,32 @@ async fn rebuild(world: &World, config: &Path) -> Result<(), String> {
     }
 }
 
+/// Sagas whose put-off handlings are read for the report: enough to see a pattern.
+const MOST_TRACED: usize = 50;
+
+/// The `ops.retry` records of each order whose row has not ended (or is missing), for the
+/// first [`MOST_TRACED`] of them: what a stuck saga's line in the report says held it.
+async fn held_up(
+    js: &async_nats::jetstream::Context,
+    rows: &BTreeMap<String, Option<OrderReadModel>>,
+) -> BTreeMap<String, Vec<RetryRecord>> {
+    let ended = |row: &Option<OrderReadModel>| {
+        let status = row.as_ref().and_then(|r| r.order_status.as_deref());
+        status.is_some_and(|s| super::invariants::TERMINAL.contains(&s))
+    };
+    let mut held = BTreeMap::new();
+    for (id, _) in rows.iter().filter(|(_, row)| !ended(row)).take(MOST_TRACED) {
+        match actors::admin::history::retries(js, id).await {
+            Ok(records) if records.is_empty() => {}
+            Ok(records) => {
+                held.insert(id.clone(), records);
+            }
+            Err(e) => tracing::warn!(order = %id, error = %e, "its retries were not read"),
+        }
+    }
+    held
+}
+
 /// Everything the invariants read. Errors in gathering become counterexamples, never a
 /// missing report.
 pub async fn gather(
@@ -334,6 +361,10 @@ pub async fn gather(
         CarrierLedger::default()
     });
     let live = rows(&world.operator, &placed).await;
+    let retries = match &live {
+        Ok(rows) => held_up(&js, rows).await,
+        Err(_) => BTreeMap::new(),
+    };
     let live_sagas = saga_counts(&world.operator).await;
     let rebuilt = match (&live, rebuild(world, config).await) {
         (Ok(_), Ok(())) => rows(&world.operator, &placed).await,
@@ -362,6 +393,7 @@ pub async fn gather(
         outboxes,
         lagging_consumers,
         dead_letters,
+        retries,
         fresh,
         unreadable,
         drain_bound_s: 0,

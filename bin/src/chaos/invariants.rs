@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use actors::contract::OrderReadModel;
+use actors::engine::host::consume::RetryRecord;
 use actors::simulators::carrier::CarrierLedger;
 use actors::simulators::payment_gateway::PaymentLedger;
 use bus::{Domain, Envelope};
@@ -31,7 +32,7 @@ const PER_SHARD: [&str; 2] = ["InventoryReleased", "StoreStockReleased"];
 
 /// Statuses in which the customer keeps (and pays for) the goods.
 const KEPT: [&str; 3] = ["CONFIRMED", "SHIPPED", "COMPLETED"];
-const TERMINAL: [&str; 2] = ["COMPLETED", "CANCELLED"];
+pub(super) const TERMINAL: [&str; 2] = ["COMPLETED", "CANCELLED"];
 
 /// What the projection counts of the sagas: open, every order, and ended or open by status.
 pub type SagaCounts = (u64, u64, BTreeMap<String, u64>);
@@ -61,6 +62,9 @@ pub struct Facts {
     /// Consumers not at their stream's end: `stream/durable: pending n, unacked m`.
     pub lagging_consumers: Vec<String>,
     pub dead_letters: Vec<String>,
+    /// What held up each saga not ended when the rows were read: its `ops.retry` records
+    /// (every service's put-off handlings of the order), oldest first.
+    pub retries: BTreeMap<String, Vec<RetryRecord>>,
     /// The fresh order placed after healing: its id once completed, or what happened.
     pub fresh: Result<String, String>,
     /// Facts that could not be read (`events`, `payments`, `bookings`), and why: a check that
@@ -204,7 +208,11 @@ fn sagas_end(f: &Facts) -> Check {
             );
         }
         let last: Vec<String> = last.into_iter().map(|(d, e)| format!("{d}: {e}")).collect();
-        bad.push(format!("{id}: {status}; last events: {}", last.join(", ")));
+        let held = f.retries.get(id).map_or(String::new(), |r| last_retries(r));
+        bad.push(format!(
+            "{id}: {status}; last events: {}{held}",
+            last.join(", ")
+        ));
     }
     let checked = format!(
         "{} sagas, bound {} s after healing",
@@ -212,6 +220,27 @@ fn sagas_end(f: &Facts) -> Check {
         f.drain_bound_s
     );
     check(2, "every saga reaches a terminal state", checked, bad)
+}
+
+/// Each service's last put-off handling of an order, for a stuck saga's line: what held it
+/// (a dependency down, a frozen node's thaw) is usually in the last retry's reason and time.
+fn last_retries(records: &[RetryRecord]) -> String {
+    let mut last: BTreeMap<&str, &RetryRecord> = BTreeMap::new();
+    for record in records {
+        last.insert(&record.service, record);
+    }
+    let said: Vec<String> = last
+        .values()
+        .map(|r| {
+            let at = r.at.format("%H:%M:%S%.3f");
+            let (service, event, attempt) = (&r.service, &r.event_type, r.attempt);
+            format!("{service} {event} attempt {attempt} at {at}: {}", r.reason)
+        })
+        .collect();
+    match said.is_empty() {
+        true => String::new(),
+        false => format!("; last retries: {}", said.join(", ")),
+    }
 }
 
 /// Invariant 3: Money per order against the gateway's ledger.
@@ -640,6 +669,7 @@ mod tests {
             outboxes: [("order".to_string(), Ok(0))].into(),
             lagging_consumers: Vec::new(),
             dead_letters: Vec::new(),
+            retries: BTreeMap::new(),
             fresh: Ok("o2".into()),
             unreadable: BTreeMap::new(),
             drain_bound_s: 60,
@@ -674,6 +704,29 @@ mod tests {
             .order_status = Some("PENDING".into());
         f.rebuilt = Ok(f.rows.clone());
         assert!(failed(&f).contains(&2));
+        let retry = |attempt, reason: &str| RetryRecord {
+            service: "payment".into(),
+            event_id: uuid::Uuid::nil(),
+            event_type: "OrderCreated".into(),
+            order_id: "o1".into(),
+            attempt,
+            reason: reason.into(),
+            at: chrono::DateTime::UNIX_EPOCH,
+        };
+        f.retries.insert(
+            "o1".into(),
+            vec![retry(1, "first"), retry(2, "gateway down")],
+        );
+        let stuck = &all(&f)[1];
+        assert_eq!(
+            stuck.counterexamples,
+            [
+                "o1: PENDING; last events: Inventory: InventoryReserved v1, Orders: \
+                 OrderConfirmed v2; last retries: payment OrderCreated attempt 2 at \
+                 00:00:00.000: gateway down"
+            ],
+            "a stuck saga says what held it last"
+        );
 
         let mut f = facts();
         let again = f.payments.authorizations[0].clone();
