@@ -96,11 +96,22 @@ pub(crate) fn is_head(
     if expected > 0 && events.get(event_key(aggregate_id, expected))?.is_some() {
         return Ok(true);
     }
+    snapshot_at(snapshots, aggregate_id, expected)
+}
+
+/// Within a transaction: whether the aggregate's snapshot is at `version` (0: it has none).
+/// Parses the snapshot, so only where the log no longer holds that version: once after each
+/// compaction, and for appends of nothing to a compacted aggregate.
+fn snapshot_at(
+    snapshots: &TransactionalTree,
+    aggregate_id: &str,
+    version: u64,
+) -> Result<bool, ConflictableTransactionError<StorageError>> {
     let snapshot = match snapshots.get(aggregate_id.as_bytes())? {
         Some(bytes) => snapshot_version(&bytes).map_err(ConflictableTransactionError::Abort)?,
         None => 0,
     };
-    Ok(snapshot == expected)
+    Ok(snapshot == version)
 }
 
 impl Store {
@@ -158,7 +169,7 @@ impl Store {
         for snapshot in snapshots {
             let (id, version) = (&snapshot.aggregate_id, snapshot.version);
             let bytes = serde_json::to_vec(snapshot).map_err(StorageError::codec("snapshot"))?;
-            rows.push((id.as_bytes(), bytes));
+            rows.push((id.as_str(), version, bytes));
             // One writer per aggregate (its engine): the keys cannot change before the commit.
             for key in self
                 .inner
@@ -170,16 +181,42 @@ impl Store {
             }
         }
         let trees = (&self.inner.snapshots, &self.inner.events);
-        trees.transaction(|(snapshots, events)| {
-            for (id, bytes) in &rows {
-                snapshots.insert(*id, bytes.as_slice())?;
+        let compaction = trees.transaction(|(snapshots, events)| {
+            for (id, version, _) in &rows {
+                // The version is read from the log and the snapshot (`is_head`): a snapshot
+                // must be at a version the log still holds, or the one already there.
+                let in_log = events.get(event_key(id, *version))?.is_some();
+                if !in_log && !snapshot_at(snapshots, id, *version)? {
+                    return Err(ConflictableTransactionError::Abort(
+                        StorageError::Conflict {
+                            aggregate_id: id.to_string(),
+                            expected: *version,
+                            actual: *version,
+                        },
+                    ));
+                }
+            }
+            for (id, _, bytes) in &rows {
+                snapshots.insert(id.as_bytes(), bytes.as_slice())?;
             }
             for key in &compacted {
                 events.remove(key)?;
             }
             Ok::<_, ConflictableTransactionError<StorageError>>(())
-        })?;
-        Ok(())
+        });
+        match compaction.map_err(StorageError::from) {
+            // Its actual version, read once the transaction is over.
+            Err(StorageError::Conflict {
+                aggregate_id,
+                expected,
+                ..
+            }) => Err(StorageError::Conflict {
+                actual: self.version(&aggregate_id)?,
+                aggregate_id,
+                expected,
+            }),
+            other => other,
+        }
     }
 
     /// The latest snapshot and the events recorded after it: all that is needed to load the aggregate.

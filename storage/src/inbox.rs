@@ -86,7 +86,8 @@ impl Store {
 
     /// Nothing was ever written here (a new or lost database).
     pub fn is_empty(&self) -> bool {
-        self.inner.events.is_empty()
+        !self.inner.ever_committed.load(Ordering::Acquire)
+            && self.inner.events.is_empty()
             && self.inner.snapshots.is_empty()
             && self.inner.inbox.is_empty()
             && self.inner.outbox_acks.is_empty()

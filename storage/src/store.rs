@@ -2,7 +2,7 @@
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,12 @@ use crate::{now_millis, StorageError};
 
 const LOCK_FILE: &str = "commerce.lock";
 const OUTBOX_SEQ: &[u8] = b"outbox_seq";
+/// Present once a commit has landed: a database that recorded only reactions that changed
+/// nothing is still not a new one once their inbox marks have aged out.
+const EVER_COMMITTED: &[u8] = b"ever_committed";
+/// Where builds before version-from-the-log kept each aggregate's version; only asked whether
+/// it holds anything (see [`EVER_COMMITTED`]).
+const LEGACY_HEADS: &str = "heads";
 
 /// Tunables of one service database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +75,8 @@ pub(crate) struct Inner {
     pub(crate) inbox_marks: AtomicU64,
     pub(crate) models: Tree,
     pub(crate) meta: Tree,
+    /// A commit has landed here, ever ([`EVER_COMMITTED`]).
+    pub(crate) ever_committed: AtomicBool,
     /// Highest outbox sequence committed. Sequences are assigned inside the transaction from one
     /// key, so their order is the commit order.
     committed_seq: AtomicU64,
@@ -299,6 +307,12 @@ impl Store {
             })?,
             None => 0,
         };
+        let ever_committed = meta.contains_key(EVER_COMMITTED)?
+            || (db
+                .tree_names()
+                .iter()
+                .any(|n| &n[..] == LEGACY_HEADS.as_bytes())
+                && !tree(LEGACY_HEADS)?.is_empty());
         let inbox = tree("inbox")?;
         let inbox_marks = AtomicU64::new(inbox.len() as u64);
         let inner = Inner {
@@ -312,6 +326,7 @@ impl Store {
             inbox_marks,
             models: tree("models")?,
             meta,
+            ever_committed: AtomicBool::new(ever_committed),
             committed_seq: AtomicU64::new(last_seq),
             commits_begun: AtomicU64::new(0),
             commits_done: AtomicU64::new(0),
@@ -463,6 +478,12 @@ impl Store {
                 if seq != first_seq {
                     meta_t.insert(OUTBOX_SEQ, &seq.to_be_bytes())?;
                 }
+                let landed = outcomes
+                    .iter()
+                    .any(|o| matches!(o, Ok(CommitOutcome::Committed { .. })));
+                if landed && !s.ever_committed.load(Ordering::Acquire) {
+                    meta_t.insert(EVER_COMMITTED, &[])?;
+                }
                 for ids in marked.chunks(crate::inbox::IDS_PER_ROW * 16) {
                     if let Some(first) = ids.get(..16).and_then(|id| Uuid::from_slice(id).ok()) {
                         by_age_t.insert(&crate::inbox::age_key(recorded_at, first), ids)?;
@@ -474,6 +495,12 @@ impl Store {
         // Counted whatever came of it: a flush is owed once anything may have been written.
         s.commits_done.fetch_add(1, Ordering::AcqRel);
         let (outcomes, last_seq) = transaction?;
+        if outcomes
+            .iter()
+            .any(|o| matches!(o, Ok(CommitOutcome::Committed { .. })))
+        {
+            s.ever_committed.store(true, Ordering::Release);
+        }
         s.committed_seq.fetch_max(last_seq, Ordering::AcqRel);
         let marked = valid
             .iter()
@@ -1135,6 +1162,64 @@ mod tests {
             .unwrap();
         let (_, rest) = store.load("a").unwrap();
         assert_eq!(rest.iter().map(|e| e.version).collect::<Vec<_>>(), [5, 6]);
+    }
+
+    #[test]
+    fn a_snapshot_lands_only_at_a_version_the_log_holds_or_the_one_there() {
+        let (_dir, store) = open();
+        let events: Vec<_> = (1..=4).map(event).collect();
+        store.commit(&Commit::new().append("a", 0, events)).unwrap();
+        let snapshot = |version| crate::Snapshot::new("a", version, "{}".into());
+        let ahead = store.compact(&[snapshot(5)]).unwrap_err();
+        assert!(
+            matches!(
+                ahead,
+                StorageError::Conflict {
+                    expected: 5,
+                    actual: 4,
+                    ..
+                }
+            ),
+            "{ahead}"
+        );
+        store.compact(&[snapshot(3)]).unwrap();
+        store.compact(&[snapshot(3)]).unwrap(); // the one there, again
+        let stale = store.compact(&[snapshot(2)]).unwrap_err();
+        assert!(matches!(stale, StorageError::Conflict { .. }), "{stale}");
+        let (kept, rest) = store.load("a").unwrap();
+        assert_eq!(
+            kept.map(|s| s.version),
+            Some(3),
+            "refused ones change nothing"
+        );
+        assert_eq!(rest.iter().map(|e| e.version).collect::<Vec<_>>(), [4]);
+        store.compact(&[snapshot(4)]).unwrap();
+        assert_eq!(store.version("a").unwrap(), 4);
+    }
+
+    #[test]
+    fn a_database_that_recorded_anything_is_never_new_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc");
+        let store = Store::open(&path, &StoreConfig::default()).unwrap();
+        assert!(store.is_empty());
+        // A reaction that changed nothing: no event, no outbox row, no inbox mark.
+        store.commit(&Commit::new().append("a", 0, vec![])).unwrap();
+        assert!(!store.is_empty());
+        drop(store);
+        let store = Store::open(&path, &StoreConfig::default()).unwrap();
+        assert!(!store.is_empty(), "remembered across a restart");
+        drop(store);
+
+        // A database of a build that kept head rows, with nothing else left.
+        let legacy = dir.path().join("legacy");
+        let store = Store::open(&legacy, &StoreConfig::default()).unwrap();
+        let heads = store.inner.db.open_tree(LEGACY_HEADS).unwrap();
+        heads.insert("a", &0u64.to_be_bytes()).unwrap();
+        let _durable = store.flush_blocking().unwrap();
+        drop((heads, store));
+        let store = Store::open(&legacy, &StoreConfig::default()).unwrap();
+        assert!(!store.is_empty(), "its head rows count");
     }
 
     #[test]
