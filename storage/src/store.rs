@@ -489,16 +489,13 @@ impl Store {
                         by_age_t.insert(&crate::inbox::age_key(recorded_at, first), ids)?;
                     }
                 }
-                Ok::<_, ConflictableTransactionError<StorageError>>((outcomes, seq))
+                Ok::<_, ConflictableTransactionError<StorageError>>((outcomes, seq, landed))
             },
         );
         // Counted whatever came of it: a flush is owed once anything may have been written.
         s.commits_done.fetch_add(1, Ordering::AcqRel);
-        let (outcomes, last_seq) = transaction?;
-        if outcomes
-            .iter()
-            .any(|o| matches!(o, Ok(CommitOutcome::Committed { .. })))
-        {
+        let (outcomes, last_seq, landed) = transaction?;
+        if landed {
             s.ever_committed.store(true, Ordering::Release);
         }
         s.committed_seq.fetch_max(last_seq, Ordering::AcqRel);
