@@ -32,7 +32,8 @@ use crate::telemetry::{metrics, trace};
 /// Aggregates kept in memory at most; past this the cache starts over (a reload is a snapshot
 /// plus a few events).
 const CACHE_LIMIT: usize = 50_000;
-/// Compact an aggregate after this many new events (the singletons grow long histories).
+/// Compact an aggregate after at least this many new events (the singletons grow long
+/// histories), and at least its last snapshot's size in bytes of them: [`Head::snapshot_due`].
 const SNAPSHOT_EVERY: u64 = 256;
 /// Aggregates reacting at once within a batch (their external calls overlap).
 const CONCURRENCY: usize = 64;
@@ -49,14 +50,44 @@ struct Head {
     version: u64,
     /// Events recorded since the last snapshot (or since the start of the log).
     since_snapshot: u64,
+    /// Their bytes in the log.
+    logged_bytes: u64,
+    /// The size of the last snapshot (0: none).
+    snapshot_bytes: u64,
 }
 
 impl Head {
-    /// The head after `recorded` more events.
-    fn advanced(self, recorded: u64) -> Head {
+    /// The head after `recorded` more events of `bytes` in all.
+    fn advanced(self, recorded: u64, bytes: u64) -> Head {
         Head {
             version: self.version + recorded,
             since_snapshot: self.since_snapshot + recorded,
+            logged_bytes: self.logged_bytes + bytes,
+            ..self
+        }
+    }
+
+    /// Whether a snapshot should replace the log: once the aggregate closed, else once
+    /// [`SNAPSHOT_EVERY`] events and at least the last snapshot's size in bytes were logged since
+    /// it. The bytes keep what snapshots write in proportion to what the events wrote, however
+    /// large the state: the warehouse holds every open order, and a snapshot every 256 events
+    /// rewrote all of them, a cost per event that grew with the orders open.
+    fn snapshot_due(&self, closed: bool) -> bool {
+        match closed {
+            true => self.since_snapshot > 0,
+            false => {
+                self.since_snapshot >= SNAPSHOT_EVERY && self.logged_bytes >= self.snapshot_bytes
+            }
+        }
+    }
+
+    /// The head once a snapshot of `bytes` covers it.
+    fn snapshotted(self, bytes: u64) -> Head {
+        Head {
+            since_snapshot: 0,
+            logged_bytes: 0,
+            snapshot_bytes: bytes,
+            ..self
         }
     }
 }
@@ -543,8 +574,9 @@ impl<S: Service> Engine<S> {
         } = &writes.touched[aggregate];
         let version = after.head.version;
         let events = after.state.handle(command)?;
+        let mut bytes = 0;
         if !events.is_empty() {
-            let (commit, _) = append_events::<S>(
+            let appended = append_events::<S>(
                 Commit::new(),
                 aggregate_id,
                 version,
@@ -552,13 +584,14 @@ impl<S: Service> Engine<S> {
                 aggregate_id,
                 None,
             )?;
-            writes.push(commit, Slot { answer, aggregate });
+            bytes = appended.bytes;
+            writes.push(appended.commit, Slot { answer, aggregate });
         }
         let after = &mut writes.touched[aggregate].after;
         for event in &events {
             after.state.apply(event);
         }
-        after.head = after.head.advanced(events.len() as u64);
+        after.head = after.head.advanced(events.len() as u64, bytes);
         Ok(Executed {
             version: after.head.version,
             state: after.state.clone(),
@@ -679,22 +712,28 @@ impl<S: Service> Engine<S> {
         let mut due = Vec::new();
         let mut snapshots = Vec::new();
         for (i, (aggregate_id, loaded)) in kept.iter().enumerate() {
-            let since = loaded.head.since_snapshot;
-            if since < SNAPSHOT_EVERY && !(since > 0 && loaded.state.is_closed()) {
+            if !loaded.head.snapshot_due(loaded.state.is_closed()) {
                 continue;
             }
             match serde_json::to_string(&loaded.state) {
                 Ok(json) => {
+                    due.push((i, json.len() as u64));
                     snapshots.push(Snapshot::new(aggregate_id, loaded.head.version, json));
-                    due.push(i);
                 }
                 Err(e) => tracing::warn!(%aggregate_id, error = %e, "snapshot not encoded"),
             }
         }
+        if snapshots.is_empty() {
+            return;
+        }
         match self.store.compact(&snapshots) {
-            Ok(()) => due
-                .into_iter()
-                .for_each(|i| kept[i].1.head.since_snapshot = 0),
+            Ok(()) => {
+                let bytes = due.iter().map(|(_, bytes)| bytes).sum();
+                metrics::snapshots(S::name(), due.len(), bytes);
+                for (i, bytes) in due {
+                    kept[i].1.head = kept[i].1.head.snapshotted(bytes);
+                }
+            }
             Err(e) => tracing::warn!(error = %e, aggregates = due.len(), "not compacted"),
         }
     }
@@ -756,6 +795,7 @@ impl<S: Service> Engine<S> {
     /// The aggregate as its log has it: the latest snapshot plus the events after it.
     fn read(&self, aggregate_id: &str) -> Result<Loaded<S::State>, EngineError> {
         let (snapshot, events) = self.store.load(aggregate_id)?;
+        let snapshot_bytes = snapshot.as_ref().map_or(0, |s| s.state.len() as u64);
         let (mut version, mut state) = match snapshot {
             Some(s) => (
                 s.version,
@@ -767,6 +807,7 @@ impl<S: Service> Engine<S> {
             None => (0, S::State::initial(self.shard)),
         };
         let replayed = events.len() as u64;
+        let logged_bytes = events.iter().map(|e| e.payload.len() as u64).sum();
         for recorded in events {
             let envelope = Envelope::from_slice(recorded.payload.as_bytes())?;
             let event = decode(&envelope)?;
@@ -777,6 +818,8 @@ impl<S: Service> Engine<S> {
             head: Head {
                 version,
                 since_snapshot: replayed,
+                logged_bytes,
+                snapshot_bytes,
             },
             state,
         })
@@ -877,7 +920,7 @@ fn record_aggregate<S: Service>(
     } = reacted;
     let recorded: u64 = steps.iter().map(|step| step.events.len() as u64).sum();
     let after = Loaded {
-        head: base.advanced(recorded),
+        head: base.advanced(recorded, 0),
         state,
     };
     let aggregate = writes.touch(aggregate_id.clone(), after);
@@ -902,14 +945,17 @@ fn record_aggregate<S: Service>(
         let (commit, saga) = (Commit::caused_by(cause.id), &cause.subject);
         let cause = Some((cause, &span));
         match append_events::<S>(commit, &aggregate_id, version, &events, saga, cause) {
-            Ok((commit, echoes)) => {
+            Ok(appended) => {
                 version += events.len() as u64;
                 let slot = Slot {
                     answer: index,
                     aggregate,
                 };
-                writes.push(commit, slot);
-                writes.echoes.extend(echoes.into_iter().map(|e| (slot, e)));
+                writes.push(appended.commit, slot);
+                let after = &mut writes.touched[aggregate].after;
+                after.head = after.head.advanced(0, appended.bytes);
+                let echoes = appended.echoes.into_iter().map(|e| (slot, e));
+                writes.echoes.extend(echoes);
             }
             Err(e) => {
                 verdicts[index] = Verdict::Reject(format!("cannot record the reaction: {e}"));
@@ -919,9 +965,16 @@ fn record_aggregate<S: Service>(
     }
 }
 
+/// A commit with an aggregate's new events, the envelopes of those the service echoes, and the
+/// events' bytes in the log.
+struct Appended {
+    commit: Commit,
+    echoes: Vec<Envelope>,
+    bytes: u64,
+}
+
 /// Add `events` (as envelopes of saga `saga`) and their outbox rows to `commit`. Each event is
-/// serialized once: the log and the outbox hold the same JSON. Answers also the envelopes of
-/// the events the service echoes.
+/// serialized once: the log and the outbox hold the same JSON.
 /// `cause` is the event reacted to, and the span of that handling; none for a client's command.
 fn append_events<S: Service>(
     commit: Commit,
@@ -930,11 +983,15 @@ fn append_events<S: Service>(
     events: &[<S::State as Aggregate>::Event],
     saga: &str,
     cause: Option<(&Envelope, &opentelemetry::Context)>,
-) -> Result<(Commit, Vec<Envelope>), EngineError> {
+) -> Result<Appended, EngineError> {
     if events.is_empty() {
         // No events, but still the version check: a step decided on state that did not land
         // (an earlier step of this aggregate failed) must not be marked done.
-        return Ok((commit.append(aggregate_id, version, Vec::new()), Vec::new()));
+        return Ok(Appended {
+            commit: commit.append(aggregate_id, version, Vec::new()),
+            echoes: Vec::new(),
+            bytes: 0,
+        });
     }
     let mut new_events = Vec::with_capacity(events.len());
     let mut outbox = Vec::with_capacity(events.len());
@@ -957,8 +1014,13 @@ fn append_events<S: Service>(
             payload: json,
         });
     }
+    let bytes = new_events.iter().map(|e| e.payload.len() as u64).sum();
     let commit = commit.append(aggregate_id, version, new_events);
-    Ok((outbox.into_iter().fold(commit, Commit::publish), echoes))
+    Ok(Appended {
+        commit: outbox.into_iter().fold(commit, Commit::publish),
+        echoes,
+        bytes,
+    })
 }
 
 #[cfg(test)]

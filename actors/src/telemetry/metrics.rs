@@ -109,6 +109,12 @@ pub fn batch(service: &'static str, size: usize, commit_seconds: f64) {
     histogram!("commerce_commit_seconds", "service" => service).record(commit_seconds);
 }
 
+/// Snapshots that replaced aggregates' events: how many, and their bytes.
+pub fn snapshots(service: &'static str, count: usize, bytes: u64) {
+    counter!("commerce_snapshots_total", "service" => service).increment(count as u64);
+    counter!("commerce_snapshot_bytes_total", "service" => service).increment(bytes);
+}
+
 /// One call to an external system: `ok`, `failed` (counts against it), `refused` (an answer).
 pub fn external_call(dependency: &str, outcome: &'static str, seconds: f64) {
     let dependency = dependency.to_string();

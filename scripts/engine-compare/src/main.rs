@@ -1,15 +1,20 @@
-//! The consumer's commit shape (bench bus) on three embedded engines: per applied event, two
-//! lookups (inbox, head) and four writes (event ~705 B, head, outbox row 561 B, inbox mark),
-//! per batch of 250 the outbox sequence and one age-index row, one atomic commit, then made
-//! durable (fsync) before the next batch. Half the events start an aggregate, half are the second
-//! event of one from the batch before (its head lookup hits); inbox lookups miss, as they do.
-//! CPU is the whole process's (the engines' background threads too) and includes making the
-//! rows (the same for each engine).
+//! The consumer's commit shape (bench bus) on three embedded engines: per applied event, three
+//! lookups (inbox; the aggregate's version, read from its log: no event after the expected
+//! version, and the event at it, or for a new aggregate no snapshot) and three writes (event
+//! ~705 B, outbox row 561 B, inbox mark), per batch of 250 the outbox sequence (read and
+//! written) and one age-index row, one atomic commit, then made durable (fsync) before the next
+//! batch. Half the events start an aggregate, half are the second event of one from the batch
+//! before; inbox lookups miss, as they do. CPU is the whole process's (the engines' background
+//! threads too) and includes making the rows (the same for each engine). The allocator is
+//! mimalloc, as in the `commerce` binary.
 //! sled is driven as `storage::Store` drives it (one transaction over six trees, then its flush
 //! and an fdatasync of its log); the Store's own encoding is left out, for all three alike.
 //!
 //!     cargo run --release --manifest-path scripts/engine-compare/Cargo.toml -- [batches] [rounds]
 use redb::ReadableTable;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -20,13 +25,15 @@ struct Row {
     /// The aggregate's version after this event: 1 for a new one, 2 for a second event.
     version: u64,
     event_key: Vec<u8>,
+    /// The key of the event at the expected version, if the aggregate has one.
+    before_key: Option<Vec<u8>>,
     event: Vec<u8>,
     outbox: Vec<u8>,
     cause: [u8; 16],
 }
 
-/// A batch: every other event is the second of an aggregate of the batch before (its head
-/// lookup hits), the others start one (it misses), as a service sees an order's events.
+/// A batch: every other event is the second of an aggregate of the batch before, the others
+/// start one, as a service sees an order's events.
 fn batch(payload: &str, before: &[Row]) -> Vec<Row> {
     (0..BATCH)
         .map(|i| {
@@ -34,9 +41,14 @@ fn batch(payload: &str, before: &[Row]) -> Vec<Row> {
                 Some(row) if i % 2 == 1 && row.version == 1 => (row.agg.clone(), 2u64),
                 _ => (Uuid::now_v7().to_string(), 1),
             };
-            let mut event_key = agg.as_bytes().to_vec();
-            event_key.push(0);
-            event_key.extend_from_slice(&version.to_be_bytes());
+            let key = |version: u64| {
+                let mut key = agg.as_bytes().to_vec();
+                key.push(0);
+                key.extend_from_slice(&version.to_be_bytes());
+                key
+            };
+            let event_key = key(version);
+            let before_key = (version > 1).then(|| key(version - 1));
             Row {
                 event: format!(
                     "{{\"aggregate_id\":\"{agg}\",\"version\":{version},\"payload\":{payload:?}}}"
@@ -46,18 +58,14 @@ fn batch(payload: &str, before: &[Row]) -> Vec<Row> {
                 agg,
                 version,
                 event_key,
+                before_key,
                 cause: *Uuid::now_v7().as_bytes(),
             }
         })
         .collect()
 }
 
-/// The head a row's aggregate must have before it: none for a new one.
-fn head_before(row: &Row) -> Option<u64> {
-    (row.version > 1).then_some(row.version - 1)
-}
-
-fn decode_head(bytes: &[u8]) -> Option<u64> {
+fn decode_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
@@ -75,18 +83,19 @@ struct Sled {
 impl Engine for Sled {
     fn commit(&mut self, rows: &[Row], seq: &mut u64, now: u64) {
         use sled::Transactional;
-        let [events, heads, pending, inbox, by_age, meta] = &self.trees;
-        let first = *seq;
-        let last = (events, heads, pending, inbox, by_age, meta)
-            .transaction(|(e, h, p, i, a, m)| {
-                let mut s = first;
+        let [events, snapshots, pending, inbox, by_age, meta] = &self.trees;
+        let last = (events, snapshots, pending, inbox, by_age, meta)
+            .transaction(|(e, sn, p, i, a, m)| {
+                let mut s = m.get("seq")?.and_then(|v| decode_u64(&v)).unwrap_or(0);
                 let mut marked = Vec::new();
                 for r in rows {
                     assert!(i.get(r.cause)?.is_none());
-                    let head = h.get(r.agg.as_bytes())?;
-                    assert_eq!(head.and_then(|v| decode_head(&v)), head_before(r));
+                    assert!(e.get(r.event_key.as_slice())?.is_none());
+                    match &r.before_key {
+                        Some(k) => assert!(e.get(k.as_slice())?.is_some()),
+                        None => assert!(sn.get(r.agg.as_bytes())?.is_none()),
+                    }
                     e.insert(r.event_key.as_slice(), r.event.as_slice())?;
-                    h.insert(r.agg.as_bytes(), &r.version.to_be_bytes())?;
                     s += 1;
                     p.insert(&s.to_be_bytes(), r.outbox.as_slice())?;
                     i.insert(&r.cause, &now.to_be_bytes())?;
@@ -109,7 +118,7 @@ impl Engine for Sled {
 
 const T: [redb::TableDefinition<&[u8], &[u8]>; 6] = [
     redb::TableDefinition::new("events"),
-    redb::TableDefinition::new("heads"),
+    redb::TableDefinition::new("snapshots"),
     redb::TableDefinition::new("pending"),
     redb::TableDefinition::new("inbox"),
     redb::TableDefinition::new("by_age"),
@@ -125,19 +134,25 @@ impl Engine for Redb {
         let tx = self.0.begin_write().unwrap();
         {
             let mut e = tx.open_table(T[0]).unwrap();
-            let mut h = tx.open_table(T[1]).unwrap();
+            let sn = tx.open_table(T[1]).unwrap();
             let mut p = tx.open_table(T[2]).unwrap();
             let mut i = tx.open_table(T[3]).unwrap();
             let mut a = tx.open_table(T[4]).unwrap();
             let mut m = tx.open_table(T[5]).unwrap();
             let mut marked = Vec::new();
+            *seq = m
+                .get(b"seq".as_slice())
+                .unwrap()
+                .and_then(|v| decode_u64(v.value()))
+                .unwrap_or(0);
             for r in rows {
                 assert!(i.get(r.cause.as_slice()).unwrap().is_none());
-                let head = h.get(r.agg.as_bytes()).unwrap();
-                assert_eq!(head.and_then(|v| decode_head(v.value())), head_before(r));
+                assert!(e.get(r.event_key.as_slice()).unwrap().is_none());
+                match &r.before_key {
+                    Some(k) => assert!(e.get(k.as_slice()).unwrap().is_some()),
+                    None => assert!(sn.get(r.agg.as_bytes()).unwrap().is_none()),
+                }
                 e.insert(r.event_key.as_slice(), r.event.as_slice())
-                    .unwrap();
-                h.insert(r.agg.as_bytes(), r.version.to_be_bytes().as_slice())
                     .unwrap();
                 *seq += 1;
                 p.insert(seq.to_be_bytes().as_slice(), r.outbox.as_slice())
@@ -164,18 +179,25 @@ struct Fjall {
 
 impl Engine for Fjall {
     fn commit(&mut self, rows: &[Row], seq: &mut u64, now: u64) {
-        let [e, h, p, i, a, m] = &self.parts[..] else {
+        let [e, sn, p, i, a, m] = &self.parts[..] else {
             unreachable!()
         };
         // Single writer here (a service's one actor), so reads before the batch are the checks.
         let mut b = self.keyspace.batch();
         let mut marked = Vec::new();
+        *seq = m
+            .get("seq")
+            .unwrap()
+            .and_then(|v| decode_u64(&v))
+            .unwrap_or(0);
         for r in rows {
             assert!(i.get(r.cause).unwrap().is_none());
-            let head = h.get(r.agg.as_bytes()).unwrap();
-            assert_eq!(head.and_then(|v| decode_head(&v)), head_before(r));
+            assert!(e.get(r.event_key.as_slice()).unwrap().is_none());
+            match &r.before_key {
+                Some(k) => assert!(e.get(k.as_slice()).unwrap().is_some()),
+                None => assert!(sn.get(r.agg.as_bytes()).unwrap().is_none()),
+            }
             b.insert(e, r.event_key.as_slice(), r.event.as_slice());
-            b.insert(h, r.agg.as_bytes(), r.version.to_be_bytes());
             *seq += 1;
             b.insert(p, seq.to_be_bytes(), r.outbox.as_slice());
             b.insert(i, r.cause, now.to_be_bytes());
@@ -252,7 +274,7 @@ fn main() {
     // The same cache for each, and each round in another order (the disk may still be writing
     // back what the engine before wrote).
     const CACHE: usize = 64 << 20;
-    let names = ["events", "heads", "pending", "inbox", "by_age", "meta"];
+    let names = ["events", "snapshots", "pending", "inbox", "by_age", "meta"];
     for round in 0..rounds {
         // TMPDIR must be on the disk measured (not a tmpfs: fsync would cost nothing).
         let dir = tempfile::tempdir().unwrap();

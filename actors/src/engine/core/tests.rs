@@ -424,6 +424,60 @@ async fn a_closed_aggregate_is_kept_as_a_snapshot_not_as_events_nor_in_memory() 
     );
 }
 
+#[tokio::test]
+async fn a_large_state_is_snapshotted_again_only_once_its_size_in_events_was_logged() {
+    let (_dir, store, mut engine) = open();
+    let counts = |from: usize, n: usize| -> Vec<Command<Tally>> {
+        (from..from + n)
+            .map(|i| count("a", &format!("c{i}")))
+            .collect()
+    };
+    // A state far larger than 256 small events (an event holds at most 64 KiB).
+    let big: Vec<_> = (0..8).map(|_| count("a", &"x".repeat(40_000))).collect();
+    assert!(engine.execute(big).await.iter().all(Result::is_ok));
+    engine.execute(counts(0, 300)).await;
+    let first = store
+        .load("a")
+        .unwrap()
+        .0
+        .expect("a snapshot after 256 events");
+    assert_eq!(first.version, 308);
+    let size = first.state.len();
+
+    // Past 256 events again, no snapshot until the events since weigh as much as the last one.
+    let mut next = 300;
+    let second = loop {
+        engine.execute(counts(next, 10)).await;
+        next += 10;
+        assert!(next < 20_000, "never snapshotted again");
+        let (snapshot, tail) = store.load("a").unwrap();
+        let snapshot = snapshot.unwrap();
+        if snapshot.version != first.version {
+            break snapshot;
+        }
+        let logged: usize = tail.iter().map(|e| e.payload.len()).sum();
+        assert!(
+            tail.len() < 256 || logged < size,
+            "due at {} events",
+            tail.len()
+        );
+    };
+    assert_eq!(second.version, next as u64 + 8);
+    assert!(
+        second.version - first.version > 2 * SNAPSHOT_EVERY,
+        "{} events between",
+        second.version - first.version
+    );
+    assert!(store.load("a").unwrap().1.is_empty());
+
+    // A restart reads the sizes back: it does not snapshot at once either.
+    let mut fresh = Engine::new(Tallier::default(), store.clone());
+    fresh.execute(counts(next, SNAPSHOT_EVERY as usize)).await;
+    let (snapshot, tail) = store.load("a").unwrap();
+    assert_eq!(snapshot.map(|s| s.version), Some(second.version));
+    assert_eq!(tail.len(), SNAPSHOT_EVERY as usize);
+}
+
 /// Order `o{i}` paid for one mug: the warehouse reserves it.
 fn paid(i: usize) -> Envelope {
     let approved = PaymentEvent::PaymentApproved {
