@@ -50,7 +50,7 @@ struct Head {
     version: u64,
     /// Events recorded since the last snapshot (or since the start of the log).
     since_snapshot: u64,
-    /// Their bytes in the log.
+    /// Those events' bytes in the log.
     logged_bytes: u64,
     /// The size of the last snapshot (0: none).
     snapshot_bytes: u64,
@@ -69,9 +69,8 @@ impl Head {
 
     /// Whether a snapshot should replace the log: once the aggregate closed, else once
     /// [`SNAPSHOT_EVERY`] events and at least the last snapshot's size in bytes were logged since
-    /// it. The bytes keep what snapshots write in proportion to what the events wrote, however
-    /// large the state: the warehouse holds every open order, and a snapshot every 256 events
-    /// rewrote all of them, a cost per event that grew with the orders open.
+    /// it, so that snapshots of a large state (the warehouse's open orders) write no more than
+    /// the events did.
     fn snapshot_due(&self, closed: bool) -> bool {
         match closed {
             true => self.since_snapshot > 0,
@@ -925,6 +924,7 @@ fn record_aggregate<S: Service>(
     };
     let aggregate = writes.touch(aggregate_id.clone(), after);
     let mut version = base.version;
+    let mut bytes = 0;
     for Step {
         index,
         verdict,
@@ -951,9 +951,8 @@ fn record_aggregate<S: Service>(
                     answer: index,
                     aggregate,
                 };
+                bytes += appended.bytes;
                 writes.push(appended.commit, slot);
-                let after = &mut writes.touched[aggregate].after;
-                after.head = after.head.advanced(0, appended.bytes);
                 let echoes = appended.echoes.into_iter().map(|e| (slot, e));
                 writes.echoes.extend(echoes);
             }
@@ -963,6 +962,8 @@ fn record_aggregate<S: Service>(
             }
         }
     }
+    let after = &mut writes.touched[aggregate].after;
+    after.head = after.head.advanced(0, bytes);
 }
 
 /// A commit with an aggregate's new events, the envelopes of those the service echoes, and the

@@ -446,6 +446,7 @@ async fn a_large_state_is_snapshotted_again_only_once_its_size_in_events_was_log
 
     // Past 256 events again, no snapshot until the events since weigh as much as the last one.
     let mut next = 300;
+    let mut before = (0, 0); // the tail's events and bytes before the last batch
     let second = loop {
         engine.execute(counts(next, 10)).await;
         next += 10;
@@ -461,7 +462,11 @@ async fn a_large_state_is_snapshotted_again_only_once_its_size_in_events_was_log
             "due at {} events",
             tail.len()
         );
+        before = (tail.len(), logged);
     };
+    // Nor late: it came with the batch of 10 that took the events past its size.
+    let (events, logged) = before;
+    assert!(logged < size && logged + 20 * logged / events >= size);
     assert_eq!(second.version, next as u64 + 8);
     assert!(
         second.version - first.version > 2 * SNAPSHOT_EVERY,
