@@ -25,6 +25,7 @@ pub mod fence;
 pub mod inbox;
 pub mod models;
 pub mod outbox;
+mod row;
 pub mod store;
 
 pub use error::StorageError;

@@ -21,6 +21,7 @@ use sled::Transactional;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::row::{self, Reader};
 use crate::store::decode_u64;
 use crate::{now_millis, StorageError, Store};
 
@@ -121,20 +122,16 @@ impl Run {
     }
 }
 
-/// The marker of a binary row (a JSON row starts with `{`).
-const BINARY_ROW: u8 = 0xB1;
-
 /// A message as an outbox row: marker, event id, subject, headers, then the payload as it is.
 pub(crate) fn encode_message(m: &OutboxMessage) -> Result<Vec<u8>, StorageError> {
-    let fits = |s: &str| u16::try_from(s.len()).is_ok();
-    let binary = fits(&m.subject)
+    let binary = row::fits(&m.subject)
         && u8::try_from(m.headers.len()).is_ok()
-        && m.headers.iter().all(|(n, v)| fits(n) && fits(v));
+        && m.headers.iter().all(|(n, v)| row::fits(n) && row::fits(v));
     if !binary {
         // Too long for the binary record's lengths: JSON reads as well.
         return serde_json::to_vec(m).map_err(StorageError::codec("outbox row"));
     }
-    let mut row = Vec::with_capacity(
+    let mut bytes = Vec::with_capacity(
         20 + m.subject.len()
             + m.payload.len()
             + m.headers
@@ -142,66 +139,42 @@ pub(crate) fn encode_message(m: &OutboxMessage) -> Result<Vec<u8>, StorageError>
                 .map(|(n, v)| 4 + n.len() + v.len())
                 .sum::<usize>(),
     );
-    row.push(BINARY_ROW);
-    row.extend_from_slice(m.event_id.as_bytes());
-    let text = |row: &mut Vec<u8>, s: &str| {
-        row.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        row.extend_from_slice(s.as_bytes());
-    };
-    text(&mut row, &m.subject);
-    row.push(m.headers.len() as u8);
+    bytes.push(row::BINARY);
+    bytes.extend_from_slice(m.event_id.as_bytes());
+    row::put_text(&mut bytes, &m.subject);
+    bytes.push(m.headers.len() as u8);
     for (name, value) in &m.headers {
-        text(&mut row, name);
-        text(&mut row, value);
+        row::put_text(&mut bytes, name);
+        row::put_text(&mut bytes, value);
     }
-    row.extend_from_slice(m.payload.as_bytes());
-    Ok(row)
+    bytes.extend_from_slice(m.payload.as_bytes());
+    Ok(bytes)
 }
 
 /// An outbox row back as its message (binary, or JSON from an earlier version).
-pub(crate) fn decode_message(row: &[u8]) -> Result<OutboxMessage, StorageError> {
-    match row.first() {
-        Some(&BINARY_ROW) => Reader(&row[1..]).message().ok_or(StorageError::Malformed {
+pub(crate) fn decode_message(bytes: &[u8]) -> Result<OutboxMessage, StorageError> {
+    match bytes.split_first() {
+        Some((&row::BINARY, rest)) => read_message(Reader(rest)).ok_or(StorageError::Malformed {
             what: "outbox row",
             reason: "truncated".into(),
         }),
-        _ => serde_json::from_slice(row).map_err(StorageError::codec("outbox row")),
+        _ => serde_json::from_slice(bytes).map_err(StorageError::codec("outbox row")),
     }
 }
 
-/// Reads a binary row from the front.
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn text(&mut self) -> Option<String> {
-        let len = u16::from_be_bytes(self.take(2)?.try_into().ok()?) as usize;
-        String::from_utf8(self.take(len)?.to_vec()).ok()
-    }
-
-    fn message(mut self) -> Option<OutboxMessage> {
-        let event_id = Uuid::from_slice(self.take(16)?).ok()?;
-        let subject = self.text()?;
-        let count = *self.take(1)?.first()?;
-        let headers = (0..count)
-            .map(|_| Some((self.text()?, self.text()?)))
-            .collect::<Option<_>>()?;
-        let payload = String::from_utf8(self.0.to_vec()).ok()?;
-        Some(OutboxMessage {
-            event_id,
-            subject,
-            payload,
-            headers,
-        })
-    }
+fn read_message(mut r: Reader<'_>) -> Option<OutboxMessage> {
+    let event_id = r.uuid()?;
+    let subject = r.text()?;
+    let count = *r.take(1)?.first()?;
+    let headers = (0..count)
+        .map(|_| Some((r.text()?, r.text()?)))
+        .collect::<Option<_>>()?;
+    Some(OutboxMessage {
+        event_id,
+        subject,
+        payload: r.rest()?,
+        headers,
+    })
 }
 
 /// The sent row of an earlier version (`outbox_sent`), read once to carry it over.
@@ -566,7 +539,7 @@ mod tests {
         let with = message(vec![("traceparent".into(), "00-ab-cd-01".into())]);
         for m in [message(vec![]), with] {
             let row = encode_message(&m).unwrap();
-            assert_eq!(row[0], BINARY_ROW);
+            assert_eq!(row[0], row::BINARY);
             assert_eq!(decode_message(&row).unwrap(), m);
             let json = serde_json::to_vec(&m).unwrap();
             assert_eq!(

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::durable::DurableFiles;
-use crate::events::{event_key, RecordedEvent, MAX_AGGREGATE_ID_BYTES};
+use crate::events::{event_key, MAX_AGGREGATE_ID_BYTES};
 use crate::outbox::OutboxMessage;
 use crate::{now_millis, StorageError};
 
@@ -185,16 +185,12 @@ impl Encoded {
                     .enumerate()
                     .map(|(i, e)| {
                         let version = a.expected_version + 1 + i as u64;
-                        let record = RecordedEvent {
-                            aggregate_id: a.aggregate_id.clone(),
-                            version,
-                            event_id: e.event_id,
-                            event_type: e.event_type.clone(),
-                            payload: e.payload.clone(),
+                        let bytes = crate::events::encode_event(
+                            e.event_id,
                             recorded_at,
-                        };
-                        let bytes =
-                            serde_json::to_vec(&record).map_err(StorageError::codec("event"))?;
+                            &e.event_type,
+                            &e.payload,
+                        )?;
                         Ok((event_key(&a.aggregate_id, version), bytes))
                     })
                     .collect::<Result<_, StorageError>>()?
@@ -507,18 +503,34 @@ impl Store {
             })
             .count();
         s.inbox_marks.fetch_add(marked as u64, Ordering::Relaxed);
+        // A conflict's check saw the version before what later commits of the batch appended.
+        let unseen: Vec<u64> = (0..outcomes.len())
+            .map(|i| match &outcomes[i] {
+                Err(StorageError::Conflict { aggregate_id, .. }) => valid
+                    .iter()
+                    .zip(&outcomes)
+                    .skip(i + 1)
+                    .filter(|(_, later)| matches!(later, Ok(CommitOutcome::Committed { .. })))
+                    .filter_map(|((commit, _), _)| commit.append.as_ref())
+                    .filter(|a| &a.aggregate_id == aggregate_id)
+                    .map(|a| a.events.len() as u64)
+                    .sum(),
+                _ => 0,
+            })
+            .collect();
         let mut outcomes: Vec<_> = outcomes
             .into_iter()
-            .map(|outcome| match outcome {
+            .zip(unseen)
+            .map(|(outcome, unseen)| match outcome {
                 Err(StorageError::Conflict {
                     aggregate_id,
                     expected,
                     ..
                 }) => Some(match self.version(&aggregate_id) {
-                    Ok(actual) => Err(StorageError::Conflict {
+                    Ok(now) => Err(StorageError::Conflict {
                         aggregate_id,
                         expected,
-                        actual,
+                        actual: now.saturating_sub(unseen),
                     }),
                     Err(e) => Err(e),
                 }),
@@ -789,6 +801,35 @@ mod tests {
             store.outbox_depth(),
             0,
             "a conflicting commit leaves no outbox row"
+        );
+    }
+
+    #[test]
+    fn a_conflict_in_a_batch_reports_the_version_its_check_saw() {
+        let (_dir, store) = open();
+        store
+            .commit(&Commit::new().append("a", 0, vec![event(1), event(2), event(3)]))
+            .unwrap();
+        let batch = [
+            Commit::new().append("a", 5, vec![event(4)]),
+            Commit::new().append("a", 3, vec![event(4), event(5)]),
+        ];
+        let outcomes = store.commit_all(&batch).unwrap();
+        assert!(
+            matches!(
+                outcomes[0],
+                Err(StorageError::Conflict {
+                    expected: 5,
+                    actual: 3,
+                    ..
+                })
+            ),
+            "{:?}",
+            outcomes[0]
+        );
+        assert_eq!(
+            outcomes[1].as_ref().unwrap(),
+            &CommitOutcome::Committed { version: 5 }
         );
     }
 
