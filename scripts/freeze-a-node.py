@@ -5,7 +5,10 @@ Brings up `commerce up --cluster 3` in a fresh data dir, places an order every 1
 its own thread, retrying a 503 under its Idempotency-Key), SIGSTOPs one nats-server for
 --freeze seconds after 10 s, SIGCONTs it, goes on for 20 s, and reports the longest time
 without a confirmation, confirmations per second from the freeze on, and each order's time
-from its first POST to a confirmed status, by when it was placed.
+from its first POST to a confirmed status, by when it was placed. Before it stops the system, it
+traces the slowest order placed after the thaw (`commerce order trace`): when it was placed and
+accepted, when the client saw it end, and each hop of its saga, so a wait shows where it was (in
+the saga, or in the read model the client polls).
 
     cargo build --release --bin commerce
     scripts/freeze-a-node.py --node 1 --freeze 15
@@ -69,7 +72,7 @@ def call(method, path, body=None, key=None):
         return 0, {}
 
 
-orders = []  # (placed at, seconds to its end, its status at the end)
+orders = []  # (placed at, seconds to its end, its status at the end, its id, when accepted)
 
 
 def place(i):
@@ -79,14 +82,15 @@ def place(i):
     while True:
         status, body = call("POST", "/orders", form, key=f"freeze-{i}")
         if status in (200, 201):
+            accepted = time.time()
             break
         if status not in (0, 503):  # only "send it again" is sent again
-            orders.append((placed, time.time() - placed, f"refused {status}"))
+            orders.append((placed, time.time() - placed, f"refused {status}", None, None))
             return
         time.sleep(0.2)  # a client's pause between tries, not a synchronization
     while (ended := call("GET", f"/orders/{body['order_id']}")[1].get("order_status")) not in ENDED:
         time.sleep(0.05)
-    orders.append((placed, time.time() - placed, ended))
+    orders.append((placed, time.time() - placed, ended, body["order_id"], accepted))
 
 
 start = time.time()
@@ -109,13 +113,21 @@ try:
     for t in threads:
         t.join(timeout=max(0.0, deadline - time.time()))
     end = time.time()
+    # The slowest order placed after the thaw: where its saga waited, hop by hop.
+    late = [o for o in orders if o[0] >= thawed and o[3]]
+    if late:
+        slowest = max(late, key=lambda o: o[1])
+        hms = lambda t: time.strftime("%H:%M:%S", time.gmtime(t)) + f"{t % 1:.3f}"[1:]
+        print(f"slowest order placed after the thaw ({slowest[1]:.2f} s): placed {hms(slowest[0])},"
+              f" accepted {hms(slowest[4])}, seen ended {hms(slowest[0] + slowest[1])}; traced:")
+        subprocess.run([args.commerce, "--data-dir", data, "order", "trace", slowest[3]])
 finally:
     if froze and thawed is None:
         os.kill(nodes[args.node], signal.SIGCONT)
     up.send_signal(signal.SIGINT)
     up.wait(timeout=60)
 
-confirmed = sorted(placed + took for placed, took, status in orders if status in CONFIRMED)
+confirmed = sorted(placed + took for placed, took, status, *_ in orders if status in CONFIRMED)
 print(f"node {args.node} frozen for {args.freeze:.0f} s: {len(confirmed)} of {i} orders confirmed,"
       f" {sum(1 for o in orders if o[2] not in CONFIRMED)} ended otherwise,"
       f" {i - len(orders)} not ended {WAIT} s after the run")
@@ -125,9 +137,9 @@ gap, at = max((b - a, a) for a, b in zip(marks, marks[1:]))
 print(f"longest time without a confirmation: {gap:.1f} s, from {at - froze:+.1f} s after the freeze")
 after = [c - froze for c in confirmed if c >= froze]
 print("confirmations per second from the freeze on:",
-      [sum(1 for c in after if k <= c < k + 1) for k in range(int(args.freeze) + 10)])
+      [sum(1 for c in after if k <= c < k + 1) for k in range(int(args.freeze) + 20)])
 for lo in range(-3, int(args.freeze) + 6, 3):
-    took = sorted(t for placed, t, status in orders
+    took = sorted(t for placed, t, status, *_ in orders
                   if status in CONFIRMED and froze + lo <= placed < froze + lo + 3)
     if took:
         print(f"placed {lo:+3}..{lo + 3:+3} s from the freeze: p50 {took[len(took) // 2]:6.2f} s,"

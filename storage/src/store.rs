@@ -810,25 +810,27 @@ mod tests {
         store
             .commit(&Commit::new().append("a", 0, vec![event(1), event(2), event(3)]))
             .unwrap();
+        // An invalid commit before the conflict (set aside before the transaction), and a
+        // later conflict that appends nothing.
         let batch = [
-            Commit::new().append("a", 5, vec![event(4)]),
+            Commit::new().append("", 0, vec![event(0)]),
+            Commit::new().append("a", 9, vec![event(4)]),
             Commit::new().append("a", 3, vec![event(4), event(5)]),
+            Commit::new().append("a", 3, vec![event(6)]),
         ];
         let outcomes = store.commit_all(&batch).unwrap();
-        assert!(
-            matches!(
-                outcomes[0],
-                Err(StorageError::Conflict {
-                    expected: 5,
-                    actual: 3,
-                    ..
-                })
-            ),
-            "{:?}",
-            outcomes[0]
-        );
+        assert!(matches!(
+            outcomes[0],
+            Err(StorageError::InvalidAggregateId { .. })
+        ));
+        let actual = |i: usize| match &outcomes[i] {
+            Err(StorageError::Conflict { actual, .. }) => *actual,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(actual(1), 3, "before the later append");
+        assert_eq!(actual(3), 5, "after it");
         assert_eq!(
-            outcomes[1].as_ref().unwrap(),
+            outcomes[2].as_ref().unwrap(),
             &CommitOutcome::Committed { version: 5 }
         );
     }
