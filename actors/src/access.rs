@@ -4,7 +4,8 @@
 //! - A service publishes its own domain's events (`orders.>` for order), its dead letters
 //!   (`dlq.<service>.>`), circuit transitions (`ops.circuit.>`) and the handlings it put off
 //!   (`ops.retry.<service>.>`, its own name in the subject); it drives only its own durable
-//!   consumers on the streams it listens to, reads one message of its own stream or of its dead
+//!   consumers on the streams it listens to (and hears of their new leaders: a cue to ask the
+//!   leader whether it holds the consumer's pull, whatever the announcement says), reads one message of its own stream or of its dead
 //!   letters by sequence (to re-handle one: `replay`), and answers its own micro endpoints.
 //!   Deleting a dead letter is the operator's.
 //! - The projection reads every domain stream and publishes no event (only its dead letters
@@ -306,6 +307,9 @@ fn reads(p: &mut Permissions, stream: &str, durable: &str) {
         // Is the newest message it was given still there (a broker that lost the tail)?
         format!("{api}.STREAM.MSG.GET.{stream}"),
     ]);
+    // A new leader that never learnt of its pull (`bus::consumer`, LEADER_SETTLE).
+    p.subscribe
+        .push(bus::consumer::leader_elected_subject(stream, durable));
 }
 
 /// The domain whose events `service` publishes.
@@ -520,7 +524,11 @@ mod tests {
             .collect();
         for routes in [ONE, Routes::new(bus::Partitions::new(2).unwrap())] {
             for user in BusUser::all() {
-                for listens in permissions(user, routes).subscribe {
+                let subscribe = permissions(user, routes).subscribe;
+                // A consumer's new-leader announcement is a cue to ask that leader, its content
+                // never read: one a push consumer delivers there costs a question.
+                let cue = |s: &String| s.starts_with("$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.");
+                for listens in subscribe.into_iter().filter(|s| !cue(s)) {
                     for at in &stored {
                         assert!(
                             !collide(&listens, at),
@@ -562,6 +570,15 @@ mod tests {
             "$JS.API.CONSUMER.DELETE.ORDERS.inventory"
         ));
         assert!(!allows(&payment.subscribe, "_INBOX_gateway.x"));
+        // Its consumer's new leaders are announced to it, no one else's.
+        assert!(allows(
+            &payment.subscribe,
+            "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.ORDERS.payment"
+        ));
+        assert!(!allows(
+            &payment.subscribe,
+            "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.PAYMENTS.inventory"
+        ));
     }
 
     #[test]

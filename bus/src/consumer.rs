@@ -72,6 +72,18 @@ const IN_FLIGHT_BATCHES: usize = 20;
 const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long after a lost pull to pull again: no flood of pulls while a leader is elected.
 const REPULL_PAUSE: Duration = Duration::from_millis(500);
+/// How long after this consumer's leader is elected to ask it whether it holds a pull. A new
+/// leader that knew the pull ends it (409 Leadership Change) and the client pulls again at once;
+/// one that did not (elected as a thawed node rejoins, before it learnt of it) leaves it waiting
+/// for heartbeats that never come: two missed, 10 s.
+const LEADER_SETTLE: Duration = Duration::from_secs(1);
+/// How long the elected leader has to answer that question; heartbeats cover what it does not.
+const LEADER_ASKED: Duration = Duration::from_secs(2);
+
+/// Where the broker announces a new leader for a durable consumer.
+pub fn leader_elected_subject(stream: &str, durable: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{stream}.{durable}")
+}
 
 impl ConsumerSpec {
     pub fn new(stream: impl Into<String>, durable: impl Into<String>) -> Self {
@@ -182,6 +194,14 @@ pub struct DurableConsumer {
     /// Since when no server answers this consumer's pull: its leader died with the pull, or
     /// none is elected yet. The client would pull again only once that pull expired.
     stalled_since: Option<Instant>,
+    /// The broker's announcements of a new leader for this consumer (a cluster's).
+    elections: Option<async_nats::Subscriber>,
+    /// When one was last announced, until it is asked whether it holds this consumer's pull.
+    elected_at: Option<Instant>,
+    /// When a message last arrived: a pull that delivers is not lost.
+    received_at: Option<Instant>,
+    /// Pulls a new leader did not hold, sent again.
+    lost_pulls: u64,
     /// Delivered while a batch was being handled; handed out first by the next `next_batch`.
     waiting: VecDeque<Message>,
     /// The message stream ended while a batch was being handled.
@@ -237,6 +257,13 @@ impl DurableConsumer {
             .await
             .map_err(|e| BusError::jetstream(what())(e))?;
         let messages = pull(&consumer, &spec).await?;
+        // Without them (no permission, say) a lost pull is still found by its heartbeats.
+        let elections = js
+            .client()
+            .subscribe(leader_elected_subject(&spec.stream, &spec.durable))
+            .await
+            .inspect_err(|e| tracing::debug!(error = %e, "leader elections not followed"))
+            .ok();
         Ok(DurableConsumer {
             spec,
             js: js.clone(),
@@ -247,6 +274,10 @@ impl DurableConsumer {
             consumer,
             messages,
             stalled_since: None,
+            elections,
+            elected_at: None,
+            received_at: None,
+            lost_pulls: 0,
             waiting: VecDeque::new(),
             ended: false,
             dlq: Publisher::new(js.clone()),
@@ -275,12 +306,19 @@ impl DurableConsumer {
     /// to the batch size. Messages that are not events, or were delivered more than `max_deliver`
     /// times, are moved to DLQ here and never handed out. An empty batch means `wait` passed.
     pub async fn next_batch(&mut self, wait: Duration) -> Result<Vec<Delivery>, BusError> {
-        if self
-            .stalled_since
-            .is_some_and(|since| since.elapsed() >= REPULL_PAUSE)
+        let pull_lost = self.pull_lost_to_new_leader().await;
+        if pull_lost
+            || self
+                .stalled_since
+                .is_some_and(|since| since.elapsed() >= REPULL_PAUSE)
         {
             self.repull().await?;
         }
+        // Back in time to ask a newly elected leader.
+        let wait = match self.elected_at {
+            Some(at) => wait.min((at + LEADER_SETTLE).saturating_duration_since(Instant::now())),
+            None => wait,
+        };
         let waited = self.waiting.len().min(self.spec.batch);
         let mut raw: Vec<Message> = self.waiting.drain(..waited).collect();
         if raw.is_empty() {
@@ -653,6 +691,43 @@ impl DurableConsumer {
             .map_err(|e| BusError::jetstream("terminate after DLQ")(e))
     }
 
+    /// Whether this consumer's leader changed and the new one holds no pull of it although
+    /// nothing arrived since: the pull went with the old leader. Asked once per election, a
+    /// settling time after it (a leader that knew the pull ends it, and the client pulls again).
+    async fn pull_lost_to_new_leader(&mut self) -> bool {
+        if let Some(elections) = &mut self.elections {
+            while let Some(Some(_)) = elections.next().now_or_never() {
+                self.elected_at = Some(Instant::now());
+            }
+        }
+        let Some(at) = self.elected_at else {
+            return false;
+        };
+        if self.received_at.is_some_and(|received| received > at) {
+            self.elected_at = None;
+            return false;
+        }
+        if at.elapsed() < LEADER_SETTLE {
+            return false;
+        }
+        self.elected_at = None;
+        let waiting = match tokio::time::timeout(LEADER_ASKED, self.consumer.info()).await {
+            Ok(Ok(info)) => info.num_waiting,
+            Ok(Err(e)) => {
+                tracing::debug!(consumer = %self.spec.durable, error = %e, "new leader not asked");
+                return false;
+            }
+            Err(_elapsed) => return false,
+        };
+        if waiting > 0 {
+            return false;
+        }
+        self.lost_pulls += 1;
+        tracing::info!(consumer = %self.spec.durable, stream = %self.spec.stream,
+            "the new consumer leader holds no pull: pulling again");
+        true
+    }
+
     /// Pull again after a stall, keeping what had arrived (what was still on its way to the old
     /// pull comes again after AckWait). Should the pull fail, the next call tries again.
     async fn repull(&mut self) -> Result<(), BusError> {
@@ -672,7 +747,10 @@ impl DurableConsumer {
     /// pulls again, not the client 35 s later.
     fn received(&mut self, item: Result<Message, MessagesError>) -> Option<Message> {
         let e = match item {
-            Ok(message) => return Some(message),
+            Ok(message) => {
+                self.received_at = Some(Instant::now());
+                return Some(message);
+            }
             Err(e) => e,
         };
         let lost = matches!(
@@ -815,5 +893,92 @@ mod tests {
     #[test]
     fn headers_stay_on_one_line() {
         assert_eq!(one_line("a\nb\r\nc"), "a b  c");
+    }
+
+    /// Call `next_batch` until `done` says so, failing after `within`.
+    async fn batches_until(
+        consumer: &mut DurableConsumer,
+        within: Duration,
+        what: &str,
+        mut done: impl FnMut(&DurableConsumer, &[Delivery]) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        loop {
+            let batch = consumer.next_batch(Duration::from_millis(200)).await;
+            if done(consumer, &batch.expect("next batch")) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what} within {within:?}");
+        }
+    }
+
+    /// A consumer's new leader that never learnt of its pull (elected as a frozen node thaws)
+    /// leaves the client waiting for heartbeats. Here the server forgets the pull (its inbox
+    /// goes away) while the client holds a pull that heartbeats but can never deliver: only the
+    /// election's announcement can bring the event. An announcement while the pull is held
+    /// changes nothing.
+    #[tokio::test]
+    async fn a_pull_the_new_leader_does_not_hold_is_sent_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = crate::server::ServerConfig::new(dir.path().join("nats"));
+        let server = crate::server::NatsServer::start(config)
+            .await
+            .expect("nats-server starts (run scripts/install-nats-server)");
+        let client = crate::connect(&server.url(), "test", None).await.unwrap();
+        let js = jetstream::new(client.clone());
+        crate::provision(&js, &crate::StreamSettings::default())
+            .await
+            .unwrap();
+        let mut consumer = DurableConsumer::bind(&js, ConsumerSpec::new("ORDERS", "payment"))
+            .await
+            .unwrap();
+        let announce = || async {
+            let subject = leader_elected_subject("ORDERS", "payment");
+            client.publish(subject, "{}".into()).await.unwrap();
+            client.flush().await.unwrap();
+        };
+        let wait = Duration::from_secs(60);
+
+        // Held: asked, and not pulled again.
+        announce().await;
+        batches_until(&mut consumer, wait, "the leader asked", |c, _| {
+            c.elected_at.is_none() && c.received_at.is_none()
+        })
+        .await;
+        assert_eq!(consumer.lost_pulls, 0);
+
+        // Lost: the client now holds a pull of a consumer no message matches.
+        let orders = js.get_stream("ORDERS").await.unwrap();
+        let decoy = orders
+            .create_consumer(pull::Config {
+                durable_name: Some("decoy".into()),
+                filter_subject: "orders.none.none".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        consumer.messages = pull(&decoy, &consumer.spec).await.unwrap();
+        let deadline = Instant::now() + wait;
+        while consumer.consumer.info().await.unwrap().num_waiting > 0 {
+            assert!(Instant::now() < deadline, "the server forgets the pull");
+            tokio::task::yield_now().await;
+        }
+        let event = Envelope::new(
+            crate::Domain::Orders,
+            "OrderCreated",
+            "o1",
+            serde_json::json!({}),
+        )
+        .unwrap();
+        let row = event.to_outbox_message().unwrap();
+        for stored in Publisher::new(js.clone()).publish_all([&row]).await {
+            stored.unwrap();
+        }
+        announce().await;
+        batches_until(&mut consumer, wait, "the event", |_, batch| {
+            batch.iter().any(|d| d.envelope.id == event.id)
+        })
+        .await;
+        assert_eq!(consumer.lost_pulls, 1);
     }
 }
