@@ -707,19 +707,12 @@ impl DurableConsumer {
         let Some(at) = self.elected_at else {
             return false;
         };
-        if self.received_at.is_some_and(|received| received > at) {
-            self.elected_at = None;
-            return false;
-        }
         if at.elapsed() < LEADER_SETTLE {
             return false;
         }
         // What came meanwhile first: a 409 the client has not handled yet makes it pull again
         // before the question, so the answer counts that pull.
-        while let Some(Some(item)) = self.messages.next().now_or_never() {
-            let received = self.received(item);
-            self.waiting.extend(received);
-        }
+        self.take_in_arrived();
         if self.received_at.is_some_and(|received| received > at) {
             self.elected_at = None;
             return false;
@@ -746,13 +739,18 @@ impl DurableConsumer {
     /// Pull again after a stall, keeping what had arrived (what was still on its way to the old
     /// pull comes again after AckWait). Should the pull fail, the next call tries again.
     async fn repull(&mut self) -> Result<(), BusError> {
+        self.take_in_arrived();
+        self.messages = pull(&self.consumer, &self.spec).await?;
+        self.stalled_since = None;
+        Ok(())
+    }
+
+    /// Keep what already arrived on the pull for the next batch, without waiting.
+    fn take_in_arrived(&mut self) {
         while let Some(Some(item)) = self.messages.next().now_or_never() {
             let received = self.received(item);
             self.waiting.extend(received);
         }
-        self.messages = pull(&self.consumer, &self.spec).await?;
-        self.stalled_since = None;
-        Ok(())
     }
 
     /// A pulled message, or `None` for a pull error. After a broker restart the client pulls

@@ -130,12 +130,12 @@ fn decode_event(
     let json = match bytes.split_first() {
         Some((&row::BINARY, rest)) => {
             let mut r = Reader(rest);
-            let read = (|| Some((r.uuid()?, r.u64()?, r.text()?)))();
-            let (event_id, recorded_at, event_type) = read.ok_or_else(truncated)?;
+            let read = (move || Some((r.uuid()?, r.u64()?, r.text()?, r.rest()?)))();
+            let (event_id, recorded_at, event_type, payload) = read.ok_or_else(truncated)?;
             Json {
                 event_id,
                 event_type,
-                payload: r.rest().ok_or_else(truncated)?,
+                payload,
                 recorded_at,
             }
         }
@@ -166,9 +166,8 @@ fn decode_snapshot(aggregate_id: &str, bytes: &[u8]) -> Result<Snapshot, Storage
     match bytes.split_first() {
         Some((&row::BINARY, rest)) => {
             let mut r = Reader(rest);
-            let read = (|| Some((r.u64()?, r.u64()?)))();
-            let state = read.and_then(|at| Some((at, r.rest()?)));
-            let ((version, taken_at), state) = state.ok_or(StorageError::Malformed {
+            let read = (move || Some((r.u64()?, r.u64()?, r.rest()?)))();
+            let (version, taken_at, state) = read.ok_or(StorageError::Malformed {
                 what: "snapshot",
                 reason: "truncated".into(),
             })?;
