@@ -9,6 +9,7 @@ use bus::{Domain, Envelope, OutboxRelay, Publisher, RelayConfig};
 use commerce_tests::{
     commit_orders, init_logs, temp_store, wait_until, Deadline, TestBroker, TestCluster,
 };
+use futures::StreamExt;
 use serde_json::json;
 use storage::Commit;
 use tokio_util::sync::CancellationToken;
@@ -393,4 +394,68 @@ async fn a_relay_whose_node_froze_publishes_through_another() {
     exactly_once(&other, &ids).await;
     nodes[at].pause(false).unwrap();
     broker.cluster.stop().await;
+}
+
+/// A stream leader elected while the relay waits for PubAcks may never answer what was sent to
+/// the old one (a frozen node thawing, say): the relay hears the election and publishes again at
+/// once, rather than waiting out its PubAck timeout. Here the first publish lands where a
+/// subscriber swallows it (the old leader); the announcement ends the wait, and the rows go
+/// again, to a stream that stores them. Without following elections the first pass waits out
+/// its 60 s timeout and fails on that instead.
+#[tokio::test]
+async fn a_stream_leader_elected_while_acks_are_awaited_gets_the_rows_again() {
+    init_logs();
+    let broker = TestBroker::start().await;
+    let client = broker.client.clone();
+    let mut swallower = client.subscribe("held.>").await.unwrap();
+    let (_dir, store) = temp_store();
+    let row = storage::OutboxMessage {
+        event_id: Uuid::now_v7(),
+        subject: "held.order_created.o1".into(),
+        payload: "{}".into(),
+        headers: Vec::new(),
+    };
+    store.commit(&Commit::new().publish(row.clone())).unwrap();
+    let _ = store.flush().await.unwrap();
+    let mut js = broker.js.clone();
+    js.set_timeout(WAIT);
+    let relay = OutboxRelay::new(store.clone(), Publisher::new(js), RelayConfig::default())
+        .following_elections("HELD")
+        .await;
+    client.flush().await.unwrap();
+
+    let pass = tokio::spawn(async move {
+        let passed = relay.relay_once().await;
+        (relay, passed)
+    });
+    let swallowed = tokio::time::timeout(WAIT, swallower.next())
+        .await
+        .expect("the row is published");
+    assert_eq!(swallowed.unwrap().subject.as_str(), row.subject);
+    swallower.unsubscribe().await.unwrap();
+    broker
+        .js
+        .create_stream(jetstream::stream::Config {
+            name: "HELD".into(),
+            subjects: vec!["held.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let announcement = bus::relay::stream_leader_elected_subject("HELD");
+    client.publish(announcement, "{}".into()).await.unwrap();
+    client.flush().await.unwrap();
+
+    let (relay, first) = tokio::time::timeout(WAIT + WAIT, pass)
+        .await
+        .expect("the pass ends")
+        .unwrap();
+    assert!(
+        matches!(&first, Err(bus::BusError::LeaderElected { stream }) if stream == "HELD"),
+        "the wait ends with the election: {first:?}"
+    );
+    assert_eq!(relay.stats().elections.load(Ordering::Relaxed), 1);
+    assert_eq!(relay.relay_once().await.unwrap(), 1);
+    assert_eq!(message_ids(&broker.js, "HELD").await, vec![row.event_id]);
+    assert_eq!(store.outbox_depth(), 0);
 }

@@ -5,9 +5,10 @@
 //!   (`dlq.<service>.>`), circuit transitions (`ops.circuit.>`) and the handlings it put off
 //!   (`ops.retry.<service>.>`, its own name in the subject); it drives only its own durable
 //!   consumers on the streams it listens to (and hears of their new leaders: a cue to ask the
-//!   leader whether it holds the consumer's pull, whatever the announcement says), reads one
-//!   message of its own stream or of its dead letters by sequence (to re-handle one: `replay`),
-//!   and answers its own micro endpoints.
+//!   leader whether it holds the consumer's pull, whatever the announcement says), hears of its
+//!   own stream's new leaders (a cue for its relay to publish again what it awaits answers for),
+//!   reads one message of its own stream or of its dead letters by sequence (to re-handle one:
+//!   `replay`), and answers its own micro endpoints.
 //!   Deleting a dead letter is the operator's.
 //! - The projection reads every domain stream and publishes no event (only its dead letters
 //!   and put-off handlings).
@@ -247,7 +248,7 @@ pub fn permissions(user: BusUser, routes: Routes) -> Permissions {
         Component::Simulators => {}
         service => {
             answers(&mut p);
-            if let Some(own) = owned_by(service) {
+            if let Some(own) = service.owned_domain() {
                 // Events (the stream appends their partition) and term markers: never a
                 // subject with a partition of the publisher's choosing.
                 let prefix = own.subject_prefix();
@@ -255,6 +256,10 @@ pub fn permissions(user: BusUser, routes: Routes) -> Permissions {
                     .extend([format!("{prefix}.*.*"), format!("{prefix}.*")]);
                 // An owner reads its term's last marker (`bus::term`).
                 reads_one(&mut p, own.stream());
+                // Its stream's new leaders: a cue for the relay to publish again what it waits
+                // to hear of (`bus::relay`), whatever the announcement says.
+                p.subscribe
+                    .push(bus::relay::stream_leader_elected_subject(own.stream()));
             }
             for at in routes.all(service) {
                 for (domain, _) in listens(service) {
@@ -313,13 +318,6 @@ fn reads(p: &mut Permissions, stream: &str, durable: &str) {
         .push(bus::consumer::leader_elected_subject(stream, durable));
 }
 
-/// The domain whose events `service` publishes.
-fn owned_by(service: Component) -> Option<Domain> {
-    Domain::ALL
-        .into_iter()
-        .find(|d| Component::owner(*d) == service)
-}
-
 /// What `component`'s replays may do: read the streams it rebuilds from (a service: its own and
 /// its dead letters; the projection: every domain stream), and nothing else.
 fn replayer(component: Component) -> Permissions {
@@ -335,7 +333,7 @@ fn replayer(component: Component) -> Permissions {
             .for_each(|domain| replays(&mut p, &name, domain.stream())),
         Component::Gateway | Component::Simulators => {}
         service => {
-            if let Some(own) = owned_by(service) {
+            if let Some(own) = service.owned_domain() {
                 replays(&mut p, &name, own.stream());
             }
             replays(&mut p, &name, bus::streams::DLQ_STREAM);
@@ -526,10 +524,13 @@ mod tests {
         for routes in [ONE, Routes::new(bus::Partitions::new(2).unwrap())] {
             for user in BusUser::all() {
                 for listens in permissions(user, routes).subscribe {
-                    // A consumer's new-leader announcement (its own, no wildcard) is a cue to
-                    // ask that leader, its content never read: one a push consumer delivers
-                    // there costs a question. No stream stores `$JS.EVENT.>`.
-                    let cue = listens.starts_with("$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.");
+                    // A new-leader announcement of its own consumer or stream (no wildcard) is
+                    // a cue, its content never read (`bus::elections`): one a push consumer
+                    // delivers there costs a question to the consumer's leader, or a resend of
+                    // a wait that had lasted a second. No stream stores `$JS.EVENT.>`.
+                    let cue = ["CONSUMER", "STREAM"].iter().any(|of| {
+                        listens.starts_with(&format!("$JS.EVENT.ADVISORY.{of}.LEADER_ELECTED."))
+                    });
                     assert!(!cue || !listens.contains(['*', '>']), "{listens}");
                     for at in stored.iter().filter(|at| !(cue && at.as_str() == "$JS.>")) {
                         assert!(
@@ -580,6 +581,15 @@ mod tests {
         assert!(!allows(
             &payment.subscribe,
             "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.PAYMENTS.inventory"
+        ));
+        // And its own stream's, for its relay; no one else's.
+        assert!(allows(
+            &payment.subscribe,
+            "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.PAYMENTS"
+        ));
+        assert!(!allows(
+            &payment.subscribe,
+            "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.ORDERS"
         ));
     }
 
@@ -655,7 +665,7 @@ mod tests {
             format!("$JS.API.CONSUMER.CREATE.{stream}.{name}-0")
         };
         for service in Component::SERVICES {
-            let own = owned_by(service).unwrap().stream();
+            let own = service.owned_domain().unwrap().stream();
             let main = permissions(BusUser::Component(service), ONE);
             let replays = permissions(BusUser::Replayer(service), ONE);
             assert!(!allows(&main.publish, &create(own, service)), "{service:?}");
@@ -674,7 +684,7 @@ mod tests {
             ));
             let event = format!(
                 "{}.anything.o1",
-                owned_by(service).unwrap().subject_prefix()
+                service.owned_domain().unwrap().subject_prefix()
             );
             assert!(!allows(&replays.publish, &event), "{event}");
             let inbox = format!(

@@ -37,8 +37,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         );
         println!(
             "    since start: {} redelivered, {} duplicates dropped by the inbox, {} duplicate \
-             publishes dropped by the broker",
-            s.redelivered, s.duplicates_dropped, s.relay_duplicates
+             publishes dropped by the broker, {} relay waits ended by a new stream leader",
+            s.redelivered, s.duplicates_dropped, s.relay_duplicates, s.relay_elections
         );
         for circuit in &s.circuits {
             println!(

@@ -31,6 +31,7 @@ use async_nats::HeaderMap;
 use futures::{FutureExt, StreamExt};
 use storage::Flushed;
 
+use crate::elections::Elections;
 use crate::publisher::Publisher;
 use crate::{BusError, Envelope};
 
@@ -195,7 +196,7 @@ pub struct DurableConsumer {
     /// none is elected yet. The client would pull again only once that pull expired.
     stalled_since: Option<Instant>,
     /// The broker's announcements of a new leader for this consumer (a cluster's).
-    elections: Option<async_nats::Subscriber>,
+    elections: Elections,
     /// When one was last announced, until it is asked whether it holds this consumer's pull.
     elected_at: Option<Instant>,
     /// When a message last arrived: a pull that delivers is not lost.
@@ -258,14 +259,9 @@ impl DurableConsumer {
             .await
             .map_err(|e| BusError::jetstream(what())(e))?;
         // Followed before the pull is made, so no election after it goes unheard. Without them
-        // (a subscription that fails, or one the broker refuses, which then hears nothing) a
-        // lost pull is still found by its heartbeats.
-        let elections = js
-            .client()
-            .subscribe(leader_elected_subject(&spec.stream, &spec.durable))
-            .await
-            .inspect_err(|e| tracing::debug!(error = %e, "leader elections not followed"))
-            .ok();
+        // a lost pull is still found by its heartbeats.
+        let subject = leader_elected_subject(&spec.stream, &spec.durable);
+        let elections = Elections::follow(&js.client(), subject).await;
         let messages = pull(&consumer, &spec).await?;
         Ok(DurableConsumer {
             spec,
@@ -699,10 +695,8 @@ impl DurableConsumer {
     /// nothing arrived since: the pull went with the old leader. Asked once per election, a
     /// settling time after it (a leader that knew the pull ends it, and the client pulls again).
     async fn pull_lost_to_new_leader(&mut self) -> bool {
-        if let Some(elections) = &mut self.elections {
-            while let Some(Some(_)) = elections.next().now_or_never() {
-                self.elected_at = Some(Instant::now());
-            }
+        if self.elections.announced() {
+            self.elected_at = Some(Instant::now());
         }
         let Some(at) = self.elected_at else {
             return false;

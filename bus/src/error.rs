@@ -67,6 +67,11 @@ pub enum BusError {
         wanted: u32,
     },
 
+    /// A new leader of the stream was announced while the old one's answers were awaited: they
+    /// may never come. Asked again (a publish under the same `Nats-Msg-Id`), the new one answers.
+    #[error("stream {stream} elected a new leader while its answers were awaited; asking again")]
+    LeaderElected { stream: String },
+
     /// The nats-server process could not be found, started or stopped.
     #[error("nats-server: {0}")]
     Server(String),

@@ -9,6 +9,7 @@
 //! - [`publisher`]: pipelined publishing (send a batch, then await its PubAcks).
 //! - [`consumer`]: durable pull consumers: explicit ack only with a flush proof, nak with backoff,
 //!   poison and exhausted messages to `DLQ` with the reason.
+//! - [`elections`]: a cluster's announcements of new leaders, followed as cues to look again.
 //! - [`relay`]: the outbox relay: publishes durable outbox rows and marks them sent after PubAck;
 //!   publishes again what a broker acknowledged and then lost.
 //! - [`lease`]: one owner at a time per partition of a service (a JetStream KV lease whose
@@ -23,6 +24,7 @@
 pub mod auth;
 pub mod consumer;
 pub mod dlq;
+pub mod elections;
 pub mod envelope;
 pub mod error;
 pub mod lease;

@@ -12,15 +12,28 @@
 //! goes back, means the broker lost its tail: every kept row past what survived is published
 //! again, in outbox order, under its own `Nats-Msg-Id`. The relay checks at start, after every
 //! reconnect (before publishing anything new) and every `verify_interval`.
+//!
+//! Following the stream's leader: a cluster's new stream leader does not answer what was sent to
+//! the old one, and a pass would wait out the PubAck timeout (5 s) for rows the new leader may
+//! never have heard of. The relay hears the broker announce each election (`$JS.EVENT.ADVISORY.
+//! STREAM.LEADER_ELECTED.<stream>`) and ends a wait for answers that has lasted `LEADER_SETTLE`:
+//! its rows go again (what the old leader stored comes back a duplicate, by `Nats-Msg-Id`). A
+//! wait shorter than that is let be: a forged announcement never cuts a healthy one short.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use storage::{Heal, PendingRow, SentMessage, Store, StreamPosition};
 use tokio_util::sync::CancellationToken;
 
+use crate::elections::Elections;
 use crate::{BusError, Publisher};
+
+/// How long a wait for the stream's answers lasts before a new leader's announcement ends it.
+const LEADER_SETTLE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -46,6 +59,11 @@ impl Default for RelayConfig {
             verify_interval: Duration::from_secs(10),
         }
     }
+}
+
+/// Where the broker announces a new leader of `stream` (a cluster's).
+pub fn stream_leader_elected_subject(stream: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{stream}")
 }
 
 /// Where a pass's acks leave the outbox's stream position (`None`: where it was). A new message
@@ -98,6 +116,8 @@ pub struct RelayStats {
     pub failures: AtomicU64,
     /// Rows published again because the broker lost them after acknowledging them.
     pub healed: AtomicU64,
+    /// Waits for the stream's answers ended by its new leader's election (and asked again).
+    pub elections: AtomicU64,
 }
 
 pub struct OutboxRelay {
@@ -107,6 +127,8 @@ pub struct OutboxRelay {
     stats: Arc<RelayStats>,
     /// When the stream was last found whole, and the connection count then.
     verified: Mutex<Option<(Instant, u64)>>,
+    /// The stream this outbox publishes to, and its leaders' elections.
+    elections: tokio::sync::Mutex<Option<(String, Elections)>>,
 }
 
 impl OutboxRelay {
@@ -117,7 +139,17 @@ impl OutboxRelay {
             config,
             stats: Arc::default(),
             verified: Mutex::new(None),
+            elections: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Follow the elections of `stream`'s leader (the stream this outbox publishes to): a wait
+    /// for its answers ends when one is announced.
+    pub async fn following_elections(self, stream: &str) -> Self {
+        let client = self.publisher.context().client();
+        let elections = Elections::follow(&client, stream_leader_elected_subject(stream)).await;
+        *self.elections.lock().await = Some((stream.to_string(), elections));
+        self
     }
 
     pub fn stats(&self) -> Arc<RelayStats> {
@@ -144,10 +176,8 @@ impl OutboxRelay {
         let known = self.store.stream_position()?;
         // An instance whose lease lapsed publishes nothing: its successor reacts instead.
         self.store.check_fence()?;
-        let outcomes = self
-            .publisher
-            .publish_all(rows.iter().map(|r| &r.message))
-            .await;
+        let publish = self.publisher.publish_all(rows.iter().map(|r| &r.message));
+        let outcomes = self.unless_elected(publish.map(Ok)).await?;
         let mut acked: Vec<(PendingRow, u64)> = Vec::with_capacity(rows.len());
         let mut stored_new = Vec::new();
         let mut stream = None;
@@ -256,10 +286,8 @@ impl OutboxRelay {
             let mut resent = Vec::with_capacity(chunk.len());
             let mut failed = None;
             self.store.check_fence()?;
-            let outcomes = self
-                .publisher
-                .publish_all(chunk.iter().map(|r| &r.message))
-                .await;
+            let publish = self.publisher.publish_all(chunk.iter().map(|r| &r.message));
+            let outcomes = self.unless_elected(publish.map(Ok)).await?;
             for (row, outcome) in chunk.iter().zip(outcomes) {
                 match outcome {
                     Ok(stored) => resent.push((row.seq, stored.sequence)),
@@ -291,13 +319,44 @@ impl OutboxRelay {
     /// The stream's last sequence now.
     async fn stream_end(&self, stream: &str) -> Result<u64, BusError> {
         let what = || format!("outbox stream {stream}");
+        let info = self.publisher.context().get_stream(stream);
         let stream = self
-            .publisher
-            .context()
-            .get_stream(stream)
-            .await
-            .map_err(|e| BusError::jetstream(what())(e))?;
+            .unless_elected(info.map(|got| got.map_err(|e| BusError::jetstream(what())(e))))
+            .await?;
         Ok(crate::streams::leader_state(stream.cached_info())?.last_sequence)
+    }
+
+    /// `work` (waiting for the stream's answers), unless a new leader of the stream is announced
+    /// and the wait has lasted `LEADER_SETTLE`: then what the old leader was asked may never be
+    /// answered, and the caller asks again. Announcements from before it began are old news.
+    async fn unless_elected<T>(
+        &self,
+        work: impl Future<Output = Result<T, BusError>>,
+    ) -> Result<T, BusError> {
+        // Held across the wait; a wait inside another (none today) goes unfollowed.
+        let Ok(mut followed) = self.elections.try_lock() else {
+            return work.await;
+        };
+        let Some((stream, elections)) = followed.as_mut() else {
+            return work.await;
+        };
+        let settled = tokio::time::Instant::now() + LEADER_SETTLE;
+        elections.announced();
+        tokio::pin!(work);
+        tokio::select! {
+            biased;
+            done = &mut work => return done,
+            () = elections.next() => {}
+        }
+        tokio::select! {
+            biased;
+            done = &mut work => return done,
+            () = tokio::time::sleep_until(settled) => {}
+        }
+        self.stats.elections.fetch_add(1, Ordering::Relaxed);
+        Err(BusError::LeaderElected {
+            stream: stream.clone(),
+        })
     }
 
     /// Relay until `shutdown`. Never gives up: while the broker is down rows wait, durable.

@@ -314,6 +314,7 @@ impl<S: Service> Handle<S> {
             outbox_sent: self.relay.sent.load(Relaxed),
             relay_duplicates: self.relay.duplicates.load(Relaxed),
             relay_failures: self.relay.failures.load(Relaxed),
+            relay_elections: self.relay.elections.load(Relaxed),
             inbox: self.store.inbox_len() as u64,
             redelivered: self.counts.redelivered.load(Relaxed),
             duplicates_dropped: self.counts.duplicates_dropped.load(Relaxed),

@@ -35,6 +35,10 @@ pub struct ComponentStatus {
     pub outbox_sent: u64,
     pub relay_duplicates: u64,
     pub relay_failures: u64,
+    /// Waits for its stream's answers the relay ended on hearing the stream elect a new leader
+    /// (and asked again).
+    #[serde(default)]
+    pub relay_elections: u64,
     /// Ids of applied events kept for deduplication.
     pub inbox: u64,
     /// Events delivered again since this process started (a consumer died or was slow).

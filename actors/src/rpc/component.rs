@@ -86,6 +86,13 @@ impl Component {
         }
     }
 
+    /// The domain whose events it publishes (a service's own stream).
+    pub fn owned_domain(self) -> Option<Domain> {
+        Domain::ALL
+            .into_iter()
+            .find(|d| Component::owner(*d) == self)
+    }
+
     /// The components with a micro service answering `status`: the services and the projection.
     pub fn with_status() -> impl Iterator<Item = Component> {
         Component::SERVICES

@@ -252,7 +252,10 @@ async fn serve<S: Service>(
     recovery::recover_if_empty::<S>(&dir, &host.store, &host.js, &host.login, scope, read_to)
         .await?;
 
-    let relay = OutboxRelay::new(host.store.clone(), publisher, RelayConfig::default());
+    let mut relay = OutboxRelay::new(host.store.clone(), publisher, RelayConfig::default());
+    if let Some(own) = address.component.owned_domain() {
+        relay = relay.following_elections(own.stream()).await;
+    }
     let engine = Engine::new(service, host.store.clone()).in_shard(scope.shard());
     let counts = engine.counts();
     let handle = Handle::new(
