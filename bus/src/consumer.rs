@@ -734,6 +734,8 @@ impl DurableConsumer {
     /// pull comes again after AckWait). Should the pull fail, the next call tries again.
     async fn repull(&mut self) -> Result<(), BusError> {
         self.take_in_arrived();
+        tracing::debug!(consumer = %self.spec.durable, stream = %self.spec.stream,
+            "pulling again, on a new inbox");
         self.messages = pull(&self.consumer, &self.spec).await?;
         self.stalled_since = None;
         Ok(())
@@ -767,7 +769,8 @@ impl DurableConsumer {
         if lost && self.stalled_since.is_none() {
             self.stalled_since = Some(Instant::now());
         }
-        tracing::debug!(consumer = %self.spec.durable, error = %e, lost, "pull interrupted");
+        tracing::debug!(consumer = %self.spec.durable, stream = %self.spec.stream, error = %e, lost,
+            "pull interrupted");
         None
     }
 
