@@ -442,7 +442,7 @@ async fn a_stream_leader_elected_while_acks_are_awaited_gets_the_rows_again() {
         })
         .await
         .unwrap();
-    let announcement = bus::relay::stream_leader_elected_subject("HELD");
+    let announcement = bus::elections::stream_subject("HELD");
     client.publish(announcement, "{}".into()).await.unwrap();
     client.flush().await.unwrap();
 

@@ -259,7 +259,7 @@ pub fn permissions(user: BusUser, routes: Routes) -> Permissions {
                 // Its stream's new leaders: a cue for the relay to publish again what it waits
                 // to hear of (`bus::relay`), whatever the announcement says.
                 p.subscribe
-                    .push(bus::relay::stream_leader_elected_subject(own.stream()));
+                    .push(bus::elections::stream_subject(own.stream()));
             }
             for at in routes.all(service) {
                 for (domain, _) in listens(service) {
@@ -315,7 +315,7 @@ fn reads(p: &mut Permissions, stream: &str, durable: &str) {
     ]);
     // A new leader that never learnt of its pull (`bus::consumer`, LEADER_SETTLE).
     p.subscribe
-        .push(bus::consumer::leader_elected_subject(stream, durable));
+        .push(bus::elections::consumer_subject(stream, durable));
 }
 
 /// What `component`'s replays may do: read the streams it rebuilds from (a service: its own and

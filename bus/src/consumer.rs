@@ -31,7 +31,7 @@ use async_nats::HeaderMap;
 use futures::{FutureExt, StreamExt};
 use storage::Flushed;
 
-use crate::elections::Elections;
+use crate::elections::{self, Elections};
 use crate::publisher::Publisher;
 use crate::{BusError, Envelope};
 
@@ -80,11 +80,6 @@ const REPULL_PAUSE: Duration = Duration::from_millis(500);
 const LEADER_SETTLE: Duration = Duration::from_secs(1);
 /// How long the elected leader has to answer that question; heartbeats cover what it does not.
 const LEADER_ASKED: Duration = Duration::from_secs(2);
-
-/// Where the broker announces a new leader for a durable consumer.
-pub fn leader_elected_subject(stream: &str, durable: &str) -> String {
-    format!("$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{stream}.{durable}")
-}
 
 impl ConsumerSpec {
     pub fn new(stream: impl Into<String>, durable: impl Into<String>) -> Self {
@@ -260,7 +255,7 @@ impl DurableConsumer {
             .map_err(|e| BusError::jetstream(what())(e))?;
         // Followed before the pull is made, so no election after it goes unheard. Without them
         // a lost pull is still found by its heartbeats.
-        let subject = leader_elected_subject(&spec.stream, &spec.durable);
+        let subject = elections::consumer_subject(&spec.stream, &spec.durable);
         let elections = Elections::follow(&js.client(), subject).await;
         let messages = pull(&consumer, &spec).await?;
         Ok(DurableConsumer {
@@ -943,7 +938,7 @@ mod tests {
             .await
             .unwrap();
         let announce = || async {
-            let subject = leader_elected_subject("ORDERS", "payment");
+            let subject = elections::consumer_subject("ORDERS", "payment");
             client.publish(subject, "{}".into()).await.unwrap();
             client.flush().await.unwrap();
         };

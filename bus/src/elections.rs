@@ -4,6 +4,16 @@
 
 use futures::{FutureExt, StreamExt};
 
+/// Where the broker announces a new leader of durable consumer `durable` on `stream`.
+pub fn consumer_subject(stream: &str, durable: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{stream}.{durable}")
+}
+
+/// Where the broker announces a new leader of `stream`.
+pub fn stream_subject(stream: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{stream}")
+}
+
 /// The announcements on one subject, or none: without them (a subscription that fails, or one
 /// the broker refuses, which then hears nothing) each waiter falls back on its own timeout.
 pub struct Elections(Option<async_nats::Subscriber>);

@@ -29,7 +29,7 @@ use futures::FutureExt;
 use storage::{Heal, PendingRow, SentMessage, Store, StreamPosition};
 use tokio_util::sync::CancellationToken;
 
-use crate::elections::Elections;
+use crate::elections::{self, Elections};
 use crate::{BusError, Publisher};
 
 /// How long a wait for the stream's answers lasts before a new leader's announcement ends it.
@@ -59,11 +59,6 @@ impl Default for RelayConfig {
             verify_interval: Duration::from_secs(10),
         }
     }
-}
-
-/// Where the broker announces a new leader of `stream` (a cluster's).
-pub fn stream_leader_elected_subject(stream: &str) -> String {
-    format!("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{stream}")
 }
 
 /// Where a pass's acks leave the outbox's stream position (`None`: where it was). A new message
@@ -147,7 +142,7 @@ impl OutboxRelay {
     /// for its answers ends when one is announced.
     pub async fn following_elections(self, stream: &str) -> Self {
         let client = self.publisher.context().client();
-        let elections = Elections::follow(&client, stream_leader_elected_subject(stream)).await;
+        let elections = Elections::follow(&client, elections::stream_subject(stream)).await;
         *self.elections.lock().await = Some((stream.to_string(), elections));
         self
     }
