@@ -140,10 +140,10 @@ impl OutboxRelay {
 
     /// Follow the elections of `stream`'s leader (the stream this outbox publishes to): a wait
     /// for its answers ends when one is announced.
-    pub async fn following_elections(self, stream: &str) -> Self {
+    pub async fn following_elections(mut self, stream: &str) -> Self {
         let client = self.publisher.context().client();
         let elections = Elections::follow(&client, elections::stream_subject(stream)).await;
-        *self.elections.lock().await = Some((stream.to_string(), elections));
+        *self.elections.get_mut() = Some((stream.to_string(), elections));
         self
     }
 
@@ -337,21 +337,18 @@ impl OutboxRelay {
         };
         let settled = tokio::time::Instant::now() + LEADER_SETTLE;
         elections.announced();
-        tokio::pin!(work);
+        let elected = async {
+            elections.next().await;
+            tokio::time::sleep_until(settled).await;
+        };
         tokio::select! {
             biased;
-            done = &mut work => return done,
-            () = elections.next() => {}
+            done = work => done,
+            () = elected => {
+                self.stats.elections.fetch_add(1, Ordering::Relaxed);
+                Err(BusError::LeaderElected { stream: stream.clone() })
+            }
         }
-        tokio::select! {
-            biased;
-            done = &mut work => return done,
-            () = tokio::time::sleep_until(settled) => {}
-        }
-        self.stats.elections.fetch_add(1, Ordering::Relaxed);
-        Err(BusError::LeaderElected {
-            stream: stream.clone(),
-        })
     }
 
     /// Relay until `shutdown`. Never gives up: while the broker is down rows wait, durable.
