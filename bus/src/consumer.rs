@@ -22,17 +22,16 @@ use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::pull::{
-    self, MessagesError, MessagesErrorKind, Stream as MessageStream,
-};
+use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{self, AckKind, Message};
 use async_nats::HeaderMap;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use storage::Flushed;
 
 use crate::elections::{self, Elections};
 use crate::publisher::Publisher;
+use crate::pull::{Interrupted, Pulls};
 use crate::{BusError, Envelope};
 
 pub const DLQ_REASON: &str = "Commerce-Dlq-Reason";
@@ -69,8 +68,6 @@ pub struct ConsumerSpec {
 /// backoff (a dependency that is down), which count too.
 const IN_FLIGHT_BATCHES: usize = 20;
 
-/// The broker says every this long that a pull is still waiting; two missed mean it is lost.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long after a lost pull to pull again: no flood of pulls while a leader is elected.
 const REPULL_PAUSE: Duration = Duration::from_millis(500);
 /// How long after this consumer's leader is elected to ask it whether it holds a pull. A new
@@ -80,6 +77,11 @@ const REPULL_PAUSE: Duration = Duration::from_millis(500);
 const LEADER_SETTLE: Duration = Duration::from_secs(1);
 /// How long the elected leader has to answer that question; heartbeats cover what it does not.
 const LEADER_ASKED: Duration = Duration::from_secs(2);
+/// How long `realign`'s questions may hold up reading: while a leader is elected they go
+/// unanswered, and async-nats waits 5 s for each (a consumer stood still 10 s after a thaw).
+const REALIGN_ASK: Duration = Duration::from_secs(2);
+/// How soon a failed `realign` is tried again; reading goes on meanwhile.
+const REALIGN_RETRY: Duration = Duration::from_secs(1);
 
 impl ConsumerSpec {
     pub fn new(stream: impl Into<String>, durable: impl Into<String>) -> Self {
@@ -179,6 +181,8 @@ pub struct DurableConsumer {
     checked_at: Option<Instant>,
     /// The client's connection count at that check: a reconnect since calls for a check at once.
     checked_connects: Option<u64>,
+    /// A check that failed is tried again no sooner than this: reading goes on meanwhile.
+    realign_after: Option<Instant>,
     /// Where a consumer `realign` deleted is to be created again from.
     recreate_from: Option<DeliverPolicy>,
     /// The newest message handed out (before any reconnect not checked yet): if the stream no
@@ -186,9 +190,9 @@ pub struct DurableConsumer {
     /// filled it past this consumer again.
     newest: Option<Seen>,
     consumer: PullConsumer,
-    messages: MessageStream,
+    pulls: Pulls,
     /// Since when no server answers this consumer's pull: its leader died with the pull, or
-    /// none is elected yet. The client would pull again only once that pull expired.
+    /// none is elected yet. Left alone, the pull would be written off only once it expired.
     stalled_since: Option<Instant>,
     /// The broker's announcements of a new leader for this consumer (a cluster's).
     elections: Elections,
@@ -201,7 +205,7 @@ pub struct DurableConsumer {
     lost_pulls: u64,
     /// Delivered while a batch was being handled; handed out first by the next `next_batch`.
     waiting: VecDeque<Message>,
-    /// The message stream ended while a batch was being handled.
+    /// The pulls ended (the consumer was deleted) while a batch was being handled.
     ended: bool,
     dlq: Publisher,
 }
@@ -257,16 +261,17 @@ impl DurableConsumer {
         // a lost pull is still found by its heartbeats.
         let subject = elections::consumer_subject(&spec.stream, &spec.durable);
         let elections = Elections::follow(&js.client(), subject).await;
-        let messages = pull(&consumer, &spec).await?;
+        let pulls = Pulls::start(js, &spec.stream, &spec.durable, spec.batch).await?;
         Ok(DurableConsumer {
             spec,
             js: js.clone(),
             checked_at: None,
             checked_connects: None,
+            realign_after: None,
             recreate_from: None,
             newest: None,
             consumer,
-            messages,
+            pulls,
             stalled_since: None,
             elections,
             elected_at: None,
@@ -279,7 +284,7 @@ impl DurableConsumer {
         })
     }
 
-    /// Bind again after the message stream failed (a broker restart, say), keeping the newest
+    /// Bind again after the pulls ended (a consumer deleted, say), keeping the newest
     /// message handed out: if the broker lost that stream's tail meanwhile, the next
     /// [`DurableConsumer::realign`] still notices, even once the relays have published past it.
     pub async fn rebind(&mut self) -> Result<(), BusError> {
@@ -307,7 +312,7 @@ impl DurableConsumer {
                 .stalled_since
                 .is_some_and(|since| since.elapsed() >= REPULL_PAUSE)
         {
-            self.repull().await?;
+            self.repull();
         }
         // Back in time to ask a newly elected leader.
         let wait = match self.elected_at {
@@ -320,14 +325,14 @@ impl DurableConsumer {
             if self.ended {
                 return Err(self.ended());
             }
-            match tokio::time::timeout(wait, self.messages.next()).await {
+            match tokio::time::timeout(wait, self.pulls.next()).await {
                 Err(_elapsed) => return Ok(Vec::new()),
                 Ok(None) => return Err(self.ended()),
                 Ok(Some(item)) => raw.extend(self.received(item)),
             }
         }
         while raw.len() < self.spec.batch && !self.ended {
-            match self.messages.next().now_or_never() {
+            match self.pulls.next().now_or_never() {
                 Some(Some(item)) => raw.extend(self.received(item)),
                 Some(None) => self.ended = true,
                 None => break,
@@ -370,9 +375,52 @@ impl DurableConsumer {
     pub async fn realign(&mut self, every: Duration) -> Result<bool, BusError> {
         let connects = self.js.client().statistics().connects.load(Relaxed);
         let reconnected = self.checked_connects.is_some_and(|seen| seen != connects);
-        if !reconnected && self.checked_at.is_some_and(|at| at.elapsed() < every) {
+        let due = reconnected || self.checked_at.is_none_or(|at| at.elapsed() >= every);
+        if !due
+            || self
+                .realign_after
+                .is_some_and(|after| Instant::now() < after)
+        {
             return Ok(false);
         }
+        let realigned = self.realign_now(reconnected).await;
+        match realigned {
+            Ok(_) => {
+                self.checked_at = Some(Instant::now());
+                self.checked_connects = Some(connects);
+            }
+            Err(_) => self.realign_after = Some(Instant::now() + REALIGN_RETRY),
+        }
+        realigned
+    }
+
+    async fn realign_now(&mut self, reconnected: bool) -> Result<bool, BusError> {
+        let what = || format!("consumer {} on {}", self.spec.durable, self.spec.stream);
+        let found = tokio::time::timeout(REALIGN_ASK, self.look(reconnected))
+            .await
+            .unwrap_or_else(|_elapsed| Err(BusError::jetstream(what())("no answer in time")))?;
+        let start = match found {
+            Found::InPlace => None,
+            Found::Gone => {
+                tracing::warn!(consumer = %self.spec.durable, stream = %self.spec.stream,
+                    "the durable consumer is gone (broker store lost?); creating it again");
+                Some(self.recreate_from.unwrap_or(DeliverPolicy::All))
+            }
+            Found::Misplaced {
+                stream,
+                info,
+                why,
+                last,
+            } => Some(self.start_over(&stream, &info, why, last).await?),
+        };
+        if let Some(policy) = start {
+            *self = Self::bind_from(&self.js.clone(), self.spec.clone(), policy).await?;
+        }
+        Ok(start.is_some())
+    }
+
+    /// Where the consumer stands in its stream (questions only, changing nothing).
+    async fn look(&self, reconnected: bool) -> Result<Found, BusError> {
         let what = || format!("consumer {} on {}", self.spec.durable, self.spec.stream);
         let mut stream = self
             .js
@@ -387,25 +435,21 @@ impl DurableConsumer {
             .await
             .map_err(|e| BusError::jetstream(what())(e))?;
         let last = crate::streams::leader_state(info)?.last_sequence;
-        let start = match consumer {
-            Ok(info) => match self.misplaced(&stream, &info, last, reconnected).await? {
-                Some(why) => Some(self.start_over(&stream, &info, why, last).await?),
-                None => None,
-            },
-            Err(e) if consumer_not_found(&e) => {
-                tracing::warn!(consumer = %self.spec.durable, stream = %self.spec.stream,
-                    "the durable consumer is gone (broker store lost?); creating it again");
-                Some(self.recreate_from.unwrap_or(DeliverPolicy::All))
-            }
-            Err(e) => return Err(BusError::jetstream(what())(e)),
-        };
-        if let Some(policy) = start {
-            let bound = Self::bind_from(&self.js.clone(), self.spec.clone(), policy).await?;
-            *self = bound;
+        match consumer {
+            Ok(info) => Ok(
+                match self.misplaced(&stream, &info, last, reconnected).await? {
+                    Some(why) => Found::Misplaced {
+                        stream: Box::new(stream),
+                        info: Box::new(info),
+                        why,
+                        last,
+                    },
+                    None => Found::InPlace,
+                },
+            ),
+            Err(e) if consumer_not_found(&e) => Ok(Found::Gone),
+            Err(e) => Err(BusError::jetstream(what())(e)),
         }
-        self.checked_at = Some(Instant::now());
-        self.checked_connects = Some(connects);
-        Ok(start.is_some())
     }
 
     /// The stream sequence of the newest message received (0: none since the last check).
@@ -521,7 +565,7 @@ impl DurableConsumer {
                         }
                     }
                 }
-                item = self.messages.next(), if !self.ended => match item {
+                item = self.pulls.next(), if !self.ended => match item {
                     Some(item) => {
                         let received = self.received(item);
                         self.waiting.extend(received);
@@ -725,31 +769,30 @@ impl DurableConsumer {
         true
     }
 
-    /// Pull again after a stall, keeping what had arrived (what was still on its way to the old
-    /// pull comes again after AckWait). Should the pull fail, the next call tries again.
-    async fn repull(&mut self) -> Result<(), BusError> {
+    /// Pull again after a stall, on the same inbox: what the old pull still delivers arrives
+    /// too. Should the pull fail, the next call tries again.
+    fn repull(&mut self) {
         self.take_in_arrived();
         tracing::debug!(consumer = %self.spec.durable, stream = %self.spec.stream,
-            "pulling again, on a new inbox");
-        self.messages = pull(&self.consumer, &self.spec).await?;
+            "pulling again");
+        self.pulls.pull_again();
         self.stalled_since = None;
-        Ok(())
     }
 
     /// Keep what already arrived on the pull for the next batch, without waiting.
     fn take_in_arrived(&mut self) {
-        while let Some(Some(item)) = self.messages.next().now_or_never() {
+        while let Some(item) = self.pulls.arrived() {
             let received = self.received(item);
             self.waiting.extend(received);
         }
     }
 
-    /// A pulled message, or `None` for a pull error. After a broker restart the client pulls
-    /// again by itself once it reconnects. A pull that lost its server without a reconnect
+    /// A pulled message, or `None` for a pull error. After a reconnect (a broker restart, say)
+    /// the pulls go again by themselves. A pull that lost its server without a reconnect
     /// (a cluster's consumer leader died; this client is on another node) shows as missed
     /// heartbeats, or as no responders while a new leader is elected: the next `next_batch`
-    /// pulls again, not the client 35 s later.
-    fn received(&mut self, item: Result<Message, MessagesError>) -> Option<Message> {
+    /// pulls again, not 35 s later when the pull would have expired.
+    fn received(&mut self, item: Result<Message, Interrupted>) -> Option<Message> {
         let e = match item {
             Ok(message) => {
                 self.received_at = Some(Instant::now());
@@ -757,10 +800,7 @@ impl DurableConsumer {
             }
             Err(e) => e,
         };
-        let lost = matches!(
-            e.kind(),
-            MessagesErrorKind::MissingHeartbeat | MessagesErrorKind::NoResponders
-        );
+        let lost = matches!(e, Interrupted::Lost(_));
         if lost && self.stalled_since.is_none() {
             self.stalled_since = Some(Instant::now());
         }
@@ -773,7 +813,7 @@ impl DurableConsumer {
         BusError::jetstream(format!(
             "consumer {} on {}",
             self.spec.durable, self.spec.stream
-        ))("message stream ended (consumer deleted?)")
+        ))("pulls ended (consumer deleted?)")
     }
 }
 
@@ -796,6 +836,19 @@ async fn survived(
         }
     }
     Ok(before)
+}
+
+/// Where [`DurableConsumer::realign`] found the consumer.
+enum Found {
+    InPlace,
+    /// The broker no longer holds it.
+    Gone,
+    Misplaced {
+        stream: Box<jetstream::stream::Stream>,
+        info: Box<jetstream::consumer::Info>,
+        why: Misplaced,
+        last: u64,
+    },
 }
 
 /// Why a consumer the broker still holds is created again.
@@ -863,21 +916,6 @@ pub(crate) fn consumer_not_found(e: &async_nats::jetstream::context::ConsumerInf
     }
 }
 
-/// Start pulling from `consumer`: a pull of `spec.batch` messages, the next whenever half of it
-/// has arrived or it expired.
-async fn pull(consumer: &PullConsumer, spec: &ConsumerSpec) -> Result<MessageStream, BusError> {
-    consumer
-        .stream()
-        .max_messages_per_batch(spec.batch)
-        .heartbeat(PULL_HEARTBEAT)
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| {
-            BusError::jetstream(format!("consumer {} on {}", spec.durable, spec.stream))(e)
-        })
-}
-
 /// Header values are one line.
 fn one_line(s: &str) -> String {
     s.replace(['\r', '\n'], " ")
@@ -917,6 +955,126 @@ mod tests {
         }
     }
 
+    /// Poll until `consumer`'s leader holds `pulls` pulls.
+    async fn waiting_until(consumer: &PullConsumer, pulls: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while consumer.get_info().await.unwrap().num_waiting != pulls {
+            assert!(
+                Instant::now() < deadline,
+                "{pulls} pulls held within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await; // a poll's pause
+        }
+    }
+
+    async fn started() -> (tempfile::TempDir, crate::NatsServer, jetstream::Context) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = crate::server::ServerConfig::new(dir.path().join("nats"));
+        let server = crate::server::NatsServer::start(config)
+            .await
+            .expect("nats-server starts (run scripts/install-nats-server)");
+        let client = crate::connect(&server.url(), "test", None).await.unwrap();
+        let js = jetstream::new(client);
+        crate::provision(&js, &crate::StreamSettings::default())
+            .await
+            .unwrap();
+        (dir, server, js)
+    }
+
+    async fn order_created(js: &jetstream::Context) -> Envelope {
+        let event = Envelope::new(
+            crate::Domain::Orders,
+            "OrderCreated",
+            "o1",
+            serde_json::json!({}),
+        )
+        .unwrap();
+        let row = event.to_outbox_message().unwrap();
+        for stored in Publisher::new(js.clone()).publish_all([&row]).await {
+            stored.unwrap();
+        }
+        event
+    }
+
+    /// A consumer no message matches: a pull of it is held, heartbeats, and never delivers.
+    async fn decoy(js: &jetstream::Context) -> PullConsumer {
+        let orders = js.get_stream("ORDERS").await.unwrap();
+        orders
+            .create_consumer(pull::Config {
+                durable_name: Some("decoy".into()),
+                filter_subject: "orders.none.none".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    /// A pull sent again goes out on the subscription of the one before, which the broker may
+    /// still hold (a leader that froze): what that one delivers arrives. Here the pull sent
+    /// again is the decoy's, so only the one before can bring the event. On a new inbox (as
+    /// async-nats pulls again) the broker forgets the pull before: none would be held.
+    #[tokio::test]
+    async fn a_pull_sent_again_leaves_the_one_before_deliverable() {
+        let (_dir, _server, js) = started().await;
+        let mut consumer = DurableConsumer::bind(&js, ConsumerSpec::new("ORDERS", "payment"))
+            .await
+            .unwrap();
+        let decoy = decoy(&js).await;
+        let wait = Duration::from_secs(60);
+        assert!(consumer
+            .next_batch(Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty());
+        waiting_until(&consumer.consumer, 1, wait).await;
+
+        consumer.repull();
+        consumer
+            .pulls
+            .aim_at("$JS.API.CONSUMER.MSG.NEXT.ORDERS.decoy");
+        assert!(consumer
+            .next_batch(Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty());
+        waiting_until(&decoy, 1, wait).await;
+        waiting_until(&consumer.consumer, 1, wait).await;
+
+        let event = order_created(&js).await;
+        batches_until(&mut consumer, wait, "the event", |_, batch| {
+            batch.iter().any(|d| d.envelope.id == event.id)
+        })
+        .await;
+    }
+
+    /// A position check whose questions go unanswered (a leader being elected) gives up after
+    /// `REALIGN_ASK`, not after async-nats' 5 s per question, and the next waits
+    /// `REALIGN_RETRY`: reading goes on meanwhile.
+    #[tokio::test]
+    async fn an_unanswered_position_check_is_put_off() {
+        use futures::StreamExt;
+        let (_dir, _server, js) = started().await;
+        let mut consumer = DurableConsumer::bind(&js, ConsumerSpec::new("ORDERS", "payment"))
+            .await
+            .unwrap();
+        let client = js.client();
+        let mut unanswered = client.subscribe("$UNANSWERED.API.>").await.unwrap();
+        client.flush().await.unwrap();
+        consumer.js = jetstream::with_prefix(client, "$UNANSWERED.API");
+
+        let e = consumer.realign(Duration::ZERO).await.unwrap_err();
+        assert!(e.to_string().contains("no answer in time"), "{e}");
+        assert!(
+            unanswered.next().now_or_never().flatten().is_some(),
+            "asked"
+        );
+        assert!(!consumer.realign(Duration::ZERO).await.unwrap(), "put off");
+        assert!(
+            unanswered.next().now_or_never().is_none(),
+            "not asked again at once"
+        );
+    }
+
     /// A consumer's new leader that never learnt of its pull (elected as a frozen node thaws)
     /// leaves the client waiting for heartbeats. Here the server forgets the pull (its inbox
     /// goes away) while the client holds a pull that heartbeats but can never deliver: only the
@@ -924,16 +1082,8 @@ mod tests {
     /// changes nothing.
     #[tokio::test]
     async fn a_pull_the_new_leader_does_not_hold_is_sent_again() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = crate::server::ServerConfig::new(dir.path().join("nats"));
-        let server = crate::server::NatsServer::start(config)
-            .await
-            .expect("nats-server starts (run scripts/install-nats-server)");
-        let client = crate::connect(&server.url(), "test", None).await.unwrap();
-        let js = jetstream::new(client.clone());
-        crate::provision(&js, &crate::StreamSettings::default())
-            .await
-            .unwrap();
+        let (_dir, _server, js) = started().await;
+        let client = js.client();
         let mut consumer = DurableConsumer::bind(&js, ConsumerSpec::new("ORDERS", "payment"))
             .await
             .unwrap();
@@ -952,35 +1102,22 @@ mod tests {
         .await;
         assert_eq!(consumer.lost_pulls, 0);
 
-        // Lost: the client now holds a pull of a consumer no message matches.
-        let orders = js.get_stream("ORDERS").await.unwrap();
-        let decoy = orders
-            .create_consumer(pull::Config {
-                durable_name: Some("decoy".into()),
-                filter_subject: "orders.none.none".into(),
-                ..Default::default()
-            })
+        // Lost: the client now holds a pull of a consumer no message matches, on a new inbox;
+        // the pulls sent again go where they should.
+        let decoy = decoy(&js).await;
+        let mut pulls = Pulls::start(&js, "ORDERS", "decoy", consumer.spec.batch)
             .await
             .unwrap();
-        consumer.messages = pull(&decoy, &consumer.spec).await.unwrap();
-        let deadline = Instant::now() + wait;
-        while consumer.consumer.info().await.unwrap().num_waiting > 0 {
-            assert!(Instant::now() < deadline, "the server forgets the pull");
-            tokio::time::sleep(Duration::from_millis(20)).await; // a poll's pause
-        }
-        let event = Envelope::new(
-            crate::Domain::Orders,
-            "OrderCreated",
-            "o1",
-            serde_json::json!({}),
-        )
-        .unwrap();
-        let row = event.to_outbox_message().unwrap();
-        for stored in Publisher::new(js.clone()).publish_all([&row]).await {
-            stored.unwrap();
-        }
+        assert!(pulls.next().now_or_never().is_none(), "nothing to deliver");
+        pulls.aim_at("$JS.API.CONSUMER.MSG.NEXT.ORDERS.payment");
+        consumer.pulls = pulls;
+        waiting_until(&decoy, 1, wait).await;
+        waiting_until(&consumer.consumer, 0, wait).await;
+        let event = order_created(&js).await;
         announce().await;
-        batches_until(&mut consumer, wait, "the event", |_, batch| {
+        // Well before the decoy's pull expires (30 s), which would bring the event too.
+        let soon = Duration::from_secs(15);
+        batches_until(&mut consumer, soon, "the event", |_, batch| {
             batch.iter().any(|d| d.envelope.id == event.id)
         })
         .await;

@@ -9,6 +9,7 @@
 //! - [`publisher`]: pipelined publishing (send a batch, then await its PubAcks).
 //! - [`consumer`]: durable pull consumers: explicit ack only with a flush proof, nak with backoff,
 //!   poison and exhausted messages to `DLQ` with the reason.
+//! - `pull`: a durable consumer's pulls, all answered on one subscription for its life.
 //! - [`elections`]: a cluster's announcements of new leaders, followed as cues to look again.
 //! - [`relay`]: the outbox relay: publishes durable outbox rows and marks them sent after PubAck;
 //!   publishes again what a broker acknowledged and then lost.
@@ -30,6 +31,7 @@ pub mod error;
 pub mod lease;
 pub mod partition;
 pub mod publisher;
+mod pull;
 pub mod relay;
 pub mod replay;
 pub mod server;
