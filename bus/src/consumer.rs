@@ -77,9 +77,14 @@ const REPULL_PAUSE: Duration = Duration::from_millis(500);
 const LEADER_SETTLE: Duration = Duration::from_secs(1);
 /// How long the elected leader has to answer that question; heartbeats cover what it does not.
 const LEADER_ASKED: Duration = Duration::from_secs(2);
-/// How long `realign`'s questions may hold up reading: while a leader is elected they go
-/// unanswered, and async-nats waits 5 s for each (a consumer stood still 10 s after a thaw).
+/// How long `realign`'s questions may hold up reading at first: while a leader is elected they
+/// go unanswered, and async-nats waits 10 s for an answer (a consumer stood still 10 s after a
+/// thaw). Each check that fails in a row doubles it, up to that 10 s: a broker that is only
+/// slow is still checked.
 const REALIGN_ASK: Duration = Duration::from_secs(2);
+const REALIGN_ASK_MOST: Duration = Duration::from_secs(10);
+/// Checks failed in a row before it is worth a warning.
+const REALIGN_FAILURES_WARNED: u32 = 5;
 /// How soon a failed `realign` is tried again; reading goes on meanwhile.
 const REALIGN_RETRY: Duration = Duration::from_secs(1);
 
@@ -183,6 +188,8 @@ pub struct DurableConsumer {
     checked_connects: Option<u64>,
     /// A check that failed is tried again no sooner than this: reading goes on meanwhile.
     realign_after: Option<Instant>,
+    /// Checks failed in a row.
+    realign_failures: u32,
     /// Where a consumer `realign` deleted is to be created again from.
     recreate_from: Option<DeliverPolicy>,
     /// The newest message handed out (before any reconnect not checked yet): if the stream no
@@ -268,6 +275,7 @@ impl DurableConsumer {
             checked_at: None,
             checked_connects: None,
             realign_after: None,
+            realign_failures: 0,
             recreate_from: None,
             newest: None,
             consumer,
@@ -383,20 +391,32 @@ impl DurableConsumer {
         {
             return Ok(false);
         }
-        let realigned = self.realign_now(reconnected).await;
-        match realigned {
+        let ask = REALIGN_ASK
+            .saturating_mul(1 << self.realign_failures.min(4))
+            .min(REALIGN_ASK_MOST);
+        let realigned = self.realign_now(reconnected, ask).await;
+        match &realigned {
             Ok(_) => {
                 self.checked_at = Some(Instant::now());
                 self.checked_connects = Some(connects);
+                self.realign_failures = 0;
             }
-            Err(_) => self.realign_after = Some(Instant::now() + REALIGN_RETRY),
+            Err(e) => {
+                self.realign_after = Some(Instant::now() + REALIGN_RETRY);
+                self.realign_failures += 1;
+                if self.realign_failures == REALIGN_FAILURES_WARNED {
+                    tracing::warn!(consumer = %self.spec.durable, stream = %self.spec.stream,
+                        failures = self.realign_failures, error = %e,
+                        "the consumer's position goes unchecked; still trying");
+                }
+            }
         }
         realigned
     }
 
-    async fn realign_now(&mut self, reconnected: bool) -> Result<bool, BusError> {
+    async fn realign_now(&mut self, reconnected: bool, ask: Duration) -> Result<bool, BusError> {
         let what = || format!("consumer {} on {}", self.spec.durable, self.spec.stream);
-        let found = tokio::time::timeout(REALIGN_ASK, self.look(reconnected))
+        let found = tokio::time::timeout(ask, self.look(reconnected))
             .await
             .unwrap_or_else(|_elapsed| Err(BusError::jetstream(what())("no answer in time")))?;
         let start = match found {
@@ -743,9 +763,12 @@ impl DurableConsumer {
         if at.elapsed() < LEADER_SETTLE {
             return false;
         }
-        // What came meanwhile first: a 409 the client has not handled yet makes it pull again
-        // before the question, so the answer counts that pull.
+        // What came meanwhile first: a 409 not handled yet ends the pull, which is then sent
+        // again before the question, so the answer counts it.
         self.take_in_arrived();
+        if let Err(e) = self.pulls.pull_if_due().await {
+            tracing::debug!(consumer = %self.spec.durable, error = %e, "pull not sent");
+        }
         if self.received_at.is_some_and(|received| received > at) {
             self.elected_at = None;
             return false;
@@ -1048,7 +1071,7 @@ mod tests {
     }
 
     /// A position check whose questions go unanswered (a leader being elected) gives up after
-    /// `REALIGN_ASK`, not after async-nats' 5 s per question, and the next waits
+    /// `REALIGN_ASK`, not after async-nats' 10 s per question, and the next waits
     /// `REALIGN_RETRY`: reading goes on meanwhile.
     #[tokio::test]
     async fn an_unanswered_position_check_is_put_off() {

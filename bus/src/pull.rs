@@ -66,7 +66,8 @@ pub(crate) struct Pulls {
     /// sent, oldest first.
     held: VecDeque<(u64, Instant)>,
     /// What they may still deliver, together (the broker serves them in turn, so deliveries
-    /// name no pull).
+    /// name no pull). What a written-off pull still delivers counts against it too: the next
+    /// pull goes a little early.
     pending: usize,
     sent: u64,
     /// Not before then: a pull that could not be sent is tried again a little later.
@@ -132,8 +133,8 @@ impl Pulls {
         self.next_subject = subject.to_string();
     }
 
-    /// The next message any pull delivers, an interruption, or `None` once the consumer is
-    /// deleted (or the connection closed). Cancel-safe: a message taken off the subscription is
+    /// The next message any pull delivers, an interruption, or `None` once the pulls end for
+    /// good (the consumer deleted, the request refused) or the connection closed. Cancel-safe: a message taken off the subscription is
     /// returned without another wait, and a pull counts only once it is sent.
     pub(crate) async fn next(&mut self) -> Option<Result<Message, Interrupted>> {
         loop {
@@ -188,7 +189,7 @@ impl Pulls {
     /// Send a pull if one is due: the pulls held may deliver half a batch or less. A reconnect
     /// writes them off first (the broker may have lost them), as does an expiry the broker did
     /// not announce.
-    async fn pull_if_due(&mut self) -> Result<(), Interrupted> {
+    pub(crate) async fn pull_if_due(&mut self) -> Result<(), Interrupted> {
         let now = Instant::now();
         if self.pull_after.is_some_and(|after| now < after)
             || self.client.connection_state() != State::Connected
