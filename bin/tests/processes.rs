@@ -115,10 +115,16 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
     scenario::check_final(&api, &placed).await;
     support::assert_no_permission_violations(cluster.data.path());
 
-    // The composed view asks all six services; healthy, every part is there.
+    // The composed view asks all six services; healthy, every part is there. A shipped
+    // order's payment is final (`PaymentClosed`): kept as a snapshot, no longer as events.
     let done = &placed.completed[0];
     let path = format!("/orders/{done}/composed");
-    let (status, composed) = api.raw(reqwest::Method::GET, &path, None).await;
+    let composed_now = || async { api.raw(reqwest::Method::GET, &path, None).await };
+    wait_until("the completed order's payment is closed", || async {
+        composed_now().await.1["payment"]["closed"] == true
+    })
+    .await;
+    let (status, composed) = composed_now().await;
     assert_eq!(status, 200, "{composed}");
     assert_eq!(composed["order"]["status"], "COMPLETED");
     assert!(

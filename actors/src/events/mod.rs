@@ -11,6 +11,7 @@
 //!     ─► (carrier) ─► ShipmentScheduled ─► order ─► OrderConfirmed
 //! OrderConfirmed ─► recommendation ─► RecommendationUpdated
 //! carrier ─► ShipmentStarted ─► ShipmentDelivered ─► order ─► OrderShipped, OrderCompleted
+//! OrderShipped ─► payment ─► PaymentClosed (inventory and store close theirs too)
 //! ```
 //! With stock split by SKU, an order whose lines span shards is reserved shard by shard first
 //! (`InventoryLinesReserved`, `StoreLinesReserved`: [`crate::stock`]); the last shard sends the

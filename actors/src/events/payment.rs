@@ -40,6 +40,9 @@ pub enum PaymentEvent {
         refund_id: String,
         reason: String,
     },
+    /// The order shipped, so nothing can cancel it and nothing will refund this payment: it is
+    /// final, and the service stops tracking it (a snapshot replaces its events).
+    PaymentClosed {},
 }
 
 impl DomainEvent for PaymentEvent {

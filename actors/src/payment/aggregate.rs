@@ -26,6 +26,8 @@ pub struct Payment {
     pub voided: bool,
     /// Given up at the saga's deadline (gateway unavailable).
     pub abandoned: bool,
+    /// Final: its order shipped, so nothing will refund it.
+    pub closed: bool,
 }
 
 /// A call to the payment gateway.
@@ -65,9 +67,9 @@ impl Aggregate for Payment {
     type Call = GatewayCall;
     type Answer = GatewayAnswer;
 
-    /// Approved stays open: a cancel may still refund it.
+    /// Approved stays open until its order ships: until then a cancel may still refund it.
     fn is_closed(&self) -> bool {
-        self.declined || self.refunded || self.voided || self.abandoned
+        self.declined || self.refunded || self.voided || self.abandoned || self.closed
     }
 
     fn apply(&mut self, event: &PaymentEvent) {
@@ -91,6 +93,7 @@ impl Aggregate for Payment {
                 self.refunded = true;
             }
             PaymentEvent::PaymentVoided { .. } => self.voided = true,
+            PaymentEvent::PaymentClosed {} => self.closed = true,
             PaymentEvent::PaymentAbandoned { amount_cents, .. } => {
                 self.amount_cents = *amount_cents;
                 self.abandoned = true;
@@ -152,7 +155,17 @@ impl Aggregate for Payment {
                     reason: reason.clone(),
                 }]);
             }
+            // The order never cancels once shipped; if it did, the refund would not be believed.
+            Inbound::Order(OrderEvent::OrderCancelled { .. }) if self.closed => {
+                return Plan::Refuse("the order shipped: its payment is final".into());
+            }
             Inbound::Order(OrderEvent::OrderCancelled { reason, .. }) => self.refund(reason),
+            // Nothing can refund it now: the payment is final.
+            Inbound::Order(OrderEvent::OrderShipped { .. })
+                if self.authorization_id.is_some() && !self.is_closed() =>
+            {
+                return Plan::Emit(vec![PaymentEvent::PaymentClosed {}]);
+            }
             _ => None,
         };
         match call {

@@ -21,7 +21,11 @@ impl Service for PaymentService {
     type State = Payment;
     const LISTENS: &'static [(Domain, &'static [&'static str])] = &[
         // It refunds on `OrderCancelled` only: the order decides whether a failure is believed.
-        (Domain::Orders, &["OrderCreated", "OrderCancelled"]),
+        // `OrderShipped`: nothing can cancel the order now, so the payment is final.
+        (
+            Domain::Orders,
+            &["OrderCreated", "OrderCancelled", "OrderShipped"],
+        ),
         // Its own: a payment given up at the deadline is voided once the gateway is back.
         (Domain::Payments, &["PaymentAbandoned"]),
     ];

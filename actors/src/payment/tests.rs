@@ -292,3 +292,33 @@ fn given_an_unavailable_gateway_past_the_deadline_then_abandoned_and_voided_once
         "compensations are never given up"
     );
 }
+
+#[test]
+fn given_approved_when_the_order_ships_then_closed_once_and_never_refunded() {
+    let shipped = Inbound::Order(OrderEvent::OrderShipped { ship_from: None });
+    let payment = given::<Payment>([approved()]);
+    assert!(!payment.is_closed(), "a cancel may still refund it");
+    assert_eq!(
+        payment.when_event("o1", &shipped),
+        Plan::Emit(vec![PaymentEvent::PaymentClosed {}])
+    );
+    let closed = given::<Payment>([approved(), PaymentEvent::PaymentClosed {}]);
+    assert!(closed.is_closed());
+    assert_eq!(
+        closed.when_event("o1", &shipped),
+        Plan::Emit(vec![]),
+        "once"
+    );
+    assert!(
+        matches!(closed.when_event("o1", &cancelled()), Plan::Refuse(reason) if reason.contains("final")),
+        "a cancel after the parcel left is not believed"
+    );
+    // Nothing approved, or already ended: nothing to close.
+    let declined = given::<Payment>([PaymentEvent::PaymentDeclined {
+        amount_cents: 200,
+        reason: "x".into(),
+    }]);
+    for payment in [Payment::default(), declined] {
+        assert_eq!(payment.when_event("o1", &shipped), Plan::Emit(vec![]));
+    }
+}

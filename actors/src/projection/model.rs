@@ -229,6 +229,8 @@ impl OrderReadModel {
                 PaymentEvent::PaymentVoided { .. } => self.payment_status = status("VOIDED"),
                 PaymentEvent::PaymentAbandoned { .. } => self.payment_status = status("ABANDONED"),
                 PaymentEvent::PaymentRefunded { .. } => self.payment_status = status("REFUNDED"),
+                // Still approved: the money stays taken.
+                PaymentEvent::PaymentClosed {} => {}
             },
             Inbound::Inventory(e) => match e {
                 InventoryEvent::InventoryReserved { .. } => self.inventory_available = Some(true),

@@ -13,9 +13,10 @@ use serde::Serialize;
 use super::load::Placed;
 
 /// Events an order has at most once in its service's stream.
-const ONCE: [&str; 11] = [
+const ONCE: [&str; 12] = [
     "PaymentApproved",
     "PaymentRefunded",
+    "PaymentClosed",
     "InventoryReserved",
     "InventoryReleased",
     "StoreStockReserved",
