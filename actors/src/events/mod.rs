@@ -21,7 +21,8 @@
 //! Compensation runs on the order's word: the order cancels on `PaymentDeclined`,
 //! `PaymentAbandoned`, `StoreStockUnavailable`, `ShipmentFailed`, `ShipmentCancelled` (and refuses
 //! each of them once the parcel has left: DLQ, nothing compensated); payment refunds or voids,
-//! inventory and store release, on `OrderCancelled`.
+//! inventory and store release, on `OrderCancelled`. Once the order ships, its payment is
+//! final (`PaymentClosed`) and would refuse a cancel.
 //! A customer's cancel is `OrderCancelRequested`; the shipment service, which owns the pivot
 //! (the parcel leaving), answers `ShipmentCancelled` or `ShipmentCancelRejected`.
 

@@ -106,7 +106,8 @@ impl Aggregate for Payment {
     }
 
     /// What `event` requires. Authorize once per order; refund an approved payment once,
-    /// whichever failure or cancel comes first. A cancel can overtake the `OrderCreated` it
+    /// whichever failure or cancel comes first; close it once its order ships (nothing can
+    /// cancel the order then), refusing a cancel after that. A cancel can overtake the `OrderCreated` it
     /// cancels (when that one waits for a retry): the payment is then voided, and the late
     /// `OrderCreated` authorizes and refunds at once, since an unanswered earlier attempt may
     /// have charged the card.
@@ -165,6 +166,11 @@ impl Aggregate for Payment {
                 if self.authorization_id.is_some() && !self.is_closed() =>
             {
                 return Plan::Emit(vec![PaymentEvent::PaymentClosed {}]);
+            }
+            // Shipping follows the approval, so this one is not known here yet (lost with the
+            // database and the stream's tail): kept in DLQ, to replay once it is.
+            Inbound::Order(OrderEvent::OrderShipped { .. }) if !self.attempted() => {
+                return Plan::Refuse("the order shipped before its payment was approved".into());
             }
             _ => None,
         };

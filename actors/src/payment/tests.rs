@@ -313,12 +313,28 @@ fn given_approved_when_the_order_ships_then_closed_once_and_never_refunded() {
         matches!(closed.when_event("o1", &cancelled()), Plan::Refuse(reason) if reason.contains("final")),
         "a cancel after the parcel left is not believed"
     );
-    // Nothing approved, or already ended: nothing to close.
-    let declined = given::<Payment>([PaymentEvent::PaymentDeclined {
+    // Already ended: nothing to close.
+    let refunded = PaymentEvent::PaymentRefunded {
         amount_cents: 200,
+        refund_id: "r1".into(),
         reason: "x".into(),
-    }]);
-    for payment in [Payment::default(), declined] {
+    };
+    let ended = [
+        vec![PaymentEvent::PaymentDeclined {
+            amount_cents: 200,
+            reason: "x".into(),
+        }],
+        vec![approved(), refunded.clone()],
+        vec![PaymentEvent::PaymentVoided { reason: "x".into() }, refunded],
+    ];
+    for events in ended {
+        let payment = given::<Payment>(events);
         assert_eq!(payment.when_event("o1", &shipped), Plan::Emit(vec![]));
     }
+    // Never approved here (the approval lost with the database and the stream's tail): not
+    // believed, so it waits in DLQ rather than leave the payment open for good.
+    assert!(matches!(
+        Payment::default().when_event("o1", &shipped),
+        Plan::Refuse(reason) if reason.contains("before its payment was approved")
+    ));
 }

@@ -130,6 +130,16 @@ fn given_the_saga_in_order_then_every_field_is_filled() {
 }
 
 #[test]
+fn given_a_shipped_order_when_its_payment_closes_then_it_stays_approved() {
+    let mut events = saga();
+    events.push(event(PaymentEvent::PaymentClosed {}, 2, 9));
+    let row = fold(&events);
+    assert_eq!(row.payment_status.as_deref(), Some("APPROVED"));
+    assert_eq!(row.timeline.len(), 10);
+    assert_eq!(row.versions["payment"], 2);
+}
+
+#[test]
 fn given_any_arrival_order_and_duplicates_then_the_same_row() {
     let events = saga();
     let expected = fold(&events);

@@ -244,8 +244,9 @@ fn last_retries(records: &[RetryRecord]) -> String {
     }
 }
 
-/// Invariant 3: Money per order against the gateway's ledger.
+/// Invariant 3: Money per order against the gateway's ledger; a shipped order's payment final.
 fn money(f: &Facts) -> Check {
+    let events = by_order(f);
     let mut charged: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for a in f
         .payments
@@ -262,7 +263,7 @@ fn money(f: &Facts) -> Check {
             .or_default()
             .push(r.amount_cents);
     }
-    let mut bad = missing(f, &["payments"]);
+    let mut bad = missing(f, &["payments", "events"]);
     let mut checked = 0;
     for id in accepted(f) {
         let (c, r) = (
@@ -293,10 +294,20 @@ fn money(f: &Facts) -> Check {
                 "{id}: {status}, charged − refunded = {net} cents, expected {expected}"
             ));
         }
+        let closed = events
+            .get(id)
+            .is_some_and(|events| events.iter().any(|(_, e)| e.event_type == "PaymentClosed"));
+        let shipped = matches!(status, "SHIPPED" | "COMPLETED");
+        if closed != shipped {
+            bad.push(format!(
+                "{id}: {status}, payment {}",
+                if closed { "closed" } else { "not closed" }
+            ));
+        }
     }
     check(
         3,
-        "money: one charge, one refund, the right balance",
+        "money: one charge, one refund, the right balance, final once shipped",
         format!("{checked} ended orders against the gateway's ledger"),
         bad,
     )
@@ -650,6 +661,13 @@ mod tests {
                 ],
             ),
             (
+                Domain::Payments,
+                vec![
+                    envelope(Domain::Payments, "PaymentApproved", "o1", 1),
+                    envelope(Domain::Payments, "PaymentClosed", "o1", 2),
+                ],
+            ),
+            (
                 Domain::Inventory,
                 vec![reserved("InventoryReserved", "lines")],
             ),
@@ -723,8 +741,8 @@ mod tests {
             stuck.counterexamples,
             [
                 "o1: PENDING; last events: Inventory: InventoryReserved v1, Orders: \
-                 OrderConfirmed v2; last retries: payment OrderCreated attempt 2 at \
-                 00:00:00.000: gateway down"
+                 OrderConfirmed v2, Payments: PaymentClosed v2; last retries: payment \
+                 OrderCreated attempt 2 at 00:00:00.000: gateway down"
             ],
             "a stuck saga says what held it last"
         );
@@ -733,6 +751,14 @@ mod tests {
         let again = f.payments.authorizations[0].clone();
         f.payments.authorizations.push(again);
         assert!(failed(&f).contains(&3));
+
+        // Completed, and its payment never closed.
+        let mut f = facts();
+        f.events.insert(
+            Domain::Payments,
+            vec![envelope(Domain::Payments, "PaymentApproved", "o1", 1)],
+        );
+        assert_eq!(failed(&f), vec![3]);
 
         let mut f = facts();
         f.stock_after = Ok([("SKU-MUG".to_string(), 9)].into());
@@ -784,7 +810,7 @@ mod tests {
         f.unreadable.insert("events", "streams not read".into());
         assert_eq!(
             failed(&f),
-            vec![1, 4, 6],
+            vec![1, 3, 4, 6],
             "no check passes on facts it could not read"
         );
     }
