@@ -82,6 +82,7 @@ const LEADER_ASKED: Duration = Duration::from_secs(2);
 /// thaw). Each check that fails in a row doubles it, up to that 10 s: a broker that is only
 /// slow is still checked.
 const REALIGN_ASK: Duration = Duration::from_secs(2);
+/// The most `realign`'s questions are given after failures in a row: async-nats' own wait.
 const REALIGN_ASK_MOST: Duration = Duration::from_secs(10);
 /// Checks failed in a row before it is worth a warning.
 const REALIGN_FAILURES_WARNED: u32 = 5;
@@ -990,7 +991,13 @@ mod tests {
         }
     }
 
-    async fn started() -> (tempfile::TempDir, crate::NatsServer, jetstream::Context) {
+    /// A broker with the streams, and the payment service's consumer on `ORDERS` bound.
+    async fn started() -> (
+        tempfile::TempDir,
+        crate::NatsServer,
+        jetstream::Context,
+        DurableConsumer,
+    ) {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = crate::server::ServerConfig::new(dir.path().join("nats"));
         let server = crate::server::NatsServer::start(config)
@@ -1001,7 +1008,10 @@ mod tests {
         crate::provision(&js, &crate::StreamSettings::default())
             .await
             .unwrap();
-        (dir, server, js)
+        let consumer = DurableConsumer::bind(&js, ConsumerSpec::new("ORDERS", "payment"))
+            .await
+            .unwrap();
+        (dir, server, js, consumer)
     }
 
     async fn order_created(js: &jetstream::Context) -> Envelope {
@@ -1038,10 +1048,7 @@ mod tests {
     /// async-nats pulls again) the broker forgets the pull before: none would be held.
     #[tokio::test]
     async fn a_pull_sent_again_leaves_the_one_before_deliverable() {
-        let (_dir, _server, js) = started().await;
-        let mut consumer = DurableConsumer::bind(&js, ConsumerSpec::new("ORDERS", "payment"))
-            .await
-            .unwrap();
+        let (_dir, _server, js, mut consumer) = started().await;
         let decoy = decoy(&js).await;
         let wait = Duration::from_secs(60);
         assert!(consumer
@@ -1076,10 +1083,7 @@ mod tests {
     #[tokio::test]
     async fn an_unanswered_position_check_is_put_off() {
         use futures::StreamExt;
-        let (_dir, _server, js) = started().await;
-        let mut consumer = DurableConsumer::bind(&js, ConsumerSpec::new("ORDERS", "payment"))
-            .await
-            .unwrap();
+        let (_dir, _server, js, mut consumer) = started().await;
         let client = js.client();
         let mut unanswered = client.subscribe("$UNANSWERED.API.>").await.unwrap();
         client.flush().await.unwrap();
@@ -1105,11 +1109,8 @@ mod tests {
     /// changes nothing.
     #[tokio::test]
     async fn a_pull_the_new_leader_does_not_hold_is_sent_again() {
-        let (_dir, _server, js) = started().await;
+        let (_dir, _server, js, mut consumer) = started().await;
         let client = js.client();
-        let mut consumer = DurableConsumer::bind(&js, ConsumerSpec::new("ORDERS", "payment"))
-            .await
-            .unwrap();
         let announce = || async {
             let subject = elections::consumer_subject("ORDERS", "payment");
             client.publish(subject, "{}".into()).await.unwrap();
