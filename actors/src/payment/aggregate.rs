@@ -107,10 +107,10 @@ impl Aggregate for Payment {
 
     /// What `event` requires. Authorize once per order; refund an approved payment once,
     /// whichever failure or cancel comes first; close it once its order ships (nothing can
-    /// cancel the order then), refusing a cancel after that. A cancel can overtake the `OrderCreated` it
-    /// cancels (when that one waits for a retry): the payment is then voided, and the late
-    /// `OrderCreated` authorizes and refunds at once, since an unanswered earlier attempt may
-    /// have charged the card.
+    /// cancel the order then), refusing a cancel after that. A cancel can overtake the
+    /// `OrderCreated` it cancels (when that one waits for a retry): the payment is then voided,
+    /// and the late `OrderCreated` authorizes and refunds at once, since an unanswered earlier
+    /// attempt may have charged the card.
     fn react(
         &self,
         _order_id: &str,
