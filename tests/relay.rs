@@ -34,6 +34,17 @@ async fn message_ids(js: &jetstream::Context, stream: &str) -> Vec<Uuid> {
     ids
 }
 
+/// A plain stream `name` over `subjects`.
+async fn create_stream(js: &jetstream::Context, name: &str, subjects: &str) {
+    js.create_stream(jetstream::stream::Config {
+        name: name.into(),
+        subjects: vec![subjects.into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn relay_publishes_only_flushed_rows_and_marks_them_sent() {
     init_logs();
@@ -398,24 +409,36 @@ async fn a_relay_whose_node_froze_publishes_through_another() {
 
 /// A stream leader elected while the relay waits for PubAcks may never answer what was sent to
 /// the old one (a frozen node thawing, say): the relay hears the election and publishes again at
-/// once, rather than waiting out its PubAck timeout. Here the first publish lands where a
-/// subscriber swallows it (the old leader); the announcement ends the wait, and the rows go
-/// again, to a stream that stores them. Without following elections the first pass waits out
-/// its 60 s timeout and fails on that instead.
+/// once, rather than waiting out its PubAck timeout. Here the first row is stored and answered,
+/// and the second lands where a subscriber swallows it (the old leader); the announcement ends
+/// the wait, the answered row stays sent, and the other goes again, to a stream that stores it.
+/// Without following elections the first pass waits out its 60 s timeout and fails on that
+/// instead; without keeping the answers that came back, both rows go again.
 #[tokio::test]
-async fn a_stream_leader_elected_while_acks_are_awaited_gets_the_rows_again() {
+async fn a_stream_leader_elected_while_acks_are_awaited_gets_the_unanswered_rows_again() {
     init_logs();
     let broker = TestBroker::start().await;
     let client = broker.client.clone();
+    create_stream(&broker.js, "ANSWERED", "answered.>").await;
     let mut swallower = client.subscribe("held.>").await.unwrap();
     let (_dir, store) = temp_store();
-    let row = storage::OutboxMessage {
+    let row = |subject: &str| storage::OutboxMessage {
         event_id: Uuid::now_v7(),
-        subject: "held.order_created.o1".into(),
+        subject: subject.into(),
         payload: "{}".into(),
         headers: Vec::new(),
     };
-    store.commit(&Commit::new().publish(row.clone())).unwrap();
+    let (answered, held) = (
+        row("answered.order_created.o1"),
+        row("held.order_created.o2"),
+    );
+    store
+        .commit(
+            &Commit::new()
+                .publish(answered.clone())
+                .publish(held.clone()),
+        )
+        .unwrap();
     let _ = store.flush().await.unwrap();
     let mut js = broker.js.clone();
     js.set_timeout(WAIT);
@@ -431,17 +454,9 @@ async fn a_stream_leader_elected_while_acks_are_awaited_gets_the_rows_again() {
     let swallowed = tokio::time::timeout(WAIT, swallower.next())
         .await
         .expect("the row is published");
-    assert_eq!(swallowed.unwrap().subject.as_str(), row.subject);
+    assert_eq!(swallowed.unwrap().subject.as_str(), held.subject);
     swallower.unsubscribe().await.unwrap();
-    broker
-        .js
-        .create_stream(jetstream::stream::Config {
-            name: "HELD".into(),
-            subjects: vec!["held.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    create_stream(&broker.js, "HELD", "held.>").await;
     let announcement = bus::elections::stream_subject("HELD");
     client.publish(announcement, "{}".into()).await.unwrap();
     client.flush().await.unwrap();
@@ -455,7 +470,24 @@ async fn a_stream_leader_elected_while_acks_are_awaited_gets_the_rows_again() {
         "the wait ends with the election: {first:?}"
     );
     assert_eq!(relay.stats().elections.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        (
+            store.outbox_depth(),
+            relay.stats().sent.load(Ordering::Relaxed)
+        ),
+        (1, 1),
+        "the answered row is marked sent; only the swallowed one is pending"
+    );
     assert_eq!(relay.relay_once().await.unwrap(), 1);
-    assert_eq!(message_ids(&broker.js, "HELD").await, vec![row.event_id]);
+    assert_eq!(message_ids(&broker.js, "HELD").await, vec![held.event_id]);
+    assert_eq!(
+        message_ids(&broker.js, "ANSWERED").await,
+        vec![answered.event_id]
+    );
+    assert_eq!(
+        relay.stats().duplicates.load(Ordering::Relaxed),
+        0,
+        "the answered row was not published again"
+    );
     assert_eq!(store.outbox_depth(), 0);
 }

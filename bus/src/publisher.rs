@@ -5,7 +5,7 @@ use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use futures::future::join_all;
+use futures::stream::{FuturesUnordered, StreamExt};
 use storage::OutboxMessage;
 
 use crate::term::Term;
@@ -59,19 +59,36 @@ impl Publisher {
         messages: impl IntoIterator<Item = &'a OutboxMessage>,
     ) -> Vec<Result<Stored, BusError>> {
         let messages: Vec<&OutboxMessage> = messages.into_iter().collect();
-        if self.term.is_some() {
-            return self.publish_in_turn(&messages).await;
-        }
-        let mut pending: Vec<Result<PublishAckFuture, BusError>> =
-            Vec::with_capacity(messages.len());
-        for m in messages.iter().copied() {
-            pending.push(self.send(m).await);
-        }
-        let acks = pending
+        let mut outcomes = unanswered(messages.len());
+        self.publish_into(&messages, &mut outcomes).await;
+        outcomes
             .into_iter()
-            .zip(messages)
-            .map(|(sent, m)| async move { stored(m, sent?.await) });
-        join_all(acks).await
+            .zip(&messages)
+            .map(|(outcome, m)| outcome.unwrap_or_else(|| Err(not_sent(m))))
+            .collect()
+    }
+
+    /// [`Self::publish_all`], writing each message's outcome into its slot of `outcomes` as it
+    /// comes: a caller that stops waiting keeps every answer that came back before (`None`: not
+    /// answered yet). Run to its end, it answers every slot.
+    pub async fn publish_into(
+        &self,
+        messages: &[&OutboxMessage],
+        outcomes: &mut [Option<Result<Stored, BusError>>],
+    ) {
+        if self.term.is_some() {
+            return self.publish_in_turn(messages, outcomes).await;
+        }
+        let mut acks = FuturesUnordered::new();
+        for (i, m) in messages.iter().copied().enumerate() {
+            match self.send(m).await {
+                Ok(ack) => acks.push(async move { (i, stored(m, ack.await)) }),
+                Err(e) => answer(outcomes, i, Err(e)),
+            }
+        }
+        while let Some((i, outcome)) = acks.next().await {
+            answer(outcomes, i, outcome);
+        }
     }
 
     /// Within a term: the messages as one atomic batch, or one at a time where a batch cannot
@@ -80,35 +97,42 @@ impl Publisher {
     /// while no other such check is in flight, and refuses the rest ("wrong last sequence",
     /// 10164): pipelined, they would land out of order, and a database lost meanwhile would
     /// lose the gap for good.
-    async fn publish_in_turn(&self, messages: &[&OutboxMessage]) -> Vec<Result<Stored, BusError>> {
-        let mut outcomes = Vec::with_capacity(messages.len());
+    async fn publish_in_turn(
+        &self,
+        messages: &[&OutboxMessage],
+        outcomes: &mut [Option<Result<Stored, BusError>>],
+    ) {
+        let mut next = 0;
         for run in messages.chunks(MAX_BATCH) {
             if let Some(stored) = self.publish_batch(run).await {
-                outcomes.extend(stored.into_iter().map(Ok));
+                for stored in stored {
+                    answer(outcomes, next, Ok(stored));
+                    next += 1;
+                }
                 continue;
             }
             for m in run {
                 let outcome = match self.send(m).await {
                     Ok(ack) => ack.await,
                     Err(e) => {
-                        outcomes.push(Err(e));
-                        return not_sent_after(messages, outcomes);
+                        answer(outcomes, next, Err(e));
+                        return not_sent_after(messages, outcomes, next + 1);
                     }
                 };
                 let refused_by_term = matches!(&outcome,
                     Err(e) if e.kind() == PublishErrorKind::WrongLastSequence);
                 let outcome = stored(m, outcome);
                 let failed = outcome.is_err();
-                outcomes.push(outcome);
+                answer(outcomes, next, outcome);
+                next += 1;
                 if refused_by_term {
                     self.reassert_term().await;
                 }
                 if failed {
-                    return not_sent_after(messages, outcomes);
+                    return not_sent_after(messages, outcomes, next);
                 }
             }
         }
-        outcomes
     }
 
     /// The broker refused a publish for naming a marker that is no longer its subject's last:
@@ -239,18 +263,38 @@ impl Publisher {
     }
 }
 
-/// `outcomes` (ending in a refusal) and, for every later message, "not sent".
+/// Slots for `n` messages' outcomes, none answered yet.
+pub(crate) fn unanswered(n: usize) -> Vec<Option<Result<Stored, BusError>>> {
+    std::iter::repeat_with(|| None).take(n).collect()
+}
+
+/// Message `i`'s outcome, into its slot (a slot short of the messages stays unwritten).
+fn answer(
+    outcomes: &mut [Option<Result<Stored, BusError>>],
+    i: usize,
+    outcome: Result<Stored, BusError>,
+) {
+    if let Some(slot) = outcomes.get_mut(i) {
+        *slot = Some(outcome);
+    }
+}
+
+/// Every message from `from` on, after a refusal: "not sent".
 fn not_sent_after(
     messages: &[&OutboxMessage],
-    mut outcomes: Vec<Result<Stored, BusError>>,
-) -> Vec<Result<Stored, BusError>> {
-    for m in &messages[outcomes.len()..] {
-        outcomes.push(Err(BusError::Publish {
-            subject: m.subject.clone(),
-            source: "not sent: an earlier message of its batch was not stored".into(),
-        }));
+    outcomes: &mut [Option<Result<Stored, BusError>>],
+    from: usize,
+) {
+    for (outcome, m) in outcomes.iter_mut().zip(messages).skip(from) {
+        *outcome = Some(Err(not_sent(m)));
     }
-    outcomes
+}
+
+fn not_sent(m: &OutboxMessage) -> BusError {
+    BusError::Publish {
+        subject: m.subject.clone(),
+        source: "not sent: an earlier message of its batch was not stored".into(),
+    }
 }
 
 /// What the broker's answer to `m` says.

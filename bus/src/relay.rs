@@ -17,8 +17,9 @@
 //! the old one, and a pass would wait out the PubAck timeout (5 s) for rows the new leader may
 //! never have heard of. The relay hears the broker announce each election (`$JS.EVENT.ADVISORY.
 //! STREAM.LEADER_ELECTED.<stream>`) and ends a wait for answers that has lasted `LEADER_SETTLE`:
-//! its rows go again (what the old leader stored comes back a duplicate, by `Nats-Msg-Id`). A
-//! wait shorter than that is let be: a forged announcement never cuts a healthy one short.
+//! the rows answered by then are marked sent, and the rest go again (what the old leader stored
+//! comes back a duplicate, by `Nats-Msg-Id`). A wait shorter than that is let be: a forged
+//! announcement never cuts a healthy one short.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,10 +27,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use storage::{Heal, PendingRow, SentMessage, Store, StreamPosition};
+use storage::{Heal, OutboxMessage, PendingRow, SentMessage, Store, StreamPosition};
 use tokio_util::sync::CancellationToken;
 
 use crate::elections::{self, Elections};
+use crate::publisher::unanswered;
 use crate::{BusError, Publisher};
 
 /// How long a wait for the stream's answers lasts before a new leader's announcement ends it.
@@ -171,15 +173,20 @@ impl OutboxRelay {
         let known = self.store.stream_position()?;
         // An instance whose lease lapsed publishes nothing: its successor reacts instead.
         self.store.check_fence()?;
-        let publish = self.publisher.publish_all(rows.iter().map(|r| &r.message));
-        let outcomes = self.unless_elected(publish.map(Ok)).await?;
+        let messages: Vec<&OutboxMessage> = rows.iter().map(|r| &r.message).collect();
+        let mut outcomes = unanswered(rows.len());
+        let publish = self.publisher.publish_into(&messages, &mut outcomes);
+        // Cut short by an election, the answers that came back still count.
+        let cut = self.unless_elected(publish.map(Ok)).await.err();
         let mut acked: Vec<(PendingRow, u64)> = Vec::with_capacity(rows.len());
         let mut stored_new = Vec::new();
         let mut stream = None;
         let mut first_error = None;
         for (row, outcome) in rows.into_iter().zip(outcomes) {
             match outcome {
-                Ok(stored) => {
+                // Unanswered when the wait was cut: pending, for the next pass.
+                None => {}
+                Some(Ok(stored)) => {
                     if stored.duplicate {
                         // Stored before, at its first sequence: says nothing of the stream's end.
                         self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -189,7 +196,7 @@ impl OutboxRelay {
                     stream.get_or_insert(stored.stream);
                     acked.push((row, stored.sequence));
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     first_error.get_or_insert(e);
                 }
@@ -216,7 +223,7 @@ impl OutboxRelay {
         for (row, _) in &acked {
             count_published(&row.message.subject);
         }
-        match first_error {
+        match cut.or(first_error) {
             Some(e) => Err(e),
             None => Ok(acked.len()),
         }
@@ -281,16 +288,20 @@ impl OutboxRelay {
             let mut resent = Vec::with_capacity(chunk.len());
             let mut failed = None;
             self.store.check_fence()?;
-            let publish = self.publisher.publish_all(chunk.iter().map(|r| &r.message));
-            let outcomes = self.unless_elected(publish.map(Ok)).await?;
+            let messages: Vec<&OutboxMessage> = chunk.iter().map(|r| &r.message).collect();
+            let mut outcomes = unanswered(chunk.len());
+            let publish = self.publisher.publish_into(&messages, &mut outcomes);
+            let cut = self.unless_elected(publish.map(Ok)).await.err();
             for (row, outcome) in chunk.iter().zip(outcomes) {
                 match outcome {
-                    Ok(stored) => resent.push((row.seq, stored.sequence)),
-                    Err(e) => {
+                    None => {}
+                    Some(Ok(stored)) => resent.push((row.seq, stored.sequence)),
+                    Some(Err(e)) => {
                         failed.get_or_insert(e);
                     }
                 }
             }
+            let failed = cut.or(failed);
             self.store.mark_resent(&resent)?;
             self.stats
                 .healed
