@@ -478,6 +478,14 @@ async fn a_stream_leader_elected_while_acks_are_awaited_gets_the_unanswered_rows
         (1, 1),
         "the answered row is marked sent; only the swallowed one is pending"
     );
+    let position = store
+        .stream_position()
+        .unwrap()
+        .expect("a position after an ack");
+    assert_eq!(
+        (position.stream.as_str(), position.last_seq),
+        ("ANSWERED", 1)
+    );
     assert_eq!(relay.relay_once().await.unwrap(), 1);
     assert_eq!(message_ids(&broker.js, "HELD").await, vec![held.event_id]);
     assert_eq!(

@@ -64,18 +64,19 @@ impl Publisher {
         outcomes
             .into_iter()
             .zip(&messages)
-            .map(|(outcome, m)| outcome.unwrap_or_else(|| Err(not_sent(m))))
+            .map(|(outcome, m)| outcome.unwrap_or_else(|| Err(unanswered_error(m))))
             .collect()
     }
 
-    /// [`Self::publish_all`], writing each message's outcome into its slot of `outcomes` as it
-    /// comes: a caller that stops waiting keeps every answer that came back before (`None`: not
-    /// answered yet). Run to its end, it answers every slot.
+    /// [`Self::publish_all`], writing each message's outcome into its slot of `outcomes` (one
+    /// per message) as it is taken in: a caller that stops waiting keeps every answer taken in
+    /// before (`None`: not answered yet). Run to its end, it answers every slot.
     pub async fn publish_into(
         &self,
         messages: &[&OutboxMessage],
         outcomes: &mut [Option<Result<Stored, BusError>>],
     ) {
+        debug_assert_eq!(messages.len(), outcomes.len(), "one slot per message");
         if self.term.is_some() {
             return self.publish_in_turn(messages, outcomes).await;
         }
@@ -268,7 +269,7 @@ pub(crate) fn unanswered(n: usize) -> Vec<Option<Result<Stored, BusError>>> {
     std::iter::repeat_with(|| None).take(n).collect()
 }
 
-/// Message `i`'s outcome, into its slot (a slot short of the messages stays unwritten).
+/// Message `i`'s outcome, into its slot.
 fn answer(
     outcomes: &mut [Option<Result<Stored, BusError>>],
     i: usize,
@@ -287,6 +288,14 @@ fn not_sent_after(
 ) {
     for (outcome, m) in outcomes.iter_mut().zip(messages).skip(from) {
         *outcome = Some(Err(not_sent(m)));
+    }
+}
+
+/// Never expected: `publish_into` answers every slot it is given.
+fn unanswered_error(m: &OutboxMessage) -> BusError {
+    BusError::Publish {
+        subject: m.subject.clone(),
+        source: "not answered".into(),
     }
 }
 

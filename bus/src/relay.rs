@@ -111,7 +111,8 @@ pub struct RelayStats {
     pub duplicates: AtomicU64,
     /// Publish attempts that failed (and will be retried).
     pub failures: AtomicU64,
-    /// Rows published again because the broker lost them after acknowledging them.
+    /// Rows published again because the broker lost them after acknowledging them (a heal cut
+    /// short and done again counts its rows again).
     pub healed: AtomicU64,
     /// Waits for the stream's answers ended by its new leader's election (and asked again).
     pub elections: AtomicU64,
@@ -154,7 +155,8 @@ impl OutboxRelay {
     }
 
     /// One pass: publish up to one batch of durable rows. Returns how many were marked sent;
-    /// an error means some rows are still pending (broker trouble) and the pass should be retried.
+    /// an error means some rows are still pending (broker trouble; those answered are marked
+    /// sent all the same) and the pass should be retried.
     pub async fn relay_once(&self) -> Result<usize, BusError> {
         let passed = self.pass().await;
         if passed.is_err() {
@@ -206,6 +208,7 @@ impl OutboxRelay {
             crate::failpoints::crash("relay.after_puback");
             let moved = moved_to(known, stream, &acked, &stored_new);
             self.store.mark_sent(&acked, moved.as_ref())?;
+            self.count_sent(&acked);
             if let Some(StreamPosition {
                 stream,
                 heal: Some(heal),
@@ -217,15 +220,19 @@ impl OutboxRelay {
                 self.heal(&stream, heal).await?;
             }
         }
-        self.stats
-            .sent
-            .fetch_add(acked.len() as u64, Ordering::Relaxed);
-        for (row, _) in &acked {
-            count_published(&row.message.subject);
-        }
         match cut.or(first_error) {
             Some(e) => Err(e),
             None => Ok(acked.len()),
+        }
+    }
+
+    /// Rows marked sent, in the stats and the metrics (before a heal that may fail).
+    fn count_sent(&self, acked: &[(PendingRow, u64)]) {
+        self.stats
+            .sent
+            .fetch_add(acked.len() as u64, Ordering::Relaxed);
+        for (row, _) in acked {
+            count_published(&row.message.subject);
         }
     }
 
