@@ -354,17 +354,24 @@ async fn after_a_database_loss_a_dead_lettered_refund_is_skipped_live_but_still_
 
     // The payment database is lost; the gateway is healthy again before the service returns,
     // so a recovery that retried the dead letter would refund it on its own.
+    let last_marker = || async {
+        js.get_stream("PAYMENTS")
+            .await
+            .unwrap()
+            .get_last_raw_message_by_subject(&bus::term::term_subject(bus::Domain::Payments, 0))
+            .await
+            .expect("a marker: the first start's, at least")
+    };
+    let before = last_marker().await.sequence;
     std::fs::remove_dir_all(data.join("payment")).unwrap();
     api.set_faults(&api.payment_gateway, json!({})).await;
     let (mut second, api) = outside.up(QUICK_DLQ);
     // It read its own stream up to a marker of its own (`bus::term::mark_recovery`).
-    let marker = js
-        .get_stream("PAYMENTS")
-        .await
-        .unwrap()
-        .get_last_raw_message_by_subject(&bus::term::term_subject(bus::Domain::Payments, 0))
-        .await
-        .expect("the recovery marked where it read to");
+    let marker = last_marker().await;
+    assert!(
+        marker.sequence > before,
+        "the recovery marked where it read to"
+    );
     let marker: Value = serde_json::from_slice(&marker.payload).unwrap();
     assert!(marker["recovery"].is_string(), "{marker}");
     // The recovered payment service re-read ORDERS from the start (OrderCancelled included).

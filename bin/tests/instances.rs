@@ -240,14 +240,8 @@ async fn payment_owners(js: &async_nats::jetstream::Context) -> Vec<String> {
 
 /// Each event of `stream` is there once per (order, type).
 async fn published_once(js: &async_nats::jetstream::Context, stream: &str) {
-    let stream = js.get_stream(stream).await.unwrap();
-    let last = stream.cached_info().state.last_sequence;
     let mut once = BTreeSet::new();
-    for seq in 1..=last {
-        let message = stream.get_raw_message(seq).await.unwrap();
-        if bus::term::is_term_subject(&message.subject) {
-            continue; // an owner's term marker, not an event
-        }
+    for message in support::stream_events(js, stream).await {
         let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
         let key = (event["subject"].to_string(), event["type"].to_string());
         assert!(once.insert(key.clone()), "{key:?} published twice");

@@ -101,14 +101,8 @@ async fn one_process_per_service_loses_nothing_when_one_is_killed() {
     }
     assert!(late.iter().all(|id| booked.contains(id)));
     // Nothing the shipment service had done was done again: each of its events once per order.
-    let stream = js.get_stream("SHIPMENTS").await.unwrap();
-    let last = stream.cached_info().state.last_sequence;
     let mut once = std::collections::BTreeSet::new();
-    for seq in 1..=last {
-        let message = stream.get_raw_message(seq).await.unwrap();
-        if bus::term::is_term_subject(&message.subject) {
-            continue; // a recovery's marker
-        }
+    for message in support::stream_events(&js, "SHIPMENTS").await {
         let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
         let key = (event["subject"].to_string(), event["type"].to_string());
         assert!(once.insert(key.clone()), "{key:?} published twice");

@@ -141,10 +141,9 @@ async fn restore_events<S: Service>(
     let domain = own::<S>();
     let mut stream = js.get_stream(domain.stream()).await.map_err(failed)?;
     let info = bus::streams::leader_info(&mut stream).await?;
-    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-    if last == 0 {
-        return Ok(0);
-    }
+    // An empty stream is marked and read too: the dead process's very first publish may have
+    // been taken by a leader that could not store it yet, and lands before the marker.
+    let first = info.state.first_sequence;
     if first > 1 {
         return Err(failed(format!(
             "{} no longer holds its first events (retention), so it cannot rebuild a database",

@@ -639,6 +639,25 @@ pub async fn dead_letter(
     }
 }
 
+/// The events stored in `stream`, in stream order: every message but its markers (a term's or a
+/// recovery's, `bus::term`; every service marks its stream when it starts with an empty
+/// database).
+pub async fn stream_events(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    let mut stream = js.get_stream(stream).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut events = Vec::new();
+    for seq in 1..=last {
+        let message = stream.get_raw_message(seq).await.unwrap();
+        if !bus::term::is_term_subject(&message.subject) {
+            events.push(message);
+        }
+    }
+    events
+}
+
 /// Every durable consumer of every domain stream has settled everything: no event on its way
 /// to a component, none in its hands.
 pub async fn all_settled(js: &async_nats::jetstream::Context) {
