@@ -169,3 +169,19 @@ async fn the_count_cannot_change_under_stored_events() {
         Err(BusError::Invalid(_))
     ));
 }
+
+/// Markers are not events: a stream that holds only its service's recovery marker (every new
+/// system's streams do) takes a new count.
+#[tokio::test]
+async fn the_count_changes_while_a_stream_holds_only_markers() {
+    init_logs();
+    let broker = TestBroker::start().await;
+    bus::term::mark_recovery(&broker.js, Domain::Orders, 0)
+        .await
+        .unwrap();
+
+    bus::provision(&broker.js, &partitioned(2)).await.unwrap();
+    let status = bus::status::streams(&broker.js).await.unwrap();
+    let orders = status.iter().find(|s| s.name == "ORDERS").unwrap();
+    assert_eq!((orders.partitions, orders.messages), (Some(2), 1));
+}

@@ -59,6 +59,17 @@ async fn refused_to(refusals: &mut mpsc::UnboundedReceiver<String>, what: &str, 
 async fn the_bus_admits_only_known_identities_each_to_its_own_subjects() {
     let data = tempfile::tempdir().unwrap();
     let (_up, nats, _api) = up(&data);
+    let operator = support::operator(&nats, data.path()).await;
+    let seen = async_nats::jetstream::new(operator);
+    // Where each stream ends before anyone tries anything (its service's marker is in it).
+    let mut ends = std::collections::BTreeMap::new();
+    for stream in ["SHIPMENTS", "ORDERS", "PAYMENTS"] {
+        let mut stream = seen.get_stream(stream).await.unwrap();
+        ends.insert(
+            stream.cached_info().config.name.clone(),
+            last_sequence(&mut stream).await,
+        );
+    }
 
     // No credentials: refused at connect.
     let anonymous = async_nats::ConnectOptions::new()
@@ -147,10 +158,12 @@ async fn the_bus_admits_only_known_identities_each_to_its_own_subjects() {
     refused(&mut refusals, "commerce.projection.rebuild").await;
 
     // Nothing of it reached a stream: the operator sees SHIPMENTS and ORDERS as they were.
-    let operator = support::operator(&nats, data.path()).await;
-    let js = async_nats::jetstream::new(operator);
-    for stream in ["SHIPMENTS", "ORDERS"] {
-        assert!(support::stream_events(&js, stream).await.is_empty());
+    for name in ["SHIPMENTS", "ORDERS"] {
+        let mut stream = seen
+            .get_stream(name)
+            .await
+            .expect("the stream is still there");
+        assert_eq!(last_sequence(&mut stream).await, ends[name], "{name}");
     }
     // And the payment service's own publishing still works.
     let own = connect_as(&nats, data.path(), "payment").await;
@@ -164,7 +177,9 @@ async fn the_bus_admits_only_known_identities_each_to_its_own_subjects() {
         .unwrap();
     ack.await.expect("stored");
     // Only the probe, in the partition the stream gave it: the forged one never landed.
-    let events = support::stream_events(&js, "PAYMENTS").await;
+    let mut payments = seen.get_stream("PAYMENTS").await.unwrap();
+    assert_eq!(last_sequence(&mut payments).await, ends["PAYMENTS"] + 1);
+    let events = support::stream_events(&seen, "PAYMENTS").await;
     let subjects: Vec<&str> = events.iter().map(|m| m.subject.as_str()).collect();
     assert_eq!(
         subjects,
@@ -188,6 +203,11 @@ async fn the_bus_admits_only_known_identities_each_to_its_own_subjects() {
         (events[0].sequence, 0),
         "the probe, last"
     );
+}
+
+/// `stream`'s last sequence now.
+async fn last_sequence(stream: &mut async_nats::jetstream::stream::Stream) -> u64 {
+    stream.info().await.unwrap().state.last_sequence
 }
 
 /// Publish `envelope` on `subject` as the broker's `identity` would (with its message id).

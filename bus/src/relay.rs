@@ -8,10 +8,11 @@
 //! Healing the broker: a PubAck is not forever (the broker syncs to disk every few minutes by
 //! default, and a lost store loses everything). Sent rows keep their message and the stream
 //! sequence of their PubAck, and the outbox remembers the highest sequence acked. The relay is
-//! its stream's only writer, so a stream whose last sequence is lower than that, or a PubAck that
-//! goes back, means the broker lost its tail: every kept row past what survived is published
-//! again, in outbox order, under its own `Nats-Msg-Id`. The relay checks at start, after every
-//! reconnect (before publishing anything new) and every `verify_interval`.
+//! the only writer of its stream's events (its service's markers only move the end forward), so
+//! a stream whose last sequence is lower than that, or a PubAck that goes back, means the broker
+//! lost its tail: every kept row past what survived is published again, in outbox order, under
+//! its own `Nats-Msg-Id`. The relay checks at start, after every reconnect (before publishing
+//! anything new) and every `verify_interval`.
 //!
 //! Following the stream's leader: a cluster's new stream leader does not answer what was sent to
 //! the old one, and a pass would wait out the PubAck timeout (5 s) for rows the new leader may

@@ -129,11 +129,12 @@ pub async fn provision(
         };
         let outcome = match js.get_stream(name).await {
             Ok(mut existing) => {
-                let info = existing
+                let have = existing
                     .info()
                     .await
-                    .map_err(|e| BusError::jetstream(format!("stream info {name}"))(e))?;
-                let have = &info.config;
+                    .map_err(|e| BusError::jetstream(format!("stream info {name}"))(e))?
+                    .config
+                    .clone();
                 // Never fewer replicas than it has: a process started with the defaults must
                 // not shrink a cluster's streams (lower them by hand, with the NATS CLI).
                 let wanted = stream::Config {
@@ -151,7 +152,7 @@ pub async fn provision(
                     Provisioned::Unchanged
                 } else {
                     if have.subject_transform != wanted.subject_transform
-                        && leader_state(info)?.messages > 0
+                        && holds_events(&existing, domain).await?
                     {
                         return Err(BusError::Repartition {
                             stream: name.to_string(),
@@ -254,6 +255,15 @@ pub async fn leader_info(stream: &mut stream::Stream) -> Result<stream::Info, Bu
         }
     })
     .await
+}
+
+/// Whether `stream` holds any of `domain`'s events (three or more tokens, with or without a
+/// partition): its markers (two, `crate::term`) do not count.
+async fn holds_events(stream: &stream::Stream, domain: Option<Domain>) -> Result<bool, BusError> {
+    match domain {
+        Some(d) => Ok(leader_count(stream, &format!("{}.*.>", d.subject_prefix())).await? > 0),
+        None => Ok(leader_state(stream.cached_info())?.messages > 0),
+    }
 }
 
 /// How many messages of `filter`'s subjects `stream` holds, as its leader counts them

@@ -168,7 +168,7 @@ async fn events(
                 .await
                 .with_context(|| format!("{} message {seq}", domain.stream()))?;
             if bus::term::is_term_subject(&message.subject) {
-                continue; // an owner's term marker (`--instances`), not an event
+                continue; // a term's or a recovery's marker, not an event
             }
             let envelope = serde_json::from_slice::<Envelope>(&message.payload)
                 .with_context(|| format!("{} message {seq} is no event", domain.stream()))?;
