@@ -94,11 +94,13 @@ impl Runtime {
             operator: None,
             streams: Vec::new(),
         };
-        if open && component != Component::Simulators {
-            runtime.provision(BusUser::Component(component)).await?;
-        }
+        // The streams' count first: provisioning with its own would repartition streams that
+        // hold no event yet under the process that made them.
         if component != Component::Simulators {
             runtime.adopt_partitions(component).await?;
+        }
+        if open && component != Component::Simulators {
+            runtime.provision(BusUser::Component(component)).await?;
         }
         Ok(runtime)
     }

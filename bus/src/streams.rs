@@ -258,10 +258,13 @@ pub async fn leader_info(stream: &mut stream::Stream) -> Result<stream::Info, Bu
 }
 
 /// Whether `stream` holds any of `domain`'s events (three or more tokens, with or without a
-/// partition): its markers (two, `crate::term`) do not count.
+/// partition): its markers (two, `crate::term`) do not count. One look-up at the leader.
 async fn holds_events(stream: &stream::Stream, domain: Option<Domain>) -> Result<bool, BusError> {
     match domain {
-        Some(d) => Ok(leader_count(stream, &format!("{}.*.>", d.subject_prefix())).await? > 0),
+        Some(d) => {
+            let events = [format!("{}.*.>", d.subject_prefix())];
+            Ok(leader_next(stream, &events, 1).await?.is_some())
+        }
         None => Ok(leader_state(stream.cached_info())?.messages > 0),
     }
 }
