@@ -32,7 +32,7 @@ use storage::{Heal, OutboxMessage, PendingRow, SentMessage, Store, StreamPositio
 use tokio_util::sync::CancellationToken;
 
 use crate::elections::{self, Elections};
-use crate::publisher::unanswered;
+use crate::publisher::{unanswered, Stored};
 use crate::{BusError, Publisher};
 
 /// How long a wait for the stream's answers lasts before a new leader's announcement ends it.
@@ -176,11 +176,10 @@ impl OutboxRelay {
         let known = self.store.stream_position()?;
         // An instance whose lease lapsed publishes nothing: its successor reacts instead.
         self.store.check_fence()?;
-        let messages: Vec<&OutboxMessage> = rows.iter().map(|r| &r.message).collect();
-        let mut outcomes = unanswered(rows.len());
-        let publish = self.publisher.publish_into(&messages, &mut outcomes);
         // Cut short by an election, the answers that came back still count.
-        let cut = self.unless_elected(publish.map(Ok)).await.err();
+        let (outcomes, cut) = self
+            .publish_unless_elected(rows.iter().map(|r| &r.message))
+            .await;
         let mut acked: Vec<(PendingRow, u64)> = Vec::with_capacity(rows.len());
         let mut stored_new = Vec::new();
         let mut stream = None;
@@ -296,10 +295,9 @@ impl OutboxRelay {
             let mut resent = Vec::with_capacity(chunk.len());
             let mut failed = None;
             self.store.check_fence()?;
-            let messages: Vec<&OutboxMessage> = chunk.iter().map(|r| &r.message).collect();
-            let mut outcomes = unanswered(chunk.len());
-            let publish = self.publisher.publish_into(&messages, &mut outcomes);
-            let cut = self.unless_elected(publish.map(Ok)).await.err();
+            let (outcomes, cut) = self
+                .publish_unless_elected(chunk.iter().map(|r| &r.message))
+                .await;
             for (row, outcome) in chunk.iter().zip(outcomes) {
                 match outcome {
                     None => {}
@@ -338,6 +336,19 @@ impl OutboxRelay {
             .unless_elected(info.map(|got| got.map_err(|e| BusError::jetstream(what())(e))))
             .await?;
         Ok(crate::streams::leader_state(stream.cached_info())?.last_sequence)
+    }
+
+    /// Publish `messages` unless a new leader's election ends the wait for their answers: each
+    /// one's outcome (`None`: unanswered when the wait ended), and the election's error if it did.
+    async fn publish_unless_elected<'a>(
+        &self,
+        messages: impl Iterator<Item = &'a OutboxMessage>,
+    ) -> (Vec<Option<Result<Stored, BusError>>>, Option<BusError>) {
+        let messages: Vec<&OutboxMessage> = messages.collect();
+        let mut outcomes = unanswered(messages.len());
+        let publish = self.publisher.publish_into(&messages, &mut outcomes);
+        let cut = self.unless_elected(publish.map(Ok)).await.err();
+        (outcomes, cut)
     }
 
     /// `work` (waiting for the stream's answers), unless a new leader of the stream is announced
